@@ -7,6 +7,17 @@
 //! give the same actions, byte for byte, which is what lets the simulator
 //! replay any run from its seed.
 
+pub mod config;
+pub mod io;
+pub mod message;
 pub mod types;
 
+mod raft;
+
+#[cfg(feature = "planted-bugs")]
+pub use config::PlantedBug;
+pub use config::{Config, ConfigError};
+pub use io::{Action, DropReason, Input, Proposal, Recovered, Role, Status};
+pub use message::{Message, MessageBody, RejectHint};
+pub use raft::RawNode;
 pub use types::*;

@@ -1,0 +1,241 @@
+//! Configuration of one Raft node: every bound the core enforces has a name
+//! here, and `Config::validate` rejects combinations that cannot work.
+
+use std::fmt;
+
+use crate::types::{Nanos, NodeId};
+
+/// Bugs that can be switched on to prove that the simulator and the tests
+/// catch them. Only exists with the `planted-bugs` feature; without it every
+/// check below compiles away.
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PlantedBug {
+    /// Grant a vote without the §5.4.1 up-to-date check on the candidate's log.
+    VoteWithoutLogCheck,
+    /// Commit an entry of a previous term by counting replicas (Figure 8).
+    CommitPreviousTermByCounting,
+    /// Send a vote grant before the vote is durable, and leave the vote out of
+    /// the `PersistHardState` action.
+    ForgetToPersistVote,
+    /// Serve a read on a leader at once, without heartbeat quorum or lease.
+    ReadWithoutLeadershipCheck,
+    /// A follower acknowledges an append before its `LogPersisted` input.
+    AckAppendBeforeDurable,
+}
+
+/// The configuration of one node of one Raft group.
+///
+/// All durations are nanoseconds of the node's monotonic clock (the `now` that
+/// every `step` receives). Sizes are bytes as measured by
+/// [`Entry::size_bytes`](crate::Entry::size_bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id; never 0.
+    pub id: NodeId,
+    /// Seed of the ChaCha generator that randomizes election timeouts. The node
+    /// id is mixed in, so every node of a cluster may share one seed.
+    pub seed: u64,
+    /// Lower bound of the randomized election timeout. Also the leader-stickiness
+    /// window (a node that heard from a leader this recently ignores vote
+    /// requests), the check-quorum period and the leadership-transfer timeout.
+    pub election_timeout_min_ns: Nanos,
+    /// Upper bound (exclusive) of the randomized election timeout.
+    pub election_timeout_max_ns: Nanos,
+    /// A leader sends heartbeats this often. Must be well below the election timeout.
+    pub heartbeat_interval_ns: Nanos,
+    /// Bound on the rate difference between any two clocks of the cluster, in
+    /// parts per million. The lease is shortened by this bound (twice: both
+    /// the leader's and the follower's clock may be off).
+    pub max_clock_drift_ppm: u64,
+    /// Enables pre-vote (§9.6 of the Raft thesis): a node first asks whether it
+    /// could win before it bumps its term, so a partitioned node cannot inflate
+    /// terms and disrupt the cluster when it comes back.
+    pub pre_vote: bool,
+    /// The leader steps down when it has not heard from a quorum within an
+    /// election timeout; also enables leader stickiness.
+    pub check_quorum: bool,
+    /// Serve reads from the leader lease when it is valid (requires
+    /// `check_quorum`); otherwise every read takes a ReadIndex round.
+    pub lease_read: bool,
+    /// At most this many AppendEntries messages in flight to one follower.
+    pub max_inflight_msgs: usize,
+    /// At most this many entry bytes in flight to one follower.
+    pub max_inflight_bytes: usize,
+    /// One AppendEntries carries at most this many entry bytes (at least one
+    /// entry is always sent, however large, so progress is never blocked).
+    pub max_size_per_msg_bytes: usize,
+    /// One AppendEntries carries at most this many entries.
+    pub max_entries_per_msg: usize,
+    /// The leader refuses proposals while this many bytes of proposals are
+    /// appended but not committed (a single proposal is always admitted when
+    /// nothing is outstanding).
+    pub max_uncommitted_bytes: usize,
+    /// The core keeps at most about this many applied, persisted entries in
+    /// memory; older ones are requested with `Action::FetchEntries`.
+    pub max_log_tail_entries: usize,
+    /// At most this many reads waiting on one node; more are refused with
+    /// `DropReason::TooManyPendingReads`.
+    pub max_pending_reads: usize,
+    /// A bug to plant (tests and simulator only).
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bug: Option<PlantedBug>,
+}
+
+impl Config {
+    /// A configuration with sensible defaults for a LAN: 150–300 ms election
+    /// timeout, 50 ms heartbeats, pre-vote, check-quorum and lease reads on.
+    pub fn new(id: NodeId, seed: u64) -> Config {
+        const MS: Nanos = 1_000_000;
+        Config {
+            id,
+            seed,
+            election_timeout_min_ns: 150 * MS,
+            election_timeout_max_ns: 300 * MS,
+            heartbeat_interval_ns: 50 * MS,
+            max_clock_drift_ppm: 10_000,
+            pre_vote: true,
+            check_quorum: true,
+            lease_read: true,
+            max_inflight_msgs: 256,
+            max_inflight_bytes: 32 << 20,
+            max_size_per_msg_bytes: 1 << 20,
+            max_entries_per_msg: 4096,
+            max_uncommitted_bytes: 64 << 20,
+            max_log_tail_entries: 65_536,
+            max_pending_reads: 65_536,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: None,
+        }
+    }
+
+    /// Rejects configurations that cannot work, naming the field and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let e = |field: &'static str, reason: String| Err(ConfigError { field, reason });
+        if self.id == 0 {
+            return e("id", "node id 0 is reserved for \"none\"; use an id >= 1".into());
+        }
+        if self.heartbeat_interval_ns == 0 {
+            return e("heartbeat_interval_ns", "must be > 0".into());
+        }
+        if self.election_timeout_min_ns <= self.heartbeat_interval_ns {
+            return e(
+                "election_timeout_min_ns",
+                format!(
+                    "{} ns must be greater than heartbeat_interval_ns ({} ns); typically 3-10x",
+                    self.election_timeout_min_ns, self.heartbeat_interval_ns
+                ),
+            );
+        }
+        if self.election_timeout_max_ns <= self.election_timeout_min_ns {
+            return e(
+                "election_timeout_max_ns",
+                format!(
+                    "{} ns must be greater than election_timeout_min_ns ({} ns) so timeouts are randomized",
+                    self.election_timeout_max_ns, self.election_timeout_min_ns
+                ),
+            );
+        }
+        if self.max_clock_drift_ppm >= 250_000 {
+            return e(
+                "max_clock_drift_ppm",
+                format!("{} ppm leaves no useful lease; use < 250000", self.max_clock_drift_ppm),
+            );
+        }
+        if self.lease_read && !self.check_quorum {
+            return e("lease_read", "lease reads need check_quorum = true".into());
+        }
+        if self.lease_read && self.lease_duration_ns() <= self.heartbeat_interval_ns {
+            return e(
+                "lease_read",
+                "the lease (election_timeout_min_ns shortened by the drift bound) must exceed one heartbeat interval".into(),
+            );
+        }
+        for (field, value) in [
+            ("max_inflight_msgs", self.max_inflight_msgs),
+            ("max_inflight_bytes", self.max_inflight_bytes),
+            ("max_size_per_msg_bytes", self.max_size_per_msg_bytes),
+            ("max_entries_per_msg", self.max_entries_per_msg),
+            ("max_uncommitted_bytes", self.max_uncommitted_bytes),
+            ("max_log_tail_entries", self.max_log_tail_entries),
+            ("max_pending_reads", self.max_pending_reads),
+        ] {
+            if value == 0 {
+                return e(field, "must be > 0".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// How long after sending a heartbeat that a quorum acknowledged the leader
+    /// may still serve lease reads: the minimum election timeout (no follower
+    /// that acknowledged will vote for another candidate sooner, by its clock)
+    /// shortened by the drift bound of both clocks.
+    pub fn lease_duration_ns(&self) -> Nanos {
+        let e = self.election_timeout_min_ns as u128;
+        let shortened = e * (1_000_000 - 2 * self.max_clock_drift_ppm as u128) / 1_000_000;
+        shortened as Nanos
+    }
+
+    #[cfg(feature = "planted-bugs")]
+    #[allow(dead_code)] // used once the state machine lands
+    pub(crate) fn bug(&self, bug: PlantedBug) -> bool {
+        self.planted_bug == Some(bug)
+    }
+}
+
+/// A configuration that `Config::validate` rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The offending field (or `recovered` for bad recovered state).
+    pub field: &'static str,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid raft configuration: {}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Config::new(1, 7).validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_nonsense_with_field_name() {
+        let mut c = Config::new(1, 7);
+        c.heartbeat_interval_ns = c.election_timeout_min_ns;
+        assert_eq!(c.validate().unwrap_err().field, "election_timeout_min_ns");
+        let mut c = Config::new(1, 7);
+        c.election_timeout_max_ns = c.election_timeout_min_ns;
+        assert_eq!(c.validate().unwrap_err().field, "election_timeout_max_ns");
+        let mut c = Config::new(0, 7);
+        assert_eq!(c.validate().unwrap_err().field, "id");
+        c.id = 1;
+        c.max_inflight_bytes = 0;
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.field, "max_inflight_bytes");
+        assert!(err.to_string().contains("max_inflight_bytes"));
+        let mut c = Config::new(1, 7);
+        c.check_quorum = false;
+        assert_eq!(c.validate().unwrap_err().field, "lease_read");
+        c.lease_read = false;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn lease_is_shorter_than_election_timeout() {
+        let c = Config::new(1, 7);
+        assert!(c.lease_duration_ns() < c.election_timeout_min_ns);
+        assert_eq!(c.lease_duration_ns(), 150_000_000 * 98 / 100);
+    }
+}
