@@ -1,1 +1,11 @@
-//! placeholder
+//! tarn-sim: the deterministic simulator, tarn's main test suite.
+//!
+//! A run is a pure function of its seed: one ChaCha generator (split into
+//! per-subsystem streams) drives virtual time, the network, disks, clocks,
+//! crashes and the client workload; no threads, no tokio, no wall clock.
+
+pub mod clock;
+pub mod linearizability;
+pub mod net;
+pub mod queue;
+pub mod rng;
