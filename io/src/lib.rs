@@ -1,8 +1,5 @@
-//! tarn-io: the durable storage engine (written against [`vfs::Vfs`]), and —
-//! with the server issue — the tokio driver and the TCP transport.
-
-pub mod storage;
-pub mod vfs;
+//! tarn-io: the durable storage engine and, with the server issue, the tokio
+//! driver and the TCP transport.
 
 // Server issue (issue 7): wire framing and the TCP transport.
 pub mod transport;
