@@ -1,5 +1,8 @@
-//! tarn-io: the durable storage engine and, with the server issue, the tokio
-//! driver and the TCP transport.
+//! tarn-io: the durable storage engine (written against [`vfs::Vfs`]), and —
+//! with the server issue — the tokio driver and the TCP transport.
+
+pub mod storage;
+pub mod vfs;
 
 // Server issue (issue 7): wire framing and the TCP transport.
 pub mod transport;
