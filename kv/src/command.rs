@@ -1,0 +1,238 @@
+//! What clients ask for, and how it travels inside a Raft entry.
+//!
+//! A Raft entry's payload is opaque bytes. `KvEntry` is what tarn puts there: the leader's
+//! clock at proposal time (so every node computes the same create/update times and session
+//! expiries) and one or more requests. Encoding is postcard behind a version byte; decoding
+//! is bounded by the input length (postcard never allocates more than the bytes it reads)
+//! and by `MAX_ENTRY_SIZE_BYTES`.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use tarn_core::Nanos;
+
+use crate::error::DecodeError;
+use crate::response::Response;
+
+/// Identifies a client session. Chosen by the client at random (64 bits make collisions
+/// negligible); `0` is reserved for commands the leader proposes itself (expiry).
+pub type ClientId = u64;
+
+/// The client id of commands the leader proposes on its own behalf.
+pub const SYSTEM_CLIENT_ID: ClientId = 0;
+
+/// Format version of encoded entries and responses. Bump on any incompatible change.
+pub const ENTRY_FORMAT_VERSION: u8 = 1;
+
+/// Largest encoded entry or response `decode_*` accepts (a batch of puts near the value bound).
+pub const MAX_ENTRY_SIZE_BYTES: usize = 64 * 1024 * 1024;
+
+/// One operation on the tree. Variants are part of the wire format: append, never reorder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Reads a node (`None` when missing). Reads normally bypass the log (ReadIndex); this
+    /// variant exists for clients that prefer to send everything through one path.
+    Get { key: String },
+    /// Reads many keys at once, each its own result.
+    BatchGet { keys: Vec<String> },
+    /// Lists the direct children of a directory.
+    List { key: String },
+    /// Creates or overwrites a value node. The parent directory must exist.
+    Put { key: String, value: Bytes },
+    /// Removes a value node or an empty directory. A missing key is success.
+    Remove { key: String },
+    /// Creates a directory. An existing directory is success.
+    Mkdir { key: String },
+    /// Puts many keys in one entry; each item succeeds or fails on its own.
+    BatchPut { items: Vec<(String, Bytes)> },
+    /// Removes many keys in one entry; each item succeeds or fails on its own.
+    BatchRemove { keys: Vec<String> },
+    /// Compare-and-set. `expected: None` = create only if absent; `new: None` = delete if the
+    /// value equals `expected`; both `None` is refused.
+    CompareAndSet { key: String, expected: Option<Bytes>, new: Option<Bytes> },
+    /// Creates or updates a temporary value node owned by the requesting client; (re)arms its
+    /// TTL.
+    PutTemp { key: String, value: Bytes, ttl_nanos: Nanos },
+    /// Creates a temporary directory owned by the requesting client; its whole subtree
+    /// expires with it. An existing temporary directory of the same owner is re-armed.
+    MkdirTemp { key: String, ttl_nanos: Nanos },
+    /// Re-arms the TTL of a temporary node (owner only).
+    UpdateTtl { key: String, ttl_nanos: Nanos },
+    /// Tries to take the lock at `key`: acquire now, or queue for at most `wait_nanos` (0 =
+    /// do not queue). Once held, the lock is lost if not renewed within `lease_nanos`.
+    TryLock { key: String, lease_nanos: Nanos, wait_nanos: Nanos },
+    /// Releases a held lock (handing it to the next waiter), or leaves the wait queue.
+    Unlock { key: String },
+    /// Renews the lease of a held lock.
+    UpdateLease { key: String, lease_nanos: Nanos },
+    /// Proposed by the leader (client id 0) when a deadline passed by its clock. Applies only
+    /// if the TTL at `key` is still the one armed as `arm_id`; otherwise it is a no-op.
+    Expire { key: String, arm_id: u64 },
+    /// Does nothing but keep the session alive (and the de-duplication window moving).
+    KeepAlive,
+}
+
+impl Command {
+    /// True for commands that change nothing; they skip session bookkeeping.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Command::Get { .. } | Command::BatchGet { .. } | Command::List { .. })
+    }
+
+    /// A short stable name, for metrics and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Get { .. } => "get",
+            Command::BatchGet { .. } => "batch-get",
+            Command::List { .. } => "list",
+            Command::Put { .. } => "put",
+            Command::Remove { .. } => "remove",
+            Command::Mkdir { .. } => "mkdir",
+            Command::BatchPut { .. } => "batch-put",
+            Command::BatchRemove { .. } => "batch-remove",
+            Command::CompareAndSet { .. } => "compare-and-set",
+            Command::PutTemp { .. } => "put-temp",
+            Command::MkdirTemp { .. } => "mkdir-temp",
+            Command::UpdateTtl { .. } => "update-ttl",
+            Command::TryLock { .. } => "try-lock",
+            Command::Unlock { .. } => "unlock",
+            Command::UpdateLease { .. } => "update-lease",
+            Command::Expire { .. } => "expire",
+            Command::KeepAlive => "keep-alive",
+        }
+    }
+}
+
+/// A command in its session envelope.
+///
+/// `(client_id, seq)` names the write: a retry carries the same pair and gets the first
+/// result without being applied twice. `first_unacked_seq` is the lowest seq whose response
+/// the client has not yet received: the session may forget every response below it (Raft
+/// thesis §6.3). A client starts at seq 1; a session unknown to the state machine is created
+/// only by a request with `first_unacked_seq <= 1` (nothing acknowledged yet), otherwise the
+/// client learns its session expired.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub client_id: ClientId,
+    pub seq: u64,
+    pub first_unacked_seq: u64,
+    pub command: Command,
+}
+
+impl Request {
+    /// A request proposed by the leader itself (expiry): no session.
+    pub fn system(command: Command) -> Self {
+        Request { client_id: SYSTEM_CLIENT_ID, seq: 0, first_unacked_seq: 0, command }
+    }
+}
+
+/// The payload of one Raft entry: the proposing leader's clock and the requests it batched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    /// The leader's clock when it proposed the entry (its local monotonic nanoseconds).
+    pub leader_time_nanos: Nanos,
+    pub requests: Vec<Request>,
+}
+
+fn encode_versioned<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing plain data into a Vec cannot fail: postcard errors only on unsupported
+    // types (none here) or a full fixed buffer (a Vec grows).
+    postcard::to_extend(value, vec![ENTRY_FORMAT_VERSION]).expect("postcard into a Vec cannot fail")
+}
+
+fn decode_versioned<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<T, DecodeError> {
+    let Some((&version, body)) = bytes.split_first() else {
+        return Err(DecodeError::Empty { what });
+    };
+    if bytes.len() > MAX_ENTRY_SIZE_BYTES {
+        return Err(DecodeError::TooLarge { what, size_bytes: bytes.len(), max_bytes: MAX_ENTRY_SIZE_BYTES });
+    }
+    if version != ENTRY_FORMAT_VERSION {
+        return Err(DecodeError::Version { what, found: version, expected: ENTRY_FORMAT_VERSION });
+    }
+    let (value, rest) = postcard::take_from_bytes::<T>(body)
+        .map_err(|error| DecodeError::Malformed { what, detail: error.to_string() })?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Trailing { what, extra: rest.len() });
+    }
+    Ok(value)
+}
+
+/// Encodes an entry payload (version byte + postcard).
+pub fn encode_entry(entry: &KvEntry) -> Vec<u8> {
+    encode_versioned(entry)
+}
+
+/// Decodes an entry payload; never panics, allocates at most in proportion to `bytes`.
+pub fn decode_entry(bytes: &[u8]) -> Result<KvEntry, DecodeError> {
+    decode_versioned("kv entry", bytes)
+}
+
+/// Encodes one request (version byte + postcard), e.g. for a client → server frame.
+pub fn encode_request(request: &Request) -> Vec<u8> {
+    encode_versioned(request)
+}
+
+/// Decodes one request; never panics, allocates at most in proportion to `bytes`.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
+    decode_versioned("kv request", bytes)
+}
+
+/// Encodes one response (version byte + postcard).
+pub fn encode_response(response: &Response) -> Vec<u8> {
+    encode_versioned(response)
+}
+
+/// Decodes one response; never panics, allocates at most in proportion to `bytes`.
+pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
+    decode_versioned("kv response", bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> KvEntry {
+        KvEntry {
+            leader_time_nanos: 42,
+            requests: vec![
+                Request {
+                    client_id: 7,
+                    seq: 3,
+                    first_unacked_seq: 2,
+                    command: Command::Put { key: "a.b".into(), value: Bytes::from_static(b"v") },
+                },
+                Request::system(Command::Expire { key: "t".into(), arm_id: 9 }),
+            ],
+        }
+    }
+
+    #[test]
+    fn entry_round_trips() {
+        let entry = sample();
+        let bytes = encode_entry(&entry);
+        assert_eq!(bytes[0], ENTRY_FORMAT_VERSION);
+        assert_eq!(decode_entry(&bytes), Ok(entry));
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        assert!(matches!(decode_entry(&[]), Err(DecodeError::Empty { .. })));
+        assert!(matches!(decode_entry(&[99, 0]), Err(DecodeError::Version { found: 99, .. })));
+        let bytes = encode_entry(&sample());
+        for cut in 1..bytes.len() {
+            assert!(decode_entry(&bytes[..cut]).is_err(), "prefix {cut} decoded");
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(decode_entry(&trailing), Err(DecodeError::Trailing { extra: 1, .. })));
+        // A huge length prefix must fail on missing bytes, not allocate.
+        let huge = [ENTRY_FORMAT_VERSION, 1, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(decode_entry(&huge).is_err());
+    }
+
+    #[test]
+    fn request_round_trips() {
+        let request = sample().requests[0].clone();
+        assert_eq!(decode_request(&encode_request(&request)), Ok(request));
+    }
+}

@@ -1,0 +1,268 @@
+//! The node tree: an arena of nodes, a hash index from full key to node, and ordered child
+//! maps for listing.
+//!
+//! Cost model: `get`/`put` on an existing key is one hash lookup plus a walk up the parent
+//! chain (depth) to bump ancestors' update index; a new key adds one `Arc<str>` allocation
+//! (shared by the index, the parent's child map and watch events, never copied again).
+//! Child maps are keyed by the child's full key: children of one parent share the prefix
+//! `parent.`, so full-key order is segment order and no second string is needed.
+//!
+//! The hash index is only ever probed, never iterated, so its random iteration order cannot
+//! leak into replicated behaviour; everything ordered (listing, snapshot, digest) walks the
+//! `BTreeMap` child maps.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use tarn_core::{Index, Nanos};
+
+use crate::command::ClientId;
+use crate::response::{NodeKind, NodeView, TempInfo};
+
+/// Position of a node in the arena.
+pub(crate) type NodeId = u32;
+
+/// The root directory (key `""`) always lives in slot 0 and is never removed.
+pub(crate) const ROOT: NodeId = 0;
+
+/// Create and update stamps of a node: the Raft index and the leader's time of the write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Stamps {
+    pub create_index: Index,
+    pub create_time_nanos: Nanos,
+    pub update_index: Index,
+    pub update_time_nanos: Nanos,
+}
+
+impl Stamps {
+    pub fn new(index: Index, time_nanos: Nanos) -> Self {
+        Stamps {
+            create_index: index,
+            create_time_nanos: time_nanos,
+            update_index: index,
+            update_time_nanos: time_nanos,
+        }
+    }
+
+    pub fn touch(&mut self, index: Index, time_nanos: Nanos) {
+        debug_assert!(index >= self.update_index, "update index went back");
+        self.update_index = index;
+        self.update_time_nanos = time_nanos;
+    }
+}
+
+/// A client waiting for a lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Waiter {
+    pub client: ClientId,
+    /// The lease the waiter gets once it holds the lock.
+    pub lease_nanos: Nanos,
+    /// How long it waits before giving up.
+    pub wait_nanos: Nanos,
+    /// The arming of its wait timeout.
+    pub arm_id: u64,
+}
+
+/// What a node holds.
+#[derive(Debug)]
+pub(crate) enum Body {
+    Value(Bytes),
+    /// Children keyed by their full key (see the module comment).
+    Dir(BTreeMap<Arc<str>, NodeId>),
+    /// The holder is the node's `temp.owner`; waiters queue in FIFO order.
+    Lock(VecDeque<Waiter>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub key: Arc<str>,
+    pub parent: NodeId,
+    pub body: Body,
+    pub stamps: Stamps,
+    /// Owner and TTL of a temporary node; holder and lease of a lock (always `Some` there).
+    pub temp: Option<TempInfo>,
+}
+
+impl Node {
+    pub fn kind(&self) -> NodeKind {
+        match self.body {
+            Body::Value(_) => NodeKind::Value,
+            Body::Dir(_) => NodeKind::Dir,
+            Body::Lock(_) => NodeKind::Lock,
+        }
+    }
+
+    pub fn view(&self) -> NodeView {
+        let (value, lock_waiters) = match &self.body {
+            Body::Value(value) => (value.clone(), Vec::new()),
+            Body::Dir(_) => (Bytes::new(), Vec::new()),
+            Body::Lock(waiters) => (Bytes::new(), waiters.iter().map(|w| w.client).collect()),
+        };
+        NodeView {
+            kind: self.kind(),
+            value,
+            create_index: self.stamps.create_index,
+            create_time_nanos: self.stamps.create_time_nanos,
+            update_index: self.stamps.update_index,
+            update_time_nanos: self.stamps.update_time_nanos,
+            temp: self.temp,
+            lock_waiters,
+        }
+    }
+
+    pub fn children(&self) -> Option<&BTreeMap<Arc<str>, NodeId>> {
+        match &self.body {
+            Body::Dir(children) => Some(children),
+            _ => None,
+        }
+    }
+}
+
+/// The arena and its index.
+#[derive(Debug)]
+pub(crate) struct Tree {
+    slots: Vec<Option<Node>>,
+    free: Vec<NodeId>,
+    index: HashMap<Arc<str>, NodeId>,
+}
+
+impl Tree {
+    pub fn new() -> Self {
+        let root_key: Arc<str> = Arc::from("");
+        let root = Node {
+            key: root_key.clone(),
+            parent: ROOT,
+            body: Body::Dir(BTreeMap::new()),
+            stamps: Stamps::default(),
+            temp: None,
+        };
+        let mut index = HashMap::new();
+        index.insert(root_key, ROOT);
+        Tree { slots: vec![Some(root)], free: Vec::new(), index }
+    }
+
+    /// Nodes in the tree, the root included.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn lookup(&self, key: &str) -> Option<NodeId> {
+        self.index.get(key).copied()
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        // Ids come from the index or from child maps, which only hold live nodes.
+        self.slots[id as usize].as_ref().expect("node id refers to a live node")
+    }
+
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        self.slots[id as usize].as_mut().expect("node id refers to a live node")
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.lookup(key).map(|id| self.node(id))
+    }
+
+    /// Inserts a new child of directory `parent`. The key must be new and its parent key must
+    /// be `parent`'s key.
+    pub fn insert(
+        &mut self,
+        parent: NodeId,
+        key: Arc<str>,
+        body: Body,
+        stamps: Stamps,
+        temp: Option<TempInfo>,
+    ) -> NodeId {
+        debug_assert!(!self.index.contains_key(&*key), "insert of an existing key {key:?}");
+        debug_assert_eq!(crate::key::parent_key(&key), &*self.node(parent).key);
+        let node = Node { key: key.clone(), parent, body, stamps, temp };
+        let id = match self.free.pop() {
+            Some(id) => {
+                debug_assert!(self.slots[id as usize].is_none());
+                self.slots[id as usize] = Some(node);
+                id
+            }
+            None => {
+                let id = NodeId::try_from(self.slots.len()).expect("more than 2^32 nodes");
+                self.slots.push(Some(node));
+                id
+            }
+        };
+        match &mut self.node_mut(parent).body {
+            Body::Dir(children) => {
+                let previous = children.insert(key.clone(), id);
+                debug_assert!(previous.is_none());
+            }
+            _ => panic!("insert under a node that is not a directory"),
+        }
+        self.index.insert(key, id);
+        id
+    }
+
+    /// Removes a node that has no children and returns it.
+    pub fn remove_leaf(&mut self, id: NodeId) -> Node {
+        assert_ne!(id, ROOT, "the root is never removed");
+        let node = self.slots[id as usize].take().expect("remove of a live node");
+        debug_assert!(node.children().is_none_or(|c| c.is_empty()), "remove_leaf of a non-empty dir");
+        match &mut self.node_mut(node.parent).body {
+            Body::Dir(children) => {
+                let removed = children.remove(&*node.key);
+                debug_assert_eq!(removed, Some(id));
+            }
+            _ => panic!("parent of a node is not a directory"),
+        }
+        let removed = self.index.remove(&*node.key);
+        debug_assert_eq!(removed, Some(id));
+        self.free.push(id);
+        node
+    }
+
+    /// The ids of `id`'s subtree in post-order (children before parents), so removing them
+    /// in this order always removes leaves.
+    pub fn subtree_post_order(&self, id: NodeId) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        let mut stack = vec![(id, false)];
+        while let Some((next, expanded)) = stack.pop() {
+            if expanded {
+                out.push(next);
+                continue;
+            }
+            stack.push((next, true));
+            if let Some(children) = self.node(next).children() {
+                // Reverse so the smallest child is expanded first: a deterministic order.
+                for &child in children.values().rev() {
+                    stack.push((child, false));
+                }
+            }
+        }
+        out
+    }
+
+    /// Bumps the update stamps of `id` and every ancestor up to the root.
+    pub fn touch_up(&mut self, mut id: NodeId, index: Index, time_nanos: Nanos) {
+        loop {
+            let node = self.node_mut(id);
+            node.stamps.touch(index, time_nanos);
+            if id == ROOT {
+                return;
+            }
+            id = node.parent;
+        }
+    }
+
+    /// Visits every node in pre-order (parents before children, children in key order).
+    pub fn for_each_pre_order(&self, mut visit: impl FnMut(&Node)) {
+        let mut stack = vec![ROOT];
+        while let Some(id) = stack.pop() {
+            let node = self.node(id);
+            visit(node);
+            if let Some(children) = node.children() {
+                for &child in children.values().rev() {
+                    stack.push(child);
+                }
+            }
+        }
+    }
+}
