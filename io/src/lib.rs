@@ -4,6 +4,7 @@
 pub mod storage;
 pub mod vfs;
 
-// Server issue (issue 7): wire framing and the TCP transport.
+// Server issue (issue 7): the tokio driver, wire framing and the TCP transport.
+pub mod driver;
 pub mod transport;
 pub mod wire;

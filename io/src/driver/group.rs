@@ -1,0 +1,342 @@
+//! One task per Raft group: feeds the core and executes its actions.
+//!
+//! The task owns the `RawNode` and the state machine outright, so nothing is
+//! shared and no lock is ever held across an await. Each turn it takes every
+//! input already queued (up to a bound), folds all proposals of the turn
+//! into one `ProposeBatch` and all linearizable reads into one `Read`
+//! barrier, steps the core, and executes the resulting actions: messages go
+//! to the transport, log writes of the whole turn go to the storage worker as
+//! one request, committed entries are applied right here.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tarn_core::{
+    Action, DropReason, EntryPayload, GroupId, Input, Message, Nanos, NodeId, Proposal, RawNode, Role, Status,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
+
+use super::store::{LogWrite, StorageDone, StorageRequest, StorageWorker};
+use super::{GroupInfo, ProposeError, ReadError, StateMachine};
+use crate::transport::Transport;
+
+/// A read closure: runs on the group's task with the state machine once the
+/// read is safe, or with the reason it could not be served.
+pub type ReadFn<SM> = Box<dyn FnOnce(Result<&mut SM, ReadError>) + Send>;
+
+pub(crate) enum GroupInput<SM: StateMachine> {
+    Message(Message),
+    Propose { data: Bytes, reply: oneshot::Sender<Result<SM::Response, ProposeError>> },
+    Read { linearizable: bool, f: ReadFn<SM> },
+    TransferLeader { to: NodeId },
+    Status { reply: oneshot::Sender<Status> },
+    Stop,
+}
+
+/// The most inputs one turn takes: bounds a turn's latency and batch size.
+pub(crate) const MAX_INPUTS_PER_TURN: usize = 4096;
+
+pub(crate) struct GroupTask<SM: StateMachine> {
+    pub group: GroupId,
+    pub node_id: NodeId,
+    pub raw: RawNode,
+    pub sm: SM,
+    pub inputs: mpsc::Receiver<GroupInput<SM>>,
+    pub storage: StorageWorker,
+    pub transport: Option<Transport<Message>>,
+    pub origin: Instant,
+    pub info: watch::Sender<GroupInfo>,
+    pub tick_interval: Duration,
+}
+
+fn wall_clock_nanos() -> Nanos {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as Nanos).unwrap_or(0)
+}
+
+impl<SM: StateMachine> GroupTask<SM> {
+    pub(crate) async fn run(self) {
+        let span = tracing::info_span!("group", node = self.node_id, group = self.group);
+        self.run_inner().instrument(span).await
+    }
+
+    async fn run_inner(mut self) {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<StorageDone>();
+        let mut actions: Vec<Action> = Vec::new();
+        let mut next_id: u64 = 1;
+        let mut proposals: HashMap<u64, oneshot::Sender<Result<SM::Response, ProposeError>>> = HashMap::new();
+        // Reads waiting on one core barrier id.
+        let mut reads: HashMap<u64, Vec<ReadFn<SM>>> = HashMap::new();
+        let mut batch_proposals: Vec<Proposal> = Vec::new();
+        let mut batch_reads: Vec<ReadFn<SM>> = Vec::new();
+        let mut writes: Vec<LogWrite> = Vec::new();
+        let mut is_leader = false;
+        let mut stopped = false;
+        let mut failed: Option<String> = None;
+        let mut applied = self.sm.applied_index();
+        let now = |origin: &Instant| origin.elapsed().as_nanos() as Nanos;
+
+        // The state machine may already hold a prefix (its own snapshot).
+        if applied > 0 {
+            self.raw.step(now(&self.origin), Input::Applied { index: applied }, &mut actions);
+        }
+        let mut ticker = tokio::time::interval(self.tick_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        while !stopped {
+            let deadline = self.origin + Duration::from_nanos(self.raw.next_deadline());
+            let mut inputs: Vec<GroupInput<SM>> = Vec::new();
+            let mut done: Vec<StorageDone> = Vec::new();
+            let mut tick = false;
+            tokio::select! {
+                biased;
+                d = done_rx.recv() => if let Some(d) = d { done.push(d) },
+                i = self.inputs.recv() => match i {
+                    Some(i) => inputs.push(i),
+                    None => stopped = true,
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => tick = true,
+                _ = ticker.tick() => {}
+            }
+            while done.len() < MAX_INPUTS_PER_TURN {
+                match done_rx.try_recv() {
+                    Ok(d) => done.push(d),
+                    Err(_) => break,
+                }
+            }
+            while inputs.len() < MAX_INPUTS_PER_TURN {
+                match self.inputs.try_recv() {
+                    Ok(i) => inputs.push(i),
+                    Err(_) => break,
+                }
+            }
+
+            let t = now(&self.origin);
+            for d in done {
+                match d {
+                    StorageDone::Persisted { log, hard_state } => {
+                        if let Some((term, vote)) = hard_state {
+                            self.raw.step(t, Input::HardStatePersisted { term, vote }, &mut actions);
+                        }
+                        if let Some(up_to) = log {
+                            self.raw.step(t, Input::LogPersisted { up_to }, &mut actions);
+                        }
+                    }
+                    StorageDone::Fetched { from, entries } => {
+                        self.raw.step(t, Input::EntriesFetched { from, entries }, &mut actions);
+                    }
+                    StorageDone::Failed(e) => {
+                        tracing::error!(error = %e, "storage failed; stopping the group (restart the node to recover from disk)");
+                        failed = Some(e.to_string());
+                        stopped = true;
+                    }
+                }
+            }
+            for input in inputs {
+                match input {
+                    GroupInput::Message(m) => self.raw.step(t, Input::Message(m), &mut actions),
+                    GroupInput::Propose { data, reply } => {
+                        let id = next_id;
+                        next_id += 1;
+                        proposals.insert(id, reply);
+                        batch_proposals.push(Proposal { id, data });
+                    }
+                    GroupInput::Read { linearizable: false, f } => f(Ok(&mut self.sm)),
+                    GroupInput::Read { linearizable: true, f } => batch_reads.push(f),
+                    GroupInput::TransferLeader { to } => {
+                        self.raw.step(t, Input::TransferLeadership { to }, &mut actions)
+                    }
+                    GroupInput::Status { reply } => {
+                        let _ = reply.send(self.raw.status());
+                    }
+                    GroupInput::Stop => stopped = true,
+                }
+            }
+            if tick || t >= self.raw.next_deadline() {
+                self.raw.step(t, Input::Tick, &mut actions);
+            }
+            if is_leader {
+                for data in self.sm.leader_proposals(wall_clock_nanos()) {
+                    // System proposals: nobody waits on them.
+                    let id = next_id;
+                    next_id += 1;
+                    batch_proposals.push(Proposal { id, data });
+                }
+            }
+            match batch_proposals.len() {
+                0 => {}
+                1 => {
+                    let p = batch_proposals.pop().expect("len is 1");
+                    self.raw.step(t, Input::Propose { id: p.id, data: p.data }, &mut actions);
+                }
+                _ => {
+                    let proposals = std::mem::take(&mut batch_proposals);
+                    self.raw.step(t, Input::ProposeBatch { proposals }, &mut actions);
+                }
+            }
+            if !batch_reads.is_empty() {
+                let id = next_id;
+                next_id += 1;
+                reads.insert(id, std::mem::take(&mut batch_reads));
+                self.raw.step(t, Input::Read { id }, &mut actions);
+            }
+
+            // Execute actions until the core has nothing more to say (applying
+            // produces `Applied`, which may release reads).
+            let mut rounds = 0;
+            while !actions.is_empty() {
+                rounds += 1;
+                debug_assert!(rounds < 1000, "the core keeps producing actions");
+                let mut applied_to = None;
+                for action in std::mem::take(&mut actions) {
+                    match action {
+                        Action::Send { to, message } => {
+                            if let Some(tr) = &self.transport {
+                                tr.send(to, self.group, message);
+                            }
+                        }
+                        Action::AppendLog { entries } => writes.push(LogWrite::Append(entries)),
+                        Action::PersistHardState(hs) => writes.push(LogWrite::HardState(hs)),
+                        Action::Apply { entries, proposals: ids } => {
+                            let mut ids = ids.into_iter().peekable();
+                            for entry in &entries {
+                                debug_assert!(
+                                    entry.index > applied,
+                                    "apply goes forward one index at a time"
+                                );
+                                let response = match &entry.payload {
+                                    EntryPayload::Normal(data) => Some(self.sm.apply(entry.index, data)),
+                                    _ => {
+                                        self.sm.apply_noop(entry.index);
+                                        None
+                                    }
+                                };
+                                applied = entry.index;
+                                while ids.peek().is_some_and(|(i, _)| *i < entry.index) {
+                                    ids.next();
+                                }
+                                if ids.peek().is_some_and(|(i, _)| *i == entry.index) {
+                                    let (_, id) = ids.next().expect("peeked");
+                                    if let (Some(reply), Some(r)) = (proposals.remove(&id), response) {
+                                        let _ = reply.send(Ok(r));
+                                    }
+                                }
+                            }
+                            applied_to = Some(applied);
+                        }
+                        Action::FetchEntries { from, to, max_bytes } => {
+                            self.storage.submit(StorageRequest::Fetch {
+                                group: self.group,
+                                from,
+                                to,
+                                max_bytes,
+                                done: done_tx.clone(),
+                            });
+                        }
+                        Action::ReadReady { id, .. } => {
+                            for f in reads.remove(&id).unwrap_or_default() {
+                                f(Ok(&mut self.sm));
+                            }
+                        }
+                        Action::ReadFailed { id, reason } => {
+                            for f in reads.remove(&id).unwrap_or_default() {
+                                f(Err(read_error(reason)));
+                            }
+                        }
+                        Action::ProposalDropped { id, reason } => {
+                            if let Some(reply) = proposals.remove(&id) {
+                                let _ = reply.send(Err(propose_error(reason)));
+                            }
+                        }
+                        Action::RoleChanged { role, term, leader } => {
+                            tracing::info!(?role, term, ?leader, "role changed");
+                            let now_leader = role == Role::Leader;
+                            if now_leader != is_leader {
+                                is_leader = now_leader;
+                                self.sm.on_leadership(is_leader, wall_clock_nanos());
+                            }
+                        }
+                    }
+                }
+                if let Some(index) = applied_to {
+                    self.sm.after_apply();
+                    self.raw.step(now(&self.origin), Input::Applied { index }, &mut actions);
+                }
+            }
+            if !writes.is_empty() {
+                let request = StorageRequest::Write {
+                    group: self.group,
+                    writes: std::mem::take(&mut writes),
+                    done: done_tx.clone(),
+                };
+                if !self.storage.submit(request) {
+                    failed = Some("the storage worker stopped".into());
+                    stopped = true;
+                }
+            }
+            self.publish(applied, failed.clone());
+        }
+        // Everyone still waiting learns the group stopped.
+        let reason = failed.clone().unwrap_or_else(|| "group stopped".into());
+        for (_, reply) in proposals.drain() {
+            let _ = reply.send(Err(ProposeError::Stopped { reason: reason.clone() }));
+        }
+        for (_, fs) in reads.drain() {
+            for f in fs {
+                f(Err(ReadError::Stopped { reason: reason.clone() }));
+            }
+        }
+        self.info.send_modify(|i| {
+            i.stopped = true;
+            i.error = failed;
+        });
+    }
+
+    fn publish(&self, applied: u64, error: Option<String>) {
+        let (role, term, leader, commit, last) = (
+            self.raw.role(),
+            self.raw.term(),
+            self.raw.leader(),
+            self.raw.commit_index(),
+            self.raw.last_log_id(),
+        );
+        self.info.send_if_modified(|i| {
+            let next = GroupInfo {
+                group: self.group,
+                node_id: self.node_id,
+                role,
+                term,
+                leader,
+                commit,
+                applied,
+                last_log_id: last,
+                stopped: i.stopped,
+                error: error.clone(),
+            };
+            if *i == next {
+                false
+            } else {
+                *i = next;
+                true
+            }
+        });
+    }
+}
+
+fn propose_error(reason: DropReason) -> ProposeError {
+    match reason {
+        DropReason::NotLeader { leader_hint } => ProposeError::NotLeader { leader_hint },
+        DropReason::LeadershipLost { leader_hint } => ProposeError::MaybeCommitted { leader_hint },
+        other => ProposeError::Refused { reason: format!("{other:?}") },
+    }
+}
+
+fn read_error(reason: DropReason) -> ReadError {
+    match reason {
+        DropReason::NotLeader { leader_hint } | DropReason::LeadershipLost { leader_hint } => {
+            ReadError::NotLeader { leader_hint }
+        }
+        other => ReadError::Refused { reason: format!("{other:?}") },
+    }
+}

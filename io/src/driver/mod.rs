@@ -1,0 +1,474 @@
+//! The tokio driver: runs Raft groups on a node.
+//!
+//! A [`Node`] hosts any number of Raft groups (multi-raft). Each group is one
+//! tokio task that owns its `RawNode` and its [`StateMachine`]; the node
+//! shares one [`Transport`] (one connection per peer for all groups) and one
+//! storage worker (one write and one sync for the writes of all groups that
+//! arrive together) between them. The driver has no protocol logic: it feeds
+//! the core ticks, messages and persistence completions, and executes the
+//! actions the core returns.
+//!
+//! # Embedding: run your own state machine
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use tarn_core::{Index, Membership};
+//! use tarn_io::driver::{MemStore, Node, NodeConfig, StateMachine};
+//!
+//! #[derive(Default)]
+//! struct Log { lines: Vec<String>, applied: Index }
+//!
+//! impl StateMachine for Log {
+//!     type Response = usize;
+//!     fn apply(&mut self, index: Index, data: &Bytes) -> usize {
+//!         self.lines.push(String::from_utf8_lossy(data).into_owned());
+//!         self.applied = index;
+//!         self.lines.len()
+//!     }
+//!     fn apply_noop(&mut self, index: Index) { self.applied = index; }
+//!     fn applied_index(&self) -> Index { self.applied }
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // One node, one group, storage in memory (use the file-backed store in production).
+//! let node = Node::start(NodeConfig::new(1, 7), Box::new(MemStore::new()), None, Default::default())?;
+//! let group = node.add_group(1, Membership::new_voters([1]), Log::default()).await?;
+//! group.wait_for_leader(std::time::Duration::from_secs(5)).await?;
+//! let count = group.propose(Bytes::from_static(b"hello")).await?;
+//! assert_eq!(count, 1);
+//! let lines = group.read(true, |log: &mut Log| log.lines.clone()).await?;
+//! assert_eq!(lines, vec!["hello".to_string()]);
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod group;
+mod state_machine;
+mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tarn_core::{GroupId, Index, LogId, Membership, Message, NodeId, RawNode, Role, Status, Term};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use group::ReadFn;
+use group::{GroupInput, GroupTask};
+pub use state_machine::StateMachine;
+pub use store::{LogStore, LogWrite, MemStore, StoreError, WriteMode};
+use store::{StorageRequest, StorageWorker};
+
+use crate::transport::{InboundSink, Transport, TransportConfig, TransportError, TransportStats};
+
+/// How a node runs its groups.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// Shared by every node of the cluster; checked in the transport handshake.
+    pub cluster_id: u64,
+    /// Template for every group's core configuration (`id` is overwritten
+    /// with `node_id`, the seed is mixed with the group id).
+    pub raft: tarn_core::Config,
+    pub write_mode: WriteMode,
+    /// Inputs queued for one group before senders wait (proposals) or drop
+    /// (peer messages; Raft retransmits).
+    pub group_queue_capacity: usize,
+    /// The driver also wakes this often to let the state machine propose
+    /// (e.g. TTL expiry) even when the core sleeps longer.
+    pub tick_interval: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(node_id: NodeId, cluster_id: u64) -> Self {
+        NodeConfig {
+            node_id,
+            cluster_id,
+            raft: tarn_core::Config::new(node_id, cluster_id ^ node_id.rotate_left(32)),
+            write_mode: WriteMode::Sync,
+            group_queue_capacity: 65_536,
+            tick_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Why a node or group could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("invalid Raft configuration for group {group}: {reason}")]
+    Config { group: GroupId, reason: String },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("group {group} already runs on this node")]
+    GroupExists { group: GroupId },
+    #[error("group {group} does not run on this node")]
+    NoSuchGroup { group: GroupId },
+    #[error("node {node} is shutting down")]
+    ShuttingDown { node: NodeId },
+    #[error("group {group}: no leader elected within {waited_ms} ms (is a quorum of nodes running?)")]
+    NoLeader { group: GroupId, waited_ms: u64 },
+}
+
+/// Why a proposal has no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this node is not the leader (leader: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    /// The entry was appended but leadership was lost: it may still commit.
+    #[error(
+        "leadership lost after the proposal was appended; it may still commit (leader: {leader_hint:?})"
+    )]
+    MaybeCommitted { leader_hint: Option<NodeId> },
+    #[error("proposal refused: {reason}")]
+    Refused { reason: String },
+    #[error("group stopped: {reason}")]
+    Stopped { reason: String },
+}
+
+/// Why a read could not be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("this node cannot confirm a linearizable read (leader: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    #[error("read refused: {reason}")]
+    Refused { reason: String },
+    #[error("group stopped: {reason}")]
+    Stopped { reason: String },
+}
+
+/// What a group looks like from outside, updated by its task after every turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub group: GroupId,
+    pub node_id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit: Index,
+    pub applied: Index,
+    pub last_log_id: LogId,
+    pub stopped: bool,
+    pub error: Option<String>,
+}
+
+/// Storage worker counters (readable while the node runs).
+#[derive(Debug, Default)]
+pub struct StorageCounters {
+    pub flushes: AtomicU64,
+    pub syncs: AtomicU64,
+    pub entries_written: AtomicU64,
+}
+
+/// Talks to one group's task. Cheap to clone.
+pub struct GroupHandle<SM: StateMachine> {
+    group: GroupId,
+    tx: mpsc::Sender<GroupInput<SM>>,
+    info: watch::Receiver<GroupInfo>,
+}
+
+impl<SM: StateMachine> Clone for GroupHandle<SM> {
+    fn clone(&self) -> Self {
+        GroupHandle { group: self.group, tx: self.tx.clone(), info: self.info.clone() }
+    }
+}
+
+impl<SM: StateMachine> GroupHandle<SM> {
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    fn stopped(&self) -> String {
+        self.info.borrow().error.clone().unwrap_or_else(|| format!("group {} stopped", self.group))
+    }
+
+    /// Proposes `data`; resolves once it is applied here (the response) or
+    /// cannot be (the reason).
+    pub async fn propose(&self, data: Bytes) -> Result<SM::Response, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(GroupInput::Propose { data, reply }).await.is_err() {
+            return Err(ProposeError::Stopped { reason: self.stopped() });
+        }
+        rx.await.unwrap_or_else(|_| Err(ProposeError::Stopped { reason: self.stopped() }))
+    }
+
+    /// Runs `f` on the state machine: after a ReadIndex/lease confirmation if
+    /// `linearizable`, else at once on the local (possibly stale) state.
+    pub async fn read<R, F>(&self, linearizable: bool, f: F) -> Result<R, ReadError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut SM) -> R + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let f: ReadFn<SM> = Box::new(move |sm| {
+            let _ = reply.send(sm.map(f));
+        });
+        if self.tx.send(GroupInput::Read { linearizable, f }).await.is_err() {
+            return Err(ReadError::Stopped { reason: self.stopped() });
+        }
+        rx.await.unwrap_or_else(|_| Err(ReadError::Stopped { reason: self.stopped() }))
+    }
+
+    /// Runs `f` with the state machine's result delivered through a closure,
+    /// without waiting (for callers that batch many reads themselves).
+    pub fn try_read(&self, linearizable: bool, f: ReadFn<SM>) -> Result<(), ReadError> {
+        self.tx.try_send(GroupInput::Read { linearizable, f }).map_err(|_| ReadError::Refused {
+            reason: format!("group {} is overloaded or stopped", self.group),
+        })
+    }
+
+    /// Asks the leader to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ProposeError> {
+        self.tx
+            .send(GroupInput::TransferLeader { to })
+            .await
+            .map_err(|_| ProposeError::Stopped { reason: self.stopped() })
+    }
+
+    /// The core's full status (members, progress of followers on a leader).
+    pub async fn status(&self) -> Option<Status> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(GroupInput::Status { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The latest published summary (no round trip to the task).
+    pub fn info(&self) -> GroupInfo {
+        self.info.borrow().clone()
+    }
+
+    /// A receiver that changes whenever the summary does.
+    pub fn subscribe(&self) -> watch::Receiver<GroupInfo> {
+        self.info.clone()
+    }
+
+    /// Waits until the group knows a leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, DriverError> {
+        let mut rx = self.info.clone();
+        let r = tokio::time::timeout(timeout, rx.wait_for(|i| i.leader.is_some() || i.stopped)).await;
+        match r {
+            Ok(Ok(i)) if i.leader.is_some() => Ok(i.leader.expect("checked is_some")),
+            _ => Err(DriverError::NoLeader { group: self.group, waited_ms: timeout.as_millis() as u64 }),
+        }
+    }
+}
+
+/// A group's handle and the task running it.
+type RunningGroup<SM> = (GroupHandle<SM>, tokio::task::JoinHandle<()>);
+
+type Routes<SM> = Arc<RwLock<HashMap<GroupId, mpsc::Sender<GroupInput<SM>>>>>;
+
+struct NodeInner<SM: StateMachine> {
+    config: NodeConfig,
+    storage: StorageWorker,
+    transport: Option<Transport<Message>>,
+    routes: Routes<SM>,
+    handles: RwLock<BTreeMap<GroupId, RunningGroup<SM>>>,
+    origin: Instant,
+    storage_counters: Arc<StorageCounters>,
+    dropped_inbound: Arc<AtomicU64>,
+}
+
+/// A running node: its groups, its transport and its storage worker.
+pub struct Node<SM: StateMachine> {
+    inner: Arc<NodeInner<SM>>,
+}
+
+impl<SM: StateMachine> Clone for Node<SM> {
+    fn clone(&self) -> Self {
+        Node { inner: self.inner.clone() }
+    }
+}
+
+impl<SM: StateMachine> Node<SM> {
+    /// Starts the storage worker and, if `peer_listener` is given, the
+    /// transport to `peers` (other nodes' peer addresses). Must run inside a
+    /// tokio runtime.
+    pub fn start(
+        config: NodeConfig,
+        store: Box<dyn LogStore>,
+        peer_listener: Option<TcpListener>,
+        peers: BTreeMap<NodeId, SocketAddr>,
+    ) -> Result<Node<SM>, DriverError> {
+        let mut probe = config.raft.clone();
+        probe.id = config.node_id;
+        probe.validate().map_err(|e| DriverError::Config { group: 0, reason: e.to_string() })?;
+        let storage_counters = Arc::new(StorageCounters::default());
+        let storage = StorageWorker::start(store, config.write_mode, storage_counters.clone());
+        let routes: Routes<SM> = Arc::default();
+        let dropped_inbound = Arc::new(AtomicU64::new(0));
+        let transport = match peer_listener {
+            None => None,
+            Some(listener) => {
+                let (r, dropped) = (routes.clone(), dropped_inbound.clone());
+                let sink: InboundSink<Message> = Arc::new(move |_from, group, message| {
+                    // Never blocks the connection reader: a full or unknown
+                    // group drops the message and Raft retransmits.
+                    let delivered = r
+                        .read()
+                        .ok()
+                        .and_then(|routes| {
+                            routes.get(&group).map(|tx| tx.try_send(GroupInput::Message(message)).is_ok())
+                        })
+                        .unwrap_or(false);
+                    if !delivered {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                let tc = TransportConfig::new(config.node_id, config.cluster_id, peers);
+                Some(Transport::start(tc, listener, sink)?)
+            }
+        };
+        Ok(Node {
+            inner: Arc::new(NodeInner {
+                config,
+                storage,
+                transport,
+                routes,
+                handles: RwLock::default(),
+                origin: Instant::now(),
+                storage_counters,
+                dropped_inbound,
+            }),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.config.node_id
+    }
+
+    /// Starts group `group` with the given state machine. `membership` is the
+    /// initial configuration of a brand-new group; a group found in storage
+    /// recovers its own.
+    pub async fn add_group(
+        &self,
+        group: GroupId,
+        membership: Membership,
+        sm: SM,
+    ) -> Result<GroupHandle<SM>, DriverError> {
+        if self.handles_read().contains_key(&group) {
+            return Err(DriverError::GroupExists { group });
+        }
+        let (reply, rx) = oneshot::channel();
+        let node = self.inner.config.node_id;
+        if !self.inner.storage.submit(StorageRequest::Open { group, initial: membership, reply }) {
+            return Err(DriverError::ShuttingDown { node });
+        }
+        let recovered = rx.await.map_err(|_| DriverError::ShuttingDown { node })??;
+        let mut raft = self.inner.config.raft.clone();
+        raft.id = node;
+        raft.seed ^= group.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let raw = RawNode::new(raft, recovered)
+            .map_err(|e| DriverError::Config { group, reason: e.to_string() })?;
+        let (tx, inputs) = mpsc::channel(self.inner.config.group_queue_capacity);
+        let initial = GroupInfo {
+            group,
+            node_id: node,
+            role: raw.role(),
+            term: raw.term(),
+            leader: raw.leader(),
+            commit: raw.commit_index(),
+            applied: sm.applied_index(),
+            last_log_id: raw.last_log_id(),
+            stopped: false,
+            error: None,
+        };
+        let (info_tx, info) = watch::channel(initial);
+        let task = GroupTask {
+            group,
+            node_id: node,
+            raw,
+            sm,
+            inputs,
+            storage: self.inner.storage.clone(),
+            transport: self.inner.transport.clone(),
+            origin: self.inner.origin,
+            info: info_tx,
+            tick_interval: self.inner.config.tick_interval,
+        };
+        let handle = GroupHandle { group, tx: tx.clone(), info };
+        let mut handles = self.inner.handles.write().map_err(|_| DriverError::ShuttingDown { node })?;
+        if handles.contains_key(&group) {
+            return Err(DriverError::GroupExists { group });
+        }
+        let join = tokio::spawn(task.run());
+        handles.insert(group, (handle.clone(), join));
+        if let Ok(mut routes) = self.inner.routes.write() {
+            routes.insert(group, tx);
+        }
+        Ok(handle)
+    }
+
+    /// Stops group `group` on this node and deletes its data here.
+    pub async fn remove_group(&self, group: GroupId) -> Result<(), DriverError> {
+        self.stop_group(group).await?;
+        let (reply, rx) = oneshot::channel();
+        let node = self.inner.config.node_id;
+        if !self.inner.storage.submit(StorageRequest::Remove { group, reply }) {
+            return Err(DriverError::ShuttingDown { node });
+        }
+        rx.await.map_err(|_| DriverError::ShuttingDown { node })??;
+        Ok(())
+    }
+
+    async fn stop_group(&self, group: GroupId) -> Result<(), DriverError> {
+        if let Ok(mut routes) = self.inner.routes.write() {
+            routes.remove(&group);
+        }
+        let entry = self.inner.handles.write().ok().and_then(|mut h| h.remove(&group));
+        let Some((handle, join)) = entry else { return Err(DriverError::NoSuchGroup { group }) };
+        let _ = handle.tx.send(GroupInput::Stop).await;
+        let _ = join.await;
+        Ok(())
+    }
+
+    fn handles_read(&self) -> BTreeMap<GroupId, GroupHandle<SM>> {
+        self.inner
+            .handles
+            .read()
+            .map(|h| h.iter().map(|(g, (handle, _))| (*g, handle.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn group(&self, group: GroupId) -> Option<GroupHandle<SM>> {
+        self.inner.handles.read().ok()?.get(&group).map(|(h, _)| h.clone())
+    }
+
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.handles_read().into_keys().collect()
+    }
+
+    pub fn transport_stats(&self) -> Option<Arc<TransportStats>> {
+        self.inner.transport.as_ref().map(|t| t.stats())
+    }
+
+    pub fn storage_counters(&self) -> Arc<StorageCounters> {
+        self.inner.storage_counters.clone()
+    }
+
+    /// Inbound peer messages dropped because their group was unknown or full.
+    pub fn dropped_inbound(&self) -> u64 {
+        self.inner.dropped_inbound.load(Ordering::Relaxed)
+    }
+
+    /// Stops every group, makes every write durable and closes the transport.
+    pub async fn shutdown(&self) {
+        for group in self.groups() {
+            let _ = self.stop_group(group).await;
+        }
+        let (reply, rx) = oneshot::channel();
+        if self.inner.storage.submit(StorageRequest::Flush { reply }) {
+            if let Ok(Err(e)) = rx.await {
+                tracing::error!(error = %e, "final sync failed");
+            }
+        }
+        if let Some(t) = &self.inner.transport {
+            t.shutdown();
+        }
+    }
+}
