@@ -178,7 +178,6 @@ impl Config {
     }
 
     #[cfg(feature = "planted-bugs")]
-    #[allow(dead_code)] // used once the state machine lands
     pub(crate) fn bug(&self, bug: PlantedBug) -> bool {
         self.planted_bug == Some(bug)
     }

@@ -12,7 +12,12 @@ pub mod io;
 pub mod message;
 pub mod types;
 
+mod log;
+mod progress;
+pub mod quorum;
 mod raft;
+mod read;
+pub mod testkit;
 
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;

@@ -1,68 +1,1286 @@
-//! The Raft state machine (placeholder until the implementation lands).
+//! The Raft state machine: one `step` per input; role-independent handling
+//! (time, terms, persistence acknowledgements) happens once, then the input is
+//! dispatched to the step for the current role.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+#[cfg(feature = "planted-bugs")]
+use crate::config::PlantedBug;
 use crate::config::{Config, ConfigError};
-use crate::io::{Action, Input, Recovered, Role, Status};
-use crate::types::{Index, LogId, Membership, Nanos, NodeId, Term};
+use crate::io::{Action, DropReason, Input, Proposal, Recovered, Role, Status};
+use crate::log::RaftLog;
+use crate::message::{Message, MessageBody, RejectHint};
+use crate::progress::{Progress, ProgressState};
+use crate::quorum::{joint_committed, joint_vote, VoteResult};
+use crate::read::{PendingRead, Requester, Rounds};
+use crate::types::{Entry, EntryPayload, HardState, Index, LogId, Membership, Nanos, NodeId, Term};
+
+/// Is planted bug `$bug` switched on? Always false without the feature.
+macro_rules! bug {
+    ($self:ident, $bug:ident) => {{
+        #[cfg(feature = "planted-bugs")]
+        let on = $self.cfg.bug(PlantedBug::$bug);
+        #[cfg(not(feature = "planted-bugs"))]
+        let on = false;
+        on
+    }};
+}
+
+/// State only the leader has.
+#[derive(Debug)]
+struct LeaderState {
+    progress: BTreeMap<NodeId, Progress>,
+    /// Proposals appended in this leadership, ascending by index.
+    proposals: VecDeque<(LogId, u64)>,
+    uncommitted_bytes: usize,
+    /// An entry of this term has committed: reads may be served.
+    committed_own_term: bool,
+    /// Reads that arrived before `committed_own_term`.
+    reads_before_commit: Vec<Requester>,
+    /// Reads waiting for their heartbeat round to be acknowledged by a quorum.
+    reads_pending: VecDeque<PendingRead>,
+    rounds: Rounds,
+    /// Latest heartbeat round sent (ids grow across leaderships, never reused).
+    /// Send time of the newest round a quorum acknowledged.
+    lease_start: Option<Nanos>,
+    /// `(transferee, deadline)` of a leadership transfer in progress.
+    transfer: Option<(NodeId, Nanos)>,
+    /// A TimeoutNow went out in this term: the lease is void from now on
+    /// (the transferee's election bypasses the voters' stickiness).
+    timeout_now_sent: bool,
+    heartbeat_deadline: Nanos,
+    check_quorum_deadline: Nanos,
+}
+
+/// What a follower knows about acknowledging the current leader's appends.
+#[derive(Debug, Default)]
+struct FollowerAck {
+    session: u64,
+    /// Highest index known to match the current leader's log.
+    matched: Index,
+    /// Highest index acknowledged to the leader.
+    acked: Index,
+}
 
 /// One node of one Raft group: a pure state machine driven by [`RawNode::step`].
+///
+/// See the crate docs for an example.
 pub struct RawNode {
-    config: Config,
-    recovered: Recovered,
+    cfg: Config,
+    id: NodeId,
+    rng: ChaCha8Rng,
+    now: Nanos,
+    started_at: Option<Nanos>,
+
+    term: Term,
+    vote: Option<NodeId>,
+    /// The (term, vote) storage acknowledged last.
+    durable_vote: (Term, Option<NodeId>),
+    role: Role,
+    leader_id: Option<NodeId>,
+    membership: Membership,
+    log: RaftLog,
+    /// Highest index handed out in `Action::Apply`.
+    applying: Index,
+    /// Highest index the state machine reported applied.
+    applied: Index,
+
+    election_deadline: Nanos,
+    last_leader_contact: Option<Nanos>,
+    /// Candidate / pre-candidate: votes received (own vote once durable).
+    votes: BTreeMap<NodeId, bool>,
+    /// A vote grant waiting for its `HardStatePersisted`.
+    pending_vote_reply: Option<NodeId>,
+    follower_ack: FollowerAck,
+    leader: Option<Box<LeaderState>>,
+    next_session: u64,
+    next_ctx: u64,
+
+    /// Entries fetched from storage (older than the tail), contiguous.
+    fetched: VecDeque<Entry>,
+    fetch_outstanding: bool,
+
+    /// Ids of reads submitted here and not yet answered (duplicate check).
+    local_reads: BTreeSet<u64>,
+    /// Reads confirmed at `index`, waiting for the state machine to apply it.
+    reads_waiting_apply: VecDeque<(Index, u64)>,
+    /// Reads forwarded to the leader: id -> deadline; plus deadlines in order.
+    forwarded: BTreeMap<u64, Nanos>,
+    forwarded_order: VecDeque<(Nanos, u64)>,
+
+    last_reported: (Role, Term, Option<NodeId>),
 }
 
 impl RawNode {
     /// Builds a node from its configuration and what storage recovered.
     /// Fails if the configuration is invalid or the recovered state is
     /// inconsistent (e.g. `tail` does not end at `last_log_id`).
+    ///
+    /// The node starts as a follower; its first election timer starts at the
+    /// first `step` (until then `next_deadline` is 0).
     pub fn new(config: Config, recovered: Recovered) -> Result<RawNode, ConfigError> {
         config.validate()?;
-        Ok(RawNode { config, recovered })
+        let bad = |reason: String| ConfigError { field: "recovered", reason };
+        let snapshot = recovered.snapshot.as_ref().map_or(LogId::ZERO, |s| s.last_log_id);
+        let log = RaftLog::new(
+            snapshot,
+            recovered.term_starts,
+            recovered.last_log_id,
+            recovered.tail,
+            recovered.hard_state.commit,
+        )
+        .map_err(bad)?;
+        let hs = recovered.hard_state;
+        // A log entry of a later term than the hard state means the term was
+        // not persisted but the entry was; no vote was granted in that term
+        // (grants wait for durability), so no vote.
+        let (term, vote) =
+            if log.last().term > hs.term { (log.last().term, None) } else { (hs.term, hs.vote) };
+        let applied = recovered.applied.max(snapshot.index);
+        if applied > log.last().index {
+            return Err(bad(format!("applied {applied} is beyond the last log index {}", log.last())));
+        }
+        let seed = config.seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let id = config.id;
+        let mut node = RawNode {
+            id,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            now: 0,
+            started_at: None,
+            term,
+            vote,
+            durable_vote: (hs.term, hs.vote),
+            role: Role::Follower,
+            leader_id: None,
+            membership: recovered.membership,
+            applying: applied,
+            applied,
+            log,
+            election_deadline: 0,
+            last_leader_contact: None,
+            votes: BTreeMap::new(),
+            pending_vote_reply: None,
+            follower_ack: FollowerAck::default(),
+            leader: None,
+            next_session: 1,
+            next_ctx: 1,
+            fetched: VecDeque::new(),
+            fetch_outstanding: false,
+            local_reads: BTreeSet::new(),
+            reads_waiting_apply: VecDeque::new(),
+            forwarded: BTreeMap::new(),
+            forwarded_order: VecDeque::new(),
+            last_reported: (Role::Follower, term, None),
+            cfg: config,
+        };
+        node.log.commit_to(node.applying.min(node.log.last().index));
+        Ok(node)
     }
 
     /// The only way in: apply one input observed at local monotonic time `now`
-    /// (never decreasing across calls) and push the resulting actions.
+    /// and push the resulting actions. `now` must not decrease across calls
+    /// (a smaller value is treated as the previous one).
     pub fn step(&mut self, now: Nanos, input: Input, actions: &mut Vec<Action>) {
-        let _ = (now, input, actions);
+        self.now = self.now.max(now);
+        if self.started_at.is_none() {
+            self.started_at = Some(self.now);
+            self.reset_election_timer();
+        }
+        match input {
+            Input::Tick => self.tick(actions),
+            Input::Message(m) => self.on_message(m, actions),
+            Input::Propose { id, data } => self.propose(vec![Proposal { id, data }], actions),
+            Input::ProposeBatch { proposals } => self.propose(proposals, actions),
+            Input::Read { id } => self.read(id, actions),
+            Input::LogPersisted { up_to } => self.on_log_persisted(up_to, actions),
+            Input::HardStatePersisted { term, vote } => self.on_hard_state_persisted(term, vote, actions),
+            Input::EntriesFetched { from, entries } => self.on_entries_fetched(from, entries, actions),
+            Input::Applied { index } => {
+                self.applied = self.applied.max(index.min(self.applying));
+            }
+            Input::TransferLeadership { to } => self.transfer_leadership(to, actions),
+        }
+        self.after_step(actions);
     }
 
-    /// The local time at which the core next needs an `Input::Tick`.
+    /// The local time at which the core next needs an `Input::Tick` (0 before
+    /// the first step).
     pub fn next_deadline(&self) -> Nanos {
-        self.config.election_timeout_min_ns
+        if self.started_at.is_none() {
+            return 0;
+        }
+        let mut d = match &self.leader {
+            Some(l) => {
+                let mut d = l.heartbeat_deadline;
+                if self.cfg.check_quorum {
+                    d = d.min(l.check_quorum_deadline);
+                }
+                if let Some((_, t)) = l.transfer {
+                    d = d.min(t);
+                }
+                d
+            }
+            None => self.election_deadline,
+        };
+        if let Some(&(t, _)) = self.forwarded_order.front() {
+            d = d.min(t);
+        }
+        d
     }
 
     pub fn id(&self) -> NodeId {
-        self.config.id
+        self.id
     }
     pub fn role(&self) -> Role {
-        Role::Follower
+        self.role
     }
     pub fn term(&self) -> Term {
-        self.recovered.hard_state.term
+        self.term
     }
     pub fn leader(&self) -> Option<NodeId> {
-        None
+        self.leader_id
     }
     pub fn commit_index(&self) -> Index {
-        self.recovered.hard_state.commit
+        self.log.committed()
     }
     pub fn last_log_id(&self) -> LogId {
-        self.recovered.last_log_id
+        self.log.last()
     }
     pub fn membership(&self) -> &Membership {
-        &self.recovered.membership
+        &self.membership
     }
     pub fn status(&self) -> Status {
         Status {
-            id: self.config.id,
-            role: Role::Follower,
-            term: self.term(),
-            vote: self.recovered.hard_state.vote,
-            leader: None,
-            commit: self.commit_index(),
-            applied: self.recovered.applied,
-            last_log_id: self.last_log_id(),
-            persisted: self.last_log_id().index,
-            membership: self.recovered.membership.clone(),
-            progress: Vec::new(),
+            id: self.id,
+            role: self.role,
+            term: self.term,
+            vote: self.vote,
+            leader: self.leader_id,
+            commit: self.log.committed(),
+            applied: self.applied,
+            last_log_id: self.log.last(),
+            persisted: self.log.persisted(),
+            membership: self.membership.clone(),
+            progress: self.leader.as_ref().map_or(Vec::new(), |l| {
+                l.progress
+                    .iter()
+                    .map(|(&id, p)| (id, p.match_index, p.next_index, p.state == ProgressState::Replicate))
+                    .collect()
+            }),
         }
+    }
+
+    // ---- time ----------------------------------------------------------------
+
+    fn randomized_election_timeout(&mut self) -> Nanos {
+        let span = self.cfg.election_timeout_max_ns - self.cfg.election_timeout_min_ns;
+        self.cfg.election_timeout_min_ns + self.rng.next_u64() % span
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_deadline = self.now + self.randomized_election_timeout();
+    }
+
+    /// Leader stickiness: a node that heard from a leader within the minimum
+    /// election timeout (or started less than that ago, having forgotten
+    /// whom it heard from) does not help anyone else get elected.
+    fn in_lease(&self) -> bool {
+        if !self.cfg.check_quorum {
+            return false;
+        }
+        if self.role == Role::Leader {
+            return true;
+        }
+        let window = self.cfg.election_timeout_min_ns;
+        let heard =
+            self.leader_id.is_some() && self.last_leader_contact.is_some_and(|t| self.now < t + window);
+        let just_started = self.started_at.is_some_and(|t| self.now < t + window);
+        heard || just_started
+    }
+
+    fn tick(&mut self, actions: &mut Vec<Action>) {
+        self.expire_forwarded_reads(actions);
+        if self.role == Role::Leader {
+            self.tick_leader(actions);
+        } else if self.now >= self.election_deadline {
+            self.reset_election_timer();
+            if self.membership.is_voter(self.id) {
+                self.campaign(false, actions);
+            }
+        }
+    }
+
+    fn tick_leader(&mut self, actions: &mut Vec<Action>) {
+        let now = self.now;
+        let l = self.leader.as_mut().expect("leader state on a leader");
+        if let Some((_, deadline)) = l.transfer {
+            if now >= deadline {
+                l.transfer = None;
+            }
+        }
+        if self.cfg.check_quorum && now >= l.check_quorum_deadline {
+            l.check_quorum_deadline = now + self.cfg.election_timeout_min_ns;
+            let id = self.id;
+            let result = joint_vote(&self.membership, |v| {
+                Some(v == id || l.progress.get(&v).is_some_and(|p| p.recent_active))
+            });
+            for p in l.progress.values_mut() {
+                p.recent_active = false;
+            }
+            if result != VoteResult::Won {
+                // Lost contact with a quorum: someone else may lead by now.
+                let term = self.term;
+                self.become_follower(term, None, actions);
+                return;
+            }
+        }
+        let l = self.leader.as_mut().expect("leader state on a leader");
+        if now >= l.heartbeat_deadline {
+            l.heartbeat_deadline = now + self.cfg.heartbeat_interval_ns;
+            self.broadcast_heartbeat(actions);
+        }
+    }
+
+    // ---- roles ---------------------------------------------------------------
+
+    fn persist_hard_state(&self, actions: &mut Vec<Action>) {
+        let mut hs = HardState { term: self.term, vote: self.vote, commit: self.log.committed() };
+        if bug!(self, ForgetToPersistVote) {
+            hs.vote = None;
+        }
+        actions.push(Action::PersistHardState(hs));
+    }
+
+    fn vote_durable(&self) -> bool {
+        self.durable_vote == (self.term, self.vote)
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>, actions: &mut Vec<Action>) {
+        let was_leader = self.role == Role::Leader;
+        if term > self.term || self.leader_id != leader {
+            self.follower_ack = FollowerAck::default();
+        }
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+            self.pending_vote_reply = None;
+            self.persist_hard_state(actions);
+        }
+        if was_leader {
+            self.drop_leader_state(leader, actions);
+        }
+        self.role = Role::Follower;
+        self.leader_id = leader;
+        self.votes.clear();
+        self.reset_election_timer();
+    }
+
+    /// Leadership is gone: every proposal and unconfirmed read gets an answer.
+    fn drop_leader_state(&mut self, hint: Option<NodeId>, actions: &mut Vec<Action>) {
+        let Some(l) = self.leader.take() else { return };
+        let reason = DropReason::LeadershipLost { leader_hint: hint };
+        for (_, id) in l.proposals {
+            actions.push(Action::ProposalDropped { id, reason });
+        }
+        let unconfirmed =
+            l.reads_before_commit.into_iter().chain(l.reads_pending.into_iter().map(|r| r.requester));
+        for r in unconfirmed {
+            self.fail_read(r, reason, actions);
+        }
+    }
+
+    fn fail_read(&mut self, r: Requester, reason: DropReason, actions: &mut Vec<Action>) {
+        match r {
+            Requester::Local(id) => {
+                self.local_reads.remove(&id);
+                actions.push(Action::ReadFailed { id, reason });
+            }
+            Requester::Remote(to, id) => {
+                self.send(to, MessageBody::ReadIndexResponse { id, result: Err(()) }, actions);
+            }
+        }
+    }
+
+    fn campaign(&mut self, transfer: bool, actions: &mut Vec<Action>) {
+        if self.role == Role::Leader {
+            return;
+        }
+        self.votes.clear();
+        self.leader_id = None;
+        self.reset_election_timer();
+        if self.cfg.pre_vote && !transfer {
+            self.role = Role::PreCandidate;
+            // Our own pre-vote needs no durability: nothing changes.
+            self.votes.insert(self.id, true);
+            let body = MessageBody::PreVoteRequest { last_log_id: self.log.last() };
+            self.send_to_voters(self.term + 1, body, actions);
+            self.check_votes(actions);
+        } else {
+            self.start_election(transfer, actions);
+        }
+    }
+
+    fn start_election(&mut self, transfer: bool, actions: &mut Vec<Action>) {
+        self.role = Role::Candidate;
+        self.term += 1;
+        self.vote = Some(self.id);
+        self.leader_id = None;
+        self.votes.clear();
+        self.pending_vote_reply = None;
+        self.follower_ack = FollowerAck::default();
+        self.persist_hard_state(actions);
+        // Our own vote counts once it is durable (HardStatePersisted).
+        let body = MessageBody::VoteRequest { last_log_id: self.log.last(), transfer };
+        self.send_to_voters(self.term, body, actions);
+        self.check_votes(actions);
+    }
+
+    fn send_to_voters(&self, term: Term, body: MessageBody, actions: &mut Vec<Action>) {
+        for id in self.membership.voters.union(&self.membership.voters_outgoing) {
+            if *id != self.id {
+                actions.push(Action::Send {
+                    to: *id,
+                    message: Message { from: self.id, term, body: body.clone() },
+                });
+            }
+        }
+    }
+
+    fn check_votes(&mut self, actions: &mut Vec<Action>) {
+        let votes = &self.votes;
+        match joint_vote(&self.membership, |id| votes.get(&id).copied()) {
+            VoteResult::Won => match self.role {
+                Role::PreCandidate => self.start_election(false, actions),
+                Role::Candidate => self.become_leader(actions),
+                _ => {}
+            },
+            VoteResult::Lost => {
+                let term = self.term;
+                self.become_follower(term, None, actions);
+            }
+            VoteResult::Pending => {}
+        }
+    }
+
+    fn become_leader(&mut self, actions: &mut Vec<Action>) {
+        debug_assert_eq!(self.role, Role::Candidate);
+        self.role = Role::Leader;
+        self.leader_id = Some(self.id);
+        self.votes.clear();
+        let next = self.log.last().index + 1;
+        let mut progress = BTreeMap::new();
+        for id in self.membership.members() {
+            if id != self.id {
+                let session = self.next_session;
+                self.next_session += 1;
+                let mut p =
+                    Progress::new(next, session, self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
+                p.recent_active = true;
+                progress.insert(id, p);
+            }
+        }
+        self.leader = Some(Box::new(LeaderState {
+            progress,
+            proposals: VecDeque::new(),
+            uncommitted_bytes: 0,
+            committed_own_term: false,
+            reads_before_commit: Vec::new(),
+            reads_pending: VecDeque::new(),
+            rounds: Rounds::default(),
+            lease_start: None,
+            transfer: None,
+            timeout_now_sent: false,
+            heartbeat_deadline: self.now + self.cfg.heartbeat_interval_ns,
+            check_quorum_deadline: self.now + self.cfg.election_timeout_min_ns,
+        }));
+        // A blank entry of the new term lets everything before it commit (Figure 8).
+        let entry = Entry { term: self.term, index: next, payload: EntryPayload::Blank };
+        self.append_as_leader(vec![entry], actions);
+        self.broadcast_append(actions);
+    }
+
+    // ---- messages ------------------------------------------------------------
+
+    fn send(&self, to: NodeId, body: MessageBody, actions: &mut Vec<Action>) {
+        actions.push(Action::Send { to, message: Message { from: self.id, term: self.term, body } });
+    }
+
+    fn on_message(&mut self, m: Message, actions: &mut Vec<Action>) {
+        if m.from == self.id || m.from == 0 {
+            return;
+        }
+        if m.term > self.term {
+            match &m.body {
+                MessageBody::PreVoteRequest { .. } | MessageBody::VoteRequest { .. } => {
+                    let transfer = matches!(m.body, MessageBody::VoteRequest { transfer: true, .. });
+                    if !transfer && self.in_lease() {
+                        // Stickiness: a leader we heard from recently is alive.
+                        return;
+                    }
+                }
+                _ => {}
+            }
+            match &m.body {
+                MessageBody::PreVoteRequest { .. } => {}
+                // A granted pre-vote echoes the term we would campaign in.
+                MessageBody::PreVoteResponse { granted: true } => {}
+                MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::TimeoutNow => {
+                    self.become_follower(m.term, Some(m.from), actions);
+                }
+                _ => self.become_follower(m.term, None, actions),
+            }
+        } else if m.term < self.term {
+            match m.body {
+                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                    // Tell a stale leader about the newer term so it steps down.
+                    let last_index = self.log.last().index;
+                    self.send(m.from, MessageBody::HeartbeatResponse { ctx: 0, last_index }, actions);
+                }
+                MessageBody::PreVoteRequest { .. } => {
+                    self.send(m.from, MessageBody::PreVoteResponse { granted: false }, actions);
+                }
+                MessageBody::ReadIndexRequest { id } => {
+                    self.send(m.from, MessageBody::ReadIndexResponse { id, result: Err(()) }, actions);
+                }
+                _ => {}
+            }
+            return;
+        }
+        let from = m.from;
+        match m.body {
+            MessageBody::PreVoteRequest { last_log_id } => {
+                // Granted only for a later term than ours, from an up-to-date log.
+                let granted = m.term > self.term && self.log_ok(last_log_id);
+                let term = if granted { m.term } else { self.term };
+                let body = MessageBody::PreVoteResponse { granted };
+                actions.push(Action::Send { to: from, message: Message { from: self.id, term, body } });
+            }
+            MessageBody::VoteRequest { last_log_id, .. } => self.on_vote_request(from, last_log_id, actions),
+            MessageBody::PreVoteResponse { granted } => {
+                // A grant echoes the term we would campaign in; a refusal
+                // carries the voter's term (not above ours, or we stepped down).
+                if self.role == Role::PreCandidate && (!granted || m.term == self.term + 1) {
+                    self.votes.insert(from, granted);
+                    self.check_votes(actions);
+                }
+            }
+            MessageBody::VoteResponse { granted } => {
+                if self.role == Role::Candidate {
+                    self.votes.insert(from, granted);
+                    self.check_votes(actions);
+                }
+            }
+            MessageBody::AppendEntries { session, prev_log_id, entries, commit } => {
+                self.heard_from_leader(from, actions);
+                self.on_append(from, session, prev_log_id, entries, commit, actions);
+            }
+            MessageBody::Heartbeat { commit, ctx } => {
+                self.heard_from_leader(from, actions);
+                let commit = commit.min(self.log.last().index);
+                self.log.commit_to(commit);
+                let last_index = self.log.last().index;
+                self.send(from, MessageBody::HeartbeatResponse { ctx, last_index }, actions);
+            }
+            MessageBody::TimeoutNow => {
+                self.heard_from_leader(from, actions);
+                if self.membership.is_voter(self.id) {
+                    self.campaign(true, actions);
+                }
+            }
+            MessageBody::AppendResponse { session, result } => {
+                self.on_append_response(from, session, result, actions)
+            }
+            MessageBody::HeartbeatResponse { ctx, last_index } => {
+                self.on_heartbeat_response(from, ctx, last_index, actions)
+            }
+            MessageBody::ReadIndexRequest { id } => {
+                if self.role == Role::Leader {
+                    self.leader_read(Requester::Remote(from, id), actions);
+                } else {
+                    self.send(from, MessageBody::ReadIndexResponse { id, result: Err(()) }, actions);
+                }
+            }
+            MessageBody::ReadIndexResponse { id, result } => {
+                if self.forwarded.remove(&id).is_some() {
+                    match result {
+                        Ok(index) => self.reads_waiting_apply.push_back((index, id)),
+                        Err(()) => {
+                            self.local_reads.remove(&id);
+                            let reason = DropReason::LeadershipLost { leader_hint: self.leader_id };
+                            actions.push(Action::ReadFailed { id, reason });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// §5.4.1: the candidate's log is at least as up to date as ours.
+    fn log_ok(&self, candidate_last: LogId) -> bool {
+        bug!(self, VoteWithoutLogCheck) || candidate_last >= self.log.last()
+    }
+
+    fn on_vote_request(&mut self, from: NodeId, last_log_id: LogId, actions: &mut Vec<Action>) {
+        let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader_id.is_none());
+        if !(can_vote && self.log_ok(last_log_id)) {
+            self.send(from, MessageBody::VoteResponse { granted: false }, actions);
+            return;
+        }
+        self.reset_election_timer();
+        if self.vote == Some(from) && self.vote_durable() {
+            self.send(from, MessageBody::VoteResponse { granted: true }, actions);
+            return;
+        }
+        if self.vote != Some(from) {
+            self.vote = Some(from);
+            self.persist_hard_state(actions);
+        }
+        if bug!(self, ForgetToPersistVote) {
+            self.send(from, MessageBody::VoteResponse { granted: true }, actions);
+        } else {
+            // The grant leaves only once the vote is durable.
+            self.pending_vote_reply = Some(from);
+        }
+    }
+
+    fn heard_from_leader(&mut self, from: NodeId, actions: &mut Vec<Action>) {
+        if self.role != Role::Follower || self.leader_id != Some(from) {
+            let term = self.term;
+            self.become_follower(term, Some(from), actions);
+        }
+        self.last_leader_contact = Some(self.now);
+        self.reset_election_timer();
+    }
+
+    // ---- follower replication -----------------------------------------------
+
+    fn on_append(
+        &mut self,
+        from: NodeId,
+        session: u64,
+        prev: LogId,
+        entries: Vec<Entry>,
+        commit: Index,
+        actions: &mut Vec<Action>,
+    ) {
+        if session != self.follower_ack.session {
+            self.follower_ack.session = session;
+            self.follower_ack.acked = 0;
+        }
+        let committed = self.log.committed();
+        if prev.index < committed {
+            // Everything up to our commit index matches; tell the leader.
+            let ack = committed.min(self.log.persisted());
+            self.follower_ack.matched = self.follower_ack.matched.max(committed);
+            self.follower_ack.acked = self.follower_ack.acked.max(ack);
+            self.send(from, MessageBody::AppendResponse { session, result: Ok(ack) }, actions);
+            return;
+        }
+        if !self.log.matches(prev) {
+            let hint_index = prev.index.min(self.log.last().index);
+            let hint = self.log.find_conflict_by_term(hint_index, prev.term);
+            let result = Err(RejectHint { rejected_index: prev.index, hint });
+            self.send(from, MessageBody::AppendResponse { session, result }, actions);
+            return;
+        }
+        let matched = prev.index + entries.len() as Index;
+        // Skip entries we already have; append from the first conflict.
+        let mut skip = 0;
+        for e in &entries {
+            if self.log.term_at(e.index) == Some(e.term) {
+                skip += 1;
+            } else {
+                break;
+            }
+        }
+        if skip < entries.len() {
+            let mut entries = entries;
+            let new: Vec<Entry> = entries.drain(skip..).collect();
+            assert!(
+                new[0].index > committed,
+                "leader {from} conflicts with committed entry {}",
+                new[0].index
+            );
+            self.log.append(&new);
+            actions.push(Action::AppendLog { entries: new });
+        }
+        self.follower_ack.matched = self.follower_ack.matched.max(matched);
+        self.log.commit_to(commit.min(matched));
+        let durable_now = matched <= self.durable_index();
+        self.maybe_ack(from, durable_now, actions);
+    }
+
+    fn durable_index(&self) -> Index {
+        if bug!(self, AckAppendBeforeDurable) {
+            self.log.last().index
+        } else {
+            self.log.persisted()
+        }
+    }
+
+    /// Acknowledges the durable part of what matches the leader, if it grew.
+    /// `force` answers even without growth: an append whose entries are all
+    /// durable already (a probe, a repeat) always gets a response.
+    fn maybe_ack(&mut self, leader: NodeId, force: bool, actions: &mut Vec<Action>) {
+        let ack = self.durable_index().min(self.follower_ack.matched);
+        if ack > self.follower_ack.acked || force {
+            self.follower_ack.acked = self.follower_ack.acked.max(ack);
+            let session = self.follower_ack.session;
+            self.send(leader, MessageBody::AppendResponse { session, result: Ok(ack) }, actions);
+        }
+    }
+
+    fn on_log_persisted(&mut self, up_to: LogId, actions: &mut Vec<Action>) {
+        if !self.log.persisted_to(up_to) {
+            return;
+        }
+        match self.role {
+            Role::Leader => {
+                self.maybe_commit(actions);
+            }
+            _ => {
+                if let Some(leader) = self.leader_id {
+                    if self.follower_ack.matched > self.follower_ack.acked {
+                        self.maybe_ack(leader, false, actions);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_hard_state_persisted(&mut self, term: Term, vote: Option<NodeId>, actions: &mut Vec<Action>) {
+        if (term, vote) != (self.term, self.vote) {
+            return;
+        }
+        self.durable_vote = (term, vote);
+        if let Some(to) = self.pending_vote_reply.take() {
+            if vote == Some(to) {
+                self.send(to, MessageBody::VoteResponse { granted: true }, actions);
+            }
+        }
+        if self.role == Role::Candidate && vote == Some(self.id) {
+            self.votes.insert(self.id, true);
+            self.check_votes(actions);
+        }
+    }
+
+    // ---- leader replication ---------------------------------------------------
+
+    fn append_as_leader(&mut self, entries: Vec<Entry>, actions: &mut Vec<Action>) {
+        debug_assert!(!entries.is_empty());
+        self.log.append(&entries);
+        actions.push(Action::AppendLog { entries });
+    }
+
+    fn propose(&mut self, proposals: Vec<Proposal>, actions: &mut Vec<Action>) {
+        if self.role != Role::Leader {
+            let reason = DropReason::NotLeader { leader_hint: self.leader_id };
+            for p in proposals {
+                actions.push(Action::ProposalDropped { id: p.id, reason });
+            }
+            return;
+        }
+        let l = self.leader.as_mut().expect("leader state on a leader");
+        if l.transfer.is_some() {
+            for p in proposals {
+                actions.push(Action::ProposalDropped { id: p.id, reason: DropReason::TransferInProgress });
+            }
+            return;
+        }
+        let mut index = self.log.last().index;
+        let mut entries = Vec::with_capacity(proposals.len());
+        for Proposal { id, data } in proposals {
+            let entry = Entry { term: self.term, index: index + 1, payload: EntryPayload::Normal(data) };
+            let size = entry.size_bytes();
+            if l.uncommitted_bytes > 0 && l.uncommitted_bytes + size > self.cfg.max_uncommitted_bytes {
+                actions.push(Action::ProposalDropped { id, reason: DropReason::UncommittedLimit });
+                continue;
+            }
+            l.uncommitted_bytes += size;
+            index += 1;
+            l.proposals.push_back((entry.log_id(), id));
+            entries.push(entry);
+        }
+        if entries.is_empty() {
+            return;
+        }
+        self.append_as_leader(entries, actions);
+        self.broadcast_append(actions);
+    }
+
+    fn broadcast_append(&mut self, actions: &mut Vec<Action>) {
+        let Some(l) = self.leader.as_ref() else { return };
+        let ids: Vec<NodeId> = l.progress.keys().copied().collect();
+        for id in ids {
+            self.send_appends(id, false, actions);
+        }
+    }
+
+    /// Sends as many appends to `to` as flow control allows (one in Probe).
+    /// With `send_empty`, sends an empty append if there is nothing new (to
+    /// carry the commit index or probe).
+    fn send_appends(&mut self, to: NodeId, mut send_empty: bool, actions: &mut Vec<Action>) {
+        loop {
+            let l = self.leader.as_ref().expect("leader state on a leader");
+            let Some(p) = l.progress.get(&to) else { return };
+            if p.is_paused() {
+                return;
+            }
+            let next = p.next_index;
+            let last = self.log.last().index;
+            if next > last && !send_empty {
+                return;
+            }
+            let prev_index = next - 1;
+            let Some(prev_term) = self.log.term_at(prev_index) else {
+                // Compacted away: needs a snapshot (issue 3).
+                return;
+            };
+            let max_bytes = self.cfg.max_size_per_msg_bytes;
+            let entries = match self.log.slice(next, self.cfg.max_entries_per_msg, max_bytes) {
+                Some((entries, _)) => entries,
+                None => match self.fetched_slice(next) {
+                    Some(entries) => entries,
+                    None => {
+                        self.request_fetch(next, actions);
+                        return;
+                    }
+                },
+            };
+            let bytes: usize = entries.iter().map(Entry::size_bytes).sum();
+            let last_sent = entries.last().map(|e| e.index);
+            let commit = self.log.committed();
+            let l = self.leader.as_mut().expect("leader state on a leader");
+            let p = l.progress.get_mut(&to).expect("checked above");
+            let session = p.session;
+            p.sent(last_sent, bytes);
+            let body = MessageBody::AppendEntries {
+                session,
+                prev_log_id: LogId::new(prev_term, prev_index),
+                entries,
+                commit,
+            };
+            self.send(to, body, actions);
+            send_empty = false;
+            if last_sent.is_none() {
+                return;
+            }
+        }
+    }
+
+    fn fetched_slice(&self, from: Index) -> Option<Vec<Entry>> {
+        let first = self.fetched.front()?.index;
+        if from < first || from > self.fetched.back()?.index {
+            return None;
+        }
+        let start = (from - first) as usize;
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for e in self.fetched.range(start..).take(self.cfg.max_entries_per_msg) {
+            if !out.is_empty() && bytes + e.size_bytes() > self.cfg.max_size_per_msg_bytes {
+                break;
+            }
+            bytes += e.size_bytes();
+            out.push(e.clone());
+        }
+        Some(out)
+    }
+
+    fn request_fetch(&mut self, from: Index, actions: &mut Vec<Action>) {
+        if self.fetch_outstanding {
+            return;
+        }
+        let to = self.log.tail_first().min(from + self.cfg.max_entries_per_msg as Index);
+        debug_assert!(from < to);
+        self.fetch_outstanding = true;
+        actions.push(Action::FetchEntries { from, to, max_bytes: self.cfg.max_size_per_msg_bytes });
+    }
+
+    fn on_entries_fetched(&mut self, from: Index, entries: Vec<Entry>, actions: &mut Vec<Action>) {
+        self.fetch_outstanding = false;
+        // Keep only the contiguous prefix that agrees with our log.
+        let mut good = VecDeque::with_capacity(entries.len());
+        for (k, e) in entries.into_iter().enumerate() {
+            if e.index != from + k as Index || !self.log.matches(e.log_id()) {
+                break;
+            }
+            good.push_back(e);
+        }
+        if good.is_empty() {
+            return;
+        }
+        self.fetched = good;
+        if self.role == Role::Leader {
+            self.broadcast_append(actions);
+        }
+    }
+
+    fn on_append_response(
+        &mut self,
+        from: NodeId,
+        session: u64,
+        result: Result<Index, RejectHint>,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(l) = self.leader.as_mut() else { return };
+        let Some(p) = l.progress.get_mut(&from) else { return };
+        if p.session != session {
+            return; // A response from another replication session.
+        }
+        p.recent_active = true;
+        match result {
+            Ok(match_index) => {
+                if match_index > self.log.last().index {
+                    return; // Cannot match beyond our log: corrupt or foreign.
+                }
+                let moved = p.maybe_update(match_index);
+                if p.state == ProgressState::Probe && (moved || p.match_index == match_index) {
+                    p.become_replicate();
+                }
+                if moved {
+                    self.maybe_commit(actions);
+                }
+                self.maybe_send_timeout_now(from, actions);
+                self.send_appends(from, false, actions);
+            }
+            Err(RejectHint { rejected_index, hint }) => {
+                // Skip the follower's whole conflicting term if we can.
+                let retry_at = if hint.term > 0 {
+                    self.log.find_conflict_by_term(hint.index, hint.term).index
+                } else {
+                    hint.index
+                };
+                let l = self.leader.as_mut().expect("leader state on a leader");
+                let p = l.progress.get_mut(&from).expect("checked above");
+                if p.maybe_decrease_to(rejected_index, retry_at) {
+                    self.send_appends(from, true, actions);
+                }
+            }
+        }
+    }
+
+    fn on_heartbeat_response(
+        &mut self,
+        from: NodeId,
+        ctx: u64,
+        last_index: Index,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(l) = self.leader.as_mut() else { return };
+        let Some(p) = l.progress.get_mut(&from) else { return };
+        p.recent_active = true;
+        p.acked_ctx = p.acked_ctx.max(ctx);
+        let our_last = self.log.last().index;
+        if p.match_index < our_last {
+            match p.state {
+                ProgressState::Probe => p.probe_sent = false,
+                ProgressState::Replicate => {
+                    // The follower is behind what we sent. Over two heartbeat
+                    // responses that is a lost append, not one in transit.
+                    if last_index + 1 < p.next_index {
+                        p.stalled_heartbeats += 1;
+                        if p.stalled_heartbeats >= Progress::STALLED_HEARTBEATS_MAX {
+                            p.become_probe();
+                        }
+                    } else {
+                        p.stalled_heartbeats = 0;
+                    }
+                }
+            }
+            self.send_appends(from, true, actions);
+        }
+        self.advance_reads(actions);
+    }
+
+    fn maybe_commit(&mut self, actions: &mut Vec<Action>) {
+        let Some(l) = self.leader.as_mut() else { return };
+        let id = self.id;
+        let persisted = self.log.persisted();
+        let committed = joint_committed(&self.membership, |v| {
+            if v == id {
+                Some(persisted)
+            } else {
+                l.progress.get(&v).map(|p| p.match_index)
+            }
+        });
+        if committed <= self.log.committed() {
+            return;
+        }
+        // Figure 8: only an entry of the current term commits by counting.
+        if self.log.term_at(committed) != Some(self.term) && !bug!(self, CommitPreviousTermByCounting) {
+            return;
+        }
+        // Entries of this term past the old commit index are in memory: the
+        // tail never drops what is not yet handed to the state machine.
+        let mut freed = 0;
+        for index in self.log.committed() + 1..=committed {
+            if let Some(e) = self.log.entry(index) {
+                if e.term == self.term && matches!(e.payload, EntryPayload::Normal(_)) {
+                    freed += e.size_bytes();
+                }
+            }
+        }
+        l.uncommitted_bytes = l.uncommitted_bytes.saturating_sub(freed);
+        self.log.commit_to(committed);
+        let first_own = !l.committed_own_term;
+        l.committed_own_term = true;
+        if first_own {
+            let waiting = std::mem::take(&mut l.reads_before_commit);
+            for r in waiting {
+                self.leader_read(r, actions);
+            }
+        }
+        // Tell followers promptly (their next append would too).
+        let ids: Vec<NodeId> =
+            self.leader.as_ref().map_or(Vec::new(), |l| l.progress.keys().copied().collect());
+        for id in ids {
+            self.send_appends(id, true, actions);
+        }
+    }
+
+    // ---- leadership transfer ---------------------------------------------------
+
+    fn transfer_leadership(&mut self, to: NodeId, actions: &mut Vec<Action>) {
+        if self.role != Role::Leader || to == self.id || !self.membership.is_voter(to) {
+            return;
+        }
+        let deadline = self.now + self.cfg.election_timeout_min_ns;
+        let l = self.leader.as_mut().expect("leader state on a leader");
+        if l.transfer.is_some_and(|(t, _)| t == to) {
+            return;
+        }
+        l.transfer = Some((to, deadline));
+        self.maybe_send_timeout_now(to, actions);
+        self.send_appends(to, true, actions);
+    }
+
+    fn maybe_send_timeout_now(&mut self, to: NodeId, actions: &mut Vec<Action>) {
+        let last = self.log.last().index;
+        let Some(l) = self.leader.as_mut() else { return };
+        let caught_up = l.progress.get(&to).is_some_and(|p| p.match_index == last);
+        if l.transfer.is_some_and(|(t, _)| t == to) && caught_up && !l.timeout_now_sent {
+            l.timeout_now_sent = true;
+            self.send(to, MessageBody::TimeoutNow, actions);
+        }
+    }
+
+    // ---- reads -------------------------------------------------------------------
+
+    fn read(&mut self, id: u64, actions: &mut Vec<Action>) {
+        if self.local_reads.contains(&id) {
+            actions.push(Action::ReadFailed { id, reason: DropReason::DuplicateReadId });
+            return;
+        }
+        if self.local_reads.len() >= self.cfg.max_pending_reads {
+            actions.push(Action::ReadFailed { id, reason: DropReason::TooManyPendingReads });
+            return;
+        }
+        match self.role {
+            Role::Leader => {
+                self.local_reads.insert(id);
+                self.leader_read(Requester::Local(id), actions);
+            }
+            _ => match self.leader_id {
+                Some(leader) => {
+                    self.local_reads.insert(id);
+                    let deadline = self.now + self.cfg.election_timeout_min_ns;
+                    self.forwarded.insert(id, deadline);
+                    self.forwarded_order.push_back((deadline, id));
+                    self.send(leader, MessageBody::ReadIndexRequest { id }, actions);
+                }
+                None => {
+                    actions
+                        .push(Action::ReadFailed { id, reason: DropReason::NotLeader { leader_hint: None } });
+                }
+            },
+        }
+    }
+
+    fn expire_forwarded_reads(&mut self, actions: &mut Vec<Action>) {
+        while let Some(&(deadline, id)) = self.forwarded_order.front() {
+            if deadline > self.now {
+                break;
+            }
+            self.forwarded_order.pop_front();
+            if self.forwarded.get(&id) == Some(&deadline) {
+                self.forwarded.remove(&id);
+                self.local_reads.remove(&id);
+                actions.push(Action::ReadFailed { id, reason: DropReason::Timeout });
+            }
+        }
+    }
+
+    fn lease_valid(&self) -> bool {
+        let Some(l) = self.leader.as_ref() else { return false };
+        self.cfg.lease_read
+            && l.committed_own_term
+            && !l.timeout_now_sent
+            && l.transfer.is_none()
+            && l.lease_start.is_some_and(|s| self.now < s + self.cfg.lease_duration_ns())
+    }
+
+    fn single_voter(&self) -> bool {
+        self.membership.voters_outgoing.is_empty()
+            && self.membership.voters.len() == 1
+            && self.membership.voters.contains(&self.id)
+    }
+
+    fn leader_read(&mut self, r: Requester, actions: &mut Vec<Action>) {
+        let commit = self.log.committed();
+        if bug!(self, ReadWithoutLeadershipCheck) {
+            self.read_confirmed(r, commit, actions);
+            return;
+        }
+        let l = self.leader.as_mut().expect("leader state on a leader");
+        if l.transfer.is_some() {
+            self.fail_read(r, DropReason::TransferInProgress, actions);
+            return;
+        }
+        if !l.committed_own_term {
+            // etcd #7331: the commit index of a new leader may be stale.
+            l.reads_before_commit.push(r);
+            return;
+        }
+        if self.single_voter() || self.lease_valid() {
+            self.read_confirmed(r, commit, actions);
+            return;
+        }
+        let ctx = self.next_ctx;
+        let l = self.leader.as_mut().expect("leader state on a leader");
+        l.reads_pending.push_back(PendingRead { ctx, index: commit, requester: r });
+        self.broadcast_heartbeat(actions);
+    }
+
+    fn read_confirmed(&mut self, r: Requester, index: Index, actions: &mut Vec<Action>) {
+        match r {
+            Requester::Local(id) => self.reads_waiting_apply.push_back((index, id)),
+            Requester::Remote(to, id) => {
+                self.send(to, MessageBody::ReadIndexResponse { id, result: Ok(index) }, actions)
+            }
+        }
+    }
+
+    fn broadcast_heartbeat(&mut self, actions: &mut Vec<Action>) {
+        let ctx = self.next_ctx;
+        self.next_ctx += 1;
+        let now = self.now;
+        let commit = self.log.committed();
+        let from = self.id;
+        let term = self.term;
+        let l = self.leader.as_mut().expect("leader state on a leader");
+        l.rounds.push(ctx, now);
+        for (&to, p) in &l.progress {
+            let body = MessageBody::Heartbeat { commit: commit.min(p.match_index), ctx };
+            actions.push(Action::Send { to, message: Message { from, term, body } });
+        }
+        self.advance_reads(actions);
+    }
+
+    /// Confirms reads whose round a quorum acknowledged, and extends the lease.
+    fn advance_reads(&mut self, actions: &mut Vec<Action>) {
+        let id = self.id;
+        let Some(l) = self.leader.as_mut() else { return };
+        let own = self.next_ctx - 1;
+        let quorum_ctx = joint_committed(&self.membership, |v| {
+            if v == id {
+                Some(own)
+            } else {
+                l.progress.get(&v).map(|p| p.acked_ctx)
+            }
+        });
+        if quorum_ctx == 0 {
+            return;
+        }
+        if let Some(sent_at) = l.rounds.confirm(quorum_ctx) {
+            l.lease_start = Some(l.lease_start.map_or(sent_at, |s| s.max(sent_at)));
+        }
+        let mut confirmed = Vec::new();
+        while l.reads_pending.front().is_some_and(|r| r.ctx <= quorum_ctx) {
+            confirmed.push(l.reads_pending.pop_front().expect("checked non-empty"));
+        }
+        for r in confirmed {
+            self.read_confirmed(r.requester, r.index, actions);
+        }
+    }
+
+    // ---- after every step ------------------------------------------------------
+
+    fn after_step(&mut self, actions: &mut Vec<Action>) {
+        self.maybe_apply(actions);
+        while let Some(&(index, id)) = self.reads_waiting_apply.front() {
+            if index > self.applied {
+                break;
+            }
+            self.reads_waiting_apply.pop_front();
+            self.local_reads.remove(&id);
+            actions.push(Action::ReadReady { id, index });
+        }
+        self.maybe_evict();
+        let now = (self.role, self.term, self.leader_id);
+        if now != self.last_reported {
+            self.last_reported = now;
+            actions.push(Action::RoleChanged { role: now.0, term: now.1, leader: now.2 });
+        }
+        debug_assert!(self.log.committed() <= self.log.last().index);
+        debug_assert!(self.applied <= self.applying && self.applying <= self.log.committed());
+        debug_assert_eq!(self.role == Role::Leader, self.leader.is_some());
+    }
+
+    fn maybe_apply(&mut self, actions: &mut Vec<Action>) {
+        let upto = self.log.committed().min(self.log.persisted());
+        if self.applying >= upto {
+            return;
+        }
+        let from = self.applying + 1;
+        let max = (upto - self.applying) as usize;
+        let entries = match self.log.slice(from, max, usize::MAX) {
+            Some((e, _)) => e,
+            None => match self.fetched_slice(from) {
+                Some(mut e) => {
+                    e.retain(|e| e.index <= upto);
+                    e
+                }
+                None => {
+                    self.request_fetch(from, actions);
+                    return;
+                }
+            },
+        };
+        let Some(last) = entries.last().map(|e| e.index) else { return };
+        debug_assert_eq!(entries[0].index, from);
+        let mut proposals = Vec::new();
+        if let Some(l) = self.leader.as_mut() {
+            while let Some(&(log_id, id)) = l.proposals.front() {
+                if log_id.index > last {
+                    break;
+                }
+                l.proposals.pop_front();
+                let entry = log_id.index.checked_sub(from).and_then(|k| entries.get(k as usize));
+                if entry.is_some_and(|e| e.term == log_id.term) {
+                    proposals.push((log_id.index, id));
+                } else {
+                    let reason = DropReason::LeadershipLost { leader_hint: self.leader_id };
+                    actions.push(Action::ProposalDropped { id, reason });
+                }
+            }
+        }
+        self.applying = last;
+        actions.push(Action::Apply { entries, proposals });
+    }
+
+    fn maybe_evict(&mut self) {
+        let max = self.cfg.max_log_tail_entries;
+        if self.log.tail_len() <= max {
+            return;
+        }
+        // Never evict what is not durable or not yet handed to the state machine.
+        let keep_from =
+            (self.log.last().index + 1 - max as Index).min(self.log.persisted() + 1).min(self.applying + 1);
+        self.log.evict_before(keep_from);
     }
 }

@@ -1,0 +1,158 @@
+//! Quorum arithmetic, kept apart from everything else so it can be tested
+//! alone: the committed index and the vote result of a majority
+//! configuration, and of a joint configuration (both majorities must agree).
+//!
+//! A joint configuration is `Membership { voters, voters_outgoing }` with a
+//! non-empty `voters_outgoing`; a plain one has `voters_outgoing` empty, and an
+//! empty majority agrees to everything, so one code path serves both.
+
+use std::collections::BTreeSet;
+
+use crate::types::{Index, Membership, NodeId};
+
+/// The outcome of counting votes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VoteResult {
+    /// Not decided yet: missing votes could still swing it.
+    Pending,
+    /// A quorum granted.
+    Won,
+    /// A quorum can no longer be reached.
+    Lost,
+}
+
+/// The highest index acknowledged by a majority of `voters`, where `acked`
+/// gives each voter's acknowledged index (`None` counts as 0). An empty
+/// configuration returns `Index::MAX` so that it never limits a joint quorum.
+pub fn majority_committed(voters: &BTreeSet<NodeId>, acked: impl Fn(NodeId) -> Option<Index>) -> Index {
+    let n = voters.len();
+    if n == 0 {
+        return Index::MAX;
+    }
+    // Small clusters (the common case) sort on the stack.
+    const STACK_VOTERS: usize = 16;
+    let mut stack = [0 as Index; STACK_VOTERS];
+    let mut heap;
+    let values: &mut [Index] = if n <= STACK_VOTERS {
+        &mut stack[..n]
+    } else {
+        heap = vec![0; n];
+        &mut heap[..]
+    };
+    for (slot, &id) in values.iter_mut().zip(voters) {
+        *slot = acked(id).unwrap_or(0);
+    }
+    values.sort_unstable();
+    // With n voters, a majority is n/2+1: the (n - (n/2+1))-th smallest value
+    // is held by at least a majority.
+    values[n - (n / 2 + 1)]
+}
+
+/// The committed index of a (possibly joint) configuration: the smaller of
+/// the two majorities' committed indexes.
+pub fn joint_committed(membership: &Membership, acked: impl Fn(NodeId) -> Option<Index>) -> Index {
+    let incoming = majority_committed(&membership.voters, &acked);
+    let outgoing = majority_committed(&membership.voters_outgoing, &acked);
+    let committed = incoming.min(outgoing);
+    // Both halves empty means no voters at all: nothing can commit.
+    if committed == Index::MAX {
+        0
+    } else {
+        committed
+    }
+}
+
+/// Counts votes of one majority configuration. `vote` gives `Some(granted)`
+/// for voters that answered, `None` for those that did not (yet).
+pub fn majority_vote(voters: &BTreeSet<NodeId>, vote: impl Fn(NodeId) -> Option<bool>) -> VoteResult {
+    if voters.is_empty() {
+        return VoteResult::Won;
+    }
+    let (mut granted, mut missing) = (0, 0);
+    for &id in voters {
+        match vote(id) {
+            Some(true) => granted += 1,
+            Some(false) => {}
+            None => missing += 1,
+        }
+    }
+    let quorum = voters.len() / 2 + 1;
+    if granted >= quorum {
+        VoteResult::Won
+    } else if granted + missing >= quorum {
+        VoteResult::Pending
+    } else {
+        VoteResult::Lost
+    }
+}
+
+/// Counts votes of a (possibly joint) configuration: won only if both halves
+/// won, lost if either half lost.
+pub fn joint_vote(membership: &Membership, vote: impl Fn(NodeId) -> Option<bool>) -> VoteResult {
+    if membership.voters.is_empty() && membership.voters_outgoing.is_empty() {
+        return VoteResult::Lost;
+    }
+    let incoming = majority_vote(&membership.voters, &vote);
+    let outgoing = majority_vote(&membership.voters_outgoing, &vote);
+    match (incoming, outgoing) {
+        (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
+        (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
+        _ => VoteResult::Pending,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    fn acks(pairs: &'static [(NodeId, Index)]) -> impl Fn(NodeId) -> Option<Index> {
+        move |id| pairs.iter().find(|(n, _)| *n == id).map(|(_, i)| *i)
+    }
+
+    #[test]
+    fn majority_committed_index() {
+        assert_eq!(majority_committed(&set(&[1]), acks(&[(1, 5)])), 5);
+        assert_eq!(majority_committed(&set(&[1, 2]), acks(&[(1, 5), (2, 3)])), 3);
+        assert_eq!(majority_committed(&set(&[1, 2, 3]), acks(&[(1, 5), (2, 3), (3, 9)])), 5);
+        assert_eq!(majority_committed(&set(&[1, 2, 3]), acks(&[(1, 5)])), 0);
+        assert_eq!(majority_committed(&set(&[1, 2, 3, 4]), acks(&[(1, 5), (2, 7), (3, 9)])), 5);
+        assert_eq!(
+            majority_committed(&set(&[1, 2, 3, 4, 5]), acks(&[(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)])),
+            3
+        );
+        assert_eq!(majority_committed(&set(&[]), acks(&[])), Index::MAX);
+        let big: BTreeSet<NodeId> = (1..=20).collect();
+        assert_eq!(majority_committed(&big, Some), 10);
+    }
+
+    #[test]
+    fn joint_committed_is_min_of_both_majorities() {
+        let mut m = Membership::new_voters([1, 2, 3]);
+        assert_eq!(joint_committed(&m, acks(&[(1, 9), (2, 9), (3, 1), (4, 2), (5, 2)])), 9);
+        m.voters_outgoing = set(&[3, 4, 5]);
+        assert_eq!(joint_committed(&m, acks(&[(1, 9), (2, 9), (3, 1), (4, 2), (5, 2)])), 2);
+        assert_eq!(joint_committed(&Membership::default(), acks(&[])), 0);
+    }
+
+    #[test]
+    fn majority_and_joint_votes() {
+        let v = set(&[1, 2, 3]);
+        assert_eq!(majority_vote(&v, |id| (id == 1).then_some(true)), VoteResult::Pending);
+        assert_eq!(majority_vote(&v, |id| (id <= 2).then_some(true)), VoteResult::Won);
+        assert_eq!(majority_vote(&v, |id| (id <= 2).then_some(id == 1)), VoteResult::Pending);
+        assert_eq!(majority_vote(&v, |id| Some(id == 1)), VoteResult::Lost);
+        assert_eq!(majority_vote(&set(&[1, 2, 3, 4]), |id| Some(id <= 2)), VoteResult::Lost);
+        let mut m = Membership::new_voters([1, 2, 3]);
+        m.voters_outgoing = set(&[3, 4, 5]);
+        // Incoming won, outgoing pending.
+        assert_eq!(joint_vote(&m, |id| (id <= 3).then_some(true)), VoteResult::Pending);
+        assert_eq!(joint_vote(&m, |id| (id <= 4).then_some(true)), VoteResult::Won);
+        // Outgoing lost.
+        assert_eq!(joint_vote(&m, |id| Some(id <= 3)), VoteResult::Lost);
+        assert_eq!(joint_vote(&Membership::default(), |_| Some(true)), VoteResult::Lost);
+    }
+}
