@@ -30,6 +30,8 @@ mod lock;
 mod machine;
 #[cfg(any(test, feature = "testkit"))]
 pub mod model;
+#[cfg(test)]
+mod model_check;
 pub mod response;
 mod session;
 pub mod snapshot;
