@@ -7,5 +7,11 @@
 pub mod clock;
 pub mod linearizability;
 pub mod net;
+pub mod profile;
 pub mod queue;
 pub mod rng;
+pub mod storage;
+pub mod sweep;
+pub mod trace;
+pub mod workload;
+pub mod world;

@@ -71,7 +71,8 @@ pub fn step(state: Option<Value>, op: &Op) -> Option<Option<Value>> {
             Some(if state == expect { Some(new) } else { state })
         }
         (OpKind::Remove, OpResult::Removed(existed)) => (existed == state.is_some()).then_some(None),
-        (OpKind::Remove, OpResult::Unknown) => Some(None),
+        // The kv's remove succeeds whether or not the key existed.
+        (OpKind::Remove, OpResult::Ok | OpResult::Unknown) => Some(None),
         // A read without a result says nothing; a mismatched pair is a
         // recorder bug and must not pass silently.
         (OpKind::Read, OpResult::Unknown) => Some(state),

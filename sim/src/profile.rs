@@ -1,0 +1,283 @@
+//! Fault profiles. A "swarm" profile draws, per seed, which faults are on and
+//! how often they strike (Groce et al., "Swarm Testing"): a seed that turns
+//! most faults off explores deep protocol paths under one fault type, while
+//! another seed mixes everything. `calm` injects nothing (a baseline that
+//! must always pass quickly); `chaos` turns everything on at high rates.
+
+use std::fmt;
+use std::str::FromStr;
+
+use tarn_core::Nanos;
+
+use crate::net::NetConfig;
+use crate::queue::{NANOS_PER_MICRO, NANOS_PER_MILLI, NANOS_PER_SECOND};
+use crate::rng::{SimRng, PPM};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileKind {
+    Swarm,
+    Calm,
+    Chaos,
+}
+
+impl FromStr for ProfileKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "swarm" => Ok(ProfileKind::Swarm),
+            "calm" => Ok(ProfileKind::Calm),
+            "chaos" => Ok(ProfileKind::Chaos),
+            other => Err(format!("unknown fault profile {other:?}: use swarm, calm or chaos")),
+        }
+    }
+}
+
+impl fmt::Display for ProfileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProfileKind::Swarm => "swarm",
+            ProfileKind::Calm => "calm",
+            ProfileKind::Chaos => "chaos",
+        })
+    }
+}
+
+/// The mean interval between two faults of one kind; `0` turns it off.
+#[derive(Clone, Debug, Default)]
+pub struct FaultIntervals {
+    pub partition_ns: Nanos,
+    pub one_way_partition_ns: Nanos,
+    pub isolate_ns: Nanos,
+    pub clog_ns: Nanos,
+    pub flap_ns: Nanos,
+    pub crash_ns: Nanos,
+    pub pause_ns: Nanos,
+    pub clock_jump_ns: Nanos,
+    pub transfer_leader_ns: Nanos,
+}
+
+/// Everything a run's faults and workload depend on, drawn from the seed.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub kind: ProfileKind,
+    pub net: NetConfig,
+    pub intervals: FaultIntervals,
+    /// How long a partition, clog, flap, pause or crash lasts (uniform up to).
+    pub fault_duration_max_ns: Nanos,
+    /// Per-node clock drift is uniform in `-drift_ppm_max..=drift_ppm_max`.
+    pub drift_ppm_max: i64,
+    /// Clock jumps (forward) are at most this long.
+    pub clock_jump_max_ns: Nanos,
+    /// Lease reads on; if so, drift stays within the core's bound and the
+    /// clocks never jump.
+    pub lease_read: bool,
+    /// Disk completion latency, uniform, plus a slow tail.
+    pub disk_latency_min_ns: Nanos,
+    pub disk_latency_max_ns: Nanos,
+    pub disk_slow_ppm: u32,
+    pub disk_slow_max_ns: Nanos,
+    /// Disk faults (storage engine over `SimVfs`): per operation.
+    pub disk_write_error_ppm: u32,
+    pub disk_sync_error_ppm: u32,
+    pub disk_read_error_ppm: u32,
+    pub disk_corruption_ppm: u32,
+    /// Workload.
+    pub clients: u32,
+    pub keys: u64,
+    pub client_think_max_ns: Nanos,
+    /// Fraction of reads (vs writes) and of reads that go through the log.
+    pub read_ppm: u32,
+    pub log_read_ppm: u32,
+}
+
+/// The core's clock-drift bound the simulator configures (`max_clock_drift_ppm`).
+pub const CORE_DRIFT_BOUND_PPM: u64 = 10_000;
+
+impl Profile {
+    pub fn new(kind: ProfileKind, rng: &mut SimRng) -> Profile {
+        match kind {
+            ProfileKind::Calm => Profile::calm(),
+            ProfileKind::Chaos => Profile::chaos(rng),
+            ProfileKind::Swarm => Profile::swarm(rng),
+        }
+    }
+
+    pub fn calm() -> Profile {
+        Profile {
+            kind: ProfileKind::Calm,
+            net: NetConfig::calm(),
+            intervals: FaultIntervals::default(),
+            fault_duration_max_ns: 0,
+            drift_ppm_max: 0,
+            clock_jump_max_ns: 0,
+            lease_read: true,
+            disk_latency_min_ns: 50 * NANOS_PER_MICRO,
+            disk_latency_max_ns: 500 * NANOS_PER_MICRO,
+            disk_slow_ppm: 0,
+            disk_slow_max_ns: 0,
+            disk_write_error_ppm: 0,
+            disk_sync_error_ppm: 0,
+            disk_read_error_ppm: 0,
+            disk_corruption_ppm: 0,
+            clients: 4,
+            keys: 4,
+            client_think_max_ns: 20 * NANOS_PER_MILLI,
+            read_ppm: PPM / 2,
+            log_read_ppm: PPM / 10,
+        }
+    }
+
+    fn swarm(rng: &mut SimRng) -> Profile {
+        // Each fault kind is off with probability 1/2, else strikes on
+        // average every 0.3..5 s.
+        let interval = |rng: &mut SimRng| {
+            if rng.chance(PPM / 2) {
+                0
+            } else {
+                rng.between(300 * NANOS_PER_MILLI, 5 * NANOS_PER_SECOND)
+            }
+        };
+        let intervals = FaultIntervals {
+            partition_ns: interval(rng),
+            one_way_partition_ns: interval(rng),
+            isolate_ns: interval(rng),
+            clog_ns: interval(rng),
+            flap_ns: interval(rng),
+            crash_ns: interval(rng),
+            pause_ns: interval(rng),
+            clock_jump_ns: interval(rng),
+            transfer_leader_ns: interval(rng),
+        };
+        let latency_min_ns = rng.between(50 * NANOS_PER_MICRO, 2 * NANOS_PER_MILLI);
+        let net = NetConfig {
+            latency_min_ns,
+            latency_max_ns: latency_min_ns + rng.between(0, 10 * NANOS_PER_MILLI),
+            tail_ppm: rng.swarm_ppm(PPM / 2, PPM / 20),
+            tail_max_ns: rng.between(20 * NANOS_PER_MILLI, 2 * NANOS_PER_SECOND),
+            drop_ppm: rng.swarm_ppm(PPM / 2, PPM / 5),
+            duplicate_ppm: rng.swarm_ppm(PPM / 2, PPM / 10),
+            link_queue_max_msgs: *rng.pick(&[16, 64, 1024]),
+        };
+        let lease_read = rng.chance(PPM / 2);
+        let drift_ppm_max = if lease_read {
+            rng.between(0, CORE_DRIFT_BOUND_PPM) as i64
+        } else {
+            rng.between(0, 100_000) as i64
+        };
+        let disk_latency_min_ns = rng.between(10 * NANOS_PER_MICRO, NANOS_PER_MILLI);
+        Profile {
+            kind: ProfileKind::Swarm,
+            net,
+            intervals,
+            fault_duration_max_ns: rng.between(100 * NANOS_PER_MILLI, 3 * NANOS_PER_SECOND),
+            drift_ppm_max,
+            clock_jump_max_ns: rng.between(NANOS_PER_MILLI, NANOS_PER_SECOND),
+            lease_read,
+            disk_latency_min_ns,
+            disk_latency_max_ns: disk_latency_min_ns + rng.between(0, 5 * NANOS_PER_MILLI),
+            disk_slow_ppm: rng.swarm_ppm(PPM / 2, PPM / 20),
+            disk_slow_max_ns: rng.between(10 * NANOS_PER_MILLI, 500 * NANOS_PER_MILLI),
+            disk_write_error_ppm: rng.swarm_ppm(PPM * 3 / 4, 2_000),
+            disk_sync_error_ppm: rng.swarm_ppm(PPM * 3 / 4, 2_000),
+            disk_read_error_ppm: rng.swarm_ppm(PPM * 3 / 4, 2_000),
+            disk_corruption_ppm: rng.swarm_ppm(PPM * 3 / 4, 2_000),
+            clients: rng.between(1, 6) as u32,
+            keys: rng.between(1, 8),
+            client_think_max_ns: rng.between(NANOS_PER_MILLI, 50 * NANOS_PER_MILLI),
+            read_ppm: rng.between(u64::from(PPM / 5), u64::from(PPM * 4 / 5)) as u32,
+            log_read_ppm: rng.between(0, u64::from(PPM / 2)) as u32,
+        }
+    }
+
+    fn chaos(rng: &mut SimRng) -> Profile {
+        let mut p = Profile::swarm(rng);
+        p.kind = ProfileKind::Chaos;
+        let every = 700 * NANOS_PER_MILLI;
+        p.intervals = FaultIntervals {
+            partition_ns: every,
+            one_way_partition_ns: every,
+            isolate_ns: every,
+            clog_ns: every,
+            flap_ns: every,
+            crash_ns: every,
+            pause_ns: every,
+            clock_jump_ns: if p.lease_read { 0 } else { every },
+            transfer_leader_ns: every,
+        };
+        p.net.drop_ppm = PPM / 20;
+        p.net.duplicate_ppm = PPM / 20;
+        p.net.tail_ppm = PPM / 50;
+        p.fault_duration_max_ns = NANOS_PER_SECOND;
+        p
+    }
+
+    /// True if clocks may misbehave beyond the core's lease bound.
+    pub fn clock_jumps_allowed(&self) -> bool {
+        !self.lease_read
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |ns: Nanos| ns / NANOS_PER_MILLI;
+        let i = &self.intervals;
+        write!(
+            f,
+            "{} lease_read={} net[lat={}..{}us drop={}ppm dup={}ppm tail={}ppm/{}ms queue={}] \
+             every_ms[partition={} one_way={} isolate={} clog={} flap={} crash={} pause={} jump={} transfer={}] \
+             drift<={}ppm disk[{}..{}us slow={}ppm] clients={} keys={}",
+            self.kind,
+            self.lease_read,
+            self.net.latency_min_ns / NANOS_PER_MICRO,
+            self.net.latency_max_ns / NANOS_PER_MICRO,
+            self.net.drop_ppm,
+            self.net.duplicate_ppm,
+            self.net.tail_ppm,
+            ms(self.net.tail_max_ns),
+            self.net.link_queue_max_msgs,
+            ms(i.partition_ns),
+            ms(i.one_way_partition_ns),
+            ms(i.isolate_ns),
+            ms(i.clog_ns),
+            ms(i.flap_ns),
+            ms(i.crash_ns),
+            ms(i.pause_ns),
+            ms(i.clock_jump_ns),
+            ms(i.transfer_leader_ns),
+            self.drift_ppm_max,
+            self.disk_latency_min_ns / NANOS_PER_MICRO,
+            self.disk_latency_max_ns / NANOS_PER_MICRO,
+            self.disk_slow_ppm,
+            self.clients,
+            self.keys,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Stream;
+
+    #[test]
+    fn swarm_profiles_differ_between_seeds_and_respect_the_lease_bound() {
+        let mut off_counts = 0;
+        let mut descriptions = std::collections::BTreeSet::new();
+        for seed in 0..50 {
+            let p = Profile::new(ProfileKind::Swarm, &mut SimRng::new(seed, Stream::Profile));
+            if p.lease_read {
+                assert!(p.drift_ppm_max as u64 <= CORE_DRIFT_BOUND_PPM, "seed {seed}: {p}");
+            }
+            off_counts += u32::from(p.intervals.crash_ns == 0);
+            descriptions.insert(p.to_string());
+        }
+        assert_eq!(descriptions.len(), 50);
+        assert!((5..45).contains(&off_counts), "crash off in {off_counts}/50 seeds");
+    }
+
+    #[test]
+    fn profile_names_parse() {
+        assert_eq!("chaos".parse::<ProfileKind>(), Ok(ProfileKind::Chaos));
+        assert!("wild".parse::<ProfileKind>().unwrap_err().contains("swarm"));
+    }
+}

@@ -1,0 +1,272 @@
+//! The run's trace: a digest of every event (for `--check-determinism`) and
+//! the last events in a fixed ring buffer (printed on failure), or every
+//! event printed as it happens with `--trace`.
+//!
+//! Events are small `Copy` records, so recording one costs a few stores and a
+//! hash update: no allocation and no formatting unless someone reads them.
+
+use std::fmt;
+
+use tarn_core::Nanos;
+
+use crate::queue::NANOS_PER_MICRO;
+
+/// How many recent events a failure report shows.
+pub const TRACE_RING_EVENTS: usize = 512;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceKind {
+    /// Message `kind` (a small code) from `a` to `node`, term `b`.
+    Deliver,
+    /// Message from `node` to `a` dropped (reason code `b`).
+    Drop,
+    RoleChanged,
+    Crash,
+    Restart,
+    Pause,
+    Partition,
+    Heal,
+    ClockJump,
+    Transfer,
+    Invoke,
+    Complete,
+    Apply,
+    DiskError,
+    Note,
+}
+
+/// One event: the world time, the node it happened on (0 = the world), and
+/// two kind-specific numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    pub at_ns: Nanos,
+    pub node: u64,
+    pub kind: TraceKind,
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
+}
+
+impl fmt::Display for TraceEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.at_ns / NANOS_PER_MICRO;
+        write!(f, "{:>6}.{:06}s ", t / 1_000_000, t % 1_000_000)?;
+        let n = self.node;
+        let (a, b, c) = (self.a, self.b, self.c);
+        match self.kind {
+            TraceKind::Deliver => {
+                let entries = c & 0xffff_ffff;
+                write!(f, "n{n} <- n{a}: {} term={b}", message_kind_name(c >> 32))?;
+                if entries > 0 {
+                    write!(f, " ({entries} entries)")?;
+                }
+                Ok(())
+            }
+            TraceKind::Drop => write!(f, "n{n} -> n{a}: dropped ({})", drop_reason_name(b)),
+            TraceKind::RoleChanged => {
+                write!(
+                    f,
+                    "n{n}: role {} term={b} leader={}",
+                    role_name(a),
+                    if c == 0 { "-".into() } else { format!("n{c}") }
+                )
+            }
+            TraceKind::Crash => {
+                write!(f, "n{n}: CRASH (unsynced writes lost{})", if a == 1 { ", disk wiped" } else { "" })
+            }
+            TraceKind::Restart => write!(f, "n{n}: restart: term={a} last_index={b} commit={c}"),
+            TraceKind::Pause => write!(f, "n{n}: paused for {}ms", a / 1_000_000),
+            TraceKind::Partition => {
+                write!(f, "partition kind={} sides={a:#b}/{b:#b} for {}ms", c & 0xff, (c >> 8) / 1_000_000)
+            }
+            TraceKind::Heal => write!(f, "network healed"),
+            TraceKind::ClockJump => write!(f, "n{n}: clock jumps +{}us", a / 1_000),
+            TraceKind::Transfer => write!(f, "n{n}: asked to transfer leadership to n{a}"),
+            TraceKind::Invoke => write!(f, "client {a}: invoke op #{b} at n{n}"),
+            TraceKind::Complete => write!(f, "client {a}: complete op #{b} (result code {c})"),
+            TraceKind::Apply => write!(f, "n{n}: applied up to index {a} (term {b})"),
+            TraceKind::DiskError => write!(f, "n{n}: disk error (code {a})"),
+            TraceKind::Note => write!(f, "n{n}: note {a} {b} {c}"),
+        }
+    }
+}
+
+pub fn role_name(code: u64) -> &'static str {
+    match code {
+        0 => "Follower",
+        1 => "PreCandidate",
+        2 => "Candidate",
+        3 => "Leader",
+        _ => "?",
+    }
+}
+
+pub fn drop_reason_name(code: u64) -> &'static str {
+    match code {
+        0 => "loss",
+        1 => "partition",
+        2 => "queue full",
+        3 => "flapping link",
+        4 => "receiver down",
+        _ => "?",
+    }
+}
+
+/// Message kind names by code (see `world::message_code`).
+pub fn message_kind_name(code: u64) -> &'static str {
+    const NAMES: [&str; 12] = [
+        "PreVoteRequest",
+        "PreVoteResponse",
+        "VoteRequest",
+        "VoteResponse",
+        "AppendEntries",
+        "AppendResponse",
+        "Heartbeat",
+        "HeartbeatResponse",
+        "TimeoutNow",
+        "ReadIndexRequest",
+        "ReadIndexResponse",
+        "Other",
+    ];
+    NAMES.get(code as usize).copied().unwrap_or("Other")
+}
+
+/// FNV-1a over 64-bit words: fast, stable across platforms and Rust versions
+/// (unlike `DefaultHasher`), which a digest compared across runs must be.
+#[derive(Clone, Copy, Debug)]
+pub struct Digest(u64);
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Digest {
+    pub fn word(&mut self, w: u64) {
+        for byte in w.to_le_bytes() {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn bytes(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn value(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Hashes a byte string on its own (payload identity for the checkers).
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut d = Digest::default();
+    d.bytes(bytes);
+    d.value()
+}
+
+pub struct Trace {
+    ring: Vec<TraceEvent>,
+    next: usize,
+    recorded: u64,
+    digest: Digest,
+    print_all: bool,
+}
+
+impl Trace {
+    pub fn new(print_all: bool) -> Self {
+        Trace {
+            ring: Vec::with_capacity(TRACE_RING_EVENTS),
+            next: 0,
+            recorded: 0,
+            digest: Digest::default(),
+            print_all,
+        }
+    }
+
+    pub fn record(&mut self, event: TraceEvent) {
+        let d = &mut self.digest;
+        d.word(event.at_ns);
+        d.word(event.node);
+        d.word(event.kind as u64);
+        d.word(event.a);
+        d.word(event.b);
+        d.word(event.c);
+        if self.print_all {
+            println!("{event}");
+        }
+        if self.ring.len() < TRACE_RING_EVENTS {
+            self.ring.push(event);
+        } else {
+            self.ring[self.next] = event;
+        }
+        self.next = (self.next + 1) % TRACE_RING_EVENTS;
+        self.recorded += 1;
+    }
+
+    /// Mixes extra state into the digest without recording an event.
+    pub fn mix(&mut self, word: u64) {
+        self.digest.word(word);
+    }
+
+    pub fn digest(&self) -> u64 {
+        self.digest.value()
+    }
+
+    pub fn recorded(&self) -> u64 {
+        self.recorded
+    }
+
+    /// The last `n` events, oldest first.
+    pub fn last(&self, n: usize) -> Vec<TraceEvent> {
+        let len = self.ring.len();
+        let n = n.min(len);
+        let start = if len < TRACE_RING_EVENTS {
+            len - n
+        } else {
+            (self.next + TRACE_RING_EVENTS - n) % TRACE_RING_EVENTS
+        };
+        (0..n).map(|i| self.ring[(start + i) % len]).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(at: Nanos) -> TraceEvent {
+        TraceEvent { at_ns: at, node: 1, kind: TraceKind::Note, a: 0, b: 0, c: 0 }
+    }
+
+    #[test]
+    fn ring_keeps_the_last_events_in_order() {
+        let mut t = Trace::new(false);
+        for i in 0..(TRACE_RING_EVENTS as u64 + 10) {
+            t.record(ev(i));
+        }
+        let last = t.last(3);
+        let n = TRACE_RING_EVENTS as u64 + 10;
+        assert_eq!(last.iter().map(|e| e.at_ns).collect::<Vec<_>>(), vec![n - 3, n - 2, n - 1]);
+        assert_eq!(t.last(10_000).len(), TRACE_RING_EVENTS);
+        assert_eq!(t.recorded(), n);
+        let mut short = Trace::new(false);
+        short.record(ev(5));
+        assert_eq!(short.last(3), vec![ev(5)]);
+    }
+
+    #[test]
+    fn digest_depends_on_every_event_and_their_order() {
+        let digest = |times: &[Nanos]| {
+            let mut t = Trace::new(false);
+            times.iter().for_each(|&x| t.record(ev(x)));
+            t.digest()
+        };
+        assert_eq!(digest(&[1, 2, 3]), digest(&[1, 2, 3]));
+        assert_ne!(digest(&[1, 2, 3]), digest(&[1, 3, 2]));
+        assert_ne!(digest(&[1, 2]), digest(&[1, 2, 3]));
+    }
+}

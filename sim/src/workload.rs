@@ -1,0 +1,165 @@
+//! The client workload: what a simulated client asks the kv for, how that
+//! maps onto real `tarn-kv` requests, and how replies map back onto the
+//! register model the linearizability checker understands.
+//!
+//! Every key is a register `k<n>` at the root; every written value is a
+//! fresh number (8 bytes, big-endian), so a read names exactly one write.
+
+use bytes::Bytes;
+use tarn_kv::{ClientId, Command, KvError, NodeView, Reply, Request, Response};
+
+use crate::linearizability::{Key, OpKind, OpResult, Value};
+use crate::rng::{SimRng, PPM};
+
+/// How a client's operation travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Through the Raft log (every write; reads sometimes).
+    Log,
+    /// A linearizable read barrier (ReadIndex or lease), then a local read.
+    ReadIndex,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientOp {
+    pub key: Key,
+    pub kind: OpKind,
+    pub path: Path,
+}
+
+pub fn key_path(key: Key) -> String {
+    format!("k{key}")
+}
+
+pub fn encode_value(v: Value) -> Bytes {
+    Bytes::copy_from_slice(&v.to_be_bytes())
+}
+
+pub fn decode_value(bytes: &[u8]) -> Option<Value> {
+    Some(Value::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// Draws the next operation. `next_value` numbers writes uniquely per run.
+pub fn next_op(
+    rng: &mut SimRng,
+    keys: u64,
+    read_ppm: u32,
+    log_read_ppm: u32,
+    next_value: &mut Value,
+) -> ClientOp {
+    let key = rng.below(keys.max(1));
+    if rng.chance(read_ppm) {
+        let path = if rng.chance(log_read_ppm) { Path::Log } else { Path::ReadIndex };
+        return ClientOp { key, kind: OpKind::Read, path };
+    }
+    *next_value += 1;
+    let value = *next_value;
+    let roll = rng.below(u64::from(PPM));
+    let kind = if roll < 600_000 {
+        OpKind::Write(value)
+    } else if roll < 900_000 {
+        // Expect a recent value: often right, sometimes not.
+        let expect =
+            if rng.chance(PPM / 5) { None } else { Some(value.saturating_sub(rng.between(1, 4)).max(1)) };
+        OpKind::Cas { expect, new: value }
+    } else {
+        OpKind::Remove
+    };
+    ClientOp { key, kind, path: Path::Log }
+}
+
+/// The kv request for an operation that goes through the log.
+pub fn request(client_id: ClientId, seq: u64, op: &ClientOp) -> Request {
+    let key = key_path(op.key);
+    let command = match op.kind {
+        OpKind::Write(v) => Command::Put { key, value: encode_value(v) },
+        OpKind::Read => Command::Get { key },
+        OpKind::Cas { expect, new } => {
+            Command::CompareAndSet { key, expected: expect.map(encode_value), new: Some(encode_value(new)) }
+        }
+        OpKind::Remove => Command::Remove { key },
+    };
+    // One operation in flight per client: everything before `seq` is acknowledged.
+    Request { client_id, seq, first_unacked_seq: seq, command }
+}
+
+/// What a reply means for the register model, or a description of why the
+/// reply is impossible for this operation (a bug somewhere).
+pub fn interpret(op: &ClientOp, response: &Response) -> Result<OpResult, String> {
+    let node_value = |node: &Option<NodeView>| -> Result<Option<Value>, String> {
+        match node {
+            None => Ok(None),
+            Some(view) => decode_value(&view.value).map(Some).ok_or_else(|| {
+                format!("key {} holds {} bytes, not a workload value", key_path(op.key), view.value.len())
+            }),
+        }
+    };
+    match (op.kind, response) {
+        (OpKind::Write(_), Ok(Reply::Done)) | (OpKind::Remove, Ok(Reply::Done)) => Ok(OpResult::Ok),
+        (OpKind::Read, Ok(Reply::Node(node))) => Ok(OpResult::Read(node_value(node)?)),
+        (OpKind::Cas { .. }, Ok(Reply::Done)) => Ok(OpResult::Cas(true)),
+        (OpKind::Cas { .. }, Err(KvError::CasMismatch { .. })) => Ok(OpResult::Cas(false)),
+        (kind, other) => Err(format!("{kind:?} on {} got {other:?}", key_path(op.key))),
+    }
+}
+
+/// The result of a read served locally after a read barrier.
+pub fn interpret_local_read(
+    op: &ClientOp,
+    node: Result<Option<NodeView>, KvError>,
+) -> Result<OpResult, String> {
+    interpret(op, &node.map(Reply::Node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Stream;
+    use tarn_kv::{KvConfig, KvEntry, KvStateMachine};
+
+    #[test]
+    fn operations_round_trip_through_the_real_state_machine() {
+        let mut sm = KvStateMachine::new(KvConfig::default());
+        let mut apply = |index, req: Request| {
+            let entry = KvEntry { leader_time_nanos: index, requests: vec![req] };
+            sm.apply_entry(index, &entry).pop().expect("one response per request")
+        };
+        let put = ClientOp { key: 3, kind: OpKind::Write(7), path: Path::Log };
+        assert_eq!(interpret(&put, &apply(1, request(1, 1, &put))), Ok(OpResult::Ok));
+        let get = ClientOp { key: 3, kind: OpKind::Read, path: Path::Log };
+        assert_eq!(interpret(&get, &apply(2, request(1, 2, &get))), Ok(OpResult::Read(Some(7))));
+        let cas_bad = ClientOp { key: 3, kind: OpKind::Cas { expect: Some(1), new: 8 }, path: Path::Log };
+        assert_eq!(interpret(&cas_bad, &apply(3, request(1, 3, &cas_bad))), Ok(OpResult::Cas(false)));
+        let cas = ClientOp { key: 3, kind: OpKind::Cas { expect: Some(7), new: 9 }, path: Path::Log };
+        assert_eq!(interpret(&cas, &apply(4, request(1, 4, &cas))), Ok(OpResult::Cas(true)));
+        // A retry of the same seq is answered from the session, not re-applied.
+        assert_eq!(interpret(&cas, &apply(5, request(1, 4, &cas))), Ok(OpResult::Cas(true)));
+        let rm = ClientOp { key: 3, kind: OpKind::Remove, path: Path::Log };
+        assert_eq!(interpret(&rm, &apply(6, request(1, 5, &rm))), Ok(OpResult::Ok));
+        assert_eq!(interpret(&get, &apply(7, request(1, 6, &get))), Ok(OpResult::Read(None)));
+        let create = ClientOp { key: 3, kind: OpKind::Cas { expect: None, new: 10 }, path: Path::Log };
+        assert_eq!(interpret(&create, &apply(8, request(1, 7, &create))), Ok(OpResult::Cas(true)));
+    }
+
+    #[test]
+    fn generated_ops_cover_every_kind_with_unique_values() {
+        let mut rng = SimRng::new(1, Stream::Workload);
+        let mut next = 0;
+        let ops: Vec<_> = (0..400).map(|_| next_op(&mut rng, 4, PPM / 2, PPM / 2, &mut next)).collect();
+        for want in ["Write", "Read", "Cas", "Remove"] {
+            assert!(ops.iter().any(|o| format!("{:?}", o.kind).starts_with(want)), "{want} never drawn");
+        }
+        assert!(ops.iter().any(|o| o.path == Path::ReadIndex));
+        assert!(ops.iter().all(|o| o.key < 4));
+        let mut written: Vec<Value> = ops
+            .iter()
+            .filter_map(|o| match o.kind {
+                OpKind::Write(v) | OpKind::Cas { new: v, .. } => Some(v),
+                _ => None,
+            })
+            .collect();
+        let n = written.len();
+        written.dedup();
+        assert_eq!(written.len(), n, "values must be unique");
+    }
+}

@@ -1,0 +1,1326 @@
+//! The world: N virtual nodes, each running the real `tarn-core` RawNode and
+//! the real `tarn-kv` state machine over simulated storage, a virtual
+//! network, per-node clocks, clients recording a history, a fault schedule,
+//! and the checkers. One run is a pure function of its [`RunConfig`].
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use tarn_core::{
+    Action, Config, DropReason, Entry, EntryPayload, Index, Input, LogId, Membership, Message, MessageBody,
+    Nanos, NodeId, RawNode, Recovered, Role, Term,
+};
+use tarn_kv::{encode_entry, KvConfig, KvEntry, KvStateMachine};
+
+use crate::clock::NodeClock;
+use crate::linearizability::{self, Op, OpKind, OpResult, Verdict};
+use crate::net::{DropReason as NetDrop, Network, SendOutcome, NODES_MAX};
+use crate::profile::{Profile, ProfileKind, CORE_DRIFT_BOUND_PPM};
+use crate::queue::{EventQueue, NANOS_PER_MICRO, NANOS_PER_MILLI, NANOS_PER_SECOND};
+use crate::rng::{SimRng, Stream, PPM};
+use crate::storage::ModelStorage;
+use crate::trace::{hash_bytes, Trace, TraceEvent, TraceKind};
+use crate::workload::{self, ClientOp, Path};
+
+#[cfg(feature = "planted-bugs")]
+pub use tarn_core::PlantedBug;
+
+/// Everything that determines a run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub nodes: usize,
+    pub profile: ProfileKind,
+    /// Virtual time with faults and new client operations.
+    pub sim_ns: Nanos,
+    /// After `sim_ns` every fault heals; every pending operation must then
+    /// complete within this bound (the liveness check).
+    pub liveness_bound_ns: Nanos,
+    /// Print every event as it happens.
+    pub trace: bool,
+    /// The linearizability search gives up ("too big") after this many steps per key.
+    pub linearizability_steps_max: u64,
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bug: Option<PlantedBug>,
+}
+
+impl RunConfig {
+    pub fn new(seed: u64) -> Self {
+        RunConfig {
+            seed,
+            nodes: 5,
+            profile: ProfileKind::Swarm,
+            sim_ns: 10 * NANOS_PER_SECOND,
+            liveness_bound_ns: 20 * NANOS_PER_SECOND,
+            trace: false,
+            linearizability_steps_max: 2_000_000,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: None,
+        }
+    }
+}
+
+/// The class of a failure; each has its own process exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A Raft or kv safety property was violated (or the history is not linearizable).
+    Safety,
+    /// After faults healed, some operation did not complete within the bound.
+    Liveness,
+    /// Something panicked (the core, kv, the simulator's own assertions).
+    Panic,
+    /// The linearizability search hit its bound: undecided.
+    CheckerTooBig,
+}
+
+impl FailureKind {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            FailureKind::Safety => 3,
+            FailureKind::Liveness => 4,
+            FailureKind::Panic => 5,
+            FailureKind::CheckerTooBig => 6,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// A short stable name: "election-safety", "linearizability", ...
+    pub property: &'static str,
+    pub detail: String,
+}
+
+/// What a run produced.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub seed: u64,
+    pub failure: Option<Failure>,
+    /// Digest of the whole trace: equal for equal runs.
+    pub digest: u64,
+    /// Virtual time the run covered (faulty phase plus healing).
+    pub sim_ns: Nanos,
+    pub events: u64,
+    pub ops_invoked: u64,
+    pub ops_completed: u64,
+    pub max_commit: Index,
+    pub profile: String,
+    pub last_events: Vec<TraceEvent>,
+}
+
+/// How many trailing events a failure report carries.
+pub const FAILURE_TRACE_EVENTS: usize = 60;
+
+/// A client waits this long for an answer before retrying elsewhere.
+const CLIENT_TIMEOUT_NS: Nanos = 600 * NANOS_PER_MILLI;
+const CLIENT_LATENCY_MIN_NS: Nanos = 50 * NANOS_PER_MICRO;
+const CLIENT_LATENCY_MAX_NS: Nanos = 500 * NANOS_PER_MICRO;
+/// Smallest step between two ticks of one node (guards a core that asks for
+/// a tick in the past from spinning the simulation).
+const TICK_MIN_STEP_NS: Nanos = NANOS_PER_MICRO;
+/// Clock offsets are bounded: the kv derives replicated time from the
+/// proposing leader's clock, so wildly different origins would expire
+/// sessions; the offset still catches code comparing clocks across nodes.
+const CLOCK_OFFSET_MAX_NS: Nanos = 50 * NANOS_PER_MILLI;
+
+#[derive(Debug)]
+enum DiskDone {
+    Log(LogId),
+    HardState { term: Term, vote: Option<NodeId> },
+}
+
+#[derive(Debug)]
+enum Reply {
+    Result(OpResult),
+    Redirect(Option<NodeId>),
+    Retry,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Partition,
+    OneWayPartition,
+    Isolate,
+    Clog,
+    Flap,
+    Crash,
+    Pause,
+    ClockJump,
+    TransferLeader,
+}
+
+const FAULTS: [Fault; 9] = [
+    Fault::Partition,
+    Fault::OneWayPartition,
+    Fault::Isolate,
+    Fault::Clog,
+    Fault::Flap,
+    Fault::Crash,
+    Fault::Pause,
+    Fault::ClockJump,
+    Fault::TransferLeader,
+];
+
+#[derive(Debug)]
+enum Event {
+    Deliver { from: u8, to: u8, message: Message },
+    Tick { node: u8, incarnation: u32 },
+    Disk { node: u8, incarnation: u32, done: DiskDone },
+    ClientWake { client: u32 },
+    ClientArrive { node: u8, client: u32, attempt: u64, seq: u64, op: ClientOp },
+    ClientReply { client: u32, attempt: u64, reply: Reply },
+    ClientTimeout { client: u32, attempt: u64 },
+    ClientRetry { client: u32, attempt: u64 },
+    Fault(Fault),
+    HealNetwork,
+    Restart { node: u8 },
+    EndOfFaults,
+}
+
+struct Node {
+    id: NodeId,
+    raw: Option<RawNode>,
+    incarnation: u32,
+    clock: NodeClock,
+    last_local_ns: Nanos,
+    paused_until: Nanos,
+    storage: ModelStorage,
+    sm: KvStateMachine,
+    applied: Index,
+    /// World time of the live scheduled tick (`Nanos::MAX`: none).
+    tick_at: Nanos,
+    /// Proposals and reads in flight on this node, by id (= client attempt).
+    pending: HashMap<u64, (u32, u64, ClientOp)>,
+    restart_scheduled: bool,
+}
+
+struct CurrentOp {
+    op: ClientOp,
+    seq: u64,
+    history_index: usize,
+    attempt: u64,
+}
+
+struct Client {
+    id: u64,
+    seq: u64,
+    target: usize,
+    current: Option<CurrentOp>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Faulty,
+    Healing { deadline: Nanos },
+}
+
+pub struct World {
+    config: RunConfig,
+    profile: Profile,
+    queue: EventQueue<Event>,
+    net: Network,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    history: Vec<Op>,
+    trace: Trace,
+    phase: Phase,
+    rng_process: SimRng,
+    rng_disk: SimRng,
+    rng_workload: SimRng,
+    rng_partition: SimRng,
+    rng_ops: SimRng,
+    rng_clock: SimRng,
+    next_attempt: u64,
+    next_value: u64,
+    ops_completed: u64,
+    events: u64,
+    // Checker state.
+    leaders: HashMap<Term, NodeId>,
+    /// Term and payload hash of every committed (applied somewhere) index, from 1.
+    applied_log: Vec<(Term, u64)>,
+    /// Payload hash of every entry ever appended anywhere, by (term, index).
+    entry_ids: HashMap<(Term, Index), u64>,
+    failure: Option<Failure>,
+    // Reused buffers (no per-step allocation).
+    actions: Vec<Action>,
+    inputs: VecDeque<Input>,
+}
+
+fn payload_hash(payload: &EntryPayload) -> u64 {
+    match payload {
+        EntryPayload::Blank => 0,
+        EntryPayload::Normal(data) => hash_bytes(data) | 1,
+        EntryPayload::Membership(m) => {
+            let mut s = String::new();
+            let _ = write!(s, "{m:?}");
+            hash_bytes(s.as_bytes()) | 2
+        }
+    }
+}
+
+/// A small stable code per message kind (for the trace and digest).
+pub fn message_code(body: &MessageBody) -> u64 {
+    match body {
+        MessageBody::PreVoteRequest { .. } => 0,
+        MessageBody::PreVoteResponse { .. } => 1,
+        MessageBody::VoteRequest { .. } => 2,
+        MessageBody::VoteResponse { .. } => 3,
+        MessageBody::AppendEntries { .. } => 4,
+        MessageBody::AppendResponse { .. } => 5,
+        MessageBody::Heartbeat { .. } => 6,
+        MessageBody::HeartbeatResponse { .. } => 7,
+        MessageBody::TimeoutNow => 8,
+        MessageBody::ReadIndexRequest { .. } => 9,
+        MessageBody::ReadIndexResponse { .. } => 10,
+    }
+}
+
+fn role_code(role: Role) -> u64 {
+    match role {
+        Role::Follower => 0,
+        Role::PreCandidate => 1,
+        Role::Candidate => 2,
+        Role::Leader => 3,
+    }
+}
+
+fn net_drop_code(reason: NetDrop) -> u64 {
+    match reason {
+        NetDrop::Loss => 0,
+        NetDrop::Partition => 1,
+        NetDrop::QueueFull => 2,
+        NetDrop::Flapping => 3,
+    }
+}
+
+fn result_code(r: &OpResult) -> u64 {
+    match r {
+        OpResult::Unknown => 0,
+        OpResult::Ok => 1,
+        OpResult::Read(None) => 2,
+        OpResult::Read(Some(v)) => 3 | (v << 8),
+        OpResult::Cas(ok) => 4 | (u64::from(*ok) << 8),
+        OpResult::Removed(e) => 5 | (u64::from(*e) << 8),
+    }
+}
+
+impl World {
+    pub fn new(config: RunConfig) -> World {
+        assert!((1..=NODES_MAX).contains(&config.nodes), "--nodes {}: want 1..={NODES_MAX}", config.nodes);
+        let seed = config.seed;
+        let profile = Profile::new(config.profile, &mut SimRng::new(seed, Stream::Profile));
+        let net = Network::new(config.nodes, profile.net.clone(), SimRng::new(seed, Stream::Network));
+        let mut rng_clock = SimRng::new(seed, Stream::Clock);
+        let nodes = (0..config.nodes)
+            .map(|i| {
+                let drift = if profile.drift_ppm_max == 0 {
+                    0
+                } else {
+                    rng_clock.between(0, 2 * profile.drift_ppm_max as u64) as i64 - profile.drift_ppm_max
+                };
+                let offset = if profile.kind == ProfileKind::Calm {
+                    0
+                } else {
+                    rng_clock.between(0, CLOCK_OFFSET_MAX_NS)
+                };
+                Node {
+                    id: i as NodeId + 1,
+                    raw: None,
+                    incarnation: 0,
+                    clock: NodeClock::new(offset, drift),
+                    last_local_ns: 0,
+                    paused_until: 0,
+                    storage: ModelStorage::new(),
+                    sm: KvStateMachine::new(KvConfig::default()),
+                    applied: 0,
+                    tick_at: Nanos::MAX,
+                    pending: HashMap::new(),
+                    restart_scheduled: false,
+                }
+            })
+            .collect();
+        let mut rng_workload = SimRng::new(seed, Stream::Workload);
+        let clients = (0..profile.clients)
+            .map(|i| Client {
+                id: u64::from(i) + 1,
+                seq: 0,
+                target: rng_workload.below(config.nodes as u64) as usize,
+                current: None,
+            })
+            .collect();
+        let trace = Trace::new(config.trace);
+        World {
+            profile,
+            queue: EventQueue::new(),
+            net,
+            nodes,
+            clients,
+            history: Vec::new(),
+            trace,
+            phase: Phase::Faulty,
+            rng_process: SimRng::new(seed, Stream::Process),
+            rng_disk: SimRng::new(seed, Stream::Disk),
+            rng_workload,
+            rng_partition: SimRng::new(seed, Stream::Partition),
+            rng_ops: SimRng::new(seed, Stream::Operations),
+            rng_clock,
+            next_attempt: 1,
+            next_value: 0,
+            ops_completed: 0,
+            events: 0,
+            leaders: HashMap::new(),
+            applied_log: Vec::new(),
+            entry_ids: HashMap::new(),
+            failure: None,
+            actions: Vec::with_capacity(64),
+            inputs: VecDeque::with_capacity(16),
+            config,
+        }
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    fn now(&self) -> Nanos {
+        self.queue.now()
+    }
+
+    fn record(&mut self, node: u64, kind: TraceKind, a: u64, b: u64, c: u64) {
+        self.trace.record(TraceEvent { at_ns: self.queue.now(), node, kind, a, b, c });
+    }
+
+    fn fail(&mut self, kind: FailureKind, property: &'static str, detail: String) {
+        if self.failure.is_none() {
+            self.failure = Some(Failure { kind, property, detail });
+        }
+    }
+
+    fn majority(&self) -> usize {
+        self.nodes.len() / 2 + 1
+    }
+
+    fn raft_config(&self, idx: usize) -> Config {
+        let mut c =
+            Config::new(idx as NodeId + 1, self.config.seed.wrapping_mul(31).wrapping_add(idx as u64));
+        c.max_clock_drift_ppm = CORE_DRIFT_BOUND_PPM;
+        c.lease_read = self.profile.lease_read;
+        #[cfg(feature = "planted-bugs")]
+        {
+            c.planted_bug = self.config.planted_bug;
+        }
+        c
+    }
+
+    fn membership(&self) -> Membership {
+        Membership::new_voters((1..=self.nodes.len() as NodeId).collect::<Vec<_>>())
+    }
+
+    /// Runs to the end and checks everything. Panics propagate (the caller
+    /// catches them to keep the trace).
+    pub fn run(&mut self) {
+        for idx in 0..self.nodes.len() {
+            self.start_node(idx);
+            if self.failure.is_some() {
+                return;
+            }
+        }
+        for c in 0..self.clients.len() {
+            let at = self.rng_workload.between(0, 10 * NANOS_PER_MILLI);
+            self.queue.push(at, Event::ClientWake { client: c as u32 });
+        }
+        for fault in FAULTS {
+            self.schedule_fault(fault);
+        }
+        self.queue.push(self.config.sim_ns, Event::EndOfFaults);
+        while self.failure.is_none() {
+            if let Phase::Healing { deadline } = self.phase {
+                if self.clients.iter().all(|c| c.current.is_none()) {
+                    break;
+                }
+                if self.queue.peek_time().is_none_or(|t| t > deadline) {
+                    self.liveness_failure();
+                    break;
+                }
+            }
+            let Some((_, event)) = self.queue.pop() else { break };
+            self.events += 1;
+            self.handle(event);
+        }
+        if self.failure.is_none() {
+            self.final_checks();
+        }
+    }
+
+    fn liveness_failure(&mut self) {
+        let mut detail =
+            String::from("after every fault healed, these operations did not complete within the bound:");
+        for c in &self.clients {
+            if let Some(cur) = &c.current {
+                let op = &self.history[cur.history_index];
+                let _ = write!(
+                    detail,
+                    "\n  client {} op #{} {:?} on k{} invoked at {:.3}s",
+                    c.id,
+                    cur.history_index,
+                    op.kind,
+                    op.key,
+                    op.invoke_ns as f64 / 1e9
+                );
+            }
+        }
+        for n in &self.nodes {
+            match &n.raw {
+                Some(raw) => {
+                    let _ = write!(
+                        detail,
+                        "\n  n{}: {:?} term={} leader={:?} commit={} last={}",
+                        n.id,
+                        raw.role(),
+                        raw.term(),
+                        raw.leader(),
+                        raw.commit_index(),
+                        raw.last_log_id()
+                    );
+                }
+                None => {
+                    let _ = write!(detail, "\n  n{}: down", n.id);
+                }
+            }
+        }
+        self.fail(FailureKind::Liveness, "liveness", detail);
+    }
+
+    fn report_fields(&self) -> (u64, u64) {
+        let max_commit = self.applied_log.len() as u64;
+        (self.history.len() as u64, max_commit)
+    }
+
+    /// Builds the report (also after a panic, from whatever state is left).
+    pub fn report(&self, failure: Option<Failure>) -> RunReport {
+        let (ops_invoked, max_commit) = self.report_fields();
+        RunReport {
+            seed: self.config.seed,
+            failure,
+            digest: self.trace.digest(),
+            sim_ns: self.now(),
+            events: self.events,
+            ops_invoked,
+            ops_completed: self.ops_completed,
+            max_commit,
+            profile: self.profile.to_string(),
+            last_events: self.trace.last(FAILURE_TRACE_EVENTS),
+        }
+    }
+
+    pub fn take_failure(&mut self) -> Option<Failure> {
+        self.failure.take()
+    }
+
+    // ----- events ----------------------------------------------------------------------
+
+    fn handle(&mut self, event: Event) {
+        let now = self.now();
+        match event {
+            Event::Deliver { from, to, message } => {
+                let t = to as usize;
+                if self.nodes[t].paused_until > now {
+                    let at = self.nodes[t].paused_until;
+                    self.queue.push(at, Event::Deliver { from, to, message });
+                    return;
+                }
+                if !self.net.arrive(now, from as usize, t) {
+                    self.record(u64::from(from) + 1, TraceKind::Drop, u64::from(to) + 1, 1, 0);
+                    return;
+                }
+                if self.nodes[t].raw.is_none() {
+                    return;
+                }
+                let code = message_code(&message.body);
+                let entries = match &message.body {
+                    MessageBody::AppendEntries { entries, .. } => entries.len() as u64,
+                    _ => 0,
+                };
+                self.record(
+                    u64::from(to) + 1,
+                    TraceKind::Deliver,
+                    u64::from(from) + 1,
+                    message.term,
+                    (code << 32) | entries,
+                );
+                self.step(t, Input::Message(message));
+            }
+            Event::Tick { node, incarnation } => {
+                let n = &mut self.nodes[node as usize];
+                if n.incarnation != incarnation || n.tick_at != now || n.raw.is_none() {
+                    return;
+                }
+                if n.paused_until > now {
+                    n.tick_at = n.paused_until;
+                    let at = n.tick_at;
+                    self.queue.push(at, Event::Tick { node, incarnation });
+                    return;
+                }
+                n.tick_at = Nanos::MAX;
+                self.step(node as usize, Input::Tick);
+            }
+            Event::Disk { node, incarnation, done } => {
+                let n = &mut self.nodes[node as usize];
+                if n.incarnation != incarnation || n.raw.is_none() {
+                    return;
+                }
+                if n.paused_until > now {
+                    let at = n.paused_until;
+                    self.queue.push(at, Event::Disk { node, incarnation, done });
+                    return;
+                }
+                n.storage.sync();
+                let input = match done {
+                    DiskDone::Log(up_to) => Input::LogPersisted { up_to },
+                    DiskDone::HardState { term, vote } => Input::HardStatePersisted { term, vote },
+                };
+                self.step(node as usize, input);
+            }
+            Event::ClientWake { client } => self.client_start(client as usize),
+            Event::ClientArrive { node, client, attempt, seq, op } => {
+                self.client_arrive(node as usize, client, attempt, seq, op)
+            }
+            Event::ClientReply { client, attempt, reply } => {
+                self.client_reply(client as usize, attempt, reply)
+            }
+            Event::ClientTimeout { client, attempt } => {
+                let c = &mut self.clients[client as usize];
+                if c.current.as_ref().is_some_and(|cur| cur.attempt == attempt) {
+                    c.target = (c.target + 1) % self.nodes.len();
+                    self.client_send(client as usize);
+                }
+            }
+            Event::ClientRetry { client, attempt } => {
+                if self.clients[client as usize].current.as_ref().is_some_and(|cur| cur.attempt == attempt) {
+                    self.client_send(client as usize);
+                }
+            }
+            Event::Fault(fault) => {
+                if self.phase == Phase::Faulty {
+                    self.inject(fault);
+                    self.schedule_fault(fault);
+                }
+            }
+            Event::HealNetwork => {
+                self.net.heal();
+                self.record(0, TraceKind::Heal, 0, 0, 0);
+            }
+            Event::Restart { node } => self.restart(node as usize),
+            Event::EndOfFaults => self.end_of_faults(),
+        }
+    }
+
+    // ----- nodes -----------------------------------------------------------------------
+
+    fn start_node(&mut self, idx: usize) {
+        let config = self.raft_config(idx);
+        let membership = self.membership();
+        let n = &mut self.nodes[idx];
+        let recovered = if n.storage.last_index() == 0 && n.storage.hard_state() == Default::default() {
+            Recovered::new_cluster(membership.voters.iter().copied())
+        } else {
+            Recovered::from_log(n.storage.hard_state(), membership, n.storage.log().to_vec())
+        };
+        match RawNode::new(config, recovered) {
+            Ok(raw) => {
+                n.raw = Some(raw);
+                n.sm = KvStateMachine::new(KvConfig::default());
+                n.applied = 0;
+                n.tick_at = Nanos::MAX;
+                n.restart_scheduled = false;
+                self.step(idx, Input::Tick);
+            }
+            Err(error) => {
+                let id = n.id;
+                self.fail(
+                    FailureKind::Safety,
+                    "recovery",
+                    format!("n{id} cannot restart from its storage: {error}"),
+                );
+            }
+        }
+    }
+
+    fn crash(&mut self, idx: usize, downtime_ns: Nanos) {
+        let now = self.now();
+        let n = &mut self.nodes[idx];
+        if n.raw.is_none() {
+            return;
+        }
+        n.raw = None;
+        n.incarnation += 1;
+        n.storage.crash();
+        n.pending.clear();
+        n.tick_at = Nanos::MAX;
+        n.paused_until = 0;
+        n.restart_scheduled = true;
+        self.record(idx as u64 + 1, TraceKind::Crash, 0, 0, 0);
+        self.queue.push(now + downtime_ns, Event::Restart { node: idx as u8 });
+        self.check_committed_on_majority("after a crash");
+    }
+
+    fn restart(&mut self, idx: usize) {
+        if self.nodes[idx].raw.is_some() {
+            return;
+        }
+        let hs = self.nodes[idx].storage.hard_state();
+        let last = self.nodes[idx].storage.last_index();
+        self.record(idx as u64 + 1, TraceKind::Restart, hs.term, last, hs.commit);
+        self.start_node(idx);
+    }
+
+    /// Feeds one input to a node, executes the resulting actions (and the
+    /// inputs they produce, like `Applied`), then checks the per-step invariants.
+    fn step(&mut self, idx: usize, input: Input) {
+        let mut actions = std::mem::take(&mut self.actions);
+        let mut inputs = std::mem::take(&mut self.inputs);
+        inputs.push_back(input);
+        while let Some(input) = inputs.pop_front() {
+            let now = self.now();
+            let n = &mut self.nodes[idx];
+            let Some(raw) = n.raw.as_mut() else { break };
+            let local = n.clock.local(now).max(n.last_local_ns);
+            n.last_local_ns = local;
+            raw.step(local, input, &mut actions);
+            for action in actions.drain(..) {
+                self.execute(idx, action, &mut inputs);
+                if self.nodes[idx].raw.is_none() {
+                    break;
+                }
+            }
+            actions.clear();
+        }
+        inputs.clear();
+        self.actions = actions;
+        self.inputs = inputs;
+        self.after_step(idx);
+    }
+
+    fn after_step(&mut self, idx: usize) {
+        let now = self.now();
+        let n = &self.nodes[idx];
+        let Some(raw) = n.raw.as_ref() else { return };
+        let (role, term, id) = (raw.role(), raw.term(), n.id);
+        let deadline_local = raw.next_deadline();
+        if role == Role::Leader {
+            let leader = *self.leaders.entry(term).or_insert(id);
+            if leader != id {
+                self.fail(
+                    FailureKind::Safety,
+                    "election-safety",
+                    format!("two leaders in term {term}: n{leader} and n{id}"),
+                );
+            }
+        }
+        let n = &mut self.nodes[idx];
+        let at = n.clock.world_time_of(now, deadline_local).max(now + TICK_MIN_STEP_NS);
+        if at < n.tick_at || n.tick_at < now {
+            n.tick_at = at;
+            let incarnation = n.incarnation;
+            self.queue.push(at, Event::Tick { node: idx as u8, incarnation });
+        }
+    }
+
+    fn disk_latency(&mut self) -> Nanos {
+        let p = &self.profile;
+        let (lo, hi, slow_ppm, slow_max) =
+            (p.disk_latency_min_ns, p.disk_latency_max_ns, p.disk_slow_ppm, p.disk_slow_max_ns);
+        if self.rng_disk.chance(slow_ppm) {
+            self.rng_disk.between(hi, hi.max(slow_max))
+        } else {
+            self.rng_disk.between(lo, hi)
+        }
+    }
+
+    fn execute(&mut self, idx: usize, action: Action, inputs: &mut VecDeque<Input>) {
+        let now = self.now();
+        match action {
+            Action::Send { to, message } => {
+                let to_idx = (to as usize).wrapping_sub(1);
+                assert!(
+                    to_idx < self.nodes.len() && to_idx != idx,
+                    "n{} sends to unknown node {to}",
+                    idx + 1
+                );
+                match self.net.send(now, idx, to_idx) {
+                    SendOutcome::Dropped(reason) => {
+                        self.record(idx as u64 + 1, TraceKind::Drop, to, net_drop_code(reason), 0);
+                    }
+                    SendOutcome::Deliver { at, duplicate_at } => {
+                        let (from, to) = (idx as u8, to_idx as u8);
+                        if let Some(dup) = duplicate_at {
+                            self.queue.push(dup, Event::Deliver { from, to, message: message.clone() });
+                        }
+                        self.queue.push(at, Event::Deliver { from, to, message });
+                    }
+                }
+            }
+            Action::AppendLog { entries } => {
+                for e in &entries {
+                    let h = payload_hash(&e.payload);
+                    let known = *self.entry_ids.entry((e.term, e.index)).or_insert(h);
+                    if known != h {
+                        self.fail(
+                            FailureKind::Safety,
+                            "log-matching",
+                            format!(
+                                "two different entries at {}@{} (n{} appends the second)",
+                                e.term,
+                                e.index,
+                                idx + 1
+                            ),
+                        );
+                    }
+                }
+                let Some(last) = entries.last().map(Entry::log_id) else { return };
+                self.nodes[idx].storage.append(&entries);
+                let at = now + self.disk_latency();
+                let incarnation = self.nodes[idx].incarnation;
+                self.queue.push(at, Event::Disk { node: idx as u8, incarnation, done: DiskDone::Log(last) });
+            }
+            Action::PersistHardState(hs) => {
+                self.nodes[idx].storage.set_hard_state(hs);
+                let at = now + self.disk_latency();
+                let incarnation = self.nodes[idx].incarnation;
+                let done = DiskDone::HardState { term: hs.term, vote: hs.vote };
+                self.queue.push(at, Event::Disk { node: idx as u8, incarnation, done });
+            }
+            Action::Apply { entries, proposals } => self.apply(idx, entries, &proposals, inputs),
+            Action::FetchEntries { from, to, max_bytes } => {
+                let entries = self.nodes[idx].storage.entries(from, to, max_bytes);
+                inputs.push_back(Input::EntriesFetched { from, entries });
+            }
+            Action::ReadReady { id, index } => {
+                let applied = self.nodes[idx].sm.applied_index();
+                if applied < index {
+                    self.fail(
+                        FailureKind::Safety,
+                        "read-index",
+                        format!("n{}: read {id} ready at index {index} but only {applied} applied", idx + 1),
+                    );
+                    return;
+                }
+                let Some((client, seq, op)) = self.nodes[idx].pending.remove(&id) else { return };
+                let value = self.nodes[idx].sm.get(&workload::key_path(op.key));
+                let result = workload::interpret_local_read(&op, value);
+                self.deliver_result(client, seq, id, result);
+            }
+            Action::ReadFailed { id, reason } | Action::ProposalDropped { id, reason } => {
+                if let Some((client, _, _)) = self.nodes[idx].pending.remove(&id) {
+                    let reply = match reason {
+                        DropReason::NotLeader { leader_hint }
+                        | DropReason::LeadershipLost { leader_hint } => Reply::Redirect(leader_hint),
+                        _ => Reply::Retry,
+                    };
+                    self.reply(client, id, reply);
+                }
+            }
+            Action::RoleChanged { role, term, leader } => {
+                self.record(
+                    idx as u64 + 1,
+                    TraceKind::RoleChanged,
+                    role_code(role),
+                    term,
+                    leader.unwrap_or(0),
+                );
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        idx: usize,
+        entries: Vec<Entry>,
+        proposals: &[(Index, u64)],
+        inputs: &mut VecDeque<Input>,
+    ) {
+        let mut proposals = proposals.iter().peekable();
+        let mut last = None;
+        for e in &entries {
+            let n = &mut self.nodes[idx];
+            if e.index != n.applied + 1 {
+                let detail = format!("n{} applies index {} after {}", n.id, e.index, n.applied);
+                self.fail(FailureKind::Safety, "apply-order", detail);
+                return;
+            }
+            n.applied = e.index;
+            let h = payload_hash(&e.payload);
+            let i = (e.index - 1) as usize;
+            if let Some(&(term, known)) = self.applied_log.get(i) {
+                if (term, known) != (e.term, h) {
+                    let detail = format!(
+                        "n{} applies {}@{} but index {} was applied elsewhere as term {term} (different entry)",
+                        idx + 1,
+                        e.term,
+                        e.index,
+                        e.index
+                    );
+                    self.fail(FailureKind::Safety, "state-machine-safety", detail);
+                    return;
+                }
+            } else {
+                debug_assert_eq!(i, self.applied_log.len(), "a node applied past the global prefix");
+                self.applied_log.push((e.term, h));
+            }
+            let n = &mut self.nodes[idx];
+            let responses = match &e.payload {
+                EntryPayload::Normal(data) => match n.sm.apply_entry_bytes(e.index, data) {
+                    Ok(r) => r,
+                    Err(error) => {
+                        self.fail(FailureKind::Safety, "kv-decode", format!("entry {}: {error}", e.log_id()));
+                        return;
+                    }
+                },
+                _ => {
+                    n.sm.advance_to(e.index);
+                    Vec::new()
+                }
+            };
+            while let Some(&&(index, id)) = proposals.peek() {
+                if index > e.index {
+                    break;
+                }
+                proposals.next();
+                if index < e.index {
+                    continue;
+                }
+                let Some((client, seq, op)) = self.nodes[idx].pending.remove(&id) else { continue };
+                let Some(response) = responses.first() else {
+                    let detail = format!("proposal {id} resolved by {} which carries no request", e.log_id());
+                    self.fail(FailureKind::Safety, "proposal-routing", detail);
+                    return;
+                };
+                let result = workload::interpret(&op, response);
+                self.deliver_result(client, seq, id, result);
+            }
+            last = Some(e.log_id());
+        }
+        if let Some(last) = last {
+            self.record(idx as u64 + 1, TraceKind::Apply, last.index, last.term, 0);
+            inputs.push_back(Input::Applied { index: last.index });
+        }
+    }
+
+    // ----- clients ---------------------------------------------------------------------
+
+    fn client_latency(&mut self) -> Nanos {
+        self.rng_workload.between(CLIENT_LATENCY_MIN_NS, CLIENT_LATENCY_MAX_NS)
+    }
+
+    fn client_start(&mut self, c: usize) {
+        if self.phase != Phase::Faulty || self.clients[c].current.is_some() {
+            return;
+        }
+        let p = &self.profile;
+        let (keys, read_ppm, log_read_ppm) = (p.keys, p.read_ppm, p.log_read_ppm);
+        let op =
+            workload::next_op(&mut self.rng_workload, keys, read_ppm, log_read_ppm, &mut self.next_value);
+        let now = self.now();
+        let client = &mut self.clients[c];
+        // Sessions number writes only: a read never reaches the session table,
+        // and a session starts at the client's first write with seq 1.
+        if op.kind != OpKind::Read {
+            client.seq += 1;
+        }
+        let history_index = self.history.len();
+        self.history.push(Op {
+            client: client.id as u32,
+            key: op.key,
+            kind: op.kind,
+            result: OpResult::Unknown,
+            invoke_ns: now,
+            return_ns: Nanos::MAX,
+        });
+        client.current = Some(CurrentOp { op, seq: client.seq, history_index, attempt: 0 });
+        let (target, id) = (client.target as u64 + 1, client.id);
+        self.record(target, TraceKind::Invoke, id, history_index as u64, 0);
+        self.client_send(c);
+    }
+
+    fn client_send(&mut self, c: usize) {
+        let attempt = self.next_attempt;
+        self.next_attempt += 1;
+        let now = self.now();
+        let latency = self.client_latency();
+        let client = &mut self.clients[c];
+        let Some(cur) = client.current.as_mut() else { return };
+        cur.attempt = attempt;
+        let (node, seq, op) = (client.target as u8, cur.seq, cur.op);
+        self.queue.push(now + latency, Event::ClientArrive { node, client: c as u32, attempt, seq, op });
+        self.queue.push(now + CLIENT_TIMEOUT_NS, Event::ClientTimeout { client: c as u32, attempt });
+    }
+
+    fn client_arrive(&mut self, idx: usize, client: u32, attempt: u64, seq: u64, op: ClientOp) {
+        let now = self.now();
+        let n = &mut self.nodes[idx];
+        if n.raw.is_none() {
+            return;
+        }
+        if n.paused_until > now {
+            let at = n.paused_until;
+            self.queue.push(at, Event::ClientArrive { node: idx as u8, client, attempt, seq, op });
+            return;
+        }
+        n.pending.insert(attempt, (client, seq, op));
+        let input = if op.path == Path::ReadIndex {
+            debug_assert_eq!(op.kind, OpKind::Read);
+            Input::Read { id: attempt }
+        } else {
+            let request = workload::request(self.clients[client as usize].id, seq, &op);
+            let local = n.clock.local(now).max(n.last_local_ns);
+            let entry = KvEntry { leader_time_nanos: local, requests: vec![request] };
+            Input::Propose { id: attempt, data: Bytes::from(encode_entry(&entry)) }
+        };
+        self.step(idx, input);
+    }
+
+    /// Sends a result back, or fails the run if the kv's answer is impossible
+    /// for the operation. A duplicate of an operation the client has already
+    /// finished may legitimately be refused by the session table
+    /// (`SessionSeqTooOld`): nobody waits for it, so it is ignored.
+    fn deliver_result(&mut self, client: u32, seq: u64, attempt: u64, result: Result<OpResult, String>) {
+        match result {
+            Ok(result) => self.reply(client, attempt, Reply::Result(result)),
+            Err(detail) => {
+                let waiting =
+                    self.clients[client as usize].current.as_ref().is_some_and(|cur| cur.seq == seq);
+                if waiting {
+                    self.fail(FailureKind::Safety, "kv-response", detail);
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, client: u32, attempt: u64, reply: Reply) {
+        let at = self.now() + self.client_latency();
+        self.queue.push(at, Event::ClientReply { client, attempt, reply });
+    }
+
+    fn client_reply(&mut self, c: usize, attempt: u64, reply: Reply) {
+        let now = self.now();
+        let client = &mut self.clients[c];
+        if client.current.as_ref().is_none_or(|cur| cur.attempt != attempt) {
+            return;
+        }
+        match reply {
+            Reply::Result(result) => {
+                let Some(cur) = client.current.take() else { return };
+                let op = &mut self.history[cur.history_index];
+                op.result = result;
+                op.return_ns = now;
+                self.ops_completed += 1;
+                let id = client.id;
+                self.record(0, TraceKind::Complete, id, cur.history_index as u64, result_code(&result));
+                let think = self.rng_workload.between(0, self.profile.client_think_max_ns);
+                self.queue.push(now + think, Event::ClientWake { client: c as u32 });
+            }
+            Reply::Redirect(Some(hint)) if (1..=self.nodes.len() as NodeId).contains(&hint) => {
+                client.target = hint as usize - 1;
+                let delay = self.rng_workload.between(NANOS_PER_MILLI, 5 * NANOS_PER_MILLI);
+                self.queue.push(now + delay, Event::ClientRetry { client: c as u32, attempt });
+            }
+            Reply::Redirect(_) | Reply::Retry => {
+                let nodes = self.nodes.len() as u64;
+                self.clients[c].target = self.rng_workload.below(nodes) as usize;
+                let delay = self.rng_workload.between(10 * NANOS_PER_MILLI, 50 * NANOS_PER_MILLI);
+                self.queue.push(now + delay, Event::ClientRetry { client: c as u32, attempt });
+            }
+        }
+    }
+
+    // ----- faults ----------------------------------------------------------------------
+
+    fn interval(&self, fault: Fault) -> Nanos {
+        let i = &self.profile.intervals;
+        match fault {
+            Fault::Partition => i.partition_ns,
+            Fault::OneWayPartition => i.one_way_partition_ns,
+            Fault::Isolate => i.isolate_ns,
+            Fault::Clog => i.clog_ns,
+            Fault::Flap => i.flap_ns,
+            Fault::Crash => i.crash_ns,
+            Fault::Pause => i.pause_ns,
+            Fault::ClockJump => {
+                if self.profile.clock_jumps_allowed() {
+                    i.clock_jump_ns
+                } else {
+                    0
+                }
+            }
+            Fault::TransferLeader => i.transfer_leader_ns,
+        }
+    }
+
+    fn schedule_fault(&mut self, fault: Fault) {
+        let mean = self.interval(fault);
+        if mean == 0 {
+            return;
+        }
+        let at = self.now() + self.rng_process.between(mean / 2, mean + mean / 2);
+        if at < self.config.sim_ns {
+            self.queue.push(at, Event::Fault(fault));
+        }
+    }
+
+    fn fault_duration(&mut self) -> Nanos {
+        let max = self.profile.fault_duration_max_ns.max(20 * NANOS_PER_MILLI);
+        self.rng_process.between(10 * NANOS_PER_MILLI, max)
+    }
+
+    fn random_node(&mut self) -> usize {
+        self.rng_partition.below(self.nodes.len() as u64) as usize
+    }
+
+    fn random_side(&mut self) -> u64 {
+        let all = self.net.all();
+        loop {
+            let side = self.rng_partition.next_u64() & all;
+            if side != 0 && side != all {
+                return side;
+            }
+        }
+    }
+
+    fn inject(&mut self, fault: Fault) {
+        let now = self.now();
+        let nodes = self.nodes.len();
+        if nodes < 2 && !matches!(fault, Fault::Crash | Fault::Pause | Fault::ClockJump) {
+            return;
+        }
+        let duration = self.fault_duration();
+        match fault {
+            Fault::Partition | Fault::OneWayPartition | Fault::Isolate => {
+                let (a, b) = match fault {
+                    Fault::Partition => {
+                        let side = self.random_side();
+                        self.net.partition(side);
+                        (side, self.net.all() & !side)
+                    }
+                    Fault::OneWayPartition => {
+                        let from = self.random_side();
+                        let to = self.net.all() & !from;
+                        self.net.block(from, to);
+                        (from, to)
+                    }
+                    _ => {
+                        let n = self.random_node();
+                        self.net.isolate(n);
+                        (1 << n, self.net.all() & !(1 << n))
+                    }
+                };
+                let kind = fault as u64;
+                self.record(0, TraceKind::Partition, a, b, kind | (duration << 8));
+                self.queue.push(now + duration, Event::HealNetwork);
+            }
+            Fault::Clog => {
+                let from = self.random_node();
+                let to = (from + 1 + self.rng_partition.below(nodes as u64 - 1) as usize) % nodes;
+                self.net.clog(from, to, now + duration);
+                self.record(0, TraceKind::Partition, 1 << from, 1 << to, 3 | (duration << 8));
+            }
+            Fault::Flap => {
+                let from = self.random_node();
+                let to = (from + 1 + self.rng_partition.below(nodes as u64 - 1) as usize) % nodes;
+                let period = self.rng_partition.between(5 * NANOS_PER_MILLI, 200 * NANOS_PER_MILLI);
+                self.net.flap(from, to, period);
+                self.net.flap(to, from, period);
+                self.record(0, TraceKind::Partition, 1 << from, 1 << to, 4 | (duration << 8));
+                self.queue.push(now + duration, Event::HealNetwork);
+            }
+            Fault::Crash => {
+                let n = self.random_node();
+                self.crash(n, duration);
+            }
+            Fault::Pause => {
+                let n = self.random_node();
+                if self.nodes[n].raw.is_some() {
+                    self.nodes[n].paused_until = now + duration;
+                    self.record(n as u64 + 1, TraceKind::Pause, duration, 0, 0);
+                }
+            }
+            Fault::ClockJump => {
+                let n = self.random_node();
+                let by = self.rng_clock.between(1, self.profile.clock_jump_max_ns.max(1));
+                self.nodes[n].clock.jump(by);
+                self.record(n as u64 + 1, TraceKind::ClockJump, by, 0, 0);
+                if self.nodes[n].raw.is_some() && self.nodes[n].paused_until <= now {
+                    self.after_step(n);
+                }
+            }
+            Fault::TransferLeader => {
+                let leader = self.nodes.iter().position(|n| {
+                    n.raw.as_ref().is_some_and(|r| r.role() == Role::Leader) && n.paused_until <= now
+                });
+                if let Some(l) = leader {
+                    let to = (l + 1 + self.rng_ops.below(nodes as u64 - 1) as usize) % nodes;
+                    self.record(l as u64 + 1, TraceKind::Transfer, to as u64 + 1, 0, 0);
+                    self.step(l, Input::TransferLeadership { to: to as NodeId + 1 });
+                }
+            }
+        }
+    }
+
+    fn end_of_faults(&mut self) {
+        let now = self.now();
+        self.phase = Phase::Healing { deadline: now + self.config.liveness_bound_ns };
+        self.net.heal();
+        self.record(0, TraceKind::Heal, 1, 0, 0);
+        for idx in 0..self.nodes.len() {
+            self.nodes[idx].paused_until = self.nodes[idx].paused_until.min(now);
+            if self.nodes[idx].raw.is_none() {
+                self.restart(idx);
+            }
+        }
+    }
+
+    // ----- checkers --------------------------------------------------------------------
+
+    /// Every committed entry is still durable on a majority.
+    fn check_committed_on_majority(&mut self, when: &str) {
+        let majority = self.majority();
+        for (i, &(term, _)) in self.applied_log.iter().enumerate() {
+            let index = i as Index + 1;
+            let holders = self.nodes.iter().filter(|n| n.storage.durable_term(index) == Some(term)).count();
+            if holders < majority {
+                let detail = format!(
+                    "{when}: committed entry {term}@{index} is durable on {holders} of {} nodes (need {majority})",
+                    self.nodes.len()
+                );
+                self.fail(FailureKind::Safety, "committed-durable-on-majority", detail);
+                return;
+            }
+        }
+    }
+
+    /// Log matching over the nodes' current logs: if two logs hold an entry
+    /// with the same index and term, they agree on everything before it.
+    fn check_log_matching(&mut self) {
+        for a in 0..self.nodes.len() {
+            for b in a + 1..self.nodes.len() {
+                let (la, lb) = (self.nodes[a].storage.log(), self.nodes[b].storage.log());
+                let common = la.len().min(lb.len());
+                let Some(top) = (0..common).rev().find(|&i| la[i].term == lb[i].term) else { continue };
+                if let Some(i) =
+                    (0..top).find(|&i| la[i].term != lb[i].term || la[i].payload != lb[i].payload)
+                {
+                    let detail = format!(
+                        "n{} and n{} agree at index {} (term {}) but differ at index {}",
+                        a + 1,
+                        b + 1,
+                        top + 1,
+                        la[top].term,
+                        i + 1
+                    );
+                    self.fail(FailureKind::Safety, "log-matching", detail);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn final_checks(&mut self) {
+        self.check_committed_on_majority("at the end");
+        if self.failure.is_some() {
+            return;
+        }
+        self.check_log_matching();
+        if self.failure.is_some() {
+            return;
+        }
+        match linearizability::check(&self.history, self.config.linearizability_steps_max) {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable { key, ops, linearized_max, stuck_at } => {
+                let mut detail = format!(
+                    "key k{key}: no linearization of its {} operations exists (the search placed at most {linearized_max}); \
+                     it could never place: {:?}\n  the key's history (invoke..return, client, op, result):",
+                    ops.len(),
+                    stuck_at
+                );
+                for op in ops.iter().take(200) {
+                    let ret = if op.return_ns == Nanos::MAX {
+                        "never".to_string()
+                    } else {
+                        format!("{:.6}s", op.return_ns as f64 / 1e9)
+                    };
+                    let _ = write!(
+                        detail,
+                        "\n    {:.6}s..{ret} c{} {:?} -> {:?}",
+                        op.invoke_ns as f64 / 1e9,
+                        op.client,
+                        op.kind,
+                        op.result
+                    );
+                }
+                self.fail(FailureKind::Safety, "linearizability", detail);
+            }
+            Verdict::TooBig { key, ops, steps } => {
+                let detail = format!("key k{key}: {ops} operations, search gave up after {steps} steps (undecided, not a pass)");
+                self.fail(FailureKind::CheckerTooBig, "linearizability-too-big", detail);
+            }
+        }
+        // Digest the outcome so two runs that differ only in results differ.
+        let (invoked, commit) = self.report_fields();
+        self.trace.mix(invoked);
+        self.trace.mix(commit);
+        self.trace.mix(self.ops_completed);
+        let _ = PPM;
+    }
+}
+
+/// Runs one seed, catching panics so that a crash of the code under test is
+/// reported (with its seed and trace) like any other failure.
+pub fn run(config: RunConfig) -> RunReport {
+    let mut world = World::new(config);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.run()));
+    match result {
+        Ok(()) => {
+            let failure = world.take_failure();
+            world.report(failure)
+        }
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic payload".into());
+            world.report(Some(Failure { kind: FailureKind::Panic, property: "no-panic", detail: message }))
+        }
+    }
+}
+
+/// The CLI name of a planted bug.
+#[cfg(feature = "planted-bugs")]
+pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
+    match bug {
+        PlantedBug::VoteWithoutLogCheck => "vote-without-log-check",
+        PlantedBug::CommitPreviousTermByCounting => "commit-previous-term-by-counting",
+        PlantedBug::ForgetToPersistVote => "forget-to-persist-vote",
+        PlantedBug::ReadWithoutLeadershipCheck => "read-without-leadership-check",
+        PlantedBug::AckAppendBeforeDurable => "ack-append-before-durable",
+    }
+}
+
+/// Every planted bug, for sweeps and the CLI.
+#[cfg(feature = "planted-bugs")]
+pub const PLANTED_BUGS: [PlantedBug; 5] = [
+    PlantedBug::VoteWithoutLogCheck,
+    PlantedBug::CommitPreviousTermByCounting,
+    PlantedBug::ForgetToPersistVote,
+    PlantedBug::ReadWithoutLeadershipCheck,
+    PlantedBug::AckAppendBeforeDurable,
+];
+
+#[cfg(feature = "planted-bugs")]
+pub fn parse_planted_bug(name: &str) -> Result<PlantedBug, String> {
+    PLANTED_BUGS.iter().copied().find(|b| planted_bug_name(*b) == name).ok_or_else(|| {
+        let names: Vec<&str> = PLANTED_BUGS.iter().map(|b| planted_bug_name(*b)).collect();
+        format!("unknown planted bug {name:?}; one of: {}", names.join(", "))
+    })
+}

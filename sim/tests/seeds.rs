@@ -1,0 +1,66 @@
+//! The fixed, fast seed set `cargo test -p tarn-sim` runs, and the
+//! determinism test: the same seed twice gives the same trace digest.
+
+use tarn_sim::profile::ProfileKind;
+use tarn_sim::queue::NANOS_PER_SECOND;
+use tarn_sim::sweep::{describe_failure, run_seed, sweep};
+use tarn_sim::world::RunConfig;
+
+fn config(profile: ProfileKind, nodes: usize, sim_seconds: u64) -> RunConfig {
+    let mut c = RunConfig::new(0);
+    c.profile = profile;
+    c.nodes = nodes;
+    c.sim_ns = sim_seconds * NANOS_PER_SECOND;
+    c
+}
+
+fn assert_all_pass(template: &RunConfig, start: u64, count: u64) {
+    let outcomes = sweep(template, start, count, 2, false, &|_| {});
+    let failures: Vec<String> =
+        outcomes.iter().filter(|o| o.failed()).map(|o| describe_failure(template, o)).collect();
+    assert!(failures.is_empty(), "{} of {count} seeds failed:\n{}", failures.len(), failures.join("\n"));
+    // Every run did real work: operations completed and entries committed.
+    for o in &outcomes {
+        assert!(o.report.ops_completed > 0, "seed {}: no operation completed", o.report.seed);
+        assert!(o.report.max_commit > 0, "seed {}: nothing committed", o.report.seed);
+        assert_eq!(o.report.ops_completed, o.report.ops_invoked, "seed {}: ops left pending", o.report.seed);
+    }
+}
+
+#[test]
+fn swarm_seeds_pass_on_five_nodes() {
+    assert_all_pass(&config(ProfileKind::Swarm, 5, 5), 0, 24);
+}
+
+#[test]
+fn chaos_seeds_pass_on_three_and_seven_nodes() {
+    assert_all_pass(&config(ProfileKind::Chaos, 3, 4), 1000, 6);
+    assert_all_pass(&config(ProfileKind::Chaos, 7, 3), 2000, 3);
+}
+
+#[test]
+fn calm_runs_commit_steadily() {
+    let template = config(ProfileKind::Calm, 5, 3);
+    let outcome = run_seed(&template, 7, false);
+    assert!(!outcome.failed(), "{}", describe_failure(&template, &outcome));
+    // 4 clients, each thinking at most 20 ms, for 3 s: hundreds of operations.
+    assert!(outcome.report.ops_completed > 300, "only {} ops completed", outcome.report.ops_completed);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace_digest() {
+    let template = config(ProfileKind::Chaos, 5, 3);
+    let mut digests = Vec::new();
+    for seed in [3, 4, 5] {
+        let outcome = run_seed(&template, seed, true);
+        assert_eq!(outcome.digest_mismatch, None, "seed {seed} is not deterministic");
+        digests.push(outcome.report.digest);
+    }
+    digests.dedup();
+    assert_eq!(digests.len(), 3, "different seeds should give different runs");
+}
+
+#[test]
+fn a_single_node_cluster_works() {
+    assert_all_pass(&config(ProfileKind::Swarm, 1, 2), 50, 3);
+}
