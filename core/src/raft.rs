@@ -348,7 +348,7 @@ impl RawNode {
 
     fn persist_hard_state(&self, actions: &mut Vec<Action>) {
         let mut hs = HardState { term: self.term, vote: self.vote, commit: self.log.committed() };
-        if bug!(self, ForgetToPersistVote) {
+        if bug!(self, ForgetToPersistVote) && self.vote != Some(self.id) {
             hs.vote = None;
         }
         actions.push(Action::PersistHardState(hs));

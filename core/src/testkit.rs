@@ -58,6 +58,14 @@ pub struct Node {
     pub outcomes: BTreeMap<u64, Outcome>,
     pub up: bool,
     inbox: VecDeque<Input>,
+    /// Every input this incarnation of the node stepped, with its time (when
+    /// the cluster records a trace): replaying them into a fresh `RawNode`
+    /// built from `recovered` must reproduce `actions` exactly.
+    pub inputs: Vec<(Nanos, Input)>,
+    /// Every action this incarnation emitted, in order (with `inputs`).
+    pub actions: Vec<Action>,
+    /// What this incarnation was built from.
+    pub recovered: Recovered,
 }
 
 impl Node {
@@ -98,6 +106,9 @@ pub struct Cluster {
 /// Bound on steps in one `stabilize`: more means the cluster never quiesces.
 pub const MAX_STABILIZE_STEPS: u64 = 10_000_000;
 
+/// `Cluster::elect` gives up after this many campaigns.
+pub const ELECTION_ATTEMPTS_MAX: usize = 5;
+
 impl Cluster {
     /// `n` nodes with ids `1..=n`, default configuration, all voters.
     pub fn new(n: u64, seed: u64) -> Cluster {
@@ -132,7 +143,7 @@ impl Cluster {
             let mut config = Config::new(id, seed);
             tweak(&mut config);
             let recovered = Recovered::from_log(hs, membership.clone(), log.clone());
-            let raft = RawNode::new(config.clone(), recovered).expect("valid test configuration");
+            let raft = RawNode::new(config.clone(), recovered.clone()).expect("valid test configuration");
             let node = Node {
                 raft,
                 config,
@@ -144,6 +155,9 @@ impl Cluster {
                 outcomes: BTreeMap::new(),
                 up: true,
                 inbox: VecDeque::new(),
+                inputs: Vec::new(),
+                actions: Vec::new(),
+                recovered,
             };
             c.nodes.insert(id, node);
         }
@@ -179,8 +193,14 @@ impl Cluster {
         loop {
             let node = self.nodes.get_mut(&id).expect("known node");
             let Some(input) = node.inbox.pop_front() else { break };
+            if self.record_trace {
+                node.inputs.push((self.now, input.clone()));
+            }
             node.raft.step(self.now, input, &mut actions);
             self.steps += 1;
+            if self.record_trace {
+                node.actions.extend(actions.iter().cloned());
+            }
             for a in actions.drain(..) {
                 self.execute(id, a);
             }
@@ -323,10 +343,16 @@ impl Cluster {
         self.stabilize();
     }
 
-    /// Makes `id` campaign now and runs the election to its end; returns the leader.
+    /// Makes `id` campaign (again, up to a few times, e.g. when a refusal
+    /// taught it a newer term) and runs the election to its end.
     pub fn elect(&mut self, id: NodeId) -> NodeId {
-        self.tick(id);
-        self.stabilize();
+        for _ in 0..ELECTION_ATTEMPTS_MAX {
+            self.tick(id);
+            self.stabilize();
+            if self.leader() == Some(id) {
+                break;
+            }
+        }
         let leader = self.leader().expect("an election with a connected quorum elects a leader");
         assert_eq!(leader, id, "node {id} should have won");
         leader
@@ -383,13 +409,18 @@ impl Cluster {
     }
 
     /// Restarts `id` from its durable state (its state machine restarts empty
-    /// and re-applies committed entries).
+    /// and re-applies committed entries; its disk acknowledges automatically).
     pub fn restart(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
         let membership = node.raft.membership().clone();
         let recovered = Recovered::from_log(node.durable_hard_state, membership, node.durable_log.clone());
-        node.raft = RawNode::new(node.config.clone(), recovered).expect("recovered state is consistent");
+        node.raft =
+            RawNode::new(node.config.clone(), recovered.clone()).expect("recovered state is consistent");
+        node.recovered = recovered;
+        node.inputs.clear();
+        node.actions.clear();
         node.applied.clear();
+        node.auto_persist = true;
         node.up = true;
         self.step(id, Input::Tick);
     }
