@@ -1,1 +1,658 @@
-//! placeholder, filled below
+//! The storage engine: durable logs, hard state and snapshots for many Raft
+//! groups, written only against [`crate::vfs::Vfs`].
+//!
+//! # Layout
+//! ```text
+//! <dir>/tarn.id                       node identity (cluster, node)
+//! <dir>/group-<id>/group.id           group identity (cluster, node, group)
+//! <dir>/group-<id>/hardstate          two alternating slots (see hard_state)
+//! <dir>/group-<id>/<first_index>.seg  fixed-size, preallocated log segments
+//! <dir>/group-<id>/snap-<index>-<term>.snap
+//! ```
+//!
+//! # Group commit
+//! A driver calls [`Storage::stage`] (and [`Storage::stage_hard_state`]) for
+//! any number of groups — this only encodes records into each group's reused
+//! buffer, no I/O — then [`Storage::flush`], which does, for every group with
+//! staged data, **one `write` per segment touched** (normally one), and then,
+//! in [`WriteMode::Sync`], the fdatasyncs of all those files back to back,
+//! and returns per group "durable up to (term, index)" ([`Persisted`]). A
+//! flush's cost is therefore one write per dirty group plus one fdatasync per
+//! dirty file, however many entries were staged. There is no lock: the
+//! engine is a plain `&mut` value; a driver owns it on one storage task and
+//! feeds it batches (a flush per wakeup batches everything that queued while
+//! the previous flush ran). Groups are independent ([`log::GroupLog`]), so a
+//! failed disk write stops only its group.
+//!
+//! # Write modes
+//! [`WriteMode::Sync`] reports an entry persisted after its fdatasync.
+//! [`WriteMode::Async`] reports it once written to the OS; the driver calls
+//! [`Storage::sync`] every `async_sync_interval_ms` and [`Storage::close`]
+//! on shutdown. The engine itself never spawns or sleeps (the simulator runs
+//! it on virtual time).
+
+pub mod error;
+pub mod hard_state;
+pub mod log;
+pub mod meta;
+pub mod record;
+pub mod segment;
+pub mod snapshot;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tarn_core::{Entry, GroupId, HardState, Index, LogId, Membership, NodeId, SnapshotMeta, Term};
+
+use error::io_err;
+pub use error::{Result, StorageError};
+use hard_state::{HARD_STATE_FILE_BYTES, HARD_STATE_SLOT_BYTES};
+pub use log::{GroupLog, LogLimits, LogRecovery, MAX_ENTRY_SIZE_LIMIT_BYTES, MAX_SEGMENT_SIZE_BYTES};
+use meta::Identity;
+pub use record::RECORD_ALIGNMENT_BYTES;
+use segment::SEGMENT_HEADER_BYTES;
+
+use crate::vfs::{Vfs, VfsFile};
+
+/// When an append counts as persisted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// After fdatasync: survives power loss.
+    Sync,
+    /// After the write reached the OS: survives a process crash, not power
+    /// loss. Background fdatasync every `async_sync_interval_ms`.
+    Async,
+}
+
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    /// The node's data directory.
+    pub dir: PathBuf,
+    /// Written into identity files so that a directory of another cluster or
+    /// node is refused. Non-zero.
+    pub cluster_id: u64,
+    pub node_id: NodeId,
+    /// Size of each preallocated log segment; a multiple of
+    /// [`RECORD_ALIGNMENT_BYTES`], big enough for the largest entry.
+    pub segment_size_bytes: u64,
+    /// Largest entry payload accepted by `stage` (kind byte included).
+    pub max_entry_size_bytes: u32,
+    pub write_mode: WriteMode,
+    /// How often the driver should call [`Storage::sync`] in async mode.
+    pub async_sync_interval_ms: u64,
+    /// Largest snapshot [`Storage::read_snapshot`] will load into memory.
+    pub max_snapshot_size_bytes: u64,
+}
+
+impl StorageConfig {
+    pub fn new(dir: impl Into<PathBuf>, cluster_id: u64, node_id: NodeId) -> Self {
+        StorageConfig {
+            dir: dir.into(),
+            cluster_id,
+            node_id,
+            segment_size_bytes: 64 << 20,
+            max_entry_size_bytes: 8 << 20,
+            write_mode: WriteMode::Sync,
+            async_sync_interval_ms: 10,
+            max_snapshot_size_bytes: 4 << 30,
+        }
+    }
+
+    /// Refuses configurations that cannot work, saying which knob and why.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Err(StorageError::InvalidConfig(reason));
+        if self.cluster_id == 0 || self.node_id == 0 {
+            return bad("cluster_id and node_id must be non-zero".into());
+        }
+        if !self.segment_size_bytes.is_multiple_of(RECORD_ALIGNMENT_BYTES) {
+            return bad(format!(
+                "segment_size_bytes {} is not a multiple of the record alignment {RECORD_ALIGNMENT_BYTES}",
+                self.segment_size_bytes
+            ));
+        }
+        if self.max_entry_size_bytes == 0 || self.max_entry_size_bytes > MAX_ENTRY_SIZE_LIMIT_BYTES {
+            return bad(format!(
+                "max_entry_size_bytes {} must be in 1..={MAX_ENTRY_SIZE_LIMIT_BYTES}",
+                self.max_entry_size_bytes
+            ));
+        }
+        let min_segment = SEGMENT_HEADER_BYTES + record::record_size_bytes(self.max_entry_size_bytes as u64);
+        if self.segment_size_bytes < min_segment || self.segment_size_bytes > MAX_SEGMENT_SIZE_BYTES {
+            return bad(format!(
+                "segment_size_bytes {} must be in {min_segment}..={MAX_SEGMENT_SIZE_BYTES} \
+                 (room for a header and one entry of max_entry_size_bytes {})",
+                self.segment_size_bytes, self.max_entry_size_bytes
+            ));
+        }
+        if self.write_mode == WriteMode::Async && self.async_sync_interval_ms == 0 {
+            return bad("async_sync_interval_ms must be positive in async write mode".into());
+        }
+        Ok(())
+    }
+
+    fn limits(&self) -> LogLimits {
+        LogLimits {
+            segment_size_bytes: self.segment_size_bytes,
+            max_entry_size_bytes: self.max_entry_size_bytes,
+        }
+    }
+}
+
+/// What [`Storage::open_group`] recovered, for the core's `Recovered`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    pub group: GroupId,
+    /// Commit is clamped to `last_log_id.index`.
+    pub hard_state: HardState,
+    pub snapshot: Option<SnapshotMeta>,
+    /// First index readable from the log (may be at or below the snapshot's
+    /// last index: whole segments are kept until fully covered).
+    pub first_index: Index,
+    /// The last entry of the log, or the snapshot's last log id if the log is
+    /// empty, or zero.
+    pub last_log_id: LogId,
+    /// The newest membership entry in the log (after the snapshot), if any.
+    pub membership: Option<(LogId, Membership)>,
+    /// Where a torn tail was cut off, if one was.
+    pub truncated_tail: Option<(PathBuf, u64)>,
+}
+
+/// Per-group completion of a flush: the core's `LogPersisted { up_to }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persisted {
+    pub group: GroupId,
+    pub up_to: LogId,
+}
+
+/// What a [`Storage::flush`] or [`Storage::sync`] did. Reused across calls.
+#[derive(Debug, Default)]
+pub struct FlushReport {
+    /// Log positions newly persisted (per the write mode), one per group.
+    pub log: Vec<Persisted>,
+    /// Hard states newly persisted: the core's `HardStatePersisted`.
+    pub hard_states: Vec<(GroupId, HardState)>,
+    /// Groups that failed (and are now poisoned), with the error.
+    pub failed: Vec<(GroupId, StorageError)>,
+}
+
+impl FlushReport {
+    pub fn clear(&mut self) {
+        self.log.clear();
+        self.hard_states.clear();
+        self.failed.clear();
+    }
+}
+
+#[derive(Debug)]
+struct GroupStore {
+    dir: PathBuf,
+    log: GroupLog,
+    hs_path: PathBuf,
+    hs_file: Box<dyn VfsFile>,
+    /// Sequence number of the newest written slot.
+    hs_seq: u64,
+    hs_staged: Option<HardState>,
+    /// Newest hard state handed to the OS, and whether it is synced.
+    hs_written: HardState,
+    hs_unsynced: bool,
+    /// (term, vote) known durable.
+    hs_durable: HardState,
+    snapshot: Option<SnapshotMeta>,
+    reported_log: LogId,
+    dirty: bool,
+}
+
+impl GroupStore {
+    fn write_hard_state(&mut self) -> Result<bool> {
+        let Some(hs) = self.hs_staged.take() else {
+            return Ok(false);
+        };
+        let seq = self.hs_seq + 1;
+        let slot = hard_state::encode(seq, &hs);
+        if let Err(e) = self.hs_file.write_at(&slot, hard_state::slot_offset(seq)) {
+            return Err(self.log.poison("write hard state", &self.hs_path, e));
+        }
+        self.hs_seq = seq;
+        self.hs_written = hs;
+        self.hs_unsynced = true;
+        Ok(true)
+    }
+
+    /// Syncs the hard state file. `vote_only`: skip when only `commit`
+    /// changed since the last sync (commit may lag after a crash; Raft
+    /// recomputes it, and nothing waits for it).
+    fn sync_hard_state(&mut self, vote_only: bool) -> Result<()> {
+        if !self.hs_unsynced {
+            return Ok(());
+        }
+        let durable = &self.hs_durable;
+        if vote_only && durable.term == self.hs_written.term && durable.vote == self.hs_written.vote {
+            return Ok(());
+        }
+        if let Err(e) = self.hs_file.sync_data() {
+            return Err(self.log.poison("fdatasync hard state", &self.hs_path, e));
+        }
+        self.hs_unsynced = false;
+        self.hs_durable = self.hs_written;
+        Ok(())
+    }
+}
+
+/// The storage engine of one node. See the module documentation.
+#[derive(Debug)]
+pub struct Storage {
+    vfs: Arc<dyn Vfs>,
+    config: StorageConfig,
+    groups: BTreeMap<GroupId, GroupStore>,
+    /// Groups with staged data, in staging order, each once.
+    dirty: Vec<GroupId>,
+    /// Groups written by the current flush (reused).
+    flushed: Vec<GroupId>,
+}
+
+const NODE_ID_FILE: &str = "tarn.id";
+const GROUP_ID_FILE: &str = "group.id";
+const HARD_STATE_FILE: &str = "hardstate";
+const PROBE_FILE: &str = ".tarn-write-probe";
+
+fn group_dir_name(group: GroupId) -> String {
+    format!("group-{group:020}")
+}
+
+fn parse_group_dir_name(name: &str) -> Option<GroupId> {
+    let digits = name.strip_prefix("group-")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn remove_if_exists(vfs: &dyn Vfs, path: &Path) -> std::io::Result<()> {
+    match vfs.remove(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl Storage {
+    /// Validates `config`, checks the data directory is writable and is this
+    /// node's (writing its identity on first use). Groups are opened with
+    /// [`Storage::open_group`].
+    pub fn open(vfs: Arc<dyn Vfs>, config: StorageConfig) -> Result<Storage> {
+        config.validate()?;
+        let dir = config.dir.clone();
+        let unwritable = |source| StorageError::Unwritable { path: dir.clone(), source };
+        vfs.create_dir_all(&dir).map_err(unwritable)?;
+        let probe = dir.join(PROBE_FILE);
+        (|| -> std::io::Result<()> {
+            remove_if_exists(vfs.as_ref(), &probe)?;
+            let file = vfs.create(&probe)?;
+            file.write_at(&[1], 0)?;
+            file.sync_data()?;
+            drop(file);
+            vfs.remove(&probe)
+        })()
+        .map_err(unwritable)?;
+        let identity = Identity { cluster_id: config.cluster_id, node_id: config.node_id, group: None };
+        meta::check_or_write(vfs.as_ref(), &dir, &dir.join(NODE_ID_FILE), identity)?;
+        Ok(Storage { vfs, config, groups: BTreeMap::new(), dirty: Vec::new(), flushed: Vec::new() })
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    /// Groups that have a directory on disk (opened or not), ascending.
+    pub fn groups_on_disk(&self) -> Result<Vec<GroupId>> {
+        let names = self.vfs.list(&self.config.dir).map_err(io_err("list", &self.config.dir))?;
+        Ok(names.iter().filter_map(|n| parse_group_dir_name(n)).collect())
+    }
+
+    fn group(&self, group: GroupId) -> Result<&GroupStore> {
+        self.groups.get(&group).ok_or(StorageError::UnknownGroup(group))
+    }
+
+    fn group_mut(&mut self, group: GroupId) -> Result<&mut GroupStore> {
+        self.groups.get_mut(&group).ok_or(StorageError::UnknownGroup(group))
+    }
+
+    /// Opens (recovering) or creates `group`, and says what it holds.
+    pub fn open_group(&mut self, group: GroupId) -> Result<Recovered> {
+        if self.groups.contains_key(&group) {
+            return Err(StorageError::InvalidRequest { group, reason: "group is already open".into() });
+        }
+        let vfs = self.vfs.as_ref();
+        let dir = self.config.dir.join(group_dir_name(group));
+        let parent_names = vfs.list(&self.config.dir).map_err(io_err("list", &self.config.dir))?;
+        if !parent_names.iter().any(|n| *n == group_dir_name(group)) {
+            vfs.create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+            vfs.sync_dir(&self.config.dir).map_err(io_err("fsync directory", &self.config.dir))?;
+        }
+        let identity =
+            Identity { cluster_id: self.config.cluster_id, node_id: self.config.node_id, group: Some(group) };
+        meta::check_or_write(vfs, &dir, &dir.join(GROUP_ID_FILE), identity)?;
+
+        // Hard state.
+        let hs_path = dir.join(HARD_STATE_FILE);
+        let hs_file = match vfs.open(&hs_path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                meta::write_file_atomic(vfs, &dir, &hs_path, &[0u8; HARD_STATE_FILE_BYTES as usize])?;
+                vfs.open(&hs_path).map_err(io_err("open", &hs_path))?
+            }
+            Err(e) => return Err(io_err("open", &hs_path)(e)),
+        };
+        let mut slots = [[0u8; HARD_STATE_SLOT_BYTES]; 2];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            hs_file.read_at(slot, hard_state::slot_offset(i as u64)).map_err(io_err("read", &hs_path))?;
+        }
+        let (hs_seq, mut hs) =
+            hard_state::choose(hard_state::decode(&slots[0]), hard_state::decode(&slots[1])).map_err(
+                |reason| StorageError::Corruption { path: hs_path.clone(), offset: 0, reason: reason.into() },
+            )?;
+
+        // Snapshots: newest complete one wins; temporaries and older ones go.
+        let names = vfs.list(&dir).map_err(io_err("list", &dir))?;
+        let mut snaps: Vec<(Index, Term, String)> = Vec::new();
+        let mut removed = false;
+        for name in &names {
+            if name.ends_with(snapshot::SNAPSHOT_TMP_SUFFIX) {
+                vfs.remove(&dir.join(name)).map_err(io_err("remove", &dir.join(name)))?;
+                removed = true;
+            } else if let Some((index, term)) = snapshot::parse_name(name) {
+                snaps.push((index, term, name.clone()));
+            }
+        }
+        snaps.sort();
+        let snapshot_meta = match snaps.pop() {
+            None => None,
+            Some((index, term, name)) => {
+                let path = dir.join(&name);
+                let meta = snapshot::verify(vfs, &path)?;
+                if meta.last_log_id != LogId::new(term, index) {
+                    return Err(StorageError::Corruption {
+                        path,
+                        offset: 0,
+                        reason: format!(
+                            "snapshot holds {} but its name says {term}@{index}",
+                            meta.last_log_id
+                        ),
+                    });
+                }
+                for (_, _, old) in &snaps {
+                    vfs.remove(&dir.join(old)).map_err(io_err("remove", &dir.join(old)))?;
+                    removed = true;
+                }
+                Some(meta)
+            }
+        };
+        if removed {
+            vfs.sync_dir(&dir).map_err(io_err("fsync directory", &dir))?;
+        }
+
+        let (log, info) = GroupLog::recover(
+            self.vfs.clone(),
+            dir.clone(),
+            group,
+            self.config.limits(),
+            snapshot_meta.as_ref().map(|m| m.last_log_id),
+        )?;
+        if hs.commit > info.last_log_id.index {
+            tracing::warn!(
+                group,
+                commit = hs.commit,
+                last = info.last_log_id.index,
+                "hard state commit is past the recovered log (async writes lost?); clamping"
+            );
+            hs.commit = info.last_log_id.index;
+        }
+        let last = log.last_durable();
+        self.groups.insert(
+            group,
+            GroupStore {
+                dir,
+                log,
+                hs_path,
+                hs_file,
+                hs_seq,
+                hs_staged: None,
+                hs_written: hs,
+                hs_unsynced: false,
+                hs_durable: hs,
+                snapshot: snapshot_meta.clone(),
+                reported_log: last,
+                dirty: false,
+            },
+        );
+        Ok(Recovered {
+            group,
+            hard_state: hs,
+            snapshot: snapshot_meta,
+            first_index: info.first_index,
+            last_log_id: info.last_log_id,
+            membership: info.membership,
+            truncated_tail: info.truncated_tail,
+        })
+    }
+
+    fn mark_dirty(&mut self, group: GroupId) {
+        let store = self.groups.get_mut(&group).expect("caller checked the group");
+        if !store.dirty {
+            store.dirty = true;
+            self.dirty.push(group);
+        }
+    }
+
+    /// Encodes `entries` (contiguous, terms non-decreasing) for the next
+    /// flush. An entry at an index the log already holds replaces it and
+    /// everything after it: that truncation happens now, durably. No other
+    /// I/O. Bad input is refused and changes nothing.
+    pub fn stage(&mut self, group: GroupId, entries: &[Entry]) -> Result<()> {
+        self.group_mut(group)?.log.stage(entries)?;
+        if !entries.is_empty() {
+            self.mark_dirty(group);
+        }
+        Ok(())
+    }
+
+    /// Stages a hard state for the next flush (the newest staged one wins).
+    pub fn stage_hard_state(&mut self, group: GroupId, hs: HardState) -> Result<()> {
+        let store = self.group_mut(group)?;
+        store.log.check_poison()?;
+        store.hs_staged = Some(hs);
+        self.mark_dirty(group);
+        Ok(())
+    }
+
+    /// Writes everything staged (one write per dirty segment and hard-state
+    /// file), then in sync mode fdatasyncs them all, and reports what became
+    /// persisted. A failing group is poisoned and reported in `failed`; the
+    /// other groups carry on.
+    pub fn flush(&mut self, report: &mut FlushReport) {
+        report.clear();
+        let sync = self.config.write_mode == WriteMode::Sync;
+        self.flushed.clear();
+        for &group in &self.dirty {
+            let store = self.groups.get_mut(&group).expect("dirty groups are open");
+            store.dirty = false;
+            let written = store.log.write_staged().and_then(|()| store.write_hard_state());
+            match written {
+                Ok(_) => self.flushed.push(group),
+                Err(e) => report.failed.push((group, e)),
+            }
+        }
+        self.dirty.clear();
+        if sync {
+            for &group in &self.flushed {
+                let store = self.groups.get_mut(&group).expect("flushed groups are open");
+                if let Err(e) = store.log.sync().and_then(|()| store.sync_hard_state(true)) {
+                    report.failed.push((group, e));
+                }
+            }
+        }
+        for &group in &self.flushed {
+            let store = self.groups.get_mut(&group).expect("flushed groups are open");
+            if store.log.check_poison().is_err() {
+                continue;
+            }
+            let up_to = if sync { store.log.last_durable() } else { store.log.last_written() };
+            if up_to != store.reported_log {
+                store.reported_log = up_to;
+                report.log.push(Persisted { group, up_to });
+            }
+            if !store.hs_unsynced || !sync || store.hs_durable == store.hs_written {
+                report.hard_states.push((group, store.hs_written));
+            } else {
+                // Only commit changed and was left unsynced: term and vote
+                // are durable as reported.
+                let durable = HardState { commit: store.hs_durable.commit, ..store.hs_written };
+                report.hard_states.push((group, durable));
+            }
+        }
+        report.hard_states.dedup();
+    }
+
+    /// Makes everything written durable (async mode's background fdatasync,
+    /// and shutdown). Reports groups whose sync failed.
+    pub fn sync(&mut self, report: &mut FlushReport) {
+        report.clear();
+        for (&group, store) in self.groups.iter_mut() {
+            if store.log.check_poison().is_err() {
+                continue;
+            }
+            let needs = store.log.needs_sync() || store.hs_unsynced;
+            if needs {
+                if let Err(e) = store.log.sync().and_then(|()| store.sync_hard_state(false)) {
+                    report.failed.push((group, e));
+                }
+            }
+        }
+    }
+
+    /// Writes and syncs everything staged, then drops the engine.
+    pub fn close(mut self) -> Result<()> {
+        let mut report = FlushReport::default();
+        self.flush(&mut report);
+        if let Some((_, e)) = report.failed.pop() {
+            return Err(e);
+        }
+        self.sync(&mut report);
+        match report.failed.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes entries `from..` durably (see [`GroupLog::truncate_suffix`]).
+    pub fn truncate_suffix(&mut self, group: GroupId, from: Index) -> Result<()> {
+        let store = self.group_mut(group)?;
+        store.log.truncate_suffix(from)?;
+        if store.reported_log.index >= from {
+            store.reported_log = store.log.last_durable();
+        }
+        Ok(())
+    }
+
+    /// Deletes whole segments covered by `upto` (normally the durable
+    /// snapshot's last log id). Keeps the segment holding `upto.index + 1`.
+    pub fn compact(&mut self, group: GroupId, upto: LogId) -> Result<()> {
+        let store = self.group_mut(group)?;
+        store.log.compact(upto)?;
+        store.reported_log = store.reported_log.max(store.log.last_durable());
+        Ok(())
+    }
+
+    /// Appends entries `lo..hi` to `out`, stopping after `max_bytes` of
+    /// records (always at least one entry).
+    pub fn entries(
+        &self,
+        group: GroupId,
+        lo: Index,
+        hi: Index,
+        max_bytes: u64,
+        out: &mut Vec<Entry>,
+    ) -> Result<()> {
+        self.group(group)?.log.read(lo, hi, max_bytes, out)
+    }
+
+    /// The term of `index` if the log holds it (or it is the snapshot's).
+    pub fn term(&self, group: GroupId, index: Index) -> Result<Option<Term>> {
+        Ok(self.group(group)?.log.term(index))
+    }
+
+    /// First index of the log, and the last staged / written / durable ids.
+    pub fn log_state(&self, group: GroupId) -> Result<LogState> {
+        let log = &self.group(group)?.log;
+        Ok(LogState {
+            first_index: log.first_index(),
+            last_staged: log.last_staged(),
+            last_written: log.last_written(),
+            last_durable: log.last_durable(),
+        })
+    }
+
+    /// Durably stores a snapshot (temp name, sync, rename, directory sync),
+    /// removes older ones, and — if the snapshot is past the log's end or
+    /// disagrees with it — discards the log (Raft §7). Covered segments are
+    /// left for [`Storage::compact`].
+    pub fn write_snapshot(&mut self, group: GroupId, meta: &SnapshotMeta, data: &[u8]) -> Result<()> {
+        let vfs = self.vfs.clone();
+        let store = self.group_mut(group)?;
+        store.log.check_poison()?;
+        if let Some(current) = &store.snapshot {
+            if current.last_log_id.index > meta.last_log_id.index {
+                return Err(StorageError::InvalidRequest {
+                    group,
+                    reason: format!(
+                        "snapshot at {} is older than the stored one at {}",
+                        meta.last_log_id, current.last_log_id
+                    ),
+                });
+            }
+        }
+        let path = snapshot::write(vfs.as_ref(), &store.dir, meta, data)?;
+        let keep = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let names = vfs.list(&store.dir).map_err(io_err("list", &store.dir))?;
+        let mut removed = false;
+        for name in names.iter().filter(|n| snapshot::parse_name(n).is_some() && **n != keep) {
+            let old = store.dir.join(name);
+            vfs.remove(&old).map_err(io_err("remove", &old))?;
+            removed = true;
+        }
+        if removed {
+            vfs.sync_dir(&store.dir).map_err(io_err("fsync directory", &store.dir))?;
+        }
+        store.snapshot = Some(meta.clone());
+        let last = meta.last_log_id;
+        if last.index >= store.log.last_staged().index || store.log.term(last.index) != Some(last.term) {
+            store.log.compact(last)?;
+            store.reported_log = store.log.last_durable();
+        }
+        Ok(())
+    }
+
+    /// The newest snapshot's metadata, without reading its data.
+    pub fn snapshot_meta(&self, group: GroupId) -> Result<Option<SnapshotMeta>> {
+        Ok(self.group(group)?.snapshot.clone())
+    }
+
+    /// Loads and verifies the newest snapshot.
+    pub fn read_snapshot(&self, group: GroupId) -> Result<Option<(SnapshotMeta, Vec<u8>)>> {
+        let store = self.group(group)?;
+        let Some(meta) = &store.snapshot else {
+            return Ok(None);
+        };
+        let path = store.dir.join(snapshot::file_name(meta.last_log_id.index, meta.last_log_id.term));
+        snapshot::read(self.vfs.as_ref(), &path, self.config.max_snapshot_size_bytes).map(Some)
+    }
+}
+
+/// Where a group's log stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogState {
+    pub first_index: Index,
+    pub last_staged: LogId,
+    pub last_written: LogId,
+    pub last_durable: LogId,
+}

@@ -1,0 +1,280 @@
+//! End-to-end behaviour of the storage engine over MemVfs and real files:
+//! append/flush/read, reopen, truncation, compaction, hard state, snapshots,
+//! configuration errors, poisoning.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tarn_core::{Entry, EntryPayload, HardState, LogId, Membership, SnapshotMeta};
+use tarn_io::storage::{FlushReport, Persisted, Storage, StorageConfig, StorageError, WriteMode};
+use tarn_io::vfs::{CrashMode, Faults, MemVfs, StdVfs, Vfs};
+
+fn config(dir: &str) -> StorageConfig {
+    let mut c = StorageConfig::new(dir, 7, 1);
+    c.segment_size_bytes = 4096;
+    c.max_entry_size_bytes = 1024;
+    c
+}
+
+fn entry(term: u64, index: u64, len: usize) -> Entry {
+    let data: Vec<u8> = (0..len).map(|i| (index as usize * 31 + i) as u8).collect();
+    Entry { term, index, payload: EntryPayload::Normal(Bytes::from(data)) }
+}
+
+fn entries(term: u64, range: std::ops::RangeInclusive<u64>, len: usize) -> Vec<Entry> {
+    range.map(|i| entry(term, i, len)).collect()
+}
+
+fn read_all(s: &Storage, group: u64) -> Vec<Entry> {
+    let st = s.log_state(group).unwrap();
+    let mut out = Vec::new();
+    s.entries(group, st.first_index, st.last_written.index + 1, u64::MAX, &mut out).unwrap();
+    out
+}
+
+fn open(vfs: &MemVfs, cfg: &StorageConfig) -> Storage {
+    Storage::open(Arc::new(vfs.clone()), cfg.clone()).unwrap()
+}
+
+#[test]
+fn append_flush_read_reopen_across_segments() {
+    let vfs = MemVfs::new();
+    let cfg = config("/data");
+    let mut s = open(&vfs, &cfg);
+    let rec = s.open_group(1).unwrap();
+    assert_eq!(rec.last_log_id, LogId::ZERO);
+    let mut all = entries(1, 1..=40, 100);
+    all.push(Entry {
+        term: 2,
+        index: 41,
+        payload: EntryPayload::Membership(Membership::new_voters([1, 2, 3])),
+    });
+    all.push(Entry { term: 2, index: 42, payload: EntryPayload::Blank });
+    s.stage(1, &all[..20]).unwrap();
+    s.stage(1, &all[20..]).unwrap();
+    s.stage_hard_state(1, HardState { term: 2, vote: Some(1), commit: 5 }).unwrap();
+    let mut report = FlushReport::default();
+    s.flush(&mut report);
+    assert!(report.failed.is_empty());
+    assert_eq!(report.log, vec![Persisted { group: 1, up_to: LogId::new(2, 42) }]);
+    assert_eq!(report.hard_states, vec![(1, HardState { term: 2, vote: Some(1), commit: 5 })]);
+    assert_eq!(read_all(&s, 1), all);
+    // A bounded read stops early but returns at least one entry.
+    let mut some = Vec::new();
+    s.entries(1, 3, 40, 256, &mut some).unwrap();
+    assert_eq!(some, all[2..4].to_vec());
+    some.clear();
+    s.entries(1, 3, 40, 1, &mut some).unwrap();
+    assert_eq!(some, all[2..3].to_vec());
+    assert_eq!(s.term(1, 41).unwrap(), Some(2));
+    assert_eq!(s.term(1, 40).unwrap(), Some(1));
+    assert_eq!(s.term(1, 43).unwrap(), None);
+    // Only durable state survives a crash: all of it here.
+    let after = vfs.crash(CrashMode::DropUnsynced);
+    let mut s2 = open(&after, &cfg);
+    let rec = s2.open_group(1).unwrap();
+    assert_eq!(rec.last_log_id, LogId::new(2, 42));
+    assert_eq!(rec.first_index, 1);
+    assert_eq!(rec.hard_state, HardState { term: 2, vote: Some(1), commit: 5 });
+    assert_eq!(rec.membership, Some((LogId::new(2, 41), Membership::new_voters([1, 2, 3]))));
+    assert_eq!(rec.truncated_tail, None);
+    assert_eq!(read_all(&s2, 1), all);
+}
+
+#[test]
+fn conflicting_append_truncates_durably_and_survives_crash() {
+    let vfs = MemVfs::new();
+    let cfg = config("/data");
+    let mut s = open(&vfs, &cfg);
+    s.open_group(3).unwrap();
+    let mut report = FlushReport::default();
+    s.stage(3, &entries(1, 1..=60, 90)).unwrap();
+    s.flush(&mut report);
+    // A new leader overwrites from 25 with term 2.
+    let new = entries(2, 25..=30, 10);
+    s.stage(3, &new).unwrap();
+    s.flush(&mut report);
+    assert_eq!(report.log, vec![Persisted { group: 3, up_to: LogId::new(2, 30) }]);
+    let mut expect = entries(1, 1..=24, 90);
+    expect.extend(new.clone());
+    assert_eq!(read_all(&s, 3), expect);
+    for mode in [CrashMode::DropUnsynced, CrashMode::KeepUnsynced] {
+        let mut s2 = open(&vfs.crash(mode), &cfg);
+        assert_eq!(s2.open_group(3).unwrap().last_log_id, LogId::new(2, 30));
+        assert_eq!(read_all(&s2, 3), expect);
+    }
+    // Bad appends are refused and change nothing.
+    assert!(matches!(s.stage(3, &entries(2, 40..=41, 1)), Err(StorageError::InvalidRequest { .. })));
+    assert!(matches!(s.stage(3, &entries(1, 31..=31, 1)), Err(StorageError::InvalidRequest { .. })));
+    assert!(matches!(s.stage(3, &[entry(2, 31, 5000)]), Err(StorageError::InvalidRequest { .. })));
+    assert_eq!(read_all(&s, 3), expect);
+}
+
+#[test]
+fn snapshot_compaction_and_reset() {
+    let vfs = MemVfs::new();
+    let cfg = config("/data");
+    let mut s = open(&vfs, &cfg);
+    s.open_group(1).unwrap();
+    let mut report = FlushReport::default();
+    s.stage(1, &entries(1, 1..=100, 100)).unwrap();
+    s.flush(&mut report);
+    let segments_before = vfs.list(&PathBuf::from("/data/group-00000000000000000001")).unwrap().len();
+    let meta = SnapshotMeta { last_log_id: LogId::new(1, 70), membership: Membership::new_voters([1]) };
+    s.write_snapshot(1, &meta, b"kv state at 70").unwrap();
+    s.compact(1, meta.last_log_id).unwrap();
+    let st = s.log_state(1).unwrap();
+    assert!(st.first_index > 1 && st.first_index <= 71, "first index {}", st.first_index);
+    let segments_after = vfs.list(&PathBuf::from("/data/group-00000000000000000001")).unwrap().len();
+    assert!(segments_after < segments_before);
+    assert_eq!(s.read_snapshot(1).unwrap(), Some((meta.clone(), b"kv state at 70".to_vec())));
+    let vfs = vfs.crash(CrashMode::DropUnsynced);
+    let mut s2 = open(&vfs, &cfg);
+    let rec = s2.open_group(1).unwrap();
+    assert_eq!(rec.snapshot, Some(meta));
+    assert_eq!(rec.last_log_id, LogId::new(1, 100));
+    assert_eq!(rec.first_index, st.first_index);
+    // A snapshot past the log's end resets the log.
+    let meta2 = SnapshotMeta { last_log_id: LogId::new(3, 500), membership: Membership::new_voters([1, 2]) };
+    s2.write_snapshot(1, &meta2, b"newer").unwrap();
+    let st = s2.log_state(1).unwrap();
+    assert_eq!((st.first_index, st.last_durable), (501, LogId::new(3, 500)));
+    assert!(matches!(s2.stage(1, &entries(3, 500..=500, 1)), Err(StorageError::InvalidRequest { .. })));
+    s2.stage(1, &entries(3, 501..=502, 1)).unwrap();
+    s2.flush(&mut report);
+    let mut s3 = open(&vfs.crash(CrashMode::DropUnsynced), &cfg);
+    let rec = s3.open_group(1).unwrap();
+    assert_eq!(rec.snapshot.unwrap().last_log_id, LogId::new(3, 500));
+    assert_eq!((rec.first_index, rec.last_log_id), (501, LogId::new(3, 502)));
+    assert_eq!(read_all(&s3, 1), entries(3, 501..=502, 1));
+}
+
+#[test]
+fn async_mode_acks_on_write_and_syncs_on_request() {
+    let vfs = MemVfs::new();
+    let mut cfg = config("/data");
+    cfg.write_mode = WriteMode::Async;
+    let mut s = open(&vfs, &cfg);
+    s.open_group(1).unwrap();
+    let mut report = FlushReport::default();
+    s.stage(1, &entries(1, 1..=1, 10)).unwrap();
+    s.flush(&mut report); // creates the segment (which syncs its header)
+    let syncs = vfs.sync_count();
+    s.stage(1, &entries(1, 2..=10, 10)).unwrap();
+    s.flush(&mut report);
+    assert_eq!(report.log, vec![Persisted { group: 1, up_to: LogId::new(1, 10) }]);
+    assert_eq!(vfs.sync_count(), syncs, "async flush does not fdatasync");
+    assert_eq!(s.log_state(1).unwrap().last_durable, LogId::ZERO);
+    s.sync(&mut report);
+    assert!(report.failed.is_empty());
+    assert_eq!(s.log_state(1).unwrap().last_durable, LogId::new(1, 10));
+    let mut s2 = open(&vfs.crash(CrashMode::DropUnsynced), &cfg);
+    assert_eq!(s2.open_group(1).unwrap().last_log_id, LogId::new(1, 10));
+}
+
+#[test]
+fn configuration_and_identity_errors() {
+    let vfs = MemVfs::new();
+    let mut cfg = config("/data");
+    cfg.segment_size_bytes = 4100;
+    let err = Storage::open(Arc::new(vfs.clone()), cfg).unwrap_err();
+    assert!(err.to_string().contains("not a multiple of the record alignment 8"), "{err}");
+    let mut cfg = config("/data");
+    cfg.segment_size_bytes = 512;
+    assert!(matches!(Storage::open(Arc::new(vfs.clone()), cfg), Err(StorageError::InvalidConfig(_))));
+    let cfg = config("/data");
+    drop(open(&vfs, &cfg));
+    let mut other = config("/data");
+    other.cluster_id = 8;
+    let err = Storage::open(Arc::new(vfs.clone()), other).unwrap_err();
+    assert!(matches!(err, StorageError::WrongIdentity { .. }), "{err}");
+    assert!(err.to_string().contains("cluster 8 node 1"), "{err}");
+    // A group directory copied from another group is refused.
+    let mut s = open(&vfs, &cfg);
+    s.open_group(1).unwrap();
+    let bytes = vfs.file_bytes(&PathBuf::from("/data/group-00000000000000000001/group.id")).unwrap();
+    vfs.create_dir_all(&PathBuf::from("/data/group-00000000000000000002")).unwrap();
+    let f = vfs.create(&PathBuf::from("/data/group-00000000000000000002/group.id")).unwrap();
+    f.write_at(&bytes, 0).unwrap();
+    let err = s.open_group(2).unwrap_err();
+    assert!(matches!(err, StorageError::WrongIdentity { .. }), "{err}");
+    assert!(err.to_string().contains("group 1"), "{err}");
+}
+
+#[test]
+fn unwritable_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let cfg = StorageConfig::new(file.join("data"), 7, 1);
+    let err = Storage::open(Arc::new(StdVfs), cfg).unwrap_err();
+    assert!(matches!(err, StorageError::Unwritable { .. }), "{err}");
+    assert!(err.to_string().contains("not writable"), "{err}");
+}
+
+#[test]
+fn eio_on_write_and_on_sync_poisons_only_that_group() {
+    for fail_sync in [false, true] {
+        let vfs = MemVfs::new();
+        let cfg = config("/data");
+        let mut s = open(&vfs, &cfg);
+        s.open_group(1).unwrap();
+        s.open_group(2).unwrap();
+        let mut report = FlushReport::default();
+        s.stage(1, &entries(1, 1..=3, 10)).unwrap();
+        s.stage(2, &entries(1, 1..=3, 10)).unwrap();
+        s.flush(&mut report);
+        assert!(report.failed.is_empty());
+        // Next flush: group 1's write (or its sync) fails.
+        let faults = if fail_sync {
+            Faults { fail_sync: Some(vfs.sync_count()), ..Faults::default() }
+        } else {
+            Faults { fail_write: Some(vfs.write_count()), ..Faults::default() }
+        };
+        vfs.set_faults(faults);
+        s.stage(1, &entries(1, 4..=5, 10)).unwrap();
+        s.stage(2, &entries(1, 4..=5, 10)).unwrap();
+        s.flush(&mut report);
+        assert_eq!(report.failed.len(), 1);
+        let (group, err) = &report.failed[0];
+        assert_eq!(*group, 1);
+        let msg = err.to_string();
+        assert!(matches!(err, StorageError::Poisoned { .. }), "{msg}");
+        assert!(msg.contains("00000000000000000001.seg") && msg.contains("simulated EIO"), "{msg}");
+        assert_eq!(report.log, vec![Persisted { group: 2, up_to: LogId::new(1, 5) }]);
+        // No retry: every later call on group 1 fails with the same cause.
+        let again = s.stage(1, &entries(1, 4..=4, 1)).unwrap_err();
+        assert!(again.to_string().contains("simulated EIO"), "{again}");
+        assert!(s.entries(1, 1, 2, 100, &mut Vec::new()).is_err());
+        s.stage(2, &entries(1, 6..=6, 10)).unwrap();
+        s.flush(&mut report);
+        assert!(report.failed.is_empty());
+        // After a restart, group 1 has its durable prefix.
+        let mut s2 = open(&vfs.crash(CrashMode::DropUnsynced), &cfg);
+        assert_eq!(s2.open_group(1).unwrap().last_log_id, LogId::new(1, 3));
+        assert_eq!(s2.open_group(2).unwrap().last_log_id, LogId::new(1, 6));
+    }
+}
+
+#[test]
+fn real_files_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StorageConfig::new(tmp.path().join("data"), 7, 1);
+    cfg.segment_size_bytes = 1 << 16;
+    cfg.max_entry_size_bytes = 1 << 10;
+    let mut s = Storage::open(Arc::new(StdVfs), cfg.clone()).unwrap();
+    s.open_group(9).unwrap();
+    let mut report = FlushReport::default();
+    s.stage(9, &entries(1, 1..=500, 300)).unwrap();
+    s.stage_hard_state(9, HardState { term: 1, vote: Some(1), commit: 0 }).unwrap();
+    s.flush(&mut report);
+    assert!(report.failed.is_empty());
+    drop(s);
+    let mut s = Storage::open(Arc::new(StdVfs), cfg).unwrap();
+    let rec = s.open_group(9).unwrap();
+    assert_eq!(rec.last_log_id, LogId::new(1, 500));
+    assert_eq!(rec.hard_state.vote, Some(1));
+    assert_eq!(read_all(&s, 9), entries(1, 1..=500, 300));
+    assert_eq!(s.groups_on_disk().unwrap(), vec![9]);
+}
