@@ -564,13 +564,14 @@ impl RawNode {
             MessageBody::PreVoteResponse { granted } => {
                 // A grant echoes the term we would campaign in; a refusal
                 // carries the voter's term (not above ours, or we stepped down).
-                if self.role == Role::PreCandidate && (!granted || m.term == self.term + 1) {
+                let counts = self.membership.is_voter(from) && (!granted || m.term == self.term + 1);
+                if self.role == Role::PreCandidate && counts {
                     self.votes.insert(from, granted);
                     self.check_votes(actions);
                 }
             }
             MessageBody::VoteResponse { granted } => {
-                if self.role == Role::Candidate {
+                if self.role == Role::Candidate && self.membership.is_voter(from) {
                     self.votes.insert(from, granted);
                     self.check_votes(actions);
                 }
@@ -599,7 +600,9 @@ impl RawNode {
                 self.on_heartbeat_response(from, ctx, last_index, actions)
             }
             MessageBody::ReadIndexRequest { id } => {
-                if self.role == Role::Leader {
+                let pending =
+                    self.leader.as_ref().map_or(0, |l| l.reads_pending.len() + l.reads_before_commit.len());
+                if self.role == Role::Leader && pending < self.cfg.max_pending_reads {
                     self.leader_read(Requester::Remote(from, id), actions);
                 } else {
                     self.send(from, MessageBody::ReadIndexResponse { id, result: Err(()) }, actions);
@@ -668,6 +671,9 @@ impl RawNode {
         commit: Index,
         actions: &mut Vec<Action>,
     ) {
+        if !Self::append_is_well_formed(self.term, prev, &entries) {
+            return; // Not from a correct leader; changes nothing.
+        }
         if session != self.follower_ack.session {
             self.follower_ack.session = session;
             self.follower_ack.acked = 0;
@@ -701,11 +707,11 @@ impl RawNode {
         if skip < entries.len() {
             let mut entries = entries;
             let new: Vec<Entry> = entries.drain(skip..).collect();
-            assert!(
-                new[0].index > committed,
-                "leader {from} conflicts with committed entry {}",
-                new[0].index
-            );
+            if new[0].index <= committed {
+                // A correct leader never contradicts a committed entry: refuse
+                // rather than corrupt the log (the checkers flag the leader).
+                return;
+            }
             self.log.append(&new);
             actions.push(Action::AppendLog { entries: new });
         }
@@ -721,6 +727,19 @@ impl RawNode {
         } else {
             self.log.persisted()
         }
+    }
+
+    /// Entries must follow `prev` contiguously with terms that never decrease
+    /// and never exceed the leader's term.
+    fn append_is_well_formed(term: Term, prev: LogId, entries: &[Entry]) -> bool {
+        let mut last = prev;
+        for e in entries {
+            if e.index != last.index + 1 || e.term < last.term || e.term > term {
+                return false;
+            }
+            last = e.log_id();
+        }
+        true
     }
 
     /// Acknowledges the durable part of what matches the leader, if it grew.
@@ -953,7 +972,7 @@ impl RawNode {
                 let retry_at = if hint.term > 0 {
                     self.log.find_conflict_by_term(hint.index, hint.term).index
                 } else {
-                    hint.index
+                    hint.index.min(self.log.last().index)
                 };
                 let l = self.leader.as_mut().expect("leader state on a leader");
                 let p = l.progress.get_mut(&from).expect("checked above");
