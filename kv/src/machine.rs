@@ -93,6 +93,20 @@ impl KvStateMachine {
         self.tree.len() - 1
     }
 
+    /// Checks internal structure (O(n); for tests and debugging). Panics on corruption.
+    pub fn check_invariants(&self) {
+        self.tree.check_invariants();
+        let mut armed = 0;
+        self.tree.for_each_pre_order(|node| {
+            armed += usize::from(node.temp.is_some());
+            if let Body::Lock(waiters) = &node.body {
+                armed += waiters.len();
+                assert!(node.temp.is_some(), "lock {:?} without holder", node.key);
+            }
+        });
+        assert_eq!(armed, self.ttl.len(), "TTL tracker out of sync with the tree");
+    }
+
     /// Live client sessions.
     pub fn session_count(&self) -> usize {
         self.sessions.map.len()
@@ -235,14 +249,18 @@ impl KvStateMachine {
     /// The direct children of the directory at `key`, in key order.
     pub fn list(&self, key: &str) -> Result<Vec<ChildView>, KvError> {
         validate_key_or_root(key, &self.config)?;
-        let node = self.tree.get(key).ok_or_else(|| KvError::NotFound { key: key.to_owned() })?;
-        let children = node.children().ok_or_else(|| KvError::NotADir { key: key.to_owned() })?;
+        let id = self.tree.lookup(key).ok_or_else(|| KvError::NotFound { key: key.to_owned() })?;
+        if self.tree.node(id).children().is_none() {
+            return Err(KvError::NotADir { key: key.to_owned() });
+        }
         let skip = if key.is_empty() { 0 } else { key.len() + 1 };
-        Ok(children
-            .iter()
-            .map(|(child_key, &id)| ChildView {
-                name: child_key[skip..].to_owned(),
-                node: self.tree.node(id).view(),
+        Ok(self
+            .tree
+            .sorted_children(id)
+            .into_iter()
+            .map(|child| {
+                let child = self.tree.node(child);
+                ChildView { name: child.key[skip..].to_owned(), node: child.view() }
             })
             .collect())
     }

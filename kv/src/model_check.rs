@@ -205,6 +205,7 @@ impl Gen {
 }
 
 pub(crate) fn assert_same_state(machine: &KvStateMachine, model: &Model, context: &str) {
+    machine.check_invariants();
     assert_eq!(machine.node_count(), model.nodes.len(), "{context}: node count");
     assert_eq!(machine.get("").unwrap(), model.get("").unwrap(), "{context}: root");
     assert_eq!(machine.list("").unwrap(), model.list("").unwrap(), "{context}: root list");

@@ -61,8 +61,9 @@ impl Sessions {
         session.last_active_nanos = session.last_active_nanos.max(now);
         if request.first_unacked_seq > session.floor_seq {
             session.floor_seq = request.first_unacked_seq;
-            if session.responses.first_key_value().is_some_and(|(&seq, _)| seq < session.floor_seq) {
-                session.responses = session.responses.split_off(&session.floor_seq);
+            // Usually one response goes (the client acknowledges as it goes): pop, do not split.
+            while session.responses.first_key_value().is_some_and(|(&seq, _)| seq < session.floor_seq) {
+                session.responses.pop_first();
             }
         }
         if request.seq < session.floor_seq {

@@ -263,9 +263,7 @@ impl<'a> SnapshotEncoder<'a> {
                         continue;
                     };
                     let node = machine.tree.node(id);
-                    if let Some(children) = node.children() {
-                        self.node_stack.extend(children.values().rev().copied());
-                    }
+                    self.node_stack.extend(machine.tree.sorted_children(id).into_iter().rev());
                     append_record(&mut self.record, &RecordOut::Node(node_out(node, &self.empty)));
                 }
                 Stage::Sessions => {
@@ -473,6 +471,9 @@ impl SnapshotDecoder {
                 if header.node_count == 0 || header.next_arm_id == 0 {
                     return Err("header with no root node or arm counter 0".into());
                 }
+                if header.session_count > self.machine.config.max_sessions as u64 {
+                    return Err(format!("{} sessions exceed max_sessions", header.session_count));
+                }
                 let machine = &mut self.machine;
                 machine.applied_index = header.applied_index;
                 machine.time_nanos = header.time_nanos;
@@ -528,7 +529,7 @@ impl SnapshotDecoder {
                 }
                 Body::Value(node.value)
             }
-            NodeKind::Dir => Body::Dir(BTreeMap::new()),
+            NodeKind::Dir => Body::Dir(Vec::new()),
             NodeKind::Lock => {
                 if node.temp.is_none() {
                     return Err(format!("lock {:?} without a holder", node.key));
