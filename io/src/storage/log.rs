@@ -428,6 +428,10 @@ impl GroupLog {
             )));
         }
         self.write_staged()?;
+        // Make what precedes the cut durable first: the zeroing below syncs
+        // its segment, which must not become durable ahead of earlier
+        // segments (async mode), or recovery would see a gap.
+        self.sync()?;
         // Whole segments first, newest first, so a crash leaves a prefix.
         let mut removed_any = false;
         while let Some(seg) = self.segments.back() {

@@ -75,6 +75,7 @@ struct State {
     dirs: BTreeSet<PathBuf>,
     faults: Faults,
     writes: u64,
+    write_sizes: Vec<usize>,
     syncs: u64,
     dead: bool,
 }
@@ -139,6 +140,12 @@ impl MemVfs {
     /// Writes attempted so far, across all files.
     pub fn write_count(&self) -> u64 {
         lock(&self.state).writes
+    }
+
+    /// The size of every write attempted so far, in order (to tear each one
+    /// at every byte in a crash test).
+    pub fn write_sizes(&self) -> Vec<usize> {
+        lock(&self.state).write_sizes.clone()
     }
 
     /// Syncs (`sync_data`) attempted so far, across all files.
@@ -218,6 +225,7 @@ impl VfsFile for MemFile {
         state.check_alive()?;
         let n = state.writes;
         state.writes += 1;
+        state.write_sizes.push(buf.len());
         if state.faults.fail_write == Some(n) {
             return Err(eio("write"));
         }
