@@ -16,6 +16,9 @@ use std::sync::Arc;
 
 use tarn_core::Nanos;
 
+/// Stale ids tolerated in `pending` before it is compacted.
+const PENDING_SLACK: usize = 1024;
+
 #[derive(Debug)]
 struct Armed {
     key: Arc<str>,
@@ -37,6 +40,12 @@ impl TtlTracker {
     pub fn arm(&mut self, arm_id: u64, key: Arc<str>, duration_nanos: Nanos) {
         let previous = self.armed.insert(arm_id, Armed { key, duration_nanos, deadline_nanos: None });
         debug_assert!(previous.is_none(), "arm id {arm_id} reused");
+        // Followers never resolve pending armings, and disarmed ids stay in `pending` until
+        // resolved: compact when it outgrows what can still be pending (amortized O(1)).
+        if self.pending.len() >= 2 * self.armed.len() + PENDING_SLACK {
+            let armed = &self.armed;
+            self.pending.retain(|id| armed.get(id).is_some_and(|a| a.deadline_nanos.is_none()));
+        }
         self.pending.push(arm_id);
     }
 
@@ -137,6 +146,22 @@ mod tests {
         assert!(tracker.expired(149, 10, 1).is_empty());
         assert_eq!(tracker.expired(150, 10, 1000), vec![(Arc::from("a"), 1)]);
         assert_eq!(tracker.expired(350, 10, 1000), vec![(Arc::from("b"), 2)]);
+    }
+
+    #[test]
+    fn pending_stays_bounded_when_nobody_asks_for_deadlines() {
+        // A follower arms and disarms forever without ever calling next_deadline/expired.
+        let mut tracker = TtlTracker::default();
+        for id in 0..100_000 {
+            tracker.arm(id, Arc::from("k"), 10);
+            if id % 10 != 0 {
+                tracker.disarm(id);
+            }
+        }
+        assert_eq!(tracker.len(), 10_000);
+        assert!(tracker.pending.len() <= 2 * tracker.len() + PENDING_SLACK + 1, "{}", tracker.pending.len());
+        assert_eq!(tracker.next_deadline(0), Some(10));
+        assert_eq!(tracker.expired(10, usize::MAX, 5).len(), 10_000);
     }
 
     #[test]
