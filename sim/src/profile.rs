@@ -88,6 +88,12 @@ pub struct Profile {
     /// Fraction of reads (vs writes) and of reads that go through the log.
     pub read_ppm: u32,
     pub log_read_ppm: u32,
+    /// Probability that a client sends its next operation to a random node
+    /// instead of the leader it last found (so some requests always reach
+    /// followers and other would-be leaders).
+    pub client_random_target_ppm: u32,
+    /// A client waits this long for an answer before retrying elsewhere.
+    pub client_timeout_ns: Nanos,
 }
 
 /// The core's clock-drift bound the simulator configures (`max_clock_drift_ppm`).
@@ -124,6 +130,8 @@ impl Profile {
             client_think_max_ns: 20 * NANOS_PER_MILLI,
             read_ppm: PPM / 2,
             log_read_ppm: PPM / 10,
+            client_random_target_ppm: 0,
+            client_timeout_ns: 600 * NANOS_PER_MILLI,
         }
     }
 
@@ -186,6 +194,8 @@ impl Profile {
             client_think_max_ns: rng.between(NANOS_PER_MILLI, 50 * NANOS_PER_MILLI),
             read_ppm: rng.between(u64::from(PPM / 5), u64::from(PPM * 4 / 5)) as u32,
             log_read_ppm: rng.between(0, u64::from(PPM / 2)) as u32,
+            client_random_target_ppm: rng.swarm_ppm(PPM / 3, PPM / 2),
+            client_timeout_ns: rng.between(100 * NANOS_PER_MILLI, NANOS_PER_SECOND),
         }
     }
 

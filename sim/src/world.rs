@@ -113,8 +113,10 @@ pub struct RunReport {
 /// How many trailing events a failure report carries.
 pub const FAILURE_TRACE_EVENTS: usize = 60;
 
-/// A client waits this long for an answer before retrying elsewhere.
-const CLIENT_TIMEOUT_NS: Nanos = 600 * NANOS_PER_MILLI;
+/// Events that were held back by a pause are replayed in a random order
+/// within this window after the node wakes (a woken process drains its
+/// timers and sockets in no particular order).
+const PAUSE_WAKE_JITTER_NS: Nanos = 2 * NANOS_PER_MILLI;
 const CLIENT_LATENCY_MIN_NS: Nanos = 50 * NANOS_PER_MICRO;
 const CLIENT_LATENCY_MAX_NS: Nanos = 500 * NANOS_PER_MICRO;
 /// Smallest step between two ticks of one node (guards a core that asks for
@@ -194,6 +196,9 @@ struct Node {
     /// Proposals and reads in flight on this node, by id (= client attempt).
     pending: HashMap<u64, (u32, u64, ClientOp)>,
     restart_scheduled: bool,
+    /// The last vote this node granted, as `(term, candidate)`: it must
+    /// survive any crash while the node is still in that term.
+    granted_vote: Option<(Term, NodeId)>,
 }
 
 struct CurrentOp {
@@ -242,6 +247,11 @@ pub struct World {
     applied_log: Vec<(Term, u64)>,
     /// Payload hash of every entry ever appended anywhere, by (term, index).
     entry_ids: HashMap<(Term, Index), u64>,
+    /// Every vote granted: (voter, term) -> candidate.
+    votes: HashMap<(NodeId, Term), NodeId>,
+    /// For each read in flight: the highest commit index any node knew when
+    /// the read reached its node. The read must be served at or above it.
+    read_floor: HashMap<u64, Index>,
     failure: Option<Failure>,
     // Reused buffers (no per-step allocation).
     actions: Vec<Action>,
@@ -338,6 +348,7 @@ impl World {
                     tick_at: Nanos::MAX,
                     pending: HashMap::new(),
                     restart_scheduled: false,
+                    granted_vote: None,
                 }
             })
             .collect();
@@ -373,6 +384,8 @@ impl World {
             leaders: HashMap::new(),
             applied_log: Vec::new(),
             entry_ids: HashMap::new(),
+            votes: HashMap::new(),
+            read_floor: HashMap::new(),
             failure: None,
             actions: Vec::with_capacity(64),
             inputs: VecDeque::with_capacity(16),
@@ -527,7 +540,7 @@ impl World {
             Event::Deliver { from, to, message } => {
                 let t = to as usize;
                 if self.nodes[t].paused_until > now {
-                    let at = self.nodes[t].paused_until;
+                    let at = self.wake_time(t);
                     self.queue.push(at, Event::Deliver { from, to, message });
                     return;
                 }
@@ -558,8 +571,8 @@ impl World {
                     return;
                 }
                 if n.paused_until > now {
-                    n.tick_at = n.paused_until;
-                    let at = n.tick_at;
+                    let at = self.wake_time(node as usize);
+                    self.nodes[node as usize].tick_at = at;
                     self.queue.push(at, Event::Tick { node, incarnation });
                     return;
                 }
@@ -572,7 +585,7 @@ impl World {
                     return;
                 }
                 if n.paused_until > now {
-                    let at = n.paused_until;
+                    let at = self.wake_time(node as usize);
                     self.queue.push(at, Event::Disk { node, incarnation, done });
                     return;
                 }
@@ -661,7 +674,18 @@ impl World {
         n.tick_at = Nanos::MAX;
         n.paused_until = 0;
         n.restart_scheduled = true;
+        let (id, durable, granted) = (n.id, n.storage.durable_hard_state(), n.granted_vote);
         self.record(idx as u64 + 1, TraceKind::Crash, 0, 0, 0);
+        if let Some((term, candidate)) = granted {
+            if durable.term < term || (durable.term == term && durable.vote != Some(candidate)) {
+                let detail = format!(
+                    "n{id} granted its vote in term {term} to n{candidate}, but after a crash its durable hard state \
+                     is term {} vote {:?}: a vote must be durable before it is granted",
+                    durable.term, durable.vote
+                );
+                self.fail(FailureKind::Safety, "vote-durability", detail);
+            }
+        }
         self.queue.push(now + downtime_ns, Event::Restart { node: idx as u8 });
         self.check_committed_on_majority("after a crash");
     }
@@ -679,6 +703,7 @@ impl World {
     /// Feeds one input to a node, executes the resulting actions (and the
     /// inputs they produce, like `Applied`), then checks the per-step invariants.
     fn step(&mut self, idx: usize, input: Input) {
+        let before = self.nodes[idx].raw.as_ref().map(|r| (r.role(), r.term(), r.commit_index()));
         let mut actions = std::mem::take(&mut self.actions);
         let mut inputs = std::mem::take(&mut self.inputs);
         inputs.push_back(input);
@@ -700,7 +725,31 @@ impl World {
         inputs.clear();
         self.actions = actions;
         self.inputs = inputs;
+        if let Some((Role::Leader, term, commit_before)) = before {
+            self.check_commit_rule(idx, term, commit_before);
+        }
         self.after_step(idx);
+    }
+
+    /// Raft §5.4.2: a leader advances its commit index only to an entry of
+    /// its own term (older entries commit indirectly). Counting replicas of
+    /// an older entry is the bug of the paper's Figure 8.
+    fn check_commit_rule(&mut self, idx: usize, term: Term, commit_before: Index) {
+        let n = &self.nodes[idx];
+        let Some(raw) = n.raw.as_ref() else { return };
+        let commit = raw.commit_index();
+        if raw.role() != Role::Leader || raw.term() != term || commit <= commit_before {
+            return;
+        }
+        let at = n.storage.log().get((commit - 1) as usize).map(|e| e.term);
+        if at != Some(term) {
+            let detail = format!(
+                "leader n{} of term {term} advanced its commit index {commit_before} -> {commit}, \
+                 but the entry at {commit} has term {at:?}: only entries of the leader's own term commit by counting",
+                n.id
+            );
+            self.fail(FailureKind::Safety, "commit-rule", detail);
+        }
     }
 
     fn after_step(&mut self, idx: usize) {
@@ -728,6 +777,11 @@ impl World {
         }
     }
 
+    /// When an event held back by node `idx`'s pause is replayed.
+    fn wake_time(&mut self, idx: usize) -> Nanos {
+        self.nodes[idx].paused_until + self.rng_process.between(0, PAUSE_WAKE_JITTER_NS)
+    }
+
     fn disk_latency(&mut self) -> Nanos {
         let p = &self.profile;
         let (lo, hi, slow_ppm, slow_max) =
@@ -749,6 +803,9 @@ impl World {
                     "n{} sends to unknown node {to}",
                     idx + 1
                 );
+                if let MessageBody::VoteResponse { granted: true } = message.body {
+                    self.check_vote(idx, message.term, to);
+                }
                 match self.net.send(now, idx, to_idx) {
                     SendOutcome::Dropped(reason) => {
                         self.record(idx as u64 + 1, TraceKind::Drop, to, net_drop_code(reason), 0);
@@ -807,12 +864,22 @@ impl World {
                     );
                     return;
                 }
+                let floor = self.read_floor.remove(&id).unwrap_or(0);
+                if index < floor {
+                    let detail = format!(
+                        "n{}: read {id} served at index {index}, but index {floor} was already committed when the read arrived",
+                        idx + 1
+                    );
+                    self.fail(FailureKind::Safety, "read-index-stale", detail);
+                    return;
+                }
                 let Some((client, seq, op)) = self.nodes[idx].pending.remove(&id) else { return };
                 let value = self.nodes[idx].sm.get(&workload::key_path(op.key));
                 let result = workload::interpret_local_read(&op, value);
                 self.deliver_result(client, seq, id, result);
             }
             Action::ReadFailed { id, reason } | Action::ProposalDropped { id, reason } => {
+                self.read_floor.remove(&id);
                 if let Some((client, _, _)) = self.nodes[idx].pending.remove(&id) {
                     let reply = match reason {
                         DropReason::NotLeader { leader_hint }
@@ -923,6 +990,9 @@ impl World {
         let op =
             workload::next_op(&mut self.rng_workload, keys, read_ppm, log_read_ppm, &mut self.next_value);
         let now = self.now();
+        if self.rng_workload.chance(self.profile.client_random_target_ppm) {
+            self.clients[c].target = self.rng_workload.below(self.nodes.len() as u64) as usize;
+        }
         let client = &mut self.clients[c];
         // Sessions number writes only: a read never reaches the session table,
         // and a session starts at the client's first write with seq 1.
@@ -954,7 +1024,8 @@ impl World {
         cur.attempt = attempt;
         let (node, seq, op) = (client.target as u8, cur.seq, cur.op);
         self.queue.push(now + latency, Event::ClientArrive { node, client: c as u32, attempt, seq, op });
-        self.queue.push(now + CLIENT_TIMEOUT_NS, Event::ClientTimeout { client: c as u32, attempt });
+        let timeout = self.profile.client_timeout_ns;
+        self.queue.push(now + timeout, Event::ClientTimeout { client: c as u32, attempt });
     }
 
     fn client_arrive(&mut self, idx: usize, client: u32, attempt: u64, seq: u64, op: ClientOp) {
@@ -964,13 +1035,20 @@ impl World {
             return;
         }
         if n.paused_until > now {
-            let at = n.paused_until;
+            let at = self.wake_time(idx);
             self.queue.push(at, Event::ClientArrive { node: idx as u8, client, attempt, seq, op });
             return;
         }
         n.pending.insert(attempt, (client, seq, op));
         let input = if op.path == Path::ReadIndex {
             debug_assert_eq!(op.kind, OpKind::Read);
+            let floor = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.raw.as_ref().map(RawNode::commit_index))
+                .max()
+                .unwrap_or(0);
+            self.read_floor.insert(attempt, floor);
             Input::Read { id: attempt }
         } else {
             let request = workload::request(self.clients[client as usize].id, seq, &op);
@@ -1136,7 +1214,14 @@ impl World {
             }
             Fault::Crash => {
                 let n = self.random_node();
-                self.crash(n, duration);
+                // Half the crashes are quick reboots: the node returns while
+                // its peers still remember what it said before.
+                let downtime = if self.rng_process.chance(PPM / 2) {
+                    self.rng_process.between(NANOS_PER_MILLI, 30 * NANOS_PER_MILLI)
+                } else {
+                    duration
+                };
+                self.crash(n, downtime);
             }
             Fault::Pause => {
                 let n = self.random_node();
@@ -1181,6 +1266,19 @@ impl World {
     }
 
     // ----- checkers --------------------------------------------------------------------
+
+    /// Election safety at the source: a node grants at most one vote per term,
+    /// across restarts.
+    fn check_vote(&mut self, idx: usize, term: Term, candidate: NodeId) {
+        let voter = idx as NodeId + 1;
+        self.nodes[idx].granted_vote = Some((term, candidate));
+        let first = *self.votes.entry((voter, term)).or_insert(candidate);
+        if first != candidate {
+            let detail =
+                format!("n{voter} granted its vote in term {term} to n{first} and then to n{candidate}");
+            self.fail(FailureKind::Safety, "one-vote-per-term", detail);
+        }
+    }
 
     /// Every committed entry is still durable on a majority.
     fn check_committed_on_majority(&mut self, when: &str) {
@@ -1270,7 +1368,6 @@ impl World {
         self.trace.mix(invoked);
         self.trace.mix(commit);
         self.trace.mix(self.ops_completed);
-        let _ = PPM;
     }
 }
 
