@@ -1,1 +1,17 @@
-//! placeholder
+//! tarn-server: the `tarn` binary (server, CLI client, benchmark), the async
+//! client library and the server itself.
+//!
+//! - [`server`]: a node hosting DtKV groups on the tokio driver.
+//! - [`client`]: the async client library.
+//! - [`protocol`]: the client wire protocol.
+//! - [`machine`]: the kv state machine with watch delivery and TTL expiry.
+//! - [`bench`]: the load generator behind `tarn bench`.
+
+pub mod bench;
+pub mod client;
+pub mod machine;
+pub mod protocol;
+pub mod server;
+
+pub use client::{Client, ClientConfig, ClientError};
+pub use server::{Server, ServerConfig, StartError};

@@ -1,1 +1,785 @@
-fn main() {}
+//! The `tarn` command: server, client and benchmark in one binary.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tarn_core::{GroupId, NodeId};
+use tarn_io::driver::WriteMode;
+use tarn_kv::{ChildView, EventKind, LockOutcome, NodeKind, NodeView, WatchEvent};
+use tarn_server::bench::{self, BenchConfig};
+use tarn_server::client::{Client, ClientConfig, ClientError};
+use tarn_server::protocol::{Consistency, NodeStatus, DEFAULT_GROUP};
+use tarn_server::server::{Server, ServerConfig, DEFAULT_CLIENT_ADDR, DEFAULT_DATA_DIR};
+
+/// Exit code for "the key does not exist".
+const EXIT_NOT_FOUND: u8 = 3;
+/// Exit code for every other failure.
+const EXIT_ERROR: u8 = 1;
+
+/// tarn: a Raft-replicated, tree-structured key-value store.
+///
+/// Keys are paths with `.` between segments (`app.db.url`); a key's parent
+/// directory must exist (`tarn mkdir app`). Every write goes through Raft
+/// and is applied once even if the client retries; reads are linearizable
+/// unless you ask for `--stale`.
+///
+/// Start a server, then talk to it:
+///
+///   tarn serve                       # one node on 127.0.0.1:7700, data in ./tarn-data
+///   tarn mkdir app
+///   tarn put app.greeting hello
+///   tarn get app.greeting            # prints: hello
+///   tarn ls app
+///   tarn watch app --subtree         # streams every change under app
+///
+/// A three-node cluster in three shells:
+///
+///   tarn serve --id 1 --data-dir d1 --client 127.0.0.1:7701 --peer 127.0.0.1:7801 \
+///              --cluster 1=127.0.0.1:7801,2=127.0.0.1:7802,3=127.0.0.1:7803
+///   (same with --id 2 / 7702 / 7802 and --id 3 / 7703 / 7803)
+///   tarn --endpoints 127.0.0.1:7701,127.0.0.1:7702,127.0.0.1:7703 status
+///
+/// Or all three in one process: `tarn cluster --nodes 3`.
+///
+/// Exit codes: 0 success, 1 error (one line on stderr), 2 bad usage, 3 key not found.
+#[derive(Parser, Debug)]
+#[command(name = "tarn", version, verbatim_doc_comment)]
+struct Cli {
+    /// Client addresses of the cluster's nodes, comma separated. Any subset
+    /// works: the client finds the leader itself.
+    #[arg(long, global = true, value_delimiter = ',', default_value = DEFAULT_CLIENT_ADDR)]
+    endpoints: Vec<SocketAddr>,
+    /// The Raft group to talk to (a server hosts group 1 by default; see `tarn group`).
+    #[arg(long, global = true, default_value_t = DEFAULT_GROUP)]
+    group: GroupId,
+    /// Print results as JSON (one object per line) instead of plain text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Give up on a request after this many milliseconds (retries included).
+    #[arg(long, global = true, default_value_t = 10_000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a server node (single node by default; add --cluster for a cluster member).
+    Serve(ServeArgs),
+    /// Run a local cluster of N nodes in this process (for trying things out).
+    Cluster {
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Client ports are base+1..base+N, peer ports base+101..base+100+N.
+        #[arg(long, default_value_t = 7700)]
+        base_port: u16,
+        #[arg(long, default_value = "./tarn-cluster")]
+        data_dir: PathBuf,
+    },
+    /// Print the value of KEY (exit code 3 if it does not exist).
+    Get {
+        key: String,
+        /// Read from whichever node answers, possibly stale (no leader round trip).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Set KEY to VALUE (the parent directory must exist).
+    Put {
+        key: String,
+        value: String,
+        /// Make it a temporary node removed this many ms after its last update.
+        #[arg(long)]
+        ttl_ms: Option<u64>,
+    },
+    /// Remove KEY (a value or an empty directory). A missing key is success.
+    Rm { key: String },
+    /// Create directory KEY.
+    Mkdir {
+        key: String,
+        /// Make it a temporary directory (whole subtree removed when the TTL passes).
+        #[arg(long)]
+        ttl_ms: Option<u64>,
+    },
+    /// List the children of directory KEY (the root if omitted).
+    Ls {
+        #[arg(default_value = "")]
+        key: String,
+    },
+    /// Compare-and-set: change KEY only if its value is the expected one.
+    Cas {
+        key: String,
+        /// The value KEY must hold now; omit to require that KEY does not exist.
+        #[arg(long)]
+        expect: Option<String>,
+        /// The new value; omit to delete KEY.
+        #[arg(long)]
+        new: Option<String>,
+    },
+    /// Print every change to KEY (or, with --subtree, below it) as it happens.
+    Watch {
+        #[arg(default_value = "")]
+        key: String,
+        #[arg(long)]
+        subtree: bool,
+        /// Start after this Raft index (replays history); default: from now.
+        #[arg(long)]
+        after: Option<u64>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Take the lock KEY, hold it (renewing the lease) for --hold-ms or until Ctrl-C, release it.
+    Lock {
+        key: String,
+        #[arg(long, default_value_t = 10_000)]
+        lease_ms: u64,
+        /// How long to wait in line for the lock.
+        #[arg(long, default_value_t = 30_000)]
+        wait_ms: u64,
+        /// Release after this long (default: hold until Ctrl-C).
+        #[arg(long)]
+        hold_ms: Option<u64>,
+    },
+    /// Show each endpoint's node: its groups, roles, terms, indexes, follower lag, counters.
+    Status,
+    /// Ask the group's leader to hand leadership to node --to.
+    TransferLeader {
+        #[arg(long)]
+        to: NodeId,
+    },
+    /// Add or remove Raft groups at runtime (multi-raft).
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Load generator: throughput and latency percentiles (defaults mirror Dongting's benchmark).
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupCmd {
+    /// Start group ID on every endpoint with the given voters (each endpoint must be one).
+    Add {
+        id: GroupId,
+        #[arg(long, value_delimiter = ',')]
+        voters: Vec<NodeId>,
+    },
+    /// Stop group ID and delete its data on every endpoint.
+    Remove { id: GroupId },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    /// Acknowledge a write after fdatasync.
+    Sync,
+    /// Acknowledge after the write reaches the OS; sync in the background.
+    Async,
+}
+
+impl Mode {
+    fn write_mode(self) -> WriteMode {
+        match self {
+            Mode::Sync => WriteMode::Sync,
+            Mode::Async => WriteMode::Async { sync_interval: Duration::from_millis(100) },
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// This node's id (>= 1); must be in --cluster if that is given.
+    #[arg(long, default_value_t = 1)]
+    id: NodeId,
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Address clients connect to.
+    #[arg(long, default_value = DEFAULT_CLIENT_ADDR)]
+    client: SocketAddr,
+    /// Address peers connect to (this node's entry in --cluster).
+    #[arg(long)]
+    peer: Option<SocketAddr>,
+    /// Every voter and its peer address: 1=127.0.0.1:7801,2=127.0.0.1:7802,...
+    #[arg(long, value_delimiter = ',', value_parser = parse_member)]
+    cluster: Vec<(NodeId, SocketAddr)>,
+    /// Override the cluster id derived from --cluster.
+    #[arg(long)]
+    cluster_id: Option<u64>,
+    #[arg(long, value_enum, default_value_t = Mode::Sync)]
+    write_mode: Mode,
+    #[arg(long, default_value_t = 300)]
+    election_timeout_ms: u64,
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Start the servers in this process (data in a temporary directory).
+    #[arg(long)]
+    embedded: bool,
+    /// Nodes to start with --embedded.
+    #[arg(long, default_value_t = 1)]
+    nodes: u64,
+    /// Write mode of the --embedded servers.
+    #[arg(long, value_enum, default_value_t = Mode::Sync)]
+    write_mode: Mode,
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    #[arg(long, default_value_t = 2_000)]
+    in_flight: usize,
+    /// Share of gets (0.0 = all puts, 1.0 = all gets).
+    #[arg(long, default_value_t = 0.0)]
+    get_ratio: f64,
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    #[arg(long, default_value_t = 3)]
+    warmup_s: u64,
+    /// Gets read whatever the contacted node has (no leadership check).
+    #[arg(long)]
+    stale: bool,
+}
+
+fn parse_member(s: &str) -> Result<(NodeId, SocketAddr), String> {
+    let (id, addr) =
+        s.split_once('=').ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT, e.g. 1=127.0.0.1:7801"))?;
+    let id = id.trim().parse().map_err(|_| format!("{s:?}: node id {id:?} is not a number"))?;
+    let addr = addr.trim().parse().map_err(|_| format!("{s:?}: {addr:?} is not a HOST:PORT address"))?;
+    Ok((id, addr))
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server_side = matches!(cli.command, Cmd::Serve(_) | Cmd::Cluster { .. });
+    init_logging(if server_side { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::NotFound(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(EXIT_NOT_FOUND)
+        }
+        Err(Failure::Other(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+enum Failure {
+    NotFound(String),
+    Other(String),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        if e.is_not_found() {
+            Failure::NotFound(e.to_string())
+        } else {
+            Failure::Other(e.to_string())
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Other(e)
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let mut client_config = ClientConfig::new(cli.endpoints.clone());
+    client_config.group = cli.group;
+    client_config.request_timeout = Duration::from_millis(cli.timeout_ms);
+    let json = cli.json;
+    let client = || Client::new(client_config.clone());
+    match cli.command {
+        Cmd::Serve(args) => serve(args).await,
+        Cmd::Cluster { nodes, base_port, data_dir } => cluster(nodes, base_port, data_dir).await,
+        Cmd::Get { key, stale } => {
+            let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
+            match client().get_with(&key, consistency).await? {
+                Some(node) => {
+                    print_node(&key, &node, json);
+                    Ok(())
+                }
+                None => Err(Failure::NotFound(format!("key {key:?} does not exist"))),
+            }
+        }
+        Cmd::Put { key, value, ttl_ms } => {
+            let c = client();
+            match ttl_ms {
+                Some(ms) => c.put_temp(&key, value, Duration::from_millis(ms)).await?,
+                None => c.put(&key, value).await?,
+            }
+            done(json);
+            Ok(())
+        }
+        Cmd::Rm { key } => {
+            client().remove(&key).await?;
+            done(json);
+            Ok(())
+        }
+        Cmd::Mkdir { key, ttl_ms } => {
+            let c = client();
+            match ttl_ms {
+                Some(ms) => c.mkdir_temp(&key, Duration::from_millis(ms)).await?,
+                None => c.mkdir(&key).await?,
+            }
+            done(json);
+            Ok(())
+        }
+        Cmd::Ls { key } => {
+            let children = client().list(&key).await?;
+            print_children(&children, json);
+            Ok(())
+        }
+        Cmd::Cas { key, expect, new } => {
+            client().compare_and_set(&key, expect.map(Bytes::from), new.map(Bytes::from)).await?;
+            done(json);
+            Ok(())
+        }
+        Cmd::Watch { key, subtree, after, count } => {
+            let mut stream = client().watch(&key, subtree, after);
+            let mut seen = 0u64;
+            loop {
+                let event = tokio::select! {
+                    e = stream.next() => e,
+                    _ = shutdown_signal() => return Ok(()),
+                };
+                match event {
+                    Some(Ok(e)) => print_event(&e, json),
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(Failure::Other("watch stream ended".into())),
+                }
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    return Ok(());
+                }
+            }
+        }
+        Cmd::Lock { key, lease_ms, wait_ms, hold_ms } => {
+            let c = client();
+            let lease = Duration::from_millis(lease_ms);
+            match c.try_lock(&key, lease, Duration::from_millis(wait_ms)).await? {
+                LockOutcome::Acquired => {}
+                LockOutcome::Queued { position } => {
+                    eprintln!("waiting for lock {key:?} (position {position} in line)");
+                    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if let LockOutcome::Acquired =
+                            c.try_lock(&key, lease, Duration::from_millis(wait_ms)).await?
+                        {
+                            break;
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(Failure::Other(format!(
+                                "lock {key:?} not acquired within {wait_ms} ms"
+                            )));
+                        }
+                    }
+                }
+            }
+            if json {
+                println!("{{\"lock\":{},\"held\":true,\"client_id\":{}}}", json_str(&key), c.client_id());
+            } else {
+                println!("acquired lock {key} (client {})", c.client_id());
+            }
+            let hold = async {
+                match hold_ms {
+                    Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                    None => shutdown_signal().await,
+                }
+            };
+            tokio::pin!(hold);
+            loop {
+                tokio::select! {
+                    _ = &mut hold => break,
+                    _ = tokio::time::sleep(lease / 3) => c.update_lease(&key, lease).await?,
+                }
+            }
+            c.unlock(&key).await?;
+            if !json {
+                println!("released lock {key}");
+            }
+            Ok(())
+        }
+        Cmd::Status => {
+            let c = client();
+            let mut failures = Vec::new();
+            for (i, endpoint) in cli.endpoints.iter().enumerate() {
+                match c.status_of(i).await {
+                    Ok(s) => print_status(*endpoint, &s, json),
+                    Err(e) => {
+                        failures.push(format!("{endpoint}: {e}"));
+                        if !json {
+                            println!("{endpoint}: unreachable ({e})");
+                        }
+                    }
+                }
+            }
+            if failures.len() == cli.endpoints.len() {
+                return Err(Failure::Other(failures.join("; ")));
+            }
+            Ok(())
+        }
+        Cmd::TransferLeader { to } => {
+            client().transfer_leader(to).await?;
+            done(json);
+            Ok(())
+        }
+        Cmd::Group(GroupCmd::Add { id, voters }) => {
+            if voters.is_empty() {
+                return Err(Failure::Other("--voters is required, e.g. --voters 1,2,3".into()));
+            }
+            client().add_group(id, voters).await?;
+            done(json);
+            Ok(())
+        }
+        Cmd::Group(GroupCmd::Remove { id }) => {
+            client().remove_group(id).await?;
+            done(json);
+            Ok(())
+        }
+        Cmd::Bench(args) => bench_cmd(args, client_config, json).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let cluster: BTreeMap<NodeId, SocketAddr> = args.cluster.iter().copied().collect();
+    if cluster.len() != args.cluster.len() {
+        return Err(Failure::Other("--cluster lists a node id twice".into()));
+    }
+    let mut config = if cluster.is_empty() {
+        if args.peer.is_some() {
+            return Err(Failure::Other(
+                "--peer needs --cluster (the list of every voter's peer address)".into(),
+            ));
+        }
+        ServerConfig::single(&args.data_dir, args.client)
+    } else {
+        let mut c = ServerConfig::cluster(args.id, &args.data_dir, args.client, cluster);
+        if args.peer.is_some() {
+            c.peer_addr = args.peer;
+        }
+        c
+    };
+    config.node_id = args.id;
+    config.cluster_id = args.cluster_id;
+    config.write_mode = args.write_mode.write_mode();
+    config.election_timeout_ms = args.election_timeout_ms;
+    config.heartbeat_interval_ms = args.heartbeat_ms;
+    let server = Server::start(config).await.map_err(|e| e.to_string())?;
+    eprintln!("tarn node {} serving clients on {} (Ctrl-C to stop)", server.node_id(), server.client_addr());
+    shutdown_signal().await;
+    eprintln!("shutting down: flushing and syncing");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Starts `nodes` servers on consecutive ports and returns them.
+async fn start_local_cluster(
+    nodes: u64,
+    client_port: impl Fn(u64) -> u16,
+    peer_port: impl Fn(u64) -> u16,
+    data_dir: &std::path::Path,
+    write_mode: WriteMode,
+) -> Result<Vec<Server>, Failure> {
+    if nodes == 0 {
+        return Err(Failure::Other("--nodes must be at least 1".into()));
+    }
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let cluster: BTreeMap<NodeId, SocketAddr> =
+        if nodes == 1 { BTreeMap::new() } else { (1..=nodes).map(|i| (i, local(peer_port(i)))).collect() };
+    let mut servers = Vec::new();
+    for i in 1..=nodes {
+        let dir = data_dir.join(format!("n{i}"));
+        let mut config = if nodes == 1 {
+            ServerConfig::single(&dir, local(client_port(i)))
+        } else {
+            ServerConfig::cluster(i, &dir, local(client_port(i)), cluster.clone())
+        };
+        config.write_mode = write_mode;
+        servers.push(Server::start(config).await.map_err(|e| e.to_string())?);
+    }
+    Ok(servers)
+}
+
+async fn cluster(nodes: u64, base_port: u16, data_dir: PathBuf) -> Result<(), Failure> {
+    let servers = start_local_cluster(
+        nodes,
+        |i| base_port + i as u16,
+        |i| base_port + 100 + i as u16,
+        &data_dir,
+        WriteMode::Sync,
+    )
+    .await?;
+    let endpoints: Vec<String> = servers.iter().map(|s| s.client_addr().to_string()).collect();
+    println!("tarn cluster of {nodes} nodes, data in {}", data_dir.display());
+    println!("endpoints: {}", endpoints.join(","));
+    println!("try: tarn --endpoints {} status", endpoints.join(","));
+    shutdown_signal().await;
+    eprintln!("shutting down");
+    for s in servers {
+        s.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn bench_cmd(args: BenchArgs, mut client_config: ClientConfig, json: bool) -> Result<(), Failure> {
+    let mut servers = Vec::new();
+    let _tmp;
+    if args.embedded {
+        let dir = std::env::temp_dir().join(format!("tarn-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        servers =
+            start_local_cluster(args.nodes, |_| 0, free_port, &dir, args.write_mode.write_mode()).await?;
+        client_config.endpoints = servers.iter().map(|s| s.client_addr()).collect();
+        _tmp = RemoveOnDrop(dir);
+    }
+    let config = BenchConfig {
+        connections: args.connections,
+        in_flight: args.in_flight,
+        get_ratio: args.get_ratio,
+        keys: args.keys,
+        value_size_bytes: args.value_size,
+        duration: Duration::from_secs(args.duration_s),
+        warmup: Duration::from_secs(args.warmup_s),
+        consistency: if args.stale { Consistency::Stale } else { Consistency::Linearizable },
+    };
+    eprintln!(
+        "bench: {} connection(s), {} in flight, {:.0}% gets, {} keys, {}-byte values, {} s + {} s warm-up{}",
+        config.connections,
+        config.in_flight,
+        config.get_ratio * 100.0,
+        config.keys,
+        config.value_size_bytes,
+        args.duration_s,
+        args.warmup_s,
+        if args.embedded {
+            format!(", embedded {} node(s), {:?} writes", args.nodes, args.write_mode)
+        } else {
+            String::new()
+        }
+    );
+    let report = bench::run(client_config, config).await?;
+    if json {
+        println!(
+            "{{\"ops_per_sec\":{:.0},\"ops\":{},\"errors\":{},\"seconds\":{:.3},\"mean_us\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+            report.ops_per_sec, report.ops, report.errors, report.seconds, report.mean_us, report.p50_us, report.p99_us, report.p999_us, report.max_us
+        );
+    } else {
+        println!("{report}");
+    }
+    for s in servers {
+        s.shutdown().await;
+    }
+    Ok(())
+}
+
+/// A free peer port for embedded clusters: the OS picks one and we release
+/// it right away (a small race, acceptable for a local benchmark).
+fn free_port(_: u64) -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ----- output ---------------------------------------------------------------------------
+
+fn done(json: bool) {
+    if json {
+        println!("{{\"ok\":true}}");
+    } else {
+        println!("ok");
+    }
+}
+
+/// A JSON string literal for `s`.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn kind_name(k: NodeKind) -> &'static str {
+    match k {
+        NodeKind::Value => "value",
+        NodeKind::Dir => "dir",
+        NodeKind::Lock => "lock",
+    }
+}
+
+fn node_json(key: &str, n: &NodeView) -> String {
+    format!(
+        "{{\"key\":{},\"kind\":\"{}\",\"value\":{},\"create_index\":{},\"update_index\":{},\"owner\":{}}}",
+        json_str(key),
+        kind_name(n.kind),
+        json_str(&String::from_utf8_lossy(&n.value)),
+        n.create_index,
+        n.update_index,
+        n.temp.map_or("null".to_string(), |t| t.owner.to_string())
+    )
+}
+
+fn print_node(key: &str, n: &NodeView, json: bool) {
+    if json {
+        println!("{}", node_json(key, n));
+    } else {
+        match n.kind {
+            NodeKind::Value => println!("{}", String::from_utf8_lossy(&n.value)),
+            NodeKind::Dir => println!("{key}/ (directory)"),
+            NodeKind::Lock => println!("{key} (lock held by client {})", n.temp.map_or(0, |t| t.owner)),
+        }
+    }
+}
+
+fn print_children(children: &[ChildView], json: bool) {
+    for c in children {
+        if json {
+            println!("{}", node_json(&c.name, &c.node));
+        } else if c.node.kind == NodeKind::Dir {
+            println!("{}/", c.name);
+        } else {
+            println!("{}", c.name);
+        }
+    }
+}
+
+fn print_event(e: &WatchEvent, json: bool) {
+    let (kind, value) = match &e.kind {
+        EventKind::Put { value } => ("put", Some(String::from_utf8_lossy(value).into_owned())),
+        EventKind::DirCreated => ("mkdir", None),
+        EventKind::Removed => ("removed", None),
+        EventKind::LockHolder { holder } => ("lock-holder", Some(holder.to_string())),
+    };
+    if json {
+        println!(
+            "{{\"index\":{},\"key\":{},\"event\":\"{kind}\",\"value\":{}}}",
+            e.index,
+            json_str(&e.key),
+            value.as_deref().map_or("null".to_string(), json_str)
+        );
+    } else {
+        match value {
+            Some(v) => println!("{} {kind} {} {v}", e.index, e.key),
+            None => println!("{} {kind} {}", e.index, e.key),
+        }
+    }
+}
+
+fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
+    if json {
+        let groups: Vec<String> = s
+            .groups
+            .iter()
+            .map(|g| {
+                format!(
+                    "{{\"group\":{},\"role\":\"{}\",\"term\":{},\"leader\":{},\"commit\":{},\"applied\":{},\"last_index\":{},\"voters\":[{}],\"followers\":[{}]}}",
+                    g.group,
+                    g.role,
+                    g.term,
+                    g.leader.map_or("null".into(), |l| l.to_string()),
+                    g.commit,
+                    g.applied,
+                    g.last_log_id.index,
+                    g.voters.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+                    g.followers
+                        .iter()
+                        .map(|(id, m, lag)| format!("{{\"id\":{id},\"match\":{m},\"lag\":{lag}}}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            })
+            .collect();
+        let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{}:{v}", json_str(k))).collect();
+        println!(
+            "{{\"endpoint\":\"{endpoint}\",\"node\":{},\"cluster_id\":{},\"groups\":[{}],\"counters\":{{{}}}}}",
+            s.node_id,
+            s.cluster_id,
+            groups.join(","),
+            counters.join(",")
+        );
+        return;
+    }
+    println!("node {} at {endpoint} (cluster {:#x})", s.node_id, s.cluster_id);
+    for g in &s.groups {
+        println!(
+            "  group {}: {} term {} leader {} commit {} applied {} last {} voters {:?}{}",
+            g.group,
+            g.role,
+            g.term,
+            g.leader.map_or("none".into(), |l| l.to_string()),
+            g.commit,
+            g.applied,
+            g.last_log_id.index,
+            g.voters,
+            g.error.as_deref().map_or(String::new(), |e| format!(" ERROR: {e}"))
+        );
+        for (id, m, lag) in &g.followers {
+            println!("    follower {id}: match {m}, lag {lag} entries");
+        }
+    }
+    let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("  counters: {}", counters.join(" "));
+}

@@ -44,6 +44,8 @@ pub(crate) struct GroupTask<SM: StateMachine> {
     pub raw: RawNode,
     pub sm: SM,
     pub inputs: mpsc::Receiver<GroupInput<SM>>,
+    /// Completions from the storage worker.
+    pub done_rx: mpsc::UnboundedReceiver<StorageDone>,
     pub storage: StorageWorker,
     pub transport: Option<Transport<Message>>,
     pub origin: Instant,
@@ -62,7 +64,6 @@ impl<SM: StateMachine> GroupTask<SM> {
     }
 
     async fn run_inner(mut self) {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<StorageDone>();
         let mut actions: Vec<Action> = Vec::new();
         let mut next_id: u64 = 1;
         let mut proposals: HashMap<u64, oneshot::Sender<Result<SM::Response, ProposeError>>> = HashMap::new();
@@ -91,7 +92,7 @@ impl<SM: StateMachine> GroupTask<SM> {
             let mut tick = false;
             tokio::select! {
                 biased;
-                d = done_rx.recv() => if let Some(d) = d { done.push(d) },
+                d = self.done_rx.recv() => if let Some(d) = d { done.push(d) },
                 i = self.inputs.recv() => match i {
                     Some(i) => inputs.push(i),
                     None => stopped = true,
@@ -100,7 +101,7 @@ impl<SM: StateMachine> GroupTask<SM> {
                 _ = ticker.tick() => {}
             }
             while done.len() < MAX_INPUTS_PER_TURN {
-                match done_rx.try_recv() {
+                match self.done_rx.try_recv() {
                     Ok(d) => done.push(d),
                     Err(_) => break,
                 }
@@ -231,7 +232,6 @@ impl<SM: StateMachine> GroupTask<SM> {
                                 from,
                                 to,
                                 max_bytes,
-                                done: done_tx.clone(),
                             });
                         }
                         Action::ReadReady { id, .. } => {
@@ -265,11 +265,8 @@ impl<SM: StateMachine> GroupTask<SM> {
                 }
             }
             if !writes.is_empty() {
-                let request = StorageRequest::Write {
-                    group: self.group,
-                    writes: std::mem::take(&mut writes),
-                    done: done_tx.clone(),
-                };
+                let request =
+                    StorageRequest::Write { group: self.group, writes: std::mem::take(&mut writes) };
                 if !self.storage.submit(request) {
                     failed = Some("the storage worker stopped".into());
                     stopped = true;

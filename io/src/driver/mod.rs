@@ -60,7 +60,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use group::ReadFn;
 use group::{GroupInput, GroupTask};
 pub use state_machine::StateMachine;
-pub use store::{LogStore, LogWrite, MemStore, StoreError, WriteMode};
+pub use store::{FileStore, Flushed, LogStore, LogWrite, MemStore, StoreError, WriteMode};
 use store::{StorageRequest, StorageWorker};
 
 use crate::transport::{InboundSink, Transport, TransportConfig, TransportError, TransportStats};
@@ -356,7 +356,8 @@ impl<SM: StateMachine> Node<SM> {
         }
         let (reply, rx) = oneshot::channel();
         let node = self.inner.config.node_id;
-        if !self.inner.storage.submit(StorageRequest::Open { group, initial: membership, reply }) {
+        let (done, done_rx) = mpsc::unbounded_channel();
+        if !self.inner.storage.submit(StorageRequest::Open { group, initial: membership, done, reply }) {
             return Err(DriverError::ShuttingDown { node });
         }
         let recovered = rx.await.map_err(|_| DriverError::ShuttingDown { node })??;
@@ -385,6 +386,7 @@ impl<SM: StateMachine> Node<SM> {
             raw,
             sm,
             inputs,
+            done_rx,
             storage: self.inner.storage.clone(),
             transport: self.inner.transport.clone(),
             origin: self.inner.origin,
@@ -404,15 +406,16 @@ impl<SM: StateMachine> Node<SM> {
         Ok(handle)
     }
 
-    /// Stops group `group` on this node and deletes its data here.
+    /// Stops group `group` on this node. Its data stays on disk (the
+    /// storage engine has no group deletion yet).
     pub async fn remove_group(&self, group: GroupId) -> Result<(), DriverError> {
         self.stop_group(group).await?;
         let (reply, rx) = oneshot::channel();
         let node = self.inner.config.node_id;
-        if !self.inner.storage.submit(StorageRequest::Remove { group, reply }) {
+        if !self.inner.storage.submit(StorageRequest::Close { group, reply }) {
             return Err(DriverError::ShuttingDown { node });
         }
-        rx.await.map_err(|_| DriverError::ShuttingDown { node })??;
+        rx.await.map_err(|_| DriverError::ShuttingDown { node })?;
         Ok(())
     }
 
@@ -463,9 +466,7 @@ impl<SM: StateMachine> Node<SM> {
         }
         let (reply, rx) = oneshot::channel();
         if self.inner.storage.submit(StorageRequest::Flush { reply }) {
-            if let Ok(Err(e)) = rx.await {
-                tracing::error!(error = %e, "final sync failed");
-            }
+            let _ = rx.await;
         }
         if let Some(t) = &self.inner.transport {
             t.shutdown();

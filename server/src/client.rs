@@ -1,0 +1,822 @@
+//! The async client library.
+//!
+//! A [`Client`] talks to a cluster through a list of endpoints (client
+//! addresses). It finds the leader of its group and caches it, follows
+//! `NotLeader` hints, and retries on timeouts and broken connections until
+//! the request's deadline. Every write carries the client's session
+//! `(client id, seq)`: a retried write keeps its seq, so the state machine
+//! applies it once and answers the retry with the first result.
+//!
+//! Reads are linearizable by default; [`Client::get_with`] takes
+//! [`Consistency::Stale`] for a fast read of whatever the contacted node has
+//! applied.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tarn_server::client::ClientError> {
+//! use tarn_server::client::{Client, ClientConfig};
+//! let client = Client::new(ClientConfig::new(vec!["127.0.0.1:7700".parse().unwrap()]));
+//! client.put("app.greeting", "hello").await?;
+//! let node = client.get("app.greeting").await?.expect("just written");
+//! assert_eq!(&node.value[..], b"hello");
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tarn_core::{GroupId, Index, NodeId};
+use tarn_io::wire::{self, FrameDecoder};
+use tarn_kv::{ChildView, ClientId, Command, KvError, LockOutcome, NodeView, Reply, Request, WatchEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::{
+    ClientFrame, Consistency, NodeStatus, RequestBody, ResponseBody, ServerError, ServerFrame, DEFAULT_GROUP,
+    MAX_CLIENT_FRAME_BYTES,
+};
+
+/// How a client behaves.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Client addresses of the cluster's nodes (any subset; at least one).
+    pub endpoints: Vec<SocketAddr>,
+    /// The Raft group requests go to.
+    pub group: GroupId,
+    /// A request (with all its retries) gives up after this long.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Pause between retries when no leader is known (elections take a few
+    /// hundred milliseconds).
+    pub retry_backoff: Duration,
+    /// The session id; random by default. Reuse one only within one process.
+    pub client_id: Option<ClientId>,
+}
+
+impl ClientConfig {
+    pub fn new(endpoints: Vec<SocketAddr>) -> Self {
+        ClientConfig {
+            endpoints,
+            group: DEFAULT_GROUP,
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            retry_backoff: Duration::from_millis(50),
+            client_id: None,
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The state machine refused the command (changed nothing).
+    #[error("{0}")]
+    Kv(KvError),
+    /// The server refused the request itself.
+    #[error("{0}")]
+    Server(ServerError),
+    #[error("no answer within {waited_ms} ms from {endpoints} (last problem: {last})")]
+    Timeout { waited_ms: u64, endpoints: String, last: String },
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl ClientError {
+    /// True for "key does not exist" (the CLI's own exit code).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Kv(KvError::NotFound { .. }))
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<ResponseBody, ServerError>>>>>;
+type WatchRoutes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<WatchMsg>>>>;
+
+enum WatchMsg {
+    Events(Vec<WatchEvent>),
+    Ended(String),
+}
+
+/// One connection to one node, shared by every request to it.
+struct Conn {
+    tx: mpsc::UnboundedSender<ClientFrame>,
+    pending: Pending,
+    watches: WatchRoutes,
+    closed: Arc<AtomicBool>,
+    node_id: NodeId,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr, connect_timeout: Duration, next_id: &AtomicU64) -> Result<Conn, String> {
+        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connect to {addr} timed out"))?
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<ClientFrame>();
+        let pending: Pending = Arc::default();
+        let watches: WatchRoutes = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        let c = closed.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(64 * 1024);
+            while let Some(frame) = rx.recv().await {
+                buf.clear();
+                let mut next = Some(frame);
+                while let Some(f) = next.take() {
+                    let _ = wire::encode_frame(&f, MAX_CLIENT_FRAME_BYTES, &mut buf);
+                    if buf.len() < 1024 * 1024 {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if writer.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+            c.store(true, Ordering::Relaxed);
+        });
+        let (p, w, c) = (pending.clone(), watches.clone(), closed.clone());
+        tokio::spawn(async move {
+            let mut decoder = FrameDecoder::new(MAX_CLIENT_FRAME_BYTES);
+            'read: loop {
+                loop {
+                    match decoder.next_frame::<ServerFrame>() {
+                        Ok(Some(ServerFrame::Response { id, result })) => {
+                            let waiter = p.lock().ok().and_then(|mut p| p.remove(&id));
+                            if let Some(waiter) = waiter {
+                                let _ = waiter.send(result);
+                            }
+                        }
+                        Ok(Some(ServerFrame::Watch { id, events })) => {
+                            if let Some(route) = w.lock().ok().and_then(|w| w.get(&id).cloned()) {
+                                let _ = route.send(WatchMsg::Events(events));
+                            }
+                        }
+                        Ok(Some(ServerFrame::WatchEnded { id, reason })) => {
+                            if let Some(route) = w.lock().ok().and_then(|mut w| w.remove(&id)) {
+                                let _ = route.send(WatchMsg::Ended(reason));
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(%addr, error = %e, "bad frame from server; dropping the connection");
+                            break 'read;
+                        }
+                    }
+                }
+                match reader.read_buf(decoder.buffer_mut()).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            c.store(true, Ordering::Relaxed);
+            // Waiters and watchers learn the connection is gone.
+            if let Ok(mut p) = p.lock() {
+                p.clear();
+            }
+            if let Ok(mut w) = w.lock() {
+                for (_, route) in w.drain() {
+                    let _ = route.send(WatchMsg::Ended(format!("connection to {addr} closed")));
+                }
+            }
+        });
+        let mut conn = Conn { tx, pending, watches, closed, node_id: 0 };
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(connect_timeout, conn.call(id, 0, RequestBody::Hello)).await {
+            Ok(Ok(Ok(ResponseBody::Hello { node_id, .. }))) => conn.node_id = node_id,
+            Ok(Ok(other)) => return Err(format!("{addr} answered hello with {other:?}")),
+            Ok(Err(e)) => return Err(format!("{addr}: {e}")),
+            Err(_) => return Err(format!("{addr} did not answer hello in time")),
+        }
+        Ok(conn)
+    }
+
+    /// Sends one request; the outer error means the connection is gone.
+    async fn call(
+        &self,
+        id: u64,
+        group: GroupId,
+        body: RequestBody,
+    ) -> Result<Result<ResponseBody, ServerError>, String> {
+        let (reply, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, reply);
+        }
+        if self.tx.send(ClientFrame { id, group, body }).is_err() {
+            return Err("connection closed".into());
+        }
+        rx.await.map_err(|_| "connection closed".to_string())
+    }
+}
+
+struct Inner {
+    config: ClientConfig,
+    client_id: ClientId,
+    next_request_id: AtomicU64,
+    next_seq: AtomicU64,
+    /// Seqs sent but not yet answered: the lowest is `first_unacked_seq`.
+    outstanding: Mutex<BTreeSet<u64>>,
+    conns: Mutex<HashMap<SocketAddr, Arc<Conn>>>,
+    /// Index into `endpoints` of the node believed to lead.
+    leader: AtomicUsize,
+    /// Which endpoint is which node (learned from hellos).
+    node_endpoints: Mutex<HashMap<NodeId, usize>>,
+}
+
+/// An async client of a tarn cluster. Cheap to clone; clones share
+/// connections and the session.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+fn random_client_id() -> ClientId {
+    // Not cryptographic: a session id only needs to differ between clients.
+    let t =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut x = (t as u64) ^ ((std::process::id() as u64) << 32) ^ (&t as *const _ as u64);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x.max(1)
+}
+
+impl Client {
+    pub fn new(config: ClientConfig) -> Client {
+        let client_id = config.client_id.unwrap_or_else(random_client_id);
+        Client {
+            inner: Arc::new(Inner {
+                config,
+                client_id,
+                next_request_id: AtomicU64::new(1),
+                next_seq: AtomicU64::new(1),
+                outstanding: Mutex::default(),
+                conns: Mutex::default(),
+                leader: AtomicUsize::new(0),
+                node_endpoints: Mutex::default(),
+            }),
+        }
+    }
+
+    pub fn client_id(&self) -> ClientId {
+        self.inner.client_id
+    }
+
+    /// The same session on another group.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    async fn conn(&self, endpoint: usize) -> Result<Arc<Conn>, String> {
+        let addr = self.inner.config.endpoints[endpoint];
+        if let Some(c) = self.inner.conns.lock().ok().and_then(|c| c.get(&addr).cloned()) {
+            if !c.closed.load(Ordering::Relaxed) {
+                return Ok(c);
+            }
+        }
+        let conn =
+            Arc::new(Conn::open(addr, self.inner.config.connect_timeout, &self.inner.next_request_id).await?);
+        if let Ok(mut n) = self.inner.node_endpoints.lock() {
+            n.insert(conn.node_id, endpoint);
+        }
+        if let Ok(mut c) = self.inner.conns.lock() {
+            c.insert(addr, conn.clone());
+        }
+        Ok(conn)
+    }
+
+    fn forget(&self, endpoint: usize) {
+        let addr = self.inner.config.endpoints[endpoint];
+        if let Ok(mut c) = self.inner.conns.lock() {
+            c.remove(&addr);
+        }
+    }
+
+    /// Sends `body` to the group's leader (or, with `any_node`, to whichever
+    /// node answers), retrying until the request timeout.
+    async fn request(&self, body: RequestBody, any_node: bool) -> Result<ResponseBody, ClientError> {
+        let config = &self.inner.config;
+        if config.endpoints.is_empty() {
+            return Err(ClientError::Invalid("no endpoints given".into()));
+        }
+        let start = Instant::now();
+        let deadline = start + config.request_timeout;
+        let n = config.endpoints.len();
+        let mut last = String::from("none");
+        let mut attempt = 0u32;
+        loop {
+            let endpoint = self.inner.leader.load(Ordering::Relaxed) % n;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout {
+                    waited_ms: start.elapsed().as_millis() as u64,
+                    endpoints: config.endpoints.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+                    last,
+                });
+            }
+            attempt += 1;
+            let try_next = |leader: &AtomicUsize| {
+                let _ = leader.compare_exchange(
+                    endpoint,
+                    (endpoint + 1) % n,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            };
+            let conn = match self.conn(endpoint).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    try_next(&self.inner.leader);
+                    if (attempt as usize).is_multiple_of(n) {
+                        tokio::time::sleep(config.retry_backoff).await;
+                    }
+                    continue;
+                }
+            };
+            let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+            let per_try = (deadline - now).min(Duration::from_secs(3));
+            let r = tokio::time::timeout(per_try, conn.call(id, config.group, body.clone())).await;
+            match r {
+                Err(_) => {
+                    if let Ok(mut p) = conn.pending.lock() {
+                        p.remove(&id);
+                    }
+                    last = format!(
+                        "{} did not answer within {} ms",
+                        config.endpoints[endpoint],
+                        per_try.as_millis()
+                    );
+                    try_next(&self.inner.leader);
+                }
+                Ok(Err(e)) => {
+                    last = format!("{}: {e}", config.endpoints[endpoint]);
+                    self.forget(endpoint);
+                    try_next(&self.inner.leader);
+                }
+                Ok(Ok(Ok(body))) => return Ok(body),
+                Ok(Ok(Err(ServerError::NotLeader { leader, .. }))) if !any_node => {
+                    last = format!("node {} is not the leader", conn.node_id);
+                    let hinted = leader.and_then(|l| self.inner.node_endpoints.lock().ok()?.get(&l).copied());
+                    match hinted {
+                        Some(e) if e != endpoint => self.inner.leader.store(e, Ordering::Relaxed),
+                        _ => {
+                            try_next(&self.inner.leader);
+                            if leader.is_none() {
+                                // Election in progress: give it a moment.
+                                tokio::time::sleep(config.retry_backoff).await;
+                            }
+                        }
+                    }
+                }
+                Ok(Ok(Err(ServerError::MaybeCommitted { .. }))) => {
+                    // Retry with the same seq: applied once either way.
+                    last = "leadership changed during the request".into();
+                    tokio::time::sleep(config.retry_backoff).await;
+                }
+                Ok(Ok(Err(ServerError::Unavailable { reason }))) => {
+                    last = reason;
+                    try_next(&self.inner.leader);
+                    tokio::time::sleep(config.retry_backoff).await;
+                }
+                Ok(Ok(Err(e))) => return Err(ClientError::Server(e)),
+            }
+        }
+    }
+
+    /// Runs `command` as a write: through the log, exactly once.
+    pub async fn write(&self, command: Command) -> Result<Reply, ClientError> {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let first_unacked_seq = {
+            let mut o =
+                self.inner.outstanding.lock().map_err(|_| ClientError::Protocol("poisoned".into()))?;
+            o.insert(seq);
+            *o.iter().next().expect("just inserted")
+        };
+        let request = Request { client_id: self.inner.client_id, seq, first_unacked_seq, command };
+        let r = self.request(RequestBody::Write(request), false).await;
+        if let Ok(mut o) = self.inner.outstanding.lock() {
+            // A timed-out write stays outstanding only until we give up on it:
+            // its result is unknown to us either way.
+            o.remove(&seq);
+        }
+        match r? {
+            ResponseBody::Kv(Ok(reply)) => Ok(reply),
+            ResponseBody::Kv(Err(e)) => Err(ClientError::Kv(e)),
+            other => Err(ClientError::Protocol(format!("write answered with {other:?}"))),
+        }
+    }
+
+    /// Runs a read command (`Get`, `BatchGet`, `List`).
+    pub async fn read(&self, command: Command, consistency: Consistency) -> Result<Reply, ClientError> {
+        let any = consistency == Consistency::Stale;
+        match self.request(RequestBody::Read { command, consistency }, any).await? {
+            ResponseBody::Kv(Ok(reply)) => Ok(reply),
+            ResponseBody::Kv(Err(e)) => Err(ClientError::Kv(e)),
+            other => Err(ClientError::Protocol(format!("read answered with {other:?}"))),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<NodeView>, ClientError> {
+        self.get_with(key, Consistency::Linearizable).await
+    }
+
+    pub async fn get_with(
+        &self,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<Option<NodeView>, ClientError> {
+        match self.read(Command::Get { key: key.into() }, consistency).await? {
+            Reply::Node(n) => Ok(n),
+            other => Err(ClientError::Protocol(format!("get answered with {other:?}"))),
+        }
+    }
+
+    pub async fn batch_get(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<Result<Option<NodeView>, KvError>>, ClientError> {
+        match self.read(Command::BatchGet { keys }, Consistency::Linearizable).await? {
+            Reply::Nodes(n) => Ok(n),
+            other => Err(ClientError::Protocol(format!("batch get answered with {other:?}"))),
+        }
+    }
+
+    pub async fn list(&self, key: &str) -> Result<Vec<ChildView>, ClientError> {
+        match self.read(Command::List { key: key.into() }, Consistency::Linearizable).await? {
+            Reply::Children(c) => Ok(c),
+            other => Err(ClientError::Protocol(format!("list answered with {other:?}"))),
+        }
+    }
+
+    pub async fn put(&self, key: &str, value: impl Into<Bytes>) -> Result<(), ClientError> {
+        self.write(Command::Put { key: key.into(), value: value.into() }).await.map(drop)
+    }
+
+    pub async fn remove(&self, key: &str) -> Result<(), ClientError> {
+        self.write(Command::Remove { key: key.into() }).await.map(drop)
+    }
+
+    pub async fn mkdir(&self, key: &str) -> Result<(), ClientError> {
+        self.write(Command::Mkdir { key: key.into() }).await.map(drop)
+    }
+
+    pub async fn batch_put(
+        &self,
+        items: Vec<(String, Bytes)>,
+    ) -> Result<Vec<Result<(), KvError>>, ClientError> {
+        match self.write(Command::BatchPut { items }).await? {
+            Reply::Batch(b) => Ok(b),
+            other => Err(ClientError::Protocol(format!("batch put answered with {other:?}"))),
+        }
+    }
+
+    pub async fn batch_remove(&self, keys: Vec<String>) -> Result<Vec<Result<(), KvError>>, ClientError> {
+        match self.write(Command::BatchRemove { keys }).await? {
+            Reply::Batch(b) => Ok(b),
+            other => Err(ClientError::Protocol(format!("batch remove answered with {other:?}"))),
+        }
+    }
+
+    /// Compare-and-set: `expected: None` creates only if absent, `new: None`
+    /// deletes if the value equals `expected`.
+    pub async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> Result<(), ClientError> {
+        self.write(Command::CompareAndSet { key: key.into(), expected, new }).await.map(drop)
+    }
+
+    /// A temporary value owned by this client's session, removed when its
+    /// TTL passes without [`Client::update_ttl`].
+    pub async fn put_temp(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        ttl: Duration,
+    ) -> Result<(), ClientError> {
+        self.write(Command::PutTemp {
+            key: key.into(),
+            value: value.into(),
+            ttl_nanos: ttl.as_nanos() as u64,
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn mkdir_temp(&self, key: &str, ttl: Duration) -> Result<(), ClientError> {
+        self.write(Command::MkdirTemp { key: key.into(), ttl_nanos: ttl.as_nanos() as u64 }).await.map(drop)
+    }
+
+    pub async fn update_ttl(&self, key: &str, ttl: Duration) -> Result<(), ClientError> {
+        self.write(Command::UpdateTtl { key: key.into(), ttl_nanos: ttl.as_nanos() as u64 }).await.map(drop)
+    }
+
+    /// Tries to take the lock at `key` for `lease`; queues for up to `wait`
+    /// (zero: do not queue).
+    pub async fn try_lock(
+        &self,
+        key: &str,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<LockOutcome, ClientError> {
+        let command = Command::TryLock {
+            key: key.into(),
+            lease_nanos: lease.as_nanos() as u64,
+            wait_nanos: wait.as_nanos() as u64,
+        };
+        match self.write(command).await? {
+            Reply::Lock(outcome) => Ok(outcome),
+            other => Err(ClientError::Protocol(format!("try-lock answered with {other:?}"))),
+        }
+    }
+
+    pub async fn unlock(&self, key: &str) -> Result<(), ClientError> {
+        self.write(Command::Unlock { key: key.into() }).await.map(drop)
+    }
+
+    pub async fn update_lease(&self, key: &str, lease: Duration) -> Result<(), ClientError> {
+        self.write(Command::UpdateLease { key: key.into(), lease_nanos: lease.as_nanos() as u64 })
+            .await
+            .map(drop)
+    }
+
+    /// Holds the lock at `key` for as long as the returned handle lives:
+    /// acquires (waiting in line), renews the lease every third of it, calls
+    /// `on_acquired` each time the lock is won and `on_lost` each time it is
+    /// lost (lease not renewed in time), and re-acquires after a loss.
+    pub fn auto_lock(
+        &self,
+        key: &str,
+        lease: Duration,
+        on_acquired: impl Fn() + Send + Sync + 'static,
+        on_lost: impl Fn() + Send + Sync + 'static,
+    ) -> AutoLock {
+        let client = self.clone();
+        let key = key.to_string();
+        let held = Arc::new(AtomicBool::new(false));
+        let h = held.clone();
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        let k = key.clone();
+        let task = tokio::spawn(async move {
+            let renew_every = lease / 3;
+            let mut last_renewed = Instant::now();
+            loop {
+                let step = async {
+                    if h.load(Ordering::Relaxed) {
+                        match client.update_lease(&k, lease).await {
+                            Ok(()) => last_renewed = Instant::now(),
+                            Err(ClientError::Kv(_)) => {
+                                h.store(false, Ordering::Relaxed);
+                                on_lost();
+                            }
+                            Err(_) if last_renewed.elapsed() >= lease => {
+                                h.store(false, Ordering::Relaxed);
+                                on_lost();
+                            }
+                            Err(_) => {}
+                        }
+                    } else if let Ok(LockOutcome::Acquired) = client.try_lock(&k, lease, lease).await {
+                        last_renewed = Instant::now();
+                        h.store(true, Ordering::Relaxed);
+                        on_acquired();
+                    }
+                };
+                tokio::select! {
+                    _ = step => {}
+                    _ = &mut stop_rx => break,
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(renew_every) => {}
+                    _ = &mut stop_rx => break,
+                }
+            }
+            if h.swap(false, Ordering::Relaxed) {
+                let _ = client.unlock(&k).await;
+            }
+        });
+        AutoLock { key, held, stop: Some(stop_tx), task: Some(task) }
+    }
+
+    /// Streams every event on `key` (or its subtree) after `after_index`
+    /// (`None`: from now). The stream survives node failures: it reconnects
+    /// to another endpoint and resumes after the last index it delivered.
+    pub fn watch(&self, key: &str, subtree: bool, after_index: Option<Index>) -> WatchStream {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = self.clone();
+        let key = key.to_string();
+        let task = tokio::spawn(async move {
+            let mut after = after_index;
+            let n = client.inner.config.endpoints.len().max(1);
+            let mut endpoint = client.inner.leader.load(Ordering::Relaxed) % n;
+            loop {
+                if tx.is_closed() {
+                    return;
+                }
+                let conn = match client.conn(endpoint).await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        endpoint = (endpoint + 1) % n;
+                        tokio::time::sleep(client.inner.config.retry_backoff).await;
+                        continue;
+                    }
+                };
+                let id = client.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+                let (route_tx, mut route_rx) = mpsc::unbounded_channel();
+                if let Ok(mut w) = conn.watches.lock() {
+                    w.insert(id, route_tx);
+                }
+                let body = RequestBody::Watch { key: key.clone(), subtree, after_index: after };
+                let r = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    conn.call(id, client.inner.config.group, body),
+                )
+                .await;
+                match r {
+                    Ok(Ok(Ok(ResponseBody::Watching))) => {}
+                    Ok(Ok(Err(e @ ServerError::BadRequest { .. }))) => {
+                        let _ = tx.send(Err(ClientError::Server(e)));
+                        return;
+                    }
+                    _ => {
+                        if let Ok(mut w) = conn.watches.lock() {
+                            w.remove(&id);
+                        }
+                        endpoint = (endpoint + 1) % n;
+                        tokio::time::sleep(client.inner.config.retry_backoff).await;
+                        continue;
+                    }
+                }
+                // If the watch started "from now", pin the resume point to
+                // what this node had applied when it registered.
+                while let Some(msg) = route_rx.recv().await {
+                    match msg {
+                        WatchMsg::Events(events) => {
+                            for e in events {
+                                after = Some(after.map_or(e.index, |a| a.max(e.index)));
+                                if tx.send(Ok(e)).is_err() {
+                                    let _ = conn.tx.send(ClientFrame {
+                                        id: client.inner.next_request_id.fetch_add(1, Ordering::Relaxed),
+                                        group: client.inner.config.group,
+                                        body: RequestBody::Unwatch { watch_request_id: id },
+                                    });
+                                    return;
+                                }
+                            }
+                        }
+                        WatchMsg::Ended(reason) => {
+                            tracing::debug!(%reason, "watch ended; resuming");
+                            break;
+                        }
+                    }
+                }
+                if let Ok(mut w) = conn.watches.lock() {
+                    w.remove(&id);
+                }
+                endpoint = (endpoint + 1) % n;
+                tokio::time::sleep(client.inner.config.retry_backoff).await;
+            }
+        });
+        WatchStream { rx, task }
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        self.status_of(self.inner.leader.load(Ordering::Relaxed) % self.inner.config.endpoints.len().max(1))
+            .await
+    }
+
+    /// Status of the node at `endpoints[endpoint]`.
+    pub async fn status_of(&self, endpoint: usize) -> Result<NodeStatus, ClientError> {
+        if endpoint >= self.inner.config.endpoints.len() {
+            return Err(ClientError::Invalid(format!("no endpoint number {endpoint}")));
+        }
+        let conn = self.conn(endpoint).await.map_err(|e| ClientError::Timeout {
+            waited_ms: self.inner.config.connect_timeout.as_millis() as u64,
+            endpoints: self.inner.config.endpoints[endpoint].to_string(),
+            last: e,
+        })?;
+        let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(
+            self.inner.config.request_timeout,
+            conn.call(id, self.inner.config.group, RequestBody::Status),
+        )
+        .await
+        {
+            Ok(Ok(Ok(ResponseBody::Status(s)))) => Ok(s),
+            Ok(Ok(Ok(other))) => Err(ClientError::Protocol(format!("status answered with {other:?}"))),
+            Ok(Ok(Err(e))) => Err(ClientError::Server(e)),
+            Ok(Err(e)) => Err(ClientError::Protocol(e)),
+            Err(_) => Err(ClientError::Timeout {
+                waited_ms: self.inner.config.request_timeout.as_millis() as u64,
+                endpoints: self.inner.config.endpoints[endpoint].to_string(),
+                last: "status".into(),
+            }),
+        }
+    }
+
+    /// Asks the group's leader to hand leadership to node `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ClientError> {
+        self.request(RequestBody::TransferLeader { to }, false).await.map(drop)
+    }
+
+    /// Starts group `group` with `voters` on every endpoint (each must be a voter).
+    pub async fn add_group(&self, group: GroupId, voters: Vec<NodeId>) -> Result<(), ClientError> {
+        self.on_every_endpoint(group, RequestBody::AddGroup { voters }).await
+    }
+
+    /// Stops group `group` and deletes its data on every endpoint.
+    pub async fn remove_group(&self, group: GroupId) -> Result<(), ClientError> {
+        self.on_every_endpoint(group, RequestBody::RemoveGroup).await
+    }
+
+    async fn on_every_endpoint(&self, group: GroupId, body: RequestBody) -> Result<(), ClientError> {
+        for endpoint in 0..self.inner.config.endpoints.len() {
+            let addr = self.inner.config.endpoints[endpoint];
+            let conn = self.conn(endpoint).await.map_err(|e| ClientError::Timeout {
+                waited_ms: 0,
+                endpoints: addr.to_string(),
+                last: e,
+            })?;
+            let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+            match tokio::time::timeout(self.inner.config.request_timeout, conn.call(id, group, body.clone()))
+                .await
+            {
+                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err(e))) => return Err(ClientError::Server(e)),
+                Ok(Err(e)) => return Err(ClientError::Protocol(format!("{addr}: {e}"))),
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        waited_ms: self.inner.config.request_timeout.as_millis() as u64,
+                        endpoints: addr.to_string(),
+                        last: "admin request".into(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stream of watch events; dropping it stops the watch.
+pub struct WatchStream {
+    rx: mpsc::UnboundedReceiver<Result<WatchEvent, ClientError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WatchStream {
+    /// The next event, in index order, none missed.
+    pub async fn next(&mut self) -> Option<Result<WatchEvent, ClientError>> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A lock held in the background by [`Client::auto_lock`].
+pub struct AutoLock {
+    key: String,
+    held: Arc<AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl AutoLock {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Whether the lock is believed held right now.
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Stops renewing and releases the lock if held.
+    pub async fn release(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for AutoLock {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

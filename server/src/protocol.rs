@@ -1,0 +1,123 @@
+//! The client protocol: what travels on the client port.
+//!
+//! Frames use the same framing as the peer transport (`tarn_io::wire`): a
+//! length prefix, a version byte, a postcard body. A client sends
+//! [`ClientFrame`]s and receives [`ServerFrame`]s; every request carries its
+//! own id, so many requests can be in flight on one connection and answers
+//! may come back in any order. Every request names its Raft group
+//! explicitly (the key-to-group mapping is the application's choice; the
+//! default group is [`DEFAULT_GROUP`]).
+
+use serde::{Deserialize, Serialize};
+use tarn_core::{GroupId, Index, LogId, NodeId, Term};
+use tarn_kv::{Command, Request, Response, WatchEvent};
+
+/// The group every server starts with and every client uses by default.
+pub const DEFAULT_GROUP: GroupId = 1;
+
+/// Largest client frame the server accepts (a batch of puts near kv's value bound).
+pub const MAX_CLIENT_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Consistency {
+    /// Linearizable: served after the leader confirms its leadership (lease
+    /// or ReadIndex round). The default.
+    #[default]
+    Linearizable,
+    /// Whatever this node has applied, leader or not: fast, possibly stale.
+    Stale,
+}
+
+/// Client → server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    /// Chosen by the client, echoed in the answer.
+    pub id: u64,
+    pub group: GroupId,
+    pub body: RequestBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestBody {
+    /// Who are you? Answered with `ResponseBody::Hello` (also works on followers).
+    Hello,
+    /// A write (or a read the client wants to go through the log): proposed
+    /// on the leader, applied once per (client id, seq).
+    Write(Request),
+    /// A read of the tree, not through the log (`Get`, `BatchGet`, `List`).
+    Read { command: Command, consistency: Consistency },
+    /// Stream every event on `key` (or its subtree) after `after_index`
+    /// (`None`: from now). Answered with `Watching`, then `ServerFrame::Watch`
+    /// frames carrying this request's id until `Unwatch` or a cut-off.
+    Watch { key: String, subtree: bool, after_index: Option<Index> },
+    /// Stops the watch started by request `watch_request_id`.
+    Unwatch { watch_request_id: u64 },
+    /// Node and group status.
+    Status,
+    /// Ask the group's leader to hand leadership to `to`.
+    TransferLeader { to: NodeId },
+    /// Admin: start hosting group `group` with `voters` (send to every voter).
+    AddGroup { voters: Vec<NodeId> },
+    /// Admin: stop hosting the group and delete its data on this node.
+    RemoveGroup,
+}
+
+/// Server → client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// The answer to request `id`.
+    Response { id: u64, result: Result<ResponseBody, ServerError> },
+    /// Events for the watch started by request `id`.
+    Watch { id: u64, events: Vec<WatchEvent> },
+    /// The watch started by request `id` ended; resume after `last_index`.
+    WatchEnded { id: u64, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseBody {
+    Hello { node_id: NodeId, cluster_id: u64 },
+    Kv(Response),
+    Watching,
+    Status(NodeStatus),
+    Done,
+}
+
+/// What `tarn status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    pub cluster_id: u64,
+    pub groups: Vec<GroupStatus>,
+    pub counters: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    pub role: String,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit: Index,
+    pub applied: Index,
+    pub last_log_id: LogId,
+    pub voters: Vec<NodeId>,
+    /// On the leader: (follower, match index, lag in entries).
+    pub followers: Vec<(NodeId, Index, u64)>,
+    pub error: Option<String>,
+}
+
+/// Why a request failed on the server side (kv errors travel inside `Kv`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ServerError {
+    #[error("node {node} is not the leader of group {group} (leader: {leader:?})")]
+    NotLeader { node: NodeId, group: GroupId, leader: Option<NodeId> },
+    #[error("leadership changed after the write was appended; it may or may not have applied (retry with the same seq)")]
+    MaybeCommitted { leader: Option<NodeId> },
+    #[error("group {group} is not hosted on node {node}")]
+    NoSuchGroup { node: NodeId, group: GroupId },
+    #[error("bad request: {reason}")]
+    BadRequest { reason: String },
+    #[error("unavailable: {reason}")]
+    Unavailable { reason: String },
+}

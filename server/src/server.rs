@@ -1,0 +1,764 @@
+//! A tarn server: one node of a cluster, hosting one or more DtKV groups,
+//! serving clients on its client port and peers on its peer port.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tarn_core::{GroupId, Membership, Nanos, NodeId, Role};
+use tarn_io::driver::{
+    FileStore, GroupHandle, LogStore, MemStore, Node, NodeConfig, ProposeError, ReadError, WriteMode,
+};
+use tarn_io::wire::{self, FrameDecoder};
+use tarn_kv::{encode_entry, Command, KvConfig, KvEntry, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::machine::{KvMachine, WatchDelivery};
+use crate::protocol::{
+    ClientFrame, Consistency, GroupStatus, NodeStatus, RequestBody, ResponseBody, ServerError, ServerFrame,
+    DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES,
+};
+
+/// Default client address of `tarn serve`.
+pub const DEFAULT_CLIENT_ADDR: &str = "127.0.0.1:7700";
+/// Default data directory of `tarn serve`.
+pub const DEFAULT_DATA_DIR: &str = "./tarn-data";
+
+/// Everything a server needs to start. Build with [`ServerConfig::single`]
+/// or [`ServerConfig::cluster`], adjust fields, then [`Server::start`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    /// Where clients connect (port 0 picks a free port; see [`Server::client_addr`]).
+    pub client_addr: SocketAddr,
+    /// Where peers connect; `None` for a single node without peers.
+    pub peer_addr: Option<SocketAddr>,
+    /// Every voter of the cluster and its peer address (this node included);
+    /// empty for a single node.
+    pub cluster: BTreeMap<NodeId, SocketAddr>,
+    /// Identifies the cluster; derived from `cluster` when `None`.
+    pub cluster_id: Option<u64>,
+    pub write_mode: WriteMode,
+    /// Election timeout lower bound; the upper bound is twice this.
+    pub election_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub kv: KvConfig,
+    /// Use an in-memory log store instead of the data directory (tests and
+    /// `--embedded` benchmarks only: nothing survives a restart).
+    pub in_memory: bool,
+}
+
+/// Why a server refused to start. Each names what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr} for {what}: {source} (is another tarn or program using it? pick another with --{flag})")]
+    Bind { addr: SocketAddr, what: &'static str, flag: &'static str, source: std::io::Error },
+    #[error("data directory {dir}: {reason}")]
+    DataDir { dir: PathBuf, reason: String },
+    #[error(transparent)]
+    Driver(#[from] tarn_io::driver::DriverError),
+}
+
+impl ServerConfig {
+    /// A single node (id 1) without peers.
+    pub fn single(data_dir: impl Into<PathBuf>, client_addr: SocketAddr) -> Self {
+        ServerConfig {
+            node_id: 1,
+            data_dir: data_dir.into(),
+            client_addr,
+            peer_addr: None,
+            cluster: BTreeMap::new(),
+            cluster_id: None,
+            write_mode: WriteMode::Sync,
+            election_timeout_ms: 300,
+            heartbeat_interval_ms: 50,
+            kv: KvConfig::default(),
+            in_memory: false,
+        }
+    }
+
+    /// Node `node_id` of `cluster`; listens for peers on its own entry.
+    pub fn cluster(
+        node_id: NodeId,
+        data_dir: impl Into<PathBuf>,
+        client_addr: SocketAddr,
+        cluster: BTreeMap<NodeId, SocketAddr>,
+    ) -> Self {
+        let peer_addr = cluster.get(&node_id).copied();
+        ServerConfig { node_id, peer_addr, cluster, ..ServerConfig::single(data_dir, client_addr) }
+    }
+
+    /// The voters of the initial group.
+    pub fn voters(&self) -> Vec<NodeId> {
+        if self.cluster.is_empty() {
+            vec![self.node_id]
+        } else {
+            self.cluster.keys().copied().collect()
+        }
+    }
+
+    /// The cluster id: explicit, or a hash of the cluster's ids and addresses.
+    pub fn effective_cluster_id(&self) -> u64 {
+        if let Some(id) = self.cluster_id {
+            return id;
+        }
+        // FNV-1a over a canonical text: stable across builds and platforms.
+        let text = if self.cluster.is_empty() {
+            format!("single:{}", self.node_id)
+        } else {
+            self.cluster.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",")
+        };
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+
+    /// Checks what can be checked without touching the network or the disk.
+    pub fn validate(&self) -> Result<(), StartError> {
+        let bad = |s: String| Err(StartError::Config(s));
+        if self.node_id == 0 {
+            return bad("--id 0 is reserved; node ids start at 1".into());
+        }
+        if !self.cluster.is_empty() {
+            if !self.cluster.contains_key(&self.node_id) {
+                let ids: Vec<String> = self.cluster.keys().map(|i| i.to_string()).collect();
+                return bad(format!(
+                    "--id {} is not in --cluster (members: {}); add it or pick one of those ids",
+                    self.node_id,
+                    ids.join(",")
+                ));
+            }
+            if self.cluster.contains_key(&0) {
+                return bad("--cluster contains node id 0; node ids start at 1".into());
+            }
+            let Some(peer) = self.peer_addr else {
+                return bad("a cluster member needs --peer (its address in --cluster)".into());
+            };
+            if self.cluster[&self.node_id] != peer && peer.port() != 0 {
+                return bad(format!(
+                    "--peer {peer} differs from this node's address in --cluster ({}); they must match",
+                    self.cluster[&self.node_id]
+                ));
+            }
+            if peer == self.client_addr && peer.port() != 0 {
+                return bad(format!("--client and --peer are both {peer}; use two ports"));
+            }
+        }
+        if self.heartbeat_interval_ms == 0 || self.election_timeout_ms <= self.heartbeat_interval_ms {
+            return bad(format!(
+                "election timeout ({} ms) must exceed the heartbeat interval ({} ms), typically 3-10x",
+                self.election_timeout_ms, self.heartbeat_interval_ms
+            ));
+        }
+        self.kv.validate().map_err(StartError::Config)?;
+        Ok(())
+    }
+
+    fn node_config(&self) -> NodeConfig {
+        let mut c = NodeConfig::new(self.node_id, self.effective_cluster_id());
+        const MS: Nanos = 1_000_000;
+        c.raft.election_timeout_min_ns = self.election_timeout_ms * MS;
+        c.raft.election_timeout_max_ns = 2 * self.election_timeout_ms * MS;
+        c.raft.heartbeat_interval_ns = self.heartbeat_interval_ms * MS;
+        c.write_mode = self.write_mode;
+        c
+    }
+}
+
+// ----- data directory identity and group list -------------------------------------------
+
+const IDENTITY_FILE: &str = "tarn-node.id";
+const GROUPS_FILE: &str = "tarn-groups";
+
+/// Writes `bytes` to `dir/name` atomically (temp file, fsync, rename, fsync dir).
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates the data dir or checks that it belongs to this node and cluster.
+fn check_identity(config: &ServerConfig) -> Result<(), StartError> {
+    let dir = &config.data_dir;
+    let err = |reason: String| StartError::DataDir { dir: dir.clone(), reason };
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+    let want = format!("node_id={}\ncluster_id={:#x}\n", config.node_id, config.effective_cluster_id());
+    match std::fs::read_to_string(dir.join(IDENTITY_FILE)) {
+        Ok(found) if found == want => Ok(()),
+        Ok(found) => {
+            let field = |key: &str| {
+                found
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| "?".into())
+            };
+            let (node, cluster) = (field("node_id="), field("cluster_id="));
+            if node != config.node_id.to_string() {
+                Err(err(format!(
+                    "it belongs to node {node}, not node {}; use that node's --id or another --data-dir",
+                    config.node_id
+                )))
+            } else {
+                Err(err(format!(
+                    "it belongs to cluster {cluster}, not {:#x} (the --cluster list changed?); use the original --cluster, pass --cluster-id {cluster}, or another --data-dir",
+                    config.effective_cluster_id()
+                )))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_atomic(dir, IDENTITY_FILE, want.as_bytes())
+                .map_err(|e| err(format!("cannot write identity: {e}")))
+        }
+        Err(e) => Err(err(format!("cannot read {IDENTITY_FILE}: {e}"))),
+    }
+}
+
+fn load_groups(config: &ServerConfig) -> Result<BTreeMap<GroupId, Vec<NodeId>>, StartError> {
+    let dir = &config.data_dir;
+    let err = |reason: String| StartError::DataDir { dir: dir.clone(), reason };
+    let text = match std::fs::read_to_string(dir.join(GROUPS_FILE)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok([(DEFAULT_GROUP, config.voters())].into());
+        }
+        Err(e) => return Err(err(format!("cannot read {GROUPS_FILE}: {e}"))),
+    };
+    let mut groups = BTreeMap::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad =
+            || err(format!("{GROUPS_FILE} line {}: expected `group voter,voter,...`, got {line:?}", n + 1));
+        let (g, voters) = line.split_once(' ').ok_or_else(bad)?;
+        let g: GroupId = g.parse().map_err(|_| bad())?;
+        let voters: Vec<NodeId> =
+            voters.split(',').map(|v| v.parse()).collect::<Result<_, _>>().map_err(|_| bad())?;
+        groups.insert(g, voters);
+    }
+    Ok(groups)
+}
+
+fn save_groups(dir: &Path, groups: &BTreeMap<GroupId, Vec<NodeId>>) -> std::io::Result<()> {
+    let mut text = String::new();
+    for (g, voters) in groups {
+        let v: Vec<String> = voters.iter().map(|v| v.to_string()).collect();
+        text.push_str(&format!("{g} {}\n", v.join(",")));
+    }
+    write_atomic(dir, GROUPS_FILE, text.as_bytes())
+}
+
+/// The log store for `config`: the storage engine in the data directory.
+fn open_store(config: &ServerConfig) -> Result<Box<dyn LogStore>, StartError> {
+    if config.in_memory {
+        return Ok(Box::new(MemStore::new()));
+    }
+    let store = FileStore::open(
+        &config.data_dir,
+        config.effective_cluster_id(),
+        config.node_id,
+        config.write_mode,
+        config.node_config().raft.max_log_tail_entries,
+    )
+    .map_err(|e| StartError::DataDir { dir: config.data_dir.clone(), reason: e.reason })?;
+    Ok(Box::new(store))
+}
+
+// ----- the running server ---------------------------------------------------------------
+
+/// Counters readable while the server runs (shown by `tarn status`).
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    pub client_connections: AtomicU64,
+    pub requests: AtomicU64,
+    pub writes: AtomicU64,
+    pub reads: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub not_leader: AtomicU64,
+}
+
+struct Shared {
+    config: ServerConfig,
+    cluster_id: u64,
+    node: Node<KvMachine>,
+    groups: Mutex<BTreeMap<GroupId, Vec<NodeId>>>,
+    counters: ServerCounters,
+}
+
+/// A running server. Stop it with [`Server::shutdown`].
+pub struct Server {
+    shared: Arc<Shared>,
+    client_addr: SocketAddr,
+    peer_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+}
+
+impl Server {
+    /// Validates the configuration, checks the data directory, binds both
+    /// ports, recovers every group and starts serving.
+    pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
+        config.validate()?;
+        if !config.in_memory {
+            check_identity(&config)?;
+        }
+        let client_listener = TcpListener::bind(config.client_addr).await.map_err(|source| {
+            StartError::Bind { addr: config.client_addr, what: "clients", flag: "client", source }
+        })?;
+        let peer_listener = match config.peer_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+                addr,
+                what: "peers",
+                flag: "peer",
+                source,
+            })?),
+            None => None,
+        };
+        let client_addr = client_listener.local_addr().map_err(|e| StartError::Config(e.to_string()))?;
+        let peer_addr = peer_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let groups =
+            if config.in_memory { [(DEFAULT_GROUP, config.voters())].into() } else { load_groups(&config)? };
+        let store = open_store(&config)?;
+        let peers: BTreeMap<NodeId, SocketAddr> =
+            config.cluster.iter().filter(|(id, _)| **id != config.node_id).map(|(i, a)| (*i, *a)).collect();
+        let node = Node::start(config.node_config(), store, peer_listener, peers)?;
+        for (g, voters) in &groups {
+            node.add_group(
+                *g,
+                Membership::new_voters(voters.iter().copied()),
+                KvMachine::new(config.kv.clone()),
+            )
+            .await?;
+        }
+        tracing::info!(node = config.node_id, %client_addr, ?peer_addr, groups = groups.len(), "tarn server started");
+        let shared = Arc::new(Shared {
+            cluster_id: config.effective_cluster_id(),
+            config,
+            node,
+            groups: Mutex::new(groups),
+            counters: ServerCounters::default(),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_clients(shared.clone(), client_listener, stop_rx));
+        Ok(Server { shared, client_addr, peer_addr, stop, accept })
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.shared.config.node_id
+    }
+
+    /// The group's handle, for in-process use (tests, embedded benchmarks).
+    pub fn group(&self, group: GroupId) -> Option<GroupHandle<KvMachine>> {
+        self.shared.node.group(group)
+    }
+
+    pub async fn status(&self) -> NodeStatus {
+        node_status(&self.shared).await
+    }
+
+    /// Stops accepting clients, stops every group, syncs storage and closes
+    /// the peer connections.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.accept.await;
+        self.shared.node.shutdown().await;
+        tracing::info!(node = self.shared.config.node_id, "tarn server stopped");
+    }
+}
+
+async fn accept_clients(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                shared.counters.client_connections.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(serve_client(shared.clone(), stream, addr, stop.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept on client port failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Frames queued for one client connection before the reader stops reading
+/// (backpressure on a client that does not read its answers).
+const MAX_QUEUED_FRAMES_PER_CLIENT: usize = 65_536;
+/// One flush to a client stops adding frames past this many bytes.
+const MAX_CLIENT_WRITE_BATCH_BYTES: usize = 1024 * 1024;
+
+async fn serve_client(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<ServerFrame>(MAX_QUEUED_FRAMES_PER_CLIENT);
+    let writer_task = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while let Some(frame) = rx.recv().await {
+            buf.clear();
+            let mut next = Some(frame);
+            while let Some(f) = next.take() {
+                if let Err(e) = wire::encode_frame(&f, MAX_CLIENT_FRAME_BYTES, &mut buf) {
+                    tracing::error!(error = %e, "dropping an answer that cannot be framed");
+                }
+                if buf.len() < MAX_CLIENT_WRITE_BATCH_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if writer.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let watches: Arc<Mutex<HashMap<u64, (GroupId, u64)>>> = Arc::default();
+    let mut decoder = FrameDecoder::new(MAX_CLIENT_FRAME_BYTES);
+    'conn: loop {
+        loop {
+            match decoder.next_frame::<ClientFrame>() {
+                Ok(Some(frame)) => {
+                    shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+                    handle_request(&shared, frame, &tx, &watches);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(client = %addr, error = %e, "bad frame from client; closing its connection");
+                    let _ = tx
+                        .send(ServerFrame::Response {
+                            id: 0,
+                            result: Err(ServerError::BadRequest { reason: format!("bad frame: {e}") }),
+                        })
+                        .await;
+                    break 'conn;
+                }
+            }
+        }
+        let read = tokio::select! {
+            r = reader.read_buf(decoder.buffer_mut()) => r,
+            _ = stop.wait_for(|s| *s) => break 'conn,
+        };
+        match read {
+            Ok(0) | Err(_) => break 'conn,
+            Ok(_) => {}
+        }
+    }
+    // Remove this connection's watches.
+    let list: Vec<(GroupId, u64)> =
+        watches.lock().map(|mut w| w.drain().map(|(_, v)| v).collect()).unwrap_or_default();
+    for (g, watch_id) in list {
+        if let Some(group) = shared.node.group(g) {
+            let _ = group.read(false, move |m: &mut KvMachine| m.unwatch(watch_id)).await;
+        }
+    }
+    drop(tx);
+    let _ = writer_task.await;
+}
+
+fn wall_clock_nanos() -> Nanos {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as Nanos).unwrap_or(0)
+}
+
+fn not_leader(shared: &Shared, group: GroupId, leader: Option<NodeId>) -> ServerError {
+    shared.counters.not_leader.fetch_add(1, Ordering::Relaxed);
+    ServerError::NotLeader { node: shared.config.node_id, group, leader }
+}
+
+fn handle_request(
+    shared: &Arc<Shared>,
+    frame: ClientFrame,
+    tx: &mpsc::Sender<ServerFrame>,
+    watches: &Arc<Mutex<HashMap<u64, (GroupId, u64)>>>,
+) {
+    let ClientFrame { id, group: g, body } = frame;
+    let reply = tx.clone();
+    let respond = move |result: Result<ResponseBody, ServerError>| async move {
+        let _ = reply.send(ServerFrame::Response { id, result }).await;
+    };
+    let node_id = shared.config.node_id;
+    let group = match &body {
+        RequestBody::Hello | RequestBody::Status | RequestBody::AddGroup { .. } => None,
+        _ => match shared.node.group(g) {
+            Some(h) => Some(h),
+            None => {
+                tokio::spawn(respond(Err(ServerError::NoSuchGroup { node: node_id, group: g })));
+                return;
+            }
+        },
+    };
+    let shared = shared.clone();
+    match body {
+        RequestBody::Hello => {
+            let body = ResponseBody::Hello { node_id, cluster_id: shared.cluster_id };
+            tokio::spawn(respond(Ok(body)));
+        }
+        RequestBody::Write(request) => {
+            shared.counters.writes.fetch_add(1, Ordering::Relaxed);
+            let group = group.expect("checked above");
+            let data = Bytes::from(encode_entry(&KvEntry {
+                leader_time_nanos: wall_clock_nanos(),
+                requests: vec![request],
+            }));
+            tokio::spawn(async move {
+                let result = match group.propose(data).await {
+                    Ok(Ok(mut responses)) if responses.len() == 1 => {
+                        Ok(ResponseBody::Kv(responses.pop().expect("len is 1")))
+                    }
+                    Ok(Ok(r)) => Err(ServerError::Unavailable {
+                        reason: format!("expected 1 response, got {}", r.len()),
+                    }),
+                    Ok(Err(e)) => Err(ServerError::BadRequest { reason: e }),
+                    Err(ProposeError::NotLeader { leader_hint }) => Err(not_leader(&shared, g, leader_hint)),
+                    Err(ProposeError::MaybeCommitted { leader_hint }) => {
+                        Err(ServerError::MaybeCommitted { leader: leader_hint })
+                    }
+                    Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),
+                };
+                respond(result).await;
+            });
+        }
+        RequestBody::Read { command, consistency } => {
+            shared.counters.reads.fetch_add(1, Ordering::Relaxed);
+            let group = group.expect("checked above");
+            if !command.is_read_only() {
+                tokio::spawn(respond(Err(ServerError::BadRequest {
+                    reason: format!("{} is not a read; send it as a write", command.name()),
+                })));
+                return;
+            }
+            tokio::spawn(async move {
+                let linearizable = consistency == Consistency::Linearizable;
+                let r = group
+                    .read(linearizable, move |m: &mut KvMachine| {
+                        let kv = m.kv();
+                        match command {
+                            Command::Get { key } => kv.get(&key).map(Reply::Node),
+                            Command::BatchGet { keys } => kv.batch_get(&keys).map(Reply::Nodes),
+                            Command::List { key } => kv.list(&key).map(Reply::Children),
+                            _ => unreachable!("checked is_read_only above"),
+                        }
+                    })
+                    .await;
+                let result = match r {
+                    Ok(response) => Ok(ResponseBody::Kv(response)),
+                    Err(ReadError::NotLeader { leader_hint }) => Err(not_leader(&shared, g, leader_hint)),
+                    Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),
+                };
+                respond(result).await;
+            });
+        }
+        RequestBody::Watch { key, subtree, after_index } => {
+            let group = group.expect("checked above");
+            let events_tx = tx.clone();
+            let watches = watches.clone();
+            tokio::spawn(async move {
+                let sink = Box::new(move |d: WatchDelivery| {
+                    let frame = match d {
+                        WatchDelivery::Events(events) => ServerFrame::Watch { id, events },
+                        WatchDelivery::Ended(reason) => ServerFrame::WatchEnded { id, reason },
+                    };
+                    // A client too slow to take its frames loses the watch
+                    // (it resumes from its last index), never the server's memory.
+                    events_tx.try_send(frame).is_ok()
+                });
+                let r = group
+                    .read(false, move |m: &mut KvMachine| m.watch(&key, subtree, after_index, sink))
+                    .await;
+                let result = match r {
+                    Ok(Ok(watch_id)) => {
+                        if let Ok(mut w) = watches.lock() {
+                            w.insert(id, (g, watch_id));
+                        }
+                        Ok(ResponseBody::Watching)
+                    }
+                    Ok(Err(reason)) => Err(ServerError::BadRequest { reason }),
+                    Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),
+                };
+                respond(result).await;
+            });
+        }
+        RequestBody::Unwatch { watch_request_id } => {
+            let group = group.expect("checked above");
+            let entry = watches.lock().ok().and_then(|mut w| w.remove(&watch_request_id));
+            tokio::spawn(async move {
+                if let Some((_, watch_id)) = entry {
+                    let _ = group.read(false, move |m: &mut KvMachine| m.unwatch(watch_id)).await;
+                }
+                respond(Ok(ResponseBody::Done)).await;
+            });
+        }
+        RequestBody::Status => {
+            tokio::spawn(async move {
+                let status = node_status(&shared).await;
+                respond(Ok(ResponseBody::Status(status))).await;
+            });
+        }
+        RequestBody::TransferLeader { to } => {
+            let group = group.expect("checked above");
+            tokio::spawn(async move {
+                let info = group.info();
+                let result = if info.role != Role::Leader {
+                    Err(not_leader(&shared, g, info.leader))
+                } else {
+                    group
+                        .transfer_leader(to)
+                        .await
+                        .map(|()| ResponseBody::Done)
+                        .map_err(|e| ServerError::Unavailable { reason: e.to_string() })
+                };
+                respond(result).await;
+            });
+        }
+        RequestBody::AddGroup { voters } => {
+            tokio::spawn(async move {
+                respond(add_group(&shared, g, voters).await).await;
+            });
+        }
+        RequestBody::RemoveGroup => {
+            tokio::spawn(async move {
+                respond(remove_group(&shared, g).await).await;
+            });
+        }
+    }
+}
+
+async fn add_group(shared: &Shared, g: GroupId, voters: Vec<NodeId>) -> Result<ResponseBody, ServerError> {
+    let node_id = shared.config.node_id;
+    let bad = |reason: String| Err(ServerError::BadRequest { reason });
+    if g == 0 {
+        return bad("group id 0 is reserved".into());
+    }
+    if voters.is_empty() || !voters.contains(&node_id) {
+        return bad(format!(
+            "voters {voters:?} must include this node ({node_id}); send the request to every voter"
+        ));
+    }
+    if !shared.config.cluster.is_empty() {
+        if let Some(v) = voters.iter().find(|v| !shared.config.cluster.contains_key(v)) {
+            return bad(format!("voter {v} is not in this node's --cluster list"));
+        }
+    } else if voters != [node_id] {
+        return bad("a single node without --cluster can only host groups with itself as the voter".into());
+    }
+    shared
+        .node
+        .add_group(
+            g,
+            Membership::new_voters(voters.iter().copied()),
+            KvMachine::new(shared.config.kv.clone()),
+        )
+        .await
+        .map_err(|e| ServerError::BadRequest { reason: e.to_string() })?;
+    persist_groups(shared, |groups| {
+        groups.insert(g, voters);
+    })?;
+    Ok(ResponseBody::Done)
+}
+
+async fn remove_group(shared: &Shared, g: GroupId) -> Result<ResponseBody, ServerError> {
+    shared.node.remove_group(g).await.map_err(|e| ServerError::BadRequest { reason: e.to_string() })?;
+    persist_groups(shared, |groups| {
+        groups.remove(&g);
+    })?;
+    Ok(ResponseBody::Done)
+}
+
+fn persist_groups(
+    shared: &Shared,
+    change: impl FnOnce(&mut BTreeMap<GroupId, Vec<NodeId>>),
+) -> Result<(), ServerError> {
+    let mut groups =
+        shared.groups.lock().map_err(|_| ServerError::Unavailable { reason: "poisoned".into() })?;
+    change(&mut groups);
+    if shared.config.in_memory {
+        return Ok(());
+    }
+    save_groups(&shared.config.data_dir, &groups)
+        .map_err(|e| ServerError::Unavailable { reason: format!("cannot save the group list: {e}") })
+}
+
+async fn node_status(shared: &Shared) -> NodeStatus {
+    let mut groups = Vec::new();
+    for g in shared.node.groups() {
+        let Some(handle) = shared.node.group(g) else { continue };
+        let info = handle.info();
+        let status = handle.status().await;
+        let (voters, followers) = match &status {
+            Some(s) => (
+                s.membership.voters.iter().copied().collect(),
+                s.progress
+                    .iter()
+                    .map(|(id, m, _, _)| (*id, *m, s.last_log_id.index.saturating_sub(*m)))
+                    .collect(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        groups.push(GroupStatus {
+            group: g,
+            role: format!("{:?}", info.role),
+            term: info.term,
+            leader: info.leader,
+            commit: info.commit,
+            applied: info.applied,
+            last_log_id: info.last_log_id,
+            voters,
+            followers,
+            error: info.error.clone(),
+        });
+    }
+    let c = &shared.counters;
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut counters = vec![
+        ("client_connections".to_string(), l(&c.client_connections)),
+        ("requests".into(), l(&c.requests)),
+        ("writes".into(), l(&c.writes)),
+        ("reads".into(), l(&c.reads)),
+        ("bad_frames".into(), l(&c.bad_frames)),
+        ("not_leader".into(), l(&c.not_leader)),
+    ];
+    let s = shared.node.storage_counters();
+    counters.push(("storage_flushes".into(), l(&s.flushes)));
+    counters.push(("storage_syncs".into(), l(&s.syncs)));
+    counters.push(("storage_entries_written".into(), l(&s.entries_written)));
+    if let Some(t) = shared.node.transport_stats() {
+        let t = t.snapshot();
+        counters.push(("peer_messages_sent".into(), t.messages_sent));
+        counters.push(("peer_messages_received".into(), t.messages_received));
+        counters.push(("peer_messages_dropped".into(), t.messages_dropped));
+        counters.push(("peer_flushes".into(), t.flushes));
+        counters.push(("peer_bad_connections".into(), t.bad_connections));
+    }
+    NodeStatus { node_id: shared.config.node_id, cluster_id: shared.cluster_id, groups, counters }
+}

@@ -1,0 +1,144 @@
+//! Helpers for the end-to-end tests: real servers on 127.0.0.1, free ports,
+//! polling with deadlines (never sleeping and hoping).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tarn_core::NodeId;
+use tarn_server::client::{Client, ClientConfig};
+use tarn_server::server::{Server, ServerConfig};
+
+/// Every test gives up after this long.
+pub const TEST_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A port the OS considers free right now.
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
+pub fn fast(mut c: ServerConfig) -> ServerConfig {
+    c.election_timeout_ms = 150;
+    c.heartbeat_interval_ms = 30;
+    c
+}
+
+/// A cluster of `n` nodes whose servers can be stopped and restarted.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub clients: BTreeMap<NodeId, SocketAddr>,
+    pub servers: BTreeMap<NodeId, Server>,
+}
+
+impl TestCluster {
+    pub async fn start(n: u64) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let peers: BTreeMap<NodeId, SocketAddr> = (1..=n).map(|i| (i, free_addr())).collect();
+        let clients: BTreeMap<NodeId, SocketAddr> = (1..=n).map(|i| (i, free_addr())).collect();
+        let mut c = TestCluster { dir, peers, clients, servers: BTreeMap::new() };
+        for i in 1..=n {
+            c.start_node(i).await;
+        }
+        c
+    }
+
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("n{id}"))
+    }
+
+    pub fn config(&self, id: NodeId) -> ServerConfig {
+        let peers = if self.peers.len() == 1 { BTreeMap::new() } else { self.peers.clone() };
+        let mut c = if peers.is_empty() {
+            ServerConfig::single(self.data_dir(id), self.clients[&id])
+        } else {
+            ServerConfig::cluster(id, self.data_dir(id), self.clients[&id], peers)
+        };
+        c.node_id = id;
+        fast(c)
+    }
+
+    pub async fn start_node(&mut self, id: NodeId) {
+        let config = self.config(id);
+        // The port may linger briefly after a stop: retry binding for a while.
+        let server = poll_until("server start", || {
+            let config = config.clone();
+            async move { Server::start(config).await.ok() }
+        })
+        .await;
+        self.servers.insert(id, server);
+    }
+
+    pub async fn stop_node(&mut self, id: NodeId) {
+        if let Some(s) = self.servers.remove(&id) {
+            s.shutdown().await;
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        self.clients.values().copied().collect()
+    }
+
+    pub fn client(&self) -> Client {
+        let mut c = ClientConfig::new(self.endpoints());
+        c.request_timeout = Duration::from_secs(20);
+        c.retry_backoff = Duration::from_millis(20);
+        Client::new(c)
+    }
+
+    pub fn client_of(&self, id: NodeId) -> Client {
+        let mut c = ClientConfig::new(vec![self.clients[&id]]);
+        c.request_timeout = Duration::from_secs(20);
+        Client::new(c)
+    }
+
+    /// The node all running servers agree leads group 1.
+    pub async fn leader(&self) -> NodeId {
+        poll_until("a leader known to every running node", || async {
+            let mut leaders = self.servers.values().map(|s| s.group(1).and_then(|g| g.info().leader));
+            let first = leaders.next()??;
+            if leaders.all(|l| l == Some(first)) && self.servers.contains_key(&first) {
+                Some(first)
+            } else {
+                None
+            }
+        })
+        .await
+    }
+
+    pub async fn shutdown(self) {
+        for (_, s) in self.servers {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// Polls `f` every 10 ms until it yields `Some`, or panics after the test deadline.
+pub async fn poll_until<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let r = tokio::time::timeout(TEST_DEADLINE, async {
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    match r {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
