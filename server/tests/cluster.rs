@@ -1,0 +1,181 @@
+//! Three real servers on 127.0.0.1 ports: elections, writes through any node,
+//! leader failure, catch-up after restart, watches across a leader change,
+//! locks released by TTL when their holder dies.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{poll_until, TestCluster, TEST_DEADLINE};
+use tarn_kv::{EventKind, KvError, LockOutcome};
+use tarn_server::client::{Client, ClientConfig, ClientError};
+use tarn_server::protocol::Consistency;
+
+fn client_starting_at(cluster: &TestCluster, first: u64) -> Client {
+    let mut endpoints = cluster.endpoints();
+    endpoints.rotate_left((first - 1) as usize);
+    let mut c = ClientConfig::new(endpoints);
+    c.request_timeout = Duration::from_secs(20);
+    c.retry_backoff = Duration::from_millis(20);
+    Client::new(c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_a_leader_and_take_writes_through_any_node() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let cluster = TestCluster::start(3).await;
+        let leader = cluster.leader().await;
+        assert!((1..=3).contains(&leader));
+        for first in 1..=3u64 {
+            let client = client_starting_at(&cluster, first);
+            client.put(&format!("via{first}"), format!("node{first}")).await.unwrap();
+        }
+        // Every node applies every write: stale reads on each node converge.
+        for id in 1..=3u64 {
+            let c = cluster.client_of(id);
+            for first in 1..=3u64 {
+                let key = format!("via{first}");
+                poll_until("the write to reach every node", || {
+                    let (c, key) = (c.clone(), key.clone());
+                    async move {
+                        let v = c.get_with(&key, Consistency::Stale).await.ok()??;
+                        (v.value == Bytes::from(format!("node{first}"))).then_some(())
+                    }
+                })
+                .await;
+            }
+        }
+        let status = cluster.client().status_of(0).await.unwrap();
+        assert_eq!(status.groups[0].voters, vec![1, 2, 3]);
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_writes_continue_and_restarted_node_catches_up() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let mut cluster = TestCluster::start(3).await;
+        let client = cluster.client();
+        client.mkdir("d").await.unwrap();
+        for i in 0..20 {
+            client.put(&format!("d.before{i}"), "x").await.unwrap();
+        }
+        let old = cluster.leader().await;
+        cluster.stop_node(old).await;
+        // Writes continue once the two survivors elect a new leader.
+        for i in 0..20 {
+            client.put(&format!("d.after{i}"), "y").await.unwrap();
+        }
+        let new = cluster.leader().await;
+        assert_ne!(new, old);
+        // The old leader restarts from its data dir and catches up.
+        cluster.start_node(old).await;
+        let target = cluster.servers[&new].group(1).unwrap().info().commit;
+        poll_until("the restarted node to apply everything", || async {
+            let info = cluster.servers[&old].group(1)?.info();
+            (info.applied >= target).then_some(())
+        })
+        .await;
+        let c = cluster.client_of(old);
+        let v = c.get_with("d.after19", Consistency::Stale).await.unwrap();
+        assert_eq!(v.map(|n| n.value), Some(Bytes::from_static(b"y")));
+        assert_eq!(client.list("d").await.unwrap().len(), 40);
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_deliver_every_event_across_a_leader_change() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let mut cluster = TestCluster::start(3).await;
+        let client = cluster.client();
+        client.mkdir("w").await.unwrap();
+        let leader = cluster.leader().await;
+        // Watch through the leader first, so killing it forces a resume elsewhere.
+        let mut watch_endpoints = cluster.endpoints();
+        watch_endpoints.rotate_left((leader - 1) as usize);
+        let mut wc = ClientConfig::new(watch_endpoints);
+        wc.retry_backoff = Duration::from_millis(20);
+        let watcher = Client::new(wc);
+        let mut stream = watcher.watch("w", true, Some(0));
+        for i in 0..20 {
+            client.put(&format!("w.k{i}"), format!("{i}")).await.unwrap();
+        }
+        cluster.stop_node(leader).await;
+        for i in 20..40 {
+            client.put(&format!("w.k{i}"), format!("{i}")).await.unwrap();
+        }
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        let mut last_index = 0;
+        while seen.len() < 40 {
+            let e = stream.next().await.expect("stream open").expect("no error");
+            assert!(
+                e.index > last_index,
+                "events in index order, never repeated: {} after {last_index}",
+                e.index
+            );
+            last_index = e.index;
+            if let EventKind::Put { value } = e.kind {
+                seen.insert(e.key.to_string(), String::from_utf8_lossy(&value).into_owned());
+            }
+        }
+        for i in 0..40 {
+            assert_eq!(seen.get(&format!("w.k{i}")).map(String::as_str), Some(format!("{i}").as_str()));
+        }
+        drop(stream);
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_has_one_holder_and_is_released_when_the_holder_dies() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let cluster = TestCluster::start(3).await;
+        let setup = cluster.client();
+        setup.mkdir("locks").await.unwrap();
+        let a = cluster.client();
+        let b = cluster.client();
+        let lease = Duration::from_millis(1500);
+        assert_eq!(a.try_lock("locks.job", lease, Duration::ZERO).await.unwrap(), LockOutcome::Acquired);
+        let taken_at = Instant::now();
+        // B cannot take it while A holds it.
+        match b.try_lock("locks.job", lease, Duration::ZERO).await {
+            Err(ClientError::Kv(KvError::LockBusy { holder, .. })) => assert_eq!(holder, a.client_id()),
+            other => panic!("expected LockBusy, got {other:?}"),
+        }
+        // A renews once, then "dies": it stops renewing and never unlocks.
+        a.update_lease("locks.job", lease).await.unwrap();
+        let renewed_at = Instant::now();
+        drop(a);
+        let acquired = poll_until("the lease to expire and B to get the lock", || {
+            let b = b.clone();
+            async move {
+                match b.try_lock("locks.job", lease, Duration::ZERO).await {
+                    Ok(LockOutcome::Acquired) => Some(Instant::now()),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        assert!(
+            acquired.duration_since(renewed_at) >= lease.mul_f64(0.9),
+            "B got the lock {:?} after A's last renewal, before A's lease of {lease:?} ran out (taken {:?} ago)",
+            acquired.duration_since(renewed_at),
+            taken_at.elapsed()
+        );
+        let node = setup.get("locks.job").await.unwrap().expect("lock node");
+        assert_eq!(node.temp.map(|t| t.owner), Some(b.client_id()));
+        b.unlock("locks.job").await.unwrap();
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
