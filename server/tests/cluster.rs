@@ -41,7 +41,7 @@ async fn three_nodes_elect_a_leader_and_take_writes_through_any_node() {
                     let (c, key) = (c.clone(), key.clone());
                     async move {
                         let v = c.get_with(&key, Consistency::Stale).await.ok()??;
-                        (v.value == Bytes::from(format!("node{first}"))).then_some(())
+                        (v.value[..] == *format!("node{first}").as_bytes()).then_some(())
                     }
                 })
                 .await;
