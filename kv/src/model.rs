@@ -19,8 +19,9 @@ use crate::error::KvError;
 use crate::key::{
     is_in_subtree, last_segment, parent_key, validate_key, validate_key_or_root, validate_value,
 };
+use crate::machine::KvStateMachine;
 use crate::response::{ChildView, LockOutcome, NodeKind, NodeView, Reply, Response, TempInfo};
-use crate::watch::{EventKind, WatchEvent};
+use crate::watch::{EventKind, WatchEvent, WatchId, WatchPoll};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelNode {
@@ -605,5 +606,94 @@ impl Model {
         }
         out.sort();
         out
+    }
+}
+
+/// Panics with `context` unless `machine` and `model` hold the same state: every node, every
+/// listing, sessions, time, index and live TTL armings; also runs the machine's own
+/// structural checks.
+pub fn assert_same_state(machine: &KvStateMachine, model: &Model, context: &str) {
+    machine.check_invariants();
+    assert_eq!(machine.node_count(), model.nodes.len(), "{context}: node count");
+    assert_eq!(machine.get("").unwrap(), model.get("").unwrap(), "{context}: root");
+    assert_eq!(machine.list("").unwrap(), model.list("").unwrap(), "{context}: root list");
+    for (key, node) in &model.nodes {
+        assert_eq!(machine.get(key).unwrap(), model.get(key).unwrap(), "{context}: node {key}");
+        if node.kind == NodeKind::Dir {
+            assert_eq!(machine.list(key).unwrap(), model.list(key).unwrap(), "{context}: list {key}");
+        }
+    }
+    assert_eq!(machine.session_count(), model.sessions.len(), "{context}: sessions");
+    assert_eq!(machine.time_nanos(), model.time_nanos, "{context}: time");
+    assert_eq!(machine.applied_index(), model.applied_index, "{context}: index");
+    assert_eq!(machine.ttl_count(), model.armings().len(), "{context}: armed TTLs");
+}
+
+/// The real state machine and the model side by side, for fuzz targets: every apply is
+/// compared, and `check` compares whole states and watch streams.
+///
+/// ```
+/// use tarn_kv::model::Checked;
+/// use tarn_kv::KvConfig;
+///
+/// let mut pair = Checked::new(KvConfig::default());
+/// let data: &[u8] = b"arbitrary fuzz input";
+/// pair.apply_entry_bytes(1, data); // panics only if the machine and the model disagree
+/// pair.check();
+/// ```
+pub struct Checked {
+    pub machine: KvStateMachine,
+    pub model: Model,
+    watch: WatchId,
+    events_seen: usize,
+}
+
+impl Checked {
+    pub fn new(config: KvConfig) -> Self {
+        let mut machine = KvStateMachine::new(config.clone());
+        let watch = machine.watch("", true, Some(0)).expect("watching the root from 0 always works");
+        Checked { machine, model: Model::new(config), watch, events_seen: 0 }
+    }
+
+    /// Applies one request to both; panics if the responses differ.
+    pub fn apply(&mut self, index: Index, leader_time_nanos: Nanos, request: &Request) -> Response {
+        let expected = self.model.apply(index, leader_time_nanos, request);
+        let actual = self.machine.apply(index, leader_time_nanos, request);
+        assert_eq!(actual, expected, "index {index}: {request:?}");
+        actual
+    }
+
+    /// Decodes an entry payload and applies it to both (an undecodable payload just advances
+    /// the index on both). `index` must not go back.
+    pub fn apply_entry_bytes(&mut self, index: Index, payload: &[u8]) {
+        match crate::command::decode_entry(payload) {
+            Ok(entry) => {
+                for request in &entry.requests {
+                    let _ = self.apply(index, entry.leader_time_nanos, request);
+                }
+                self.machine.advance_to(index);
+                self.model.applied_index = self.model.applied_index.max(index);
+            }
+            Err(_) => {
+                assert!(self.machine.apply_entry_bytes(index, payload).is_err());
+                self.model.applied_index = self.model.applied_index.max(index);
+            }
+        }
+    }
+
+    /// Compares whole states and the event streams; the watch queue must not overflow, so
+    /// call this at least every `watch_queue_max_events` events.
+    pub fn check(&mut self) {
+        assert_same_state(&self.machine, &self.model, "checked pair");
+        match self.machine.poll_watch(self.watch, usize::MAX) {
+            WatchPoll::Events(events) => {
+                let end = self.events_seen + events.len();
+                assert!(end <= self.model.events.len(), "machine emitted more events than the model");
+                assert_eq!(events[..], self.model.events[self.events_seen..end], "watch events");
+                self.events_seen = end;
+            }
+            other => panic!("root watcher lost: {other:?}"),
+        }
+        assert_eq!(self.events_seen, self.model.events.len(), "model emitted events the machine did not");
     }
 }
