@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::types::Index;
+use crate::types::{Index, Nanos};
 
 /// Probe: one append at a time until the match point is found (after a
 /// rejection, a new leadership or a lost message). Replicate: the match point
@@ -87,14 +87,14 @@ pub struct Progress {
     pub recent_active: bool,
     /// Highest heartbeat round this follower acknowledged.
     pub acked_ctx: u64,
-    /// Heartbeat responses in a row showing the follower behind what was sent.
-    pub stalled_heartbeats: u32,
+    /// Local time the match point last moved (or replication started).
+    pub last_progress_ns: Nanos,
 }
 
 impl Progress {
-    /// After this many stalled heartbeat responses an append is presumed lost
-    /// and the follower goes back to probing.
-    pub const STALLED_HEARTBEATS_MAX: u32 = 2;
+    /// With entries outstanding and no progress for this many heartbeat
+    /// intervals, an append is presumed lost and the follower is probed again.
+    pub const STALLED_HEARTBEATS_MAX: u64 = 2;
 
     pub fn new(next_index: Index, session: u64, max_msgs: usize, max_bytes: usize) -> Progress {
         Progress {
@@ -106,7 +106,7 @@ impl Progress {
             session,
             recent_active: false,
             acked_ctx: 0,
-            stalled_heartbeats: 0,
+            last_progress_ns: 0,
         }
     }
 
@@ -122,7 +122,6 @@ impl Progress {
         self.state = ProgressState::Probe;
         self.next_index = self.match_index + 1;
         self.probe_sent = false;
-        self.stalled_heartbeats = 0;
         self.inflights.reset();
     }
 
@@ -154,7 +153,6 @@ impl Progress {
         if moved {
             self.match_index = match_index;
             self.probe_sent = false;
-            self.stalled_heartbeats = 0;
         }
         self.next_index = self.next_index.max(match_index + 1);
         self.inflights.free_to(match_index);

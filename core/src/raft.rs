@@ -479,6 +479,7 @@ impl RawNode {
                 let mut p =
                     Progress::new(next, session, self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
                 p.recent_active = true;
+                p.last_progress_ns = self.now;
                 progress.insert(id, p);
             }
         }
@@ -958,8 +959,12 @@ impl RawNode {
                     return; // Cannot match beyond our log: corrupt or foreign.
                 }
                 let moved = p.maybe_update(match_index);
+                if moved {
+                    p.last_progress_ns = self.now;
+                }
                 if p.state == ProgressState::Probe && (moved || p.match_index == match_index) {
                     p.become_replicate();
+                    p.last_progress_ns = self.now;
                 }
                 if moved {
                     self.maybe_commit(actions);
@@ -999,15 +1004,14 @@ impl RawNode {
             match p.state {
                 ProgressState::Probe => p.probe_sent = false,
                 ProgressState::Replicate => {
-                    // The follower is behind what we sent. Over two heartbeat
-                    // responses that is a lost append, not one in transit.
-                    if last_index + 1 < p.next_index {
-                        p.stalled_heartbeats += 1;
-                        if p.stalled_heartbeats >= Progress::STALLED_HEARTBEATS_MAX {
-                            p.become_probe();
-                        }
-                    } else {
-                        p.stalled_heartbeats = 0;
+                    // Entries are outstanding but the match point has not
+                    // moved for a while: an append (or its answer) was lost,
+                    // or the follower holds a divergent suffix. Probe again.
+                    let stalled_for = self.now.saturating_sub(p.last_progress_ns);
+                    if last_index + 1 < p.next_index && stalled_for >= self.cfg.heartbeat_interval_ns
+                        || stalled_for >= Progress::STALLED_HEARTBEATS_MAX * self.cfg.heartbeat_interval_ns
+                    {
+                        p.become_probe();
                     }
                 }
             }

@@ -101,6 +101,10 @@ pub struct Cluster {
     pub record_trace: bool,
     /// Steps taken (a bound against livelock in `stabilize`).
     pub steps: u64,
+    /// Every entry any node ever applied, by index: all later applies of an
+    /// index must agree (state machine safety, checked at every `Apply`,
+    /// across crashes and restarts).
+    pub applied_history: Vec<Entry>,
 }
 
 /// Bound on steps in one `stabilize`: more means the cluster never quiesces.
@@ -138,6 +142,7 @@ impl Cluster {
             trace: Vec::new(),
             record_trace: true,
             steps: 0,
+            applied_history: Vec::new(),
         };
         for (id, hs, log) in logs {
             let mut config = Config::new(id, seed);
@@ -231,6 +236,23 @@ impl Cluster {
                 let last = entries.last().map(|e| e.index).expect("Apply carries entries");
                 if let Some(prev) = node.applied.last() {
                     assert_eq!(prev.index + 1, entries[0].index, "node {id}: apply out of order");
+                }
+                for e in &entries {
+                    let k = e.index as usize - 1;
+                    match self.applied_history.get(k) {
+                        Some(before) => {
+                            assert_eq!(before, e, "node {id} applied a different entry at {}", e.index)
+                        }
+                        None => {
+                            assert_eq!(
+                                k,
+                                self.applied_history.len(),
+                                "node {id} applied {} past a gap",
+                                e.index
+                            );
+                            self.applied_history.push(e.clone());
+                        }
+                    }
                 }
                 node.applied.extend(entries);
                 node.inbox.push_back(Input::Applied { index: last });

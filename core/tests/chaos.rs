@@ -1,0 +1,208 @@
+//! Randomized runs of the in-memory cluster with an unfriendly network and
+//! disk: messages dropped, duplicated and reordered; persistence delayed;
+//! nodes crashed and restarted; partitions; leadership transfers; time moving
+//! in uneven steps. Safety is checked at every apply (the test kit's applied
+//! history) and at the end (one leader per term, log matching, reads see
+//! every write acknowledged before they started); liveness after healing.
+
+use std::collections::BTreeMap;
+
+use tarn_core::testkit::{Cluster, Outcome};
+use tarn_core::{Input, Role};
+
+const MS: u64 = 1_000_000;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*: deterministic and good enough to pick faults.
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+fn advance(c: &mut Cluster, by: u64) {
+    c.now += by;
+    let due: Vec<u64> =
+        c.nodes.iter().filter(|(_, n)| n.up && n.raft.next_deadline() <= c.now).map(|(&id, _)| id).collect();
+    for id in due {
+        c.step(id, Input::Tick);
+    }
+}
+
+fn deliver_chaotically(c: &mut Cluster, rng: &mut Rng, budget: u64) {
+    for _ in 0..budget {
+        if c.network.is_empty() {
+            return;
+        }
+        let k = rng.below(c.network.len() as u64) as usize;
+        let (to, msg) = c.network.remove(k).expect("index in range");
+        if rng.chance(8) {
+            continue; // dropped
+        }
+        if rng.chance(4) {
+            c.network.push_back((to, msg.clone())); // duplicated
+        }
+        if c.cut.contains(&(msg.from, to)) || !c.node(to).up {
+            continue;
+        }
+        c.step(to, Input::Message(msg));
+    }
+}
+
+fn max_acknowledged(c: &Cluster) -> u64 {
+    c.nodes
+        .values()
+        .flat_map(|n| n.outcomes.values())
+        .filter_map(|o| match o {
+            Outcome::Applied(i) => Some(*i),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn chaos_run(seed: u64, lease: bool) -> usize {
+    let mut c = Cluster::with_config(5, seed, |cfg| {
+        cfg.max_entries_per_msg = 4;
+        cfg.max_inflight_msgs = 4;
+        cfg.max_log_tail_entries = 16;
+        cfg.lease_read = lease;
+    });
+    c.record_trace = false;
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut next_id = 1u64;
+    // read id -> (node, writes acknowledged before the read started)
+    let mut reads: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for _round in 0..400 {
+        match rng.below(20) {
+            0..=5 => {
+                let target = c.leader().filter(|_| rng.chance(80)).unwrap_or(1 + rng.below(5));
+                for _ in 0..1 + rng.below(4) {
+                    c.propose(target, next_id, &next_id.to_le_bytes());
+                    next_id += 1;
+                }
+            }
+            6..=8 => {
+                let target = 1 + rng.below(5);
+                reads.insert(next_id, (target, max_acknowledged(&c)));
+                c.read(target, next_id);
+                next_id += 1;
+            }
+            9 => {
+                let a = 1 + rng.below(5);
+                c.isolate(a);
+            }
+            10 => {
+                let (a, b) = (1 + rng.below(5), 1 + rng.below(5));
+                c.cut.insert((a, b));
+            }
+            11 | 12 => c.heal(),
+            13 => {
+                let a = 1 + rng.below(5);
+                let down = c.nodes.values().filter(|n| !n.up).count();
+                if c.node(a).up && down < 2 {
+                    c.crash(a);
+                } else if !c.node(a).up {
+                    c.restart(a);
+                }
+            }
+            14 => {
+                let a = 1 + rng.below(5);
+                let n = c.nodes.get_mut(&a).expect("node");
+                n.auto_persist = !n.auto_persist;
+            }
+            15 => {
+                if let Some(l) = c.leader() {
+                    c.step(l, Input::TransferLeadership { to: 1 + rng.below(5) });
+                }
+            }
+            _ => {}
+        }
+        // Slow disks catch up now and then.
+        for id in 1..=5 {
+            if c.node(id).up && rng.chance(30) {
+                c.persist(id);
+            }
+        }
+        let budget = rng.below(300);
+        deliver_chaotically(&mut c, &mut rng, budget);
+        advance(&mut c, rng.below(40 * MS));
+        c.check_invariants();
+    }
+    // Heal everything: the cluster must converge and make progress.
+    c.heal();
+    for id in 1..=5 {
+        if !c.node(id).up {
+            c.restart(id);
+        }
+        c.nodes.get_mut(&id).expect("node").auto_persist = true;
+        c.persist(id);
+    }
+    c.run_for(3_000 * MS);
+    let l = c.leader().unwrap_or_else(|| panic!("seed {seed}: no leader after healing"));
+    c.propose(l, u64::MAX, b"final");
+    c.run_for(1_000 * MS);
+    for id in 1..=5 {
+        if !c.applied_payloads(id).contains(&b"final".to_vec()) {
+            for id in 1..=5 {
+                eprintln!(
+                    "{:?} applied_len={} auto={} up={}",
+                    c.raft(id).status(),
+                    c.node(id).applied.len(),
+                    c.node(id).auto_persist,
+                    c.node(id).up
+                );
+            }
+        }
+        assert!(
+            c.applied_payloads(id).contains(&b"final".to_vec()),
+            "seed {seed}: node {id} missed the final write"
+        );
+        assert_ne!(c.raft(id).role(), Role::Candidate);
+    }
+    c.check_invariants();
+    // Reads: a read never misses a write acknowledged before it started.
+    let mut served = 0;
+    for (rid, (node, acked_before)) in reads {
+        if let Some(Outcome::ReadReady(index)) = c.outcome(node, rid) {
+            served += 1;
+            assert!(
+                *index >= acked_before,
+                "seed {seed}: read {rid} on {node} at {index} < acknowledged {acked_before}"
+            );
+        }
+    }
+    if std::env::var("CHAOS_VERBOSE").is_ok() {
+        eprintln!(
+            "seed {seed}: applied {} entries, term {}, served {served} reads",
+            c.applied_history.len(),
+            c.raft(l).term()
+        );
+    }
+    served
+}
+
+#[test]
+fn chaos_with_lease_reads() {
+    let seeds: u64 = std::env::var("CHAOS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+    let first: u64 = std::env::var("CHAOS_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let served: usize = (first..first + seeds).map(|seed| chaos_run(seed, true)).sum();
+    assert!(served > seeds as usize, "reads were served: {served}");
+}
+
+#[test]
+fn chaos_with_read_index_only() {
+    let seeds: u64 = std::env::var("CHAOS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+    let served: usize = (100_000..100_000 + seeds).map(|seed| chaos_run(seed, false)).sum();
+    assert!(served > seeds as usize, "reads were served: {served}");
+}
