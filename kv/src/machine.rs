@@ -61,7 +61,13 @@ pub(crate) struct Ctx {
 
 impl KvStateMachine {
     /// An empty tree (just the root directory) at index 0.
+    ///
+    /// Panics if `config` does not validate: a group cannot run with impossible bounds, and
+    /// every node must refuse the same configuration.
     pub fn new(config: KvConfig) -> Self {
+        if let Err(problem) = config.validate() {
+            panic!("invalid KvConfig: {problem}");
+        }
         KvStateMachine {
             config,
             tree: Tree::new(),

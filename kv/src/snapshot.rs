@@ -219,7 +219,6 @@ pub struct SnapshotEncoder<'a> {
     session_next: usize,
     chunk_no: u32,
     digest: Digest64,
-    record: Vec<u8>,
     empty: Bytes,
 }
 
@@ -234,14 +233,13 @@ impl<'a> SnapshotEncoder<'a> {
             session_next: 0,
             chunk_no: 0,
             digest: Digest64::new(),
-            record: Vec::new(),
             empty: Bytes::new(),
         }
     }
 
-    /// Writes the next record into `self.record` (cleared first); false when none is left.
-    fn next_record(&mut self) -> bool {
-        self.record.clear();
+    /// Appends the next record to `out` (hashing it); false when none is left.
+    fn next_record(&mut self, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
         let machine = self.machine;
         loop {
             match self.stage {
@@ -254,7 +252,7 @@ impl<'a> SnapshotEncoder<'a> {
                         node_count: machine.tree.len() as u64,
                         session_count: machine.sessions.map.len() as u64,
                     };
-                    append_record(&mut self.record, &RecordOut::Header(header));
+                    append_record(out, &RecordOut::Header(header));
                     self.stage = Stage::Nodes;
                 }
                 Stage::Nodes => {
@@ -264,7 +262,7 @@ impl<'a> SnapshotEncoder<'a> {
                     };
                     let node = machine.tree.node(id);
                     self.node_stack.extend(machine.tree.sorted_children(id).into_iter().rev());
-                    append_record(&mut self.record, &RecordOut::Node(node_out(node, &self.empty)));
+                    append_record(out, &RecordOut::Node(node_out(node, &self.empty)));
                 }
                 Stage::Sessions => {
                     let Some(&client_id) = self.session_ids.get(self.session_next) else {
@@ -279,17 +277,17 @@ impl<'a> SnapshotEncoder<'a> {
                         floor_seq: session.floor_seq,
                         responses: &session.responses,
                     };
-                    append_record(&mut self.record, &RecordOut::Session(record));
+                    append_record(out, &RecordOut::Session(record));
                 }
                 Stage::End => {
                     let digest = self.digest.finish();
-                    append_record(&mut self.record, &RecordOut::End { digest });
+                    append_record(out, &RecordOut::End { digest });
                     self.stage = Stage::Done;
                     return true;
                 }
                 Stage::Done => return false,
             }
-            self.digest.update(&self.record);
+            self.digest.update(&out[start..]);
             return true;
         }
     }
@@ -315,11 +313,10 @@ impl Iterator for SnapshotEncoder<'_> {
         chunk.extend_from_slice(&[0; 4]);
         let mut last = false;
         while chunk.len() - CHUNK_HEADER_BYTES < self.chunk_target_bytes {
-            if !self.next_record() {
+            if !self.next_record(&mut chunk) {
                 last = true;
                 break;
             }
-            chunk.extend_from_slice(&self.record);
             if matches!(self.stage, Stage::Done) {
                 last = true;
                 break;
@@ -348,8 +345,10 @@ impl KvStateMachine {
     pub fn digest(&self) -> u64 {
         let mut encoder = SnapshotEncoder::new(self, usize::MAX);
         // Walk the records without building chunks; the End record is not part of the digest.
+        let mut scratch = Vec::new();
         while !matches!(encoder.stage, Stage::End | Stage::Done) {
-            encoder.next_record();
+            scratch.clear();
+            encoder.next_record(&mut scratch);
         }
         encoder.running_digest()
     }
