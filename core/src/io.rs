@@ -65,7 +65,10 @@ pub enum Action {
     AppendLog { entries: Vec<Entry> },
     /// Make the hard state durable. Acknowledge with
     /// `Input::HardStatePersisted { term, vote }`. The core sends no vote grant
-    /// (and counts no own vote) until that acknowledgement arrives.
+    /// (and counts no own vote) until that acknowledgement arrives. Emitted
+    /// when the term or vote changes; `commit` rides along as a hint only (it
+    /// may lag: after a restart the node relearns the commit index from the
+    /// leader, and nothing above the recovered commit is applied before that).
     PersistHardState(HardState),
     /// Apply committed `entries` to the state machine, in order; every
     /// committed index is emitted exactly once, at or below the node's durable

@@ -105,6 +105,9 @@ pub struct Cluster {
     /// index must agree (state machine safety, checked at every `Apply`,
     /// across crashes and restarts).
     pub applied_history: Vec<Entry>,
+    /// Who became leader in each term, over the whole run (election safety,
+    /// checked at every `RoleChanged`, across crashes).
+    pub leaders_by_term: BTreeMap<u64, NodeId>,
 }
 
 /// Bound on steps in one `stabilize`: more means the cluster never quiesces.
@@ -143,6 +146,7 @@ impl Cluster {
             record_trace: true,
             steps: 0,
             applied_history: Vec::new(),
+            leaders_by_term: BTreeMap::new(),
         };
         for (id, hs, log) in logs {
             let mut config = Config::new(id, seed);
@@ -279,7 +283,12 @@ impl Cluster {
             Action::ProposalDropped { id: pid, reason } => {
                 node.outcomes.insert(pid, Outcome::Dropped(reason));
             }
-            Action::RoleChanged { .. } => {}
+            Action::RoleChanged { role, term, .. } => {
+                if role == Role::Leader {
+                    let first = *self.leaders_by_term.entry(term).or_insert(id);
+                    assert_eq!(first, id, "two leaders in term {term}: {first} and {id}");
+                }
+            }
         }
     }
 

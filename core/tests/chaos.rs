@@ -72,11 +72,15 @@ fn max_acknowledged(c: &Cluster) -> u64 {
 }
 
 fn chaos_run(seed: u64, lease: bool) -> usize {
+    chaos_run_with(seed, |cfg| cfg.lease_read = lease)
+}
+
+fn chaos_run_with(seed: u64, tweak: impl Fn(&mut tarn_core::Config)) -> usize {
     let mut c = Cluster::with_config(5, seed, |cfg| {
         cfg.max_entries_per_msg = 4;
         cfg.max_inflight_msgs = 4;
         cfg.max_log_tail_entries = 16;
-        cfg.lease_read = lease;
+        tweak(cfg);
     });
     c.record_trace = false;
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
@@ -206,3 +210,44 @@ fn chaos_with_read_index_only() {
     let served: usize = (100_000..100_000 + seeds).map(|seed| chaos_run(seed, false)).sum();
     assert!(served > seeds as usize, "reads were served: {served}");
 }
+
+/// The chaos test finds planted bugs on its own, within a few seeds.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn chaos_finds_planted_bugs() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use tarn_core::PlantedBug;
+    let bugs = [
+        PlantedBug::VoteWithoutLogCheck,
+        PlantedBug::CommitPreviousTermByCounting,
+        PlantedBug::ForgetToPersistVote,
+        PlantedBug::ReadWithoutLeadershipCheck,
+        PlantedBug::AckAppendBeforeDurable,
+    ];
+    let mut report = Vec::new();
+    for bug in bugs {
+        let found = (1..=CHAOS_SEEDS_PER_BUG).find(|&seed| {
+            // Odd seeds run without pre-vote and check-quorum (so without
+            // stickiness, which otherwise masks a forgotten vote for a while).
+            let plain = seed % 2 == 1;
+            catch_unwind(AssertUnwindSafe(|| {
+                chaos_run_with(seed, |cfg| {
+                    cfg.planted_bug = Some(bug);
+                    if plain {
+                        cfg.pre_vote = false;
+                        cfg.check_quorum = false;
+                        cfg.lease_read = false;
+                    }
+                })
+            }))
+            .is_err()
+        });
+        report.push(format!("{bug:?}: {found:?}"));
+    }
+    eprintln!("first failing seed per planted bug: {report:?}");
+    let missed: Vec<_> = report.iter().filter(|r| r.ends_with("None")).collect();
+    assert!(missed.len() <= 1, "chaos missed planted bugs: {missed:?}");
+}
+
+#[cfg(feature = "planted-bugs")]
+const CHAOS_SEEDS_PER_BUG: u64 = 60;
