@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use tarn_core::Nanos;
 
-use crate::error::DecodeError;
+use crate::config::KvConfig;
+use crate::error::{DecodeError, KvError};
+use crate::key::{validate_key, validate_key_or_root, validate_value};
 use crate::response::Response;
 
 /// Identifies a client session. Chosen by the client at random (64 bits make collisions
@@ -76,6 +78,74 @@ impl Command {
     /// True for commands that change nothing; they skip session bookkeeping.
     pub fn is_read_only(&self) -> bool {
         matches!(self, Command::Get { .. } | Command::BatchGet { .. } | Command::List { .. })
+    }
+
+    /// The checks that need no state: key and value rules, TTL bounds, batch sizes. A client
+    /// can call this before sending and a server before proposing, to refuse bad input without
+    /// a log write; a command that fails here fails with the same error when applied. Batch
+    /// items are not checked (each item gets its own result when applied).
+    pub fn validate(&self, config: &KvConfig) -> Result<(), KvError> {
+        let ttl = |key: &str, ttl_nanos: Nanos| {
+            if ttl_nanos < config.min_ttl_nanos || ttl_nanos > config.max_ttl_nanos {
+                return Err(KvError::InvalidTtl {
+                    key: key.to_owned(),
+                    ttl_nanos,
+                    min_nanos: config.min_ttl_nanos,
+                    max_nanos: config.max_ttl_nanos,
+                });
+            }
+            Ok(())
+        };
+        let batch = |count: usize| {
+            if count > config.max_batch_items {
+                return Err(KvError::TooManyItems { count, max: config.max_batch_items });
+            }
+            Ok(())
+        };
+        match self {
+            Command::Get { key } | Command::List { key } => validate_key_or_root(key, config),
+            Command::BatchGet { keys } | Command::BatchRemove { keys } => batch(keys.len()),
+            Command::BatchPut { items } => batch(items.len()),
+            Command::Put { key, value } => {
+                validate_key(key, config)?;
+                validate_value(key, value, config)
+            }
+            Command::Remove { key } | Command::Mkdir { key } | Command::Unlock { key } => {
+                validate_key(key, config)
+            }
+            Command::CompareAndSet { key, expected, new } => {
+                validate_key(key, config)?;
+                if expected.is_none() && new.is_none() {
+                    return Err(KvError::CasBothAbsent { key: key.clone() });
+                }
+                match new {
+                    Some(new) => validate_value(key, new, config),
+                    None => Ok(()),
+                }
+            }
+            Command::PutTemp { key, value, ttl_nanos } => {
+                validate_key(key, config)?;
+                validate_value(key, value, config)?;
+                ttl(key, *ttl_nanos)
+            }
+            Command::MkdirTemp { key, ttl_nanos } | Command::UpdateTtl { key, ttl_nanos } => {
+                validate_key(key, config)?;
+                ttl(key, *ttl_nanos)
+            }
+            Command::TryLock { key, lease_nanos, wait_nanos } => {
+                validate_key(key, config)?;
+                ttl(key, *lease_nanos)?;
+                if *wait_nanos > 0 {
+                    ttl(key, *wait_nanos)?;
+                }
+                Ok(())
+            }
+            Command::UpdateLease { key, lease_nanos } => {
+                validate_key(key, config)?;
+                ttl(key, *lease_nanos)
+            }
+            Command::Expire { .. } | Command::KeepAlive => Ok(()),
+        }
     }
 
     /// A short stable name, for metrics and error messages.

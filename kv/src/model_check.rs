@@ -274,6 +274,21 @@ pub(crate) fn run_with_coverage(
             let actual = machine.apply(index, leader_time, request);
             assert_eq!(actual, expected, "seed {seed} step {step} index {index}: {request:?}");
             *coverage.entry(outcome_name(&actual)).or_default() += 1;
+            if let Err(error) = request.command.validate(&model.config) {
+                if request.client_id != SYSTEM_CLIENT_ID {
+                    let session_refusal = matches!(
+                        actual,
+                        Err(KvError::SessionExpired { .. }
+                            | KvError::SessionSeqTooOld { .. }
+                            | KvError::TooManySessions { .. })
+                    );
+                    assert!(
+                        session_refusal || actual == Err(error.clone()),
+                        "validate said {error:?}, apply {actual:?}"
+                    );
+                    *coverage.entry("validate-agreed".into()).or_default() += 1;
+                }
+            }
             gen.answered(at, request, &actual);
         }
         if step % 97 == 0 {
@@ -324,6 +339,7 @@ fn machine_agrees_with_model_on_random_streams() {
         "SessionExpired",
         "SessionSeqTooOld",
         "SystemOnly",
+        "validate-agreed",
     ];
     for outcome in expected {
         assert!(
