@@ -759,3 +759,85 @@ fn random_partitions_and_crashes_keep_the_invariants() {
         let _ = Index::default();
     }
 }
+
+// ---- learners and joint configurations (the base issue 3 builds on) ---------
+
+#[test]
+fn a_learner_replicates_but_never_votes_counts_or_campaigns() {
+    let mut m = Membership::new_voters([1, 2, 3]);
+    m.learners.insert(4);
+    let logs = (1..=4).map(|id| (id, HardState::default(), Vec::new())).collect();
+    let mut c = Cluster::with_logs(27, m, logs, |_| {});
+    c.elect(1);
+    c.propose(1, 1, b"to everyone");
+    c.run_for(100 * MS);
+    assert_eq!(c.applied_payloads(4), vec![b"to everyone".to_vec()]);
+    // Leader plus learner is not a quorum.
+    c.partition(&[1, 4], &[2, 3]);
+    c.propose(1, 2, b"stuck");
+    c.run_for(100 * MS);
+    assert!(!c.applied_payloads(4).contains(&b"stuck".to_vec()));
+    assert!(!c.applied_payloads(1).contains(&b"stuck".to_vec()), "the learner's ack does not count");
+    // A learner never campaigns, however long it hears nothing.
+    c.isolate(4);
+    c.run_for(3_000 * MS);
+    assert!(sends(&c, 4, "PreVoteRequest").next().is_none());
+    assert!(sends(&c, 4, "VoteRequest").next().is_none());
+    assert_eq!(c.raft(4).role(), Role::Follower);
+}
+
+#[test]
+fn a_joint_configuration_needs_both_majorities_to_elect_and_commit() {
+    let mut m = Membership::new_voters([1, 2, 3]);
+    m.voters_outgoing = [3, 4, 5].into_iter().collect();
+    let logs = (1..=5).map(|id| (id, HardState::default(), Vec::new())).collect();
+    let mut c = Cluster::with_logs(28, m, logs, |_| {});
+    // {1, 2, 3} would be a majority of the incoming half only.
+    c.partition(&[1, 2, 3], &[4, 5]);
+    c.tick(1);
+    c.stabilize();
+    assert_ne!(c.raft(1).role(), Role::Leader, "no majority of the outgoing half");
+    c.heal();
+    c.elect(1);
+    // With 4 and 5 cut off, nothing commits: the outgoing half has only 3.
+    c.run_for(100 * MS);
+    let committed = c.raft(1).commit_index();
+    c.partition(&[1, 2, 3], &[4, 5]);
+    c.propose(1, 1, b"joint");
+    c.run_for(100 * MS);
+    assert_eq!(c.raft(1).commit_index(), committed);
+    // 3 and 4 give the outgoing majority, 1 and 3 the incoming one.
+    c.heal();
+    c.isolate(5);
+    c.isolate(2);
+    c.run_for(100 * MS);
+    assert!(c.applied_payloads(1).contains(&b"joint".to_vec()));
+    c.check_invariants();
+}
+
+#[test]
+fn messages_survive_a_postcard_round_trip() {
+    let bodies = vec![
+        MessageBody::PreVoteRequest { last_log_id: LogId::new(3, 9) },
+        MessageBody::VoteResponse { granted: true },
+        MessageBody::AppendEntries {
+            session: 7,
+            prev_log_id: LogId::new(2, 4),
+            entries: log_with_terms(&[1, 2]),
+            commit: 3,
+        },
+        MessageBody::AppendResponse {
+            session: 7,
+            result: Err(tarn_core::RejectHint { rejected_index: 4, hint: LogId::new(1, 2) }),
+        },
+        MessageBody::Heartbeat { commit: 3, ctx: 11 },
+        MessageBody::ReadIndexResponse { id: 5, result: Ok(8) },
+        MessageBody::TimeoutNow,
+    ];
+    for body in bodies {
+        let m = Message { from: 2, term: 9, body };
+        let bytes = postcard::to_allocvec(&m).unwrap();
+        let back: Message = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, m);
+    }
+}
