@@ -334,19 +334,29 @@ impl KvStateMachine {
     /// Removes a whole subtree (children first), disarming its TTLs; stamps the ancestors.
     pub(crate) fn remove_subtree(&mut self, ctx: Ctx, id: NodeId) {
         let parent = self.tree.node(id).parent;
-        for victim in self.tree.subtree_post_order(id) {
-            let node = self.tree.remove_leaf(victim);
-            if let Some(temp) = node.temp {
-                self.ttl.disarm(temp.arm_id);
+        if self.tree.node(id).children().is_none_or(|children| children.is_empty()) {
+            // The common case, a leaf: no traversal, no allocation.
+            self.remove_one(ctx, id);
+        } else {
+            for victim in self.tree.subtree_post_order(id) {
+                self.remove_one(ctx, victim);
             }
-            if let Body::Lock(waiters) = &node.body {
-                for waiter in waiters {
-                    self.ttl.disarm(waiter.arm_id);
-                }
-            }
-            self.emit(ctx.index, node.key, EventKind::Removed);
         }
         self.tree.touch_up(parent, ctx.index, ctx.time_nanos);
+    }
+
+    /// Removes a node without children, disarming its TTLs and emitting its event.
+    fn remove_one(&mut self, ctx: Ctx, id: NodeId) {
+        let node = self.tree.remove_leaf(id);
+        if let Some(temp) = node.temp {
+            self.ttl.disarm(temp.arm_id);
+        }
+        if let Body::Lock(waiters) = &node.body {
+            for waiter in waiters {
+                self.ttl.disarm(waiter.arm_id);
+            }
+        }
+        self.emit(ctx.index, node.key, EventKind::Removed);
     }
 
     pub(crate) fn arm(&mut self, key: &Arc<str>, duration_nanos: Nanos) -> u64 {
