@@ -85,6 +85,7 @@ fn main() {
     let (mut insert, mut overwrite, mut get, mut cas, mut decode_apply) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut encode_mb, mut decode_mb, mut digest_mb) = (vec![], vec![], vec![]);
+    let mut remove = vec![];
     let mut snapshot_bytes = 0usize;
     for _ in 0..rounds {
         let mut run = Run::new();
@@ -166,12 +167,24 @@ fn main() {
         let digest = run.kv.digest();
         digest_mb.push(snapshot_bytes as f64 / 1e6 / start.elapsed().as_secs_f64());
         assert_eq!(decoded.digest(), digest);
+        drop(decoded);
+
+        let requests: Vec<Request> =
+            order.iter().map(|&i| run.request(Command::Remove { key: names[i].clone() })).collect();
+        let start = Instant::now();
+        for request in &requests {
+            run.index += 1;
+            black_box(run.kv.apply(run.index, run.index, request)).ok();
+        }
+        remove.push(keys as f64 / start.elapsed().as_secs_f64());
+        assert_eq!(run.kv.node_count(), DIRS);
     }
     report("put, new keys (apply)", insert, "ops/s");
     report("put, overwrite (apply)", overwrite, "ops/s");
     report("get (read path)", get, "ops/s");
     report("compare-and-set, success (apply)", cas, "ops/s");
     report("put overwrite, decode entry + apply", decode_apply, "ops/s");
+    report("remove (apply)", remove, "ops/s");
     println!("snapshot size: {:.1} MB", snapshot_bytes as f64 / 1e6);
     report("snapshot encode", encode_mb, "MB/s");
     report("snapshot decode (verify + rebuild + digest)", decode_mb, "MB/s");
