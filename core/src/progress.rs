@@ -89,6 +89,8 @@ pub struct Progress {
     pub acked_ctx: u64,
     /// Local time the match point last moved (or replication started).
     pub last_progress_ns: Nanos,
+    /// The commit index carried by the last append sent.
+    pub commit_sent: Index,
 }
 
 impl Progress {
@@ -107,6 +109,7 @@ impl Progress {
             recent_active: false,
             acked_ctx: 0,
             last_progress_ns: 0,
+            commit_sent: 0,
         }
     }
 

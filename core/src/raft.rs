@@ -719,7 +719,11 @@ impl RawNode {
         self.follower_ack.matched = self.follower_ack.matched.max(matched);
         self.log.commit_to(commit.min(matched));
         let durable_now = matched <= self.durable_index();
-        self.maybe_ack(from, durable_now, actions);
+        if durable_now {
+            // Otherwise the acknowledgement leaves with the LogPersisted that
+            // covers it (one response per append, no partial acks to resend).
+            self.maybe_ack(from, true, actions);
+        }
     }
 
     fn durable_index(&self) -> Index {
@@ -853,7 +857,10 @@ impl RawNode {
             }
             let next = p.next_index;
             let last = self.log.last().index;
-            if next > last && !send_empty {
+            // Nothing new: send only if asked to, or to carry a commit index
+            // this follower has not been sent yet.
+            let commit_news = self.log.committed() > p.commit_sent;
+            if next > last && !send_empty && !commit_news {
                 return;
             }
             let prev_index = next - 1;
@@ -879,6 +886,7 @@ impl RawNode {
             let p = l.progress.get_mut(&to).expect("checked above");
             let session = p.session;
             p.sent(last_sent, bytes);
+            p.commit_sent = commit;
             let body = MessageBody::AppendEntries {
                 session,
                 prev_log_id: LogId::new(prev_term, prev_index),
@@ -1062,7 +1070,7 @@ impl RawNode {
         let ids: Vec<NodeId> =
             self.leader.as_ref().map_or(Vec::new(), |l| l.progress.keys().copied().collect());
         for id in ids {
-            self.send_appends(id, true, actions);
+            self.send_appends(id, false, actions);
         }
     }
 
