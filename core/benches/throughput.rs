@@ -125,7 +125,19 @@ impl Driver {
     }
 }
 
-fn run(payload_bytes: usize, proposers: usize, entries: u64) -> (f64, f64) {
+/// CPU seconds this process has used (user + system), from /proc/self/stat;
+/// on a shared machine this is steadier than wall time. None off Linux.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall, in clock ticks (100 per second on Linux).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn run(payload_bytes: usize, proposers: usize, entries: u64) -> (f64, f64, Option<f64>) {
     let mut d = Driver::new();
     d.elect();
     let payload = Bytes::from_static(&PAYLOAD[..payload_bytes]);
@@ -133,6 +145,7 @@ fn run(payload_bytes: usize, proposers: usize, entries: u64) -> (f64, f64) {
     d.finished = proposers;
     d.committed = 0;
     let allocs_before = ALLOCATIONS.load(Ordering::Relaxed);
+    let cpu_before = cpu_seconds();
     let start = Instant::now();
     while d.committed < entries {
         if d.finished > 0 {
@@ -150,19 +163,25 @@ fn run(payload_bytes: usize, proposers: usize, entries: u64) -> (f64, f64) {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu =
+        cpu_seconds().zip(cpu_before).map(|(after, before)| d.committed as f64 / (after - before).max(0.01));
     let allocs = ALLOCATIONS.load(Ordering::Relaxed) - allocs_before;
-    (d.committed as f64 / elapsed, allocs as f64 / d.committed as f64)
+    (d.committed as f64 / elapsed, allocs as f64 / d.committed as f64, cpu)
 }
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
     println!("3-node in-memory cluster, persistence acknowledged at once, closed-loop proposers");
-    println!("{:>9} {:>10} {:>14} {:>12}", "payload", "proposers", "entries/s", "allocs/entry");
+    println!(
+        "{:>9} {:>10} {:>14} {:>18} {:>12}",
+        "payload", "proposers", "entries/s", "entries/cpu-s", "allocs/entry"
+    );
     for &payload in &[16usize, 256] {
         for &(proposers, entries) in &[(1usize, 300_000u64), (64, 4_000_000), (1024, 8_000_000)] {
-            let (rate, allocs) = run(payload, proposers, entries / scale);
-            println!("{:>8}B {:>10} {:>14.0} {:>12.2}", payload, proposers, rate, allocs);
+            let (rate, allocs, cpu_rate) = run(payload, proposers, entries / scale);
+            let cpu_rate = cpu_rate.map_or("n/a".to_string(), |r| format!("{r:.0}"));
+            println!("{:>8}B {:>10} {:>14.0} {:>18} {:>12.2}", payload, proposers, rate, cpu_rate, allocs);
         }
     }
 }

@@ -706,8 +706,12 @@ impl RawNode {
             }
         }
         if skip < entries.len() {
-            let mut entries = entries;
-            let new: Vec<Entry> = entries.drain(skip..).collect();
+            let new: Vec<Entry> = if skip == 0 {
+                entries
+            } else {
+                let mut entries = entries;
+                entries.drain(skip..).collect()
+            };
             if new[0].index <= committed {
                 // A correct leader never contradicts a committed entry: refuse
                 // rather than corrupt the log (the checkers flag the leader).
@@ -838,10 +842,22 @@ impl RawNode {
     }
 
     fn broadcast_append(&mut self, actions: &mut Vec<Action>) {
-        let Some(l) = self.leader.as_ref() else { return };
-        let ids: Vec<NodeId> = l.progress.keys().copied().collect();
-        for id in ids {
-            self.send_appends(id, false, actions);
+        self.for_each_follower(|node, id| node.send_appends(id, false, actions));
+    }
+
+    /// Calls `f` for every follower in the progress map, in id order, without
+    /// holding a borrow of the map (and without allocating a list of ids).
+    fn for_each_follower(&mut self, mut f: impl FnMut(&mut Self, NodeId)) {
+        let mut after = None;
+        loop {
+            let Some(l) = self.leader.as_ref() else { return };
+            let next = match after {
+                None => l.progress.keys().next().copied(),
+                Some(prev) => l.progress.range(prev + 1..).next().map(|(&id, _)| id),
+            };
+            let Some(id) = next else { return };
+            f(self, id);
+            after = Some(id);
         }
     }
 
@@ -1067,11 +1083,7 @@ impl RawNode {
             }
         }
         // Tell followers promptly (their next append would too).
-        let ids: Vec<NodeId> =
-            self.leader.as_ref().map_or(Vec::new(), |l| l.progress.keys().copied().collect());
-        for id in ids {
-            self.send_appends(id, false, actions);
-        }
+        self.for_each_follower(|node, id| node.send_appends(id, false, actions));
     }
 
     // ---- leadership transfer ---------------------------------------------------
