@@ -841,3 +841,44 @@ fn messages_survive_a_postcard_round_trip() {
         assert_eq!(back, m);
     }
 }
+
+#[test]
+fn pending_reads_are_bounded_and_forwarded_reads_time_out() {
+    let mut c = Cluster::with_config(3, 29, |cfg| {
+        cfg.max_pending_reads = 3;
+        cfg.lease_read = false;
+    });
+    c.elect(1);
+    c.run_for(100 * MS);
+    // The leader cannot confirm anything while isolated: reads pile up to the bound.
+    c.isolate(1);
+    for id in 0..4 {
+        c.read(1, id);
+    }
+    assert_eq!(c.outcome(1, 3), Some(&Outcome::ReadFailed(DropReason::TooManyPendingReads)));
+    assert_eq!(c.outcome(1, 0), None);
+    // A follower whose leader does not answer fails its forwarded read.
+    c.heal();
+    c.run_for(100 * MS);
+    c.partition(&[2], &[1]);
+    c.read(2, 50);
+    c.run_for(c.node(2).config.election_timeout_min_ns + MS);
+    assert_eq!(c.outcome(2, 50), Some(&Outcome::ReadFailed(DropReason::Timeout)));
+}
+
+#[test]
+fn fetched_entries_that_disagree_with_the_log_are_ignored() {
+    let mut c = Cluster::with_config(3, 30, |cfg| cfg.max_log_tail_entries = 4);
+    c.elect(1);
+    for i in 0..20 {
+        c.propose(1, i, b"x");
+        c.stabilize();
+    }
+    let before = c.raft(1).status();
+    // Entries of a term the log never had at those indexes change nothing.
+    let bogus = log_with_terms(&[9, 9, 9]);
+    c.step(1, Input::EntriesFetched { from: 1, entries: bogus });
+    assert_eq!(c.raft(1).status(), before);
+    c.run_for(100 * MS);
+    c.check_invariants();
+}
