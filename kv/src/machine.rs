@@ -614,7 +614,7 @@ impl KvStateMachine {
 
     /// Takes pending events of a watcher (about `max_events`, whole indexes).
     pub fn poll_watch(&mut self, id: WatchId, max_events: usize) -> WatchPoll {
-        self.watch.poll(id, max_events)
+        self.watch.poll(id, max_events, &self.config)
     }
 
     /// Watchers with events or a cut-off to deliver, in id order.

@@ -433,3 +433,146 @@ fn checked_pair_agrees_on_mutated_entry_bytes() {
     pair.check();
     assert!(decoded > 2_000, "most entries decode ({decoded})");
 }
+
+/// The events a bounded history keeps: the longest suffix made of whole indexes that fits in
+/// `max_events` (what evicting oldest-first, a whole index at a time, leaves behind).
+fn kept_floor(events: &[WatchEvent], max_events: usize) -> Index {
+    let mut start = events.len();
+    while start > 0 {
+        let index = events[start - 1].index;
+        let mut group_start = start;
+        while group_start > 0 && events[group_start - 1].index == index {
+            group_start -= 1;
+        }
+        if events.len() - group_start > max_events {
+            break;
+        }
+        start = group_start;
+    }
+    if start == 0 {
+        0
+    } else {
+        events[start - 1].index
+    }
+}
+
+#[test]
+fn watches_resume_exactly_or_say_why_not() {
+    use crate::machine::WatchRegisterError;
+    use crate::watch::{CutOffReason, WatchError};
+
+    let history_max = 60;
+    let queue_max = 25;
+    let config = KvConfig {
+        watch_history_max_events: history_max,
+        watch_queue_max_events: queue_max,
+        ..test_config()
+    };
+    for seed in 0..8u64 {
+        let mut machine = KvStateMachine::new(config.clone());
+        let mut model = Model::new(config.clone());
+        let mut gen = Gen::new(seed + 77);
+        // A long-lived watcher that polls too little and resumes after cut-offs. Seeds alternate
+        // between everything (falls behind for good) and one subtree (mostly keeps up).
+        let followed = if seed % 2 == 0 { "" } else { "a" };
+        let matches = |key: &str| crate::key::is_in_subtree(key, followed);
+        let mut follower = machine.watch(followed, true, None).unwrap();
+        let mut delivered: Vec<WatchEvent> = Vec::new();
+        let mut resumed_after_compaction = 0;
+        let mut cut_offs = 0;
+        let mut compactions = 0;
+        for step in 1..=2_500u64 {
+            let (at, request) = gen.request(&model);
+            let expected = model.apply(step, step, &request);
+            assert_eq!(machine.apply(step, step, &request), expected);
+            gen.answered(at, &request, &expected);
+
+            // A fresh watcher from a random past index sees exactly the model's events.
+            if step % 37 == 0 {
+                let key = gen.key();
+                let subtree = gen.rng().gen_ratio(1, 2);
+                let after = step.saturating_sub(gen.rng().gen_range(0..600));
+                let floor = kept_floor(&model.events, history_max);
+                let wanted: Vec<WatchEvent> = model
+                    .events
+                    .iter()
+                    .filter(|e| e.index > after)
+                    .filter(
+                        |e| if subtree { crate::key::is_in_subtree(&e.key, &key) } else { *e.key == *key },
+                    )
+                    .cloned()
+                    .collect();
+                match machine.watch(&key, subtree, Some(after)) {
+                    Err(WatchRegisterError::Key(_)) => {
+                        assert!(crate::key::validate_key_or_root(&key, &config).is_err())
+                    }
+                    Err(WatchRegisterError::Watch(WatchError::Compacted { requested, oldest_kept })) => {
+                        assert_eq!((requested, oldest_kept), (after, floor));
+                        assert!(after < floor);
+                        compactions += 1;
+                    }
+                    Err(other) => panic!("unexpected {other:?}"),
+                    Ok(id) => {
+                        assert!(after >= floor, "seed {seed} step {step}: after {after} floor {floor}");
+                        let WatchPoll::Events(got) = machine.poll_watch(id, usize::MAX) else { panic!() };
+                        assert_eq!(
+                            got, wanted,
+                            "seed {seed} step {step}: watch {key:?} subtree {subtree} after {after}"
+                        );
+                        assert!(machine.unwatch(id));
+                    }
+                }
+            }
+
+            // The follower polls every 40 steps; when cut off it resumes from its last index.
+            if step % 40 == 0 {
+                match machine.poll_watch(follower, 4) {
+                    WatchPoll::Events(events) => delivered.extend(events),
+                    WatchPoll::CutOff(CutOffReason::QueueFull { last_delivered_index, .. }) => {
+                        cut_offs += 1;
+                        assert_eq!(
+                            last_delivered_index,
+                            delivered.last().map_or(0, |e| e.index).max(last_delivered_index)
+                        );
+                        match machine.watch(followed, true, Some(last_delivered_index)) {
+                            Ok(id) => follower = id,
+                            Err(_) => {
+                                // Gone or too far behind: the client re-reads and starts afresh.
+                                resumed_after_compaction += 1;
+                                delivered.retain(|_| false);
+                                follower = machine.watch(followed, true, None).unwrap();
+                                let now = machine.applied_index();
+                                delivered.extend(
+                                    model
+                                        .events
+                                        .iter()
+                                        .filter(|e| e.index <= now && matches(&e.key))
+                                        .cloned(),
+                                );
+                            }
+                        }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        // Drain and compare: no gap, no duplicate, same order as the model.
+        loop {
+            match machine.poll_watch(follower, 1_000) {
+                WatchPoll::Events(events) if events.is_empty() => break,
+                WatchPoll::Events(events) => delivered.extend(events),
+                other => panic!("unexpected at drain {other:?}"),
+            }
+        }
+        let expected: Vec<WatchEvent> = model.events.iter().filter(|e| matches(&e.key)).cloned().collect();
+        assert_eq!(delivered, expected, "seed {seed}: follower stream");
+        assert!(compactions > 0, "seed {seed}: compaction path not exercised");
+        assert_eq!(
+            cut_offs, resumed_after_compaction,
+            "seed {seed}: a cut-off means the history left it behind"
+        );
+        if followed.is_empty() {
+            assert!(cut_offs > 0, "seed {seed}: cut-off path not exercised");
+        }
+    }
+}

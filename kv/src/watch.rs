@@ -4,8 +4,13 @@
 //! after the index it starts from, in order, or learns clearly that it cannot:
 //! - resuming from an index older than the kept history gives `WatchError::Compacted`
 //!   (re-read the state, then watch from the index of that read);
-//! - a watcher whose queue reaches `watch_queue_max_events` is cut off with
-//!   `CutOffReason::QueueFull` (never silently dropped); it resumes from its last index.
+//! - a watcher whose queue reaches `watch_queue_max_events` drops its queue and reads the
+//!   shared history from its last delivered index instead (catch-up mode, no per-watcher
+//!   memory); if the history moves past it, it is cut off with `CutOffReason::QueueFull`
+//!   (never silently dropped) and the client re-reads, then watches from the read's index.
+//!
+//! A watcher registered with an old `after_index` starts in catch-up mode too, so resuming
+//! costs no copying and is limited only by what the history still holds.
 //!
 //! Watches are local to one server (like etcd's), not replicated and not in snapshots. The
 //! history is a bounded ring (events and value bytes); events of one index are either all
@@ -76,6 +81,7 @@ impl WatchEvent {
 pub enum WatchError {
     #[error("events after index {requested} are compacted (history starts after {oldest_kept}); re-read, then watch from the read's index")]
     Compacted { requested: Index, oldest_kept: Index },
+    /// Not returned since resuming reads the shared history; kept for wire stability.
     #[error("{pending} events after index {requested} exceed one watcher's queue ({max}); re-read, then watch from the read's index")]
     TooFarBehind { requested: Index, pending: usize, max: usize },
     #[error("too many watchers ({max}); remove some or raise max_watchers")]
@@ -86,7 +92,8 @@ pub enum WatchError {
 /// from the last index it fully processed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CutOffReason {
-    /// Its queue reached `max_events` undelivered events: the reader is too slow.
+    /// The reader is too slow: its queue reached `max_events` undelivered events and then the
+    /// shared history moved past `last_delivered_index`.
     QueueFull { max_events: usize, last_delivered_index: Index },
     /// This server installed a snapshot, so it no longer has the events in between.
     SnapshotInstalled { snapshot_index: Index },
@@ -109,6 +116,9 @@ struct Watcher {
     subtree: bool,
     /// Events at or below this index were already delivered or predate the watch.
     after_index: Index,
+    /// Reading past events from the shared history (after registering with an old index, or
+    /// after its queue overflowed) instead of from `queue`.
+    catching_up: bool,
     queue: VecDeque<WatchEvent>,
     cut_off: Option<CutOffReason>,
 }
@@ -187,19 +197,19 @@ impl WatchHub {
             if let Some(ids) = self.by_key.get(key) {
                 for &id in ids {
                     let watcher = self.watchers.get_mut(&id).expect("by_key only holds live watchers");
-                    if !(exact || watcher.subtree) || watcher.cut_off.is_some() {
+                    if !(exact || watcher.subtree) || watcher.cut_off.is_some() || watcher.catching_up {
+                        // Catching-up watchers read this event from the history later.
                         continue;
                     }
                     if event.index <= watcher.after_index {
                         continue;
                     }
                     if watcher.queue.len() >= config.watch_queue_max_events {
-                        let last_delivered_index = watcher.after_index;
+                        // Too slow for its own queue: drop the queue and fall back to reading
+                        // the shared history from the last delivered index. Memory stays
+                        // bounded; the watcher is cut off only if the history moves past it.
                         watcher.queue.clear();
-                        watcher.cut_off = Some(CutOffReason::QueueFull {
-                            max_events: config.watch_queue_max_events,
-                            last_delivered_index,
-                        });
+                        watcher.catching_up = true;
                     } else {
                         watcher.queue.push_back(event.clone());
                     }
@@ -215,7 +225,8 @@ impl WatchHub {
     }
 
     /// Registers a watch on `key` (and its subtree if `subtree`), delivering events with an
-    /// index above `after_index` (`None` = from now on, `applied_index`).
+    /// index above `after_index` (`None` = from now on, `applied_index`). Past events are read
+    /// from the shared history as the watcher polls (catch-up mode), never copied up front.
     pub fn register(
         &mut self,
         key: &str,
@@ -232,6 +243,7 @@ impl WatchHub {
             key: key.clone(),
             subtree,
             after_index: applied_index,
+            catching_up: false,
             queue: VecDeque::new(),
             cut_off: None,
         };
@@ -240,24 +252,11 @@ impl WatchHub {
                 return Err(WatchError::Compacted { requested, oldest_kept: self.history_floor });
             }
             watcher.after_index = requested;
-            let start = self.history.partition_point(|event| event.index <= requested);
-            for event in self.history.range(start..) {
-                if watcher.matches(&event.key) {
-                    if watcher.queue.len() >= config.watch_queue_max_events {
-                        let pending = self.history.range(start..).filter(|e| watcher.matches(&e.key)).count();
-                        return Err(WatchError::TooFarBehind {
-                            requested,
-                            pending,
-                            max: config.watch_queue_max_events,
-                        });
-                    }
-                    watcher.queue.push_back(event.clone());
-                }
-            }
+            watcher.catching_up = self.history.back().is_some_and(|last| last.index > requested);
         }
         let id = self.next_id;
         self.next_id += 1;
-        if !watcher.queue.is_empty() {
+        if watcher.catching_up {
             self.ready.insert(id);
         }
         self.watchers.insert(id, watcher);
@@ -278,17 +277,47 @@ impl WatchHub {
     }
 
     /// Takes up to about `max_events` events (whole indexes: the last index taken is
-    /// completed even past `max_events`).
-    pub fn poll(&mut self, id: WatchId, max_events: usize) -> WatchPoll {
+    /// completed even past `max_events`). Call between entries, never in the middle of one.
+    pub fn poll(&mut self, id: WatchId, max_events: usize, config: &KvConfig) -> WatchPoll {
+        let max_events = max_events.max(1);
         let Some(watcher) = self.watchers.get_mut(&id) else { return WatchPoll::Unknown };
+        if watcher.catching_up && watcher.after_index < self.history_floor {
+            // The history moved past what this watcher has seen: it cannot be served anymore.
+            watcher.cut_off = Some(CutOffReason::QueueFull {
+                max_events: config.watch_queue_max_events,
+                last_delivered_index: watcher.after_index,
+            });
+        }
         if let Some(reason) = watcher.cut_off.clone() {
             self.unregister(id);
             return WatchPoll::CutOff(reason);
         }
         let mut events = Vec::new();
+        if watcher.catching_up {
+            let start = self.history.partition_point(|event| event.index <= watcher.after_index);
+            let mut scanned_to = watcher.after_index;
+            let mut reached_end = true;
+            for event in self.history.range(start..) {
+                if events.len() >= max_events && event.index != scanned_to {
+                    reached_end = false;
+                    break;
+                }
+                scanned_to = event.index;
+                if watcher.matches(&event.key) {
+                    events.push(event.clone());
+                }
+            }
+            watcher.after_index = scanned_to;
+            if reached_end {
+                // Caught up: from now on `dispatch` queues new events for it.
+                watcher.catching_up = false;
+                self.ready.remove(&id);
+            }
+            return WatchPoll::Events(events);
+        }
         while let Some(front) = watcher.queue.front() {
             let same_index = events.last().is_some_and(|last: &WatchEvent| last.index == front.index);
-            if events.len() >= max_events.max(1) && !same_index {
+            if events.len() >= max_events && !same_index {
                 break;
             }
             events.push(watcher.queue.pop_front().expect("front exists"));
@@ -318,6 +347,7 @@ impl WatchHub {
         self.history_floor = snapshot_index;
         for (&id, watcher) in self.watchers.iter_mut() {
             watcher.queue.clear();
+            watcher.catching_up = false;
             watcher.cut_off = Some(CutOffReason::SnapshotInstalled { snapshot_index });
             self.ready.insert(id);
         }

@@ -93,29 +93,50 @@ fn history_is_bounded_by_value_bytes_too() {
 }
 
 #[test]
-fn a_slow_watcher_is_cut_off_with_a_reason_and_can_resume() {
+fn a_slow_watcher_falls_back_to_the_history_and_loses_nothing() {
     let config = KvConfig { watch_queue_max_events: 3, ..support::config() };
     let mut h = Harness::with_config(config);
     let id = h.kv.watch("", true, None).unwrap();
     h.run(1, put("a", "1")).unwrap(); // 1
     assert_eq!(events(&mut h, id).len(), 1);
-    for i in 0..4 {
-        h.run(1, put(&format!("k{i}"), "v")).unwrap(); // 2..=5; the 4th overflows
+    for i in 0..10 {
+        h.run(1, put(&format!("k{i}"), "v")).unwrap(); // 2..=11: the queue (3) overflows
     }
     assert_eq!(h.kv.ready_watches(), vec![id]);
+    let WatchPoll::Events(first) = h.kv.poll_watch(id, 4) else { panic!() };
+    let WatchPoll::Events(rest) = h.kv.poll_watch(id, 100) else { panic!() };
+    let indexes: Vec<u64> = first.iter().chain(&rest).map(|e| e.index).collect();
+    assert_eq!(indexes, (2..=11).collect::<Vec<_>>(), "every event, in order, from the shared history");
+    assert_eq!(first.len(), 4);
+    // Caught up: live again.
+    h.run(1, put("z", "v")).unwrap();
+    assert_eq!(events(&mut h, id), vec![(12, "z".into(), EventKind::Put { value: support::b("v") })]);
+}
+
+#[test]
+fn a_watcher_the_history_leaves_behind_is_cut_off_with_a_reason() {
+    let config = KvConfig { watch_queue_max_events: 3, watch_history_max_events: 5, ..support::config() };
+    let mut h = Harness::with_config(config);
+    let id = h.kv.watch("", true, None).unwrap();
+    h.run(1, put("a", "1")).unwrap(); // 1
+    assert_eq!(events(&mut h, id).len(), 1);
+    for i in 0..8 {
+        h.run(1, put(&format!("k{i}"), "v")).unwrap(); // 2..=9; history keeps 5..=9
+    }
     assert_eq!(
         h.kv.poll_watch(id, 10),
         WatchPoll::CutOff(CutOffReason::QueueFull { max_events: 3, last_delivered_index: 1 })
     );
     assert_eq!(h.kv.poll_watch(id, 10), WatchPoll::Unknown, "a cut-off watcher is gone");
     assert_eq!(h.kv.watcher_count(), 0);
-    // It resumes from the last index it processed, in pieces its queue can hold.
-    assert!(matches!(
+    assert_eq!(
         h.kv.watch("", true, Some(1)),
-        Err(WatchRegisterError::Watch(WatchError::TooFarBehind { pending: 4, max: 3, .. }))
-    ));
-    let again = h.kv.watch("k3", true, Some(1)).unwrap();
-    assert_eq!(events(&mut h, again), vec![(5, "k3".into(), EventKind::Put { value: support::b("v") })]);
+        Err(WatchRegisterError::Watch(WatchError::Compacted { requested: 1, oldest_kept: 4 }))
+    );
+    // After re-reading, it watches from the read's index and misses nothing after it.
+    let read_index = h.kv.applied_index();
+    let again = h.kv.watch("k7", true, Some(read_index - 1)).unwrap();
+    assert_eq!(events(&mut h, again), vec![(9, "k7".into(), EventKind::Put { value: support::b("v") })]);
 }
 
 #[test]
