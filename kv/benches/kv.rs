@@ -86,6 +86,7 @@ fn main() {
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut encode_mb, mut decode_mb, mut digest_mb) = (vec![], vec![], vec![]);
     let mut remove = vec![];
+    let mut fork_ms = vec![];
     let mut snapshot_bytes = 0usize;
     for _ in 0..rounds {
         let mut run = Run::new();
@@ -154,6 +155,11 @@ fn main() {
         decode_apply.push(keys as f64 / start.elapsed().as_secs_f64());
 
         let start = Instant::now();
+        let fork = run.kv.fork();
+        fork_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        drop(fork);
+
+        let start = Instant::now();
         let chunks: Vec<Bytes> = run.kv.snapshot_chunks(1 << 20).collect();
         let elapsed = start.elapsed().as_secs_f64();
         snapshot_bytes = chunks.iter().map(|c| c.len()).sum();
@@ -186,6 +192,7 @@ fn main() {
     report("put overwrite, decode entry + apply", decode_apply, "ops/s");
     report("remove (apply)", remove, "ops/s");
     println!("snapshot size: {:.1} MB", snapshot_bytes as f64 / 1e6);
+    report("fork (copy of the state for encoding elsewhere)", fork_ms, "ms");
     report("snapshot encode", encode_mb, "MB/s");
     report("snapshot decode (verify + rebuild + digest)", decode_mb, "MB/s");
     report("digest", digest_mb, "MB/s");

@@ -638,6 +638,25 @@ impl KvStateMachine {
 
     // ----- snapshots ---------------------------------------------------------------------
 
+    /// A copy of the replicated state (tree, sessions, counters) without the local parts (no
+    /// watchers, no history, TTLs pending). Values and keys are shared, not copied, so this
+    /// costs one pass over the nodes; the server forks, then encodes the fork's snapshot on
+    /// another thread while this state keeps applying. The fork's digest equals this state's.
+    pub fn fork(&self) -> KvStateMachine {
+        let mut fork = KvStateMachine {
+            config: self.config.clone(),
+            tree: self.tree.clone(),
+            sessions: self.sessions.clone(),
+            applied_index: self.applied_index,
+            time_nanos: self.time_nanos,
+            next_arm_id: self.next_arm_id,
+            ttl: TtlTracker::default(),
+            watch: WatchHub::new(self.applied_index),
+        };
+        fork.rebuild_ttl();
+        fork
+    }
+
     /// Replaces this state with one decoded from a snapshot. Local parts follow: every TTL
     /// restarts from the next clock reading, every watcher is cut off (the events between the
     /// old state and the snapshot are not known here).

@@ -34,7 +34,7 @@ pub(crate) enum Admission {
     Refuse(KvError),
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Sessions {
     pub map: HashMap<ClientId, Session>,
     pub last_sweep_nanos: Nanos,

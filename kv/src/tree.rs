@@ -70,7 +70,7 @@ pub(crate) struct Waiter {
 }
 
 /// What a node holds.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Body {
     Value(Bytes),
     /// Children in no particular order (see the module comment).
@@ -79,7 +79,7 @@ pub(crate) enum Body {
     Lock(VecDeque<Waiter>),
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Node {
     pub key: Arc<str>,
     pub parent: NodeId,
@@ -127,7 +127,7 @@ impl Node {
 }
 
 /// The arena and its index.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Tree {
     slots: Vec<Option<Node>>,
     free: Vec<NodeId>,

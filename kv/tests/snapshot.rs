@@ -170,3 +170,20 @@ fn random_payloads_in_valid_frames_are_errors_not_panics() {
         }
     }
 }
+
+#[test]
+fn a_fork_has_the_same_digest_and_lives_on_its_own() {
+    let mut h = populated();
+    let fork = h.kv.fork();
+    assert_eq!(fork.digest(), h.kv.digest());
+    fork.check_invariants();
+    h.run(1, put("app.k000", "changed")).unwrap();
+    assert_ne!(fork.digest(), h.kv.digest());
+    assert_eq!(fork.get("app.k000").unwrap().unwrap().value, support::b("value-0"));
+    // The fork can be encoded on another thread while the original keeps applying.
+    let encoder = std::thread::spawn(move || fork.snapshot_chunks(4096).collect::<Vec<Bytes>>());
+    h.run(1, put("app.k001", "changed")).unwrap();
+    let chunks = encoder.join().unwrap();
+    let decoded = decode_snapshot(support::config(), chunks.iter().map(|c| &c[..])).unwrap();
+    assert_eq!(decoded.get("app.k001").unwrap().unwrap().value, support::b("value-1"));
+}
