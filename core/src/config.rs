@@ -44,9 +44,9 @@ pub struct Config {
     pub election_timeout_max_ns: Nanos,
     /// A leader sends heartbeats this often. Must be well below the election timeout.
     pub heartbeat_interval_ns: Nanos,
-    /// Bound on the rate difference between any two clocks of the cluster, in
-    /// parts per million. The lease is shortened by this bound (twice: both
-    /// the leader's and the follower's clock may be off).
+    /// Bound on how much faster or slower than real time any node's clock
+    /// runs, in parts per million. The lease is shortened by twice this bound:
+    /// the leader's clock may run slow while a follower's runs fast.
     pub max_clock_drift_ppm: u64,
     /// Enables pre-vote (§9.6 of the Raft thesis): a node first asks whether it
     /// could win before it bumps its term, so a partitioned node cannot inflate

@@ -66,9 +66,38 @@ pub struct Node {
     pub actions: Vec<Action>,
     /// What this incarnation was built from.
     pub recovered: Recovered,
+    /// This node's clock runs this many parts per million fast (negative:
+    /// slow) relative to the cluster's time, from `clock_offset_ns`.
+    pub clock_skew_ppm: i64,
+    pub clock_offset_ns: Nanos,
 }
 
 impl Node {
+    /// The node's local clock reading at cluster time `global`.
+    pub fn local_time(&self, global: Nanos) -> Nanos {
+        let skew = global as i128 * self.clock_skew_ppm as i128 / 1_000_000;
+        (self.clock_offset_ns as i128 + global as i128 + skew).max(0) as Nanos
+    }
+
+    /// The earliest cluster time at which the local clock reads `local`.
+    pub fn global_time(&self, local: Nanos) -> Nanos {
+        let rate = 1_000_000 + self.clock_skew_ppm as i128;
+        let since = (local as i128 - self.clock_offset_ns as i128).max(0);
+        let mut g = (since * 1_000_000 / rate).max(0) as Nanos;
+        while self.local_time(g) < local {
+            g += 1;
+        }
+        while g > 0 && self.local_time(g - 1) >= local {
+            g -= 1;
+        }
+        g
+    }
+
+    /// When, in cluster time, this node next wants a tick.
+    pub fn next_deadline_global(&self) -> Nanos {
+        self.global_time(self.raft.next_deadline())
+    }
+
     /// The log as storage holds it right now (durable plus pending writes).
     pub fn written_log(&self) -> Vec<Entry> {
         let mut log = self.durable_log.clone();
@@ -91,6 +120,7 @@ fn apply_append(log: &mut Vec<Entry>, entries: &[Entry]) {
 /// A cluster of nodes connected by a perfect network that the test can cut.
 pub struct Cluster {
     pub nodes: BTreeMap<NodeId, Node>,
+    /// Cluster ("real") time; each node sees its own clock (`Node::local_time`).
     pub now: Nanos,
     /// Messages in flight, delivered in order by `stabilize`.
     pub network: VecDeque<(NodeId, Message)>,
@@ -167,6 +197,8 @@ impl Cluster {
                 inputs: Vec::new(),
                 actions: Vec::new(),
                 recovered,
+                clock_skew_ppm: 0,
+                clock_offset_ns: 0,
             };
             c.nodes.insert(id, node);
         }
@@ -202,10 +234,11 @@ impl Cluster {
         loop {
             let node = self.nodes.get_mut(&id).expect("known node");
             let Some(input) = node.inbox.pop_front() else { break };
+            let local = node.local_time(self.now);
             if self.record_trace {
-                node.inputs.push((self.now, input.clone()));
+                node.inputs.push((local, input.clone()));
             }
-            node.raft.step(self.now, input, &mut actions);
+            node.raft.step(local, input, &mut actions);
             self.steps += 1;
             if self.record_trace {
                 node.actions.extend(actions.iter().cloned());
@@ -344,7 +377,7 @@ impl Cluster {
 
     /// Ticks `id` at its next deadline (moving cluster time there if later).
     pub fn tick(&mut self, id: NodeId) {
-        self.now = self.now.max(self.nodes[&id].raft.next_deadline());
+        self.now = self.now.max(self.nodes[&id].next_deadline_global());
         self.step(id, Input::Tick);
     }
 
@@ -354,7 +387,7 @@ impl Cluster {
         let end = self.now + duration_ns;
         loop {
             self.stabilize();
-            let next = self.nodes.values().filter(|n| n.up).map(|n| n.raft.next_deadline()).min();
+            let next = self.nodes.values().filter(|n| n.up).map(Node::next_deadline_global).min();
             let Some(next) = next else { break };
             if next > end {
                 break;
@@ -363,7 +396,7 @@ impl Cluster {
             let due: Vec<NodeId> = self
                 .nodes
                 .iter()
-                .filter(|(_, n)| n.up && n.raft.next_deadline() <= self.now)
+                .filter(|(_, n)| n.up && n.next_deadline_global() <= self.now)
                 .map(|(&i, _)| i)
                 .collect();
             for id in due {
