@@ -228,7 +228,7 @@ fn record_positions(vfs: &MemVfs) -> Vec<(std::path::PathBuf, u64, usize)> {
     for name in vfs.list(dir).unwrap().iter().filter(|n| n.ends_with(".seg")) {
         let path = dir.join(name);
         let bytes = vfs.file_bytes(&path).unwrap();
-        let mut pos = 32;
+        let mut pos = 40; // segment header
         while let Some(view) = record::parse(&bytes[pos..], 1 << 20) {
             out.push((path.clone(), pos as u64, view.size_bytes));
             pos += view.size_bytes;

@@ -70,17 +70,32 @@ pub fn decode(b: &[u8]) -> Slot {
 
 /// Picks the newest valid slot. `Err` when both slots are damaged: one torn
 /// write cannot do that, so it is bit rot and the vote may be lost.
+///
+/// `Err` too when the newest slot's sequence number is `u64::MAX`: no run
+/// of updates gets there, and the next update could not be numbered above
+/// it (found by the `hard_state` fuzz target: the engine panicked on the
+/// overflow, and a wrapped number would lose the update).
 pub fn choose(a: Slot, b: Slot) -> Result<(u64, HardState), &'static str> {
-    match (a, b) {
+    let chosen = match (a, b) {
         (Slot::Valid { seq: sa, hard_state: ha }, Slot::Valid { seq: sb, hard_state: hb }) => {
-            Ok(if sa >= sb { (sa, ha) } else { (sb, hb) })
+            if sa >= sb {
+                (sa, ha)
+            } else {
+                (sb, hb)
+            }
         }
-        (Slot::Valid { seq, hard_state }, _) | (_, Slot::Valid { seq, hard_state }) => Ok((seq, hard_state)),
+        (Slot::Valid { seq, hard_state }, _) | (_, Slot::Valid { seq, hard_state }) => (seq, hard_state),
         // A damaged slot beside an empty one is the very first update, torn:
         // it was never acknowledged, so the state is still the initial one.
-        (Slot::Empty, _) | (_, Slot::Empty) => Ok((0, HardState::default())),
-        (Slot::Damaged, Slot::Damaged) => Err("both hard state slots are damaged"),
+        (Slot::Empty, _) | (_, Slot::Empty) => (0, HardState::default()),
+        (Slot::Damaged, Slot::Damaged) => return Err("both hard state slots are damaged"),
+    };
+    if chosen.0 == u64::MAX {
+        return Err(
+            "the newest hard state slot has sequence number u64::MAX, which no run of updates reaches",
+        );
     }
+    Ok(chosen)
 }
 
 #[cfg(test)]
@@ -102,6 +117,8 @@ mod tests {
         assert_eq!(choose(Slot::Empty, Slot::Empty), Ok((0, HardState::default())));
         assert_eq!(choose(Slot::Damaged, Slot::Empty), Ok((0, HardState::default())));
         assert!(choose(Slot::Damaged, Slot::Damaged).is_err());
+        let exhausted = Slot::Valid { seq: u64::MAX, hard_state: new };
+        assert!(choose(exhausted, a).is_err(), "an exhausted sequence number is refused");
         assert_eq!(slot_offset(7), HARD_STATE_SLOT_STRIDE_BYTES);
         assert_eq!(slot_offset(8), 0);
     }

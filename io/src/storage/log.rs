@@ -32,6 +32,8 @@ static ZEROS: [u8; ZERO_CHUNK_BYTES] = [0u8; ZERO_CHUNK_BYTES];
 #[derive(Debug)]
 struct Segment {
     first_index: Index,
+    /// Term of entry `first_index - 1` (recorded in the header).
+    prev_term: Term,
     path: PathBuf,
     /// `None` while the segment exists only in the staging area.
     file: Option<Box<dyn VfsFile>>,
@@ -287,6 +289,7 @@ impl GroupLog {
             let path = self.segment_path(entry.index);
             self.segments.push_back(Segment {
                 first_index: entry.index,
+                prev_term: self.last_staged.term,
                 path,
                 file: None,
                 capacity_bytes: self.limits.segment_size_bytes,
@@ -326,6 +329,7 @@ impl GroupLog {
     /// directory sync). Errors poison the group.
     fn create_segment_file(&mut self, position: usize) -> Result<()> {
         let first_index = self.segments[position].first_index;
+        let prev_term = self.segments[position].prev_term;
         let capacity = self.segments[position].capacity_bytes;
         let path = self.segments[position].path.clone();
         let tmp = self.dir.join(format!("{first_index:020}{SEGMENT_TMP_SUFFIX}"));
@@ -336,7 +340,7 @@ impl GroupLog {
             }
             let file = self.vfs.create(&tmp)?;
             file.truncate(capacity)?;
-            file.write_at(&segment::encode_header(self.group, first_index), 0)?;
+            file.write_at(&segment::encode_header(self.group, first_index, prev_term), 0)?;
             file.sync_data()?;
             self.vfs.rename(&tmp, &path)?;
             self.vfs.sync_dir(&self.dir)?;
@@ -512,6 +516,7 @@ impl GroupLog {
             let path = seg.path.clone();
             let first_index = seg.first_index;
             let next_first = seg.next_index();
+            let base_term = self.term(next_first - 1).unwrap_or(0);
             if seg.file.is_some() {
                 self.vfs.remove(&path).map_err(io_err("remove", &path))?;
                 removed_any = true;
@@ -519,7 +524,6 @@ impl GroupLog {
             self.segments.pop_front();
             self.unsynced.retain(|&f| f != first_index);
             if !reset {
-                let base_term = self.term(next_first - 1).unwrap_or(0);
                 self.base = LogId::new(base_term, next_first - 1);
             }
         }
@@ -668,8 +672,13 @@ impl GroupLog {
                 scan.damage = Some(Damage { segment_first_index: first, offset, nonzero_end });
             }
             let end_bytes = scanned.end_of_records;
+            if log.segments.is_empty() {
+                log.base = LogId::new(scanned.prev_term, first - 1);
+                log.last_staged = log.base;
+            }
             let seg = Segment {
                 first_index: first,
+                prev_term: scanned.prev_term,
                 path,
                 file: Some(scanned.file),
                 capacity_bytes: scanned.len,
@@ -738,7 +747,11 @@ impl GroupLog {
         }
         scan.buf.resize(len as usize, 0);
         file.read_at(&mut scan.buf, 0).map_err(io_err("read", path))?;
-        segment::check_header(&scan.buf, self.group, first).map_err(|reason| corrupt(0, reason))?;
+        let prev_term =
+            segment::check_header(&scan.buf, self.group, first).map_err(|reason| corrupt(0, reason))?;
+        if self.segments.is_empty() {
+            scan.last_term = scan.last_term.max(prev_term);
+        }
         let bytes = &scan.buf[..];
         let max_payload = MAX_ENTRY_SIZE_LIMIT_BYTES;
         let mut pos = SEGMENT_HEADER_BYTES as usize;
@@ -813,7 +826,7 @@ impl GroupLog {
             }
             garbage = Some((end_of_records as u64, nonzero_end as u64));
         }
-        Ok(Scanned { file, len, offsets, end_of_records: end_of_records as u64, garbage })
+        Ok(Scanned { file, len, prev_term, offsets, end_of_records: end_of_records as u64, garbage })
     }
 }
 
@@ -824,6 +837,7 @@ fn view_id(view: &record::RecordView<'_>) -> LogId {
 struct Scanned {
     file: Box<dyn VfsFile>,
     len: u64,
+    prev_term: Term,
     offsets: Vec<u32>,
     end_of_records: u64,
     /// Torn bytes after the records: (offset, end of the last non-zero byte).

@@ -1,0 +1,197 @@
+//! Storage engine throughput on the real file system, beside the raw limit of
+//! the disk measured the same way.
+//!
+//! For each entry size (64 B, 1 KiB), write mode (sync, async) and group count
+//! (1, 16): the engine stages `ENTRIES_PER_FLUSH` entries spread over the
+//! groups and flushes (one write per group, then in sync mode one fdatasync
+//! per group file); the raw run does exactly the same with plain files: per
+//! flush, one sequential `write` of the same payload bytes into each group's
+//! preallocated file, then one fdatasync per file (sync mode). In async mode
+//! both write without fdatasync and fdatasync every `ASYNC_SYNC_INTERVAL`.
+//! Runs alternate raw / engine `ROUNDS` times; medians are reported.
+//!
+//! `cargo bench -p tarn-io --bench storage` (env `TARN_BENCH_SECS` = seconds
+//! per run, default 0.5; `TARN_BENCH_DIR` = where to write, default a temp
+//! dir under the system temp dir).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tarn_core::{Entry, EntryPayload};
+use tarn_io::storage::{FlushReport, Storage, StorageConfig, WriteMode};
+use tarn_io::vfs::StdVfs;
+
+const ENTRIES_PER_FLUSH: usize = 256;
+const ROUNDS: usize = 3;
+const SEGMENT_SIZE_BYTES: u64 = 64 << 20;
+const ASYNC_SYNC_INTERVAL: Duration = Duration::from_millis(10);
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    entry_bytes: usize,
+    mode: WriteMode,
+    groups: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Rate {
+    entries_per_sec: f64,
+    payload_mb_per_sec: f64,
+}
+
+fn rate(entries: u64, entry_bytes: usize, elapsed: Duration) -> Rate {
+    let secs = elapsed.as_secs_f64();
+    Rate {
+        entries_per_sec: entries as f64 / secs,
+        payload_mb_per_sec: (entries * entry_bytes as u64) as f64 / secs / 1e6,
+    }
+}
+
+fn run_engine(dir: &Path, case: Case, duration: Duration) -> Rate {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut cfg = StorageConfig::new(dir, 1, 1);
+    cfg.segment_size_bytes = SEGMENT_SIZE_BYTES;
+    cfg.write_mode = case.mode;
+    let mut storage = Storage::open(Arc::new(StdVfs), cfg).expect("open storage");
+    for g in 0..case.groups as u64 {
+        storage.open_group(g + 1).expect("open group");
+    }
+    let payload = Bytes::from(vec![0xA5u8; case.entry_bytes]);
+    let per_group = ENTRIES_PER_FLUSH / case.groups;
+    let mut next_index = vec![1u64; case.groups];
+    let mut batch: Vec<Entry> = Vec::with_capacity(per_group);
+    let mut report = FlushReport::default();
+    let mut entries = 0u64;
+    let start = Instant::now();
+    let mut last_sync = start;
+    while start.elapsed() < duration {
+        for (g, next) in next_index.iter_mut().enumerate() {
+            batch.clear();
+            for _ in 0..per_group {
+                batch.push(Entry { term: 1, index: *next, payload: EntryPayload::Normal(payload.clone()) });
+                *next += 1;
+            }
+            storage.stage(g as u64 + 1, &batch).expect("stage");
+        }
+        storage.flush(&mut report);
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        assert_eq!(report.log.len(), case.groups);
+        entries += (per_group * case.groups) as u64;
+        if case.mode == WriteMode::Async && last_sync.elapsed() >= ASYNC_SYNC_INTERVAL {
+            storage.sync(&mut report);
+            last_sync = Instant::now();
+        }
+    }
+    storage.sync(&mut report);
+    let elapsed = start.elapsed();
+    drop(storage);
+    let _ = std::fs::remove_dir_all(dir);
+    rate(entries, case.entry_bytes, elapsed)
+}
+
+fn raw_file(dir: &Path, g: usize, n: u64) -> File {
+    let path = dir.join(format!("raw-{g}-{n}"));
+    let file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).expect("raw file");
+    file.set_len(SEGMENT_SIZE_BYTES).expect("preallocate");
+    file
+}
+
+fn run_raw(dir: &Path, case: Case, duration: Duration) -> Rate {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("raw dir");
+    let per_group = ENTRIES_PER_FLUSH / case.groups;
+    let chunk = vec![0xA5u8; per_group * case.entry_bytes];
+    let mut files: Vec<(File, u64, u64)> = (0..case.groups).map(|g| (raw_file(dir, g, 0), 0, 0)).collect();
+    let mut entries = 0u64;
+    let start = Instant::now();
+    let mut last_sync = start;
+    while start.elapsed() < duration {
+        for (g, (file, offset, n)) in files.iter_mut().enumerate() {
+            if *offset + chunk.len() as u64 > SEGMENT_SIZE_BYTES {
+                *n += 1;
+                *file = raw_file(dir, g, *n);
+                *offset = 0;
+            }
+            file.write_all_at(&chunk, *offset).expect("raw write");
+            *offset += chunk.len() as u64;
+        }
+        if case.mode == WriteMode::Sync {
+            for (file, _, _) in &files {
+                file.sync_data().expect("raw fdatasync");
+            }
+        } else if last_sync.elapsed() >= ASYNC_SYNC_INTERVAL {
+            for (file, _, _) in &files {
+                file.sync_data().expect("raw fdatasync");
+            }
+            last_sync = Instant::now();
+        }
+        entries += (per_group * case.groups) as u64;
+    }
+    for (file, _, _) in &files {
+        file.sync_data().expect("raw fdatasync");
+    }
+    let elapsed = start.elapsed();
+    drop(files);
+    let _ = std::fs::remove_dir_all(dir);
+    rate(entries, case.entry_bytes, elapsed)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument selects cases by name.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let secs: f64 = std::env::var("TARN_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(0.5);
+    let duration = Duration::from_secs_f64(secs);
+    let tmp = match std::env::var("TARN_BENCH_DIR") {
+        Ok(dir) => tempfile::tempdir_in(dir),
+        Err(_) => tempfile::tempdir(),
+    }
+    .expect("bench dir");
+    let engine_dir: PathBuf = tmp.path().join("engine");
+    let raw_dir: PathBuf = tmp.path().join("raw");
+    println!(
+        "storage bench: {ENTRIES_PER_FLUSH} entries per flush spread over the groups, {ROUNDS} alternating \
+         rounds of {secs} s, medians; dir {}",
+        tmp.path().display()
+    );
+    println!(
+        "{:<24} {:>13} {:>10} {:>13} {:>10} {:>7}",
+        "case", "engine ent/s", "MB/s", "raw ent/s", "MB/s", "ratio"
+    );
+    for entry_bytes in [64, 1024] {
+        for mode in [WriteMode::Sync, WriteMode::Async] {
+            for groups in [1, 16] {
+                let case = Case { entry_bytes, mode, groups };
+                let name = format!(
+                    "{}B {} {}g",
+                    entry_bytes,
+                    if mode == WriteMode::Sync { "sync" } else { "async" },
+                    groups
+                );
+                if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+                    continue;
+                }
+                let mut engine = Vec::new();
+                let mut raw = Vec::new();
+                for _ in 0..ROUNDS {
+                    raw.push(run_raw(&raw_dir, case, duration));
+                    engine.push(run_engine(&engine_dir, case, duration));
+                }
+                let e = median(engine.iter().map(|r| r.entries_per_sec).collect());
+                let e_mb = median(engine.iter().map(|r| r.payload_mb_per_sec).collect());
+                let r = median(raw.iter().map(|r| r.entries_per_sec).collect());
+                let r_mb = median(raw.iter().map(|r| r.payload_mb_per_sec).collect());
+                println!("{name:<24} {e:>13.0} {e_mb:>10.1} {r:>13.0} {r_mb:>10.1} {:>7.2}", e / r);
+            }
+        }
+    }
+}
