@@ -103,7 +103,7 @@ impl KvStateMachine {
     pub fn check_invariants(&self) {
         self.tree.check_invariants();
         let mut armed = 0;
-        self.tree.for_each_pre_order(|node| {
+        self.tree.for_each_unordered(|node| {
             armed += usize::from(node.temp.is_some());
             if let Body::Lock(waiters) = &node.body {
                 armed += waiters.len();
@@ -672,7 +672,8 @@ impl KvStateMachine {
     pub(crate) fn rebuild_ttl(&mut self) {
         self.ttl.clear();
         let mut armings = Vec::new();
-        self.tree.for_each_pre_order(|node| {
+        // Any order will do: the armings are sorted by id below.
+        self.tree.for_each_unordered(|node| {
             if let Some(temp) = node.temp {
                 armings.push((temp.arm_id, node.key.clone(), temp.ttl_nanos));
             }

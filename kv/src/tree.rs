@@ -262,13 +262,11 @@ impl Tree {
         }
     }
 
-    /// Visits every node in pre-order (parents before children, children in key order).
-    pub fn for_each_pre_order(&self, mut visit: impl FnMut(&Node)) {
-        let mut stack = vec![ROOT];
-        while let Some(id) = stack.pop() {
-            let node = self.node(id);
+    /// Visits every node in arena order: fast, but the order means nothing (use only where
+    /// the result does not depend on it).
+    pub fn for_each_unordered(&self, mut visit: impl FnMut(&Node)) {
+        for node in self.slots.iter().flatten() {
             visit(node);
-            stack.extend(self.sorted_children(id).into_iter().rev());
         }
     }
 
