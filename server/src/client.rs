@@ -127,6 +127,8 @@ impl Conn {
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(64 * 1024);
             while let Some(frame) = rx.recv().await {
+                // Let concurrent requests queue up: one syscall for many.
+                tokio::task::yield_now().await;
                 buf.clear();
                 let mut next = Some(frame);
                 while let Some(f) = next.take() {

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tarn_core::{GroupId, Membership, Nanos, NodeId, Role};
 use tarn_io::driver::{
-    FileStore, GroupHandle, LogStore, MemStore, Node, NodeConfig, ProposeError, ReadError, WriteMode,
+    FileStore, GroupHandle, LogStore, MemStore, Node, NodeConfig, ProposeError, ProposeFn, ReadError, ReadFn,
+    WriteMode,
 };
 use tarn_io::wire::{self, FrameDecoder};
 use tarn_kv::{encode_entry, Command, KvConfig, KvEntry, Reply};
@@ -427,6 +428,8 @@ async fn serve_client(
     let writer_task = tokio::spawn(async move {
         let mut buf = Vec::with_capacity(64 * 1024);
         while let Some(frame) = rx.recv().await {
+            // Let the other answers of this wakeup queue up: one syscall for many.
+            tokio::task::yield_now().await;
             buf.clear();
             let mut next = Some(frame);
             while let Some(f) = next.take() {
@@ -487,6 +490,17 @@ async fn serve_client(
     let _ = writer_task.await;
 }
 
+/// Queues `frame` for a connection's writer; waits in a task only when the
+/// queue is full (a client not reading its answers).
+fn send_frame(out: &mpsc::Sender<ServerFrame>, frame: ServerFrame) {
+    if let Err(mpsc::error::TrySendError::Full(frame)) = out.try_send(frame) {
+        let out = out.clone();
+        tokio::spawn(async move {
+            let _ = out.send(frame).await;
+        });
+    }
+}
+
 fn wall_clock_nanos() -> Nanos {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as Nanos).unwrap_or(0)
 }
@@ -531,8 +545,11 @@ fn handle_request(
                 leader_time_nanos: wall_clock_nanos(),
                 requests: vec![request],
             }));
-            tokio::spawn(async move {
-                let result = match group.propose(data).await {
+            // No task per request: the outcome is framed on the group's task
+            // and queued straight to this connection's writer.
+            let out = tx.clone();
+            let reply: ProposeFn<KvMachine> = Box::new(move |r| {
+                let result = match r {
                     Ok(Ok(mut responses)) if responses.len() == 1 => {
                         Ok(ResponseBody::Kv(responses.pop().expect("len is 1")))
                     }
@@ -546,8 +563,11 @@ fn handle_request(
                     }
                     Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),
                 };
-                respond(result).await;
+                send_frame(&out, ServerFrame::Response { id, result });
             });
+            if let Err((data, reply)) = group.try_propose(data, reply) {
+                tokio::spawn(async move { group.propose_with(data, reply).await });
+            }
         }
         RequestBody::Read { command, consistency } => {
             shared.counters.reads.fetch_add(1, Ordering::Relaxed);
@@ -558,26 +578,28 @@ fn handle_request(
                 })));
                 return;
             }
-            tokio::spawn(async move {
-                let linearizable = consistency == Consistency::Linearizable;
-                let r = group
-                    .read(linearizable, move |m: &mut KvMachine| {
+            let linearizable = consistency == Consistency::Linearizable;
+            let out = tx.clone();
+            let f: ReadFn<KvMachine> = Box::new(move |m| {
+                let result = match m {
+                    Ok(m) => {
                         let kv = m.kv();
-                        match command {
+                        let response = match command {
                             Command::Get { key } => kv.get(&key).map(Reply::Node),
                             Command::BatchGet { keys } => kv.batch_get(&keys).map(Reply::Nodes),
                             Command::List { key } => kv.list(&key).map(Reply::Children),
                             _ => unreachable!("checked is_read_only above"),
-                        }
-                    })
-                    .await;
-                let result = match r {
-                    Ok(response) => Ok(ResponseBody::Kv(response)),
+                        };
+                        Ok(ResponseBody::Kv(response))
+                    }
                     Err(ReadError::NotLeader { leader_hint }) => Err(not_leader(&shared, g, leader_hint)),
                     Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),
                 };
-                respond(result).await;
+                send_frame(&out, ServerFrame::Response { id, result });
             });
+            if let Err(f) = group.try_read(linearizable, f) {
+                tokio::spawn(async move { group.read_with(linearizable, f).await });
+            }
         }
         RequestBody::Watch { key, subtree, after_index } => {
             let group = group.expect("checked above");

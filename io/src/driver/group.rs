@@ -22,13 +22,16 @@ use super::store::{LogWrite, StorageDone, StorageRequest, StorageWorker};
 use super::{GroupInfo, ProposeError, ReadError, StateMachine};
 use crate::transport::Transport;
 
+/// Receives a proposal's outcome, on the group's task (must not block).
+pub type ProposeFn<SM> = Box<dyn FnOnce(Result<<SM as StateMachine>::Response, ProposeError>) + Send>;
+
 /// A read closure: runs on the group's task with the state machine once the
 /// read is safe, or with the reason it could not be served.
 pub type ReadFn<SM> = Box<dyn FnOnce(Result<&mut SM, ReadError>) + Send>;
 
 pub(crate) enum GroupInput<SM: StateMachine> {
     Message(Message),
-    Propose { data: Bytes, reply: oneshot::Sender<Result<SM::Response, ProposeError>> },
+    Propose { data: Bytes, reply: ProposeFn<SM> },
     Read { linearizable: bool, f: ReadFn<SM> },
     TransferLeader { to: NodeId },
     Status { reply: oneshot::Sender<Status> },
@@ -66,7 +69,7 @@ impl<SM: StateMachine> GroupTask<SM> {
     async fn run_inner(mut self) {
         let mut actions: Vec<Action> = Vec::new();
         let mut next_id: u64 = 1;
-        let mut proposals: HashMap<u64, oneshot::Sender<Result<SM::Response, ProposeError>>> = HashMap::new();
+        let mut proposals: HashMap<u64, ProposeFn<SM>> = HashMap::new();
         // Reads waiting on one core barrier id.
         let mut reads: HashMap<u64, Vec<ReadFn<SM>>> = HashMap::new();
         let mut batch_proposals: Vec<Proposal> = Vec::new();
@@ -220,7 +223,7 @@ impl<SM: StateMachine> GroupTask<SM> {
                                 if ids.peek().is_some_and(|(i, _)| *i == entry.index) {
                                     let (_, id) = ids.next().expect("peeked");
                                     if let (Some(reply), Some(r)) = (proposals.remove(&id), response) {
-                                        let _ = reply.send(Ok(r));
+                                        reply(Ok(r));
                                     }
                                 }
                             }
@@ -246,7 +249,7 @@ impl<SM: StateMachine> GroupTask<SM> {
                         }
                         Action::ProposalDropped { id, reason } => {
                             if let Some(reply) = proposals.remove(&id) {
-                                let _ = reply.send(Err(propose_error(reason)));
+                                reply(Err(propose_error(reason)));
                             }
                         }
                         Action::RoleChanged { role, term, leader } => {
@@ -277,7 +280,7 @@ impl<SM: StateMachine> GroupTask<SM> {
         // Everyone still waiting learns the group stopped.
         let reason = failed.clone().unwrap_or_else(|| "group stopped".into());
         for (_, reply) in proposals.drain() {
-            let _ = reply.send(Err(ProposeError::Stopped { reason: reason.clone() }));
+            reply(Err(ProposeError::Stopped { reason: reason.clone() }));
         }
         for (_, fs) in reads.drain() {
             for f in fs {

@@ -57,8 +57,8 @@ use tarn_core::{GroupId, Index, LogId, Membership, Message, NodeId, RawNode, Rol
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use group::ReadFn;
 use group::{GroupInput, GroupTask};
+pub use group::{ProposeFn, ReadFn};
 pub use state_machine::StateMachine;
 pub use store::{FileStore, Flushed, LogStore, LogWrite, MemStore, StoreError, WriteMode};
 use store::{StorageRequest, StorageWorker};
@@ -190,11 +190,37 @@ impl<SM: StateMachine> GroupHandle<SM> {
     /// Proposes `data`; resolves once it is applied here (the response) or
     /// cannot be (the reason).
     pub async fn propose(&self, data: Bytes) -> Result<SM::Response, ProposeError> {
-        let (reply, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
+        let reply: ProposeFn<SM> = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
         if self.tx.send(GroupInput::Propose { data, reply }).await.is_err() {
             return Err(ProposeError::Stopped { reason: self.stopped() });
         }
         rx.await.unwrap_or_else(|_| Err(ProposeError::Stopped { reason: self.stopped() }))
+    }
+
+    /// Proposes `data` without waiting: `reply` gets the outcome on the
+    /// group's task. Gives `reply` back if the group's queue is full, so the
+    /// caller can wait ([`GroupHandle::propose`]) or refuse.
+    pub fn try_propose(&self, data: Bytes, reply: ProposeFn<SM>) -> Result<(), (Bytes, ProposeFn<SM>)> {
+        match self.tx.try_send(GroupInput::Propose { data, reply }) {
+            Ok(()) => Ok(()),
+            Err(e) => match e.into_inner() {
+                GroupInput::Propose { data, reply } => Err((data, reply)),
+                _ => unreachable!("try_send gives back the Propose it was given"),
+            },
+        }
+    }
+
+    /// Like [`GroupHandle::try_propose`], waiting for room in the queue.
+    /// If the group has stopped, `reply` is called with the reason.
+    pub async fn propose_with(&self, data: Bytes, reply: ProposeFn<SM>) {
+        if let Err(mpsc::error::SendError(GroupInput::Propose { reply, .. })) =
+            self.tx.send(GroupInput::Propose { data, reply }).await
+        {
+            reply(Err(ProposeError::Stopped { reason: self.stopped() }));
+        }
     }
 
     /// Runs `f` on the state machine: after a ReadIndex/lease confirmation if
@@ -214,12 +240,25 @@ impl<SM: StateMachine> GroupHandle<SM> {
         rx.await.unwrap_or_else(|_| Err(ReadError::Stopped { reason: self.stopped() }))
     }
 
-    /// Runs `f` with the state machine's result delivered through a closure,
-    /// without waiting (for callers that batch many reads themselves).
-    pub fn try_read(&self, linearizable: bool, f: ReadFn<SM>) -> Result<(), ReadError> {
-        self.tx.try_send(GroupInput::Read { linearizable, f }).map_err(|_| ReadError::Refused {
-            reason: format!("group {} is overloaded or stopped", self.group),
-        })
+    /// Queues a read without waiting; gives `f` back if the queue is full or
+    /// the group stopped.
+    pub fn try_read(&self, linearizable: bool, f: ReadFn<SM>) -> Result<(), ReadFn<SM>> {
+        match self.tx.try_send(GroupInput::Read { linearizable, f }) {
+            Ok(()) => Ok(()),
+            Err(e) => match e.into_inner() {
+                GroupInput::Read { f, .. } => Err(f),
+                _ => unreachable!("try_send gives back the Read it was given"),
+            },
+        }
+    }
+
+    /// Queues a read, waiting for room; if the group stopped, `f` gets the reason.
+    pub async fn read_with(&self, linearizable: bool, f: ReadFn<SM>) {
+        if let Err(mpsc::error::SendError(GroupInput::Read { f, .. })) =
+            self.tx.send(GroupInput::Read { linearizable, f }).await
+        {
+            f(Err(ReadError::Stopped { reason: self.stopped() }));
+        }
     }
 
     /// Asks the leader to hand leadership to `to`.

@@ -302,6 +302,8 @@ async fn writer_task<M: Serialize>(
                 let _ = stream.shutdown().await;
                 return;
             };
+            // Let the other groups' messages of this wakeup queue up.
+            tokio::task::yield_now().await;
             buf.clear();
             let mut count = 0u64;
             let mut next = Some(first);
