@@ -189,6 +189,19 @@ pub struct Request {
 }
 
 impl Request {
+    /// What a server checks before proposing a request that came from a client: the client id
+    /// is not the leader's own (`0`, which may expire any temporary node), the command is not
+    /// one only the leader proposes, and `Command::validate` passes.
+    pub fn validate_from_client(&self, config: &KvConfig) -> Result<(), KvError> {
+        if self.client_id == SYSTEM_CLIENT_ID {
+            return Err(KvError::ReservedClientId);
+        }
+        if let Command::Expire { .. } = self.command {
+            return Err(KvError::SystemOnly { command: "expire".to_owned() });
+        }
+        self.command.validate(config)
+    }
+
     /// A request proposed by the leader itself (expiry): no session.
     pub fn system(command: Command) -> Self {
         Request { client_id: SYSTEM_CLIENT_ID, seq: 0, first_unacked_seq: 0, command }
@@ -298,6 +311,22 @@ mod tests {
         // A huge length prefix must fail on missing bytes, not allocate.
         let huge = [ENTRY_FORMAT_VERSION, 1, 0xff, 0xff, 0xff, 0xff, 0x0f];
         assert!(decode_entry(&huge).is_err());
+    }
+
+    #[test]
+    fn requests_from_clients_cannot_pose_as_the_leader() {
+        let config = KvConfig::default();
+        let expire = Command::Expire { key: "t".into(), arm_id: 1 };
+        assert_eq!(
+            Request::system(Command::KeepAlive).validate_from_client(&config),
+            Err(KvError::ReservedClientId)
+        );
+        let request = Request { client_id: 5, seq: 1, first_unacked_seq: 1, command: expire };
+        assert!(matches!(request.validate_from_client(&config), Err(KvError::SystemOnly { .. })));
+        let bad_key = Request { command: Command::Remove { key: "a..b".into() }, ..request.clone() };
+        assert!(matches!(bad_key.validate_from_client(&config), Err(KvError::InvalidKey { .. })));
+        let fine = Request { command: Command::Remove { key: "a.b".into() }, ..request };
+        assert_eq!(fine.validate_from_client(&config), Ok(()));
     }
 
     #[test]
