@@ -202,7 +202,7 @@ impl Model {
         session.responses.insert(request.seq, response.clone());
         while session.responses.len() > max {
             let (oldest, _) = session.responses.pop_first().expect("non-empty");
-            session.floor_seq = session.floor_seq.max(oldest + 1);
+            session.floor_seq = session.floor_seq.max(oldest.saturating_add(1));
         }
         response
     }

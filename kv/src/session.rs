@@ -84,7 +84,7 @@ impl Sessions {
         session.responses.insert(seq, response);
         while session.responses.len() > config.max_session_responses {
             let (oldest, _) = session.responses.pop_first().expect("len > max >= 1");
-            session.floor_seq = session.floor_seq.max(oldest + 1);
+            session.floor_seq = session.floor_seq.max(oldest.saturating_add(1));
         }
     }
 
