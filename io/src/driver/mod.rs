@@ -10,7 +10,7 @@
 //!
 //! # Embedding: run your own state machine
 //!
-//! ```no_run
+//! ```
 //! use bytes::Bytes;
 //! use tarn_core::{Index, Membership};
 //! use tarn_io::driver::{MemStore, Node, NodeConfig, StateMachine};
