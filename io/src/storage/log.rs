@@ -404,6 +404,71 @@ impl GroupLog {
         Ok(())
     }
 
+    /// First half of a batched sync: fdatasyncs, in order, every unsynced
+    /// segment but the newest, so that a later segment never becomes durable
+    /// ahead of an earlier one. The newest is then synced by the caller
+    /// (with other groups' files) via [`GroupLog::unsynced_tail`] and
+    /// [`GroupLog::finish_sync`].
+    pub fn sync_all_but_newest(&mut self) -> Result<()> {
+        self.check_poison()?;
+        while self.unsynced.len() > 1 {
+            let first_index = self.unsynced[0];
+            let seg = &self.segments[self.segment_position(first_index)];
+            let file = seg.file.as_ref().expect("an unsynced segment was written, so it exists");
+            if let Err(e) = file.sync_data() {
+                let path = seg.path.clone();
+                return Err(self.poison("fdatasync", &path, e));
+            }
+            self.unsynced.remove(0);
+        }
+        Ok(())
+    }
+
+    /// The one segment still to sync after [`GroupLog::sync_all_but_newest`].
+    pub fn unsynced_tail(&self) -> Option<&dyn VfsFile> {
+        if self.poison.is_some() {
+            return None;
+        }
+        debug_assert!(self.unsynced.len() <= 1, "sync_all_but_newest ran first");
+        let first_index = *self.unsynced.last()?;
+        self.segments[self.segment_position(first_index)].file.as_deref()
+    }
+
+    /// Records the result of syncing [`GroupLog::unsynced_tail`].
+    pub fn finish_sync(&mut self, result: std::io::Result<()>) -> Result<()> {
+        let Some(&first_index) = self.unsynced.last() else {
+            return self.check_poison();
+        };
+        if let Err(e) = result {
+            let path = self.segments[self.segment_position(first_index)].path.clone();
+            return Err(self.poison("fdatasync", &path, e));
+        }
+        self.unsynced.clear();
+        self.last_durable = self.last_written;
+        Ok(())
+    }
+
+    /// Creates the segment the next append goes to, if the log has none, so
+    /// that the first flush does not pay for a file creation.
+    pub fn prepare_write_segment(&mut self) -> Result<()> {
+        self.check_poison()?;
+        if !self.segments.is_empty() {
+            return Ok(());
+        }
+        let first_index = self.last_staged.index + 1;
+        self.segments.push_back(Segment {
+            first_index,
+            prev_term: self.last_staged.term,
+            path: self.segment_path(first_index),
+            file: None,
+            capacity_bytes: self.limits.segment_size_bytes,
+            offsets: Vec::new(),
+            end_bytes: SEGMENT_HEADER_BYTES,
+            written_bytes: SEGMENT_HEADER_BYTES,
+        });
+        self.create_segment_file(0)
+    }
+
     // ----- truncation and compaction ------------------------------------
 
     /// Zeroes `[start, end)` of `file` back to front so that a torn zeroing
@@ -790,7 +855,7 @@ impl GroupLog {
                     format!("term goes backwards: {} after term {}", view_id(&view), scan.last_term),
                 ));
             }
-            if view.payload[0] == record::KIND_MEMBERSHIP {
+            if view.kind == record::KIND_MEMBERSHIP {
                 let entry = record::decode(&view).map_err(|reason| corrupt(pos as u64, reason))?;
                 let id = entry.log_id();
                 if let EntryPayload::Membership(m) = entry.payload {
@@ -868,9 +933,9 @@ struct Scan {
 /// Decodes a record whose bytes live in `raw` at `at`, sharing `raw` for the
 /// payload (no per-entry copy).
 fn decode_shared(raw: &Bytes, at: usize, view: &record::RecordView<'_>) -> Result<Entry, String> {
-    if view.payload.first() == Some(&record::KIND_NORMAL) {
-        let start = at + RECORD_HEADER_BYTES + 1;
-        let end = at + RECORD_HEADER_BYTES + view.payload.len();
+    if view.kind == record::KIND_NORMAL {
+        let start = at + RECORD_HEADER_BYTES;
+        let end = start + view.payload.len();
         return Ok(Entry {
             term: view.term,
             index: view.index,

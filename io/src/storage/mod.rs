@@ -76,7 +76,7 @@ pub struct StorageConfig {
     /// Size of each preallocated log segment; a multiple of
     /// [`RECORD_ALIGNMENT_BYTES`], big enough for the largest entry.
     pub segment_size_bytes: u64,
-    /// Largest entry payload accepted by `stage` (kind byte included).
+    /// Largest entry payload (data bytes) accepted by `stage`.
     pub max_entry_size_bytes: u32,
     pub write_mode: WriteMode,
     /// How often the driver should call [`Storage::sync`] in async mode.
@@ -219,18 +219,17 @@ impl GroupStore {
         Ok(true)
     }
 
-    /// Syncs the hard state file. `vote_only`: skip when only `commit`
-    /// changed since the last sync (commit may lag after a crash; Raft
-    /// recomputes it, and nothing waits for it).
-    fn sync_hard_state(&mut self, vote_only: bool) -> Result<()> {
-        if !self.hs_unsynced {
-            return Ok(());
-        }
+    /// Whether the hard state file needs an fdatasync. `vote_only`: not
+    /// when only `commit` changed since the last sync (commit may lag after
+    /// a crash; Raft recomputes it, and nothing waits for it).
+    fn hard_state_needs_sync(&self, vote_only: bool) -> bool {
         let durable = &self.hs_durable;
-        if vote_only && durable.term == self.hs_written.term && durable.vote == self.hs_written.vote {
-            return Ok(());
-        }
-        if let Err(e) = self.hs_file.sync_data() {
+        let vote_changed = durable.term != self.hs_written.term || durable.vote != self.hs_written.vote;
+        self.hs_unsynced && (vote_changed || !vote_only)
+    }
+
+    fn finish_hard_state_sync(&mut self, result: std::io::Result<()>) -> Result<()> {
+        if let Err(e) = result {
             return Err(self.log.poison("fdatasync hard state", &self.hs_path, e));
         }
         self.hs_unsynced = false;
@@ -249,6 +248,14 @@ pub struct Storage {
     dirty: Vec<GroupId>,
     /// Groups written by the current flush (reused).
     flushed: Vec<GroupId>,
+    /// Which group and file each entry of a batched sync belongs to (reused).
+    sync_owners: Vec<(GroupId, SyncTarget)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SyncTarget {
+    Log,
+    HardState,
 }
 
 const NODE_ID_FILE: &str = "tarn.id";
@@ -296,7 +303,14 @@ impl Storage {
         .map_err(unwritable)?;
         let identity = Identity { cluster_id: config.cluster_id, node_id: config.node_id, group: None };
         meta::check_or_write(vfs.as_ref(), &dir, &dir.join(NODE_ID_FILE), identity)?;
-        Ok(Storage { vfs, config, groups: BTreeMap::new(), dirty: Vec::new(), flushed: Vec::new() })
+        Ok(Storage {
+            vfs,
+            config,
+            groups: BTreeMap::new(),
+            dirty: Vec::new(),
+            flushed: Vec::new(),
+            sync_owners: Vec::new(),
+        })
     }
 
     pub fn config(&self) -> &StorageConfig {
@@ -391,7 +405,7 @@ impl Storage {
             vfs.sync_dir(&dir).map_err(io_err("fsync directory", &dir))?;
         }
 
-        let (log, info) = GroupLog::recover(
+        let (mut log, info) = GroupLog::recover(
             self.vfs.clone(),
             dir.clone(),
             group,
@@ -407,6 +421,7 @@ impl Storage {
             );
             hs.commit = info.last_log_id.index;
         }
+        log.prepare_write_segment()?;
         let last = log.last_durable();
         self.groups.insert(
             group,
@@ -484,12 +499,7 @@ impl Storage {
         }
         self.dirty.clear();
         if sync {
-            for &group in &self.flushed {
-                let store = self.groups.get_mut(&group).expect("flushed groups are open");
-                if let Err(e) = store.log.sync().and_then(|()| store.sync_hard_state(true)) {
-                    report.failed.push((group, e));
-                }
-            }
+            self.sync_batch(report, true);
         }
         for &group in &self.flushed {
             let store = self.groups.get_mut(&group).expect("flushed groups are open");
@@ -513,21 +523,61 @@ impl Storage {
         report.hard_states.dedup();
     }
 
-    /// Makes everything written durable (async mode's background fdatasync,
-    /// and shutdown). Reports groups whose sync failed.
-    pub fn sync(&mut self, report: &mut FlushReport) {
-        report.clear();
-        for (&group, store) in self.groups.iter_mut() {
-            if store.log.check_poison().is_err() {
-                continue;
+    /// The sync phase of a flush: every file the flush wrote is fdatasynced
+    /// in one [`Vfs::sync_data_batch`] call (which the real file system
+    /// overlaps), except a group's older segments when a flush rolled over,
+    /// which are synced first so that segments become durable in order.
+    fn sync_batch(&mut self, report: &mut FlushReport, vote_only: bool) {
+        let Storage { vfs, groups, flushed, sync_owners, .. } = self;
+        sync_owners.clear();
+        for &group in flushed.iter() {
+            let store = groups.get_mut(&group).expect("flushed groups are open");
+            if let Err(e) = store.log.sync_all_but_newest() {
+                report.failed.push((group, e));
             }
-            let needs = store.log.needs_sync() || store.hs_unsynced;
-            if needs {
-                if let Err(e) = store.log.sync().and_then(|()| store.sync_hard_state(false)) {
+        }
+        let mut files: Vec<&dyn VfsFile> = Vec::with_capacity(2 * flushed.len());
+        for &group in flushed.iter() {
+            let store = &groups[&group];
+            if let Some(file) = store.log.unsynced_tail() {
+                files.push(file);
+                sync_owners.push((group, SyncTarget::Log));
+            }
+            if store.log.check_poison().is_ok() && store.hard_state_needs_sync(vote_only) {
+                files.push(store.hs_file.as_ref());
+                sync_owners.push((group, SyncTarget::HardState));
+            }
+        }
+        let results = vfs.sync_data_batch(&files);
+        drop(files);
+        debug_assert_eq!(results.len(), sync_owners.len());
+        for (&(group, target), result) in sync_owners.iter().zip(results) {
+            let store = groups.get_mut(&group).expect("flushed groups are open");
+            let already_failed = store.log.check_poison().is_err();
+            let outcome = match target {
+                SyncTarget::Log => store.log.finish_sync(result),
+                SyncTarget::HardState => store.finish_hard_state_sync(result),
+            };
+            if let Err(e) = outcome {
+                if !already_failed {
                     report.failed.push((group, e));
                 }
             }
         }
+    }
+
+    /// Makes everything written durable (async mode's background fdatasync,
+    /// and shutdown). Reports groups whose sync failed.
+    pub fn sync(&mut self, report: &mut FlushReport) {
+        report.clear();
+        self.flushed.clear();
+        for (&group, store) in &self.groups {
+            let healthy = store.log.check_poison().is_ok();
+            if healthy && (store.log.needs_sync() || store.hard_state_needs_sync(false)) {
+                self.flushed.push(group);
+            }
+        }
+        self.sync_batch(report, false);
     }
 
     /// Writes and syncs everything staged, then drops the engine.

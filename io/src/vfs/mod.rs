@@ -94,6 +94,16 @@ pub trait Vfs: Send + Sync + std::fmt::Debug {
     /// (`fsync` of the directory).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 
+    /// fdatasyncs several files, one result per file in order. Same
+    /// guarantee per file as [`VfsFile::sync_data`]; no order between files.
+    /// The engine calls this once per flush with every file the flush wrote,
+    /// so an implementation may overlap the syncs (the real one issues them
+    /// concurrently: the file system then commits them together). The
+    /// default is sequential, which keeps a simulated disk deterministic.
+    fn sync_data_batch(&self, files: &[&dyn VfsFile]) -> Vec<io::Result<()>> {
+        files.iter().map(|f| f.sync_data()).collect()
+    }
+
     /// Creates `dir` and its missing parents; `Ok` if it already exists.
     /// Durable once the parents are synced (the engine syncs the parent of
     /// every directory it creates).
