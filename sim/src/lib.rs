@@ -5,6 +5,7 @@
 //! crashes and the client workload; no threads, no tokio, no wall clock.
 
 pub mod clock;
+pub mod disk;
 pub mod linearizability;
 pub mod net;
 pub mod profile;

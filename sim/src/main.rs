@@ -46,6 +46,10 @@ struct Args {
     /// Simulated seconds after healing within which every pending operation must complete.
     #[arg(long, default_value_t = 20.0)]
     liveness_seconds: f64,
+    /// Storage under each node: engine (the real tarn-io engine over the
+    /// simulated disk, with disk faults) or model (the simulator's own log model).
+    #[arg(long, default_value = "engine")]
+    storage: tarn_sim::world::StorageKind,
     /// Print every event of the run (use with --seed).
     #[arg(long)]
     trace: bool,
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
     config.sim_ns = (args.sim_seconds * NANOS_PER_SECOND as f64) as u64;
     config.liveness_bound_ns = (args.liveness_seconds * NANOS_PER_SECOND as f64) as u64;
     config.trace = args.trace;
+    config.storage = args.storage;
     #[cfg(feature = "planted-bugs")]
     {
         config.planted_bug = args.planted_bug;

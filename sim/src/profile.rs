@@ -94,6 +94,9 @@ pub struct Profile {
     pub client_random_target_ppm: u32,
     /// A client waits this long for an answer before retrying elsewhere.
     pub client_timeout_ns: Nanos,
+    /// Probability that the process dies in the middle of a storage flush
+    /// (its last write torn), per flush.
+    pub crash_mid_flush_ppm: u32,
 }
 
 /// The core's clock-drift bound the simulator configures (`max_clock_drift_ppm`).
@@ -132,6 +135,7 @@ impl Profile {
             log_read_ppm: PPM / 10,
             client_random_target_ppm: 0,
             client_timeout_ns: 600 * NANOS_PER_MILLI,
+            crash_mid_flush_ppm: 0,
         }
     }
 
@@ -196,6 +200,7 @@ impl Profile {
             log_read_ppm: rng.between(0, u64::from(PPM / 2)) as u32,
             client_random_target_ppm: rng.swarm_ppm(PPM / 3, PPM / 2),
             client_timeout_ns: rng.between(100 * NANOS_PER_MILLI, NANOS_PER_SECOND),
+            crash_mid_flush_ppm: rng.swarm_ppm(PPM / 2, 3_000),
         }
     }
 
@@ -218,6 +223,7 @@ impl Profile {
         p.net.duplicate_ppm = PPM / 20;
         p.net.tail_ppm = PPM / 50;
         p.fault_duration_max_ns = NANOS_PER_SECOND;
+        p.crash_mid_flush_ppm = p.crash_mid_flush_ppm.max(1_000);
         p
     }
 

@@ -26,6 +26,18 @@ impl ModelStorage {
         Self::default()
     }
 
+    /// A fully durable state, as recovered from a real storage engine.
+    pub fn recovered(hard_state: HardState, log: &[Entry]) -> Self {
+        ModelStorage {
+            hard_state,
+            durable_hard_state: hard_state,
+            log: log.to_vec(),
+            durable_log: log.to_vec(),
+            dirty_from: log.len(),
+            hard_state_dirty: false,
+        }
+    }
+
     /// Appends `entries`, replacing the stored suffix from the first one's index.
     pub fn append(&mut self, entries: &[Entry]) {
         let Some(first) = entries.first() else { return };

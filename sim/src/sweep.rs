@@ -86,9 +86,10 @@ pub fn run_seed(template: &RunConfig, seed: u64, check_determinism: bool) -> See
 /// The one-line command that replays `seed` with `config`'s settings.
 pub fn replay_command(config: &RunConfig, seed: u64) -> String {
     let mut cmd = format!(
-        "cargo run --release -p tarn-sim -- --seed {seed} --nodes {} --profile {} --sim-seconds {}",
+        "cargo run --release -p tarn-sim -- --seed {seed} --nodes {} --profile {} --storage {} --sim-seconds {}",
         config.nodes,
         config.profile,
+        config.storage,
         config.sim_ns as f64 / 1e9
     );
     #[cfg(feature = "planted-bugs")]

@@ -85,7 +85,19 @@ impl fmt::Display for TraceEvent {
             TraceKind::Invoke => write!(f, "client {a}: invoke op #{b} at n{n}"),
             TraceKind::Complete => write!(f, "client {a}: complete op #{b} (result code {c})"),
             TraceKind::Apply => write!(f, "n{n}: applied up to index {a} (term {b})"),
-            TraceKind::DiskError => write!(f, "n{n}: disk error (code {a})"),
+            TraceKind::DiskError => {
+                let what = match a {
+                    1 => "I/O error while recovering; retrying",
+                    2 => "corruption detected on its bad disk; node retired",
+                    3 if b == 1 => "process died in the middle of a flush",
+                    3 => "flush failed; node stops",
+                    4 => "staging entries failed; node stops",
+                    5 => "staging hard state failed; node stops",
+                    6 => "reading entries failed; node stops",
+                    _ => "disk error",
+                };
+                write!(f, "n{n}: {what}")
+            }
             TraceKind::Note => write!(f, "n{n}: note {a} {b} {c}"),
         }
     }

@@ -5,15 +5,19 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tarn_core::{
-    Action, Config, DropReason, Entry, EntryPayload, Index, Input, LogId, Membership, Message, MessageBody,
-    Nanos, NodeId, RawNode, Recovered, Role, Term,
+    Action, Config, DropReason, Entry, EntryPayload, HardState, Index, Input, LogId, Membership, Message,
+    MessageBody, Nanos, NodeId, RawNode, Recovered, Role, Term,
 };
 use tarn_kv::{encode_entry, KvConfig, KvEntry, KvStateMachine};
 
+use tarn_io::storage::{FlushReport, Storage, StorageConfig, StorageError};
+
 use crate::clock::NodeClock;
+use crate::disk::{DiskFaults, SimVfs};
 use crate::linearizability::{self, Op, OpKind, OpResult, Verdict};
 use crate::net::{DropReason as NetDrop, Network, SendOutcome, NODES_MAX};
 use crate::profile::{Profile, ProfileKind, CORE_DRIFT_BOUND_PPM};
@@ -41,8 +45,63 @@ pub struct RunConfig {
     pub trace: bool,
     /// The linearizability search gives up ("too big") after this many steps per key.
     pub linearizability_steps_max: u64,
+    /// Which storage the nodes run on.
+    pub storage: StorageKind,
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<PlantedBug>,
+}
+
+/// The storage under each node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageKind {
+    /// The real `tarn-io` storage engine over `SimVfs` (the default).
+    Engine,
+    /// The simulator's own model of a log (faster; no disk faults).
+    Model,
+}
+
+impl std::str::FromStr for StorageKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "engine" => Ok(StorageKind::Engine),
+            "model" => Ok(StorageKind::Model),
+            other => Err(format!("unknown storage {other:?}: use engine or model")),
+        }
+    }
+}
+
+impl std::fmt::Display for StorageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageKind::Engine => "engine",
+            StorageKind::Model => "model",
+        })
+    }
+}
+
+/// The Raft group every node runs (the simulator drives one group).
+const GROUP: u64 = 1;
+const CLUSTER_ID: u64 = 0x7a_726e;
+/// Small segments so runs roll over many of them (and sync directories).
+const SEGMENT_SIZE_BYTES: u64 = 256 * 1024;
+const MAX_ENTRY_SIZE_BYTES: u32 = 32 * 1024;
+/// A node whose disk failed at startup tries again after this long.
+const RESTART_RETRY_NS: Nanos = 50 * NANOS_PER_MILLI;
+
+/// A node's storage engine and the disk under it.
+struct EngineDisk {
+    vfs: SimVfs,
+    storage: Option<Storage>,
+    flush_scheduled: bool,
+    report: FlushReport,
+}
+
+fn storage_config(id: NodeId) -> StorageConfig {
+    let mut c = StorageConfig::new(format!("/node-{id}"), CLUSTER_ID, id);
+    c.segment_size_bytes = SEGMENT_SIZE_BYTES;
+    c.max_entry_size_bytes = MAX_ENTRY_SIZE_BYTES;
+    c
 }
 
 impl RunConfig {
@@ -55,6 +114,7 @@ impl RunConfig {
             liveness_bound_ns: 20 * NANOS_PER_SECOND,
             trace: false,
             linearizability_steps_max: 2_000_000,
+            storage: StorageKind::Engine,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
@@ -106,6 +166,10 @@ pub struct RunReport {
     pub ops_invoked: u64,
     pub ops_completed: u64,
     pub max_commit: Index,
+    /// Node crashes (injected, mid-flush, or after a storage error).
+    pub crashes: u64,
+    /// Disk faults injected by `SimVfs` (errors, corruptions, torn writes).
+    pub disk_faults: u64,
     pub profile: String,
     pub last_events: Vec<TraceEvent>,
 }
@@ -129,8 +193,13 @@ const CLOCK_OFFSET_MAX_NS: Nanos = 50 * NANOS_PER_MILLI;
 
 #[derive(Debug)]
 enum DiskDone {
+    /// The storage engine's group commit: write and fdatasync everything staged.
+    Flush,
     Log(LogId),
-    HardState { term: Term, vote: Option<NodeId> },
+    HardState {
+        term: Term,
+        vote: Option<NodeId>,
+    },
 }
 
 #[derive(Debug)]
@@ -199,6 +268,29 @@ struct Node {
     /// The last vote this node granted, as `(term, candidate)`: it must
     /// survive any crash while the node is still in that term.
     granted_vote: Option<(Term, NodeId)>,
+    /// The newest log position reported durable to the core (and still in
+    /// the log): it must survive any crash.
+    acked_log: LogId,
+    /// `None` with modelled storage.
+    engine: Option<EngineDisk>,
+    /// A bad disk detected corruption: the node stays down (it would need
+    /// repair from its peers, which is outside this simulator's scope).
+    retired: bool,
+}
+
+impl Node {
+    /// The core is told `up_to` is durable; remember it if it is still in
+    /// the log (a late acknowledgement of a replaced suffix is not).
+    fn note_persisted(&mut self, up_to: LogId) {
+        let term = if up_to.index == 0 {
+            Some(0)
+        } else {
+            self.storage.log().get((up_to.index - 1) as usize).map(|e| e.term)
+        };
+        if term == Some(up_to.term) && up_to.index >= self.acked_log.index {
+            self.acked_log = up_to;
+        }
+    }
 }
 
 struct CurrentOp {
@@ -241,6 +333,7 @@ pub struct World {
     next_value: u64,
     ops_completed: u64,
     events: u64,
+    crashes: u64,
     // Checker state.
     leaders: HashMap<Term, NodeId>,
     /// Term and payload hash of every committed (applied somewhere) index, from 1.
@@ -349,6 +442,9 @@ impl World {
                     pending: HashMap::new(),
                     restart_scheduled: false,
                     granted_vote: None,
+                    acked_log: LogId::ZERO,
+                    engine: None,
+                    retired: false,
                 }
             })
             .collect();
@@ -362,6 +458,31 @@ impl World {
             })
             .collect();
         let trace = Trace::new(config.trace);
+        let mut nodes: Vec<Node> = nodes;
+        if config.storage == StorageKind::Engine {
+            let mut rng_bad = SimRng::new(seed, Stream::Disk);
+            let bad = if config.nodes >= 3 && profile.disk_corruption_ppm > 0 {
+                Some(rng_bad.below(config.nodes as u64) as usize)
+            } else {
+                None
+            };
+            let faults = DiskFaults {
+                read_error_ppm: profile.disk_read_error_ppm,
+                write_error_ppm: profile.disk_write_error_ppm,
+                sync_error_ppm: profile.disk_sync_error_ppm,
+                corruption_ppm: profile.disk_corruption_ppm,
+            };
+            for (i, n) in nodes.iter_mut().enumerate() {
+                let vfs =
+                    SimVfs::new(SimRng::for_node(seed, Stream::Disk, i as u64 + 1), faults, bad == Some(i));
+                n.engine = Some(EngineDisk {
+                    vfs,
+                    storage: None,
+                    flush_scheduled: false,
+                    report: FlushReport::default(),
+                });
+            }
+        }
         World {
             profile,
             queue: EventQueue::new(),
@@ -381,6 +502,7 @@ impl World {
             next_value: 0,
             ops_completed: 0,
             events: 0,
+            crashes: 0,
             leaders: HashMap::new(),
             applied_log: Vec::new(),
             entry_ids: HashMap::new(),
@@ -523,6 +645,16 @@ impl World {
             ops_invoked,
             ops_completed: self.ops_completed,
             max_commit,
+            crashes: self.crashes,
+            disk_faults: self
+                .nodes
+                .iter()
+                .filter_map(|n| n.engine.as_ref())
+                .map(|e| {
+                    let s = e.vfs.stats();
+                    s.errors + s.corruptions + s.torn_writes
+                })
+                .sum(),
             profile: self.profile.to_string(),
             last_events: self.trace.last(FAILURE_TRACE_EVENTS),
         }
@@ -589,10 +721,20 @@ impl World {
                     self.queue.push(at, Event::Disk { node, incarnation, done });
                     return;
                 }
-                n.storage.sync();
                 let input = match done {
-                    DiskDone::Log(up_to) => Input::LogPersisted { up_to },
-                    DiskDone::HardState { term, vote } => Input::HardStatePersisted { term, vote },
+                    DiskDone::Flush => {
+                        self.flush(node as usize);
+                        return;
+                    }
+                    DiskDone::Log(up_to) => {
+                        n.storage.sync();
+                        n.note_persisted(up_to);
+                        Input::LogPersisted { up_to }
+                    }
+                    DiskDone::HardState { term, vote } => {
+                        n.storage.sync();
+                        Input::HardStatePersisted { term, vote }
+                    }
                 };
                 self.step(node as usize, input);
             }
@@ -635,11 +777,13 @@ impl World {
     fn start_node(&mut self, idx: usize) {
         let config = self.raft_config(idx);
         let membership = self.membership();
+        let Some((hs, log)) = self.open_storage(idx) else { return };
+        self.check_recovered(idx, hs, &log);
         let n = &mut self.nodes[idx];
-        let recovered = if n.storage.last_index() == 0 && n.storage.hard_state() == Default::default() {
+        let recovered = if log.is_empty() && hs == HardState::default() {
             Recovered::new_cluster(membership.voters.iter().copied())
         } else {
-            Recovered::from_log(n.storage.hard_state(), membership, n.storage.log().to_vec())
+            Recovered::from_log(hs, membership, log)
         };
         match RawNode::new(config, recovered) {
             Ok(raw) => {
@@ -661,6 +805,152 @@ impl World {
         }
     }
 
+    /// Opens the node's storage and reads back its hard state and whole log.
+    /// `None` if the node cannot start now (retired, retrying, or failed).
+    fn open_storage(&mut self, idx: usize) -> Option<(HardState, Vec<Entry>)> {
+        let now = self.now();
+        let n = &mut self.nodes[idx];
+        let id = n.id;
+        let Some(engine) = n.engine.as_mut() else {
+            return Some((n.storage.hard_state(), n.storage.log().to_vec()));
+        };
+        let vfs = engine.vfs.clone();
+        let opened = (|| -> Result<(Storage, HardState, Vec<Entry>), StorageError> {
+            let mut storage = Storage::open(Arc::new(vfs), storage_config(id))?;
+            let rec = storage.open_group(GROUP)?;
+            let mut log = Vec::new();
+            if rec.last_log_id.index >= rec.first_index {
+                storage.entries(GROUP, rec.first_index, rec.last_log_id.index + 1, u64::MAX, &mut log)?;
+            }
+            Ok((storage, rec.hard_state, log))
+        })();
+        let bad_disk = engine.vfs.is_bad_disk();
+        match opened {
+            Ok((storage, hs, log)) => {
+                if log.first().is_some_and(|e| e.index != 1) {
+                    let detail =
+                        format!("n{id}: recovered log starts at {} without a snapshot", log[0].index);
+                    self.fail(FailureKind::Safety, "recovery", detail);
+                    return None;
+                }
+                engine.storage = Some(storage);
+                engine.flush_scheduled = false;
+                n.storage = ModelStorage::recovered(hs, &log);
+                Some((hs, log))
+            }
+            Err(StorageError::Corruption { .. }) if bad_disk => {
+                n.retired = true;
+                self.record(idx as u64 + 1, TraceKind::DiskError, 2, 0, 0);
+                None
+            }
+            Err(
+                StorageError::Io { .. } | StorageError::Unwritable { .. } | StorageError::Poisoned { .. },
+            ) => {
+                // An injected EIO during recovery: try again a little later.
+                n.restart_scheduled = true;
+                self.record(idx as u64 + 1, TraceKind::DiskError, 1, 0, 0);
+                self.queue.push(now + RESTART_RETRY_NS, Event::Restart { node: idx as u8 });
+                None
+            }
+            Err(error) => {
+                let detail = format!("n{id} cannot recover its storage on a healthy disk: {error}");
+                self.fail(FailureKind::Safety, "recovery", detail);
+                None
+            }
+        }
+    }
+
+    /// What a restarted node recovered must include everything it
+    /// acknowledged as durable: the log up to its last `LogPersisted` and
+    /// every vote it granted in its current term.
+    fn check_recovered(&mut self, idx: usize, hs: HardState, log: &[Entry]) {
+        let n = &self.nodes[idx];
+        if n.engine.as_ref().is_some_and(|e| e.vfs.is_bad_disk()) {
+            return;
+        }
+        let id = n.id;
+        let acked = n.acked_log;
+        if acked.index > 0 && log.get((acked.index - 1) as usize).map(|e| e.term) != Some(acked.term) {
+            let detail = format!(
+                "n{id} acknowledged its log durable up to {acked}, but after a crash it recovered {} entries \
+                 (last {:?})",
+                log.len(),
+                log.last().map(Entry::log_id)
+            );
+            self.fail(FailureKind::Safety, "storage-durability", detail);
+            return;
+        }
+        if let Some((term, candidate)) = n.granted_vote {
+            if hs.term < term || (hs.term == term && hs.vote != Some(candidate)) {
+                let detail = format!(
+                    "n{id} granted its vote in term {term} to n{candidate}, but after a crash its durable hard state \
+                     is term {} vote {:?}: a vote must be durable before it is granted",
+                    hs.term, hs.vote
+                );
+                self.fail(FailureKind::Safety, "vote-durability", detail);
+            }
+        }
+    }
+
+    /// The storage engine's group commit for node `idx`.
+    fn flush(&mut self, idx: usize) {
+        let mid_flush_crash = self.profile.crash_mid_flush_ppm;
+        let crash_now = self.phase == Phase::Faulty && self.rng_process.chance(mid_flush_crash);
+        let die_at = self.rng_process.below(3);
+        let n = &mut self.nodes[idx];
+        let Some(engine) = n.engine.as_mut() else { return };
+        engine.flush_scheduled = false;
+        let Some(storage) = engine.storage.as_mut() else { return };
+        if crash_now {
+            engine.vfs.die_during_write(die_at);
+        }
+        storage.flush(&mut engine.report);
+        if !engine.report.failed.is_empty() || crash_now {
+            self.record(idx as u64 + 1, TraceKind::DiskError, 3, u64::from(crash_now), 0);
+            let downtime = self.rng_process.between(NANOS_PER_MILLI, 100 * NANOS_PER_MILLI);
+            self.crash(idx, downtime);
+            return;
+        }
+        n.storage.sync();
+        let mut inputs = std::mem::take(&mut self.inputs);
+        let report = &n.engine.as_ref().expect("engine present").report;
+        for p in &report.log {
+            inputs.push_back(Input::LogPersisted { up_to: p.up_to });
+        }
+        for (_, hs) in &report.hard_states {
+            inputs.push_back(Input::HardStatePersisted { term: hs.term, vote: hs.vote });
+        }
+        for input in inputs.drain(..) {
+            if let Input::LogPersisted { up_to } = input {
+                self.nodes[idx].note_persisted(up_to);
+            }
+            self.step(idx, input);
+            if self.nodes[idx].raw.is_none() {
+                break;
+            }
+        }
+        self.inputs = inputs;
+    }
+
+    fn schedule_flush(&mut self, idx: usize) {
+        let at = self.now() + self.disk_latency();
+        let n = &mut self.nodes[idx];
+        let Some(engine) = n.engine.as_mut() else { return };
+        if !engine.flush_scheduled {
+            engine.flush_scheduled = true;
+            let incarnation = n.incarnation;
+            self.queue.push(at, Event::Disk { node: idx as u8, incarnation, done: DiskDone::Flush });
+        }
+    }
+
+    /// A storage call failed: the node stops (fail-stop) and restarts from
+    /// what is durable.
+    fn storage_failed(&mut self, idx: usize, what: u64) {
+        self.record(idx as u64 + 1, TraceKind::DiskError, what, 0, 0);
+        let downtime = self.rng_process.between(NANOS_PER_MILLI, 100 * NANOS_PER_MILLI);
+        self.crash(idx, downtime);
+    }
+
     fn crash(&mut self, idx: usize, downtime_ns: Nanos) {
         let now = self.now();
         let n = &mut self.nodes[idx];
@@ -674,24 +964,20 @@ impl World {
         n.tick_at = Nanos::MAX;
         n.paused_until = 0;
         n.restart_scheduled = true;
-        let (id, durable, granted) = (n.id, n.storage.durable_hard_state(), n.granted_vote);
-        self.record(idx as u64 + 1, TraceKind::Crash, 0, 0, 0);
-        if let Some((term, candidate)) = granted {
-            if durable.term < term || (durable.term == term && durable.vote != Some(candidate)) {
-                let detail = format!(
-                    "n{id} granted its vote in term {term} to n{candidate}, but after a crash its durable hard state \
-                     is term {} vote {:?}: a vote must be durable before it is granted",
-                    durable.term, durable.vote
-                );
-                self.fail(FailureKind::Safety, "vote-durability", detail);
-            }
+        self.crashes += 1;
+        let n = &mut self.nodes[idx];
+        if let Some(engine) = n.engine.as_mut() {
+            engine.vfs.crash();
+            engine.storage = None;
+            engine.flush_scheduled = false;
         }
+        self.record(idx as u64 + 1, TraceKind::Crash, 0, 0, 0);
         self.queue.push(now + downtime_ns, Event::Restart { node: idx as u8 });
         self.check_committed_on_majority("after a crash");
     }
 
     fn restart(&mut self, idx: usize) {
-        if self.nodes[idx].raw.is_some() {
+        if self.nodes[idx].raw.is_some() || self.nodes[idx].retired {
             return;
         }
         let hs = self.nodes[idx].storage.hard_state();
@@ -837,13 +1123,43 @@ impl World {
                     }
                 }
                 let Some(last) = entries.last().map(Entry::log_id) else { return };
-                self.nodes[idx].storage.append(&entries);
+                let n = &mut self.nodes[idx];
+                let first = entries[0].index;
+                if first <= n.acked_log.index {
+                    // A suffix is replaced: the acknowledgement now covers the kept prefix.
+                    let index = first - 1;
+                    let term = if index == 0 {
+                        0
+                    } else {
+                        n.storage.log().get((index - 1) as usize).map_or(0, |e| e.term)
+                    };
+                    n.acked_log = LogId::new(term, index);
+                }
+                n.storage.append(&entries);
+                if let Some(engine) = n.engine.as_mut() {
+                    let staged = engine.storage.as_mut().map(|s| s.stage(GROUP, &entries));
+                    if !matches!(staged, Some(Ok(()))) {
+                        self.storage_failed(idx, 4);
+                        return;
+                    }
+                    self.schedule_flush(idx);
+                    return;
+                }
                 let at = now + self.disk_latency();
                 let incarnation = self.nodes[idx].incarnation;
                 self.queue.push(at, Event::Disk { node: idx as u8, incarnation, done: DiskDone::Log(last) });
             }
             Action::PersistHardState(hs) => {
                 self.nodes[idx].storage.set_hard_state(hs);
+                if let Some(engine) = self.nodes[idx].engine.as_mut() {
+                    let staged = engine.storage.as_mut().map(|s| s.stage_hard_state(GROUP, hs));
+                    if !matches!(staged, Some(Ok(()))) {
+                        self.storage_failed(idx, 5);
+                        return;
+                    }
+                    self.schedule_flush(idx);
+                    return;
+                }
                 let at = now + self.disk_latency();
                 let incarnation = self.nodes[idx].incarnation;
                 let done = DiskDone::HardState { term: hs.term, vote: hs.vote };
@@ -851,7 +1167,22 @@ impl World {
             }
             Action::Apply { entries, proposals } => self.apply(idx, entries, &proposals, inputs),
             Action::FetchEntries { from, to, max_bytes } => {
-                let entries = self.nodes[idx].storage.entries(from, to, max_bytes);
+                let n = &self.nodes[idx];
+                let entries = match n.engine.as_ref() {
+                    None => n.storage.entries(from, to, max_bytes),
+                    Some(engine) => {
+                        let mut out = Vec::new();
+                        let read = engine
+                            .storage
+                            .as_ref()
+                            .map(|s| s.entries(GROUP, from, to, max_bytes as u64, &mut out));
+                        if !matches!(read, Some(Ok(()))) {
+                            self.storage_failed(idx, 6);
+                            return;
+                        }
+                        out
+                    }
+                };
                 inputs.push_back(Input::EntriesFetched { from, entries });
             }
             Action::ReadReady { id, index } => {
@@ -1258,6 +1589,9 @@ impl World {
         self.net.heal();
         self.record(0, TraceKind::Heal, 1, 0, 0);
         for idx in 0..self.nodes.len() {
+            if let Some(engine) = &self.nodes[idx].engine {
+                engine.vfs.set_faults(DiskFaults::default());
+            }
             self.nodes[idx].paused_until = self.nodes[idx].paused_until.min(now);
             if self.nodes[idx].raw.is_none() {
                 self.restart(idx);

@@ -64,3 +64,23 @@ fn the_same_seed_gives_the_same_trace_digest() {
 fn a_single_node_cluster_works() {
     assert_all_pass(&config(ProfileKind::Swarm, 1, 2), 50, 3);
 }
+
+#[test]
+fn the_real_storage_engine_is_attacked_and_recovers() {
+    let template = config(ProfileKind::Chaos, 5, 5);
+    let outcomes = sweep(&template, 500, 6, 2, false, &|_| {});
+    for o in &outcomes {
+        assert!(!o.failed(), "{}", describe_failure(&template, o));
+    }
+    let crashes: u64 = outcomes.iter().map(|o| o.report.crashes).sum();
+    let disk_faults: u64 = outcomes.iter().map(|o| o.report.disk_faults).sum();
+    assert!(crashes >= 6, "chaos runs crashed nodes only {crashes} times");
+    assert!(disk_faults > 0, "no disk fault was injected in 6 chaos runs");
+}
+
+#[test]
+fn modelled_storage_runs_pass_too() {
+    let mut template = config(ProfileKind::Swarm, 5, 4);
+    template.storage = tarn_sim::world::StorageKind::Model;
+    assert_all_pass(&template, 700, 6);
+}
