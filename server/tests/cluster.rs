@@ -179,3 +179,89 @@ async fn a_lock_has_one_holder_and_is_released_when_the_holder_dies() {
     .await
     .expect("test deadline");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_added_and_removed_at_runtime() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let mut cluster = TestCluster::start(3).await;
+        let admin = cluster.client();
+        admin.add_group(2, vec![1, 2, 3]).await.unwrap();
+        let mut c2 = ClientConfig::new(cluster.endpoints());
+        c2.group = 2;
+        c2.request_timeout = Duration::from_secs(20);
+        let g2 = Client::new(c2);
+        g2.put("only-in-2", "x").await.unwrap();
+        // Group 1 is a different state machine: the key is not there.
+        assert_eq!(admin.get("only-in-2").await.unwrap(), None);
+        assert_eq!(&g2.get("only-in-2").await.unwrap().unwrap().value[..], b"x");
+        // Adding it again is refused with a clear error.
+        let err = admin.add_group(2, vec![1, 2, 3]).await.unwrap_err();
+        assert!(err.to_string().contains("already runs"), "{err}");
+        // The group list survives a restart.
+        cluster.stop_node(1).await;
+        cluster.start_node(1).await;
+        assert!(cluster.servers[&1].group(2).is_some());
+        admin.remove_group(2).await.unwrap();
+        for s in cluster.servers.values() {
+            assert!(s.group(2).is_none());
+        }
+        let mut c2 = ClientConfig::new(cluster.endpoints());
+        c2.group = 2;
+        let err = Client::new(c2).put("k", "v").await.unwrap_err();
+        assert!(err.to_string().contains("not hosted"), "{err}");
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_lock_holders_take_turns() {
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    use std::sync::Arc;
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let cluster = TestCluster::start(3).await;
+        cluster.client().mkdir("locks").await.unwrap();
+        let holders = Arc::new(AtomicI64::new(0));
+        let acquired = Arc::new(AtomicU64::new(0));
+        let lease = Duration::from_millis(900);
+        let mut locks = Vec::new();
+        for _ in 0..2 {
+            let (h1, h2, a) = (holders.clone(), holders.clone(), acquired.clone());
+            locks.push(cluster.client().auto_lock(
+                "locks.auto",
+                lease,
+                move || {
+                    h1.fetch_add(1, Ordering::SeqCst);
+                    a.fetch_add(1, Ordering::SeqCst);
+                },
+                move || {
+                    h2.fetch_sub(1, Ordering::SeqCst);
+                },
+            ));
+        }
+        poll_until("one auto-lock to acquire", || async {
+            (acquired.load(Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+        assert_eq!(holders.load(Ordering::SeqCst), 1);
+        // The holder keeps it over several leases (renewal works) ...
+        let first = if locks[0].is_held() { 0 } else { 1 };
+        for _ in 0..3 {
+            tokio::time::sleep(lease / 2).await;
+            assert!(locks[first].is_held());
+            assert!(!locks[1 - first].is_held());
+        }
+        // ... and releasing it hands it to the other.
+        locks.remove(first).release().await;
+        poll_until("the other auto-lock to acquire", || async {
+            (acquired.load(Ordering::SeqCst) == 2).then_some(())
+        })
+        .await;
+        assert!(locks[0].is_held());
+        locks.pop().unwrap().release().await;
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
