@@ -143,7 +143,7 @@ pub fn message_kind_name(code: u64) -> &'static str {
     NAMES.get(code as usize).copied().unwrap_or("Other")
 }
 
-/// FNV-1a over 64-bit words: fast, stable across platforms and Rust versions
+/// FNV-1a style hashing: fast, stable across platforms and Rust versions
 /// (unlike `DefaultHasher`), which a digest compared across runs must be.
 #[derive(Clone, Copy, Debug)]
 pub struct Digest(u64);
@@ -155,11 +155,10 @@ impl Default for Digest {
 }
 
 impl Digest {
+    /// Mixes one 64-bit word (a word-at-a-time FNV-style step with a
+    /// rotation, so every bit of `w` reaches every bit of the state).
     pub fn word(&mut self, w: u64) {
-        for byte in w.to_le_bytes() {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
+        self.0 = (self.0 ^ w).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
     }
 
     pub fn bytes(&mut self, bytes: &[u8]) {
