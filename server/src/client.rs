@@ -643,7 +643,11 @@ impl Client {
                 )
                 .await;
                 match r {
-                    Ok(Ok(Ok(ResponseBody::Watching))) => {}
+                    Ok(Ok(Ok(ResponseBody::Watching { after_index }))) => {
+                        // A watch "from now" resumes from where it started,
+                        // even if no event arrived before a reconnect.
+                        after = Some(after.map_or(after_index, |a| a.max(after_index)));
+                    }
                     Ok(Ok(Err(e @ ServerError::BadRequest { .. }))) => {
                         let _ = tx.send(Err(ClientError::Server(e)));
                         return;
@@ -657,8 +661,6 @@ impl Client {
                         continue;
                     }
                 }
-                // If the watch started "from now", pin the resume point to
-                // what this node had applied when it registered.
                 while let Some(msg) = route_rx.recv().await {
                     match msg {
                         WatchMsg::Events(events) => {

@@ -76,9 +76,16 @@ pub enum ServerFrame {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResponseBody {
-    Hello { node_id: NodeId, cluster_id: u64 },
+    Hello {
+        node_id: NodeId,
+        cluster_id: u64,
+    },
     Kv(Response),
-    Watching,
+    /// The watch runs: events with an index above `after_index` follow
+    /// (for a watch "from now", the node's applied index at registration).
+    Watching {
+        after_index: Index,
+    },
     Status(NodeStatus),
     Done,
 }

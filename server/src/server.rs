@@ -616,14 +616,17 @@ fn handle_request(
                     events_tx.try_send(frame).is_ok()
                 });
                 let r = group
-                    .read(false, move |m: &mut KvMachine| m.watch(&key, subtree, after_index, sink))
+                    .read(false, move |m: &mut KvMachine| {
+                        let from = after_index.unwrap_or(m.kv().applied_index());
+                        m.watch(&key, subtree, Some(from), sink).map(|w| (w, from))
+                    })
                     .await;
                 let result = match r {
-                    Ok(Ok(watch_id)) => {
+                    Ok(Ok((watch_id, after_index))) => {
                         if let Ok(mut w) = watches.lock() {
                             w.insert(id, (g, watch_id));
                         }
-                        Ok(ResponseBody::Watching)
+                        Ok(ResponseBody::Watching { after_index })
                     }
                     Ok(Err(reason)) => Err(ServerError::BadRequest { reason }),
                     Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),

@@ -265,3 +265,30 @@ async fn auto_lock_holders_take_turns() {
     .await
     .expect("test deadline");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leader_moves_leadership_and_writes_follow() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let cluster = TestCluster::start(3).await;
+        let client = cluster.client();
+        client.put("before", "1").await.unwrap();
+        let old = cluster.leader().await;
+        let target = if old == 3 { 1 } else { old + 1 };
+        // The core may refuse while the target catches up: retry until it moves.
+        poll_until("leadership to move to the target", || {
+            let client = client.clone();
+            let cluster = &cluster;
+            async move {
+                let _ = client.transfer_leader(target).await;
+                let leader = cluster.servers[&target].group(1)?.info().leader?;
+                (leader == target).then_some(())
+            }
+        })
+        .await;
+        client.put("after", "2").await.unwrap();
+        assert_eq!(cluster.leader().await, target);
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
