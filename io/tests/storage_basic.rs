@@ -174,6 +174,39 @@ fn async_mode_acks_on_write_and_syncs_on_request() {
 }
 
 #[test]
+fn background_sync_job_runs_on_another_thread_while_appends_go_on() {
+    let vfs = MemVfs::new();
+    let mut cfg = config("/data");
+    cfg.write_mode = WriteMode::Async;
+    let mut s = open(&vfs, &cfg);
+    s.open_group(1).unwrap();
+    let mut report = FlushReport::default();
+    s.stage(1, &entries(1, 1..=10, 10)).unwrap();
+    s.stage_hard_state(1, HardState { term: 1, vote: Some(1), commit: 0 }).unwrap();
+    s.flush(&mut report);
+    assert_eq!(report.hard_states, vec![(1, HardState { term: 1, vote: Some(1), commit: 0 })]);
+    let job = s.begin_sync(&mut report);
+    assert!(!job.is_empty());
+    let runner = std::thread::spawn(move || {
+        let results = job.run();
+        (job, results)
+    });
+    // Appends continue while the job runs.
+    s.stage(1, &entries(1, 11..=12, 10)).unwrap();
+    s.flush(&mut report);
+    assert!(report.hard_states.is_empty(), "no hard state staged in this flush");
+    let (job, results) = runner.join().unwrap();
+    s.finish_sync(job, results, &mut report);
+    assert!(report.failed.is_empty());
+    // The job vouches for what was written when it began, not after.
+    assert_eq!(s.log_state(1).unwrap().last_durable, LogId::new(1, 10));
+    let mut s2 = open(&vfs.crash(CrashMode::DropUnsynced), &cfg);
+    let rec = s2.open_group(1).unwrap();
+    assert!(rec.last_log_id.index >= 10);
+    assert_eq!(rec.hard_state.vote, Some(1));
+}
+
+#[test]
 fn configuration_and_identity_errors() {
     let vfs = MemVfs::new();
     let mut cfg = config("/data");

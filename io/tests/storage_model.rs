@@ -64,6 +64,8 @@ fn check(s: &Storage, model: &Model, rng: &mut ChaCha8Rng, seed: u64, step: usiz
     let ctx = format!("seed {seed} step {step} ({what})");
     let st = s.log_state(GROUP).unwrap_or_else(|e| panic!("{ctx}: {e}"));
     assert_eq!(st.last_staged, model.last(), "{ctx}: last log id");
+    assert!(st.last_durable.index <= st.last_written.index, "{ctx}: durable {st:?}");
+    assert!(st.last_written.index <= st.last_staged.index, "{ctx}: written {st:?}");
     let floor = model.floor();
     assert!(st.first_index <= floor + 1, "{ctx}: first index {} > {}", st.first_index, floor + 1);
     // A random readable range matches the model where the model knows it.
@@ -96,8 +98,23 @@ fn run_seed(seed: u64) {
     let mut model = Model { base: LogId::ZERO, entries: Vec::new(), snapshot: None };
     let mut report = FlushReport::default();
     let mut term = 1;
+    // A background sync job in flight (async mode's fdatasync thread).
+    let mut pending: Option<tarn_io::storage::SyncJob> = None;
     for step in 0..STEPS_PER_SEED {
-        let what = match rng.gen_range(0..100) {
+        let what = match rng.gen_range(0..110) {
+            100..=104 if pending.is_none() => {
+                pending = Some(s.begin_sync(&mut report));
+                assert!(report.failed.is_empty());
+                "begin background sync"
+            }
+            100..=109 => {
+                if let Some(job) = pending.take() {
+                    let results = job.run();
+                    s.finish_sync(job, results, &mut report);
+                    assert!(report.failed.is_empty());
+                }
+                "finish background sync"
+            }
             0..=44 => {
                 let last = model.last().index;
                 let lo = (model.floor() + 1).max(last.saturating_sub(4));
@@ -156,6 +173,10 @@ fn run_seed(seed: u64) {
             }
             _ => {
                 // Flush (and sync), then restart cleanly or after a crash.
+                if let Some(job) = pending.take() {
+                    let results = job.run();
+                    s.finish_sync(job, results, &mut report);
+                }
                 s.flush(&mut report);
                 s.sync(&mut report);
                 assert!(report.failed.is_empty());

@@ -36,7 +36,7 @@ struct Segment {
     prev_term: Term,
     path: PathBuf,
     /// `None` while the segment exists only in the staging area.
-    file: Option<Box<dyn VfsFile>>,
+    file: Option<Arc<dyn VfsFile>>,
     capacity_bytes: u64,
     /// Byte offset of the record of entry `first_index + i` (staged ones too).
     offsets: Vec<u32>,
@@ -115,7 +115,22 @@ pub struct GroupLog {
     chunks: Vec<Chunk>,
     /// First indexes of segments written since their last sync.
     unsynced: Vec<Index>,
+    /// Bumped whenever entries are removed from the end (truncation, reset),
+    /// so a sync job begun before cannot vouch for entries written after.
+    generation: u64,
+    /// The segment a background sync job is syncing, until it finishes.
+    in_flight_sync: Option<Index>,
     poison: Option<Poison>,
+}
+
+/// One segment fdatasync that can run on any thread (see
+/// [`GroupLog::begin_sync_job`]).
+#[derive(Debug, Clone)]
+pub struct LogSyncJob {
+    pub file: Arc<dyn VfsFile>,
+    segment_first_index: Index,
+    target: LogId,
+    generation: u64,
 }
 
 impl GroupLog {
@@ -135,6 +150,8 @@ impl GroupLog {
             buf: Vec::new(),
             chunks: Vec::new(),
             unsynced: Vec::new(),
+            generation: 0,
+            in_flight_sync: None,
             poison: None,
         }
     }
@@ -348,7 +365,7 @@ impl GroupLog {
         })();
         match file {
             Ok(file) => {
-                self.segments[position].file = Some(file);
+                self.segments[position].file = Some(Arc::from(file));
                 Ok(())
             }
             Err(e) => Err(self.poison("create segment", &path, e)),
@@ -388,6 +405,15 @@ impl GroupLog {
     /// fdatasyncs every segment written since its last sync. Errors poison.
     pub fn sync(&mut self) -> Result<()> {
         self.check_poison()?;
+        // A segment handed to a background sync job may not be synced yet:
+        // sync it here too (first: it is the oldest), so "everything written
+        // is durable" holds when this returns.
+        if let Some(first_index) = self.in_flight_sync.take() {
+            let present = self.segments.iter().any(|s| s.first_index == first_index);
+            if present && !self.unsynced.contains(&first_index) {
+                self.unsynced.insert(0, first_index);
+            }
+        }
         for u in 0..self.unsynced.len() {
             let first_index = self.unsynced[u];
             let position = self.segment_position(first_index);
@@ -424,27 +450,42 @@ impl GroupLog {
         Ok(())
     }
 
-    /// The one segment still to sync after [`GroupLog::sync_all_but_newest`].
-    pub fn unsynced_tail(&self) -> Option<&dyn VfsFile> {
+    /// Second half of a (possibly background) sync: takes the newest
+    /// unsynced segment, and the position that becomes durable once it is
+    /// synced. Call [`GroupLog::sync_all_but_newest`] first. Appends may go
+    /// on while the job runs; [`GroupLog::finish_sync_job`] records it.
+    pub fn begin_sync_job(&mut self) -> Option<LogSyncJob> {
         if self.poison.is_some() {
             return None;
         }
         debug_assert!(self.unsynced.len() <= 1, "sync_all_but_newest ran first");
-        let first_index = *self.unsynced.last()?;
-        self.segments[self.segment_position(first_index)].file.as_deref()
+        let first_index = self.unsynced.pop()?;
+        let file = self.segments[self.segment_position(first_index)].file.clone()?;
+        self.in_flight_sync = Some(first_index);
+        Some(LogSyncJob {
+            file,
+            segment_first_index: first_index,
+            target: self.last_written,
+            generation: self.generation,
+        })
     }
 
-    /// Records the result of syncing [`GroupLog::unsynced_tail`].
-    pub fn finish_sync(&mut self, result: std::io::Result<()>) -> Result<()> {
-        let Some(&first_index) = self.unsynced.last() else {
-            return self.check_poison();
-        };
+    /// Records the result of a [`LogSyncJob`]. A failure poisons the group.
+    /// A job that raced with a truncation or a reset proves nothing about the
+    /// new entries, so its position is then ignored.
+    pub fn finish_sync_job(&mut self, job: &LogSyncJob, result: std::io::Result<()>) -> Result<()> {
         if let Err(e) = result {
-            let path = self.segments[self.segment_position(first_index)].path.clone();
+            let path = self.segment_path(job.segment_first_index);
             return Err(self.poison("fdatasync", &path, e));
         }
-        self.unsynced.clear();
-        self.last_durable = self.last_written;
+        self.check_poison()?;
+        if self.in_flight_sync == Some(job.segment_first_index) {
+            self.in_flight_sync = None;
+        }
+        if job.generation == self.generation && job.target.index > self.last_durable.index {
+            debug_assert!(job.target.index <= self.last_written.index);
+            self.last_durable = job.target;
+        }
         Ok(())
     }
 
@@ -557,6 +598,7 @@ impl GroupLog {
         }
         self.last_staged = new_last;
         self.last_written = new_last;
+        self.generation += 1;
         Ok(())
     }
 
@@ -598,6 +640,7 @@ impl GroupLog {
         if reset {
             debug_assert!(self.segments.is_empty());
             self.base = upto;
+            self.generation += 1;
             self.term_runs.clear();
             self.last_staged = upto;
             self.last_written = upto;
@@ -745,7 +788,7 @@ impl GroupLog {
                 first_index: first,
                 prev_term: scanned.prev_term,
                 path,
-                file: Some(scanned.file),
+                file: Some(Arc::from(scanned.file)),
                 capacity_bytes: scanned.len,
                 offsets: scanned.offsets,
                 end_bytes,

@@ -189,15 +189,18 @@ struct GroupStore {
     dir: PathBuf,
     log: GroupLog,
     hs_path: PathBuf,
-    hs_file: Box<dyn VfsFile>,
+    hs_file: Arc<dyn VfsFile>,
     /// Sequence number of the newest written slot.
     hs_seq: u64,
     hs_staged: Option<HardState>,
     /// Newest hard state handed to the OS, and whether it is synced.
     hs_written: HardState,
     hs_unsynced: bool,
-    /// (term, vote) known durable.
+    /// Newest hard state known durable, and its slot sequence number.
     hs_durable: HardState,
+    hs_durable_seq: u64,
+    /// A hard state was written by the current flush: report it.
+    hs_report: bool,
     snapshot: Option<SnapshotMeta>,
     reported_log: LogId,
     dirty: bool,
@@ -228,12 +231,19 @@ impl GroupStore {
         self.hs_unsynced && (vote_changed || !vote_only)
     }
 
-    fn finish_hard_state_sync(&mut self, result: std::io::Result<()>) -> Result<()> {
+    /// Records the sync of the slot written with sequence number `seq`
+    /// (holding `hs`); a newer slot written meanwhile stays unsynced.
+    fn finish_hard_state_sync(&mut self, seq: u64, hs: HardState, result: std::io::Result<()>) -> Result<()> {
         if let Err(e) = result {
             return Err(self.log.poison("fdatasync hard state", &self.hs_path, e));
         }
-        self.hs_unsynced = false;
-        self.hs_durable = self.hs_written;
+        if seq == self.hs_seq {
+            self.hs_unsynced = false;
+        }
+        if seq > self.hs_durable_seq {
+            self.hs_durable = hs;
+            self.hs_durable_seq = seq;
+        }
         Ok(())
     }
 }
@@ -248,14 +258,37 @@ pub struct Storage {
     dirty: Vec<GroupId>,
     /// Groups written by the current flush (reused).
     flushed: Vec<GroupId>,
-    /// Which group and file each entry of a batched sync belongs to (reused).
-    sync_owners: Vec<(GroupId, SyncTarget)>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum SyncTarget {
-    Log,
-    HardState,
+    Log(log::LogSyncJob),
+    /// The slot's sequence number and the state it holds.
+    HardState(u64, HardState),
+}
+
+/// A batch of fdatasyncs taken from a [`Storage`] by
+/// [`Storage::begin_sync`]; `Send`, so a driver can run it on a thread while
+/// the engine keeps appending, then hand the results back with
+/// [`Storage::finish_sync`].
+#[derive(Debug)]
+pub struct SyncJob {
+    vfs: Arc<dyn Vfs>,
+    files: Vec<Arc<dyn VfsFile>>,
+    owners: Vec<(GroupId, SyncTarget)>,
+}
+
+impl SyncJob {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Runs the fdatasyncs (one [`Vfs::sync_data_batch`] call): one result
+    /// per file.
+    pub fn run(&self) -> Vec<std::io::Result<()>> {
+        let files: Vec<&dyn VfsFile> = self.files.iter().map(|f| f.as_ref()).collect();
+        self.vfs.sync_data_batch(&files)
+    }
 }
 
 const NODE_ID_FILE: &str = "tarn.id";
@@ -303,14 +336,7 @@ impl Storage {
         .map_err(unwritable)?;
         let identity = Identity { cluster_id: config.cluster_id, node_id: config.node_id, group: None };
         meta::check_or_write(vfs.as_ref(), &dir, &dir.join(NODE_ID_FILE), identity)?;
-        Ok(Storage {
-            vfs,
-            config,
-            groups: BTreeMap::new(),
-            dirty: Vec::new(),
-            flushed: Vec::new(),
-            sync_owners: Vec::new(),
-        })
+        Ok(Storage { vfs, config, groups: BTreeMap::new(), dirty: Vec::new(), flushed: Vec::new() })
     }
 
     pub fn config(&self) -> &StorageConfig {
@@ -349,11 +375,11 @@ impl Storage {
 
         // Hard state.
         let hs_path = dir.join(HARD_STATE_FILE);
-        let hs_file = match vfs.open(&hs_path) {
-            Ok(file) => file,
+        let hs_file: Arc<dyn VfsFile> = match vfs.open(&hs_path) {
+            Ok(file) => Arc::from(file),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 meta::write_file_atomic(vfs, &dir, &hs_path, &[0u8; HARD_STATE_FILE_BYTES as usize])?;
-                vfs.open(&hs_path).map_err(io_err("open", &hs_path))?
+                Arc::from(vfs.open(&hs_path).map_err(io_err("open", &hs_path))?)
             }
             Err(e) => return Err(io_err("open", &hs_path)(e)),
         };
@@ -435,6 +461,8 @@ impl Storage {
                 hs_written: hs,
                 hs_unsynced: false,
                 hs_durable: hs,
+                hs_durable_seq: hs_seq,
+                hs_report: false,
                 snapshot: snapshot_meta.clone(),
                 reported_log: last,
                 dirty: false,
@@ -493,7 +521,10 @@ impl Storage {
             store.dirty = false;
             let written = store.log.write_staged().and_then(|()| store.write_hard_state());
             match written {
-                Ok(_) => self.flushed.push(group),
+                Ok(wrote_hard_state) => {
+                    store.hs_report = wrote_hard_state;
+                    self.flushed.push(group);
+                }
                 Err(e) => report.failed.push((group, e)),
             }
         }
@@ -511,6 +542,9 @@ impl Storage {
                 store.reported_log = up_to;
                 report.log.push(Persisted { group, up_to });
             }
+            if !std::mem::take(&mut store.hs_report) {
+                continue;
+            }
             if !store.hs_unsynced || !sync || store.hs_durable == store.hs_written {
                 report.hard_states.push((group, store.hs_written));
             } else {
@@ -520,7 +554,6 @@ impl Storage {
                 report.hard_states.push((group, durable));
             }
         }
-        report.hard_states.dedup();
     }
 
     /// The sync phase of a flush: every file the flush wrote is fdatasynced
@@ -528,35 +561,60 @@ impl Storage {
     /// overlaps), except a group's older segments when a flush rolled over,
     /// which are synced first so that segments become durable in order.
     fn sync_batch(&mut self, report: &mut FlushReport, vote_only: bool) {
-        let Storage { vfs, groups, flushed, sync_owners, .. } = self;
-        sync_owners.clear();
-        for &group in flushed.iter() {
-            let store = groups.get_mut(&group).expect("flushed groups are open");
+        let job = self.begin_sync_of_flushed(report, vote_only);
+        let results = job.run();
+        self.finish_sync(job, results, report);
+    }
+
+    /// Builds a [`SyncJob`] for the groups in `self.flushed`.
+    fn begin_sync_of_flushed(&mut self, report: &mut FlushReport, vote_only: bool) -> SyncJob {
+        let mut job = SyncJob { vfs: self.vfs.clone(), files: Vec::new(), owners: Vec::new() };
+        for &group in &self.flushed {
+            let store = self.groups.get_mut(&group).expect("flushed groups are open");
             if let Err(e) = store.log.sync_all_but_newest() {
                 report.failed.push((group, e));
+                continue;
+            }
+            if let Some(log_job) = store.log.begin_sync_job() {
+                job.files.push(log_job.file.clone());
+                job.owners.push((group, SyncTarget::Log(log_job)));
+            }
+            if store.hard_state_needs_sync(vote_only) {
+                job.files.push(store.hs_file.clone());
+                job.owners.push((group, SyncTarget::HardState(store.hs_seq, store.hs_written)));
             }
         }
-        let mut files: Vec<&dyn VfsFile> = Vec::with_capacity(2 * flushed.len());
-        for &group in flushed.iter() {
-            let store = &groups[&group];
-            if let Some(file) = store.log.unsynced_tail() {
-                files.push(file);
-                sync_owners.push((group, SyncTarget::Log));
-            }
-            if store.log.check_poison().is_ok() && store.hard_state_needs_sync(vote_only) {
-                files.push(store.hs_file.as_ref());
-                sync_owners.push((group, SyncTarget::HardState));
+        job
+    }
+
+    /// Starts a sync of everything written so far, to run on any thread
+    /// ([`SyncJob::run`]) while appends go on — async mode's background
+    /// fdatasync. Hand the results to [`Storage::finish_sync`]. Failures of
+    /// the (rare, in-line) ordering syncs are reported in `report.failed`.
+    pub fn begin_sync(&mut self, report: &mut FlushReport) -> SyncJob {
+        report.clear();
+        self.flushed.clear();
+        for (&group, store) in &self.groups {
+            let healthy = store.log.check_poison().is_ok();
+            if healthy && (store.log.needs_sync() || store.hard_state_needs_sync(false)) {
+                self.flushed.push(group);
             }
         }
-        let results = vfs.sync_data_batch(&files);
-        drop(files);
-        debug_assert_eq!(results.len(), sync_owners.len());
-        for (&(group, target), result) in sync_owners.iter().zip(results) {
-            let store = groups.get_mut(&group).expect("flushed groups are open");
+        self.begin_sync_of_flushed(report, false)
+    }
+
+    /// Records what a [`SyncJob`] made durable; a failed file poisons its
+    /// group (reported in `report.failed`, once per group).
+    pub fn finish_sync(&mut self, job: SyncJob, results: Vec<std::io::Result<()>>, report: &mut FlushReport) {
+        assert_eq!(results.len(), job.owners.len(), "one result per file of the job");
+        for ((group, target), result) in job.owners.into_iter().zip(results) {
+            let Some(store) = self.groups.get_mut(&group) else {
+                continue;
+            };
             let already_failed = store.log.check_poison().is_err();
             let outcome = match target {
-                SyncTarget::Log => store.log.finish_sync(result),
-                SyncTarget::HardState => store.finish_hard_state_sync(result),
+                SyncTarget::Log(log_job) => store.log.finish_sync_job(&log_job, result),
+                SyncTarget::HardState(seq, hs) => store.finish_hard_state_sync(seq, hs, result),
             };
             if let Err(e) = outcome {
                 if !already_failed {
@@ -569,15 +627,9 @@ impl Storage {
     /// Makes everything written durable (async mode's background fdatasync,
     /// and shutdown). Reports groups whose sync failed.
     pub fn sync(&mut self, report: &mut FlushReport) {
-        report.clear();
-        self.flushed.clear();
-        for (&group, store) in &self.groups {
-            let healthy = store.log.check_poison().is_ok();
-            if healthy && (store.log.needs_sync() || store.hard_state_needs_sync(false)) {
-                self.flushed.push(group);
-            }
-        }
-        self.sync_batch(report, false);
+        let job = self.begin_sync(report);
+        let results = job.run();
+        self.finish_sync(job, results, report);
     }
 
     /// Writes and syncs everything staged, then drops the engine.
