@@ -50,6 +50,10 @@ struct Args {
     /// simulated disk, with disk faults) or model (the simulator's own log model).
     #[arg(long, default_value = "engine")]
     storage: tarn_sim::world::StorageKind,
+    /// Leave stale reads to the linearizability checker alone (skip the direct
+    /// per-read commit-index check).
+    #[arg(long)]
+    no_read_floor_check: bool,
     /// Print every event of the run (use with --seed).
     #[arg(long)]
     trace: bool,
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
     config.liveness_bound_ns = (args.liveness_seconds * NANOS_PER_SECOND as f64) as u64;
     config.trace = args.trace;
     config.storage = args.storage;
+    config.read_floor_check = !args.no_read_floor_check;
     #[cfg(feature = "planted-bugs")]
     {
         config.planted_bug = args.planted_bug;

@@ -97,6 +97,9 @@ pub fn replay_command(config: &RunConfig, seed: u64) -> String {
         cmd = cmd.replace("-p tarn-sim", "-p tarn-sim --features planted-bugs");
         cmd.push_str(&format!(" --planted-bug {}", crate::world::planted_bug_name(bug)));
     }
+    if !config.read_floor_check {
+        cmd.push_str(" --no-read-floor-check");
+    }
     cmd.push_str(" --trace");
     cmd
 }

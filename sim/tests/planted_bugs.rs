@@ -70,3 +70,19 @@ fn swarm_sweep_finds_every_planted_bug() {
 fn chaos_sweep_finds_every_planted_bug() {
     check_all(ProfileKind::Chaos);
 }
+
+/// The end-to-end checker on its own: with the direct read check off, the
+/// linearizability checker must catch the stale reads of a leader that
+/// serves reads without confirming its leadership.
+#[test]
+fn linearizability_checker_alone_finds_stale_reads() {
+    let mut config = template(ProfileKind::Chaos, Some(PlantedBug::ReadWithoutLeadershipCheck));
+    config.read_floor_check = false;
+    let found = (0..SEEDS_MAX).find_map(|seed| {
+        let outcome = run_seed(&config, seed, false);
+        outcome.report.failure.map(|f| (seed + 1, f.property))
+    });
+    let (seeds, property) = found.expect("stale reads not found by the linearizability checker");
+    println!("chaos read-without-leadership-check (linearizability only): found after {seeds} seed(s) by {property}");
+    assert_eq!(property, "linearizability");
+}
