@@ -1,0 +1,279 @@
+//! `raft_cluster`: arbitrary event streams driving a small in-memory cluster
+//! of the real core (`tarn_core::testkit::Cluster`): deliver any in-flight
+//! message (so reordering), drop, duplicate, tick, propose, read, transfer
+//! leadership, hold a node's disk writes and crash it before they are
+//! acknowledged, restart, isolate, heal.
+//!
+//! After every step:
+//! - the testkit's checks (one leader per term among live nodes, log
+//!   matching, every two nodes applied the same sequence);
+//! - one leader per term over the whole history, not just at one instant;
+//! - committed entries never change: the prefix up to any node's commit
+//!   index, and everything any node applied, agree with one global committed
+//!   log (so a committed entry is never lost across crashes either);
+//! - a proposal reported applied at index i is the entry committed at i;
+//! - a read reported ready at index i started after no more than i entries
+//!   were known committed anywhere (reads see every write committed before
+//!   they began).
+
+use std::collections::BTreeMap;
+
+use arbitrary::{Arbitrary, Unstructured};
+use bytes::Bytes;
+use tarn_core::testkit::{Cluster, Outcome};
+use tarn_core::{Entry, EntryPayload, Index, Input, NodeId, Role, Term};
+
+/// Bounds on the work one input can ask for.
+pub const OPS_MAX: usize = 160;
+pub const DELIVER_ALL_MAX_MESSAGES: usize = 256;
+pub const NETWORK_MAX_MESSAGES: usize = 512;
+
+#[derive(Arbitrary, Debug, Clone)]
+pub enum Op {
+    Deliver { pick: u8 },
+    DeliverAll,
+    Drop { pick: u8 },
+    Duplicate { pick: u8 },
+    Tick { node: u8 },
+    Propose { node: u8 },
+    Read { node: u8 },
+    Transfer { node: u8, to: u8 },
+    HoldWrites { node: u8 },
+    ReleaseWrites { node: u8 },
+    Crash { node: u8 },
+    Restart { node: u8 },
+    Isolate { node: u8 },
+    Heal,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterInput {
+    pub seed: u8,
+    pub five_nodes: bool,
+    pub ops: Vec<Op>,
+}
+
+/// What one run reached, for tests that check the corpus goes deep.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reached {
+    pub max_term: Term,
+    pub committed: u64,
+    pub proposals_applied: u64,
+    pub reads_ready: u64,
+    pub restarts: u64,
+}
+
+pub fn raft_cluster(data: &[u8]) {
+    if let Some(input) = parse(data) {
+        run(&input);
+    }
+}
+
+/// The structured input `data` encodes (`None`: too short to say).
+pub fn parse(data: &[u8]) -> Option<ClusterInput> {
+    let mut u = Unstructured::new(data);
+    let seed = u8::arbitrary(&mut u).ok()?;
+    let five_nodes = bool::arbitrary(&mut u).ok()?;
+    let ops = crate::elements_until_empty(&mut u, OPS_MAX);
+    Some(ClusterInput { seed, five_nodes, ops })
+}
+
+struct Checker {
+    leaders: BTreeMap<Term, NodeId>,
+    committed: Vec<Entry>,
+    /// Proposal id → payload.
+    proposals: BTreeMap<u64, Bytes>,
+    /// Read id → entries known committed when the read began.
+    reads: BTreeMap<u64, Index>,
+    /// Outcomes already checked: (node, op id).
+    seen: BTreeMap<(NodeId, u64), Outcome>,
+    reached: Reached,
+}
+
+impl Checker {
+    fn agree(&mut self, index: Index, entry: &Entry, who: NodeId, what: &str) {
+        assert_eq!(
+            entry.index, index,
+            "node {who}: {what} entry at position {index} has index {}",
+            entry.index
+        );
+        match self.committed.get(index as usize - 1) {
+            Some(known) => {
+                assert_eq!(known, entry, "node {who}: {what} entry {index} differs from the committed one")
+            }
+            None => {
+                assert_eq!(self.committed.len() as u64 + 1, index, "committed log has a gap");
+                self.committed.push(entry.clone());
+            }
+        }
+    }
+
+    fn check(&mut self, c: &Cluster) {
+        c.check_invariants();
+        for (&id, node) in &c.nodes {
+            if !node.up {
+                continue;
+            }
+            let raft = &node.raft;
+            self.reached.max_term = self.reached.max_term.max(raft.term());
+            if raft.role() == Role::Leader {
+                let leader = *self.leaders.entry(raft.term()).or_insert(id);
+                assert_eq!(leader, id, "term {} had leaders {leader} and {id}", raft.term());
+            }
+            let log = node.written_log();
+            let upto = raft.commit_index().min(log.len() as u64);
+            for index in 1..=upto {
+                self.agree(index, &log[index as usize - 1], id, "committed");
+            }
+            for (k, entry) in node.applied.iter().enumerate() {
+                self.agree(k as u64 + 1, entry, id, "applied");
+            }
+        }
+        self.reached.committed = self.committed.len() as u64;
+        for (&id, node) in &c.nodes {
+            for (&op, outcome) in &node.outcomes {
+                if self.seen.get(&(id, op)) == Some(outcome) {
+                    continue;
+                }
+                self.seen.insert((id, op), outcome.clone());
+                match *outcome {
+                    Outcome::Applied(index) => {
+                        let data = &self.proposals[&op];
+                        let entry = self.committed.get(index as usize - 1);
+                        let entry = entry
+                            .unwrap_or_else(|| panic!("proposal {op} applied at {index}, not committed"));
+                        assert_eq!(
+                            entry.payload,
+                            EntryPayload::Normal(data.clone()),
+                            "proposal {op} at {index}"
+                        );
+                        self.reached.proposals_applied += 1;
+                    }
+                    Outcome::ReadReady(index) => {
+                        let floor = self.reads[&op];
+                        assert!(
+                            index >= floor,
+                            "read {op} ready at {index}, but {floor} were committed before it"
+                        );
+                        self.reached.reads_ready += 1;
+                    }
+                    Outcome::Dropped(_) | Outcome::ReadFailed(_) => {}
+                }
+            }
+        }
+    }
+}
+
+fn node_id(c: &Cluster, node: u8) -> NodeId {
+    1 + node as u64 % c.nodes.len() as u64
+}
+
+pub fn run(input: &ClusterInput) -> Reached {
+    let n = if input.five_nodes { 5 } else { 3 };
+    let mut c = Cluster::new(n, input.seed as u64);
+    c.record_trace = false;
+    let mut checker = Checker {
+        leaders: BTreeMap::new(),
+        committed: Vec::new(),
+        proposals: BTreeMap::new(),
+        reads: BTreeMap::new(),
+        seen: BTreeMap::new(),
+        reached: Reached::default(),
+    };
+    let mut next_op_id: u64 = 1;
+    checker.check(&c);
+    for op in input.ops.iter().take(OPS_MAX) {
+        match *op {
+            Op::Deliver { pick } => {
+                if !c.network.is_empty() {
+                    let at = pick as usize % c.network.len();
+                    let (to, msg) = c.network.remove(at).expect("index in range");
+                    deliver(&mut c, to, msg);
+                }
+            }
+            Op::DeliverAll => {
+                for _ in 0..DELIVER_ALL_MAX_MESSAGES {
+                    let Some((to, msg)) = c.network.pop_front() else { break };
+                    deliver(&mut c, to, msg);
+                }
+            }
+            Op::Drop { pick } => {
+                if !c.network.is_empty() {
+                    let at = pick as usize % c.network.len();
+                    c.network.remove(at);
+                }
+            }
+            Op::Duplicate { pick } => {
+                if !c.network.is_empty() && c.network.len() < NETWORK_MAX_MESSAGES {
+                    let at = pick as usize % c.network.len();
+                    let copy = c.network[at].clone();
+                    c.network.push_back(copy);
+                }
+            }
+            Op::Tick { node } => {
+                let id = node_id(&c, node);
+                if c.nodes[&id].up {
+                    c.tick(id);
+                }
+            }
+            Op::Propose { node } => {
+                let id = node_id(&c, node);
+                let pid = next_op_id;
+                next_op_id += 1;
+                let data = Bytes::from(pid.to_le_bytes().to_vec());
+                checker.proposals.insert(pid, data.clone());
+                c.step(id, Input::Propose { id: pid, data });
+            }
+            Op::Read { node } => {
+                let id = node_id(&c, node);
+                let rid = next_op_id;
+                next_op_id += 1;
+                checker.reads.insert(rid, checker.committed.len() as Index);
+                c.read(id, rid);
+            }
+            Op::Transfer { node, to } => {
+                let id = node_id(&c, node);
+                let to = node_id(&c, to);
+                c.step(id, Input::TransferLeadership { to });
+            }
+            Op::HoldWrites { node } => {
+                let id = node_id(&c, node);
+                c.nodes.get_mut(&id).expect("known node").auto_persist = false;
+            }
+            Op::ReleaseWrites { node } => {
+                let id = node_id(&c, node);
+                c.nodes.get_mut(&id).expect("known node").auto_persist = true;
+                if c.nodes[&id].up {
+                    c.persist(id);
+                }
+            }
+            Op::Crash { node } => {
+                let id = node_id(&c, node);
+                if c.nodes[&id].up {
+                    c.crash(id);
+                }
+            }
+            Op::Restart { node } => {
+                let id = node_id(&c, node);
+                if !c.nodes[&id].up {
+                    c.restart(id);
+                    checker.reached.restarts += 1;
+                }
+            }
+            Op::Isolate { node } => {
+                let id = node_id(&c, node);
+                c.isolate(id);
+            }
+            Op::Heal => c.heal(),
+        }
+        checker.check(&c);
+    }
+    checker.reached
+}
+
+fn deliver(c: &mut Cluster, to: NodeId, msg: tarn_core::Message) {
+    if c.cut.contains(&(msg.from, to)) || !c.nodes.get(&to).is_some_and(|n| n.up) {
+        return;
+    }
+    c.step(to, Input::Message(msg));
+}

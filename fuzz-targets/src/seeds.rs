@@ -1,0 +1,316 @@
+//! Seed inputs for every target: small inputs that reach deep code, written
+//! to `fuzz/corpus/<target>/` by `cargo run -p tarn-fuzz-targets --example
+//! write_seeds`.
+//!
+//! Byte-level targets get hand-built seeds (valid frames, a real hard-state
+//! file, real snapshots, each also in a damaged variant). Structured targets
+//! (`arbitrary`) get seeds picked by a seeded search: random inputs are run
+//! and the ones that reach the most (elections, commits, restarts, recovery
+//! after damage, expiries, snapshots) are kept. The search is deterministic,
+//! so re-running the writer reproduces the same files.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tarn_core::{
+    Entry, EntryPayload, HardState, LogId, Membership, Message, MessageBody, RejectHint, SnapshotMeta,
+};
+use tarn_io::storage::{FlushReport, Storage};
+use tarn_io::vfs::{MemVfs, Vfs};
+use tarn_io::wire::{encode_frame, encode_frame_vec, Envelope, PeerFrame};
+use tarn_kv::{encode_entry, encode_request, encode_response, Command, KvEntry, KvStateMachine, Request};
+
+use crate::snapshot_decode::{frame_chunks, FLAG_KV, FLAG_RESEAL, SEED_CHUNK_TARGET_BYTES};
+use crate::wire_frame::{Frame, FUZZ_MAX_FRAME_BYTES};
+use crate::{hard_state, kv_apply, log_recovery, raft_cluster};
+
+/// Seeds kept per structured target, and the climb that finds each.
+pub const SEEDS_PER_TARGET: u64 = 3;
+pub const CLIMB_ITERATIONS: usize = 1500;
+
+/// One seed: target name, file name, bytes.
+pub type Seed = (&'static str, String, Vec<u8>);
+
+/// A tiny deterministic generator (splitmix64) for the seed search.
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        SplitMix(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+fn message(body: MessageBody) -> Frame {
+    PeerFrame::Message(Envelope { group: 1, message: Message { from: 2, term: 3, body } })
+}
+
+fn sample_entries() -> Vec<Entry> {
+    vec![
+        Entry { term: 3, index: 10, payload: EntryPayload::Blank },
+        Entry { term: 3, index: 11, payload: EntryPayload::Normal(Bytes::from_static(b"put a.b v1")) },
+        Entry { term: 3, index: 12, payload: EntryPayload::Membership(Membership::new_voters([1, 2, 3])) },
+    ]
+}
+
+fn sample_frames() -> Vec<(&'static str, Frame)> {
+    vec![
+        ("hello", PeerFrame::Hello { cluster_id: 9, from: 1, to: 2 }),
+        (
+            "append",
+            message(MessageBody::AppendEntries {
+                session: 4,
+                prev_log_id: LogId::new(2, 9),
+                entries: sample_entries(),
+                commit: 9,
+            }),
+        ),
+        ("vote", message(MessageBody::VoteRequest { last_log_id: LogId::new(2, 9), transfer: true })),
+        (
+            "append-reject",
+            message(MessageBody::AppendResponse {
+                session: 4,
+                result: Err(RejectHint { rejected_index: 12, hint: LogId::new(2, 7) }),
+            }),
+        ),
+        ("read-index", message(MessageBody::ReadIndexResponse { id: 77, result: Ok(12) })),
+    ]
+}
+
+fn sample_requests() -> Vec<Request> {
+    let r = |seq, command| Request { client_id: 5, seq, first_unacked_seq: 1, command };
+    vec![
+        r(1, Command::Mkdir { key: "a".into() }),
+        r(2, Command::Put { key: "a.b".into(), value: Bytes::from_static(b"v1") }),
+        r(3, Command::PutTemp { key: "a.t".into(), value: Bytes::from_static(b"t"), ttl_nanos: 100 }),
+        r(4, Command::TryLock { key: "l".into(), lease_nanos: 50, wait_nanos: 20 }),
+        r(
+            5,
+            Command::CompareAndSet {
+                key: "a.b".into(),
+                expected: Some(Bytes::from_static(b"v1")),
+                new: Some(Bytes::from_static(b"v2")),
+            },
+        ),
+        r(6, Command::BatchGet { keys: vec!["a".into(), "a.b".into(), "zz".into()] }),
+        r(7, Command::List { key: "a".into() }),
+    ]
+}
+
+/// A small kv state with every kind of node and a session.
+pub fn sample_machine() -> KvStateMachine {
+    let mut machine = KvStateMachine::new(kv_apply::config());
+    for (k, request) in sample_requests().iter().enumerate() {
+        let response = machine.apply(k as u64 + 1, 10 * k as u64, request);
+        assert!(response.is_ok(), "sample request {request:?} failed: {response:?}");
+    }
+    machine
+}
+
+fn wire_seeds() -> Vec<Seed> {
+    let mut out = Vec::new();
+    for (name, frame) in sample_frames() {
+        let mut bytes = vec![0u8];
+        bytes.extend(encode_frame_vec(&frame, FUZZ_MAX_FRAME_BYTES).expect("sample encodes"));
+        out.push(("wire_frame", format!("peer-{name}"), bytes));
+    }
+    let mut stream = vec![1u8, 7];
+    for (_, frame) in sample_frames() {
+        encode_frame(&frame, FUZZ_MAX_FRAME_BYTES, &mut stream).expect("sample encodes");
+    }
+    out.push(("wire_frame", "stream-5-frames".into(), stream));
+    let mut request = vec![2u8];
+    request.extend(encode_request(&sample_requests()[4]));
+    out.push(("wire_frame", "kv-request-cas".into(), request));
+    let mut entry = vec![3u8];
+    entry.extend(encode_entry(&KvEntry { leader_time_nanos: 42, requests: sample_requests() }));
+    out.push(("wire_frame", "kv-entry-batch".into(), entry));
+    let mut machine = KvStateMachine::new(kv_apply::config());
+    for (k, request) in sample_requests().iter().enumerate() {
+        let response = machine.apply(k as u64 + 1, 0, request);
+        let mut bytes = vec![4u8];
+        bytes.extend(encode_response(&response));
+        out.push(("wire_frame", format!("kv-response-{k}"), bytes));
+    }
+    out
+}
+
+/// The hard-state file after `updates` hard-state writes.
+fn hard_state_file(updates: u64) -> Vec<u8> {
+    let vfs = MemVfs::new();
+    let mut storage =
+        Storage::open(Arc::new(vfs.clone()), tarn_io::storage::StorageConfig::new("/data", 1, 1))
+            .expect("fresh disk");
+    storage.open_group(hard_state::GROUP).expect("group");
+    let mut report = FlushReport::default();
+    for k in 1..=updates {
+        storage
+            .stage_hard_state(hard_state::GROUP, HardState { term: k, vote: Some(k % 3 + 1), commit: k })
+            .expect("stage");
+        storage.flush(&mut report);
+    }
+    let path = Path::new("/data").join(format!("group-{:020}", hard_state::GROUP)).join("hardstate");
+    vfs.file_bytes(&path).expect("hard state file")
+}
+
+fn hard_state_seeds() -> Vec<Seed> {
+    let mut out = Vec::new();
+    let both = hard_state_file(4);
+    out.push(("hard_state", "both-slots-valid".into(), [&[0u8][..], &both].concat()));
+    let mut torn = both.clone();
+    torn[512 + 20] ^= 0x40;
+    out.push(("hard_state", "newest-slot-torn".into(), [&[0u8][..], &torn].concat()));
+    let mut rot = both.clone();
+    rot[20] ^= 1;
+    rot[512 + 30] ^= 1;
+    out.push(("hard_state", "both-slots-rotten".into(), [&[0u8][..], &rot].concat()));
+    let one = hard_state_file(1);
+    out.push(("hard_state", "first-write-only".into(), [&[0u8][..], &one].concat()));
+    // Re-sealed slots with extreme sequence numbers: the fuzzer mutates from here.
+    let mut extreme = both;
+    extreme[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    extreme[512 + 8..512 + 16].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+    out.push(("hard_state", "resealed-max-seq".into(), [&[3u8][..], &extreme].concat()));
+    out
+}
+
+fn snapshot_seeds() -> Vec<Seed> {
+    let mut out = Vec::new();
+    let vfs = MemVfs::new();
+    let dir = Path::new("/s");
+    vfs.create_dir_all(dir).expect("mkdir");
+    let meta = SnapshotMeta { last_log_id: LogId::new(3, 42), membership: Membership::new_voters([1, 2, 3]) };
+    let path = tarn_io::storage::snapshot::write(&vfs, dir, &meta, b"kv state bytes").expect("write");
+    let file = vfs.file_bytes(&path).expect("snapshot file");
+    out.push(("snapshot_decode", "storage-file".into(), [&[0u8][..], &file].concat()));
+    let mut damaged = file.clone();
+    damaged[40] ^= 4;
+    out.push((
+        "snapshot_decode",
+        "storage-file-resealed-meta".into(),
+        [&[FLAG_RESEAL][..], &damaged].concat(),
+    ));
+    let machine = sample_machine();
+    let chunks: Vec<Bytes> = machine.snapshot_chunks(SEED_CHUNK_TARGET_BYTES).collect();
+    let framed = frame_chunks(&chunks);
+    out.push(("snapshot_decode", "kv-chunks".into(), [&[FLAG_KV][..], &framed].concat()));
+    let mut bent = framed.clone();
+    let middle = bent.len() / 2;
+    bent[middle] ^= 0x10;
+    out.push((
+        "snapshot_decode",
+        "kv-chunks-resealed-damage".into(),
+        [&[FLAG_KV | FLAG_RESEAL][..], &bent].concat(),
+    ));
+    out
+}
+
+/// Hill-climbs one input of at most `max_len` bytes: random mutations
+/// (append, overwrite, insert, delete a run of bytes) are kept when they do
+/// not lower `score`. A tiny, deterministic, coverage-blind fuzzer: enough to
+/// find inputs that elect, commit, expire or recover.
+pub fn climb(seed: u64, iterations: usize, max_len: usize, score: impl Fn(&[u8]) -> u64) -> Vec<u8> {
+    let mut rng = SplitMix::new(seed);
+    let mut best = rng.bytes(max_len / 4);
+    let mut best_score = score(&best);
+    for _ in 0..iterations {
+        let mut candidate = best.clone();
+        let run = 1 + rng.next_u64() as usize % 16;
+        let at = if candidate.is_empty() { 0 } else { rng.next_u64() as usize % candidate.len() };
+        match rng.next_u64() % 4 {
+            0 => candidate.extend(rng.bytes(run)),
+            1 => {
+                for k in at..(at + run).min(candidate.len()) {
+                    candidate[k] = rng.next_u64() as u8;
+                }
+            }
+            2 => {
+                let insert = rng.bytes(run);
+                candidate.splice(at..at, insert);
+            }
+            _ => {
+                let end = (at + run).min(candidate.len());
+                candidate.drain(at..end);
+            }
+        }
+        candidate.truncate(max_len);
+        let s = score(&candidate);
+        if s >= best_score {
+            best = candidate;
+            best_score = s;
+        }
+    }
+    best
+}
+
+fn arbitrary_seeds() -> Vec<Seed> {
+    let mut out = Vec::new();
+    let raft_score = |data: &[u8]| {
+        raft_cluster::parse(data).map_or(0, |input| {
+            let r = raft_cluster::run(&input);
+            r.committed * 4 + r.proposals_applied * 8 + r.reads_ready * 8 + r.restarts * 6 + r.max_term
+        })
+    };
+    for k in 0..SEEDS_PER_TARGET {
+        out.push(("raft_cluster", format!("climb-{k}"), climb(100 + k, CLIMB_ITERATIONS, 800, raft_score)));
+    }
+    // Three objectives: a long multi-segment log recovered after damage, a
+    // corruption report, a torn tail repaired.
+    let log_weights: [[u64; 6]; SEEDS_PER_TARGET as usize] =
+        [[2, 1, 4, 8, 40, 20], [1, 0, 1, 1, 0, 1000], [1, 1, 1, 1, 1000, 0]];
+    for (k, w) in log_weights.iter().enumerate() {
+        let log_score = |data: &[u8]| {
+            log_recovery::parse(data).map_or(0, |input| {
+                let r = log_recovery::run(&input);
+                r.acked_entries * w[0]
+                    + r.recovered_entries * w[1]
+                    + r.segments as u64 * w[2]
+                    + r.damaged_files as u64 * w[3]
+                    + u64::from(r.torn_tail_repaired) * w[4]
+                    + u64::from(r.corruption_reported) * w[5]
+            })
+        };
+        out.push((
+            "log_recovery",
+            format!("climb-{k}"),
+            climb(200 + k as u64, CLIMB_ITERATIONS, 400, log_score),
+        ));
+    }
+    let kv_score = |data: &[u8]| {
+        kv_apply::parse(data).map_or(0, |input| {
+            let r = kv_apply::run(&input);
+            r.ok_writes * 3 + r.expiries * 10 + r.snapshots * 10 + r.nodes as u64 * 2 + r.entries
+        })
+    };
+    for k in 0..SEEDS_PER_TARGET {
+        out.push(("kv_apply", format!("climb-{k}"), climb(300 + k, CLIMB_ITERATIONS, 600, kv_score)));
+    }
+    out
+}
+
+/// The hand-built seeds of the byte-level targets (cheap to rebuild).
+pub fn hand_built() -> Vec<Seed> {
+    let mut out = wire_seeds();
+    out.extend(hard_state_seeds());
+    out.extend(snapshot_seeds());
+    out
+}
+
+/// Every seed of every target (the climbs take a minute or two in release).
+pub fn all() -> Vec<Seed> {
+    let mut out = hand_built();
+    out.extend(arbitrary_seeds());
+    out
+}
