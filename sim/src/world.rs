@@ -12,7 +12,7 @@ use tarn_core::{
     Action, Config, DropReason, Entry, EntryPayload, HardState, Index, Input, LogId, Membership, Message,
     MessageBody, Nanos, NodeId, RawNode, Recovered, Role, Term,
 };
-use tarn_kv::{encode_entry, KvConfig, KvEntry, KvStateMachine};
+use tarn_kv::{encode_entry, EventKind, KvConfig, KvEntry, KvStateMachine, WatchId, WatchPoll};
 
 use tarn_io::storage::{FlushReport, Storage, StorageConfig, StorageError};
 
@@ -278,6 +278,11 @@ struct Node {
     acked_log: LogId,
     /// `None` with modelled storage.
     engine: Option<EngineDisk>,
+    /// Every node watches the whole tree from index 0; its stream must match
+    /// the global stream and the node's own state (see `check_watch`).
+    watch: Option<WatchId>,
+    /// How many events of the global watch stream this node has produced.
+    watch_pos: usize,
     /// A bad disk detected corruption: the node stays down (it would need
     /// repair from its peers, which is outside this simulator's scope).
     retired: bool,
@@ -345,6 +350,8 @@ pub struct World {
     applied_log: Vec<(Term, u64)>,
     /// Payload hash of every entry ever appended anywhere, by (term, index).
     entry_ids: HashMap<(Term, Index), u64>,
+    /// The whole-tree watch stream, as (index, key hash, event hash).
+    watch_stream: Vec<(Index, u64, u64)>,
     /// Every vote granted: (voter, term) -> candidate.
     votes: HashMap<(NodeId, Term), NodeId>,
     /// For each read in flight: the highest commit index any node knew when
@@ -450,6 +457,8 @@ impl World {
                     acked_log: LogId::ZERO,
                     engine: None,
                     retired: false,
+                    watch: None,
+                    watch_pos: 0,
                 }
             })
             .collect();
@@ -511,6 +520,7 @@ impl World {
             leaders: HashMap::new(),
             applied_log: Vec::new(),
             entry_ids: HashMap::new(),
+            watch_stream: Vec::new(),
             votes: HashMap::new(),
             read_floor: HashMap::new(),
             failure: None,
@@ -794,6 +804,15 @@ impl World {
             Ok(raw) => {
                 n.raw = Some(raw);
                 n.sm = KvStateMachine::new(KvConfig::default());
+                n.watch_pos = 0;
+                n.watch = match n.sm.watch("", true, None) {
+                    Ok(id) => Some(id),
+                    Err(error) => {
+                        let detail = format!("n{}: cannot watch the tree: {error:?}", n.id);
+                        self.fail(FailureKind::Safety, "watch-register", detail);
+                        return;
+                    }
+                };
                 n.applied = 0;
                 n.tick_at = Nanos::MAX;
                 n.restart_scheduled = false;
@@ -1307,7 +1326,82 @@ impl World {
         }
         if let Some(last) = last {
             self.record(idx as u64 + 1, TraceKind::Apply, last.index, last.term, 0);
+            self.check_watch(idx);
             inputs.push_back(Input::Applied { index: last.index });
+        }
+    }
+
+    /// Watch streams: every node's whole-tree watch yields, in index order
+    /// and without gaps, the same events as every other node (the first
+    /// node to reach an event defines it), and the last event for each key
+    /// touched agrees with the node's state machine.
+    fn check_watch(&mut self, idx: usize) {
+        const WATCH_POLL_EVENTS_MAX: usize = 1 << 20;
+        let n = &mut self.nodes[idx];
+        let Some(id) = n.watch else { return };
+        let events = match n.sm.poll_watch(id, WATCH_POLL_EVENTS_MAX) {
+            WatchPoll::Events(events) => events,
+            other => {
+                let detail = format!("n{}: whole-tree watch ended: {other:?}", n.id);
+                self.fail(FailureKind::Safety, "watch-stream", detail);
+                return;
+            }
+        };
+        let node_id = n.id;
+        let applied = n.sm.applied_index();
+        let mut last_index = 0;
+        let mut last_by_key: Vec<(&str, Option<&Bytes>)> = Vec::new();
+        for ev in &events {
+            let kind_hash = match &ev.kind {
+                EventKind::Put { value } => hash_bytes(value) | 1,
+                EventKind::DirCreated => 2,
+                EventKind::Removed => 4,
+                EventKind::LockHolder { holder } => holder.wrapping_mul(8) | 8,
+            };
+            let item = (ev.index, hash_bytes(ev.key.as_bytes()), kind_hash);
+            let pos = self.nodes[idx].watch_pos;
+            if ev.index < last_index || ev.index > applied {
+                let detail = format!(
+                    "n{node_id}: watch event at index {} after {last_index} (applied {applied})",
+                    ev.index
+                );
+                self.fail(FailureKind::Safety, "watch-stream", detail);
+                return;
+            }
+            last_index = ev.index;
+            match self.watch_stream.get(pos) {
+                Some(known) if *known != item => {
+                    let detail = format!(
+                        "n{node_id}: watch event #{pos} is {} {:?} at index {}, but another node's event #{pos} was \
+                         at index {} (streams differ: a gap, a reorder or a divergent state machine)",
+                        ev.key, ev.kind, ev.index, known.0
+                    );
+                    self.fail(FailureKind::Safety, "watch-stream", detail);
+                    return;
+                }
+                Some(_) => {}
+                None => self.watch_stream.push(item),
+            }
+            self.nodes[idx].watch_pos += 1;
+            let value = match &ev.kind {
+                EventKind::Put { value } => Some(value),
+                _ => None,
+            };
+            match last_by_key.iter_mut().find(|(k, _)| *k == &*ev.key) {
+                Some(entry) => entry.1 = value,
+                None => last_by_key.push((&ev.key, value)),
+            }
+        }
+        let sm = &self.nodes[idx].sm;
+        for (key, value) in last_by_key {
+            let now = sm.get(key).ok().flatten().map(|v| v.value);
+            if now.as_ref() != value {
+                let detail = format!(
+                    "n{node_id}: the watch's last event for {key} says {value:?}, the state machine holds {now:?}"
+                );
+                self.fail(FailureKind::Safety, "watch-stream", detail);
+                return;
+            }
         }
     }
 
