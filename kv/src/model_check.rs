@@ -576,3 +576,44 @@ fn watches_resume_exactly_or_say_why_not() {
         }
     }
 }
+
+#[test]
+fn local_parts_never_leak_into_replicated_state() {
+    // A "leader" that consults its TTL tracker and serves watchers, and a "follower" that does
+    // neither, apply the same entries (the leader's expiry proposals included): same digest.
+    let config = test_config();
+    let mut leader = KvStateMachine::new(config.clone());
+    let mut follower = KvStateMachine::new(config.clone());
+    let mut model = Model::new(config);
+    let mut gen = Gen::new(999);
+    let watch = leader.watch("", true, None).unwrap();
+    let mut clock: Nanos = 5_000;
+    for index in 1..=3_000u64 {
+        clock += gen.rng().gen_range(0..20);
+        let requests = if gen.rng().gen_ratio(1, 8) {
+            if gen.rng().gen_ratio(1, 20) {
+                leader.rearm_ttls(clock);
+            }
+            leader.next_ttl_deadline(clock);
+            leader.expired(clock, 4)
+        } else {
+            let (at, request) = gen.request(&model);
+            gen.answered(at, &request, &model.clone().apply(index, index, &request));
+            vec![request]
+        };
+        for request in &requests {
+            let expected = model.apply(index, index, request);
+            assert_eq!(leader.apply(index, index, request), expected);
+            assert_eq!(follower.apply(index, index, request), expected);
+        }
+        leader.advance_to(index);
+        follower.advance_to(index);
+        model.applied_index = index;
+        if index % 5 == 0 {
+            let _ = leader.poll_watch(watch, 3);
+        }
+    }
+    assert_eq!(leader.digest(), follower.digest());
+    assert_eq!(leader.ttl_count(), follower.ttl_count());
+    assert_same_state(&follower, &model, "follower");
+}
