@@ -15,12 +15,15 @@
 //! - `model` (feature `testkit`): a deliberately simple reference model for tests and fuzzing.
 //!
 //! Who calls what:
+//! - the client library: `validate_key`, `Command::validate` (fail fast, no round trip);
+//! - the server, before proposing a client's request: `Request::validate_from_client`;
 //! - every node: `apply_entry_bytes` for each committed entry; `get`/`list`/`batch_get` after
 //!   a ReadIndex (reads need not go through the log);
 //! - the leader: `rearm_ttls(now)` on winning an election, then on each timer
 //!   `expired(now, max)` → propose the returned requests in a `KvEntry`;
 //! - the server: `watch`/`poll_watch`/`ready_watches` for its clients' watches;
-//! - snapshots: `snapshot_chunks` / `SnapshotDecoder` + `install`.
+//! - snapshots: `fork()` then `snapshot_chunks` on the fork (any thread) / `SnapshotDecoder`
+//!   + `install`; `digest()` to compare replicas.
 
 pub mod command;
 pub mod config;
