@@ -25,6 +25,20 @@ pub struct ClientOp {
     pub key: Key,
     pub kind: OpKind,
     pub path: Path,
+    /// 1 for a single-key operation. More: a batch put of `batch` keys
+    /// `key, key+1, ...` (modulo `keys`) with values `v, v+1, ...` where
+    /// `kind` is `Write(v)`; the history records one write per key.
+    pub batch: u8,
+    /// The number of keys of the workload (for the batch's key wrap-around).
+    pub keys: u64,
+}
+
+impl ClientOp {
+    /// The (key, value) pairs of a batch put.
+    pub fn batch_items(&self) -> impl Iterator<Item = (Key, Value)> + '_ {
+        let OpKind::Write(v) = self.kind else { panic!("batch_items of a non-write {self:?}") };
+        (0..u64::from(self.batch)).map(move |i| ((self.key + i) % self.keys.max(1), v + i))
+    }
 }
 
 pub fn key_path(key: Key) -> String {
@@ -50,11 +64,16 @@ pub fn next_op(
     let key = rng.below(keys.max(1));
     if rng.chance(read_ppm) {
         let path = if rng.chance(log_read_ppm) { Path::Log } else { Path::ReadIndex };
-        return ClientOp { key, kind: OpKind::Read, path };
+        return ClientOp { key, kind: OpKind::Read, path, batch: 1, keys };
     }
     *next_value += 1;
     let value = *next_value;
     let roll = rng.below(u64::from(PPM));
+    if roll < BATCH_PPM && keys >= 2 {
+        let batch = rng.between(2, keys.min(BATCH_KEYS_MAX)) as u8;
+        *next_value += u64::from(batch) - 1;
+        return ClientOp { key, kind: OpKind::Write(value), path: Path::Log, batch, keys };
+    }
     let kind = if roll < 600_000 {
         OpKind::Write(value)
     } else if roll < 900_000 {
@@ -65,13 +84,20 @@ pub fn next_op(
     } else {
         OpKind::Remove
     };
-    ClientOp { key, kind, path: Path::Log }
+    ClientOp { key, kind, path: Path::Log, batch: 1, keys }
 }
+
+/// Share of writes that are multi-key batch puts, and their largest size.
+const BATCH_PPM: u64 = 100_000;
+const BATCH_KEYS_MAX: u64 = 3;
 
 /// The kv request for an operation that goes through the log.
 pub fn request(client_id: ClientId, seq: u64, op: &ClientOp) -> Request {
     let key = key_path(op.key);
     let command = match op.kind {
+        OpKind::Write(_) if op.batch > 1 => Command::BatchPut {
+            items: op.batch_items().map(|(k, v)| (key_path(k), encode_value(v))).collect(),
+        },
         OpKind::Write(v) => Command::Put { key, value: encode_value(v) },
         OpKind::Read => Command::Get { key },
         OpKind::Cas { expect, new } => {
@@ -95,7 +121,16 @@ pub fn interpret(op: &ClientOp, response: &Response) -> Result<OpResult, String>
         }
     };
     match (op.kind, response) {
-        (OpKind::Write(_), Ok(Reply::Done)) | (OpKind::Remove, Ok(Reply::Done)) => Ok(OpResult::Ok),
+        (OpKind::Write(_), Ok(Reply::Done)) | (OpKind::Remove, Ok(Reply::Done)) if op.batch == 1 => {
+            Ok(OpResult::Ok)
+        }
+        (OpKind::Write(_), Ok(Reply::Batch(results)))
+            if op.batch > 1
+                && results.len() == usize::from(op.batch)
+                && results.iter().all(Result::is_ok) =>
+        {
+            Ok(OpResult::Ok)
+        }
         (OpKind::Read, Ok(Reply::Node(node))) => Ok(OpResult::Read(node_value(node)?)),
         (OpKind::Cas { .. }, Ok(Reply::Done)) => Ok(OpResult::Cas(true)),
         (OpKind::Cas { .. }, Err(KvError::CasMismatch { .. })) => Ok(OpResult::Cas(false)),
@@ -124,21 +159,44 @@ mod tests {
             let entry = KvEntry { leader_time_nanos: index, requests: vec![req] };
             sm.apply_entry(index, &entry).pop().expect("one response per request")
         };
-        let put = ClientOp { key: 3, kind: OpKind::Write(7), path: Path::Log };
+        let put = ClientOp { key: 3, kind: OpKind::Write(7), path: Path::Log, batch: 1, keys: 8 };
         assert_eq!(interpret(&put, &apply(1, request(1, 1, &put))), Ok(OpResult::Ok));
-        let get = ClientOp { key: 3, kind: OpKind::Read, path: Path::Log };
+        let get = ClientOp { key: 3, kind: OpKind::Read, path: Path::Log, batch: 1, keys: 8 };
         assert_eq!(interpret(&get, &apply(2, request(1, 2, &get))), Ok(OpResult::Read(Some(7))));
-        let cas_bad = ClientOp { key: 3, kind: OpKind::Cas { expect: Some(1), new: 8 }, path: Path::Log };
+        let cas_bad = ClientOp {
+            key: 3,
+            kind: OpKind::Cas { expect: Some(1), new: 8 },
+            path: Path::Log,
+            batch: 1,
+            keys: 8,
+        };
         assert_eq!(interpret(&cas_bad, &apply(3, request(1, 3, &cas_bad))), Ok(OpResult::Cas(false)));
-        let cas = ClientOp { key: 3, kind: OpKind::Cas { expect: Some(7), new: 9 }, path: Path::Log };
+        let cas = ClientOp {
+            key: 3,
+            kind: OpKind::Cas { expect: Some(7), new: 9 },
+            path: Path::Log,
+            batch: 1,
+            keys: 8,
+        };
         assert_eq!(interpret(&cas, &apply(4, request(1, 4, &cas))), Ok(OpResult::Cas(true)));
         // A retry of the same seq is answered from the session, not re-applied.
         assert_eq!(interpret(&cas, &apply(5, request(1, 4, &cas))), Ok(OpResult::Cas(true)));
-        let rm = ClientOp { key: 3, kind: OpKind::Remove, path: Path::Log };
+        let rm = ClientOp { key: 3, kind: OpKind::Remove, path: Path::Log, batch: 1, keys: 8 };
         assert_eq!(interpret(&rm, &apply(6, request(1, 5, &rm))), Ok(OpResult::Ok));
         assert_eq!(interpret(&get, &apply(7, request(1, 6, &get))), Ok(OpResult::Read(None)));
-        let create = ClientOp { key: 3, kind: OpKind::Cas { expect: None, new: 10 }, path: Path::Log };
-        assert_eq!(interpret(&create, &apply(8, request(1, 7, &create))), Ok(OpResult::Cas(true)));
+        let batch = ClientOp { key: 7, kind: OpKind::Write(20), path: Path::Log, batch: 3, keys: 8 };
+        assert_eq!(batch.batch_items().collect::<Vec<_>>(), vec![(7, 20), (0, 21), (1, 22)]);
+        assert_eq!(interpret(&batch, &apply(9, request(1, 8, &batch))), Ok(OpResult::Ok));
+        let get0 = ClientOp { key: 0, kind: OpKind::Read, path: Path::Log, batch: 1, keys: 8 };
+        assert_eq!(interpret(&get0, &apply(10, request(1, 9, &get0))), Ok(OpResult::Read(Some(21))));
+        let create = ClientOp {
+            key: 3,
+            kind: OpKind::Cas { expect: None, new: 10 },
+            path: Path::Log,
+            batch: 1,
+            keys: 8,
+        };
+        assert_eq!(interpret(&create, &apply(11, request(1, 10, &create))), Ok(OpResult::Cas(true)));
     }
 
     #[test]
@@ -150,12 +208,14 @@ mod tests {
             assert!(ops.iter().any(|o| format!("{:?}", o.kind).starts_with(want)), "{want} never drawn");
         }
         assert!(ops.iter().any(|o| o.path == Path::ReadIndex));
+        assert!(ops.iter().any(|o| o.batch > 1), "no batch drawn");
         assert!(ops.iter().all(|o| o.key < 4));
         let mut written: Vec<Value> = ops
             .iter()
-            .filter_map(|o| match o.kind {
-                OpKind::Write(v) | OpKind::Cas { new: v, .. } => Some(v),
-                _ => None,
+            .flat_map(|o| match o.kind {
+                OpKind::Write(_) => o.batch_items().map(|(_, v)| v).collect(),
+                OpKind::Cas { new, .. } => vec![new],
+                _ => vec![],
             })
             .collect();
         let n = written.len();

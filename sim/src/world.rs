@@ -1430,14 +1430,22 @@ impl World {
             client.seq += 1;
         }
         let history_index = self.history.len();
-        self.history.push(Op {
+        let record = |key, kind| Op {
             client: client.id as u32,
-            key: op.key,
-            kind: op.kind,
+            key,
+            kind,
             result: OpResult::Unknown,
             invoke_ns: now,
             return_ns: Nanos::MAX,
-        });
+        };
+        if op.batch > 1 {
+            // A batch is recorded as one write per key over the batch's interval.
+            for (key, value) in op.batch_items() {
+                self.history.push(record(key, OpKind::Write(value)));
+            }
+        } else {
+            self.history.push(record(op.key, op.kind));
+        }
         client.current = Some(CurrentOp { op, seq: client.seq, history_index, attempt: 0 });
         let (target, id) = (client.target as u64 + 1, client.id);
         self.record(target, TraceKind::Invoke, id, history_index as u64, 0);
@@ -1520,10 +1528,12 @@ impl World {
         match reply {
             Reply::Result(result) => {
                 let Some(cur) = client.current.take() else { return };
-                let op = &mut self.history[cur.history_index];
-                op.result = result;
-                op.return_ns = now;
-                self.ops_completed += 1;
+                let count = usize::from(cur.op.batch.max(1));
+                for op in &mut self.history[cur.history_index..cur.history_index + count] {
+                    op.result = result;
+                    op.return_ns = now;
+                }
+                self.ops_completed += count as u64;
                 let id = client.id;
                 self.record(0, TraceKind::Complete, id, cur.history_index as u64, result_code(&result));
                 let think = self.rng_workload.between(0, self.profile.client_think_max_ns);
