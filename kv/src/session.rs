@@ -7,7 +7,7 @@
 //! `max_session_responses` forces the oldest response out. Sessions without a write for
 //! `session_ttl_nanos` of replicated time are forgotten.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 use tarn_core::Nanos;
 
@@ -21,7 +21,9 @@ pub(crate) struct Session {
     pub last_active_nanos: Nanos,
     /// Every seq below this is forgotten.
     pub floor_seq: u64,
-    pub responses: BTreeMap<u64, Response>,
+    /// Responses by seq, ascending. Seqs mostly arrive in order, so recording is a push at
+    /// the back and forgetting a pop at the front: no allocation per request once warm.
+    pub responses: VecDeque<(u64, Response)>,
 }
 
 /// What the session table says about a request before it is applied.
@@ -54,7 +56,7 @@ impl Sessions {
                 self.map.entry(request.client_id).or_insert(Session {
                     last_active_nanos: now,
                     floor_seq: 0,
-                    responses: BTreeMap::new(),
+                    responses: VecDeque::new(),
                 })
             }
         };
@@ -62,8 +64,8 @@ impl Sessions {
         if request.first_unacked_seq > session.floor_seq {
             session.floor_seq = request.first_unacked_seq;
             // Usually one response goes (the client acknowledges as it goes): pop, do not split.
-            while session.responses.first_key_value().is_some_and(|(&seq, _)| seq < session.floor_seq) {
-                session.responses.pop_first();
+            while session.responses.front().is_some_and(|&(seq, _)| seq < session.floor_seq) {
+                session.responses.pop_front();
             }
         }
         if request.seq < session.floor_seq {
@@ -73,17 +75,24 @@ impl Sessions {
                 floor: session.floor_seq,
             });
         }
-        match session.responses.get(&request.seq) {
-            Some(response) => Admission::Duplicate(response.clone()),
-            None => Admission::Apply,
+        match session.responses.binary_search_by_key(&request.seq, |&(seq, _)| seq) {
+            Ok(at) => Admission::Duplicate(session.responses[at].1.clone()),
+            Err(_) => Admission::Apply,
         }
     }
 
     pub fn record(&mut self, client_id: ClientId, seq: u64, response: Response, config: &KvConfig) {
         let session = self.map.get_mut(&client_id).expect("record follows a successful admit");
-        session.responses.insert(seq, response);
+        match session.responses.back() {
+            Some(&(last, _)) if last >= seq => {
+                let at = session.responses.partition_point(|&(other, _)| other < seq);
+                debug_assert!(session.responses[at].0 != seq, "record of an applied seq");
+                session.responses.insert(at, (seq, response));
+            }
+            _ => session.responses.push_back((seq, response)),
+        }
         while session.responses.len() > config.max_session_responses {
-            let (oldest, _) = session.responses.pop_first().expect("len > max >= 1");
+            let (oldest, _) = session.responses.pop_front().expect("len > max >= 1");
             session.floor_seq = session.floor_seq.max(oldest.saturating_add(1));
         }
     }

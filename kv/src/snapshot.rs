@@ -16,7 +16,7 @@
 //! What is not in a snapshot: TTL deadlines (local, restarted from the next clock reading)
 //! and watch history (local; watchers of an installing node are cut off).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -98,7 +98,7 @@ struct SessionOut<'a> {
     client_id: ClientId,
     last_active_nanos: Nanos,
     floor_seq: u64,
-    responses: &'a BTreeMap<u64, Response>,
+    responses: &'a VecDeque<(u64, Response)>,
 }
 
 #[derive(Deserialize)]
@@ -106,7 +106,7 @@ struct SessionIn {
     client_id: ClientId,
     last_active_nanos: Nanos,
     floor_seq: u64,
-    responses: BTreeMap<u64, Response>,
+    responses: VecDeque<(u64, Response)>,
 }
 
 /// Records as written. `RecordIn` must keep the same variants in the same order.
@@ -585,7 +585,10 @@ impl SnapshotDecoder {
         if session.responses.len() > self.machine.config.max_session_responses {
             return Err(format!("session {} keeps too many responses", session.client_id));
         }
-        if session.responses.first_key_value().is_some_and(|(&seq, _)| seq < session.floor_seq) {
+        if session.responses.iter().zip(session.responses.iter().skip(1)).any(|(a, b)| a.0 >= b.0) {
+            return Err(format!("session {} responses out of order", session.client_id));
+        }
+        if session.responses.front().is_some_and(|&(seq, _)| seq < session.floor_seq) {
             return Err(format!("session {} keeps a response below its floor", session.client_id));
         }
         self.last_session = Some(session.client_id);
