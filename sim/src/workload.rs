@@ -6,7 +6,7 @@
 //! fresh number (8 bytes, big-endian), so a read names exactly one write.
 
 use bytes::Bytes;
-use tarn_kv::{ClientId, Command, KvError, NodeView, Reply, Request, Response};
+use tarn_kv::{ClientId, Command, KvError, LockOutcome, NodeView, Reply, Request, Response};
 
 use crate::linearizability::{Key, OpKind, OpResult, Value};
 use crate::rng::{SimRng, PPM};
@@ -62,6 +62,10 @@ pub fn next_op(
     next_value: &mut Value,
 ) -> ClientOp {
     let key = rng.below(keys.max(1));
+    if rng.chance(LOCK_PPM) {
+        let lock = rng.below(LOCKS);
+        return ClientOp { key: lock, kind: OpKind::TryLock, path: Path::Log, batch: 1, keys };
+    }
     if rng.chance(read_ppm) {
         let path = if rng.chance(log_read_ppm) { Path::Log } else { Path::ReadIndex };
         return ClientOp { key, kind: OpKind::Read, path, batch: 1, keys };
@@ -87,6 +91,18 @@ pub fn next_op(
     ClientOp { key, kind, path: Path::Log, batch: 1, keys }
 }
 
+/// Share of operations that try to take one of `LOCKS` locks (the client
+/// then releases it as its next operation).
+const LOCK_PPM: u32 = 80_000;
+const LOCKS: u64 = 2;
+/// Locks are taken with a lease far longer than any run: the simulator does
+/// not drive TTL expiry, so a lock is held until its unlock.
+const LOCK_LEASE_NS: u64 = 3_600_000_000_000;
+
+pub fn lock_path(lock: Key) -> String {
+    format!("l{lock}")
+}
+
 /// Share of writes that are multi-key batch puts, and their largest size.
 const BATCH_PPM: u64 = 100_000;
 const BATCH_KEYS_MAX: u64 = 3;
@@ -104,6 +120,10 @@ pub fn request(client_id: ClientId, seq: u64, op: &ClientOp) -> Request {
             Command::CompareAndSet { key, expected: expect.map(encode_value), new: Some(encode_value(new)) }
         }
         OpKind::Remove => Command::Remove { key },
+        OpKind::TryLock => {
+            Command::TryLock { key: lock_path(op.key), lease_nanos: LOCK_LEASE_NS, wait_nanos: 0 }
+        }
+        OpKind::Unlock => Command::Unlock { key: lock_path(op.key) },
     };
     // One operation in flight per client: everything before `seq` is acknowledged.
     Request { client_id, seq, first_unacked_seq: seq, command }
@@ -134,6 +154,9 @@ pub fn interpret(op: &ClientOp, response: &Response) -> Result<OpResult, String>
         (OpKind::Read, Ok(Reply::Node(node))) => Ok(OpResult::Read(node_value(node)?)),
         (OpKind::Cas { .. }, Ok(Reply::Done)) => Ok(OpResult::Cas(true)),
         (OpKind::Cas { .. }, Err(KvError::CasMismatch { .. })) => Ok(OpResult::Cas(false)),
+        (OpKind::TryLock, Ok(Reply::Lock(LockOutcome::Acquired))) => Ok(OpResult::Lock(true)),
+        (OpKind::TryLock, Err(KvError::LockBusy { .. })) => Ok(OpResult::Lock(false)),
+        (OpKind::Unlock, Ok(Reply::Done)) => Ok(OpResult::Ok),
         (kind, other) => Err(format!("{kind:?} on {} got {other:?}", key_path(op.key))),
     }
 }

@@ -18,7 +18,7 @@ use tarn_io::storage::{FlushReport, Storage, StorageConfig, StorageError};
 
 use crate::clock::NodeClock;
 use crate::disk::{DiskFaults, SimVfs};
-use crate::linearizability::{self, Op, OpKind, OpResult, Verdict};
+use crate::linearizability::{self, Key, Op, OpKind, OpResult, Verdict};
 use crate::net::{DropReason as NetDrop, Network, SendOutcome, NODES_MAX};
 use crate::profile::{Profile, ProfileKind, CORE_DRIFT_BOUND_PPM};
 use crate::queue::{EventQueue, NANOS_PER_MICRO, NANOS_PER_MILLI, NANOS_PER_SECOND};
@@ -311,6 +311,8 @@ struct CurrentOp {
 }
 
 struct Client {
+    /// The lock this client holds (it releases it as its next operation).
+    holding: Option<u64>,
     id: u64,
     seq: u64,
     target: usize,
@@ -389,6 +391,8 @@ pub fn message_code(body: &MessageBody) -> u64 {
         MessageBody::TimeoutNow => 8,
         MessageBody::ReadIndexRequest { .. } => 9,
         MessageBody::ReadIndexResponse { .. } => 10,
+        MessageBody::InstallSnapshot { .. } => 11,
+        MessageBody::SnapshotResponse { .. } => 12,
     }
 }
 
@@ -418,6 +422,7 @@ fn result_code(r: &OpResult) -> u64 {
         OpResult::Read(Some(v)) => 3 | (v << 8),
         OpResult::Cas(ok) => 4 | (u64::from(*ok) << 8),
         OpResult::Removed(e) => 5 | (u64::from(*e) << 8),
+        OpResult::Lock(acquired) => 6 | (u64::from(*acquired) << 8),
     }
 }
 
@@ -465,6 +470,7 @@ impl World {
         let mut rng_workload = SimRng::new(seed, Stream::Workload);
         let clients = (0..profile.clients)
             .map(|i| Client {
+                holding: None,
                 id: u64::from(i) + 1,
                 seq: 0,
                 target: rng_workload.below(config.nodes as u64) as usize,
@@ -1253,6 +1259,13 @@ impl World {
                     leader.unwrap_or(0),
                 );
             }
+            // Snapshots (core issue 3) are not wired into the simulator yet: it
+            // never reports `SnapshotCreated`, so no node compacts or streams one.
+            Action::SnapshotWanted { .. }
+            | Action::CompactLog { .. }
+            | Action::FetchSnapshotChunk { .. }
+            | Action::ReceiveSnapshotChunk { .. }
+            | Action::InstallSnapshot { .. } => {}
         }
     }
 
@@ -1350,7 +1363,7 @@ impl World {
         let node_id = n.id;
         let applied = n.sm.applied_index();
         let mut last_index = 0;
-        let mut last_by_key: Vec<(&str, Option<&Bytes>)> = Vec::new();
+        let mut last_by_key: Vec<(&str, Option<Bytes>)> = Vec::new();
         for ev in &events {
             let kind_hash = match &ev.kind {
                 EventKind::Put { value } => hash_bytes(value) | 1,
@@ -1384,8 +1397,11 @@ impl World {
             }
             self.nodes[idx].watch_pos += 1;
             let value = match &ev.kind {
-                EventKind::Put { value } => Some(value),
-                _ => None,
+                EventKind::Put { value } => Some(value.clone()),
+                EventKind::Removed => None,
+                // A lock node exists (with an empty value) while it has a holder.
+                EventKind::LockHolder { .. } => Some(Bytes::new()),
+                EventKind::DirCreated => continue,
             };
             match last_by_key.iter_mut().find(|(k, _)| *k == &*ev.key) {
                 Some(entry) => entry.1 = value,
@@ -1395,7 +1411,7 @@ impl World {
         let sm = &self.nodes[idx].sm;
         for (key, value) in last_by_key {
             let now = sm.get(key).ok().flatten().map(|v| v.value);
-            if now.as_ref() != value {
+            if now != value {
                 let detail = format!(
                     "n{node_id}: the watch's last event for {key} says {value:?}, the state machine holds {now:?}"
                 );
@@ -1417,8 +1433,11 @@ impl World {
         }
         let p = &self.profile;
         let (keys, read_ppm, log_read_ppm) = (p.keys, p.read_ppm, p.log_read_ppm);
-        let op =
+        let mut op =
             workload::next_op(&mut self.rng_workload, keys, read_ppm, log_read_ppm, &mut self.next_value);
+        if let Some(lock) = self.clients[c].holding {
+            op = ClientOp { key: lock, kind: OpKind::Unlock, path: Path::Log, batch: 1, keys };
+        }
         let now = self.now();
         if self.rng_workload.chance(self.profile.client_random_target_ppm) {
             self.clients[c].target = self.rng_workload.below(self.nodes.len() as u64) as usize;
@@ -1528,6 +1547,11 @@ impl World {
         match reply {
             Reply::Result(result) => {
                 let Some(cur) = client.current.take() else { return };
+                match (cur.op.kind, result) {
+                    (OpKind::TryLock, OpResult::Lock(true)) => client.holding = Some(cur.op.key),
+                    (OpKind::Unlock, _) => client.holding = None,
+                    _ => {}
+                }
                 let count = usize::from(cur.op.batch.max(1));
                 for op in &mut self.history[cur.history_index..cur.history_index + count] {
                     op.result = result;
@@ -1766,7 +1790,46 @@ impl World {
         }
     }
 
+    /// Lock mutual exclusion, from the clients' side: a client holds a lock
+    /// from the moment it learns it acquired it until it asks to release it;
+    /// two clients' holding intervals on one lock never overlap.
+    fn check_locks(&mut self) {
+        let mut held: Vec<(Key, Nanos, Nanos, u32)> = Vec::new();
+        for (i, op) in self.history.iter().enumerate() {
+            if op.kind != OpKind::TryLock || op.result != OpResult::Lock(true) {
+                continue;
+            }
+            let release = self.history[i + 1..]
+                .iter()
+                .find(|o| o.client == op.client && o.kind == OpKind::Unlock && o.key == op.key)
+                .map_or(Nanos::MAX, |o| o.invoke_ns);
+            held.push((op.key, op.return_ns, release, op.client));
+        }
+        held.sort_unstable();
+        for pair in held.windows(2) {
+            let ((lock, from_a, to_a, a), (lock_b, from_b, _, b)) = (pair[0], pair[1]);
+            if lock == lock_b && from_b < to_a {
+                let detail = format!(
+                    "lock l{lock}: client {a} held it from {:.6}s until {}, client {b} acquired it at {:.6}s",
+                    from_a as f64 / 1e9,
+                    if to_a == Nanos::MAX {
+                        "the end".to_string()
+                    } else {
+                        format!("{:.6}s", to_a as f64 / 1e9)
+                    },
+                    from_b as f64 / 1e9
+                );
+                self.fail(FailureKind::Safety, "lock-mutual-exclusion", detail);
+                return;
+            }
+        }
+    }
+
     fn final_checks(&mut self) {
+        self.check_locks();
+        if self.failure.is_some() {
+            return;
+        }
         self.check_committed_on_majority("at the end");
         if self.failure.is_some() {
             return;
