@@ -391,8 +391,6 @@ pub fn message_code(body: &MessageBody) -> u64 {
         MessageBody::TimeoutNow => 8,
         MessageBody::ReadIndexRequest { .. } => 9,
         MessageBody::ReadIndexResponse { .. } => 10,
-        MessageBody::InstallSnapshot { .. } => 11,
-        MessageBody::SnapshotResponse { .. } => 12,
     }
 }
 
@@ -1259,13 +1257,6 @@ impl World {
                     leader.unwrap_or(0),
                 );
             }
-            // Snapshots (core issue 3) are not wired into the simulator yet: it
-            // never reports `SnapshotCreated`, so no node compacts or streams one.
-            Action::SnapshotWanted { .. }
-            | Action::CompactLog { .. }
-            | Action::FetchSnapshotChunk { .. }
-            | Action::ReceiveSnapshotChunk { .. }
-            | Action::InstallSnapshot { .. } => {}
         }
     }
 
