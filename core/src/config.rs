@@ -77,6 +77,29 @@ pub struct Config {
     /// At most this many reads waiting on one node; more are refused with
     /// `DropReason::TooManyPendingReads`.
     pub max_pending_reads: usize,
+    /// Ask for a snapshot (`Action::SnapshotWanted`) once this many entries
+    /// were applied since the last one.
+    pub snapshot_after_entries: u64,
+    /// ... or once this many entry bytes were applied since the last one
+    /// (counted since this node started).
+    pub snapshot_after_bytes: u64,
+    /// Compaction keeps this many entries before the snapshot, so a follower
+    /// only slightly behind catches up from the log instead of a snapshot.
+    pub log_keep_tail_entries: u64,
+    /// One snapshot chunk carries at most this many bytes.
+    pub max_snapshot_chunk_bytes: usize,
+    /// At most this many snapshot chunks unacknowledged to one follower.
+    pub max_snapshot_inflight_chunks: usize,
+    /// `PromoteLearner` is refused while the learner's log is more than this
+    /// many entries behind the leader's last index.
+    pub max_promotion_lag_entries: u64,
+    /// A leader that is not a voter of a committed C(new) steps down (after
+    /// sending `TimeoutNow` to the most caught-up voter). Off: it keeps
+    /// leading without counting itself (etcd-raft's default).
+    pub step_down_when_removed: bool,
+    /// The leader proposes C(new) as soon as C(old,new) commits. Off: the
+    /// joint configuration is left by an empty `ChangeMembership`.
+    pub auto_leave_joint: bool,
     /// A bug to plant (tests and simulator only).
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<PlantedBug>,
@@ -104,6 +127,14 @@ impl Config {
             max_uncommitted_bytes: 64 << 20,
             max_log_tail_entries: 65_536,
             max_pending_reads: 65_536,
+            snapshot_after_entries: 100_000,
+            snapshot_after_bytes: 256 << 20,
+            log_keep_tail_entries: 10_000,
+            max_snapshot_chunk_bytes: 1 << 20,
+            max_snapshot_inflight_chunks: 4,
+            max_promotion_lag_entries: 1_000,
+            step_down_when_removed: true,
+            auto_leave_joint: true,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
@@ -159,9 +190,19 @@ impl Config {
             ("max_uncommitted_bytes", self.max_uncommitted_bytes),
             ("max_log_tail_entries", self.max_log_tail_entries),
             ("max_pending_reads", self.max_pending_reads),
+            ("max_snapshot_chunk_bytes", self.max_snapshot_chunk_bytes),
+            ("max_snapshot_inflight_chunks", self.max_snapshot_inflight_chunks),
         ] {
             if value == 0 {
                 return e(field, "must be > 0".into());
+            }
+        }
+        for (field, value) in [
+            ("snapshot_after_entries", self.snapshot_after_entries),
+            ("snapshot_after_bytes", self.snapshot_after_bytes),
+        ] {
+            if value == 0 {
+                return e(field, "must be > 0 (use u64::MAX to never ask for snapshots)".into());
             }
         }
         Ok(())

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use crate::confchange::{ConfChange, ConfChangeError};
 use crate::message::Message;
 use crate::types::{Entry, HardState, Index, LogId, Membership, NodeId, SnapshotMeta, Term};
 
@@ -49,7 +50,33 @@ pub enum Input {
     Applied { index: Index },
     /// Ask the leader to hand leadership to `to` (ignored on a follower).
     TransferLeadership { to: NodeId },
-    // Issue 3 appends membership-change and snapshot inputs here.
+    /// Change the membership (leader only). Exactly one outcome per `id`, like
+    /// a proposal: `Apply` lists `id` at the entry that completes the change
+    /// (C(new), after the joint step when voters change), or
+    /// `ProposalDropped` says why not (`ConfChangeInProgress` while another
+    /// change is not finished, `InvalidConfChange`, `NotLeader`, ...). An
+    /// empty `changes` list in a joint configuration leaves it (needed only
+    /// with `Config::auto_leave_joint` off).
+    ChangeMembership { id: u64, changes: Vec<ConfChange> },
+    /// The state machine wrote a snapshot covering everything up to
+    /// `meta.last_log_id` (at or below what it applied), durably, and can
+    /// serve its chunks (`Action::FetchSnapshotChunk`) until it reports a
+    /// newer one. The core records it, may compact the log behind it
+    /// (`Action::CompactLog`) and sends it to followers that need it. A
+    /// snapshot not newer than the current one, or not matching the log, is
+    /// ignored.
+    SnapshotCreated { meta: SnapshotMeta },
+    /// The answer to `Action::FetchSnapshotChunk`: `data` is the chunk at
+    /// `offset` (at most `max_bytes`, non-empty unless the snapshot is empty),
+    /// `done` if it ends the snapshot. `data: None` means the snapshot is no
+    /// longer available (a newer one replaced it): the transfer restarts with
+    /// the core's current snapshot. Answers that no longer match the transfer
+    /// (another offset, snapshot or follower) are ignored.
+    SnapshotChunkRead { to: NodeId, snapshot: LogId, offset: u64, data: Option<Bytes>, done: bool },
+    /// The driver finished `Action::InstallSnapshot { meta }`: the snapshot is
+    /// durable, the state machine holds it, the log was discarded. Ignored
+    /// unless it matches the install the core asked for.
+    SnapshotInstalled { meta: SnapshotMeta },
 }
 
 /// Everything the core wants done. Execute in order; the storage engine must
@@ -91,6 +118,35 @@ pub enum Action {
     ProposalDropped { id: u64, reason: DropReason },
     /// Role, term or known leader changed.
     RoleChanged { role: Role, term: Term, leader: Option<NodeId> },
+    /// The compaction policy (`Config::snapshot_after_entries` /
+    /// `snapshot_after_bytes`) says a snapshot is due: the state machine has
+    /// applied `up_to`. Take one at any applied index (off the apply path if
+    /// possible) and report it with `Input::SnapshotCreated`. Asked again only
+    /// after as many further entries, so a driver may also ignore it.
+    SnapshotWanted { up_to: Index },
+    /// Entries up to and including `up_to` are covered by a durable snapshot
+    /// and will not be asked for again: storage may delete them (keeping
+    /// later ones; deleting fewer is fine). `Config::log_keep_tail_entries`
+    /// entries before the snapshot are kept for slow followers.
+    CompactLog { up_to: LogId },
+    /// Leader: read the chunk at byte `offset` (at most `max_bytes`) of the
+    /// snapshot whose last log id is `snapshot` (the one reported with
+    /// `SnapshotCreated` or installed), and answer `Input::SnapshotChunkRead`
+    /// with the same `to`, `snapshot` and `offset`. Chunk boundaries are the
+    /// driver's choice; reads of one transfer come in ascending order, but a
+    /// lost chunk is read again from an earlier offset.
+    FetchSnapshotChunk { to: NodeId, snapshot: LogId, offset: u64, max_bytes: usize },
+    /// Follower: stage `data` at byte `offset` of the incoming snapshot
+    /// `snapshot`. Chunks arrive in order without gaps; `offset == 0` starts a
+    /// new transfer: discard anything staged before. Nothing is applied until
+    /// `InstallSnapshot`.
+    ReceiveSnapshotChunk { snapshot: LogId, offset: u64, data: Bytes, done: bool },
+    /// Follower: the staged snapshot is complete. Make it durable, replace
+    /// the state machine with it and discard the whole log (it does not
+    /// contain `meta.last_log_id`), after executing the actions before this
+    /// one; then answer `Input::SnapshotInstalled { meta }`. Until then the
+    /// core appends nothing.
+    InstallSnapshot { meta: SnapshotMeta },
 }
 
 /// Why a proposal or read was refused.
@@ -111,6 +167,12 @@ pub enum DropReason {
     DuplicateReadId,
     /// The leader did not answer a forwarded read within an election timeout.
     Timeout,
+    /// A membership change is not finished yet (its entries are not
+    /// committed, or the joint configuration is not left yet), or this leader
+    /// has not committed an entry of its term; retry later.
+    ConfChangeInProgress,
+    /// The membership change is not valid against the configuration in force.
+    InvalidConfChange(ConfChangeError),
 }
 
 /// A node's role in its group.

@@ -38,6 +38,7 @@
 //! `read` (ReadIndex rounds and the lease), `raft` (the state machine) and
 //! `testkit` (an in-memory cluster for tests, fuzzing and benchmarks).
 
+pub mod confchange;
 pub mod config;
 pub mod io;
 pub mod message;
@@ -48,8 +49,10 @@ mod progress;
 pub mod quorum;
 mod raft;
 mod read;
+mod snapshot;
 pub mod testkit;
 
+pub use confchange::{ConfChange, ConfChangeError};
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
 pub use config::{Config, ConfigError};

@@ -256,6 +256,43 @@ impl RaftLog {
     }
 }
 
+/// Snapshots (issue 3): compaction behind a snapshot and replacement by one.
+impl RaftLog {
+    /// Forgets everything up to and including `up_to` (covered by a durable
+    /// snapshot): `term_at` answers from `up_to` on only.
+    pub fn compact_to(&mut self, up_to: LogId) {
+        assert!(self.matches(up_to), "compaction point {up_to} is not in the log");
+        assert!(up_to.index <= self.committed && up_to.index <= self.persisted, "compacting past {up_to}");
+        if up_to.index <= self.snapshot.index {
+            return;
+        }
+        let next = up_to.index + 1;
+        let k = self.term_starts.partition_point(|s| s.index <= next);
+        let mut starts = self.term_starts.split_off(k);
+        if next <= self.last.index {
+            // The run holding `next` now starts there.
+            let term = if k > 0 { self.term_starts[k - 1].term } else { self.snapshot.term };
+            starts.insert(0, LogId::new(term, next));
+        }
+        self.term_starts = starts;
+        self.snapshot = up_to;
+        while self.tail.front().is_some_and(|e| e.index <= up_to.index) {
+            self.tail.pop_front();
+        }
+    }
+
+    /// The log was replaced by a snapshot ending at `snapshot`: nothing after
+    /// it, everything up to it committed and durable.
+    pub fn install_snapshot(&mut self, snapshot: LogId) {
+        self.snapshot = snapshot;
+        self.term_starts.clear();
+        self.tail.clear();
+        self.last = snapshot;
+        self.persisted = snapshot.index;
+        self.committed = snapshot.index;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,5 +362,30 @@ mod tests {
         assert_eq!(l.committed(), 4);
         assert!(RaftLog::new(LogId::ZERO, starts.clone(), LogId::new(3, 5), tail.clone(), 0).is_err());
         assert!(RaftLog::new(LogId::ZERO, starts[1..].to_vec(), LogId::new(3, 4), tail, 0).is_err());
+    }
+
+    #[test]
+    fn compaction_keeps_terms_after_the_point() {
+        let mut l = log_of(&[1, 1, 2, 2, 2, 4]);
+        l.persisted_to(LogId::new(4, 6));
+        l.commit_to(6);
+        l.compact_to(LogId::new(2, 4));
+        assert_eq!(l.snapshot(), LogId::new(2, 4));
+        assert_eq!(
+            (l.term_at(3), l.term_at(4), l.term_at(5), l.term_at(6)),
+            (None, Some(2), Some(2), Some(4))
+        );
+        assert_eq!(l.tail_first(), 5);
+        assert_eq!(l.find_conflict_by_term(6, 3), LogId::new(2, 5));
+        l.compact_to(LogId::new(2, 5));
+        assert_eq!((l.term_at(5), l.term_at(6)), (Some(2), Some(4)));
+        l.compact_to(LogId::new(4, 6));
+        assert_eq!(l.last(), LogId::new(4, 6));
+        l.append(&ents(&[(4, 7)]));
+        assert_eq!(l.term_at(7), Some(4));
+        l.install_snapshot(LogId::new(6, 20));
+        assert_eq!((l.last(), l.committed(), l.persisted(), l.term_at(7)), (LogId::new(6, 20), 20, 20, None));
+        l.append(&ents(&[(6, 21)]));
+        assert_eq!(l.term_at(21), Some(6));
     }
 }

@@ -4,9 +4,10 @@
 //! in the transport envelope, not here). New variants are only ever appended
 //! at the end of an enum, so existing encodings stay valid.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Entry, Index, LogId, NodeId, Term};
+use crate::types::{Entry, Index, LogId, NodeId, SnapshotMeta, Term};
 
 /// One message from `from` to a peer. `term` is the sender's current term,
 /// except in `PreVoteRequest`, where it is the term the sender *would* campaign
@@ -92,8 +93,25 @@ pub enum MessageBody {
         id: u64,
         result: Result<Index, ()>,
     },
-    // Issue 3 appends the snapshot messages (InstallSnapshot chunks and their
-    // responses) here, after every existing variant.
+    /// One chunk of the leader's snapshot `meta` at byte `offset` (`done`:
+    /// the last one). `session` is the follower's replication session; a
+    /// follower stages only in-order chunks of one transfer (term, leader,
+    /// session, snapshot) and installs after the last.
+    InstallSnapshot {
+        session: u64,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+        done: bool,
+    },
+    /// The follower staged `next_offset` bytes of `snapshot` (its answer to
+    /// every chunk, in order or not). Once installed, it answers with an
+    /// `AppendResponse { Ok(snapshot index) }` instead.
+    SnapshotResponse {
+        session: u64,
+        snapshot: LogId,
+        next_offset: u64,
+    },
 }
 
 impl MessageBody {
@@ -111,6 +129,8 @@ impl MessageBody {
             MessageBody::TimeoutNow => "TimeoutNow",
             MessageBody::ReadIndexRequest { .. } => "ReadIndexRequest",
             MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
+            MessageBody::SnapshotResponse { .. } => "SnapshotResponse",
         }
     }
 }

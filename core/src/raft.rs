@@ -18,6 +18,13 @@ use crate::quorum::{joint_committed, joint_vote, VoteResult};
 use crate::read::{PendingRead, Requester, Rounds};
 use crate::types::{Entry, EntryPayload, HardState, Index, LogId, Membership, Nanos, NodeId, Term};
 
+mod membership;
+mod transfer;
+
+use crate::confchange::ConfState;
+use crate::snapshot::Outgoing;
+use transfer::SnapState;
+
 /// Is planted bug `$bug` switched on? Always false without the feature.
 macro_rules! bug {
     ($self:ident, $bug:ident) => {{
@@ -53,6 +60,11 @@ struct LeaderState {
     timeout_now_sent: bool,
     heartbeat_deadline: Nanos,
     check_quorum_deadline: Nanos,
+    /// Snapshot transfers in progress, by follower (replication to it is
+    /// paused meanwhile).
+    transfers: BTreeMap<NodeId, Outgoing>,
+    /// The id of a joint membership change, answered when C(new) applies.
+    conf_change_id: Option<u64>,
 }
 
 /// What a follower knows about acknowledging the current leader's appends.
@@ -112,6 +124,11 @@ pub struct RawNode {
     forwarded_order: VecDeque<(Nanos, u64)>,
 
     last_reported: (Role, Term, Option<NodeId>),
+
+    /// The configuration in force and the uncommitted history (`membership`
+    /// is a copy of `conf.current()`).
+    conf: ConfState,
+    snap: SnapState,
 }
 
 impl RawNode {
@@ -125,6 +142,13 @@ impl RawNode {
         config.validate()?;
         let bad = |reason: String| ConfigError { field: "recovered", reason };
         let snapshot = recovered.snapshot.as_ref().map_or(LogId::ZERO, |s| s.last_log_id);
+        let conf = ConfState::recover(
+            recovered.membership.clone(),
+            recovered.snapshot.as_ref().map(|s| (s.last_log_id.index, s.membership.clone())),
+            &recovered.tail,
+            recovered.hard_state.commit,
+        );
+        let snap = SnapState::new(recovered.snapshot.clone());
         let log = RaftLog::new(
             snapshot,
             recovered.term_starts,
@@ -175,6 +199,8 @@ impl RawNode {
             forwarded_order: VecDeque::new(),
             last_reported: (Role::Follower, term, None),
             cfg: config,
+            conf,
+            snap,
         };
         node.log.commit_to(node.applying.min(node.log.last().index));
         Ok(node)
@@ -202,6 +228,12 @@ impl RawNode {
                 self.applied = self.applied.max(index.min(self.applying));
             }
             Input::TransferLeadership { to } => self.transfer_leadership(to, actions),
+            Input::ChangeMembership { id, changes } => self.change_membership(id, changes, actions),
+            Input::SnapshotCreated { meta } => self.on_snapshot_created(meta, actions),
+            Input::SnapshotChunkRead { to, snapshot, offset, data, done } => {
+                self.on_snapshot_chunk_read(to, snapshot, offset, data, done, actions)
+            }
+            Input::SnapshotInstalled { meta } => self.on_snapshot_installed(meta, actions),
         }
         self.after_step(actions);
     }
@@ -307,7 +339,7 @@ impl RawNode {
             self.tick_leader(actions);
         } else if self.now >= self.election_deadline {
             self.reset_election_timer();
-            if self.membership.is_voter(self.id) {
+            if self.membership.is_voter(self.id) && !self.snap.installing() {
                 self.campaign(false, actions);
             }
         }
@@ -383,6 +415,9 @@ impl RawNode {
         let Some(l) = self.leader.take() else { return };
         let reason = DropReason::LeadershipLost { leader_hint: hint };
         for (_, id) in l.proposals {
+            actions.push(Action::ProposalDropped { id, reason });
+        }
+        if let Some(id) = l.conf_change_id {
             actions.push(Action::ProposalDropped { id, reason });
         }
         let unconfirmed =
@@ -496,6 +531,8 @@ impl RawNode {
             timeout_now_sent: false,
             heartbeat_deadline: self.now + self.cfg.heartbeat_interval_ns,
             check_quorum_deadline: self.now + self.cfg.election_timeout_min_ns,
+            transfers: BTreeMap::new(),
+            conf_change_id: None,
         }));
         // A blank entry of the new term lets everything before it commit (Figure 8).
         let entry = Entry { term: self.term, index: next, payload: EntryPayload::Blank };
@@ -530,14 +567,17 @@ impl RawNode {
                 MessageBody::PreVoteResponse { granted: true } => {}
                 MessageBody::AppendEntries { .. }
                 | MessageBody::Heartbeat { .. }
-                | MessageBody::TimeoutNow => {
+                | MessageBody::TimeoutNow
+                | MessageBody::InstallSnapshot { .. } => {
                     self.become_follower(m.term, Some(m.from), actions);
                 }
                 _ => self.become_follower(m.term, None, actions),
             }
         } else if m.term < self.term {
             match m.body {
-                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
                     // Tell a stale leader about the newer term so it steps down.
                     let last_index = self.log.last().index;
                     self.send(m.from, MessageBody::HeartbeatResponse { ctx: 0, last_index }, actions);
@@ -590,7 +630,7 @@ impl RawNode {
             }
             MessageBody::TimeoutNow => {
                 self.heard_from_leader(from, actions);
-                if self.membership.is_voter(self.id) {
+                if self.membership.is_voter(self.id) && !self.snap.installing() {
                     self.campaign(true, actions);
                 }
             }
@@ -620,6 +660,12 @@ impl RawNode {
                         }
                     }
                 }
+            }
+            MessageBody::InstallSnapshot { session, meta, offset, data, done } => {
+                self.on_install_snapshot(from, session, meta, offset, data, done, actions)
+            }
+            MessageBody::SnapshotResponse { session, snapshot, next_offset } => {
+                self.on_snapshot_response(from, session, snapshot, next_offset, actions)
             }
         }
     }
@@ -675,6 +721,9 @@ impl RawNode {
         if !Self::append_is_well_formed(self.term, prev, &entries) {
             return; // Not from a correct leader; changes nothing.
         }
+        if self.snap.installing() {
+            return; // The log is being replaced; the leader retries.
+        }
         if session != self.follower_ack.session {
             self.follower_ack.session = session;
             self.follower_ack.acked = 0;
@@ -718,6 +767,7 @@ impl RawNode {
                 return;
             }
             self.log.append(&new);
+            self.on_entries_appended(&new);
             actions.push(Action::AppendLog { entries: new });
         }
         self.follower_ack.matched = self.follower_ack.matched.max(matched);
@@ -802,6 +852,7 @@ impl RawNode {
     fn append_as_leader(&mut self, entries: Vec<Entry>, actions: &mut Vec<Action>) {
         debug_assert!(!entries.is_empty());
         self.log.append(&entries);
+        self.on_entries_appended(&entries);
         actions.push(Action::AppendLog { entries });
     }
 
@@ -868,7 +919,7 @@ impl RawNode {
         loop {
             let l = self.leader.as_ref().expect("leader state on a leader");
             let Some(p) = l.progress.get(&to) else { return };
-            if p.is_paused() {
+            if p.is_paused() || l.transfers.contains_key(&to) {
                 return;
             }
             let next = p.next_index;
@@ -881,7 +932,8 @@ impl RawNode {
             }
             let prev_index = next - 1;
             let Some(prev_term) = self.log.term_at(prev_index) else {
-                // Compacted away: needs a snapshot (issue 3).
+                // Compacted away: the follower needs a snapshot.
+                self.start_snapshot(to, actions);
                 return;
             };
             let max_bytes = self.cfg.max_size_per_msg_bytes;
@@ -982,6 +1034,9 @@ impl RawNode {
                 if match_index > self.log.last().index {
                     return; // Cannot match beyond our log: corrupt or foreign.
                 }
+                self.finish_transfer(from, match_index);
+                let l = self.leader.as_mut().expect("leader state on a leader");
+                let p = l.progress.get_mut(&from).expect("checked above");
                 let moved = p.maybe_update(match_index);
                 if moved {
                     p.last_progress_ns = self.now;
@@ -1023,6 +1078,13 @@ impl RawNode {
         let Some(p) = l.progress.get_mut(&from) else { return };
         p.recent_active = true;
         p.acked_ctx = p.acked_ctx.max(ctx);
+        if self.transferring_to(from) {
+            self.snapshot_heartbeat(from, actions);
+            self.advance_reads(actions);
+            return;
+        }
+        let l = self.leader.as_mut().expect("leader state on a leader");
+        let p = l.progress.get_mut(&from).expect("checked above");
         let our_last = self.log.last().index;
         if p.match_index < our_last {
             match p.state {
@@ -1254,7 +1316,10 @@ impl RawNode {
     // ---- after every step ------------------------------------------------------
 
     fn after_step(&mut self, actions: &mut Vec<Action>) {
+        self.after_step_membership(actions);
         self.maybe_apply(actions);
+        self.maybe_step_down_removed(actions);
+        self.maybe_want_snapshot(actions);
         while let Some(&(index, id)) = self.reads_waiting_apply.front() {
             if index > self.applied {
                 break;
@@ -1313,6 +1378,7 @@ impl RawNode {
             }
         }
         self.applying = last;
+        self.snap.applied_bytes += entries.iter().map(|e| e.size_bytes() as u64).sum::<u64>();
         actions.push(Action::Apply { entries, proposals });
     }
 

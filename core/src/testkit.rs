@@ -19,11 +19,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
+use crate::confchange::ConfChange;
 use crate::config::Config;
 use crate::io::{Action, DropReason, Input, Recovered, Role};
 use crate::message::Message;
 use crate::raft::RawNode;
-use crate::types::{Entry, EntryPayload, HardState, Index, LogId, Membership, Nanos, NodeId};
+use crate::types::{Entry, EntryPayload, HardState, Index, LogId, Membership, Nanos, NodeId, SnapshotMeta};
 
 /// The outcome of a proposal or read, as a test sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +40,8 @@ pub enum Outcome {
 enum Write {
     Log(Vec<Entry>),
     HardState(HardState),
+    /// Install a received snapshot (its entries are the state machine).
+    Snapshot(SnapshotMeta, Vec<Entry>),
 }
 
 /// One node: the core plus its in-memory disk and state machine.
@@ -70,6 +73,15 @@ pub struct Node {
     /// slow) relative to the cluster's time, from `clock_offset_ns`.
     pub clock_skew_ppm: i64,
     pub clock_offset_ns: Nanos,
+    /// The durable snapshot: its metadata and the applied entries it holds
+    /// (the test state machine is the list of applied entries).
+    pub snapshot: Option<(SnapshotMeta, Vec<Entry>)>,
+    /// `CompactLog` went up to here: `FetchEntries` below returns nothing.
+    pub compacted_to: Index,
+    /// Chunks of an incoming snapshot staged so far.
+    pub staging: Option<(LogId, Vec<u8>)>,
+    /// Answer `SnapshotWanted` with a snapshot at once (on by default).
+    pub auto_snapshot: bool,
 }
 
 impl Node {
@@ -102,8 +114,10 @@ impl Node {
     pub fn written_log(&self) -> Vec<Entry> {
         let mut log = self.durable_log.clone();
         for w in &self.pending {
-            if let Write::Log(entries) = w {
-                apply_append(&mut log, entries);
+            match w {
+                Write::Log(entries) => apply_append(&mut log, entries),
+                Write::Snapshot(_, entries) => log = entries.clone(),
+                Write::HardState(_) => {}
             }
         }
         log
@@ -138,6 +152,11 @@ pub struct Cluster {
     /// Who became leader in each term, over the whole run (election safety,
     /// checked at every `RoleChanged`, across crashes).
     pub leaders_by_term: BTreeMap<u64, NodeId>,
+    /// The configuration every node started with (before any membership entry).
+    pub initial_membership: Membership,
+    /// Messages for which this returns true are lost (checked at delivery).
+    #[allow(clippy::type_complexity)]
+    pub lose: Option<Box<dyn FnMut(NodeId, &Message) -> bool>>,
 }
 
 /// Bound on steps in one `stabilize`: more means the cluster never quiesces.
@@ -177,6 +196,8 @@ impl Cluster {
             steps: 0,
             applied_history: Vec::new(),
             leaders_by_term: BTreeMap::new(),
+            initial_membership: membership.clone(),
+            lose: None,
         };
         for (id, hs, log) in logs {
             let mut config = Config::new(id, seed);
@@ -199,6 +220,10 @@ impl Cluster {
                 recovered,
                 clock_skew_ppm: 0,
                 clock_offset_ns: 0,
+                snapshot: None,
+                compacted_to: 0,
+                staging: None,
+                auto_snapshot: true,
             };
             c.nodes.insert(id, node);
         }
@@ -298,7 +323,8 @@ impl Cluster {
                 let log = node.written_log();
                 let mut out = Vec::new();
                 let mut bytes = 0;
-                for e in log.iter().skip(from as usize - 1).take((to - from) as usize) {
+                let compacted = if from <= node.compacted_to { 0 } else { usize::MAX };
+                for e in log.iter().skip(from as usize - 1).take((to - from) as usize).take(compacted) {
                     if !out.is_empty() && bytes + e.size_bytes() > max_bytes {
                         break;
                     }
@@ -322,7 +348,123 @@ impl Cluster {
                     assert_eq!(first, id, "two leaders in term {term}: {first} and {id}");
                 }
             }
+            Action::SnapshotWanted { .. } => {
+                if node.auto_snapshot {
+                    let meta = Self::make_snapshot(node, &self.initial_membership);
+                    node.inbox.push_back(Input::SnapshotCreated { meta });
+                }
+            }
+            Action::CompactLog { up_to } => {
+                let held = node.snapshot.as_ref().map_or(0, |(m, _)| m.last_log_id.index);
+                assert!(up_to.index <= held, "node {id} compacts to {up_to} past its snapshot at {held}");
+                node.compacted_to = node.compacted_to.max(up_to.index);
+            }
+            Action::FetchSnapshotChunk { to, snapshot, offset, max_bytes } => {
+                let data = match &node.snapshot {
+                    Some((meta, entries)) if meta.last_log_id == snapshot => {
+                        let bytes = encode_entries(entries);
+                        let start = (offset as usize).min(bytes.len());
+                        let end = (start + max_bytes).min(bytes.len());
+                        Some((Bytes::copy_from_slice(&bytes[start..end]), end == bytes.len()))
+                    }
+                    _ => None,
+                };
+                let (data, done) = match data {
+                    Some((d, done)) => (Some(d), done),
+                    None => (None, false),
+                };
+                node.inbox.push_back(Input::SnapshotChunkRead { to, snapshot, offset, data, done });
+            }
+            Action::ReceiveSnapshotChunk { snapshot, offset, data, .. } => {
+                if offset == 0 {
+                    node.staging = Some((snapshot, Vec::new()));
+                }
+                let staged = node.staging.as_mut().expect("chunk 0 comes first");
+                assert_eq!(staged.0, snapshot, "node {id}: chunks of two snapshots mixed");
+                assert_eq!(staged.1.len() as u64, offset, "node {id}: snapshot chunk out of order");
+                staged.1.extend_from_slice(&data);
+            }
+            Action::InstallSnapshot { meta } => {
+                let (snapshot, bytes) = node.staging.take().expect("chunks staged before install");
+                assert_eq!(snapshot, meta.last_log_id, "node {id}: installs another snapshot than staged");
+                let entries = decode_entries(&bytes).expect("a complete staged snapshot decodes");
+                assert_eq!(
+                    entries.last().map_or(LogId::ZERO, Entry::log_id),
+                    meta.last_log_id,
+                    "node {id}: snapshot content does not end at its last log id"
+                );
+                for e in &entries {
+                    match self.applied_history.get(e.index as usize - 1) {
+                        Some(before) => {
+                            assert_eq!(before, e, "node {id} installs a snapshot that differs at {}", e.index)
+                        }
+                        None => self.applied_history.push(e.clone()),
+                    }
+                }
+                node.pending.push_back(Write::Snapshot(meta, entries));
+            }
         }
+    }
+
+    /// The state machine's snapshot at its applied index (made durable at once).
+    fn make_snapshot(node: &mut Node, initial: &Membership) -> SnapshotMeta {
+        let entries = node.applied.clone();
+        let membership = membership_of(&entries).unwrap_or_else(|| match &node.snapshot {
+            Some((m, _)) if entries.is_empty() => m.membership.clone(),
+            _ => initial.clone(),
+        });
+        let last_log_id = entries.last().map_or(LogId::ZERO, Entry::log_id);
+        let meta = SnapshotMeta { last_log_id, membership };
+        node.snapshot = Some((meta.clone(), entries));
+        meta
+    }
+
+    /// Makes `id`'s state machine take a snapshot now and report it.
+    pub fn take_snapshot(&mut self, id: NodeId) -> SnapshotMeta {
+        let initial = self.initial_membership.clone();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let meta = Self::make_snapshot(node, &initial);
+        self.step(id, Input::SnapshotCreated { meta: meta.clone() });
+        meta
+    }
+
+    /// Asks `id` to change the membership (`proposal_id` gets the outcome).
+    pub fn change_membership(&mut self, id: NodeId, proposal_id: u64, changes: &[ConfChange]) {
+        self.step(id, Input::ChangeMembership { id: proposal_id, changes: changes.to_vec() });
+    }
+
+    /// Adds a brand-new node `id` (empty log, not yet in any configuration it
+    /// knows of: it learns the configuration from the leader). Build with the
+    /// cluster's seed and `tweak`.
+    pub fn add_node(&mut self, id: NodeId, seed: u64, tweak: impl Fn(&mut Config)) {
+        assert!(!self.nodes.contains_key(&id), "node {id} exists");
+        let mut config = Config::new(id, seed);
+        tweak(&mut config);
+        let recovered = Recovered::new_cluster([]);
+        let raft = RawNode::new(config.clone(), recovered.clone()).expect("valid test configuration");
+        let node = Node {
+            raft,
+            config,
+            durable_log: Vec::new(),
+            durable_hard_state: HardState::default(),
+            pending: VecDeque::new(),
+            auto_persist: true,
+            applied: Vec::new(),
+            outcomes: BTreeMap::new(),
+            up: true,
+            inbox: VecDeque::new(),
+            inputs: Vec::new(),
+            actions: Vec::new(),
+            recovered,
+            clock_skew_ppm: 0,
+            clock_offset_ns: 0,
+            snapshot: None,
+            compacted_to: 0,
+            staging: None,
+            auto_snapshot: true,
+        };
+        self.nodes.insert(id, node);
+        self.step(id, Input::Tick);
     }
 
     /// Makes every pending write of `node` durable, in order, and queues the
@@ -338,6 +480,15 @@ impl Cluster {
                 Write::HardState(hs) => {
                     node.durable_hard_state = hs;
                     node.inbox.push_back(Input::HardStatePersisted { term: hs.term, vote: hs.vote });
+                }
+                Write::Snapshot(meta, entries) => {
+                    // The log does not hold the snapshot's last entry: it is
+                    // replaced by the snapshot's prefix (Raft §7).
+                    node.durable_log = entries.clone();
+                    node.compacted_to = meta.last_log_id.index;
+                    node.applied = entries.clone();
+                    node.snapshot = Some((meta.clone(), entries));
+                    node.inbox.push_back(Input::SnapshotInstalled { meta });
                 }
             }
         }
@@ -358,6 +509,9 @@ impl Cluster {
             assert!(self.steps - start < MAX_STABILIZE_STEPS, "cluster does not quiesce");
             let from = msg.from;
             if self.cut.contains(&(from, to)) || !self.nodes.get(&to).is_some_and(|n| n.up) {
+                continue;
+            }
+            if self.lose.as_mut().is_some_and(|lose| lose(to, &msg)) {
                 continue;
             }
             self.step(to, Input::Message(msg));
@@ -476,14 +630,35 @@ impl Cluster {
     /// and re-applies committed entries; its disk acknowledges automatically).
     pub fn restart(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
-        let membership = node.raft.membership().clone();
-        let recovered = Recovered::from_log(node.durable_hard_state, membership, node.durable_log.clone());
+        let (recovered, applied) = match &node.snapshot {
+            None => {
+                let membership =
+                    membership_of(&node.durable_log).unwrap_or_else(|| self.initial_membership.clone());
+                (
+                    Recovered::from_log(node.durable_hard_state, membership, node.durable_log.clone()),
+                    Vec::new(),
+                )
+            }
+            Some((meta, entries)) => {
+                let s = meta.last_log_id.index as usize;
+                let after = node.durable_log.get(s..).unwrap_or_default().to_vec();
+                let membership = membership_of(&after).unwrap_or_else(|| meta.membership.clone());
+                let mut r = Recovered::from_log(node.durable_hard_state, membership, after);
+                r.snapshot = Some(meta.clone());
+                r.applied = meta.last_log_id.index;
+                if r.tail.is_empty() {
+                    r.last_log_id = meta.last_log_id;
+                }
+                (r, entries.clone())
+            }
+        };
         node.raft =
             RawNode::new(node.config.clone(), recovered.clone()).expect("recovered state is consistent");
         node.recovered = recovered;
         node.inputs.clear();
         node.actions.clear();
-        node.applied.clear();
+        node.applied = applied;
+        node.staging = None;
         node.auto_persist = true;
         node.up = true;
         self.step(id, Input::Tick);
@@ -552,4 +727,85 @@ pub fn log_with_terms(terms: &[u64]) -> Vec<Entry> {
         .enumerate()
         .map(|(k, &term)| Entry { term, index: k as Index + 1, payload: EntryPayload::Blank })
         .collect()
+}
+
+/// The newest membership entry among `entries`.
+pub fn membership_of(entries: &[Entry]) -> Option<Membership> {
+    entries.iter().rev().find_map(|e| match &e.payload {
+        EntryPayload::Membership(m) => Some(m.clone()),
+        _ => None,
+    })
+}
+
+/// The test state machine's snapshot format: the applied entries, each as
+/// term, index, kind and payload (little endian, length-prefixed).
+pub fn encode_entries(entries: &[Entry]) -> Vec<u8> {
+    fn set(out: &mut Vec<u8>, s: &BTreeSet<NodeId>) {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        for id in s {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+    }
+    let mut out = Vec::new();
+    for e in entries {
+        out.extend_from_slice(&e.term.to_le_bytes());
+        out.extend_from_slice(&e.index.to_le_bytes());
+        match &e.payload {
+            EntryPayload::Blank => out.push(0),
+            EntryPayload::Normal(d) => {
+                out.push(1);
+                out.extend_from_slice(&(d.len() as u32).to_le_bytes());
+                out.extend_from_slice(d);
+            }
+            EntryPayload::Membership(m) => {
+                out.push(2);
+                set(&mut out, &m.voters);
+                set(&mut out, &m.voters_outgoing);
+                set(&mut out, &m.learners);
+            }
+        }
+    }
+    out
+}
+
+/// Inverse of [`encode_entries`]; `None` if the bytes are truncated or malformed.
+pub fn decode_entries(mut b: &[u8]) -> Option<Vec<Entry>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Some(head)
+    }
+    fn u64_(b: &mut &[u8]) -> Option<u64> {
+        Some(u64::from_le_bytes(take(b, 8)?.try_into().ok()?))
+    }
+    fn u32_(b: &mut &[u8]) -> Option<usize> {
+        Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize)
+    }
+    fn set(b: &mut &[u8]) -> Option<BTreeSet<NodeId>> {
+        let n = u32_(b)?;
+        (0..n).map(|_| u64_(b)).collect()
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let term = u64_(&mut b)?;
+        let index = u64_(&mut b)?;
+        let payload = match take(&mut b, 1)?[0] {
+            0 => EntryPayload::Blank,
+            1 => {
+                let n = u32_(&mut b)?;
+                EntryPayload::Normal(Bytes::copy_from_slice(take(&mut b, n)?))
+            }
+            2 => EntryPayload::Membership(Membership {
+                voters: set(&mut b)?,
+                voters_outgoing: set(&mut b)?,
+                learners: set(&mut b)?,
+            }),
+            _ => return None,
+        };
+        out.push(Entry { term, index, payload });
+    }
+    Some(out)
 }

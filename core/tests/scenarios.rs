@@ -791,7 +791,8 @@ fn a_joint_configuration_needs_both_majorities_to_elect_and_commit() {
     let mut m = Membership::new_voters([1, 2, 3]);
     m.voters_outgoing = [3, 4, 5].into_iter().collect();
     let logs = (1..=5).map(|id| (id, HardState::default(), Vec::new())).collect();
-    let mut c = Cluster::with_logs(28, m, logs, |_| {});
+    // Stay in the joint configuration (a leader would otherwise leave it at once).
+    let mut c = Cluster::with_logs(28, m, logs, |cfg| cfg.auto_leave_joint = false);
     // {1, 2, 3} would be a majority of the incoming half only.
     c.partition(&[1, 2, 3], &[4, 5]);
     c.tick(1);

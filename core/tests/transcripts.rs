@@ -56,6 +56,12 @@ fn fmt_message(to: NodeId, m: &Message) -> String {
         MessageBody::TimeoutNow => "TimeoutNow".to_string(),
         MessageBody::ReadIndexRequest { id } => format!("ReadIndex id={id}"),
         MessageBody::ReadIndexResponse { id, result } => format!("ReadIndexResp id={id} {result:?}"),
+        MessageBody::InstallSnapshot { meta, offset, data, done, .. } => {
+            format!("Snap {} off={offset} len={} done={done}", meta.last_log_id, data.len())
+        }
+        MessageBody::SnapshotResponse { snapshot, next_offset, .. } => {
+            format!("SnapResp {snapshot} next={next_offset}")
+        }
     };
     format!("{}->{to} t{} {body}", m.from, m.term)
 }

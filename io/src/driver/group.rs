@@ -260,6 +260,14 @@ impl<SM: StateMachine> GroupTask<SM> {
                                 self.sm.on_leadership(is_leader, wall_clock_nanos());
                             }
                         }
+                        // Snapshots (core issue 3) are not wired into this driver
+                        // yet: it never reports `SnapshotCreated`, so the core
+                        // never compacts or streams one.
+                        Action::SnapshotWanted { .. }
+                        | Action::CompactLog { .. }
+                        | Action::FetchSnapshotChunk { .. }
+                        | Action::ReceiveSnapshotChunk { .. }
+                        | Action::InstallSnapshot { .. } => {}
                     }
                 }
                 if let Some(index) = applied_to {

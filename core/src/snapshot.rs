@@ -1,0 +1,153 @@
+//! Snapshot transfer state on both sides, kept apart from the state machine
+//! that drives it (`raft/snapshot.rs`).
+//!
+//! The core never holds snapshot data: the leader asks the driver for chunk
+//! `offset..` of the snapshot it names (`Action::FetchSnapshotChunk`) and
+//! forwards what comes back; the follower hands each in-order chunk to the
+//! driver (`Action::ReceiveSnapshotChunk`) and, after the last one, asks it to
+//! install (`Action::InstallSnapshot`). A transfer is one (leader term,
+//! leader, replication session, snapshot) tuple: a chunk of any other
+//! transfer restarts staging from offset 0 or is ignored, so staged bytes of
+//! two transfers never mix and nothing is installed before the last chunk.
+
+use std::collections::VecDeque;
+
+use crate::types::{LogId, Nanos, NodeId, SnapshotMeta, Term};
+
+/// The leader's side of one transfer to one follower.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// The follower's replication session when the transfer started: a
+    /// response from another session belongs to another transfer.
+    pub session: u64,
+    pub meta: SnapshotMeta,
+    /// Bytes the follower confirmed, contiguous from 0.
+    pub acked: u64,
+    /// Next offset to read from the driver.
+    pub next: u64,
+    /// The read in progress (`FetchSnapshotChunk` emitted, no answer yet).
+    pub reading: Option<u64>,
+    /// `(offset, end)` of chunks sent and not yet acknowledged, ascending.
+    pub inflight: VecDeque<(u64, u64)>,
+    /// Size of the snapshot, known once the last chunk was read.
+    pub len: Option<u64>,
+    /// Local time the follower last confirmed new bytes (or the transfer started).
+    pub last_progress_ns: Nanos,
+    /// `acked` at the last fast retransmission (one per stall, not one per
+    /// duplicate acknowledgement).
+    pub rewound_at: Option<u64>,
+}
+
+impl Outgoing {
+    pub fn new(session: u64, meta: SnapshotMeta, now: Nanos) -> Outgoing {
+        Outgoing {
+            session,
+            meta,
+            acked: 0,
+            next: 0,
+            reading: None,
+            inflight: VecDeque::new(),
+            len: None,
+            last_progress_ns: now,
+            rewound_at: None,
+        }
+    }
+
+    pub fn snapshot(&self) -> LogId {
+        self.meta.last_log_id
+    }
+
+    /// May another chunk be read now (window not full, more to read)?
+    pub fn can_read(&self, max_inflight_chunks: usize) -> bool {
+        self.reading.is_none()
+            && self.inflight.len() < max_inflight_chunks
+            && self.len.is_none_or(|len| self.next < len)
+    }
+
+    /// A chunk `offset..offset+len` was read and sent; `done` if it is the last.
+    pub fn sent(&mut self, offset: u64, len: u64, done: bool) {
+        debug_assert_eq!(offset, self.next);
+        self.reading = None;
+        self.next = offset + len;
+        self.inflight.push_back((offset, self.next));
+        if done {
+            self.len = Some(self.next);
+        }
+    }
+
+    /// The follower holds `next_offset` bytes. Returns whether it moved.
+    pub fn acked_to(&mut self, next_offset: u64, now: Nanos) -> bool {
+        if next_offset <= self.acked || next_offset > self.next {
+            return false;
+        }
+        self.acked = next_offset;
+        self.last_progress_ns = now;
+        self.rewound_at = None;
+        while self.inflight.front().is_some_and(|&(_, end)| end <= next_offset) {
+            self.inflight.pop_front();
+        }
+        true
+    }
+
+    /// Go back to the first unacknowledged byte (chunks were lost). An
+    /// outstanding read is forgotten: its answer no longer matches `reading`.
+    pub fn rewind(&mut self, now: Nanos) {
+        self.next = self.acked;
+        self.reading = None;
+        self.inflight.clear();
+        self.last_progress_ns = now;
+        self.rewound_at = Some(self.acked);
+    }
+}
+
+/// The follower's side: the transfer being staged by the driver.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    pub term: Term,
+    pub leader: NodeId,
+    pub session: u64,
+    pub meta: SnapshotMeta,
+    /// Bytes handed to the driver so far (the next expected offset).
+    pub next: u64,
+    /// The last chunk arrived and `InstallSnapshot` was emitted: waiting for
+    /// `SnapshotInstalled`. The log must not change meanwhile.
+    pub installing: bool,
+}
+
+impl Incoming {
+    pub fn is_same_transfer(&self, term: Term, leader: NodeId, session: u64, snapshot: LogId) -> bool {
+        self.term == term
+            && self.leader == leader
+            && self.session == session
+            && self.meta.last_log_id == snapshot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_acks_and_rewind() {
+        let meta = SnapshotMeta { last_log_id: LogId::new(2, 50), membership: Default::default() };
+        let mut o = Outgoing::new(7, meta, 0);
+        assert!(o.can_read(2));
+        o.reading = Some(0);
+        assert!(!o.can_read(2), "one read at a time");
+        o.sent(0, 10, false);
+        o.reading = Some(10);
+        o.sent(10, 10, false);
+        assert!(!o.can_read(2), "window of 2 chunks is full");
+        assert!(!o.acked_to(25, 1), "beyond what was sent");
+        assert!(o.acked_to(10, 1));
+        assert!(o.can_read(2));
+        assert!(!o.acked_to(10, 2), "duplicate");
+        o.rewind(3);
+        assert_eq!((o.next, o.inflight.len(), o.rewound_at), (10, 0, Some(10)));
+        o.reading = Some(10);
+        o.sent(10, 5, true);
+        assert_eq!(o.len, Some(15));
+        assert!(o.acked_to(15, 4));
+        assert!(!o.can_read(2), "everything read");
+    }
+}
