@@ -155,4 +155,41 @@ mod tests {
         assert_eq!(joint_vote(&m, |id| Some(id <= 3)), VoteResult::Lost);
         assert_eq!(joint_vote(&Membership::default(), |_| Some(true)), VoteResult::Lost);
     }
+
+    #[test]
+    fn even_sizes_need_more_than_half() {
+        // Four voters: two acks are not a majority, three are.
+        let v = set(&[1, 2, 3, 4]);
+        assert_eq!(majority_committed(&v, acks(&[(1, 9), (2, 9)])), 0);
+        assert_eq!(majority_committed(&v, acks(&[(1, 9), (2, 9), (3, 4)])), 4);
+        assert_eq!(majority_vote(&v, |id| (id <= 2).then_some(true)), VoteResult::Pending);
+        assert_eq!(majority_vote(&v, |id| Some(id <= 2)), VoteResult::Lost, "a 2-2 split loses");
+        assert_eq!(majority_vote(&v, |id| (id <= 3).then_some(true)), VoteResult::Won);
+        // Two voters: both are needed.
+        let two = set(&[1, 2]);
+        assert_eq!(majority_vote(&two, |id| (id == 1).then_some(true)), VoteResult::Pending);
+        assert_eq!(majority_vote(&two, |id| Some(id == 1)), VoteResult::Lost);
+        // Joint of two even halves: 2 of {1,2,3,4} and 3 of {3,4,5,6}... both must hold.
+        let mut m = Membership::new_voters([1, 2, 3, 4]);
+        m.voters_outgoing = set(&[3, 4, 5, 6]);
+        assert_eq!(joint_committed(&m, acks(&[(1, 7), (2, 7), (3, 7), (4, 1), (5, 1), (6, 1)])), 1);
+        assert_eq!(joint_committed(&m, acks(&[(1, 7), (3, 7), (4, 7), (5, 7), (6, 1)])), 7);
+    }
+
+    #[test]
+    fn learners_never_count() {
+        let mut m = Membership::new_voters([1, 2, 3]);
+        m.learners = set(&[4, 5, 6]);
+        // Learners acknowledging everything do not make a quorum.
+        assert_eq!(joint_committed(&m, acks(&[(1, 9), (4, 9), (5, 9), (6, 9)])), 0);
+        assert_eq!(joint_vote(&m, |id| Some(id == 1 || id >= 4)), VoteResult::Lost);
+        assert_eq!(joint_vote(&m, |id| (id <= 2).then_some(true)), VoteResult::Won);
+        // A joint configuration promoting learner 4 counts it in the incoming half only.
+        m.voters_outgoing = m.voters.clone();
+        m.voters.insert(4);
+        m.learners.remove(&4);
+        assert_eq!(joint_committed(&m, acks(&[(1, 5), (4, 5), (5, 5), (6, 5)])), 0);
+        assert_eq!(joint_committed(&m, acks(&[(1, 5), (2, 5), (4, 5)])), 5);
+        assert_eq!(joint_committed(&m, acks(&[(1, 5), (2, 5)])), 0, "the incoming half of four needs three");
+    }
 }

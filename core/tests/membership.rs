@@ -269,14 +269,34 @@ fn truncating_an_uncommitted_configuration_reverts_it() {
 /// `check_invariants` checks log matching and applied prefixes each round.
 #[test]
 fn randomized_membership_changes_never_elect_two_leaders_in_a_term() {
-    const SEEDS: u64 = 40;
+    randomized(0..150, |_| {}, false);
+}
+
+/// The same with frequent snapshots and compaction: followers that were
+/// partitioned or crashed catch up through snapshot transfers mid-change.
+#[test]
+fn randomized_membership_changes_with_snapshots() {
+    randomized(
+        1000..1100,
+        |cfg| {
+            cfg.snapshot_after_entries = 8;
+            cfg.log_keep_tail_entries = 2;
+            cfg.max_snapshot_chunk_bytes = 64;
+        },
+        true,
+    );
+}
+
+fn randomized(seeds: std::ops::Range<u64>, tweak: impl Fn(&mut tarn_core::Config) + Copy, snapshots: bool) {
+    let mut installs = 0;
     const ROUNDS: usize = 60;
     const NODES: u64 = 6;
     let mut changes_applied = 0;
-    for seed in 0..SEEDS {
-        let mut c = Cluster::new(3, 1000 + seed);
+    let runs = seeds.end - seeds.start;
+    for seed in seeds {
+        let mut c = Cluster::with_config(3, 1000 + seed, tweak);
         for id in 4..=NODES {
-            c.add_node(id, 1000 + seed, |_| {});
+            c.add_node(id, 1000 + seed, tweak);
         }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut next_id = 1_000u64;
@@ -342,6 +362,7 @@ fn randomized_membership_changes_never_elect_two_leaders_in_a_term() {
                 "seed {seed}: member {id} caught up"
             );
         }
+        installs += c.trace.iter().filter(|(_, _, a)| matches!(a, Action::InstallSnapshot { .. })).count();
         changes_applied += c
             .node(leader)
             .applied
@@ -349,5 +370,8 @@ fn randomized_membership_changes_never_elect_two_leaders_in_a_term() {
             .filter(|e| matches!(e.payload, EntryPayload::Membership(_)))
             .count();
     }
-    assert!(changes_applied > SEEDS as usize, "the run exercised membership changes ({changes_applied})");
+    assert!(changes_applied > runs as usize, "the run exercised membership changes ({changes_applied})");
+    if snapshots {
+        assert!(installs > runs as usize / 2, "the run exercised snapshot installs ({installs})");
+    }
 }
