@@ -402,6 +402,13 @@ impl Client {
             *o.iter().next().expect("just inserted")
         };
         let request = Request { client_id: self.inner.client_id, seq, first_unacked_seq, command };
+        // Checked here for a fast, clear error, and again on the server.
+        if let Err(e) = request.validate_from_client(&tarn_kv::KvConfig::default()) {
+            if let Ok(mut o) = self.inner.outstanding.lock() {
+                o.remove(&seq);
+            }
+            return Err(ClientError::Kv(e));
+        }
         let r = self.request(RequestBody::Write(request), false).await;
         if let Ok(mut o) = self.inner.outstanding.lock() {
             // A timed-out write stays outstanding only until we give up on it:

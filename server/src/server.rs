@@ -541,6 +541,12 @@ fn handle_request(
         RequestBody::Write(request) => {
             shared.counters.writes.fetch_add(1, Ordering::Relaxed);
             let group = group.expect("checked above");
+            // A client may not pose as the leader (client id 0, expiry) nor
+            // send what the state machine would refuse: answer without a log entry.
+            if let Err(e) = request.validate_from_client(&shared.config.kv) {
+                send_frame(tx, ServerFrame::Response { id, result: Ok(ResponseBody::Kv(Err(e))) });
+                return;
+            }
             let data = Bytes::from(encode_entry(&KvEntry {
                 leader_time_nanos: wall_clock_nanos(),
                 requests: vec![request],

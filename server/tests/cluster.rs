@@ -224,7 +224,7 @@ async fn auto_lock_holders_take_turns() {
         cluster.client().mkdir("locks").await.unwrap();
         let holders = Arc::new(AtomicI64::new(0));
         let acquired = Arc::new(AtomicU64::new(0));
-        let lease = Duration::from_millis(900);
+        let lease = Duration::from_millis(2000);
         let mut locks = Vec::new();
         for _ in 0..2 {
             let (h1, h2, a) = (holders.clone(), holders.clone(), acquired.clone());

@@ -95,3 +95,39 @@ async fn configuration_errors_are_refused_at_start_with_a_clear_message() {
         Server::start(ServerConfig::cluster(1, &data, free_addr(), other)).await.err().expect("refused");
     assert!(err.to_string().contains("belongs to cluster"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_pose_as_the_leader() {
+    use tarn_kv::{Command, KvError, Request};
+    use tarn_server::protocol::{ClientFrame, RequestBody, ResponseBody};
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let cluster = TestCluster::start(1).await;
+        let client = cluster.client();
+        client.put("t", "v").await.unwrap();
+        let mut s = TcpStream::connect(cluster.endpoints()[0]).await.unwrap();
+        let forged = [
+            Request::system(Command::Remove { key: "t".into() }),
+            Request {
+                client_id: 9,
+                seq: 1,
+                first_unacked_seq: 1,
+                command: Command::Expire { key: "t".into(), arm_id: 1 },
+            },
+        ];
+        for (i, request) in forged.into_iter().enumerate() {
+            let frame = ClientFrame { id: 100 + i as u64, group: 1, body: RequestBody::Write(request) };
+            s.write_all(&wire::encode_frame_vec(&frame, MAX_CLIENT_FRAME_BYTES).unwrap()).await.unwrap();
+            match read_frame(&mut s).await {
+                Some(ServerFrame::Response { result: Ok(ResponseBody::Kv(Err(e))), .. }) => {
+                    assert!(matches!(e, KvError::ReservedClientId | KvError::SystemOnly { .. }), "{e:?}");
+                }
+                other => panic!("expected a kv refusal, got {other:?}"),
+            }
+        }
+        // Nothing changed.
+        assert_eq!(&client.get("t").await.unwrap().unwrap().value[..], b"v");
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
