@@ -375,3 +375,37 @@ fn randomized(seeds: std::ops::Range<u64>, tweak: impl Fn(&mut tarn_core::Config
         assert!(installs > runs as usize / 2, "the run exercised snapshot installs ({installs})");
     }
 }
+
+#[test]
+fn a_node_removed_and_added_again_gets_a_fresh_session() {
+    let mut c = Cluster::new(3, 39);
+    c.elect(1);
+    propose_n(&mut c, 1, 1, 5);
+    c.stabilize();
+    let stale = c
+        .trace
+        .iter()
+        .rev()
+        .find_map(|(_, n, a)| match a {
+            Action::Send { to: 1, message } if *n == 3 && message.body.kind() == "AppendResponse" => {
+                Some(message.clone())
+            }
+            _ => None,
+        })
+        .expect("3 answered appends");
+    c.change_membership(1, 100, &[ConfChange::RemoveNode(3)]);
+    c.run_for(100 * MS);
+    assert!(c.raft(1).status().progress.iter().all(|p| p.0 != 3));
+    c.isolate(3);
+    c.change_membership(1, 101, &[ConfChange::AddLearner(3)]);
+    c.run_for(100 * MS);
+    let match_of_3 = |c: &Cluster| c.raft(1).status().progress.iter().find(|p| p.0 == 3).map(|p| p.1);
+    assert_eq!(match_of_3(&c), Some(0), "a new progress, nothing known");
+    // A response from 3's earlier membership does not move the new progress.
+    c.step(1, tarn_core::Input::Message(stale));
+    assert_eq!(match_of_3(&c), Some(0), "stale session ignored");
+    c.heal();
+    c.run_for(200 * MS);
+    assert_eq!(match_of_3(&c), Some(c.raft(1).last_log_id().index));
+    c.check_invariants();
+}

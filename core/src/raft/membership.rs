@@ -148,16 +148,16 @@ impl RawNode {
         if !removed {
             return;
         }
-        // Hand over to the most caught-up voter so the cluster does not
-        // wait for an election timeout.
+        // Hand over to a voter that holds our whole log (it can win at
+        // once), so the cluster does not wait for an election timeout.
         let l = self.leader.as_ref().expect("leader state on a leader");
-        let best = self
+        let last = self.log.last().index;
+        let best: Option<NodeId> = self
             .membership
             .voters
             .iter()
-            .filter_map(|v| l.progress.get(v).map(|p| (p.match_index, *v)))
-            .max()
-            .map(|(_, v): (_, NodeId)| v);
+            .copied()
+            .find(|v| l.progress.get(v).is_some_and(|p| p.match_index == last));
         if let Some(to) = best {
             self.send(to, MessageBody::TimeoutNow, actions);
         }
