@@ -181,3 +181,31 @@ fn a_learner_added_after_compaction_starts_from_a_snapshot() {
     assert!(c.raft(4).membership().is_learner(4), "the membership came with the log after the snapshot");
     c.check_invariants();
 }
+
+#[test]
+fn membership_and_snapshot_runs_replay_identically() {
+    let mut c = Cluster::with_config(3, 46, small_snapshots);
+    c.add_node(4, 46, small_snapshots);
+    c.elect(1);
+    c.isolate(3);
+    propose_many(&mut c, 1, 1, 40);
+    c.change_membership(1, 500, &[ConfChange::AddLearner(4)]);
+    c.run_for(200 * MS);
+    c.heal();
+    c.run_for(200 * MS);
+    c.change_membership(1, 501, &[ConfChange::PromoteLearner(4), ConfChange::RemoveNode(2)]);
+    c.run_for(300 * MS);
+    assert_eq!(c.raft(1).membership().voters, [1, 3, 4].into_iter().collect());
+    for (&id, node) in &c.nodes {
+        let mut fresh = tarn_core::RawNode::new(node.config.clone(), node.recovered.clone()).unwrap();
+        let mut actions = Vec::new();
+        for (now, input) in &node.inputs {
+            fresh.step(*now, input.clone(), &mut actions);
+        }
+        assert_eq!(actions, node.actions, "node {id}");
+        assert_eq!(fresh.status(), node.raft.status(), "node {id}");
+    }
+    let installs: usize =
+        [3, 4].iter().map(|&id| count_actions(&c, id, |a| matches!(a, Action::InstallSnapshot { .. }))).sum();
+    assert!(installs >= 2, "both 3 and 4 caught up through snapshots ({installs})");
+}
