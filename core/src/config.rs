@@ -270,6 +270,14 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "lease_read");
         c.lease_read = false;
         c.validate().unwrap();
+        let mut c = Config::new(1, 7);
+        c.max_snapshot_chunk_bytes = 0;
+        assert_eq!(c.validate().unwrap_err().field, "max_snapshot_chunk_bytes");
+        let mut c = Config::new(1, 7);
+        c.snapshot_after_entries = 0;
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.field, "snapshot_after_entries");
+        assert!(err.reason.contains("u64::MAX"), "says how to switch it off: {}", err.reason);
     }
 
     #[test]

@@ -145,7 +145,9 @@ pub enum Action {
     /// the state machine with it and discard the whole log (it does not
     /// contain `meta.last_log_id`), after executing the actions before this
     /// one; then answer `Input::SnapshotInstalled { meta }`. Until then the
-    /// core appends nothing.
+    /// core appends nothing. The installed snapshot becomes this node's
+    /// current one: keep serving its chunks (`FetchSnapshotChunk`) until the
+    /// node reports a newer one, in case it leads later.
     InstallSnapshot { meta: SnapshotMeta },
 }
 
