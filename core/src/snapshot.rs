@@ -36,6 +36,10 @@ pub struct Outgoing {
     /// `acked` at the last fast retransmission (one per stall, not one per
     /// duplicate acknowledgement).
     pub rewound_at: Option<u64>,
+    /// Chunks allowed in flight right now (within the configured window):
+    /// one after a retransmission, doubling with every acknowledgement, so a
+    /// loss pattern that matches the window cannot hit the same chunk forever.
+    pub cwnd: usize,
 }
 
 impl Outgoing {
@@ -50,6 +54,7 @@ impl Outgoing {
             len: None,
             last_progress_ns: now,
             rewound_at: None,
+            cwnd: usize::MAX,
         }
     }
 
@@ -60,7 +65,7 @@ impl Outgoing {
     /// May another chunk be read now (window not full, more to read)?
     pub fn can_read(&self, max_inflight_chunks: usize) -> bool {
         self.reading.is_none()
-            && self.inflight.len() < max_inflight_chunks
+            && self.inflight.len() < max_inflight_chunks.min(self.cwnd)
             && self.len.is_none_or(|len| self.next < len)
     }
 
@@ -83,6 +88,7 @@ impl Outgoing {
         self.acked = next_offset;
         self.last_progress_ns = now;
         self.rewound_at = None;
+        self.cwnd = self.cwnd.saturating_mul(2);
         while self.inflight.front().is_some_and(|&(_, end)| end <= next_offset) {
             self.inflight.pop_front();
         }
@@ -97,6 +103,7 @@ impl Outgoing {
         self.inflight.clear();
         self.last_progress_ns = now;
         self.rewound_at = Some(self.acked);
+        self.cwnd = 1;
     }
 }
 
@@ -145,9 +152,23 @@ mod tests {
         o.rewind(3);
         assert_eq!((o.next, o.inflight.len(), o.rewound_at), (10, 0, Some(10)));
         o.reading = Some(10);
-        o.sent(10, 5, true);
-        assert_eq!(o.len, Some(15));
+        o.sent(10, 5, false);
+        assert!(!o.can_read(2), "one chunk at a time after a retransmission");
         assert!(o.acked_to(15, 4));
+        o.reading = Some(15);
+        o.sent(15, 5, false);
+        assert!(o.can_read(2), "the window opens again with acknowledgements");
+        o.reading = Some(20);
+        o.sent(20, 0, true);
+        o.inflight.clear();
+        o.reading = None;
+        o.acked = 20;
+        assert!(!o.can_read(2), "everything read");
+        let mut o = Outgoing::new(7, o.meta.clone(), 0);
+        o.reading = Some(0);
+        o.sent(0, 10, true);
+        assert_eq!(o.len, Some(10));
+        assert!(o.acked_to(10, 4));
         assert!(!o.can_read(2), "everything read");
     }
 }

@@ -209,3 +209,27 @@ fn membership_and_snapshot_runs_replay_identically() {
         [3, 4].iter().map(|&id| count_actions(&c, id, |a| matches!(a, Action::InstallSnapshot { .. }))).sum();
     assert!(installs >= 2, "both 3 and 4 caught up through snapshots ({installs})");
 }
+
+#[test]
+fn a_loss_pattern_matching_the_window_does_not_stall_the_transfer() {
+    // Every third chunk is lost and the window is three chunks: without
+    // slowing down after a retransmission the same chunk would be lost forever.
+    let mut c = Cluster::with_config(3, 47, small_snapshots);
+    c.elect(1);
+    c.isolate(3);
+    propose_many(&mut c, 1, 1, 60);
+    let sent = Rc::new(Cell::new(0u32));
+    let s = sent.clone();
+    c.lose = Some(Box::new(move |_, m| {
+        if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
+            s.set(s.get() + 1);
+            return s.get().is_multiple_of(3);
+        }
+        false
+    }));
+    c.heal();
+    c.run_for(3_000 * MS);
+    assert!(sent.get() >= 9);
+    assert_eq!(c.applied_payloads(3), c.applied_payloads(1));
+    c.check_invariants();
+}
