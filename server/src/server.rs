@@ -15,7 +15,7 @@ use tarn_io::driver::{
     WriteMode,
 };
 use tarn_io::wire::{self, FrameDecoder};
-use tarn_kv::{encode_entry, Command, KvConfig, KvEntry, Reply};
+use tarn_kv::{encode_entry, Command, KvConfig, KvEntry, Reply, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -448,15 +448,30 @@ async fn serve_client(
     });
     let watches: Arc<Mutex<HashMap<u64, (GroupId, u64)>>> = Arc::default();
     let mut decoder = FrameDecoder::new(MAX_CLIENT_FRAME_BYTES);
+    // Writes of one read from the socket, per group: proposed together.
+    let mut writes: HashMap<GroupId, Vec<(u64, Request)>> = HashMap::new();
     'conn: loop {
         loop {
             match decoder.next_frame::<ClientFrame>() {
                 Ok(Some(frame)) => {
                     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-                    handle_request(&shared, frame, &tx, &watches);
+                    match frame {
+                        ClientFrame { id, group, body: RequestBody::Write(request) } => {
+                            writes.entry(group).or_default().push((id, request));
+                        }
+                        other => handle_request(&shared, other, &tx, &watches),
+                    }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    for (group, batch) in writes.drain() {
+                        propose_writes(&shared, group, batch, &tx);
+                    }
+                    break;
+                }
                 Err(e) => {
+                    for (group, batch) in writes.drain() {
+                        propose_writes(&shared, group, batch, &tx);
+                    }
                     shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(client = %addr, error = %e, "bad frame from client; closing its connection");
                     let _ = tx
@@ -510,6 +525,81 @@ fn not_leader(shared: &Shared, group: GroupId, leader: Option<NodeId>) -> Server
     ServerError::NotLeader { node: shared.config.node_id, group, leader }
 }
 
+/// Requests folded into one Raft entry at most (the entry stays well under
+/// the core's `max_size_per_msg_bytes` for ordinary values).
+const MAX_REQUESTS_PER_ENTRY: usize = 1024;
+
+/// Proposes the writes `(request id, request)` for group `g`, many requests
+/// per Raft entry (one log record, one apply, one decode for the lot); each
+/// answer goes back under its own request id.
+fn propose_writes(
+    shared: &Arc<Shared>,
+    g: GroupId,
+    batch: Vec<(u64, Request)>,
+    tx: &mpsc::Sender<ServerFrame>,
+) {
+    shared.counters.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let node_id = shared.config.node_id;
+    let Some(group) = shared.node.group(g) else {
+        for (id, _) in batch {
+            send_frame(
+                tx,
+                ServerFrame::Response {
+                    id,
+                    result: Err(ServerError::NoSuchGroup { node: node_id, group: g }),
+                },
+            );
+        }
+        return;
+    };
+    let mut valid: Vec<(u64, Request)> = Vec::with_capacity(batch.len());
+    for (id, request) in batch {
+        // A client may not pose as the leader (client id 0, expiry) nor send
+        // what the state machine would refuse: answered without a log entry.
+        match request.validate_from_client(&shared.config.kv) {
+            Ok(()) => valid.push((id, request)),
+            Err(e) => send_frame(tx, ServerFrame::Response { id, result: Ok(ResponseBody::Kv(Err(e))) }),
+        }
+    }
+    let mut rest = valid.into_iter().peekable();
+    while rest.peek().is_some() {
+        let (ids, requests): (Vec<u64>, Vec<Request>) = rest.by_ref().take(MAX_REQUESTS_PER_ENTRY).unzip();
+        let data = Bytes::from(encode_entry(&KvEntry { leader_time_nanos: wall_clock_nanos(), requests }));
+        // No task per request: the outcome is framed on the group's task and
+        // queued straight to this connection's writer.
+        let (out, shared) = (tx.clone(), shared.clone());
+        let reply: ProposeFn<KvMachine> = Box::new(move |r| {
+            let error = match r {
+                Ok(Ok(responses)) if responses.len() == ids.len() => {
+                    for (id, response) in ids.into_iter().zip(responses) {
+                        send_frame(
+                            &out,
+                            ServerFrame::Response { id, result: Ok(ResponseBody::Kv(response)) },
+                        );
+                    }
+                    return;
+                }
+                Ok(Ok(r)) => ServerError::Unavailable {
+                    reason: format!("expected {} responses, got {}", ids.len(), r.len()),
+                },
+                Ok(Err(e)) => ServerError::BadRequest { reason: e },
+                Err(ProposeError::NotLeader { leader_hint }) => not_leader(&shared, g, leader_hint),
+                Err(ProposeError::MaybeCommitted { leader_hint }) => {
+                    ServerError::MaybeCommitted { leader: leader_hint }
+                }
+                Err(e) => ServerError::Unavailable { reason: e.to_string() },
+            };
+            for id in ids {
+                send_frame(&out, ServerFrame::Response { id, result: Err(error.clone()) });
+            }
+        });
+        if let Err((data, reply)) = group.try_propose(data, reply) {
+            let group = group.clone();
+            tokio::spawn(async move { group.propose_with(data, reply).await });
+        }
+    }
+}
+
 fn handle_request(
     shared: &Arc<Shared>,
     frame: ClientFrame,
@@ -538,43 +628,7 @@ fn handle_request(
             let body = ResponseBody::Hello { node_id, cluster_id: shared.cluster_id };
             tokio::spawn(respond(Ok(body)));
         }
-        RequestBody::Write(request) => {
-            shared.counters.writes.fetch_add(1, Ordering::Relaxed);
-            let group = group.expect("checked above");
-            // A client may not pose as the leader (client id 0, expiry) nor
-            // send what the state machine would refuse: answer without a log entry.
-            if let Err(e) = request.validate_from_client(&shared.config.kv) {
-                send_frame(tx, ServerFrame::Response { id, result: Ok(ResponseBody::Kv(Err(e))) });
-                return;
-            }
-            let data = Bytes::from(encode_entry(&KvEntry {
-                leader_time_nanos: wall_clock_nanos(),
-                requests: vec![request],
-            }));
-            // No task per request: the outcome is framed on the group's task
-            // and queued straight to this connection's writer.
-            let out = tx.clone();
-            let reply: ProposeFn<KvMachine> = Box::new(move |r| {
-                let result = match r {
-                    Ok(Ok(mut responses)) if responses.len() == 1 => {
-                        Ok(ResponseBody::Kv(responses.pop().expect("len is 1")))
-                    }
-                    Ok(Ok(r)) => Err(ServerError::Unavailable {
-                        reason: format!("expected 1 response, got {}", r.len()),
-                    }),
-                    Ok(Err(e)) => Err(ServerError::BadRequest { reason: e }),
-                    Err(ProposeError::NotLeader { leader_hint }) => Err(not_leader(&shared, g, leader_hint)),
-                    Err(ProposeError::MaybeCommitted { leader_hint }) => {
-                        Err(ServerError::MaybeCommitted { leader: leader_hint })
-                    }
-                    Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),
-                };
-                send_frame(&out, ServerFrame::Response { id, result });
-            });
-            if let Err((data, reply)) = group.try_propose(data, reply) {
-                tokio::spawn(async move { group.propose_with(data, reply).await });
-            }
-        }
+        RequestBody::Write(request) => propose_writes(&shared, g, vec![(id, request)], tx),
         RequestBody::Read { command, consistency } => {
             shared.counters.reads.fetch_add(1, Ordering::Relaxed);
             let group = group.expect("checked above");

@@ -93,3 +93,33 @@ async fn stale_reads_and_status() {
     .await
     .expect("test deadline");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_batched_into_fewer_entries_and_each_applies_once() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let cluster = TestCluster::start(1).await;
+        let client = cluster.client();
+        client.mkdir("c").await.unwrap();
+        let before = client.status().await.unwrap().groups[0].commit;
+        const WRITES: u64 = 500;
+        let mut tasks = Vec::new();
+        for i in 0..WRITES {
+            let c = client.clone();
+            tasks.push(tokio::spawn(async move { c.put(&format!("c.k{i}"), format!("{i}")).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let after = client.status().await.unwrap().groups[0].commit;
+        assert!(after - before < WRITES, "{WRITES} writes took {} entries: not batched", after - before);
+        let children = client.list("c").await.unwrap();
+        assert_eq!(children.len() as u64, WRITES);
+        for c in children {
+            let i: u64 = c.name.trim_start_matches('k').parse().unwrap();
+            assert_eq!(c.node.value, Bytes::from(format!("{i}")));
+        }
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
