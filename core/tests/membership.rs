@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tarn_core::testkit::{Cluster, Outcome};
-use tarn_core::{Action, ConfChange, ConfChangeError, DropReason, EntryPayload, Membership, NodeId, Role};
+use tarn_core::{
+    Action, ConfChange, ConfChangeError, DropReason, EntryPayload, Membership, MessageBody, NodeId, Role,
+};
 
 const MS: u64 = 1_000_000;
 
@@ -457,5 +459,36 @@ fn a_node_removed_and_added_again_gets_a_fresh_session() {
     c.heal();
     c.run_for(200 * MS);
     assert_eq!(match_of_3(&c), Some(c.raft(1).last_log_id().index));
+    c.check_invariants();
+}
+
+#[test]
+fn a_new_leader_finishes_a_joint_change_its_predecessor_started() {
+    let mut c = Cluster::new(3, 40);
+    c.elect(1);
+    c.add_node(4, 40, |_| {});
+    // 1's C(new) never leaves it: 1 appends it and crashes.
+    c.lose = Some(Box::new(|_, m| match &m.body {
+        MessageBody::AppendEntries { entries, .. } => {
+            entries.iter().any(|e| matches!(&e.payload, EntryPayload::Membership(m) if !m.is_joint()))
+        }
+        _ => false,
+    }));
+    c.change_membership(1, 100, &[ConfChange::AddVoter(4), ConfChange::RemoveNode(3)]);
+    c.run_for(100 * MS);
+    assert!(!c.raft(1).membership().is_joint(), "1 appended C(new)");
+    assert!(c.raft(2).membership().is_joint(), "the others only have C(old,new)");
+    c.crash(1);
+    c.lose = None;
+    c.run_for(2_000 * MS);
+    let leader = c.leader().expect("a majority of both halves is up");
+    assert_ne!(leader, 1);
+    for id in [2, 4] {
+        let m = c.raft(id).membership();
+        assert_eq!((m.voters.clone(), m.is_joint()), (set(&[1, 2, 4]), false), "node {id}");
+    }
+    c.restart(1);
+    c.run_for(500 * MS);
+    assert_eq!(c.raft(1).membership().voters, set(&[1, 2, 4]));
     c.check_invariants();
 }
