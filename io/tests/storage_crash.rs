@@ -27,6 +27,8 @@ fn config_with(mode: WriteMode) -> StorageConfig {
     let mut c = StorageConfig::new("/data", 7, 1);
     c.segment_size_bytes = 512;
     c.max_entry_size_bytes = 256;
+    // Small enough that flushes get padding records inside 512-byte segments.
+    c.write_alignment_bytes = 128;
     c.write_mode = mode;
     c
 }

@@ -93,6 +93,7 @@ fn run_seed(seed: u64) {
     cfg.max_entry_size_bytes = 512;
     cfg.segment_size_bytes = rng.gen_range(74..300) * 8;
     cfg.write_mode = if rng.gen_bool(0.5) { WriteMode::Sync } else { WriteMode::Async };
+    cfg.write_alignment_bytes = [0, 64, 512, 4096][rng.gen_range(0..4)];
     let mut s = Storage::open(Arc::new(vfs.clone()), cfg.clone()).unwrap();
     s.open_group(GROUP).unwrap();
     let mut model = Model { base: LogId::ZERO, entries: Vec::new(), snapshot: None };

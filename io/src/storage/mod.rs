@@ -83,7 +83,16 @@ pub struct StorageConfig {
     pub async_sync_interval_ms: u64,
     /// Largest snapshot [`Storage::read_snapshot`] will load into memory.
     pub max_snapshot_size_bytes: u64,
+    /// Async mode: a flush's write of at least this many bytes is padded
+    /// (with a skipped padding record) to end on a multiple of this, so the
+    /// next flush never rewrites a page under background writeback; 0 turns
+    /// it off; sync mode never pads. A multiple of [`RECORD_ALIGNMENT_BYTES`], at most
+    /// [`MAX_WRITE_ALIGNMENT_BYTES`].
+    pub write_alignment_bytes: u64,
 }
+
+/// Upper bound on [`StorageConfig::write_alignment_bytes`].
+pub const MAX_WRITE_ALIGNMENT_BYTES: u64 = 1 << 20;
 
 impl StorageConfig {
     pub fn new(dir: impl Into<PathBuf>, cluster_id: u64, node_id: NodeId) -> Self {
@@ -96,6 +105,7 @@ impl StorageConfig {
             write_mode: WriteMode::Sync,
             async_sync_interval_ms: 10,
             max_snapshot_size_bytes: 4 << 30,
+            write_alignment_bytes: 4096,
         }
     }
 
@@ -125,6 +135,15 @@ impl StorageConfig {
                 self.segment_size_bytes, self.max_entry_size_bytes
             ));
         }
+        if !self.write_alignment_bytes.is_multiple_of(RECORD_ALIGNMENT_BYTES)
+            || self.write_alignment_bytes > MAX_WRITE_ALIGNMENT_BYTES
+        {
+            return bad(format!(
+                "write_alignment_bytes {} must be a multiple of {RECORD_ALIGNMENT_BYTES} and at most \
+                 {MAX_WRITE_ALIGNMENT_BYTES} (0 turns padding off)",
+                self.write_alignment_bytes
+            ));
+        }
         if self.write_mode == WriteMode::Async && self.async_sync_interval_ms == 0 {
             return bad("async_sync_interval_ms must be positive in async write mode".into());
         }
@@ -135,6 +154,12 @@ impl StorageConfig {
         LogLimits {
             segment_size_bytes: self.segment_size_bytes,
             max_entry_size_bytes: self.max_entry_size_bytes,
+            // Only async mode pads: in sync mode every flush waits for its
+            // fdatasync, so the next one never finds a page under writeback.
+            write_alignment_bytes: match self.write_mode {
+                WriteMode::Async => self.write_alignment_bytes,
+                WriteMode::Sync => 0,
+            },
         }
     }
 }

@@ -32,6 +32,10 @@ pub const MAX_FRAMED_PAYLOAD_BYTES: u32 = LEN_MASK;
 pub const KIND_BLANK: u8 = 1;
 pub const KIND_NORMAL: u8 = 2;
 pub const KIND_MEMBERSHIP: u8 = 3;
+/// Filler that carries no entry: ends a flush's write on a page boundary so
+/// the next flush never rewrites a page the kernel may be writing back.
+/// Recovery and reads skip it; it is checksummed like any record.
+pub const KIND_PADDING: u8 = 4;
 
 pub const fn align_up(n: u64) -> u64 {
     n.div_ceil(RECORD_ALIGNMENT_BYTES) * RECORD_ALIGNMENT_BYTES
@@ -84,6 +88,20 @@ pub fn encode(entry: &Entry, buf: &mut Vec<u8>) -> usize {
     end - start
 }
 
+/// Appends a padding record of exactly `size_bytes` (a multiple of the
+/// record alignment, at least a header) to `buf`.
+pub fn encode_padding(size_bytes: usize, buf: &mut Vec<u8>) {
+    assert!(size_bytes >= RECORD_HEADER_BYTES && (size_bytes as u64).is_multiple_of(RECORD_ALIGNMENT_BYTES));
+    let start = buf.len();
+    buf.resize(start + size_bytes, 0);
+    let payload_len = (size_bytes - RECORD_HEADER_BYTES) as u32;
+    assert!(payload_len <= LEN_MASK, "padding is bounded by the alignment");
+    let len_and_kind = payload_len | (KIND_PADDING as u32) << KIND_SHIFT;
+    buf[start + 4..start + 8].copy_from_slice(&len_and_kind.to_le_bytes());
+    let crc = crc32c::crc32c(&buf[start + 4..]);
+    buf[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// A record that passed its checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordView<'a> {
@@ -113,7 +131,7 @@ pub fn parse(bytes: &[u8], max_payload_bytes: u32) -> Option<RecordView<'_>> {
     let len_and_kind = u32_at(bytes, 4);
     let kind = (len_and_kind >> KIND_SHIFT) as u8;
     let payload_len = len_and_kind & LEN_MASK;
-    if !(KIND_BLANK..=KIND_MEMBERSHIP).contains(&kind) || payload_len > max_payload_bytes {
+    if !(KIND_BLANK..=KIND_PADDING).contains(&kind) || payload_len > max_payload_bytes {
         return None;
     }
     let end = RECORD_HEADER_BYTES + payload_len as usize;
@@ -145,6 +163,7 @@ pub fn decode(record: &RecordView<'_>) -> Result<Entry, String> {
             let membership = postcard::from_bytes(body).map_err(|e| format!("bad membership: {e}"))?;
             EntryPayload::Membership(membership)
         }
+        KIND_PADDING => return Err("padding record where an entry belongs".into()),
         other => return Err(format!("unknown entry kind {other} (length {})", body.len())),
     };
     Ok(Entry { term: record.term, index: record.index, payload })
@@ -196,6 +215,19 @@ mod tests {
         assert!(parse(&[0u8; 64], 1 << 20).is_none());
         assert!(parse(&buf, 4).is_none(), "payload bound");
         assert_eq!(record_size_bytes(64), 88, "a 64-byte entry needs no padding");
+    }
+
+    #[test]
+    fn padding_records_parse_and_are_not_entries() {
+        let mut buf = Vec::new();
+        encode_padding(24, &mut buf);
+        encode_padding(4096, &mut buf);
+        assert_eq!(buf.len(), 4120);
+        let first = parse(&buf, 1 << 20).unwrap();
+        assert_eq!((first.kind, first.size_bytes), (KIND_PADDING, 24));
+        let second = parse(&buf[24..], 1 << 20).unwrap();
+        assert_eq!((second.kind, second.size_bytes), (KIND_PADDING, 4096));
+        assert!(decode(&second).is_err());
     }
 
     #[test]
