@@ -51,3 +51,32 @@ fn trace_prints_every_event() {
     assert!(stdout.lines().filter(|l| l.contains("AppendEntries")).count() > 10, "{stdout}");
     assert!(stdout.contains("role Leader"), "no election in the trace");
 }
+
+/// A failing seed: exit code 3 (safety), the property, the last events and
+/// the one-line replay command; replaying gives the same failure.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn a_safety_failure_prints_seed_property_trace_and_replay_command() {
+    let args = [
+        "--seed",
+        "0",
+        "--profile",
+        "chaos",
+        "--sim-seconds",
+        "5",
+        "--planted-bug",
+        "forget-to-persist-vote",
+    ];
+    let (code, stdout, stderr) = tarn_sim(&args);
+    assert_eq!(code, 3, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("FAIL seed=0 kind=safety property=vote-durability"), "{stderr}");
+    assert!(stderr.contains("last 60 events (virtual time):"), "{stderr}");
+    let replay = stderr.lines().find(|l| l.trim_start().starts_with("replay: ")).expect("replay line");
+    assert!(
+        replay.contains("--seed 0") && replay.contains("--planted-bug forget-to-persist-vote"),
+        "{replay}"
+    );
+    assert!(stdout.contains("seeds=1 failed=1"), "{stdout}");
+    let (code_again, _, stderr_again) = tarn_sim(&args);
+    assert_eq!((code_again, stderr_again), (code, stderr));
+}
