@@ -160,11 +160,12 @@ impl ConfState {
     /// Recovery: `latest` is the newest configuration in the log (or the
     /// snapshot's). Configuration entries of `tail` above `commit` are the
     /// uncommitted history; the configuration before them is the newest one
-    /// at or below `commit` in `tail`, else `base` (the snapshot's or the
-    /// initial configuration) when `tail` covers everything after it. If the
-    /// tail cannot tell, `latest` is taken as committed (a later truncation of
-    /// those entries then cannot revert them; the driver avoids this by
-    /// handing over a tail that starts at or below the commit index).
+    /// at or below `commit` in `tail`, else `base` (the snapshot's, at its
+    /// index, or `Recovered::initial_membership` at index 0) when `tail`
+    /// covers everything after it. If nothing can tell, `latest` is taken as
+    /// committed (a later truncation of those entries then cannot revert them;
+    /// drivers avoid this by handing over `initial_membership` and a tail that
+    /// starts at or below the commit index).
     pub fn recover(
         latest: Membership,
         base: Option<(Index, Membership)>,

@@ -204,12 +204,31 @@ pub struct Recovered {
     pub tail: Vec<Entry>,
     /// The state machine has already applied up to here (e.g. its snapshot).
     pub applied: Index,
+    /// The configuration the group was created with (before any membership
+    /// entry), if known. With no snapshot, it is what an uncommitted
+    /// configuration entry in the recovered log reverts to when a new leader
+    /// truncates it; unknown (`None`), such an entry is taken as committed.
+    pub initial_membership: Option<Membership>,
 }
 
 impl Recovered {
     /// A brand-new node of a brand-new cluster with `voters`.
     pub fn new_cluster(voters: impl IntoIterator<Item = NodeId>) -> Recovered {
-        Recovered { membership: Membership::new_voters(voters), ..Default::default() }
+        let membership = Membership::new_voters(voters);
+        Recovered { initial_membership: Some(membership.clone()), membership, ..Default::default() }
+    }
+
+    /// Like [`Recovered::from_log`], from the group's initial configuration:
+    /// the configuration in force is the newest membership entry of `log`,
+    /// else `initial`.
+    pub fn from_log_and_initial(hard_state: HardState, initial: Membership, log: Vec<Entry>) -> Recovered {
+        let latest = log.iter().rev().find_map(|e| match &e.payload {
+            crate::types::EntryPayload::Membership(m) => Some(m.clone()),
+            _ => None,
+        });
+        let mut r = Recovered::from_log(hard_state, latest.unwrap_or_else(|| initial.clone()), log);
+        r.initial_membership = Some(initial);
+        r
     }
 
     /// Recovered state from a whole log (no snapshot) held in memory.
@@ -228,6 +247,7 @@ impl Recovered {
             term_starts,
             tail: log,
             applied: 0,
+            initial_membership: None,
         }
     }
 }

@@ -142,9 +142,13 @@ impl RawNode {
         config.validate()?;
         let bad = |reason: String| ConfigError { field: "recovered", reason };
         let snapshot = recovered.snapshot.as_ref().map_or(LogId::ZERO, |s| s.last_log_id);
+        let base = match &recovered.snapshot {
+            Some(s) => Some((s.last_log_id.index, s.membership.clone())),
+            None => recovered.initial_membership.clone().map(|m| (0, m)),
+        };
         let conf = ConfState::recover(
             recovered.membership.clone(),
-            recovered.snapshot.as_ref().map(|s| (s.last_log_id.index, s.membership.clone())),
+            base,
             &recovered.tail,
             recovered.hard_state.commit,
         );

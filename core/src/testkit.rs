@@ -202,7 +202,7 @@ impl Cluster {
         for (id, hs, log) in logs {
             let mut config = Config::new(id, seed);
             tweak(&mut config);
-            let recovered = Recovered::from_log(hs, membership.clone(), log.clone());
+            let recovered = Recovered::from_log_and_initial(hs, membership.clone(), log.clone());
             let raft = RawNode::new(config.clone(), recovered.clone()).expect("valid test configuration");
             let node = Node {
                 raft,
@@ -632,12 +632,12 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).expect("known node");
         let (recovered, applied) = match &node.snapshot {
             None => {
-                let membership =
-                    membership_of(&node.durable_log).unwrap_or_else(|| self.initial_membership.clone());
-                (
-                    Recovered::from_log(node.durable_hard_state, membership, node.durable_log.clone()),
-                    Vec::new(),
-                )
+                let log = node.durable_log.clone();
+                // The configuration this node started with (empty for a node
+                // added later: it learns the configuration from the log).
+                let initial =
+                    node.recovered.initial_membership.clone().unwrap_or(self.initial_membership.clone());
+                (Recovered::from_log_and_initial(node.durable_hard_state, initial, log), Vec::new())
             }
             Some((meta, entries)) => {
                 let s = meta.last_log_id.index as usize;

@@ -492,3 +492,32 @@ fn a_new_leader_finishes_a_joint_change_its_predecessor_started() {
     assert_eq!(c.raft(1).membership().voters, set(&[1, 2, 4]));
     c.check_invariants();
 }
+
+#[test]
+fn an_uncommitted_first_configuration_reverts_after_a_restart() {
+    // The recovered log holds a configuration entry above the commit index
+    // and no committed one: the initial configuration is the base.
+    let mut c = Cluster::new(3, 41);
+    c.elect(1);
+    c.add_node(4, 41, |_| {});
+    c.isolate(1);
+    c.change_membership(1, 100, &[ConfChange::AddLearner(4)]);
+    c.stabilize();
+    c.crash(1);
+    c.restart(1);
+    assert!(c.raft(1).membership().is_learner(4), "recovered from the log");
+    c.run_for(1_000 * MS);
+    let leader = c.leader().expect("2 or 3 leads");
+    assert_ne!(leader, 1);
+    c.propose(leader, 200, b"overwrite");
+    c.stabilize();
+    c.heal();
+    c.run_for(500 * MS);
+    assert!(c.applied_payloads(1).contains(&b"overwrite".to_vec()));
+    assert_eq!(
+        c.raft(1).membership(),
+        &Membership::new_voters([1, 2, 3]),
+        "reverted to the initial configuration"
+    );
+    c.check_invariants();
+}

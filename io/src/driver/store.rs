@@ -173,6 +173,7 @@ impl LogStore for FileStore {
             term_starts,
             tail: tail.into(),
             applied: 0,
+            initial_membership: Some(initial.clone()),
         })
     }
 
