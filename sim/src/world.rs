@@ -88,7 +88,7 @@ impl std::fmt::Display for StorageKind {
 const GROUP: u64 = 1;
 const CLUSTER_ID: u64 = 0x7a_726e;
 /// Small segments so runs roll over many of them (and sync directories).
-const SEGMENT_SIZE_BYTES: u64 = 256 * 1024;
+const SEGMENT_SIZE_BYTES: u64 = 64 * 1024;
 const MAX_ENTRY_SIZE_BYTES: u32 = 32 * 1024;
 /// A node whose disk failed at startup tries again after this long.
 const RESTART_RETRY_NS: Nanos = 50 * NANOS_PER_MILLI;
