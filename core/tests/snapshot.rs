@@ -233,3 +233,61 @@ fn a_loss_pattern_matching_the_window_does_not_stall_the_transfer() {
     assert_eq!(c.applied_payloads(3), c.applied_payloads(1));
     c.check_invariants();
 }
+
+/// Driver answers that do not match anything the core asked for (wrong
+/// offsets, snapshots, followers; installs never requested; snapshots the
+/// state machine cannot have taken; random membership requests) are ignored
+/// or refused: nothing panics and the safety checks keep holding.
+#[test]
+fn mismatched_driver_inputs_are_ignored() {
+    let mut c = Cluster::with_config(3, 48, small_snapshots);
+    c.elect(1);
+    c.isolate(3);
+    propose_many(&mut c, 1, 1, 40);
+    c.heal();
+    let mut rng = ChaCha8Rng::seed_from_u64(48);
+    for round in 0..400u64 {
+        let id = 1 + rng.next_u64() % 3;
+        let index = rng.next_u64() % 80;
+        let term = rng.next_u64() % 4;
+        let meta = tarn_core::SnapshotMeta {
+            last_log_id: LogId::new(term, index),
+            membership: tarn_core::Membership::new_voters([1, 2, 3]),
+        };
+        let input = match rng.next_u32() % 4 {
+            0 => Input::SnapshotChunkRead {
+                to: 1 + rng.next_u64() % 4,
+                snapshot: meta.last_log_id,
+                offset: rng.next_u64() % 500,
+                data: (rng.next_u32() % 2 == 0).then(|| bytes::Bytes::from_static(b"junk")),
+                done: rng.next_u32() % 2 == 0,
+            },
+            1 => Input::SnapshotInstalled { meta },
+            2 => Input::SnapshotCreated { meta },
+            _ => Input::ChangeMembership {
+                id: 10_000 + round,
+                changes: vec![match rng.next_u32() % 4 {
+                    0 => ConfChange::AddVoter(rng.next_u64() % 6),
+                    1 => ConfChange::AddLearner(rng.next_u64() % 6),
+                    2 => ConfChange::RemoveNode(rng.next_u64() % 6),
+                    _ => ConfChange::PromoteLearner(rng.next_u64() % 6),
+                }],
+            },
+        };
+        c.step(id, input);
+        if round % 20 == 0 {
+            c.run_for(50 * MS);
+            c.check_invariants();
+        }
+    }
+    c.heal();
+    c.run_for(1_000 * MS);
+    c.check_invariants();
+    let leader = c.leader().expect("a leader");
+    c.propose(leader, 99_999, b"still works");
+    c.run_for(500 * MS);
+    let m = c.raft(leader).membership().clone();
+    for id in m.members().into_iter().filter(|id| c.nodes.contains_key(id)) {
+        assert!(c.applied_payloads(id).contains(&b"still works".to_vec()), "member {id}");
+    }
+}
