@@ -291,3 +291,32 @@ fn mismatched_driver_inputs_are_ignored() {
         assert!(c.applied_payloads(id).contains(&b"still works".to_vec()), "member {id}");
     }
 }
+
+#[test]
+fn a_lost_install_acknowledgement_does_not_stall_replication() {
+    let mut c = Cluster::with_config(3, 49, small_snapshots);
+    c.elect(1);
+    c.isolate(3);
+    propose_many(&mut c, 1, 1, 60);
+    let dropped = Rc::new(Cell::new(false));
+    let d = dropped.clone();
+    // Drop 3's first success answer after its install.
+    c.lose = Some(Box::new(move |to, m| {
+        let ack = to == 1
+            && m.from == 3
+            && matches!(m.body, MessageBody::AppendResponse { result: Ok(i), .. } if i >= 60);
+        if ack && !d.get() {
+            d.set(true);
+            return true;
+        }
+        false
+    }));
+    c.heal();
+    c.run_for(1_000 * MS);
+    assert!(dropped.get(), "the acknowledgement was lost");
+    c.propose(1, 1000, b"after");
+    c.run_for(200 * MS);
+    assert!(c.applied_payloads(3).contains(&b"after".to_vec()), "replication resumed");
+    assert_eq!(count_actions(&c, 3, |a| matches!(a, Action::InstallSnapshot { .. })), 1, "installed once");
+    c.check_invariants();
+}

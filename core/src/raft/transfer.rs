@@ -181,11 +181,20 @@ impl RawNode {
         let stall = Progress::STALLED_HEARTBEATS_MAX * self.cfg.heartbeat_interval_ns;
         let Some(l) = self.leader.as_mut() else { return };
         let Some(t) = l.transfers.get_mut(&from) else { return };
-        if now.saturating_sub(t.last_progress_ns) >= stall {
-            t.rewind(now);
-            t.rewound_at = None;
-            self.pump_snapshot(from, actions);
+        if now.saturating_sub(t.last_progress_ns) < stall {
+            return;
         }
+        if t.len == Some(t.acked) {
+            // Every byte arrived but no install acknowledgement: it was lost
+            // (or the follower restarted). Start over: a follower that
+            // installed answers the first chunk with its match at once.
+            l.transfers.remove(&from);
+            self.send_appends(from, true, actions);
+            return;
+        }
+        t.rewind(now);
+        t.rewound_at = None;
+        self.pump_snapshot(from, actions);
     }
 
     /// Leader, on a successful append response: a follower that reports a
