@@ -22,7 +22,14 @@ use tarn_sim::world::RunConfig;
 ///   tarn-sim --seed 42 --trace            replay seed 42, printing every event
 ///   tarn-sim --seeds 50 --check-determinism
 #[derive(Parser, Debug)]
-#[command(name = "tarn-sim", version, verbatim_doc_comment)]
+#[command(
+    name = "tarn-sim",
+    version,
+    verbatim_doc_comment,
+    after_help = "Exit codes: 0 all seeds passed; 2 bad arguments; 3 safety violation; 4 liveness failure; \
+                  5 panic; 6 linearizability check too big to decide; 7 nondeterminism. A sweep exits with \
+                  the code of its lowest failing seed; every failure prints its replay command."
+)]
 struct Args {
     /// Run exactly this seed (replays a failure bit for bit).
     #[arg(long, conflicts_with = "seeds")]
