@@ -110,9 +110,9 @@ impl RawNode {
         self.next_session = next_session;
     }
 
-    /// After every step: fold committed configurations, then (leader) leave a
-    /// committed joint configuration, or step down if a committed
-    /// configuration no longer has this node as a voter.
+    /// After every step: fold committed configurations, then (leader, with
+    /// `auto_leave_joint`) propose C(new) once C(old,new) is committed.
+    /// Stepping down when removed happens after `Apply` (see below).
     pub(super) fn after_step_membership(&mut self, actions: &mut Vec<Action>) {
         self.conf.commit_to(self.log.committed());
         if self.role != Role::Leader || self.conf.has_pending() {
