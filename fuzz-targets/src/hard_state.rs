@@ -27,6 +27,8 @@ pub const GROUP: GroupId = 3;
 pub const DATA_DIR: &str = "/data";
 /// Entries in the log under the hard state (commit is clamped to it).
 pub const LOG_ENTRIES: u64 = 5;
+pub const SEGMENT_SIZE_BYTES: u64 = 4096;
+pub const MAX_ENTRY_SIZE_BYTES: u32 = 256;
 /// Longest hard-state file the target builds (the real one is 1 KiB).
 pub const FILE_MAX_BYTES: usize = 4096;
 
@@ -66,8 +68,13 @@ fn reseal(file: &mut [u8], at: usize) {
     }
 }
 
-fn config() -> StorageConfig {
-    StorageConfig::new(DATA_DIR, 1, 1)
+/// Small segments: the engine creates (and recovery scans) the first
+/// segment at open, and the default 64 MiB one would cost ~1 s per input.
+pub fn config() -> StorageConfig {
+    let mut config = StorageConfig::new(DATA_DIR, 1, 1);
+    config.segment_size_bytes = SEGMENT_SIZE_BYTES;
+    config.max_entry_size_bytes = MAX_ENTRY_SIZE_BYTES;
+    config
 }
 
 /// A disk holding the group with `LOG_ENTRIES` entries and a hard state.

@@ -20,6 +20,7 @@ use tarn_io::storage::{FlushReport, Storage};
 use tarn_io::vfs::{MemVfs, Vfs};
 use tarn_io::wire::{encode_frame, encode_frame_vec, Envelope, PeerFrame};
 use tarn_kv::{encode_entry, encode_request, encode_response, Command, KvEntry, KvStateMachine, Request};
+use tarn_server::protocol::{ClientFrame, Consistency, RequestBody, ResponseBody, ServerError, ServerFrame};
 
 use crate::snapshot_decode::{frame_chunks, FLAG_KV, FLAG_RESEAL, SEED_CHUNK_TARGET_BYTES};
 use crate::wire_frame::{Frame, FUZZ_MAX_FRAME_BYTES};
@@ -143,16 +144,39 @@ fn wire_seeds() -> Vec<Seed> {
         let mut bytes = vec![4u8];
         bytes.extend(encode_response(&response));
         out.push(("wire_frame", format!("kv-response-{k}"), bytes));
+        let server = ServerFrame::Response { id: k as u64, result: Ok(ResponseBody::Kv(response)) };
+        let mut bytes = vec![6u8];
+        encode_frame(&server, FUZZ_MAX_FRAME_BYTES, &mut bytes).expect("sample encodes");
+        out.push(("wire_frame", format!("server-response-{k}"), bytes));
     }
+    let client_frames = [
+        ("write", RequestBody::Write(sample_requests()[1].clone())),
+        (
+            "read",
+            RequestBody::Read { command: Command::List { key: "a".into() }, consistency: Consistency::Stale },
+        ),
+        ("watch", RequestBody::Watch { key: "a".into(), subtree: true, after_index: Some(3) }),
+    ];
+    for (name, body) in client_frames {
+        let mut bytes = vec![5u8];
+        encode_frame(&ClientFrame { id: 9, group: 1, body }, FUZZ_MAX_FRAME_BYTES, &mut bytes)
+            .expect("encodes");
+        out.push(("wire_frame", format!("client-{name}"), bytes));
+    }
+    let not_leader = ServerFrame::Response {
+        id: 4,
+        result: Err(ServerError::NotLeader { node: 1, group: 1, leader: Some(2) }),
+    };
+    let mut bytes = vec![6u8];
+    encode_frame(&not_leader, FUZZ_MAX_FRAME_BYTES, &mut bytes).expect("encodes");
+    out.push(("wire_frame", "server-not-leader".into(), bytes));
     out
 }
 
 /// The hard-state file after `updates` hard-state writes.
 fn hard_state_file(updates: u64) -> Vec<u8> {
     let vfs = MemVfs::new();
-    let mut storage =
-        Storage::open(Arc::new(vfs.clone()), tarn_io::storage::StorageConfig::new("/data", 1, 1))
-            .expect("fresh disk");
+    let mut storage = Storage::open(Arc::new(vfs.clone()), hard_state::config()).expect("fresh disk");
     storage.open_group(hard_state::GROUP).expect("group");
     let mut report = FlushReport::default();
     for k in 1..=updates {

@@ -4,8 +4,10 @@
 //! - 0: one peer frame (`PeerFrame<tarn_core::Message>`) with `decode_frame`;
 //! - 1: a stream of peer frames through `FrameDecoder`, fed in pieces, which
 //!   must agree frame for frame with `decode_frame` over the whole buffer;
-//! - 2, 3, 4: the kv client payloads (`decode_request`, `decode_entry`,
-//!   `decode_response`).
+//! - 2, 3, 4: the kv payloads (`decode_request`, `decode_entry`,
+//!   `decode_response`);
+//! - 5, 6: one client-protocol frame, `ClientFrame` (what a server reads
+//!   from a client) and `ServerFrame` (what a client reads from a server).
 //!
 //! Properties: no panic; no single allocation above the frame bound
 //! ([`FUZZ_MAX_FRAME_BYTES`]) however large a length the input claims;
@@ -16,6 +18,10 @@
 use tarn_core::Message;
 use tarn_io::wire::{decode_frame, encode_frame_vec, FrameDecoder, PeerFrame, WireError, FRAME_LEN_BYTES};
 use tarn_kv::{decode_entry, decode_request, decode_response, encode_entry, encode_request, encode_response};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tarn_server::protocol::{ClientFrame, ServerFrame};
 
 use crate::alloc_probe::measure;
 
@@ -32,17 +38,22 @@ pub type Frame = PeerFrame<Message>;
 
 pub fn wire_frame(data: &[u8]) {
     let Some((&selector, input)) = data.split_first() else { return };
-    match selector % 5 {
-        0 => one_frame(input),
+    match selector % 7 {
+        0 => one_frame::<Frame>(input),
         1 => stream(input),
         2 => versioned(input, decode_request, encode_request),
         3 => versioned(input, decode_entry, encode_entry),
-        _ => versioned(input, decode_response, encode_response),
+        4 => versioned(input, decode_response, encode_response),
+        5 => one_frame::<ClientFrame>(input),
+        _ => one_frame::<ServerFrame>(input),
     }
 }
 
-fn one_frame(input: &[u8]) {
-    let (decoded, largest) = measure(|| decode_frame::<Frame>(input, FUZZ_MAX_FRAME_BYTES));
+fn one_frame<T>(input: &[u8])
+where
+    T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let (decoded, largest) = measure(|| decode_frame::<T>(input, FUZZ_MAX_FRAME_BYTES));
     assert!(largest <= FUZZ_MAX_FRAME_BYTES, "decode_frame allocated {largest} bytes at once");
     if let Ok(Some((frame, used))) = decoded {
         assert!((FRAME_LEN_BYTES + 1..=input.len()).contains(&used), "consumed {used} of {}", input.len());
@@ -51,7 +62,10 @@ fn one_frame(input: &[u8]) {
 }
 
 /// Re-encodes a decoded frame and checks the round trip properties.
-fn check_frame_round_trip(frame: &Frame, original: &[u8]) {
+fn check_frame_round_trip<T>(frame: &T, original: &[u8])
+where
+    T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+{
     let encoded = encode_frame_vec(frame, FUZZ_MAX_FRAME_BYTES).expect("a decoded frame re-encodes");
     assert!(
         encoded.len() <= original.len(),
@@ -59,7 +73,7 @@ fn check_frame_round_trip(frame: &Frame, original: &[u8]) {
         encoded.len(),
         original.len()
     );
-    let (again, used) = decode_frame::<Frame>(&encoded, FUZZ_MAX_FRAME_BYTES)
+    let (again, used) = decode_frame::<T>(&encoded, FUZZ_MAX_FRAME_BYTES)
         .expect("a re-encoded frame decodes")
         .expect("a re-encoded frame is whole");
     assert_eq!(used, encoded.len());
@@ -126,5 +140,40 @@ where
         let again = decode(&encoded).expect("a re-encoded payload decodes");
         assert_eq!(again, value, "decode -> encode -> decode changed the value");
         assert_eq!(encode(&again), encoded, "encoding is not a fixed point");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Why the round trip is checked on values, not bytes: postcard accepts
+    /// overlong varints (here `0x80 0x00` for 0), so two byte strings decode
+    /// to one message; the encoder always writes the shortest form.
+    #[test]
+    fn overlong_varints_decode_and_re_encode_shorter() {
+        let hello: Frame = PeerFrame::Hello { cluster_id: 0, from: 1, to: 2 };
+        let canonical = encode_frame_vec(&hello, FUZZ_MAX_FRAME_BYTES).unwrap();
+        // [len u32][version][variant 0][cluster_id 0][from 1][to 2]
+        assert_eq!(canonical[FRAME_LEN_BYTES..], [1, 0, 0, 1, 2]);
+        let mut overlong = vec![0u8; FRAME_LEN_BYTES];
+        overlong.extend_from_slice(&[1, 0, 0x80, 0x00, 1, 2]);
+        let len = (overlong.len() - FRAME_LEN_BYTES) as u32;
+        overlong[..FRAME_LEN_BYTES].copy_from_slice(&len.to_le_bytes());
+        let (decoded, _) = decode_frame::<Frame>(&overlong, FUZZ_MAX_FRAME_BYTES).unwrap().unwrap();
+        assert_eq!(decoded, hello);
+        wire_frame(&[&[0u8][..], &overlong].concat());
+    }
+
+    #[test]
+    fn a_huge_claimed_sequence_length_allocates_at_most_the_bound() {
+        // AppendEntries claiming u32::MAX entries in a tiny frame.
+        let mut body = vec![1u8, 1, 1, 2, 3, 4, 5, 2, 3];
+        body.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F]);
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let (decoded, largest) = measure(|| decode_frame::<Frame>(&frame, FUZZ_MAX_FRAME_BYTES));
+        assert!(decoded.is_err());
+        assert!(largest <= FUZZ_MAX_FRAME_BYTES, "{largest}");
     }
 }
