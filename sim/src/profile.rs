@@ -54,6 +54,8 @@ pub struct FaultIntervals {
     pub pause_ns: Nanos,
     pub clock_jump_ns: Nanos,
     pub transfer_leader_ns: Nanos,
+    /// Membership changes: take a voter out, add it back as a learner, promote it.
+    pub membership_ns: Nanos,
 }
 
 /// Everything a run's faults and workload depend on, drawn from the seed.
@@ -159,6 +161,7 @@ impl Profile {
             pause_ns: interval(rng),
             clock_jump_ns: interval(rng),
             transfer_leader_ns: interval(rng),
+            membership_ns: 0,
         };
         let latency_min_ns = rng.between(50 * NANOS_PER_MICRO, 2 * NANOS_PER_MILLI);
         let net = NetConfig {
@@ -177,7 +180,7 @@ impl Profile {
             rng.between(0, 100_000) as i64
         };
         let disk_latency_min_ns = rng.between(10 * NANOS_PER_MICRO, NANOS_PER_MILLI);
-        Profile {
+        let mut profile = Profile {
             kind: ProfileKind::Swarm,
             net,
             intervals,
@@ -201,7 +204,10 @@ impl Profile {
             client_random_target_ppm: rng.swarm_ppm(PPM / 3, PPM / 2),
             client_timeout_ns: rng.between(100 * NANOS_PER_MILLI, NANOS_PER_SECOND),
             crash_mid_flush_ppm: rng.swarm_ppm(PPM / 2, 3_000),
-        }
+        };
+        // Drawn last so that adding it did not reshuffle the knobs above.
+        profile.intervals.membership_ns = interval(rng);
+        profile
     }
 
     fn chaos(rng: &mut SimRng) -> Profile {
@@ -218,6 +224,7 @@ impl Profile {
             pause_ns: every,
             clock_jump_ns: if p.lease_read { 0 } else { every },
             transfer_leader_ns: every,
+            membership_ns: every,
         };
         p.net.drop_ppm = PPM / 20;
         p.net.duplicate_ppm = PPM / 20;

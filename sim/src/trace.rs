@@ -28,6 +28,7 @@ pub enum TraceKind {
     Heal,
     ClockJump,
     Transfer,
+    Membership,
     Invoke,
     Complete,
     Apply,
@@ -82,6 +83,15 @@ impl fmt::Display for TraceEvent {
             TraceKind::Heal => write!(f, "network healed"),
             TraceKind::ClockJump => write!(f, "n{n}: clock jumps +{}us", a / 1_000),
             TraceKind::Transfer => write!(f, "n{n}: asked to transfer leadership to n{a}"),
+            TraceKind::Membership => {
+                let what = match a {
+                    1 => "remove",
+                    2 => "add as learner",
+                    3 => "promote learner",
+                    _ => "add as voter",
+                };
+                write!(f, "n{n}: proposes membership change: {what} n{b}")
+            }
             TraceKind::Invoke => write!(f, "client {a}: invoke op #{b} at n{n}"),
             TraceKind::Complete => write!(f, "client {a}: complete op #{b} (result code {c})"),
             TraceKind::Apply => write!(f, "n{n}: applied up to index {a} (term {b})"),

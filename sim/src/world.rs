@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tarn_core::{
-    Action, Config, DropReason, Entry, EntryPayload, HardState, Index, Input, LogId, Membership, Message,
-    MessageBody, Nanos, NodeId, RawNode, Recovered, Role, Term,
+    Action, ConfChange, Config, DropReason, Entry, EntryPayload, HardState, Index, Input, LogId, Membership,
+    Message, MessageBody, Nanos, NodeId, RawNode, Recovered, Role, Term,
 };
 use tarn_kv::{encode_entry, EventKind, KvConfig, KvEntry, KvStateMachine, WatchId, WatchPoll};
 
@@ -225,9 +225,10 @@ enum Fault {
     Pause,
     ClockJump,
     TransferLeader,
+    Membership,
 }
 
-const FAULTS: [Fault; 9] = [
+const FAULTS: [Fault; 10] = [
     Fault::Partition,
     Fault::OneWayPartition,
     Fault::Isolate,
@@ -237,6 +238,7 @@ const FAULTS: [Fault; 9] = [
     Fault::Pause,
     Fault::ClockJump,
     Fault::TransferLeader,
+    Fault::Membership,
 ];
 
 #[derive(Debug)]
@@ -354,6 +356,8 @@ pub struct World {
     entry_ids: HashMap<(Term, Index), u64>,
     /// The whole-tree watch stream, as (index, key hash, event hash).
     watch_stream: Vec<(Index, u64, u64)>,
+    /// The smallest voter set (either half of a joint one) appended so far.
+    voters_min: usize,
     /// Every vote granted: (voter, term) -> candidate.
     votes: HashMap<(NodeId, Term), NodeId>,
     /// For each read in flight: the highest commit index any node knew when
@@ -527,6 +531,7 @@ impl World {
             applied_log: Vec::new(),
             entry_ids: HashMap::new(),
             watch_stream: Vec::new(),
+            voters_min: config.nodes,
             votes: HashMap::new(),
             read_floor: HashMap::new(),
             failure: None,
@@ -554,8 +559,10 @@ impl World {
         }
     }
 
+    /// The smallest majority any configuration of the run needed: a
+    /// committed entry is durable on at least this many nodes.
     fn majority(&self) -> usize {
-        self.nodes.len() / 2 + 1
+        self.voters_min / 2 + 1
     }
 
     fn raft_config(&self, idx: usize) -> Config {
@@ -804,7 +811,11 @@ impl World {
         let recovered = if log.is_empty() && hs == HardState::default() {
             Recovered::new_cluster(membership.voters.iter().copied())
         } else {
-            Recovered::from_log(hs, membership, log)
+            let latest = log.iter().rev().find_map(|e| match &e.payload {
+                EntryPayload::Membership(m) => Some(m.clone()),
+                _ => None,
+            });
+            Recovered::from_log(hs, latest.unwrap_or(membership), log)
         };
         match RawNode::new(config, recovered) {
             Ok(raw) => {
@@ -1153,6 +1164,16 @@ impl World {
                     }
                 }
                 let Some(last) = entries.last().map(Entry::log_id) else { return };
+                for e in &entries {
+                    if let EntryPayload::Membership(m) = &e.payload {
+                        let smallest = if m.is_joint() {
+                            m.voters.len().min(m.voters_outgoing.len())
+                        } else {
+                            m.voters.len()
+                        };
+                        self.voters_min = self.voters_min.min(smallest.max(1));
+                    }
+                }
                 let n = &mut self.nodes[idx];
                 let first = entries[0].index;
                 if first <= n.acked_log.index {
@@ -1597,6 +1618,17 @@ impl World {
                 }
             }
             Fault::TransferLeader => i.transfer_leader_ns,
+            Fault::Membership => {
+                // With one voter out and a bad disk retired, a 3-node cluster
+                // would have no majority left: that is not a bug to find.
+                let bad_disk =
+                    self.nodes.iter().any(|n| n.engine.as_ref().is_some_and(|e| e.vfs.is_bad_disk()));
+                if self.nodes.len() >= 4 || (self.nodes.len() == 3 && !bad_disk) {
+                    i.membership_ns
+                } else {
+                    0
+                }
+            }
         }
     }
 
@@ -1713,7 +1745,46 @@ impl World {
                     self.step(l, Input::TransferLeadership { to: to as NodeId + 1 });
                 }
             }
+            Fault::Membership => self.change_membership(),
         }
+    }
+
+    /// One step of a membership cycle, proposed at the leader: take a voter
+    /// out, add it back as a learner, promote it. At most one node is out of
+    /// the voter set at a time, so a majority of the nodes stays enough.
+    fn change_membership(&mut self) {
+        let now = self.now();
+        let Some(l) = self
+            .nodes
+            .iter()
+            .position(|n| n.raw.as_ref().is_some_and(|r| r.role() == Role::Leader) && n.paused_until <= now)
+        else {
+            return;
+        };
+        let Some(raw) = self.nodes[l].raw.as_ref() else { return };
+        let m = raw.membership().clone();
+        if m.is_joint() {
+            return;
+        }
+        let all: Vec<NodeId> = (1..=self.nodes.len() as NodeId).collect();
+        let change = if let Some(&learner) = m.learners.iter().next() {
+            ConfChange::PromoteLearner(learner)
+        } else if let Some(&out) = all.iter().find(|id| !m.contains(**id)) {
+            ConfChange::AddLearner(out)
+        } else {
+            let victim = *self.rng_ops.pick(&all);
+            ConfChange::RemoveNode(victim)
+        };
+        let id = self.next_attempt;
+        self.next_attempt += 1;
+        let (kind, node) = match change {
+            ConfChange::RemoveNode(n) => (1, n),
+            ConfChange::AddLearner(n) => (2, n),
+            ConfChange::PromoteLearner(n) => (3, n),
+            ConfChange::AddVoter(n) => (4, n),
+        };
+        self.record(l as u64 + 1, TraceKind::Membership, kind, node, 0);
+        self.step(l, Input::ChangeMembership { id, changes: vec![change] });
     }
 
     fn end_of_faults(&mut self) {
