@@ -36,8 +36,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::{
-    ClientFrame, Consistency, NodeStatus, RequestBody, ResponseBody, ServerError, ServerFrame, DEFAULT_GROUP,
-    MAX_CLIENT_FRAME_BYTES,
+    ClientFrame, Consistency, MemberChange, NodeStatus, RequestBody, ResponseBody, ServerError, ServerFrame,
+    DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES,
 };
 
 /// How a client behaves.
@@ -736,6 +736,11 @@ impl Client {
     /// Asks the group's leader to hand leadership to node `to`.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ClientError> {
         self.request(RequestBody::TransferLeader { to }, false).await.map(drop)
+    }
+
+    /// Changes the group's membership on its leader; resolves once complete.
+    pub async fn change_membership(&self, changes: Vec<MemberChange>) -> Result<(), ClientError> {
+        self.request(RequestBody::ChangeMembership { changes }, false).await.map(drop)
     }
 
     /// Starts group `group` with `voters` on every endpoint (each must be a voter).

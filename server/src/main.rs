@@ -13,7 +13,7 @@ use tarn_io::driver::WriteMode;
 use tarn_kv::{ChildView, EventKind, LockOutcome, NodeKind, NodeView, WatchEvent};
 use tarn_server::bench::{self, BenchConfig};
 use tarn_server::client::{Client, ClientConfig, ClientError};
-use tarn_server::protocol::{Consistency, NodeStatus, DEFAULT_GROUP};
+use tarn_server::protocol::{Consistency, MemberChange, NodeStatus, DEFAULT_GROUP};
 use tarn_server::server::{Server, ServerConfig, DEFAULT_CLIENT_ADDR, DEFAULT_DATA_DIR};
 
 /// Exit code for "the key does not exist".
@@ -155,6 +155,9 @@ enum Cmd {
     /// Add or remove Raft groups at runtime (multi-raft).
     #[command(subcommand)]
     Group(GroupCmd),
+    /// Change the members of a group (the nodes must be in every node's --cluster list).
+    #[command(subcommand)]
+    Member(MemberCmd),
     /// Load generator: throughput and latency percentiles (defaults mirror Dongting's benchmark).
     Bench(BenchArgs),
 }
@@ -169,6 +172,20 @@ enum GroupCmd {
     },
     /// Stop group ID and delete its data on every endpoint.
     Remove { id: GroupId },
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberCmd {
+    /// Add node ID as a voter (or, with --learner, as a learner to promote later).
+    Add {
+        id: NodeId,
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove node ID (voter or learner) from the group.
+    Remove { id: NodeId },
+    /// Make learner ID a voter (refused while it lags too far behind).
+    Promote { id: NodeId },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -488,6 +505,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             done(json);
             Ok(())
         }
+        Cmd::Member(cmd) => {
+            let change = match cmd {
+                MemberCmd::Add { id, learner: true } => MemberChange::AddLearner(id),
+                MemberCmd::Add { id, learner: false } => MemberChange::AddVoter(id),
+                MemberCmd::Remove { id } => MemberChange::Remove(id),
+                MemberCmd::Promote { id } => MemberChange::Promote(id),
+            };
+            client().change_membership(vec![change]).await?;
+            done(json);
+            Ok(())
+        }
         Cmd::Bench(args) => bench_cmd(args, client_config, json).await,
     }
 }
@@ -770,7 +798,7 @@ fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
     println!("node {} at {endpoint} (cluster {:#x})", s.node_id, s.cluster_id);
     for g in &s.groups {
         println!(
-            "  group {}: {} term {} leader {} commit {} applied {} last {} voters {:?}{}",
+            "  group {}: {} term {} leader {} commit {} applied {} last {} voters {:?} learners {:?}{}",
             g.group,
             g.role,
             g.term,
@@ -779,6 +807,7 @@ fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
             g.applied,
             g.last_log_id.index,
             g.voters,
+            g.learners,
             g.error.as_deref().map_or(String::new(), |e| format!(" ERROR: {e}"))
         );
         for (id, m, lag) in &g.followers {

@@ -61,6 +61,44 @@ pub enum RequestBody {
     AddGroup { voters: Vec<NodeId> },
     /// Admin: stop hosting the group and delete its data on this node.
     RemoveGroup,
+    /// Admin: change the group's membership (sent to the leader). Nodes must
+    /// be in every node's `--cluster` list (that is where peer addresses come from).
+    ChangeMembership { changes: Vec<MemberChange> },
+}
+
+/// One membership change (see `tarn_core::ConfChange`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Join as a voter directly (prefer learner, then promote).
+    AddVoter(NodeId),
+    /// Join as a learner: replicates, never votes.
+    AddLearner(NodeId),
+    /// A voter or learner leaves.
+    Remove(NodeId),
+    /// A learner becomes a voter (refused while it lags too far behind).
+    Promote(NodeId),
+}
+
+impl From<MemberChange> for tarn_core::ConfChange {
+    fn from(c: MemberChange) -> Self {
+        match c {
+            MemberChange::AddVoter(id) => tarn_core::ConfChange::AddVoter(id),
+            MemberChange::AddLearner(id) => tarn_core::ConfChange::AddLearner(id),
+            MemberChange::Remove(id) => tarn_core::ConfChange::RemoveNode(id),
+            MemberChange::Promote(id) => tarn_core::ConfChange::PromoteLearner(id),
+        }
+    }
+}
+
+impl MemberChange {
+    pub fn node(&self) -> NodeId {
+        match *self {
+            MemberChange::AddVoter(id)
+            | MemberChange::AddLearner(id)
+            | MemberChange::Remove(id)
+            | MemberChange::Promote(id) => id,
+        }
+    }
 }
 
 /// Server → client.
@@ -109,6 +147,7 @@ pub struct GroupStatus {
     pub applied: Index,
     pub last_log_id: LogId,
     pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
     /// On the leader: (follower, match index, lag in entries).
     pub followers: Vec<(NodeId, Index, u64)>,
     pub error: Option<String>,

@@ -23,8 +23,8 @@ use tokio::task::JoinHandle;
 
 use crate::machine::{KvMachine, WatchDelivery};
 use crate::protocol::{
-    ClientFrame, Consistency, GroupStatus, NodeStatus, RequestBody, ResponseBody, ServerError, ServerFrame,
-    DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES,
+    ClientFrame, Consistency, GroupStatus, MemberChange, NodeStatus, RequestBody, ResponseBody, ServerError,
+    ServerFrame, DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES,
 };
 
 /// Default client address of `tarn serve`.
@@ -731,6 +731,13 @@ fn handle_request(
                 respond(add_group(&shared, g, voters).await).await;
             });
         }
+        RequestBody::ChangeMembership { changes } => {
+            let group = group.expect("checked above");
+            tokio::spawn(async move {
+                let result = change_membership(&shared, g, &group, changes).await;
+                respond(result).await;
+            });
+        }
         RequestBody::RemoveGroup => {
             tokio::spawn(async move {
                 respond(remove_group(&shared, g).await).await;
@@ -772,6 +779,31 @@ async fn add_group(shared: &Shared, g: GroupId, voters: Vec<NodeId>) -> Result<R
     Ok(ResponseBody::Done)
 }
 
+async fn change_membership(
+    shared: &Arc<Shared>,
+    g: GroupId,
+    group: &GroupHandle<KvMachine>,
+    changes: Vec<MemberChange>,
+) -> Result<ResponseBody, ServerError> {
+    let cluster = &shared.config.cluster;
+    if let Some(c) =
+        changes.iter().find(|c| c.node() != shared.config.node_id && !cluster.contains_key(&c.node()))
+    {
+        return Err(ServerError::BadRequest {
+            reason: format!(
+                "node {} has no peer address here; list it in --cluster on every node first",
+                c.node()
+            ),
+        });
+    }
+    match group.change_membership(changes.into_iter().map(Into::into).collect()).await {
+        Ok(()) => Ok(ResponseBody::Done),
+        Err(ProposeError::NotLeader { leader_hint }) => Err(not_leader(shared, g, leader_hint)),
+        Err(ProposeError::Refused { reason }) => Err(ServerError::BadRequest { reason }),
+        Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),
+    }
+}
+
 async fn remove_group(shared: &Shared, g: GroupId) -> Result<ResponseBody, ServerError> {
     shared.node.remove_group(g).await.map_err(|e| ServerError::BadRequest { reason: e.to_string() })?;
     persist_groups(shared, |groups| {
@@ -800,15 +832,23 @@ async fn node_status(shared: &Shared) -> NodeStatus {
         let Some(handle) = shared.node.group(g) else { continue };
         let info = handle.info();
         let status = handle.status().await;
-        let (voters, followers) = match &status {
+        let (voters, learners, followers) = match &status {
             Some(s) => (
-                s.membership.voters.iter().copied().collect(),
+                s.membership
+                    .voters
+                    .iter()
+                    .chain(&s.membership.voters_outgoing)
+                    .copied()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                s.membership.learners.iter().copied().collect(),
                 s.progress
                     .iter()
                     .map(|(id, m, _, _)| (*id, *m, s.last_log_id.index.saturating_sub(*m)))
                     .collect(),
             ),
-            None => (Vec::new(), Vec::new()),
+            None => (Vec::new(), Vec::new(), Vec::new()),
         };
         groups.push(GroupStatus {
             group: g,
@@ -819,6 +859,7 @@ async fn node_status(shared: &Shared) -> NodeStatus {
             applied: info.applied,
             last_log_id: info.last_log_id,
             voters,
+            learners,
             followers,
             error: info.error.clone(),
         });

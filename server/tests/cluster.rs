@@ -292,3 +292,44 @@ async fn transfer_leader_moves_leadership_and_writes_follow() {
     .await
     .expect("test deadline");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_removed_added_as_learners_and_promoted() {
+    use tarn_server::protocol::MemberChange;
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let cluster = TestCluster::start(3).await;
+        let client = cluster.client();
+        client.put("m", "1").await.unwrap();
+        let leader = cluster.leader().await;
+        let other = (1..=3).find(|&n| n != leader).unwrap();
+        let voters = |cluster: &TestCluster| {
+            let s = cluster.servers[&leader].group(1).unwrap();
+            async move { s.status().await.map(|s| (s.membership.voters.clone(), s.membership.learners.clone())) }
+        };
+        client.change_membership(vec![MemberChange::Remove(other)]).await.unwrap();
+        let (v, _) = voters(&cluster).await.unwrap();
+        assert!(!v.contains(&other) && v.len() == 2, "{v:?}");
+        // Two voters still commit.
+        client.put("m", "2").await.unwrap();
+        client.change_membership(vec![MemberChange::AddLearner(other)]).await.unwrap();
+        let (_, l) = voters(&cluster).await.unwrap();
+        assert!(l.contains(&other), "{l:?}");
+        // Promotion is refused while the learner lags: retry until it has caught up.
+        poll_until("the learner to be promoted", || {
+            let client = client.clone();
+            async move { client.change_membership(vec![MemberChange::Promote(other)]).await.ok() }
+        })
+        .await;
+        let (v, l) = voters(&cluster).await.unwrap();
+        assert!(v.contains(&other) && v.len() == 3 && l.is_empty(), "{v:?} {l:?}");
+        client.put("m", "3").await.unwrap();
+        // A node without a peer address is refused with a clear error.
+        let err = client.change_membership(vec![MemberChange::AddLearner(9)]).await.unwrap_err();
+        assert!(err.to_string().contains("--cluster"), "{err}");
+        let status = cluster.client().status_of(0).await.unwrap();
+        assert_eq!(status.groups[0].voters.len(), 3);
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}

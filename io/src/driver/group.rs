@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tarn_core::{
-    Action, DropReason, EntryPayload, GroupId, Input, Message, Nanos, NodeId, Proposal, RawNode, Role, Status,
+    Action, ConfChange, DropReason, EntryPayload, GroupId, Input, Message, Nanos, NodeId, Proposal, RawNode,
+    Role, Status,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
@@ -34,6 +35,7 @@ pub(crate) enum GroupInput<SM: StateMachine> {
     Propose { data: Bytes, reply: ProposeFn<SM> },
     Read { linearizable: bool, f: ReadFn<SM> },
     TransferLeader { to: NodeId },
+    ChangeMembership { changes: Vec<ConfChange>, reply: oneshot::Sender<Result<(), ProposeError>> },
     Status { reply: oneshot::Sender<Status> },
     Stop,
 }
@@ -70,6 +72,7 @@ impl<SM: StateMachine> GroupTask<SM> {
         let mut actions: Vec<Action> = Vec::new();
         let mut next_id: u64 = 1;
         let mut proposals: HashMap<u64, ProposeFn<SM>> = HashMap::new();
+        let mut membership_changes: HashMap<u64, oneshot::Sender<Result<(), ProposeError>>> = HashMap::new();
         // Reads waiting on one core barrier id.
         let mut reads: HashMap<u64, Vec<ReadFn<SM>>> = HashMap::new();
         let mut batch_proposals: Vec<Proposal> = Vec::new();
@@ -151,6 +154,12 @@ impl<SM: StateMachine> GroupTask<SM> {
                     GroupInput::TransferLeader { to } => {
                         self.raw.step(t, Input::TransferLeadership { to }, &mut actions)
                     }
+                    GroupInput::ChangeMembership { changes, reply } => {
+                        let id = next_id;
+                        next_id += 1;
+                        membership_changes.insert(id, reply);
+                        self.raw.step(t, Input::ChangeMembership { id, changes }, &mut actions);
+                    }
                     GroupInput::Status { reply } => {
                         let _ = reply.send(self.raw.status());
                     }
@@ -222,7 +231,10 @@ impl<SM: StateMachine> GroupTask<SM> {
                                 }
                                 if ids.peek().is_some_and(|(i, _)| *i == entry.index) {
                                     let (_, id) = ids.next().expect("peeked");
-                                    if let (Some(reply), Some(r)) = (proposals.remove(&id), response) {
+                                    if let Some(reply) = membership_changes.remove(&id) {
+                                        // The entry that completes a membership change.
+                                        let _ = reply.send(Ok(()));
+                                    } else if let (Some(reply), Some(r)) = (proposals.remove(&id), response) {
                                         reply(Ok(r));
                                     }
                                 }
@@ -250,6 +262,8 @@ impl<SM: StateMachine> GroupTask<SM> {
                         Action::ProposalDropped { id, reason } => {
                             if let Some(reply) = proposals.remove(&id) {
                                 reply(Err(propose_error(reason)));
+                            } else if let Some(reply) = membership_changes.remove(&id) {
+                                let _ = reply.send(Err(propose_error(reason)));
                             }
                         }
                         Action::RoleChanged { role, term, leader } => {
@@ -289,6 +303,9 @@ impl<SM: StateMachine> GroupTask<SM> {
         let reason = failed.clone().unwrap_or_else(|| "group stopped".into());
         for (_, reply) in proposals.drain() {
             reply(Err(ProposeError::Stopped { reason: reason.clone() }));
+        }
+        for (_, reply) in membership_changes.drain() {
+            let _ = reply.send(Err(ProposeError::Stopped { reason: reason.clone() }));
         }
         for (_, fs) in reads.drain() {
             for f in fs {

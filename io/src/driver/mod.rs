@@ -53,7 +53,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tarn_core::{GroupId, Index, LogId, Membership, Message, NodeId, RawNode, Role, Status, Term};
+use tarn_core::{
+    ConfChange, GroupId, Index, LogId, Membership, Message, NodeId, RawNode, Role, Status, Term,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -267,6 +269,16 @@ impl<SM: StateMachine> GroupHandle<SM> {
             .send(GroupInput::TransferLeader { to })
             .await
             .map_err(|_| ProposeError::Stopped { reason: self.stopped() })
+    }
+
+    /// Changes the group's membership (leader only); resolves once the
+    /// change is complete (after the joint step when voters change) or refused.
+    pub async fn change_membership(&self, changes: Vec<ConfChange>) -> Result<(), ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(GroupInput::ChangeMembership { changes, reply }).await.is_err() {
+            return Err(ProposeError::Stopped { reason: self.stopped() });
+        }
+        rx.await.unwrap_or_else(|_| Err(ProposeError::Stopped { reason: self.stopped() }))
     }
 
     /// The core's full status (members, progress of followers on a leader).
