@@ -84,3 +84,18 @@ fn modelled_storage_runs_pass_too() {
     template.storage = tarn_sim::world::StorageKind::Model;
     assert_all_pass(&template, 700, 6);
 }
+
+/// Regression: these chaos seeds once lost acknowledged entries. A node's
+/// first storage open failed (injected EIO) before the group directory was
+/// fsynced; the retry found the segment by name and acknowledged appends into
+/// it, and a power loss then took the never-durable name with them. The engine
+/// now fsyncs the directories on every open.
+#[test]
+fn storage_open_makes_found_names_durable() {
+    let template = config(ProfileKind::Chaos, 5, 10);
+    for seed in [50802, 50846] {
+        let outcome = run_seed(&template, seed, false);
+        assert!(!outcome.failed(), "{}", describe_failure(&template, &outcome));
+        assert!(outcome.report.max_commit > 0, "seed {seed}: nothing committed");
+    }
+}
