@@ -71,14 +71,14 @@ pub fn decode(b: &[u8]) -> Slot {
 /// Picks the newest valid slot. `Err` when both slots are damaged: one torn
 /// write cannot do that, so it is bit rot and the vote may be lost.
 ///
-/// `Err` too when the newest slot's sequence number is `u64::MAX`: no run
-/// of updates gets there, and the next update could not be numbered above
-/// it (found by the `hard_state` fuzz target: the engine panicked on the
-/// overflow, and a wrapped number would lose the update).
+/// Sequence numbers compare as serial numbers (RFC 1982), so the pair
+/// stays ordered across the wrap from `u64::MAX` to 0: the two slots always
+/// differ by one, far inside half the number space. (The `hard_state` fuzz
+/// target found that any fixed ceiling only moves the refusal by one.)
 pub fn choose(a: Slot, b: Slot) -> Result<(u64, HardState), &'static str> {
     let chosen = match (a, b) {
         (Slot::Valid { seq: sa, hard_state: ha }, Slot::Valid { seq: sb, hard_state: hb }) => {
-            if sa >= sb {
+            if sa == sb || seq_is_newer(sa, sb) {
                 (sa, ha)
             } else {
                 (sb, hb)
@@ -90,12 +90,14 @@ pub fn choose(a: Slot, b: Slot) -> Result<(u64, HardState), &'static str> {
         (Slot::Empty, _) | (_, Slot::Empty) => (0, HardState::default()),
         (Slot::Damaged, Slot::Damaged) => return Err("both hard state slots are damaged"),
     };
-    if chosen.0 == u64::MAX {
-        return Err(
-            "the newest hard state slot has sequence number u64::MAX, which no run of updates reaches",
-        );
-    }
     Ok(chosen)
+}
+
+/// Whether sequence number `a` was written after `b` (RFC 1982 serial
+/// number order; meaningful while they are less than 2^63 apart, and the
+/// engine's are at most one apart).
+pub fn seq_is_newer(a: u64, b: u64) -> bool {
+    (a.wrapping_sub(b) as i64) > 0
 }
 
 #[cfg(test)]
@@ -117,8 +119,14 @@ mod tests {
         assert_eq!(choose(Slot::Empty, Slot::Empty), Ok((0, HardState::default())));
         assert_eq!(choose(Slot::Damaged, Slot::Empty), Ok((0, HardState::default())));
         assert!(choose(Slot::Damaged, Slot::Damaged).is_err());
-        let exhausted = Slot::Valid { seq: u64::MAX, hard_state: new };
-        assert!(choose(exhausted, a).is_err(), "an exhausted sequence number is refused");
+        // Across the wrap: MAX is newer than MAX - 1, and 0 newer than MAX.
+        let at_max = decode(&encode(u64::MAX, &new));
+        let before_max = decode(&encode(u64::MAX - 1, &old));
+        assert_eq!(choose(before_max, at_max), Ok((u64::MAX, new)));
+        let wrapped = decode(&encode(0, &old));
+        assert_eq!(choose(at_max, wrapped), Ok((0, old)));
+        assert_eq!(choose(wrapped, at_max), Ok((0, old)));
+        assert_ne!(slot_offset(u64::MAX), slot_offset(0), "the wrap still alternates slots");
         assert_eq!(slot_offset(7), HARD_STATE_SLOT_STRIDE_BYTES);
         assert_eq!(slot_offset(8), 0);
     }

@@ -236,7 +236,8 @@ impl GroupStore {
         let Some(hs) = self.hs_staged.take() else {
             return Ok(false);
         };
-        let seq = self.hs_seq + 1;
+        // Wraps after u64::MAX; the slots compare as serial numbers.
+        let seq = self.hs_seq.wrapping_add(1);
         let slot = hard_state::encode(seq, &hs);
         if let Err(e) = self.hs_file.write_at(&slot, hard_state::slot_offset(seq)) {
             return Err(self.log.poison("write hard state", &self.hs_path, e));
@@ -265,7 +266,7 @@ impl GroupStore {
         if seq == self.hs_seq {
             self.hs_unsynced = false;
         }
-        if seq > self.hs_durable_seq {
+        if hard_state::seq_is_newer(seq, self.hs_durable_seq) {
             self.hs_durable = hs;
             self.hs_durable_seq = seq;
         }
