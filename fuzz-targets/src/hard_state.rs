@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tarn_core::{Entry, EntryPayload, GroupId, HardState};
-use tarn_io::storage::hard_state::{HARD_STATE_SLOT_BYTES, HARD_STATE_SLOT_STRIDE_BYTES};
+use tarn_io::storage::hard_state::{seq_is_newer, HARD_STATE_SLOT_BYTES, HARD_STATE_SLOT_STRIDE_BYTES};
 use tarn_io::storage::{FlushReport, Storage, StorageConfig, StorageError};
 use tarn_io::vfs::{MemVfs, Vfs};
 
@@ -122,14 +122,17 @@ pub fn hard_state(data: &[u8]) {
         return;
     }
     let expected = match (read_slot(&file, 0), read_slot(&file, second)) {
-        (Slot::Valid(sa, a), Slot::Valid(sb, b)) => Some(if sa >= sb { (sa, a) } else { (sb, b) }),
+        // Serial-number order (RFC 1982): the pair stays ordered across the
+        // wrap from u64::MAX to 0.
+        (Slot::Valid(sa, a), Slot::Valid(sb, b)) => {
+            Some(if sa == sb || seq_is_newer(sa, sb) { (sa, a) } else { (sb, b) })
+        }
         (Slot::Valid(s, h), _) | (_, Slot::Valid(s, h)) => Some((s, h)),
         (Slot::Empty, _) | (_, Slot::Empty) => Some((0, HardState::default())),
         (Slot::Damaged, Slot::Damaged) => None,
     };
-    // No valid slot (both damaged), or a sequence number that cannot be
-    // followed by another: refused as corruption of the hard-state file.
-    let Some((seq, mut hs)) = expected.filter(|&(seq, _)| seq != u64::MAX) else {
+    // No valid slot (both damaged): refused as corruption of the hard-state file.
+    let Some((seq, mut hs)) = expected else {
         match opened {
             Err(StorageError::Corruption { path: p, .. }) => assert_eq!(p, path),
             other => panic!("{expected:?} must be a corruption error, got {other:?}"),
@@ -140,13 +143,8 @@ pub fn hard_state(data: &[u8]) {
     let recovered = opened.unwrap_or_else(|e| panic!("slot {seq} holds {hs:?}, but recovery failed: {e}"));
     assert_eq!(recovered.hard_state, hs, "recovery did not pick the newest valid slot (seq {seq})");
 
-    // An update on top of whatever survived must be what the next open sees.
-    // Known issue (fuzz/known-issues/hard_state-seq-max-minus-1, notes of
-    // issue 8): from seq u64::MAX - 1 the next write takes u64::MAX, which
-    // recovery refuses; fixing it needs wrap-aware sequence numbers in io.
-    if seq >= u64::MAX - 1 {
-        return;
-    }
+    // An update on top of whatever survived must be what the next open sees,
+    // including when its sequence number wraps past u64::MAX.
     let update = HardState { term: hs.term.saturating_add(1), vote: Some(2), commit: hs.commit };
     storage.stage_hard_state(GROUP, update).expect("stage");
     let mut report = FlushReport::default();

@@ -4,11 +4,22 @@
 
 /// `hard_state`: a well-formed slot with sequence number `u64::MAX` made the
 /// engine panic on the next hard-state write (`hs_seq + 1` overflowed), and a
-/// wrapped number would have lost that write behind the old slot. Recovery
-/// now refuses such a file as corruption of the hard-state file.
+/// plainly wrapped number would have lost that write behind the old slot.
+/// Slots now compare as serial numbers (RFC 1982): the state is recovered and
+/// the next write, numbered 0, is what the next open sees.
 #[test]
-fn hard_state_slot_with_exhausted_sequence_number_is_refused() {
+fn hard_state_slot_with_max_sequence_number_wraps_safely() {
     let input = include_bytes!("../../fuzz/corpus/hard_state/seed-resealed-max-seq");
+    tarn_fuzz_targets::hard_state(input);
+}
+
+/// `hard_state`: the first fix refused a slot numbered `u64::MAX`, which only
+/// moved the failure by one: from `u64::MAX - 1` the next write took
+/// `u64::MAX` and the next open refused the file. Fixed by the serial-number
+/// comparison in io's `hard_state::choose`.
+#[test]
+fn hard_state_write_numbered_max_is_recovered() {
+    let input = include_bytes!("../../fuzz/corpus/hard_state/regress-seq-max-minus-1");
     tarn_fuzz_targets::hard_state(input);
 }
 
