@@ -55,22 +55,7 @@ pub const TTLS: &[Nanos] = &[0, 5, 10, 30, 60, 120, 400, 1_000, 5_000];
 /// The kv configuration of the fuzz targets: the model-check bounds, small
 /// enough that the fuzzer meets every one of them.
 pub fn config() -> KvConfig {
-    KvConfig {
-        max_key_size_bytes: 16,
-        max_value_size_bytes: 8,
-        max_batch_items: 4,
-        min_ttl_nanos: 10,
-        max_ttl_nanos: 1_000,
-        max_lock_waiters: 2,
-        session_ttl_nanos: 400,
-        session_sweep_interval_nanos: 50,
-        max_sessions: 6,
-        max_session_responses: 4,
-        watch_history_max_events: 1_000_000,
-        watch_queue_max_events: 1_000_000,
-        expire_retry_nanos: 20,
-        ..KvConfig::default()
-    }
+    tarn_kv::model::small_bounds_config()
 }
 
 #[derive(Arbitrary, Debug, Clone)]

@@ -697,3 +697,25 @@ impl Checked {
         assert_eq!(self.events_seen, self.model.events.len(), "model emitted events the machine did not");
     }
 }
+
+/// Bounds small enough that random command streams (the property tests and
+/// the `kv_apply` fuzz target) meet every one of them: key and value sizes,
+/// batch size, TTL range, lock waiters, session count and expiry.
+pub fn small_bounds_config() -> KvConfig {
+    KvConfig {
+        max_key_size_bytes: 16,
+        max_value_size_bytes: 8,
+        max_batch_items: 4,
+        min_ttl_nanos: 10,
+        max_ttl_nanos: 1_000,
+        max_lock_waiters: 2,
+        session_ttl_nanos: 400,
+        session_sweep_interval_nanos: 50,
+        max_sessions: 6,
+        max_session_responses: 4,
+        watch_history_max_events: 1_000_000,
+        watch_queue_max_events: 1_000_000,
+        expire_retry_nanos: 20,
+        ..KvConfig::default()
+    }
+}
