@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use tarn_core::{Index, SnapshotMeta, Term};
 
 use super::error::{io_err, Result, StorageError};
-use crate::vfs::Vfs;
+use crate::vfs::{Vfs, VfsFile};
 
 const MAGIC: &[u8; 8] = b"TARNSNP1";
 const VERSION: u32 = 1;
@@ -75,12 +75,20 @@ pub fn write(vfs: &dyn Vfs, dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Res
     Ok(path)
 }
 
-/// Reads and verifies the snapshot at `path`. `max_bytes` bounds the
-/// allocation (a damaged length field cannot make it allocate more).
-pub fn read(vfs: &dyn Vfs, path: &Path, max_bytes: u64) -> Result<(SnapshotMeta, Vec<u8>)> {
+/// A snapshot file's header, checked: magic, version, and lengths that add
+/// up to the file's size. `read` and `verify` both parse it here, so they
+/// cannot disagree on what a valid header is (the `snapshot_decode` fuzz
+/// target once found `verify` accepting a version that `read` refused).
+struct Header {
+    bytes: [u8; SNAPSHOT_HEADER_BYTES],
+    file_len: u64,
+    meta_len: u32,
+    crc: u32,
+}
+
+fn read_header(file: &dyn VfsFile, path: &Path) -> Result<Header> {
     let corrupt =
         |offset: u64, reason: String| StorageError::Corruption { path: path.to_path_buf(), offset, reason };
-    let file = vfs.open(path).map_err(io_err("open", path))?;
     let len = file.len().map_err(io_err("stat", path))?;
     if len < SNAPSHOT_HEADER_BYTES as u64 {
         return Err(corrupt(0, format!("snapshot file is {len} bytes, shorter than its header")));
@@ -90,19 +98,32 @@ pub fn read(vfs: &dyn Vfs, path: &Path, max_bytes: u64) -> Result<(SnapshotMeta,
     if &h[0..8] != MAGIC {
         return Err(corrupt(0, "not a tarn snapshot (bad magic)".into()));
     }
-    let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+    // The slices have fixed lengths, so these conversions cannot fail.
+    let u32_at = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
+    let version = u32_at(8);
     if version != VERSION {
         return Err(corrupt(8, format!("snapshot format version {version} is not supported")));
     }
-    let meta_len = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+    let meta_len = u32_at(12);
     let data_len = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(h[24..28].try_into().expect("4 bytes"));
-    let body_len = (meta_len as u64).checked_add(data_len);
+    let crc = u32_at(24);
     if meta_len > MAX_SNAPSHOT_META_BYTES
-        || body_len != Some(len - SNAPSHOT_HEADER_BYTES as u64)
-        || len > max_bytes
+        || (meta_len as u64).checked_add(data_len) != Some(len - SNAPSHOT_HEADER_BYTES as u64)
     {
         return Err(corrupt(12, format!("bad lengths: meta {meta_len}, data {data_len}, file {len} bytes")));
+    }
+    Ok(Header { bytes: h, file_len: len, meta_len, crc })
+}
+
+/// Reads and verifies the snapshot at `path`. `max_bytes` bounds the
+/// allocation (a damaged length field cannot make it allocate more).
+pub fn read(vfs: &dyn Vfs, path: &Path, max_bytes: u64) -> Result<(SnapshotMeta, Vec<u8>)> {
+    let corrupt =
+        |offset: u64, reason: String| StorageError::Corruption { path: path.to_path_buf(), offset, reason };
+    let file = vfs.open(path).map_err(io_err("open", path))?;
+    let Header { bytes: h, file_len: len, meta_len, crc } = read_header(file.as_ref(), path)?;
+    if len > max_bytes {
+        return Err(corrupt(16, format!("snapshot file is {len} bytes, above the bound of {max_bytes}")));
     }
     let mut body = vec![0u8; (len - SNAPSHOT_HEADER_BYTES as u64) as usize];
     file.read_at(&mut body, SNAPSHOT_HEADER_BYTES as u64).map_err(io_err("read", path))?;
@@ -123,30 +144,7 @@ pub fn verify(vfs: &dyn Vfs, path: &Path) -> Result<SnapshotMeta> {
     let corrupt =
         |offset: u64, reason: String| StorageError::Corruption { path: path.to_path_buf(), offset, reason };
     let file = vfs.open(path).map_err(io_err("open", path))?;
-    let len = file.len().map_err(io_err("stat", path))?;
-    if len < SNAPSHOT_HEADER_BYTES as u64 {
-        return Err(corrupt(0, format!("snapshot file is {len} bytes, shorter than its header")));
-    }
-    let mut h = [0u8; SNAPSHOT_HEADER_BYTES];
-    file.read_at(&mut h, 0).map_err(io_err("read", path))?;
-    // Same version rule as `read` (the snapshot_decode fuzz target found
-    // `verify` accepting a version `read` then refused).
-    let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-    if &h[0..8] == MAGIC && version != VERSION {
-        return Err(corrupt(8, format!("snapshot format version {version} is not supported")));
-    }
-    let meta_len = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
-    let data_len = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(h[24..28].try_into().expect("4 bytes"));
-    if &h[0..8] != MAGIC
-        || meta_len > MAX_SNAPSHOT_META_BYTES
-        || (meta_len as u64).checked_add(data_len) != Some(len - SNAPSHOT_HEADER_BYTES as u64)
-    {
-        return Err(corrupt(
-            0,
-            format!("bad snapshot header (meta {meta_len} bytes, data {data_len}, file {len})"),
-        ));
-    }
+    let Header { bytes: h, file_len: len, meta_len, crc } = read_header(file.as_ref(), path)?;
     let mut actual = crc32c::crc32c(&h[..24]);
     let mut chunk = vec![0u8; CHUNK_BYTES.min(len) as usize];
     let mut meta_bytes = Vec::with_capacity(meta_len as usize);
