@@ -282,6 +282,12 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
+/// Only the binary picks the allocator: a library embedding tarn keeps its own. glibc malloc
+/// and free were about a fifth of the CPU in a 1-node `tarn bench` profile (many small
+/// short-lived buffers per request); mimalloc measured +24% throughput at equal CPU time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let server_side = matches!(cli.command, Cmd::Serve(_) | Cmd::Cluster { .. });
