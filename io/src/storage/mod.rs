@@ -52,6 +52,7 @@ pub use log::{GroupLog, LogLimits, LogRecovery, MAX_ENTRY_SIZE_LIMIT_BYTES, MAX_
 use meta::Identity;
 pub use record::RECORD_ALIGNMENT_BYTES;
 use segment::SEGMENT_HEADER_BYTES;
+pub use snapshot::{SnapshotFile, SnapshotReader, SnapshotWriter};
 
 use crate::vfs::{Vfs, VfsFile};
 
@@ -227,6 +228,9 @@ struct GroupStore {
     /// A hard state was written by the current flush: report it.
     hs_report: bool,
     snapshot: Option<SnapshotMeta>,
+    /// Reader of the current snapshot kept between chunk reads of a
+    /// transfer (its running checksum covers what was read in order).
+    snapshot_reader: Option<SnapshotReader>,
     reported_log: LogId,
     dirty: bool,
 }
@@ -284,6 +288,8 @@ pub struct Storage {
     dirty: Vec<GroupId>,
     /// Groups written by the current flush (reused).
     flushed: Vec<GroupId>,
+    /// Distinguishes the temporary files of concurrent snapshot writers.
+    snapshot_nonce: u64,
 }
 
 #[derive(Debug)]
@@ -321,6 +327,9 @@ const NODE_ID_FILE: &str = "tarn.id";
 const GROUP_ID_FILE: &str = "group.id";
 const HARD_STATE_FILE: &str = "hardstate";
 const PROBE_FILE: &str = ".tarn-write-probe";
+/// Present in a group directory whose removal started: the group is gone,
+/// whatever else a crash left behind.
+const REMOVING_FILE: &str = "removing";
 
 fn group_dir_name(group: GroupId) -> String {
     format!("group-{group:020}")
@@ -362,7 +371,14 @@ impl Storage {
         .map_err(unwritable)?;
         let identity = Identity { cluster_id: config.cluster_id, node_id: config.node_id, group: None };
         meta::check_or_write(vfs.as_ref(), &dir, &dir.join(NODE_ID_FILE), identity)?;
-        Ok(Storage { vfs, config, groups: BTreeMap::new(), dirty: Vec::new(), flushed: Vec::new() })
+        Ok(Storage {
+            vfs,
+            config,
+            groups: BTreeMap::new(),
+            dirty: Vec::new(),
+            flushed: Vec::new(),
+            snapshot_nonce: 0,
+        })
     }
 
     pub fn config(&self) -> &StorageConfig {
@@ -372,7 +388,15 @@ impl Storage {
     /// Groups that have a directory on disk (opened or not), ascending.
     pub fn groups_on_disk(&self) -> Result<Vec<GroupId>> {
         let names = self.vfs.list(&self.config.dir).map_err(io_err("list", &self.config.dir))?;
-        Ok(names.iter().filter_map(|n| parse_group_dir_name(n)).collect())
+        let mut groups = Vec::new();
+        for group in names.iter().filter_map(|n| parse_group_dir_name(n)) {
+            let dir = self.config.dir.join(group_dir_name(group));
+            let inside = self.vfs.list(&dir).map_err(io_err("list", &dir))?;
+            if !inside.iter().any(|n| n == REMOVING_FILE) {
+                groups.push(group);
+            }
+        }
+        Ok(groups)
     }
 
     fn group(&self, group: GroupId) -> Result<&GroupStore> {
@@ -393,6 +417,9 @@ impl Storage {
         let parent_names = vfs.list(&self.config.dir).map_err(io_err("list", &self.config.dir))?;
         if !parent_names.iter().any(|n| *n == group_dir_name(group)) {
             vfs.create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        } else if vfs.list(&dir).map_err(io_err("list", &dir))?.iter().any(|n| n == REMOVING_FILE) {
+            // A removal was cut short: finish it, then start afresh.
+            delete_group_files(vfs, &dir)?;
         }
         // Always, not only after creating: a name found by listing may never
         // have been made durable (an earlier open in this process failed
@@ -493,6 +520,7 @@ impl Storage {
                 hs_durable_seq: hs_seq,
                 hs_report: false,
                 snapshot: snapshot_meta.clone(),
+                snapshot_reader: None,
                 reported_log: last,
                 dirty: false,
             },
@@ -506,6 +534,28 @@ impl Storage {
             membership: info.membership,
             truncated_tail: info.truncated_tail,
         })
+    }
+
+    /// Closes `group` and deletes its files durably: its log, hard state
+    /// and snapshots are gone, and opening it again starts an empty group.
+    /// Crash-safe: a marker file is made durable first, and a group
+    /// directory holding it counts as removed (the next open finishes the
+    /// job). Staged, unflushed writes of the group are dropped.
+    pub fn remove_group(&mut self, group: GroupId) -> Result<()> {
+        let store = self.groups.remove(&group).ok_or(StorageError::UnknownGroup(group))?;
+        self.dirty.retain(|&g| g != group);
+        let GroupStore { dir, log, hs_file, snapshot_reader, .. } = store;
+        drop((log, hs_file, snapshot_reader));
+        let vfs = self.vfs.as_ref();
+        meta::write_file_atomic(vfs, &dir, &dir.join(REMOVING_FILE), b"removing")?;
+        delete_group_files(vfs, &dir)?;
+        match vfs.remove_dir(&dir) {
+            Ok(()) => vfs.sync_dir(&self.config.dir).map_err(io_err("fsync directory", &self.config.dir)),
+            // Left empty (a file system without directory removal): it reads
+            // as an empty group, which is what a removed group is.
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => Ok(()),
+            Err(e) => Err(io_err("remove directory", &dir)(e)),
+        }
     }
 
     fn mark_dirty(&mut self, group: GroupId) {
@@ -723,30 +773,77 @@ impl Storage {
         })
     }
 
-    /// Durably stores a snapshot (temp name, sync, rename, directory sync),
-    /// removes older ones, and — if the snapshot is past the log's end or
-    /// disagrees with it — discards the log (Raft §7). Covered segments are
-    /// left for [`Storage::compact`].
+    /// Durably stores a snapshot in one piece (see [`Storage::snapshot_writer`]
+    /// and [`Storage::finish_snapshot`], which this wraps).
     pub fn write_snapshot(&mut self, group: GroupId, meta: &SnapshotMeta, data: &[u8]) -> Result<()> {
+        let mut writer = self.snapshot_writer(group, meta)?;
+        writer.write_chunk(data)?;
+        self.finish_snapshot(group, writer)
+    }
+
+    /// Starts a snapshot of `group` covering the log up to
+    /// `meta.last_log_id`, to be filled chunk by chunk
+    /// ([`SnapshotWriter::write_chunk`], on any thread), made durable with
+    /// [`SnapshotWriter::finish`] (fdatasync, rename, directory sync — also
+    /// on any thread) and recorded with [`Storage::commit_snapshot`].
+    /// Dropping the writer abandons it (its temporary file is removed). The
+    /// data is bounded by `max_snapshot_size_bytes`.
+    pub fn snapshot_writer(
+        &mut self,
+        group: GroupId,
+        meta: &SnapshotMeta,
+    ) -> Result<SnapshotWriter<'static>> {
+        let vfs = self.vfs.clone();
+        let max_data_bytes = self.config.max_snapshot_size_bytes;
+        self.snapshot_nonce += 1;
+        let nonce = self.snapshot_nonce;
+        let store = self.group_mut(group)?;
+        store.log.check_poison()?;
+        check_snapshot_not_older(group, store.snapshot.as_ref(), meta)?;
+        SnapshotWriter::create_shared(vfs, &store.dir, meta, nonce, max_data_bytes)
+    }
+
+    /// [`SnapshotWriter::finish`] then [`Storage::commit_snapshot`], on this thread.
+    pub fn finish_snapshot(&mut self, group: GroupId, writer: SnapshotWriter<'static>) -> Result<()> {
+        self.group(group)?;
+        let file = writer.finish()?;
+        self.commit_snapshot(group, file)
+    }
+
+    /// Records a finished snapshot as `group`'s current one: older snapshot
+    /// files are removed (durably), chunk reads of the previous one answer
+    /// `None` from now on, and — if the snapshot is past the log's end or
+    /// disagrees with it — the log is discarded (Raft §7). Covered segments
+    /// are left for [`Storage::compact`]. A snapshot older than the current
+    /// one is refused and its file removed.
+    pub fn commit_snapshot(&mut self, group: GroupId, file: SnapshotFile) -> Result<()> {
         let vfs = self.vfs.clone();
         let store = self.group_mut(group)?;
         store.log.check_poison()?;
-        if let Some(current) = &store.snapshot {
-            if current.last_log_id.index > meta.last_log_id.index {
-                return Err(StorageError::InvalidRequest {
-                    group,
-                    reason: format!(
-                        "snapshot at {} is older than the stored one at {}",
-                        meta.last_log_id, current.last_log_id
-                    ),
-                });
-            }
+        if file.path.parent() != Some(store.dir.as_path()) {
+            return Err(StorageError::InvalidRequest {
+                group,
+                reason: format!("snapshot file {} is not in this group's directory", file.path.display()),
+            });
         }
-        let path = snapshot::write(vfs.as_ref(), &store.dir, meta, data)?;
-        let keep = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let meta = file.meta;
+        if let Err(e) = check_snapshot_not_older(group, store.snapshot.as_ref(), &meta) {
+            let current = store.snapshot.as_ref().map(|m| m.last_log_id);
+            if current != Some(meta.last_log_id) {
+                remove_if_exists(vfs.as_ref(), &file.path).map_err(io_err("remove", &file.path))?;
+                vfs.sync_dir(&store.dir).map_err(io_err("fsync directory", &store.dir))?;
+            }
+            return Err(e);
+        }
+        let keep = file.path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
         let names = vfs.list(&store.dir).map_err(io_err("list", &store.dir))?;
         let mut removed = false;
-        for name in names.iter().filter(|n| snapshot::parse_name(n).is_some() && **n != keep) {
+        // Only older ones: a newer snapshot finished on another thread may
+        // already sit here waiting for its own commit.
+        let older = |n: &str| {
+            snapshot::parse_name(n).is_some_and(|(index, _)| index <= meta.last_log_id.index) && n != keep
+        };
+        for name in names.iter().filter(|n| older(n)) {
             let old = store.dir.join(name);
             vfs.remove(&old).map_err(io_err("remove", &old))?;
             removed = true;
@@ -755,6 +852,7 @@ impl Storage {
             vfs.sync_dir(&store.dir).map_err(io_err("fsync directory", &store.dir))?;
         }
         store.snapshot = Some(meta.clone());
+        store.snapshot_reader = None;
         let last = meta.last_log_id;
         if last.index >= store.log.last_staged().index || store.log.term(last.index) != Some(last.term) {
             store.log.compact(last)?;
@@ -768,14 +866,114 @@ impl Storage {
         Ok(self.group(group)?.snapshot.clone())
     }
 
-    /// Loads and verifies the newest snapshot.
-    pub fn read_snapshot(&self, group: GroupId) -> Result<Option<(SnapshotMeta, Vec<u8>)>> {
+    fn snapshot_path(store: &GroupStore, meta: &SnapshotMeta) -> PathBuf {
+        store.dir.join(snapshot::file_name(meta.last_log_id.index, meta.last_log_id.term))
+    }
+
+    /// A reader of `group`'s current snapshot (restoring a state machine at
+    /// start-up), or `None` if it has none. The checksum is checked as the
+    /// data streams: the final chunk comes only if the whole file matched.
+    pub fn snapshot_reader(&self, group: GroupId) -> Result<Option<SnapshotReader>> {
         let store = self.group(group)?;
         let Some(meta) = &store.snapshot else {
             return Ok(None);
         };
-        let path = store.dir.join(snapshot::file_name(meta.last_log_id.index, meta.last_log_id.term));
-        snapshot::read(self.vfs.as_ref(), &path, self.config.max_snapshot_size_bytes).map(Some)
+        SnapshotReader::open(self.vfs.as_ref(), &Self::snapshot_path(store, meta)).map(Some)
+    }
+
+    /// The chunk at data offset `offset` (at most `max_bytes`) of `group`'s
+    /// snapshot `snapshot`, and whether it is the last one; `None` if
+    /// `snapshot` is no longer the group's current snapshot. Reads of one
+    /// transfer in ascending order share one running checksum; the last
+    /// chunk is returned only after the whole file's checksum matched.
+    pub fn read_snapshot_chunk(
+        &mut self,
+        group: GroupId,
+        snapshot: LogId,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Option<(bytes::Bytes, bool)>> {
+        let vfs = self.vfs.clone();
+        let store = self.group_mut(group)?;
+        let Some(meta) = &store.snapshot else {
+            return Ok(None);
+        };
+        if meta.last_log_id != snapshot {
+            return Ok(None);
+        }
+        // One reader per snapshot, shared by every transfer of it.
+        if store.snapshot_reader.as_ref().is_none_or(|r| r.meta().last_log_id != snapshot) {
+            let path = Self::snapshot_path(store, meta);
+            store.snapshot_reader = Some(SnapshotReader::open(vfs.as_ref(), &path)?);
+        }
+        let reader = store.snapshot_reader.as_mut().expect("opened above");
+        let (data, done) = reader.read_chunk_at(offset, max_bytes).map_err(|e| with_group(e, group))?;
+        Ok(Some((bytes::Bytes::from(data), done)))
+    }
+
+    /// Loads and verifies the newest snapshot whole (bounded by
+    /// `max_snapshot_size_bytes`).
+    pub fn read_snapshot(&self, group: GroupId) -> Result<Option<(SnapshotMeta, Vec<u8>)>> {
+        let Some(mut reader) = self.snapshot_reader(group)? else {
+            return Ok(None);
+        };
+        let max = self.config.max_snapshot_size_bytes;
+        if reader.data_len() > max {
+            return Err(StorageError::InvalidRequest {
+                group,
+                reason: format!(
+                    "snapshot {} holds {} bytes, above max_snapshot_size_bytes {max}; read it in chunks",
+                    reader.meta().last_log_id,
+                    reader.data_len()
+                ),
+            });
+        }
+        let mut data = Vec::with_capacity(reader.data_len() as usize);
+        while let Some((chunk, _)) = reader.next_chunk(1 << 20)? {
+            data.extend_from_slice(&chunk);
+        }
+        Ok(Some((reader.meta().clone(), data)))
+    }
+}
+
+/// Deletes every file of a group directory, the removal marker last, each
+/// step durable (see [`Storage::remove_group`]).
+fn delete_group_files(vfs: &dyn Vfs, dir: &Path) -> Result<()> {
+    let names = vfs.list(dir).map_err(io_err("list", dir))?;
+    for name in names.iter().filter(|n| *n != REMOVING_FILE) {
+        let path = dir.join(name);
+        remove_if_exists(vfs, &path).map_err(io_err("remove", &path))?;
+    }
+    vfs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+    let marker = dir.join(REMOVING_FILE);
+    remove_if_exists(vfs, &marker).map_err(io_err("remove", &marker))?;
+    vfs.sync_dir(dir).map_err(io_err("fsync directory", dir))
+}
+
+/// Fills in the group of a request error raised below the engine.
+fn with_group(e: StorageError, group: GroupId) -> StorageError {
+    match e {
+        StorageError::InvalidRequest { reason, .. } => StorageError::InvalidRequest { group, reason },
+        other => other,
+    }
+}
+
+fn check_snapshot_not_older(
+    group: GroupId,
+    current: Option<&SnapshotMeta>,
+    meta: &SnapshotMeta,
+) -> Result<()> {
+    match current {
+        Some(current) if current.last_log_id.index > meta.last_log_id.index => {
+            Err(StorageError::InvalidRequest {
+                group,
+                reason: format!(
+                    "snapshot at {} is older than the stored one at {}",
+                    meta.last_log_id, current.last_log_id
+                ),
+            })
+        }
+        _ => Ok(()),
     }
 }
 

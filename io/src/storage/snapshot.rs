@@ -51,28 +51,327 @@ pub fn encode_header(meta_bytes: &[u8], data: &[u8]) -> [u8; SNAPSHOT_HEADER_BYT
     h
 }
 
-/// Writes a snapshot durably (see the module doc). Returns its path.
+/// Writes a snapshot durably (see the module doc) in one piece. Returns its
+/// path. A thin wrapper over [`SnapshotWriter`].
 pub fn write(vfs: &dyn Vfs, dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<PathBuf> {
-    let meta_bytes = postcard::to_allocvec(meta).expect("snapshot meta serializes");
-    assert!(meta_bytes.len() as u32 <= MAX_SNAPSHOT_META_BYTES, "membership metadata is bounded");
-    let last = meta.last_log_id;
-    let path = dir.join(file_name(last.index, last.term));
-    let tmp = dir.join(format!("snap-{:020}-{:020}{SNAPSHOT_TMP_SUFFIX}", last.index, last.term));
-    match vfs.remove(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("remove", &tmp)(e)),
+    let mut writer = SnapshotWriter::create_in(vfs, dir, meta, 0)?;
+    writer.write_chunk(data)?;
+    Ok(writer.finish()?.path)
+}
+
+/// Where a snapshot's data section starts in its file.
+fn data_start(meta_len: u32) -> u64 {
+    SNAPSHOT_HEADER_BYTES as u64 + meta_len as u64
+}
+
+/// A snapshot being written, chunk by chunk, so a big state machine is never
+/// one blob in memory. Owns its temporary file and needs nothing of the
+/// engine, so it can be filled on any thread (`Send`). [`SnapshotWriter::finish`]
+/// makes it durable under its final name; the engine then records it as the
+/// group's snapshot ([`super::Storage::commit_snapshot`]). Dropped unfinished,
+/// it removes its temporary file (recovery also removes leftovers).
+pub struct SnapshotWriter<'v> {
+    vfs: VfsRef<'v>,
+    dir: PathBuf,
+    tmp: PathBuf,
+    path: PathBuf,
+    file: Option<Box<dyn VfsFile>>,
+    meta: SnapshotMeta,
+    meta_len: u32,
+    data_len: u64,
+    /// Bound on the data section (a leader streaming without end cannot fill the disk).
+    max_data_bytes: u64,
+    /// CRC32C of meta and data so far (the header is folded in at the end).
+    body_crc: u32,
+    finished: bool,
+}
+
+/// A borrowed or shared file system: the blob API borrows, the engine shares.
+enum VfsRef<'v> {
+    Borrowed(&'v dyn Vfs),
+    Shared(std::sync::Arc<dyn Vfs>),
+}
+
+impl VfsRef<'_> {
+    fn get(&self) -> &dyn Vfs {
+        match self {
+            VfsRef::Borrowed(v) => *v,
+            VfsRef::Shared(v) => v.as_ref(),
+        }
     }
-    let file = vfs.create(&tmp).map_err(io_err("create", &tmp))?;
-    let header = encode_header(&meta_bytes, data);
-    file.write_at(&header, 0).map_err(io_err("write", &tmp))?;
-    file.write_at(&meta_bytes, SNAPSHOT_HEADER_BYTES as u64).map_err(io_err("write", &tmp))?;
-    file.write_at(data, (SNAPSHOT_HEADER_BYTES + meta_bytes.len()) as u64).map_err(io_err("write", &tmp))?;
-    file.sync_data().map_err(io_err("fdatasync", &tmp))?;
-    drop(file);
-    vfs.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
-    vfs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
-    Ok(path)
+}
+
+impl std::fmt::Debug for SnapshotWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotWriter")
+            .field("tmp", &self.tmp)
+            .field("last_log_id", &self.meta.last_log_id)
+            .field("data_len", &self.data_len)
+            .finish()
+    }
+}
+
+/// A snapshot made durable by [`SnapshotWriter::finish`], not yet recorded
+/// as its group's current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFile {
+    pub meta: SnapshotMeta,
+    pub path: PathBuf,
+    /// Bytes of state-machine data.
+    pub data_len: u64,
+}
+
+impl SnapshotWriter<'static> {
+    /// A writer the engine hands out: shares the file system, so it can move
+    /// to another thread. `nonce` keeps concurrent writers of one group apart.
+    pub(crate) fn create_shared(
+        vfs: std::sync::Arc<dyn Vfs>,
+        dir: &Path,
+        meta: &SnapshotMeta,
+        nonce: u64,
+        max_data_bytes: u64,
+    ) -> Result<SnapshotWriter<'static>> {
+        let mut w = SnapshotWriter::start(VfsRef::Shared(vfs), dir, meta, nonce)?;
+        w.max_data_bytes = max_data_bytes;
+        Ok(w)
+    }
+}
+
+impl<'v> SnapshotWriter<'v> {
+    fn create_in(
+        vfs: &'v dyn Vfs,
+        dir: &Path,
+        meta: &SnapshotMeta,
+        nonce: u64,
+    ) -> Result<SnapshotWriter<'v>> {
+        SnapshotWriter::start(VfsRef::Borrowed(vfs), dir, meta, nonce)
+    }
+
+    fn start(vfs: VfsRef<'v>, dir: &Path, meta: &SnapshotMeta, nonce: u64) -> Result<SnapshotWriter<'v>> {
+        let meta_bytes = postcard::to_allocvec(meta).expect("snapshot meta serializes");
+        assert!(meta_bytes.len() as u32 <= MAX_SNAPSHOT_META_BYTES, "membership metadata is bounded");
+        let last = meta.last_log_id;
+        let path = dir.join(file_name(last.index, last.term));
+        let tmp = dir.join(format!("snap-{:020}-{:020}.{nonce}{SNAPSHOT_TMP_SUFFIX}", last.index, last.term));
+        match vfs.get().remove(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &tmp)(e)),
+        }
+        let file = vfs.get().create(&tmp).map_err(io_err("create", &tmp))?;
+        let w = SnapshotWriter {
+            vfs,
+            dir: dir.to_path_buf(),
+            tmp,
+            path,
+            file: Some(file),
+            meta: meta.clone(),
+            meta_len: meta_bytes.len() as u32,
+            data_len: 0,
+            max_data_bytes: u64::MAX,
+            body_crc: crc32c::crc32c(&meta_bytes),
+            finished: false,
+        };
+        w.file().write_at(&meta_bytes, SNAPSHOT_HEADER_BYTES as u64).map_err(io_err("write", &w.tmp))?;
+        Ok(w)
+    }
+
+    fn file(&self) -> &dyn VfsFile {
+        // Taken only by `finish`, which consumes the writer.
+        self.file.as_deref().expect("the file is open until finish")
+    }
+
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Data bytes written so far: the offset the next chunk lands at.
+    pub fn len(&self) -> u64 {
+        self.data_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data_len == 0
+    }
+
+    /// Appends `data` to the snapshot's data section (not durable until `finish`).
+    pub fn write_chunk(&mut self, data: &[u8]) -> Result<()> {
+        let end = self.data_len.checked_add(data.len() as u64).filter(|&e| e <= self.max_data_bytes);
+        let Some(end) = end else {
+            return Err(StorageError::InvalidRequest {
+                group: 0,
+                reason: format!(
+                    "snapshot {} grows past the bound of {} bytes (max_snapshot_size_bytes)",
+                    self.meta.last_log_id, self.max_data_bytes
+                ),
+            });
+        };
+        let at = data_start(self.meta_len) + self.data_len;
+        self.file().write_at(data, at).map_err(io_err("write", &self.tmp))?;
+        self.body_crc = crc32c::crc32c_append(self.body_crc, data);
+        self.data_len = end;
+        Ok(())
+    }
+
+    /// Seals the header, fdatasyncs the file, renames it to its final name
+    /// and syncs the directory: from here on the snapshot survives a crash.
+    pub fn finish(mut self) -> Result<SnapshotFile> {
+        let mut h = [0u8; SNAPSHOT_HEADER_BYTES];
+        h[0..8].copy_from_slice(MAGIC);
+        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        h[12..16].copy_from_slice(&self.meta_len.to_le_bytes());
+        h[16..24].copy_from_slice(&self.data_len.to_le_bytes());
+        let body_len = self.meta_len as u64 + self.data_len;
+        let crc = crc32c::crc32c_combine(crc32c::crc32c(&h[..24]), self.body_crc, body_len as usize);
+        h[24..28].copy_from_slice(&crc.to_le_bytes());
+        let file = self.file.take().expect("the file is open until finish");
+        file.write_at(&h, 0).map_err(io_err("write", &self.tmp))?;
+        file.sync_data().map_err(io_err("fdatasync", &self.tmp))?;
+        drop(file);
+        let vfs = self.vfs.get();
+        vfs.rename(&self.tmp, &self.path).map_err(io_err("rename", &self.tmp))?;
+        self.finished = true;
+        vfs.sync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
+        Ok(SnapshotFile { meta: self.meta.clone(), path: self.path.clone(), data_len: self.data_len })
+    }
+}
+
+impl Drop for SnapshotWriter<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.file = None;
+            // Best effort: recovery removes any temporary file left behind.
+            let _ = self.vfs.get().remove(&self.tmp);
+        }
+    }
+}
+
+/// Reads a snapshot's data section in chunks, checking the file's checksum
+/// on the way: the last chunk is handed out only once the whole file
+/// verified. `Send`, so a restore can run on any thread.
+pub struct SnapshotReader {
+    file: Box<dyn VfsFile>,
+    path: PathBuf,
+    meta: SnapshotMeta,
+    meta_len: u32,
+    data_len: u64,
+    /// End of the prefix of the data the running checksum covers.
+    next: u64,
+    crc: u32,
+    expected_crc: u32,
+    /// `next_chunk` returned the (single, empty) chunk of an empty snapshot.
+    empty_read: bool,
+}
+
+impl std::fmt::Debug for SnapshotReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotReader").field("path", &self.path).field("next", &self.next).finish()
+    }
+}
+
+impl SnapshotReader {
+    /// Opens the snapshot at `path`, checking its header and metadata.
+    pub fn open(vfs: &dyn Vfs, path: &Path) -> Result<SnapshotReader> {
+        let file = vfs.open(path).map_err(io_err("open", path))?;
+        let Header { bytes: h, file_len: _, meta_len, crc } = read_header(file.as_ref(), path)?;
+        let data_len = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+        let mut meta_bytes = vec![0u8; meta_len as usize];
+        file.read_at(&mut meta_bytes, SNAPSHOT_HEADER_BYTES as u64).map_err(io_err("read", path))?;
+        let meta: SnapshotMeta = postcard::from_bytes(&meta_bytes).map_err(|e| StorageError::Corruption {
+            path: path.to_path_buf(),
+            offset: SNAPSHOT_HEADER_BYTES as u64,
+            reason: format!("bad snapshot metadata: {e}"),
+        })?;
+        let crc_so_far = crc32c::crc32c_append(crc32c::crc32c(&h[..24]), &meta_bytes);
+        Ok(SnapshotReader {
+            file,
+            path: path.to_path_buf(),
+            meta,
+            meta_len,
+            data_len,
+            next: 0,
+            crc: crc_so_far,
+            expected_crc: crc,
+            empty_read: false,
+        })
+    }
+
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Bytes of state-machine data in the file.
+    pub fn data_len(&self) -> u64 {
+        self.data_len
+    }
+
+    /// The next chunk (at most `max_bytes`, at least 1) and whether it is
+    /// the last; `None` once everything was read. The last chunk comes only
+    /// after the checksum over the whole file matched.
+    pub fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<(Vec<u8>, bool)>> {
+        if (self.empty_read || self.data_len != 0) && self.next >= self.data_len {
+            return Ok(None);
+        }
+        self.empty_read = true;
+        self.read_chunk_at(self.next, max_bytes).map(Some)
+    }
+
+    /// The chunk at data offset `offset` (at most `max_bytes`, at least one
+    /// byte unless the data is empty) and whether it ends the data. Reads
+    /// that continue the verified prefix extend the running checksum; a
+    /// chunk that ends the data is returned only once the whole file's
+    /// checksum matched (reading what was skipped, if anything was).
+    pub fn read_chunk_at(&mut self, offset: u64, max_bytes: usize) -> Result<(Vec<u8>, bool)> {
+        if offset > self.data_len {
+            return Err(StorageError::InvalidRequest {
+                group: 0,
+                reason: format!(
+                    "snapshot {} read at offset {offset}, past its {} data bytes",
+                    self.meta.last_log_id, self.data_len
+                ),
+            });
+        }
+        let n = (self.data_len - offset).min(max_bytes.max(1) as u64) as usize;
+        let mut buf = vec![0u8; n];
+        self.file
+            .read_at(&mut buf, data_start(self.meta_len) + offset)
+            .map_err(io_err("read", &self.path))?;
+        if offset == self.next {
+            self.crc = crc32c::crc32c_append(self.crc, &buf);
+            self.next += n as u64;
+        }
+        let done = offset + n as u64 == self.data_len;
+        if done {
+            self.verify_rest()?;
+        }
+        Ok((buf, done))
+    }
+
+    /// Extends the running checksum to the end of the file and compares it.
+    fn verify_rest(&mut self) -> Result<()> {
+        const VERIFY_READ_BYTES: u64 = 1 << 20;
+        let mut scratch = Vec::new();
+        while self.next < self.data_len {
+            let n = (self.data_len - self.next).min(VERIFY_READ_BYTES) as usize;
+            scratch.resize(n, 0);
+            let at = data_start(self.meta_len) + self.next;
+            self.file.read_at(&mut scratch, at).map_err(io_err("read", &self.path))?;
+            self.crc = crc32c::crc32c_append(self.crc, &scratch);
+            self.next += n as u64;
+        }
+        if self.crc != self.expected_crc {
+            return Err(StorageError::Corruption {
+                path: self.path.clone(),
+                offset: 0,
+                reason: format!(
+                    "snapshot checksum mismatch over the whole file ({} bytes of data); \
+                     the file was damaged after it was written",
+                    self.data_len
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A snapshot file's header, checked: magic, version, and lengths that add

@@ -374,6 +374,24 @@ impl Vfs for MemVfs {
         }
         Ok(())
     }
+
+    /// Directories are always durable here, so the removal is too.
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        state.check_alive()?;
+        if !state.dirs.contains(dir) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no directory {}", dir.display())));
+        }
+        let inside = |p: &PathBuf| p.parent() == Some(dir);
+        if state.names.keys().any(inside) || state.dirs.iter().any(inside) {
+            return Err(io::Error::new(
+                io::ErrorKind::DirectoryNotEmpty,
+                format!("directory {} is not empty", dir.display()),
+            ));
+        }
+        state.dirs.remove(dir);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -108,4 +108,12 @@ pub trait Vfs: Send + Sync + std::fmt::Debug {
     /// Durable once the parents are synced (the engine syncs the parent of
     /// every directory it creates).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+
+    /// Removes the empty directory `dir`. Durable after `sync_dir` of the
+    /// parent. The default reports `Unsupported`: the engine then leaves the
+    /// empty directory in place (harmless; `Storage::remove_group` has
+    /// already removed every file in it).
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, format!("cannot remove directory {}", dir.display())))
+    }
 }
