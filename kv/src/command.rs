@@ -219,7 +219,13 @@ pub struct KvEntry {
 fn encode_versioned<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing plain data into a Vec cannot fail: postcard errors only on unsupported
     // types (none here) or a full fixed buffer (a Vec grows).
-    postcard::to_extend(value, vec![ENTRY_FORMAT_VERSION]).expect("postcard into a Vec cannot fail")
+    // Sized up front: a batched entry runs to hundreds of KiB, and growing the Vec from one
+    // byte copied it about twenty times (memmove was ~4% of a 1-node tarn bench profile).
+    // Counting is a cheap walk with no copying; it fails only where serializing would.
+    let size_bytes = postcard::experimental::serialized_size(value).unwrap_or(0);
+    let mut buf = Vec::with_capacity(1 + size_bytes);
+    buf.push(ENTRY_FORMAT_VERSION);
+    postcard::to_extend(value, buf).expect("postcard into a Vec cannot fail")
 }
 
 fn decode_versioned<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<T, DecodeError> {
