@@ -123,7 +123,7 @@ fn main() -> ExitCode {
         if verbose {
             let r = &o.report;
             println!(
-                "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} digest={:016x}",
+                "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} digest={:016x}",
                 r.seed,
                 if o.failed() { "FAIL" } else { "ok" },
                 r.sim_ns as f64 / 1e9,
@@ -131,6 +131,9 @@ fn main() -> ExitCode {
                 r.ops_completed,
                 r.ops_invoked,
                 r.max_commit,
+                r.snapshots,
+                r.installs,
+                r.compactions,
                 r.digest
             );
         }
@@ -139,14 +142,19 @@ fn main() -> ExitCode {
     let wall_seconds = wall.elapsed().as_secs_f64();
     let failed: Vec<&SeedOutcome> = outcomes.iter().filter(|o| o.failed()).collect();
     let sim_seconds: f64 = outcomes.iter().map(|o| o.report.sim_ns as f64 / 1e9).sum();
+    let total = |f: fn(&SeedOutcome) -> u64| outcomes.iter().map(f).sum::<u64>();
     println!(
-        "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1}",
+        "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
+         snapshots={} installs={} compactions={}",
         outcomes.len(),
         failed.len(),
         sim_seconds,
         wall_seconds,
         outcomes.len() as f64 * 60.0 / wall_seconds.max(1e-9),
         sim_seconds / wall_seconds.max(1e-9),
+        total(|o| o.report.snapshots),
+        total(|o| o.report.installs),
+        total(|o| o.report.compactions),
     );
     if !failed.is_empty() {
         let seeds: Vec<String> = failed.iter().take(20).map(|o| o.report.seed.to_string()).collect();

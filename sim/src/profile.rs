@@ -58,6 +58,45 @@ pub struct FaultIntervals {
     pub membership_ns: Nanos,
 }
 
+/// Snapshot and compaction knobs, passed to the core's `Config`.
+#[derive(Clone, Debug)]
+pub struct SnapshotKnobs {
+    /// `snapshot_after_entries`: small, so runs take snapshots, compact and
+    /// install them on lagging followers.
+    pub after_entries: u64,
+    pub after_bytes: u64,
+    /// `log_keep_tail_entries`: entries kept before a snapshot.
+    pub keep_tail_entries: u64,
+    /// `max_snapshot_chunk_bytes`: one transfer chunk.
+    pub chunk_bytes: usize,
+    /// `max_log_tail_entries`: the core's in-memory tail (smaller means
+    /// more `FetchEntries` from storage).
+    pub log_tail_entries: usize,
+}
+
+impl SnapshotKnobs {
+    /// Moderate: a snapshot every few hundred entries.
+    pub fn calm() -> SnapshotKnobs {
+        SnapshotKnobs {
+            after_entries: 500,
+            after_bytes: 256 << 20,
+            keep_tail_entries: 100,
+            chunk_bytes: 4096,
+            log_tail_entries: 65_536,
+        }
+    }
+
+    fn draw(rng: &mut SimRng) -> SnapshotKnobs {
+        SnapshotKnobs {
+            after_entries: rng.between(20, 400),
+            after_bytes: *rng.pick(&[4 << 10, 64 << 10, 256 << 20]),
+            keep_tail_entries: *rng.pick(&[0, 5, 50, 500]),
+            chunk_bytes: *rng.pick(&[64, 512, 4096, 1 << 20]),
+            log_tail_entries: *rng.pick(&[16, 256, 65_536]),
+        }
+    }
+}
+
 /// Everything a run's faults and workload depend on, drawn from the seed.
 #[derive(Clone, Debug)]
 pub struct Profile {
@@ -99,6 +138,7 @@ pub struct Profile {
     /// Probability that the process dies in the middle of a storage flush
     /// (its last write torn), per flush.
     pub crash_mid_flush_ppm: u32,
+    pub snapshots: SnapshotKnobs,
 }
 
 /// The core's clock-drift bound the simulator configures (`max_clock_drift_ppm`).
@@ -138,6 +178,7 @@ impl Profile {
             client_random_target_ppm: 0,
             client_timeout_ns: 600 * NANOS_PER_MILLI,
             crash_mid_flush_ppm: 0,
+            snapshots: SnapshotKnobs::calm(),
         }
     }
 
@@ -204,9 +245,11 @@ impl Profile {
             client_random_target_ppm: rng.swarm_ppm(PPM / 3, PPM / 2),
             client_timeout_ns: rng.between(100 * NANOS_PER_MILLI, NANOS_PER_SECOND),
             crash_mid_flush_ppm: rng.swarm_ppm(PPM / 2, 3_000),
+            snapshots: SnapshotKnobs::calm(),
         };
-        // Drawn last so that adding it did not reshuffle the knobs above.
+        // Drawn last so that adding them did not reshuffle the knobs above.
         profile.intervals.membership_ns = interval(rng);
+        profile.snapshots = SnapshotKnobs::draw(rng);
         profile
     }
 
@@ -248,7 +291,7 @@ impl fmt::Display for Profile {
             f,
             "{} lease_read={} net[lat={}..{}us drop={}ppm dup={}ppm tail={}ppm/{}ms queue={}] \
              every_ms[partition={} one_way={} isolate={} clog={} flap={} crash={} pause={} jump={} transfer={}] \
-             drift<={}ppm disk[{}..{}us slow={}ppm] clients={} keys={}",
+             drift<={}ppm disk[{}..{}us slow={}ppm] clients={} keys={} snapshot[every={} keep={} chunk={}B tail={}]",
             self.kind,
             self.lease_read,
             self.net.latency_min_ns / NANOS_PER_MICRO,
@@ -273,6 +316,10 @@ impl fmt::Display for Profile {
             self.disk_slow_ppm,
             self.clients,
             self.keys,
+            self.snapshots.after_entries,
+            self.snapshots.keep_tail_entries,
+            self.snapshots.chunk_bytes,
+            self.snapshots.log_tail_entries,
         )
     }
 }

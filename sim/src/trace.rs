@@ -33,6 +33,11 @@ pub enum TraceKind {
     Complete,
     Apply,
     DiskError,
+    /// Snapshot work on `node`: `a` = 1 taken, 2 log compacted, 3 installed;
+    /// at index `b`, term `c`.
+    Snapshot,
+    /// A TTL expiry proposed by leader `node`: `a` = 1 proposed (`b` requests).
+    Expire,
     Note,
 }
 
@@ -104,10 +109,20 @@ impl fmt::Display for TraceEvent {
                     4 => "staging entries failed; node stops",
                     5 => "staging hard state failed; node stops",
                     6 => "reading entries failed; node stops",
+                    7 => "snapshot or compaction write failed; node stops",
                     _ => "disk error",
                 };
                 write!(f, "n{n}: {what}")
             }
+            TraceKind::Snapshot => {
+                let what = match a {
+                    1 => "took a snapshot",
+                    2 => "compacted its log",
+                    _ => "installed a snapshot",
+                };
+                write!(f, "n{n}: {what} up to {c}@{b}")
+            }
+            TraceKind::Expire => write!(f, "n{n}: proposes {b} TTL expiries"),
             TraceKind::Note => write!(f, "n{n}: note {a} {b} {c}"),
         }
     }
@@ -136,7 +151,7 @@ pub fn drop_reason_name(code: u64) -> &'static str {
 
 /// Message kind names by code (see `world::message_code`).
 pub fn message_kind_name(code: u64) -> &'static str {
-    const NAMES: [&str; 12] = [
+    const NAMES: [&str; 13] = [
         "PreVoteRequest",
         "PreVoteResponse",
         "VoteRequest",
@@ -148,7 +163,8 @@ pub fn message_kind_name(code: u64) -> &'static str {
         "TimeoutNow",
         "ReadIndexRequest",
         "ReadIndexResponse",
-        "Other",
+        "InstallSnapshot",
+        "SnapshotResponse",
     ];
     NAMES.get(code as usize).copied().unwrap_or("Other")
 }

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tarn_core::{
     Action, ConfChange, Config, DropReason, Entry, EntryPayload, HardState, Index, Input, LogId, Membership,
-    Message, MessageBody, Nanos, NodeId, RawNode, Recovered, Role, Term,
+    Message, MessageBody, Nanos, NodeId, RawNode, Recovered, Role, SnapshotMeta, Term,
 };
-use tarn_kv::{encode_entry, EventKind, KvConfig, KvEntry, KvStateMachine, WatchId, WatchPoll};
+use tarn_kv::{
+    encode_entry, EventKind, KvConfig, KvEntry, KvStateMachine, SnapshotDecoder, WatchId, WatchPoll,
+};
 
 use tarn_io::storage::{FlushReport, Storage, StorageConfig, StorageError};
 
@@ -92,6 +94,62 @@ const SEGMENT_SIZE_BYTES: u64 = 64 * 1024;
 const MAX_ENTRY_SIZE_BYTES: u32 = 32 * 1024;
 /// A node whose disk failed at startup tries again after this long.
 const RESTART_RETRY_NS: Nanos = 50 * NANOS_PER_MILLI;
+/// The kv closes a snapshot chunk (its own checksummed unit) at about this
+/// size: small, so even a small state spans several of them.
+const KV_SNAPSHOT_CHUNK_BYTES: usize = 2 * 1024;
+/// A kv snapshot chunk header: magic, version, flags, chunk number, payload
+/// length (see tarn-kv's snapshot.rs); the payload and a crc32c follow.
+const KV_CHUNK_HEADER_BYTES: usize = 4 + 1 + 1 + 4 + 4;
+const KV_CHUNK_TRAILER_BYTES: usize = 4;
+
+/// A node's durable snapshot: what it serves to followers and restarts from.
+#[derive(Debug)]
+struct NodeSnapshot {
+    meta: SnapshotMeta,
+    /// The kv's chunks, concatenated (the blob the storage engine stores).
+    data: Bytes,
+    /// The kv digest of the state it holds.
+    digest: u64,
+}
+
+/// The kv snapshot of `sm` as one blob of concatenated kv chunks.
+fn encode_snapshot_blob(sm: &KvStateMachine) -> Bytes {
+    let mut blob = Vec::new();
+    for chunk in sm.snapshot_chunks(KV_SNAPSHOT_CHUNK_BYTES) {
+        blob.extend_from_slice(&chunk);
+    }
+    Bytes::from(blob)
+}
+
+/// Splits a blob of concatenated kv chunks (by each chunk's length field)
+/// and decodes it with the real `SnapshotDecoder`.
+fn decode_snapshot_blob(blob: &[u8]) -> Result<KvStateMachine, String> {
+    let mut decoder = SnapshotDecoder::new(KvConfig::default());
+    let mut at = 0usize;
+    while at < blob.len() {
+        let header = blob
+            .get(at..at + KV_CHUNK_HEADER_BYTES)
+            .ok_or_else(|| format!("truncated chunk header at byte {at} of {}", blob.len()))?;
+        let payload = u32::from_le_bytes(header[10..14].try_into().expect("4 bytes")) as usize;
+        let end = at
+            .checked_add(KV_CHUNK_HEADER_BYTES + payload + KV_CHUNK_TRAILER_BYTES)
+            .filter(|&e| e <= blob.len())
+            .ok_or_else(|| format!("chunk at byte {at} claims {payload} payload bytes past the end"))?;
+        decoder.push_chunk(&blob[at..end]).map_err(|e| format!("chunk at byte {at}: {e}"))?;
+        at = end;
+    }
+    decoder.finish().map_err(|e| e.to_string())
+}
+
+/// What a node recovered from its storage.
+struct Recovery {
+    hard_state: HardState,
+    snapshot: Option<Arc<NodeSnapshot>>,
+    /// The decoded state of `snapshot`.
+    sm: Option<KvStateMachine>,
+    /// The log after the snapshot (contiguous).
+    log: Vec<Entry>,
+}
 
 /// A node's storage engine and the disk under it.
 struct EngineDisk {
@@ -175,6 +233,11 @@ pub struct RunReport {
     pub crashes: u64,
     /// Disk faults injected by `SimVfs` (errors, corruptions, torn writes).
     pub disk_faults: u64,
+    /// Snapshots taken (`SnapshotWanted` answered), installed on a follower
+    /// from a leader's chunks, and log compactions executed.
+    pub snapshots: u64,
+    pub installs: u64,
+    pub compactions: u64,
     pub profile: String,
     pub last_events: Vec<TraceEvent>,
 }
@@ -288,17 +351,19 @@ struct Node {
     /// A bad disk detected corruption: the node stays down (it would need
     /// repair from its peers, which is outside this simulator's scope).
     retired: bool,
+    /// The durable snapshot (survives crashes; re-read from the engine at restart).
+    snap: Option<Arc<NodeSnapshot>>,
+    /// An incoming snapshot's chunks (lost at a crash).
+    staged: Option<(LogId, Vec<u8>)>,
+    /// The configuration in force at the applied index (a snapshot's meta).
+    applied_membership: Membership,
 }
 
 impl Node {
     /// The core is told `up_to` is durable; remember it if it is still in
     /// the log (a late acknowledgement of a replaced suffix is not).
     fn note_persisted(&mut self, up_to: LogId) {
-        let term = if up_to.index == 0 {
-            Some(0)
-        } else {
-            self.storage.log().get((up_to.index - 1) as usize).map(|e| e.term)
-        };
+        let term = self.storage.term_at(up_to.index);
         if term == Some(up_to.term) && up_to.index >= self.acked_log.index {
             self.acked_log = up_to;
         }
@@ -363,6 +428,13 @@ pub struct World {
     /// For each read in flight: the highest commit index any node knew when
     /// the read reached its node. The read must be served at or above it.
     read_floor: HashMap<u64, Index>,
+    /// The kv digest after applying each index at which some node took,
+    /// installed or restarted from a snapshot: every node applying that index
+    /// (or installing a snapshot of it) must reach the same digest.
+    snapshot_digests: HashMap<Index, u64>,
+    snapshots: u64,
+    installs: u64,
+    compactions: u64,
     failure: Option<Failure>,
     // Reused buffers (no per-step allocation).
     actions: Vec<Action>,
@@ -468,6 +540,9 @@ impl World {
                     retired: false,
                     watch: None,
                     watch_pos: 0,
+                    snap: None,
+                    staged: None,
+                    applied_membership: Membership::default(),
                 }
             })
             .collect();
@@ -534,6 +609,10 @@ impl World {
             voters_min: config.nodes,
             votes: HashMap::new(),
             read_floor: HashMap::new(),
+            snapshot_digests: HashMap::new(),
+            snapshots: 0,
+            installs: 0,
+            compactions: 0,
             failure: None,
             actions: Vec::with_capacity(64),
             inputs: VecDeque::with_capacity(16),
@@ -570,6 +649,12 @@ impl World {
             Config::new(idx as NodeId + 1, self.config.seed.wrapping_mul(31).wrapping_add(idx as u64));
         c.max_clock_drift_ppm = CORE_DRIFT_BOUND_PPM;
         c.lease_read = self.profile.lease_read;
+        let s = &self.profile.snapshots;
+        c.snapshot_after_entries = s.after_entries;
+        c.snapshot_after_bytes = s.after_bytes;
+        c.log_keep_tail_entries = s.keep_tail_entries;
+        c.max_snapshot_chunk_bytes = s.chunk_bytes;
+        c.max_log_tail_entries = s.log_tail_entries;
         #[cfg(feature = "planted-bugs")]
         {
             c.planted_bug = self.config.planted_bug;
@@ -683,6 +768,9 @@ impl World {
                     s.errors + s.corruptions + s.torn_writes
                 })
                 .sum(),
+            snapshots: self.snapshots,
+            installs: self.installs,
+            compactions: self.compactions,
             profile: self.profile.to_string(),
             last_events: self.trace.last(FAILURE_TRACE_EVENTS),
         }
@@ -805,34 +893,53 @@ impl World {
     fn start_node(&mut self, idx: usize) {
         let config = self.raft_config(idx);
         let membership = self.membership();
-        let Some((hs, log)) = self.open_storage(idx) else { return };
-        self.check_recovered(idx, hs, &log);
-        let n = &mut self.nodes[idx];
-        let recovered = if log.is_empty() && hs == HardState::default() {
-            Recovered::new_cluster(membership.voters.iter().copied())
-        } else {
-            let latest = log.iter().rev().find_map(|e| match &e.payload {
-                EntryPayload::Membership(m) => Some(m.clone()),
-                _ => None,
-            });
-            Recovered::from_log(hs, latest.unwrap_or(membership), log)
+        let Some(rec) = self.open_storage(idx) else { return };
+        self.check_recovered(idx, &rec);
+        let Recovery { hard_state: hs, snapshot, sm, log } = rec;
+        let recovered = match &snapshot {
+            None if log.is_empty() && hs == HardState::default() => {
+                Recovered::new_cluster(membership.voters.iter().copied())
+            }
+            None => Recovered::from_log_and_initial(hs, membership.clone(), log),
+            Some(s) => {
+                let meta = s.meta.clone();
+                let latest = log.iter().rev().find_map(|e| match &e.payload {
+                    EntryPayload::Membership(m) => Some(m.clone()),
+                    _ => None,
+                });
+                let mut r = Recovered::from_log(hs, latest.unwrap_or_else(|| meta.membership.clone()), log);
+                if r.tail.is_empty() {
+                    r.last_log_id = meta.last_log_id;
+                }
+                r.applied = meta.last_log_id.index;
+                r.snapshot = Some(meta);
+                r.initial_membership = Some(membership.clone());
+                r
+            }
         };
+        let n = &mut self.nodes[idx];
+        n.snap.clone_from(&snapshot);
         match RawNode::new(config, recovered) {
             Ok(raw) => {
                 n.raw = Some(raw);
-                n.sm = KvStateMachine::new(KvConfig::default());
-                n.watch_pos = 0;
-                n.watch = match n.sm.watch("", true, None) {
-                    Ok(id) => Some(id),
-                    Err(error) => {
-                        let detail = format!("n{}: cannot watch the tree: {error:?}", n.id);
-                        self.fail(FailureKind::Safety, "watch-register", detail);
-                        return;
+                n.staged = None;
+                match (sm, &snapshot) {
+                    (Some(sm), Some(s)) => {
+                        n.sm = sm;
+                        n.applied = s.meta.last_log_id.index;
+                        n.applied_membership = s.meta.membership.clone();
                     }
-                };
-                n.applied = 0;
+                    _ => {
+                        n.sm = KvStateMachine::new(KvConfig::default());
+                        n.applied = 0;
+                        n.applied_membership = membership;
+                    }
+                }
                 n.tick_at = Nanos::MAX;
                 n.restart_scheduled = false;
+                if !self.rewatch(idx) {
+                    return;
+                }
                 self.step(idx, Input::Tick);
             }
             Err(error) => {
@@ -846,38 +953,103 @@ impl World {
         }
     }
 
-    /// Opens the node's storage and reads back its hard state and whole log.
-    /// `None` if the node cannot start now (retired, retrying, or failed).
-    fn open_storage(&mut self, idx: usize) -> Option<(HardState, Vec<Entry>)> {
+    /// (Re)registers node `idx`'s whole-tree watch from its applied index
+    /// (at a start or after a snapshot install cut the old one off), and
+    /// positions it in the global stream after the events up to that index.
+    fn rewatch(&mut self, idx: usize) -> bool {
+        let n = &mut self.nodes[idx];
+        if let Some(old) = n.watch.take() {
+            n.sm.unwatch(old);
+        }
+        let applied = n.sm.applied_index();
+        n.watch_pos = self.watch_stream.partition_point(|&(index, _, _)| index <= applied);
+        match n.sm.watch("", true, None) {
+            Ok(id) => {
+                n.watch = Some(id);
+                true
+            }
+            Err(error) => {
+                let detail = format!("n{}: cannot watch the tree: {error:?}", n.id);
+                self.fail(FailureKind::Safety, "watch-register", detail);
+                false
+            }
+        }
+    }
+
+    /// Opens the node's storage and reads back its hard state, snapshot and
+    /// log. `None` if the node cannot start now (retired, retrying, or failed).
+    fn open_storage(&mut self, idx: usize) -> Option<Recovery> {
         let now = self.now();
         let n = &mut self.nodes[idx];
         let id = n.id;
         let Some(engine) = n.engine.as_mut() else {
-            return Some((n.storage.hard_state(), n.storage.log().to_vec()));
+            // Modelled storage: the snapshot was durable when written.
+            let snap_index = n.snap.as_ref().map_or(0, |s| s.meta.last_log_id.index);
+            let log: Vec<Entry> = n.storage.log().iter().filter(|e| e.index > snap_index).cloned().collect();
+            let snapshot = n.snap.clone();
+            let hard_state = n.storage.hard_state();
+            let sm = match snapshot.as_ref().map(|s| decode_snapshot_blob(&s.data)).transpose() {
+                Ok(sm) => sm,
+                Err(error) => {
+                    self.fail(FailureKind::Safety, "recovery", format!("n{id}: own snapshot: {error}"));
+                    return None;
+                }
+            };
+            return Some(Recovery { hard_state, snapshot, sm, log });
         };
         let vfs = engine.vfs.clone();
-        let opened = (|| -> Result<(Storage, HardState, Vec<Entry>), StorageError> {
+        type Opened = (Storage, HardState, Option<(SnapshotMeta, Vec<u8>)>, Vec<Entry>);
+        let opened = (|| -> Result<Opened, StorageError> {
             let mut storage = Storage::open(Arc::new(vfs), storage_config(id))?;
             let rec = storage.open_group(GROUP)?;
+            let snap = storage.read_snapshot(GROUP)?;
+            let after = snap.as_ref().map_or(0, |(m, _)| m.last_log_id.index);
+            let lo = rec.first_index.max(after + 1);
             let mut log = Vec::new();
-            if rec.last_log_id.index >= rec.first_index {
-                storage.entries(GROUP, rec.first_index, rec.last_log_id.index + 1, u64::MAX, &mut log)?;
+            if rec.last_log_id.index >= lo {
+                storage.entries(GROUP, lo, rec.last_log_id.index + 1, u64::MAX, &mut log)?;
             }
-            Ok((storage, rec.hard_state, log))
+            Ok((storage, rec.hard_state, snap, log))
         })();
         let bad_disk = engine.vfs.is_bad_disk();
         match opened {
-            Ok((storage, hs, log)) => {
-                if log.first().is_some_and(|e| e.index != 1) {
-                    let detail =
-                        format!("n{id}: recovered log starts at {} without a snapshot", log[0].index);
+            Ok((storage, hs, snap, log)) => {
+                let snap_last = snap.as_ref().map_or(LogId::ZERO, |(m, _)| m.last_log_id);
+                if log.first().is_some_and(|e| e.index != snap_last.index + 1) {
+                    let detail = format!(
+                        "n{id}: recovered log starts at {} after the snapshot at {snap_last}",
+                        log[0].index
+                    );
                     self.fail(FailureKind::Safety, "recovery", detail);
                     return None;
                 }
+                let (snapshot, sm) = match snap {
+                    None => (None, None),
+                    Some((meta, data)) => match decode_snapshot_blob(&data) {
+                        Ok(sm) => {
+                            let digest = sm.digest();
+                            let s = NodeSnapshot { meta, data: Bytes::from(data), digest };
+                            (Some(Arc::new(s)), Some(sm))
+                        }
+                        Err(error) if bad_disk => {
+                            let _ = error;
+                            n.retired = true;
+                            self.record(idx as u64 + 1, TraceKind::DiskError, 2, 0, 0);
+                            return None;
+                        }
+                        Err(error) => {
+                            let detail = format!(
+                                "n{id}: the storage engine returned snapshot {snap_last} and it does not decode: {error}"
+                            );
+                            self.fail(FailureKind::Safety, "recovery", detail);
+                            return None;
+                        }
+                    },
+                };
                 engine.storage = Some(storage);
                 engine.flush_scheduled = false;
-                n.storage = ModelStorage::recovered(hs, &log);
-                Some((hs, log))
+                n.storage = ModelStorage::recovered(hs, snap_last, &log);
+                Some(Recovery { hard_state: hs, snapshot, sm, log })
             }
             Err(StorageError::Corruption { .. }) if bad_disk => {
                 n.retired = true;
@@ -902,26 +1074,50 @@ impl World {
     }
 
     /// What a restarted node recovered must include everything it
-    /// acknowledged as durable: the log up to its last `LogPersisted` and
-    /// every vote it granted in its current term.
-    fn check_recovered(&mut self, idx: usize, hs: HardState, log: &[Entry]) {
+    /// acknowledged as durable: the log up to its last `LogPersisted` (or a
+    /// snapshot covering it), every vote it granted in its current term, and
+    /// at least the snapshot it last wrote; and a recovered snapshot must
+    /// hold the state every node had at its index.
+    fn check_recovered(&mut self, idx: usize, rec: &Recovery) {
         let n = &self.nodes[idx];
         if n.engine.as_ref().is_some_and(|e| e.vfs.is_bad_disk()) {
             return;
         }
-        let id = n.id;
-        let acked = n.acked_log;
-        if acked.index > 0 && log.get((acked.index - 1) as usize).map(|e| e.term) != Some(acked.term) {
+        let (id, acked, granted_vote) = (n.id, n.acked_log, n.granted_vote);
+        let snap_last = rec.snapshot.as_ref().map_or(LogId::ZERO, |s| s.meta.last_log_id);
+        let written = n.snap.as_ref().map(|s| s.meta.last_log_id);
+        if let Some(s) = &rec.snapshot {
+            if !self.check_snapshot_state(idx, s.meta.last_log_id, s.digest, "restarts from") {
+                return;
+            }
+        }
+        if let Some(written) = written {
+            if snap_last.index < written.index {
+                let detail = format!(
+                    "n{id} wrote snapshot {written} durably, but after a crash it recovered {}",
+                    if snap_last == LogId::ZERO { "none".to_string() } else { snap_last.to_string() }
+                );
+                self.fail(FailureKind::Safety, "snapshot-durability", detail);
+                return;
+            }
+        }
+        let in_log = |index: Index| -> Option<Term> {
+            let first = rec.log.first()?.index;
+            rec.log.get(index.checked_sub(first)? as usize).map(|e| e.term)
+        };
+        let covered = acked.index <= snap_last.index;
+        if acked.index > 0 && !covered && in_log(acked.index) != Some(acked.term) {
             let detail = format!(
                 "n{id} acknowledged its log durable up to {acked}, but after a crash it recovered {} entries \
-                 (last {:?})",
-                log.len(),
-                log.last().map(Entry::log_id)
+                 (last {:?}, snapshot {snap_last})",
+                rec.log.len(),
+                rec.log.last().map(Entry::log_id)
             );
             self.fail(FailureKind::Safety, "storage-durability", detail);
             return;
         }
-        if let Some((term, candidate)) = n.granted_vote {
+        let hs = rec.hard_state;
+        if let Some((term, candidate)) = granted_vote {
             if hs.term < term || (hs.term == term && hs.vote != Some(candidate)) {
                 let detail = format!(
                     "n{id} granted its vote in term {term} to n{candidate}, but after a crash its durable hard state \
@@ -931,6 +1127,33 @@ impl World {
                 self.fail(FailureKind::Safety, "vote-durability", detail);
             }
         }
+    }
+
+    /// A snapshot at `last` with kv digest `digest` (taken, installed or
+    /// recovered by node `idx`) must lie on the committed chain and hold the
+    /// state every node reaches at its index. False after a failure.
+    fn check_snapshot_state(&mut self, idx: usize, last: LogId, digest: u64, what: &str) -> bool {
+        let id = idx + 1;
+        let committed = last.index.checked_sub(1).and_then(|i| self.applied_log.get(i as usize)).map(|e| e.0);
+        if last.index > 0 && committed != Some(last.term) {
+            let detail = format!(
+                "n{id} {what} a snapshot at {last}, but the committed entry at index {} is {committed:?}",
+                last.index
+            );
+            self.fail(FailureKind::Safety, "snapshot-committed", detail);
+            return false;
+        }
+        let known = *self.snapshot_digests.entry(last.index).or_insert(digest);
+        if known != digest {
+            let detail = format!(
+                "n{id} {what} a snapshot at {last} with kv digest {digest:016x}, but another node's state at index \
+                 {} had digest {known:016x}",
+                last.index
+            );
+            self.fail(FailureKind::Safety, "state-machine-safety", detail);
+            return false;
+        }
+        true
     }
 
     /// The storage engine's group commit for node `idx`.
@@ -1001,6 +1224,7 @@ impl World {
         n.raw = None;
         n.incarnation += 1;
         n.storage.crash();
+        n.staged = None;
         n.pending.clear();
         n.tick_at = Nanos::MAX;
         n.paused_until = 0;
@@ -1068,8 +1292,8 @@ impl World {
         if raw.role() != Role::Leader || raw.term() != term || commit <= commit_before {
             return;
         }
-        let at = n.storage.log().get((commit - 1) as usize).map(|e| e.term);
-        if at != Some(term) {
+        let at = n.storage.term_at(commit);
+        if at.is_some_and(|t| t != term) {
             let detail = format!(
                 "leader n{} of term {term} advanced its commit index {commit_before} -> {commit}, \
                  but the entry at {commit} has term {at:?}: only entries of the leader's own term commit by counting",
@@ -1179,11 +1403,7 @@ impl World {
                 if first <= n.acked_log.index {
                     // A suffix is replaced: the acknowledgement now covers the kept prefix.
                     let index = first - 1;
-                    let term = if index == 0 {
-                        0
-                    } else {
-                        n.storage.log().get((index - 1) as usize).map_or(0, |e| e.term)
-                    };
+                    let term = n.storage.term_at(index).unwrap_or(0);
                     n.acked_log = LogId::new(term, index);
                 }
                 n.storage.append(&entries);
@@ -1280,13 +1500,72 @@ impl World {
                     leader.unwrap_or(0),
                 );
             }
-            // Snapshots (core issue 3) are not wired into the simulator yet: it
-            // never reports `SnapshotCreated`, so no node compacts or streams one.
-            Action::SnapshotWanted { .. }
-            | Action::CompactLog { .. }
-            | Action::FetchSnapshotChunk { .. }
-            | Action::ReceiveSnapshotChunk { .. }
-            | Action::InstallSnapshot { .. } => {}
+            Action::SnapshotWanted { up_to: _ } => self.take_snapshot(idx, inputs),
+            Action::CompactLog { up_to } => {
+                let n = &mut self.nodes[idx];
+                if up_to.index > n.storage.snapshot().index {
+                    let detail = format!(
+                        "n{}: asked to compact up to {up_to}, past its durable snapshot {}",
+                        n.id,
+                        n.storage.snapshot()
+                    );
+                    self.fail(FailureKind::Safety, "compaction", detail);
+                    return;
+                }
+                let first = match n.engine.as_mut() {
+                    None => up_to.index + 1,
+                    Some(engine) => {
+                        let Some(storage) = engine.storage.as_mut() else { return };
+                        match storage.compact(GROUP, up_to).and_then(|()| storage.log_state(GROUP)) {
+                            Ok(state) => state.first_index,
+                            Err(_) => {
+                                self.storage_failed(idx, 7);
+                                return;
+                            }
+                        }
+                    }
+                };
+                n.storage.compact_below(first.min(up_to.index + 1));
+                self.compactions += 1;
+                self.record(idx as u64 + 1, TraceKind::Snapshot, 2, up_to.index, up_to.term);
+            }
+            Action::FetchSnapshotChunk { to, snapshot, offset, max_bytes } => {
+                let n = &self.nodes[idx];
+                let data = n.snap.as_ref().filter(|s| s.meta.last_log_id == snapshot).and_then(|s| {
+                    let start = usize::try_from(offset).ok().filter(|&o| o <= s.data.len())?;
+                    let end = start.saturating_add(max_bytes.max(1)).min(s.data.len());
+                    Some((s.data.slice(start..end), end == s.data.len()))
+                });
+                let input = match data {
+                    Some((data, done)) => {
+                        Input::SnapshotChunkRead { to, snapshot, offset, data: Some(data), done }
+                    }
+                    None => Input::SnapshotChunkRead { to, snapshot, offset, data: None, done: false },
+                };
+                inputs.push_back(input);
+            }
+            Action::ReceiveSnapshotChunk { snapshot, offset, data, done: _ } => {
+                let n = &mut self.nodes[idx];
+                if offset == 0 {
+                    n.staged = Some((snapshot, data.to_vec()));
+                    return;
+                }
+                match n.staged.as_mut() {
+                    Some((id, bytes)) if *id == snapshot && bytes.len() as u64 == offset => {
+                        bytes.extend_from_slice(&data);
+                    }
+                    other => {
+                        let had = other.map(|(id, bytes)| (*id, bytes.len()));
+                        let detail = format!(
+                            "n{}: snapshot chunk of {snapshot} at offset {offset}, but staged is {had:?}: chunks \
+                             must arrive in order without gaps",
+                            n.id
+                        );
+                        self.fail(FailureKind::Safety, "snapshot-transfer", detail);
+                    }
+                }
+            }
+            Action::InstallSnapshot { meta } => self.install_snapshot(idx, meta, inputs),
         }
     }
 
@@ -1321,9 +1600,17 @@ impl World {
                     self.fail(FailureKind::Safety, "state-machine-safety", detail);
                     return;
                 }
-            } else {
-                debug_assert_eq!(i, self.applied_log.len(), "a node applied past the global prefix");
+            } else if i == self.applied_log.len() {
                 self.applied_log.push((e.term, h));
+            } else {
+                let detail = format!(
+                    "n{} applies {} but only {} entries are known committed (it skipped some)",
+                    idx + 1,
+                    e.log_id(),
+                    self.applied_log.len()
+                );
+                self.fail(FailureKind::Safety, "state-machine-safety", detail);
+                return;
             }
             let n = &mut self.nodes[idx];
             let responses = match &e.payload {
@@ -1334,11 +1621,29 @@ impl World {
                         return;
                     }
                 },
-                _ => {
+                EntryPayload::Membership(m) => {
+                    n.applied_membership = m.clone();
+                    n.sm.advance_to(e.index);
+                    Vec::new()
+                }
+                EntryPayload::Blank => {
                     n.sm.advance_to(e.index);
                     Vec::new()
                 }
             };
+            if let Some(&known) = self.snapshot_digests.get(&e.index) {
+                let digest = self.nodes[idx].sm.digest();
+                if digest != known {
+                    let detail = format!(
+                        "n{} applied up to {} and its kv digest is {digest:016x}, but a snapshot of index {} has                          digest {known:016x}",
+                        idx + 1,
+                        e.log_id(),
+                        e.index
+                    );
+                    self.fail(FailureKind::Safety, "state-machine-safety", detail);
+                    return;
+                }
+            }
             while let Some(&&(index, id)) = proposals.peek() {
                 if index > e.index {
                     break;
@@ -1362,6 +1667,107 @@ impl World {
             self.record(idx as u64 + 1, TraceKind::Apply, last.index, last.term, 0);
             self.check_watch(idx);
             inputs.push_back(Input::Applied { index: last.index });
+        }
+    }
+
+    /// `SnapshotWanted`: encode the kv at its applied index with the real
+    /// encoder, write it durably with the real engine, report it.
+    fn take_snapshot(&mut self, idx: usize, inputs: &mut VecDeque<Input>) {
+        let n = &self.nodes[idx];
+        let applied = n.sm.applied_index();
+        if applied == 0 || n.snap.as_ref().is_some_and(|s| s.meta.last_log_id.index >= applied) {
+            return;
+        }
+        let Some(term) = n.storage.term_at(applied) else {
+            let detail = format!(
+                "n{}: applied index {applied} is not in its log (first {})",
+                n.id,
+                n.storage.first_index()
+            );
+            self.fail(FailureKind::Safety, "snapshot-take", detail);
+            return;
+        };
+        let data = encode_snapshot_blob(&n.sm);
+        let digest = n.sm.digest();
+        let meta =
+            SnapshotMeta { last_log_id: LogId::new(term, applied), membership: n.applied_membership.clone() };
+        if !self.check_snapshot_state(idx, meta.last_log_id, digest, "takes") {
+            return;
+        }
+        let n = &mut self.nodes[idx];
+        let mut first = 0;
+        if let Some(engine) = n.engine.as_mut() {
+            let Some(storage) = engine.storage.as_mut() else { return };
+            match storage.write_snapshot(GROUP, &meta, &data).and_then(|()| storage.log_state(GROUP)) {
+                Ok(state) => first = state.first_index,
+                Err(_) => {
+                    self.storage_failed(idx, 7);
+                    return;
+                }
+            }
+        }
+        n.storage.set_snapshot(meta.last_log_id);
+        // The engine discards the whole log when the snapshot reaches its end.
+        n.storage.compact_below(first.min(applied + 1));
+        n.snap = Some(Arc::new(NodeSnapshot { meta: meta.clone(), data, digest }));
+        self.snapshots += 1;
+        self.record(idx as u64 + 1, TraceKind::Snapshot, 1, applied, term);
+        inputs.push_back(Input::SnapshotCreated { meta });
+    }
+
+    /// `InstallSnapshot`: decode the staged chunks with the real decoder,
+    /// write the snapshot durably, replace the state machine, drop the log.
+    fn install_snapshot(&mut self, idx: usize, meta: SnapshotMeta, inputs: &mut VecDeque<Input>) {
+        let n = &mut self.nodes[idx];
+        let id = n.id;
+        let last = meta.last_log_id;
+        let staged = n.staged.take();
+        let blob = match staged {
+            Some((staged_id, blob)) if staged_id == last => blob,
+            other => {
+                let had = other.map(|(s, b)| (s, b.len()));
+                let detail = format!("n{id}: asked to install {last}, but the staged snapshot is {had:?}");
+                self.fail(FailureKind::Safety, "snapshot-transfer", detail);
+                return;
+            }
+        };
+        let sm = match decode_snapshot_blob(&blob) {
+            Ok(sm) if sm.applied_index() == last.index => sm,
+            Ok(sm) => {
+                let detail =
+                    format!("n{id}: snapshot {last} holds the state at index {}", sm.applied_index());
+                self.fail(FailureKind::Safety, "snapshot-transfer", detail);
+                return;
+            }
+            Err(error) => {
+                let detail = format!("n{id}: the chunks received for snapshot {last} do not decode: {error}");
+                self.fail(FailureKind::Safety, "snapshot-transfer", detail);
+                return;
+            }
+        };
+        let digest = sm.digest();
+        if !self.check_snapshot_state(idx, last, digest, "installs") {
+            return;
+        }
+        let data = Bytes::from(blob);
+        let n = &mut self.nodes[idx];
+        if let Some(engine) = n.engine.as_mut() {
+            let Some(storage) = engine.storage.as_mut() else { return };
+            if storage.write_snapshot(GROUP, &meta, &data).is_err() {
+                self.storage_failed(idx, 7);
+                return;
+            }
+        }
+        n.storage.install(last);
+        n.acked_log = last;
+        n.sm.install(sm);
+        n.applied = last.index;
+        n.applied_membership = meta.membership.clone();
+        n.snap = Some(Arc::new(NodeSnapshot { meta: meta.clone(), data, digest }));
+        self.installs += 1;
+        self.record(idx as u64 + 1, TraceKind::Snapshot, 3, last.index, last.term);
+        if self.rewatch(idx) {
+            inputs.push_back(Input::SnapshotInstalled { meta });
         }
     }
 
@@ -1823,7 +2229,11 @@ impl World {
         let majority = self.majority();
         for (i, &(term, _)) in self.applied_log.iter().enumerate() {
             let index = i as Index + 1;
-            let holders = self.nodes.iter().filter(|n| n.storage.durable_term(index) == Some(term)).count();
+            let holders = self
+                .nodes
+                .iter()
+                .filter(|n| n.storage.covers(index) || n.storage.durable_term(index) == Some(term))
+                .count();
             if holders < majority {
                 let detail = format!(
                     "{when}: committed entry {term}@{index} is durable on {holders} of {} nodes (need {majority})",
@@ -1835,24 +2245,31 @@ impl World {
         }
     }
 
-    /// Log matching over the nodes' current logs: if two logs hold an entry
-    /// with the same index and term, they agree on everything before it.
+    /// Log matching over the nodes' current logs (each from its first
+    /// uncompacted index): if two logs hold an entry with the same index and
+    /// term, they agree on everything before it that both still hold. (The
+    /// prefixes covered by snapshots are checked when a snapshot is taken,
+    /// installed or recovered: it must lie on the committed chain with the
+    /// state every node had at its index.)
     fn check_log_matching(&mut self) {
         for a in 0..self.nodes.len() {
             for b in a + 1..self.nodes.len() {
-                let (la, lb) = (self.nodes[a].storage.log(), self.nodes[b].storage.log());
-                let common = la.len().min(lb.len());
-                let Some(top) = (0..common).rev().find(|&i| la[i].term == lb[i].term) else { continue };
-                if let Some(i) =
-                    (0..top).find(|&i| la[i].term != lb[i].term || la[i].payload != lb[i].payload)
-                {
+                let (sa, sb) = (&self.nodes[a].storage, &self.nodes[b].storage);
+                let lo = sa.first_index().max(sb.first_index());
+                let hi = sa.last_index().min(sb.last_index());
+                let pair = |i: Index| sa.entry(i).zip(sb.entry(i));
+                let Some(top) = (lo..=hi).rev().find(|&i| pair(i).is_some_and(|(x, y)| x.term == y.term))
+                else {
+                    continue;
+                };
+                let differs =
+                    |i: Index| pair(i).is_none_or(|(x, y)| x.term != y.term || x.payload != y.payload);
+                if let Some(i) = (lo..top).find(|&i| differs(i)) {
                     let detail = format!(
-                        "n{} and n{} agree at index {} (term {}) but differ at index {}",
+                        "n{} and n{} agree at index {top} (term {:?}) but differ at index {i}",
                         a + 1,
                         b + 1,
-                        top + 1,
-                        la[top].term,
-                        i + 1
+                        sa.term_at(top),
                     );
                     self.fail(FailureKind::Safety, "log-matching", detail);
                     return;
@@ -2005,4 +2422,32 @@ pub fn parse_planted_bug(name: &str) -> Result<PlantedBug, String> {
         let names: Vec<&str> = PLANTED_BUGS.iter().map(|b| planted_bug_name(*b)).collect();
         format!("unknown planted bug {name:?}; one of: {}", names.join(", "))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tarn_kv::{Command, Request};
+
+    #[test]
+    fn snapshot_blobs_round_trip_and_refuse_damage() {
+        let mut sm = KvStateMachine::new(KvConfig::default());
+        for i in 1..=200u64 {
+            let command =
+                Command::Put { key: format!("k{}", i % 50), value: Bytes::from(vec![i as u8; 100]) };
+            let request = Request { client_id: 1, seq: i, first_unacked_seq: i, command };
+            let entry = KvEntry { leader_time_nanos: i, requests: vec![request] };
+            sm.apply_entry(i, &entry);
+        }
+        let blob = encode_snapshot_blob(&sm);
+        assert!(blob.len() > 2 * KV_SNAPSHOT_CHUNK_BYTES, "several kv chunks: {} bytes", blob.len());
+        let back = decode_snapshot_blob(&blob).expect("round trip");
+        assert_eq!(back.digest(), sm.digest());
+        assert_eq!(back.applied_index(), 200);
+        assert!(decode_snapshot_blob(&blob[..blob.len() - 1]).is_err(), "truncated");
+        assert!(decode_snapshot_blob(&blob[..KV_CHUNK_HEADER_BYTES - 1]).is_err(), "short header");
+        let mut flipped = blob.to_vec();
+        flipped[blob.len() / 2] ^= 1;
+        assert!(decode_snapshot_blob(&flipped).is_err(), "bit flip");
+    }
 }

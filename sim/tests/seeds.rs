@@ -3,7 +3,7 @@
 
 use tarn_sim::profile::ProfileKind;
 use tarn_sim::queue::NANOS_PER_SECOND;
-use tarn_sim::sweep::{describe_failure, run_seed, sweep};
+use tarn_sim::sweep::{describe_failure, run_seed, sweep, SeedOutcome};
 use tarn_sim::world::RunConfig;
 
 fn config(profile: ProfileKind, nodes: usize, sim_seconds: u64) -> RunConfig {
@@ -14,7 +14,7 @@ fn config(profile: ProfileKind, nodes: usize, sim_seconds: u64) -> RunConfig {
     c
 }
 
-fn assert_all_pass(template: &RunConfig, start: u64, count: u64) {
+fn assert_all_pass(template: &RunConfig, start: u64, count: u64) -> Vec<SeedOutcome> {
     let outcomes = sweep(template, start, count, 2, false, &|_| {});
     let failures: Vec<String> =
         outcomes.iter().filter(|o| o.failed()).map(|o| describe_failure(template, o)).collect();
@@ -25,11 +25,22 @@ fn assert_all_pass(template: &RunConfig, start: u64, count: u64) {
         assert!(o.report.max_commit > 0, "seed {}: nothing committed", o.report.seed);
         assert_eq!(o.report.ops_completed, o.report.ops_invoked, "seed {}: ops left pending", o.report.seed);
     }
+    outcomes
 }
 
 #[test]
 fn swarm_seeds_pass_on_five_nodes() {
-    assert_all_pass(&config(ProfileKind::Swarm, 5, 5), 0, 24);
+    let outcomes = assert_all_pass(&config(ProfileKind::Swarm, 5, 5), 0, 24);
+    // The swarm profile's small snapshot thresholds make nodes snapshot,
+    // compact their logs and install snapshots on lagging followers.
+    let total = |f: fn(&SeedOutcome) -> u64| outcomes.iter().map(f).sum::<u64>();
+    let (snapshots, compactions, installs) =
+        (total(|o| o.report.snapshots), total(|o| o.report.compactions), total(|o| o.report.installs));
+    assert!(snapshots >= 50, "only {snapshots} snapshots taken in 24 seeds");
+    assert!(compactions >= 50, "only {compactions} log compactions in 24 seeds");
+    assert!(installs >= 5, "only {installs} snapshot installs in 24 seeds");
+    let seeds_installing = outcomes.iter().filter(|o| o.report.installs > 0).count();
+    assert!(seeds_installing >= 3, "only {seeds_installing} of 24 seeds installed a snapshot");
 }
 
 #[test]
