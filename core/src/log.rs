@@ -17,6 +17,9 @@ pub struct RaftLog {
     term_starts: Vec<LogId>,
     last: LogId,
     tail: VecDeque<Entry>,
+    /// Sum of `size_bytes` over `tail`: eviction bounds memory by bytes too,
+    /// since one batched entry can be hundreds of KiB.
+    tail_bytes: usize,
     /// The durable prefix (matched by term and index on acknowledgement).
     persisted: Index,
     committed: Index,
@@ -57,6 +60,7 @@ impl RaftLog {
             snapshot,
             term_starts,
             last,
+            tail_bytes: tail.iter().map(Entry::size_bytes).sum(),
             tail: tail.into(),
             persisted: last.index,
             committed: committed.min(last.index).max(snapshot.index),
@@ -101,6 +105,36 @@ impl RaftLog {
 
     pub fn tail_len(&self) -> usize {
         self.tail.len()
+    }
+
+    /// Payload bytes held in memory (`Entry::size_bytes` summed over the tail).
+    pub fn tail_bytes(&self) -> usize {
+        debug_assert_eq!(self.tail_bytes, self.tail.iter().map(Entry::size_bytes).sum::<usize>());
+        self.tail_bytes
+    }
+
+    /// The first index that must stay in memory so the tail holds at most
+    /// `max_entries` entries and `max_bytes` bytes (the last entry is always
+    /// kept). The caller also bounds it by what is durable and applied.
+    pub fn tail_keep_from(&self, max_entries: usize, max_bytes: usize) -> Index {
+        let mut keep_from = self.tail_first();
+        let mut len = self.tail.len();
+        let mut bytes = self.tail_bytes;
+        for e in &self.tail {
+            if len <= 1 || (len <= max_entries && bytes <= max_bytes) {
+                break;
+            }
+            len -= 1;
+            bytes -= e.size_bytes();
+            keep_from = e.index + 1;
+        }
+        keep_from
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.tail.pop_front() {
+            self.tail_bytes -= e.size_bytes();
+        }
     }
 
     /// The term of the entry at `index`, if the log (or snapshot point) has it.
@@ -173,13 +207,16 @@ impl RaftLog {
                 self.term_starts.push(e.log_id());
             }
             self.last = e.log_id();
+            self.tail_bytes += e.size_bytes();
             self.tail.push_back(e.clone());
         }
     }
 
     fn truncate_from(&mut self, from: Index) {
         while self.tail.back().is_some_and(|e| e.index >= from) {
-            self.tail.pop_back();
+            if let Some(e) = self.tail.pop_back() {
+                self.tail_bytes -= e.size_bytes();
+            }
         }
         while self.term_starts.last().is_some_and(|s| s.index >= from) {
             self.term_starts.pop();
@@ -190,6 +227,7 @@ impl RaftLog {
         self.persisted = self.persisted.min(new_last);
         if self.tail.back().is_some_and(|e| e.index != new_last) {
             self.tail.clear();
+            self.tail_bytes = 0;
         }
     }
 
@@ -226,7 +264,7 @@ impl RaftLog {
     pub fn evict_before(&mut self, keep_from: Index) {
         debug_assert!(keep_from <= self.persisted + 1);
         while self.tail.front().is_some_and(|e| e.index < keep_from) {
-            self.tail.pop_front();
+            self.pop_front();
         }
     }
 
@@ -277,7 +315,7 @@ impl RaftLog {
         self.term_starts = starts;
         self.snapshot = up_to;
         while self.tail.front().is_some_and(|e| e.index <= up_to.index) {
-            self.tail.pop_front();
+            self.pop_front();
         }
     }
 
@@ -287,6 +325,7 @@ impl RaftLog {
         self.snapshot = snapshot;
         self.term_starts.clear();
         self.tail.clear();
+        self.tail_bytes = 0;
         self.last = snapshot;
         self.persisted = snapshot.index;
         self.committed = snapshot.index;
@@ -351,6 +390,29 @@ mod tests {
         assert_eq!((s.len(), bytes), (2, 48));
         let (s, _) = l.slice(3, 10, 1).unwrap();
         assert_eq!(s.len(), 1, "at least one entry");
+    }
+
+    #[test]
+    fn tail_is_bounded_by_bytes_and_entries() {
+        let big =
+            |i: Index| Entry { term: 1, index: i, payload: EntryPayload::Normal(vec![0u8; 1000].into()) };
+        let mut l = RaftLog::new(LogId::ZERO, vec![], LogId::ZERO, vec![], 0).unwrap();
+        l.append(&(1..=10).map(big).collect::<Vec<_>>());
+        assert_eq!(l.tail_bytes(), 10 * 1024);
+        assert_eq!(l.tail_keep_from(100, 1 << 20), 1, "within both bounds: keep all");
+        assert_eq!(l.tail_keep_from(4, 1 << 20), 7, "entry bound");
+        assert_eq!(l.tail_keep_from(100, 3 * 1024), 8, "byte bound");
+        assert_eq!(l.tail_keep_from(100, 0), 10, "the last entry always stays");
+        l.persisted_to(LogId::new(1, 10));
+        l.evict_before(8);
+        assert_eq!(l.tail_bytes(), 3 * 1024);
+        l.append(&[Entry { term: 2, index: 10, payload: EntryPayload::Blank }]);
+        assert_eq!(l.tail_bytes(), 2 * 1024 + 24, "truncation and append keep the count");
+        l.commit_to(9);
+        l.compact_to(LogId::new(1, 9));
+        assert_eq!(l.tail_bytes(), 24);
+        l.install_snapshot(LogId::new(3, 20));
+        assert_eq!(l.tail_bytes(), 0);
     }
 
     #[test]
