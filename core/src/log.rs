@@ -108,6 +108,7 @@ impl RaftLog {
     }
 
     /// Payload bytes held in memory (`Entry::size_bytes` summed over the tail).
+    #[allow(dead_code)] // Wired into `RawNode::maybe_evict` with `Config::max_log_tail_bytes` next.
     pub fn tail_bytes(&self) -> usize {
         debug_assert_eq!(self.tail_bytes, self.tail.iter().map(Entry::size_bytes).sum::<usize>());
         self.tail_bytes
@@ -116,6 +117,7 @@ impl RaftLog {
     /// The first index that must stay in memory so the tail holds at most
     /// `max_entries` entries and `max_bytes` bytes (the last entry is always
     /// kept). The caller also bounds it by what is durable and applied.
+    #[allow(dead_code)] // Wired into `RawNode::maybe_evict` with `Config::max_log_tail_bytes` next.
     pub fn tail_keep_from(&self, max_entries: usize, max_bytes: usize) -> Index {
         let mut keep_from = self.tail_first();
         let mut len = self.tail.len();
