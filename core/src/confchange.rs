@@ -195,6 +195,11 @@ impl ConfState {
         ConfState { committed, committed_at: 0, pending }
     }
 
+    /// The configuration in force at the commit index.
+    pub fn committed(&self) -> &Membership {
+        &self.committed
+    }
+
     /// The configuration in force (the newest appended).
     pub fn current(&self) -> &Membership {
         self.pending.last().map_or(&self.committed, |(_, m)| m)

@@ -100,6 +100,60 @@ pub struct Config {
     /// The leader proposes C(new) as soon as C(old,new) commits. Off: the
     /// joint configuration is left by an empty `ChangeMembership`.
     pub auto_leave_joint: bool,
+    /// This node lost its disk and restarts empty under the same id: it must
+    /// not take part in elections until the operator has removed it (or
+    /// re-added it as a learner) and it has seen that configuration committed.
+    ///
+    /// Why: Raft's safety rests on two durable facts per voter, its vote in
+    /// each term and the log it acknowledged. A wiped node forgot both. If it
+    /// voted for A in term t before the loss, it can vote for B in term t
+    /// again afterwards, and A and B both lead term t (test
+    /// `without_the_flag_a_wiped_voter_votes_twice_in_one_term`); and the
+    /// entries it acknowledged no longer count where the leader counted them,
+    /// so a candidate missing a committed entry could win with its vote.
+    ///
+    /// Rule, while the flag is set and until the condition below holds: the
+    /// node grants no vote and no pre-vote, never campaigns, and ignores
+    /// `TimeoutNow` (so it cannot be a transfer target). It does acknowledge
+    /// appends it holds durably (an acknowledgement states what is on disk
+    /// now, which is true) and applies what commits. It leaves this mode once
+    /// an `AppendEntries` of the current leader shows a commit index that
+    /// (a) is an entry of the leader's own term (a new leader's commit index
+    /// may be stale), (b) this node holds entirely (so it knows the whole
+    /// committed log at that index, not a prefix of it), and (c) has a
+    /// configuration in force in which this node is not a voter (removed, or
+    /// a learner; a snapshot's membership counts when no later configuration
+    /// entry precedes that index). Promoting it afterwards makes it a fresh
+    /// voter: every candidate that can count its new votes has that
+    /// configuration in its log, while every candidate that counted a vote it
+    /// gave before the loss had an older configuration.
+    ///
+    /// Weaker rules are unsafe:
+    /// - "vote once caught up with the leader": its pre-loss vote may be in a
+    ///   term ABOVE the current leader's (for a candidate that never won or
+    ///   is still campaigning, cut off from the others); catching up teaches
+    ///   it the leader's lower term, and that candidate's rival can later
+    ///   campaign in the higher term and get its vote a second time.
+    /// - "vote only above the highest term seen since the restart": the same
+    ///   case; the highest term it ever voted in is exactly what it forgot.
+    /// - "any committed configuration without it": the log may hold a removal
+    ///   from long before the loss (it was removed and re-added earlier);
+    ///   that says nothing about votes given after it. Hence (b): only the
+    ///   configuration in force at a whole, current commit index counts, and
+    ///   a node part-way through catching up does not look past its prefix.
+    ///
+    /// Residual assumption: a leader message sent before the loss (when the
+    /// node was a learner, before a later promotion) is not delivered after
+    /// the restart; TCP connections die with the process, so the transport
+    /// guarantees it.
+    ///
+    /// For drivers: pass the flag on every start until `Status::rejoining`
+    /// has turned false (persist that), then never again for this disk. A
+    /// restart without the flag while still rejoining re-opens the double
+    /// vote; a restart with it after rejoining is safe but blocks the node
+    /// from voting until it is removed or demoted again. A group whose only
+    /// voter lost its disk cannot rejoin (`RawNode::new` refuses).
+    pub rejoin_after_data_loss: bool,
     /// A bug to plant (tests and simulator only).
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<PlantedBug>,
@@ -135,6 +189,7 @@ impl Config {
             max_promotion_lag_entries: 1_000,
             step_down_when_removed: true,
             auto_leave_joint: true,
+            rejoin_after_data_loss: false,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }

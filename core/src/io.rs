@@ -268,4 +268,8 @@ pub struct Status {
     pub membership: Membership,
     /// Per follower (leader only): `(id, match_index, next_index, replicating)`.
     pub progress: Vec<(NodeId, Index, Index, bool)>,
+    /// Still rejoining after data loss (`Config::rejoin_after_data_loss`):
+    /// grants no votes and never campaigns. Drivers persist the moment this
+    /// turns false and stop passing the flag from then on.
+    pub rejoining: bool,
 }

@@ -129,6 +129,10 @@ pub struct RawNode {
     /// is a copy of `conf.current()`).
     conf: ConfState,
     snap: SnapState,
+    /// Rejoining after data loss: no votes, no campaigns until a committed
+    /// configuration without this node as a voter is seen
+    /// (`Config::rejoin_after_data_loss`).
+    rejoining: bool,
 }
 
 impl RawNode {
@@ -168,6 +172,17 @@ impl RawNode {
         let (term, vote) =
             if log.last().term > hs.term { (log.last().term, None) } else { (hs.term, hs.vote) };
         let applied = recovered.applied.max(snapshot.index);
+        let m = &recovered.membership;
+        if config.rejoin_after_data_loss && m.voters.len() == 1 && m.is_voter(config.id) && !m.is_joint() {
+            return Err(ConfigError {
+                field: "rejoin_after_data_loss",
+                reason: format!(
+                    "node {} is the only voter of its group: no other node can remove it, so it could never \
+                     rejoin; restore the group from a backup or bootstrap a new one",
+                    config.id
+                ),
+            });
+        }
         if applied > log.last().index {
             return Err(bad(format!("applied {applied} is beyond the last log index {}", log.last())));
         }
@@ -202,6 +217,7 @@ impl RawNode {
             forwarded: BTreeMap::new(),
             forwarded_order: VecDeque::new(),
             last_reported: (Role::Follower, term, None),
+            rejoining: config.rejoin_after_data_loss,
             cfg: config,
             conf,
             snap,
@@ -300,6 +316,7 @@ impl RawNode {
             last_log_id: self.log.last(),
             persisted: self.log.persisted(),
             membership: self.membership.clone(),
+            rejoining: self.rejoining,
             progress: self.leader.as_ref().map_or(Vec::new(), |l| {
                 l.progress
                     .iter()
@@ -343,7 +360,7 @@ impl RawNode {
             self.tick_leader(actions);
         } else if self.now >= self.election_deadline {
             self.reset_election_timer();
-            if self.membership.is_voter(self.id) && !self.snap.installing() {
+            if self.may_campaign() {
                 self.campaign(false, actions);
             }
         }
@@ -600,7 +617,7 @@ impl RawNode {
         match m.body {
             MessageBody::PreVoteRequest { last_log_id } => {
                 // Granted only for a later term than ours, from an up-to-date log.
-                let granted = m.term > self.term && self.log_ok(last_log_id);
+                let granted = m.term > self.term && !self.rejoining && self.log_ok(last_log_id);
                 let term = if granted { m.term } else { self.term };
                 let body = MessageBody::PreVoteResponse { granted };
                 actions.push(Action::Send { to: from, message: Message { from: self.id, term, body } });
@@ -634,7 +651,7 @@ impl RawNode {
             }
             MessageBody::TimeoutNow => {
                 self.heard_from_leader(from, actions);
-                if self.membership.is_voter(self.id) && !self.snap.installing() {
+                if self.may_campaign() {
                     self.campaign(true, actions);
                 }
             }
@@ -674,6 +691,31 @@ impl RawNode {
         }
     }
 
+    /// A voter that is not installing a snapshot and not rejoining after
+    /// data loss may start an election (on timeout or `TimeoutNow`).
+    fn may_campaign(&self) -> bool {
+        self.membership.is_voter(self.id) && !self.snap.installing() && !self.rejoining
+    }
+
+    /// Rejoining: an append of the current leader told us its commit index
+    /// `commit`. Leave rejoin mode if that index is an entry of the leader's
+    /// term (not a new leader's stale commit), we hold the log up to it
+    /// (`matched`), and the configuration in force there does not count us
+    /// as a voter. See `Config::rejoin_after_data_loss` for why each part
+    /// is needed.
+    fn rejoin_evidence(&mut self, commit: Index, matched: Index) {
+        debug_assert!(self.rejoining && self.role == Role::Follower);
+        // Our commit index is above `commit` only if a later append of
+        // this leader overtook this one; that append was the evidence.
+        if commit > matched || self.log.committed() != commit || self.log.term_at(commit) != Some(self.term) {
+            return;
+        }
+        self.conf.commit_to(commit);
+        if !self.conf.committed().is_voter(self.id) {
+            self.rejoining = false;
+        }
+    }
+
     /// §5.4.1: the candidate's log is at least as up to date as ours.
     fn log_ok(&self, candidate_last: LogId) -> bool {
         bug!(self, VoteWithoutLogCheck) || candidate_last >= self.log.last()
@@ -681,7 +723,7 @@ impl RawNode {
 
     fn on_vote_request(&mut self, from: NodeId, last_log_id: LogId, actions: &mut Vec<Action>) {
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader_id.is_none());
-        if !(can_vote && self.log_ok(last_log_id)) {
+        if self.rejoining || !(can_vote && self.log_ok(last_log_id)) {
             self.send(from, MessageBody::VoteResponse { granted: false }, actions);
             return;
         }
@@ -776,6 +818,9 @@ impl RawNode {
         }
         self.follower_ack.matched = self.follower_ack.matched.max(matched);
         self.log.commit_to(commit.min(matched));
+        if self.rejoining {
+            self.rejoin_evidence(commit, matched);
+        }
         let durable_now = matched <= self.durable_index();
         if durable_now {
             // Otherwise the acknowledgement leaves with the LogPersisted that

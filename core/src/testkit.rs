@@ -622,6 +622,11 @@ impl Cluster {
     pub fn crash(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
         node.up = false;
+        // A driver persists that rejoining ended and stops passing the flag
+        // (`Config::rejoin_after_data_loss`).
+        if !node.raft.status().rejoining {
+            node.config.rejoin_after_data_loss = false;
+        }
         node.pending.clear();
         node.inbox.clear();
     }
@@ -662,6 +667,23 @@ impl Cluster {
         node.auto_persist = true;
         node.up = true;
         self.step(id, Input::Tick);
+    }
+
+    /// `id` loses its disk: it crashes, and restarts with an empty log and
+    /// hard state, the cluster's initial configuration (what a driver that
+    /// bootstraps the node again knows) and `rejoin_after_data_loss` =
+    /// `rejoin`. Its state machine restarts empty.
+    pub fn wipe(&mut self, id: NodeId, rejoin: bool) {
+        self.crash(id);
+        let initial = self.initial_membership.clone();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.durable_log.clear();
+        node.durable_hard_state = HardState::default();
+        node.snapshot = None;
+        node.compacted_to = 0;
+        node.config.rejoin_after_data_loss = rejoin;
+        node.recovered = Recovered::from_log_and_initial(HardState::default(), initial, Vec::new());
+        self.restart(id);
     }
 
     /// Normal payloads `id` has applied, in order.
