@@ -53,12 +53,12 @@ fn snapshot_path(m: &SnapshotMeta) -> PathBuf {
 
 /// Writes `data` through a writer in chunks of `chunk` bytes and commits it.
 fn write_chunked(s: &mut Storage, m: &SnapshotMeta, data: &[u8], chunk: usize) {
-    let mut w = s.snapshot_writer(GROUP, m).unwrap();
+    let mut w = s.snapshot_writer(GROUP, m.last_log_id).unwrap();
     for piece in data.chunks(chunk) {
         w.write_chunk(piece).unwrap();
     }
     assert_eq!(w.len(), data.len() as u64);
-    let file = w.finish().unwrap();
+    let file = w.finish(m).unwrap();
     assert_eq!(file.data_len, data.len() as u64);
     s.commit_snapshot(GROUP, file).unwrap();
 }
@@ -145,7 +145,7 @@ fn dropped_writer_removes_its_temporary_file_and_changes_nothing() {
     append(&mut s, 1, 1..=20);
     write_chunked(&mut s, &meta(1, 10), b"first", 100);
     let before = vfs.list(&group_dir()).unwrap();
-    let mut w = s.snapshot_writer(GROUP, &meta(1, 15)).unwrap();
+    let mut w = s.snapshot_writer(GROUP, LogId::new(1, 15)).unwrap();
     w.write_chunk(b"abandoned").unwrap();
     assert_ne!(vfs.list(&group_dir()).unwrap(), before, "the writer has a temporary file");
     drop(w);
@@ -163,17 +163,20 @@ fn older_snapshots_are_refused_and_the_size_is_bounded() {
     append(&mut s, 1, 1..=20);
     // Two writers race: the newer commits first, the older is then refused
     // and its file removed; the newer one stays.
-    let mut old = s.snapshot_writer(GROUP, &meta(1, 10)).unwrap();
+    let mut old = s.snapshot_writer(GROUP, LogId::new(1, 10)).unwrap();
     old.write_chunk(b"old").unwrap();
-    let mut new = s.snapshot_writer(GROUP, &meta(1, 12)).unwrap();
+    let mut new = s.snapshot_writer(GROUP, LogId::new(1, 12)).unwrap();
     new.write_chunk(b"new").unwrap();
-    let (old, new) = (old.finish().unwrap(), new.finish().unwrap());
+    let (old, new) = (old.finish(&meta(1, 10)).unwrap(), new.finish(&meta(1, 12)).unwrap());
     s.commit_snapshot(GROUP, new).unwrap();
     assert!(matches!(s.commit_snapshot(GROUP, old), Err(StorageError::InvalidRequest { group: GROUP, .. })));
     assert!(vfs.file_bytes(&snapshot_path(&meta(1, 10))).is_none());
     assert_eq!(s.read_snapshot(GROUP).unwrap(), Some((meta(1, 12), b"new".to_vec())));
-    assert!(matches!(s.snapshot_writer(GROUP, &meta(1, 11)), Err(StorageError::InvalidRequest { .. })));
-    let mut big = s.snapshot_writer(GROUP, &meta(1, 20)).unwrap();
+    assert!(matches!(s.snapshot_writer(GROUP, LogId::new(1, 11)), Err(StorageError::InvalidRequest { .. })));
+    let mut mismatched = s.snapshot_writer(GROUP, LogId::new(1, 13)).unwrap();
+    mismatched.write_chunk(b"x").unwrap();
+    assert!(matches!(mismatched.finish(&meta(1, 14)), Err(StorageError::InvalidRequest { .. })));
+    let mut big = s.snapshot_writer(GROUP, LogId::new(1, 20)).unwrap();
     big.write_chunk(&[0; 600]).unwrap();
     let err = big.write_chunk(&[0; 600]).unwrap_err();
     assert!(err.to_string().contains("max_snapshot_size_bytes"), "{err}");
@@ -264,11 +267,11 @@ fn crash_while_writing_a_snapshot_keeps_the_previous_one() {
         (vfs, s)
     };
     let second = |s: &mut Storage| -> Result<(), StorageError> {
-        let mut w = s.snapshot_writer(GROUP, &m2)?;
+        let mut w = s.snapshot_writer(GROUP, m2.last_log_id)?;
         for piece in data2.chunks(2500) {
             w.write_chunk(piece)?;
         }
-        let file = w.finish()?;
+        let file = w.finish(&m2)?;
         s.commit_snapshot(GROUP, file)
     };
     // Count the writes of the second snapshot.
@@ -276,7 +279,7 @@ fn crash_while_writing_a_snapshot_keeps_the_previous_one() {
     let base = vfs.write_count();
     second(&mut s).unwrap();
     let writes = vfs.write_count() - base;
-    assert!(writes >= 6, "header, meta and five chunks: {writes}");
+    assert!(writes >= 6, "five chunks, meta and header: {writes}");
     let mut saw = [0usize; 2];
     for n in 0..writes {
         for mode in [CrashMode::DropUnsynced, CrashMode::KeepUnsynced] {
@@ -305,9 +308,9 @@ fn crash_while_writing_a_snapshot_keeps_the_previous_one() {
     // Finished (renamed, directory synced) but not committed when the
     // process died: the newer complete snapshot wins at recovery.
     let (vfs, mut s) = prepare();
-    let mut w = s.snapshot_writer(GROUP, &m2).unwrap();
+    let mut w = s.snapshot_writer(GROUP, m2.last_log_id).unwrap();
     w.write_chunk(&data2).unwrap();
-    let _file = w.finish().unwrap();
+    let _file = w.finish(&m2).unwrap();
     drop(s);
     let mut s = open(&vfs.crash(CrashMode::DropUnsynced));
     assert_eq!(s.open_group(GROUP).unwrap().snapshot, Some(m2.clone()));

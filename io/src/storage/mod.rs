@@ -776,37 +776,39 @@ impl Storage {
     /// Durably stores a snapshot in one piece (see [`Storage::snapshot_writer`]
     /// and [`Storage::finish_snapshot`], which this wraps).
     pub fn write_snapshot(&mut self, group: GroupId, meta: &SnapshotMeta, data: &[u8]) -> Result<()> {
-        let mut writer = self.snapshot_writer(group, meta)?;
+        let mut writer = self.snapshot_writer(group, meta.last_log_id)?;
         writer.write_chunk(data)?;
-        self.finish_snapshot(group, writer)
+        self.finish_snapshot(group, writer, meta)
     }
 
-    /// Starts a snapshot of `group` covering the log up to
-    /// `meta.last_log_id`, to be filled chunk by chunk
-    /// ([`SnapshotWriter::write_chunk`], on any thread), made durable with
-    /// [`SnapshotWriter::finish`] (fdatasync, rename, directory sync — also
-    /// on any thread) and recorded with [`Storage::commit_snapshot`].
+    /// Starts a snapshot of `group` covering the log up to `snapshot`, to be
+    /// filled chunk by chunk ([`SnapshotWriter::write_chunk`], on any
+    /// thread), made durable with [`SnapshotWriter::finish`] (which takes the
+    /// metadata: a follower learns it only at install; fdatasync, rename,
+    /// directory sync — also on any thread) and recorded with
+    /// [`Storage::commit_snapshot`].
     /// Dropping the writer abandons it (its temporary file is removed). The
     /// data is bounded by `max_snapshot_size_bytes`.
-    pub fn snapshot_writer(
-        &mut self,
-        group: GroupId,
-        meta: &SnapshotMeta,
-    ) -> Result<SnapshotWriter<'static>> {
+    pub fn snapshot_writer(&mut self, group: GroupId, snapshot: LogId) -> Result<SnapshotWriter<'static>> {
         let vfs = self.vfs.clone();
         let max_data_bytes = self.config.max_snapshot_size_bytes;
         self.snapshot_nonce += 1;
         let nonce = self.snapshot_nonce;
         let store = self.group_mut(group)?;
         store.log.check_poison()?;
-        check_snapshot_not_older(group, store.snapshot.as_ref(), meta)?;
-        SnapshotWriter::create_shared(vfs, &store.dir, meta, nonce, max_data_bytes)
+        check_snapshot_not_older(group, store.snapshot.as_ref(), snapshot)?;
+        SnapshotWriter::create_shared(vfs, &store.dir, snapshot, nonce, max_data_bytes)
     }
 
     /// [`SnapshotWriter::finish`] then [`Storage::commit_snapshot`], on this thread.
-    pub fn finish_snapshot(&mut self, group: GroupId, writer: SnapshotWriter<'static>) -> Result<()> {
+    pub fn finish_snapshot(
+        &mut self,
+        group: GroupId,
+        writer: SnapshotWriter<'static>,
+        meta: &SnapshotMeta,
+    ) -> Result<()> {
         self.group(group)?;
-        let file = writer.finish()?;
+        let file = writer.finish(meta).map_err(|e| with_group(e, group))?;
         self.commit_snapshot(group, file)
     }
 
@@ -827,7 +829,7 @@ impl Storage {
             });
         }
         let meta = file.meta;
-        if let Err(e) = check_snapshot_not_older(group, store.snapshot.as_ref(), &meta) {
+        if let Err(e) = check_snapshot_not_older(group, store.snapshot.as_ref(), meta.last_log_id) {
             let current = store.snapshot.as_ref().map(|m| m.last_log_id);
             if current != Some(meta.last_log_id) {
                 remove_if_exists(vfs.as_ref(), &file.path).map_err(io_err("remove", &file.path))?;
@@ -958,21 +960,12 @@ fn with_group(e: StorageError, group: GroupId) -> StorageError {
     }
 }
 
-fn check_snapshot_not_older(
-    group: GroupId,
-    current: Option<&SnapshotMeta>,
-    meta: &SnapshotMeta,
-) -> Result<()> {
+fn check_snapshot_not_older(group: GroupId, current: Option<&SnapshotMeta>, snapshot: LogId) -> Result<()> {
     match current {
-        Some(current) if current.last_log_id.index > meta.last_log_id.index => {
-            Err(StorageError::InvalidRequest {
-                group,
-                reason: format!(
-                    "snapshot at {} is older than the stored one at {}",
-                    meta.last_log_id, current.last_log_id
-                ),
-            })
-        }
+        Some(current) if current.last_log_id.index > snapshot.index => Err(StorageError::InvalidRequest {
+            group,
+            reason: format!("snapshot at {snapshot} is older than the stored one at {}", current.last_log_id),
+        }),
         _ => Ok(()),
     }
 }

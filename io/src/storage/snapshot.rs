@@ -6,23 +6,32 @@
 //! removes) temporary files, so a half-written snapshot is never loaded.
 //!
 //! ```text
-//! magic "TARNSNP1" | version u32 | meta_len u32 | data_len u64 | crc32c u32 | pad u32 | meta (postcard) | data
+//! magic "TARNSNP1" | version u32 | meta_len u32 | data_len u64 | crc32c u32 | pad u32 | data | meta (postcard)
 //! ```
-//! The checksum covers bytes 0..24 of the header, the meta and the data.
+//! The checksum covers bytes 0..24 of the header, then everything after the
+//! header in file order. The data comes first (format version 2) so that a
+//! follower can stage a leader's chunks before it knows the metadata (the
+//! core hands it over only with `InstallSnapshot`), and a chunk's offset in
+//! the data is its offset in the file plus the fixed header size.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use tarn_core::{Index, SnapshotMeta, Term};
+use tarn_core::{Index, LogId, SnapshotMeta, Term};
 
 use super::error::{io_err, Result, StorageError};
 use crate::vfs::{Vfs, VfsFile};
 
 const MAGIC: &[u8; 8] = b"TARNSNP1";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 pub const SNAPSHOT_HEADER_BYTES: usize = 32;
+/// Where the data starts in a snapshot file.
+const DATA_START: u64 = SNAPSHOT_HEADER_BYTES as u64;
 /// Membership metadata is small; anything bigger is damage.
 pub const MAX_SNAPSHOT_META_BYTES: u32 = 1 << 20;
 pub const SNAPSHOT_TMP_SUFFIX: &str = ".snap.tmp";
+/// Reads while verifying a whole file go this many bytes at a time.
+const VERIFY_READ_BYTES: u64 = 1 << 20;
 
 pub fn file_name(index: Index, term: Term) -> String {
     format!("snap-{index:020}-{term:020}.snap")
@@ -38,15 +47,21 @@ pub fn parse_name(name: &str) -> Option<(Index, Term)> {
     Some((index.parse().ok()?, term.parse().ok()?))
 }
 
-pub fn encode_header(meta_bytes: &[u8], data: &[u8]) -> [u8; SNAPSHOT_HEADER_BYTES] {
+fn header_fields(meta_len: u32, data_len: u64) -> [u8; SNAPSHOT_HEADER_BYTES] {
     let mut h = [0u8; SNAPSHOT_HEADER_BYTES];
     h[0..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
-    h[16..24].copy_from_slice(&(data.len() as u64).to_le_bytes());
+    h[12..16].copy_from_slice(&meta_len.to_le_bytes());
+    h[16..24].copy_from_slice(&data_len.to_le_bytes());
+    h
+}
+
+/// The header of a file holding `data` then `meta_bytes`, checksum included.
+pub fn encode_header(meta_bytes: &[u8], data: &[u8]) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    let mut h = header_fields(meta_bytes.len() as u32, data.len() as u64);
     let mut crc = crc32c::crc32c(&h[..24]);
-    crc = crc32c::crc32c_append(crc, meta_bytes);
     crc = crc32c::crc32c_append(crc, data);
+    crc = crc32c::crc32c_append(crc, meta_bytes);
     h[24..28].copy_from_slice(&crc.to_le_bytes());
     h
 }
@@ -54,42 +69,37 @@ pub fn encode_header(meta_bytes: &[u8], data: &[u8]) -> [u8; SNAPSHOT_HEADER_BYT
 /// Writes a snapshot durably (see the module doc) in one piece. Returns its
 /// path. A thin wrapper over [`SnapshotWriter`].
 pub fn write(vfs: &dyn Vfs, dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<PathBuf> {
-    let mut writer = SnapshotWriter::create_in(vfs, dir, meta, 0)?;
+    let mut writer = SnapshotWriter::start(VfsRef::Borrowed(vfs), dir, meta.last_log_id, 0)?;
     writer.write_chunk(data)?;
-    Ok(writer.finish()?.path)
-}
-
-/// Where a snapshot's data section starts in its file.
-fn data_start(meta_len: u32) -> u64 {
-    SNAPSHOT_HEADER_BYTES as u64 + meta_len as u64
+    Ok(writer.finish(meta)?.path)
 }
 
 /// A snapshot being written, chunk by chunk, so a big state machine is never
 /// one blob in memory. Owns its temporary file and needs nothing of the
-/// engine, so it can be filled on any thread (`Send`). [`SnapshotWriter::finish`]
-/// makes it durable under its final name; the engine then records it as the
-/// group's snapshot ([`super::Storage::commit_snapshot`]). Dropped unfinished,
-/// it removes its temporary file (recovery also removes leftovers).
+/// engine, so it can be filled on any thread (`Send`).
+/// [`SnapshotWriter::finish`] makes it durable under its final name; the
+/// engine then records it as the group's snapshot
+/// ([`super::Storage::commit_snapshot`]). Dropped unfinished, it removes its
+/// temporary file (recovery also removes leftovers).
 pub struct SnapshotWriter<'v> {
     vfs: VfsRef<'v>,
     dir: PathBuf,
     tmp: PathBuf,
     path: PathBuf,
     file: Option<Box<dyn VfsFile>>,
-    meta: SnapshotMeta,
-    meta_len: u32,
+    snapshot: LogId,
     data_len: u64,
-    /// Bound on the data section (a leader streaming without end cannot fill the disk).
+    /// Bound on the data (a leader streaming without end cannot fill the disk).
     max_data_bytes: u64,
-    /// CRC32C of meta and data so far (the header is folded in at the end).
-    body_crc: u32,
+    /// CRC32C of the data so far (header and metadata are folded in at the end).
+    data_crc: u32,
     finished: bool,
 }
 
 /// A borrowed or shared file system: the blob API borrows, the engine shares.
 enum VfsRef<'v> {
     Borrowed(&'v dyn Vfs),
-    Shared(std::sync::Arc<dyn Vfs>),
+    Shared(Arc<dyn Vfs>),
 }
 
 impl VfsRef<'_> {
@@ -105,7 +115,7 @@ impl std::fmt::Debug for SnapshotWriter<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SnapshotWriter")
             .field("tmp", &self.tmp)
-            .field("last_log_id", &self.meta.last_log_id)
+            .field("snapshot", &self.snapshot)
             .field("data_len", &self.data_len)
             .finish()
     }
@@ -125,55 +135,41 @@ impl SnapshotWriter<'static> {
     /// A writer the engine hands out: shares the file system, so it can move
     /// to another thread. `nonce` keeps concurrent writers of one group apart.
     pub(crate) fn create_shared(
-        vfs: std::sync::Arc<dyn Vfs>,
+        vfs: Arc<dyn Vfs>,
         dir: &Path,
-        meta: &SnapshotMeta,
+        snapshot: LogId,
         nonce: u64,
         max_data_bytes: u64,
     ) -> Result<SnapshotWriter<'static>> {
-        let mut w = SnapshotWriter::start(VfsRef::Shared(vfs), dir, meta, nonce)?;
+        let mut w = SnapshotWriter::start(VfsRef::Shared(vfs), dir, snapshot, nonce)?;
         w.max_data_bytes = max_data_bytes;
         Ok(w)
     }
 }
 
 impl<'v> SnapshotWriter<'v> {
-    fn create_in(
-        vfs: &'v dyn Vfs,
-        dir: &Path,
-        meta: &SnapshotMeta,
-        nonce: u64,
-    ) -> Result<SnapshotWriter<'v>> {
-        SnapshotWriter::start(VfsRef::Borrowed(vfs), dir, meta, nonce)
-    }
-
-    fn start(vfs: VfsRef<'v>, dir: &Path, meta: &SnapshotMeta, nonce: u64) -> Result<SnapshotWriter<'v>> {
-        let meta_bytes = postcard::to_allocvec(meta).expect("snapshot meta serializes");
-        assert!(meta_bytes.len() as u32 <= MAX_SNAPSHOT_META_BYTES, "membership metadata is bounded");
-        let last = meta.last_log_id;
-        let path = dir.join(file_name(last.index, last.term));
-        let tmp = dir.join(format!("snap-{:020}-{:020}.{nonce}{SNAPSHOT_TMP_SUFFIX}", last.index, last.term));
+    fn start(vfs: VfsRef<'v>, dir: &Path, snapshot: LogId, nonce: u64) -> Result<SnapshotWriter<'v>> {
+        let path = dir.join(file_name(snapshot.index, snapshot.term));
+        let tmp = dir
+            .join(format!("snap-{:020}-{:020}.{nonce}{SNAPSHOT_TMP_SUFFIX}", snapshot.index, snapshot.term));
         match vfs.get().remove(&tmp) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("remove", &tmp)(e)),
         }
         let file = vfs.get().create(&tmp).map_err(io_err("create", &tmp))?;
-        let w = SnapshotWriter {
+        Ok(SnapshotWriter {
             vfs,
             dir: dir.to_path_buf(),
             tmp,
             path,
             file: Some(file),
-            meta: meta.clone(),
-            meta_len: meta_bytes.len() as u32,
+            snapshot,
             data_len: 0,
             max_data_bytes: u64::MAX,
-            body_crc: crc32c::crc32c(&meta_bytes),
+            data_crc: 0,
             finished: false,
-        };
-        w.file().write_at(&meta_bytes, SNAPSHOT_HEADER_BYTES as u64).map_err(io_err("write", &w.tmp))?;
-        Ok(w)
+        })
     }
 
     fn file(&self) -> &dyn VfsFile {
@@ -181,8 +177,9 @@ impl<'v> SnapshotWriter<'v> {
         self.file.as_deref().expect("the file is open until finish")
     }
 
-    pub fn meta(&self) -> &SnapshotMeta {
-        &self.meta
+    /// The last log id the snapshot covers.
+    pub fn snapshot(&self) -> LogId {
+        self.snapshot
     }
 
     /// Data bytes written so far: the offset the next chunk lands at.
@@ -194,7 +191,7 @@ impl<'v> SnapshotWriter<'v> {
         self.data_len == 0
     }
 
-    /// Appends `data` to the snapshot's data section (not durable until `finish`).
+    /// Appends `data` to the snapshot's data (not durable until `finish`).
     pub fn write_chunk(&mut self, data: &[u8]) -> Result<()> {
         let end = self.data_len.checked_add(data.len() as u64).filter(|&e| e <= self.max_data_bytes);
         let Some(end) = end else {
@@ -202,29 +199,34 @@ impl<'v> SnapshotWriter<'v> {
                 group: 0,
                 reason: format!(
                     "snapshot {} grows past the bound of {} bytes (max_snapshot_size_bytes)",
-                    self.meta.last_log_id, self.max_data_bytes
+                    self.snapshot, self.max_data_bytes
                 ),
             });
         };
-        let at = data_start(self.meta_len) + self.data_len;
-        self.file().write_at(data, at).map_err(io_err("write", &self.tmp))?;
-        self.body_crc = crc32c::crc32c_append(self.body_crc, data);
+        self.file().write_at(data, DATA_START + self.data_len).map_err(io_err("write", &self.tmp))?;
+        self.data_crc = crc32c::crc32c_append(self.data_crc, data);
         self.data_len = end;
         Ok(())
     }
 
-    /// Seals the header, fdatasyncs the file, renames it to its final name
-    /// and syncs the directory: from here on the snapshot survives a crash.
-    pub fn finish(mut self) -> Result<SnapshotFile> {
-        let mut h = [0u8; SNAPSHOT_HEADER_BYTES];
-        h[0..8].copy_from_slice(MAGIC);
-        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        h[12..16].copy_from_slice(&self.meta_len.to_le_bytes());
-        h[16..24].copy_from_slice(&self.data_len.to_le_bytes());
-        let body_len = self.meta_len as u64 + self.data_len;
-        let crc = crc32c::crc32c_combine(crc32c::crc32c(&h[..24]), self.body_crc, body_len as usize);
+    /// Appends `meta` (whose last log id must be the writer's), seals the
+    /// header, fdatasyncs the file, renames it to its final name and syncs
+    /// the directory: from here on the snapshot survives a crash.
+    pub fn finish(mut self, meta: &SnapshotMeta) -> Result<SnapshotFile> {
+        if meta.last_log_id != self.snapshot {
+            return Err(StorageError::InvalidRequest {
+                group: 0,
+                reason: format!("snapshot written as {} finished as {}", self.snapshot, meta.last_log_id),
+            });
+        }
+        let meta_bytes = postcard::to_allocvec(meta).expect("snapshot meta serializes");
+        assert!(meta_bytes.len() as u32 <= MAX_SNAPSHOT_META_BYTES, "membership metadata is bounded");
+        let mut h = header_fields(meta_bytes.len() as u32, self.data_len);
+        let mut crc = crc32c::crc32c_combine(crc32c::crc32c(&h[..24]), self.data_crc, self.data_len as usize);
+        crc = crc32c::crc32c_append(crc, &meta_bytes);
         h[24..28].copy_from_slice(&crc.to_le_bytes());
         let file = self.file.take().expect("the file is open until finish");
+        file.write_at(&meta_bytes, DATA_START + self.data_len).map_err(io_err("write", &self.tmp))?;
         file.write_at(&h, 0).map_err(io_err("write", &self.tmp))?;
         file.sync_data().map_err(io_err("fdatasync", &self.tmp))?;
         drop(file);
@@ -232,7 +234,7 @@ impl<'v> SnapshotWriter<'v> {
         vfs.rename(&self.tmp, &self.path).map_err(io_err("rename", &self.tmp))?;
         self.finished = true;
         vfs.sync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
-        Ok(SnapshotFile { meta: self.meta.clone(), path: self.path.clone(), data_len: self.data_len })
+        Ok(SnapshotFile { meta: meta.clone(), path: self.path.clone(), data_len: self.data_len })
     }
 }
 
@@ -246,14 +248,14 @@ impl Drop for SnapshotWriter<'_> {
     }
 }
 
-/// Reads a snapshot's data section in chunks, checking the file's checksum
-/// on the way: the last chunk is handed out only once the whole file
+/// Reads a snapshot's data in chunks, checking the file's checksum on the
+/// way: a chunk that ends the data is handed out only once the whole file
 /// verified. `Send`, so a restore can run on any thread.
 pub struct SnapshotReader {
     file: Box<dyn VfsFile>,
     path: PathBuf,
     meta: SnapshotMeta,
-    meta_len: u32,
+    meta_bytes: Vec<u8>,
     data_len: u64,
     /// End of the prefix of the data the running checksum covers.
     next: u64,
@@ -273,24 +275,18 @@ impl SnapshotReader {
     /// Opens the snapshot at `path`, checking its header and metadata.
     pub fn open(vfs: &dyn Vfs, path: &Path) -> Result<SnapshotReader> {
         let file = vfs.open(path).map_err(io_err("open", path))?;
-        let Header { bytes: h, file_len: _, meta_len, crc } = read_header(file.as_ref(), path)?;
-        let data_len = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+        let Header { bytes: h, meta_len, data_len, crc, .. } = read_header(file.as_ref(), path)?;
         let mut meta_bytes = vec![0u8; meta_len as usize];
-        file.read_at(&mut meta_bytes, SNAPSHOT_HEADER_BYTES as u64).map_err(io_err("read", path))?;
-        let meta: SnapshotMeta = postcard::from_bytes(&meta_bytes).map_err(|e| StorageError::Corruption {
-            path: path.to_path_buf(),
-            offset: SNAPSHOT_HEADER_BYTES as u64,
-            reason: format!("bad snapshot metadata: {e}"),
-        })?;
-        let crc_so_far = crc32c::crc32c_append(crc32c::crc32c(&h[..24]), &meta_bytes);
+        file.read_at(&mut meta_bytes, DATA_START + data_len).map_err(io_err("read", path))?;
+        let meta = decode_meta(&meta_bytes, path, data_len)?;
         Ok(SnapshotReader {
             file,
             path: path.to_path_buf(),
             meta,
-            meta_len,
+            meta_bytes,
             data_len,
             next: 0,
-            crc: crc_so_far,
+            crc: crc32c::crc32c(&h[..24]),
             expected_crc: crc,
             empty_read: false,
         })
@@ -333,9 +329,7 @@ impl SnapshotReader {
         }
         let n = (self.data_len - offset).min(max_bytes.max(1) as u64) as usize;
         let mut buf = vec![0u8; n];
-        self.file
-            .read_at(&mut buf, data_start(self.meta_len) + offset)
-            .map_err(io_err("read", &self.path))?;
+        self.file.read_at(&mut buf, DATA_START + offset).map_err(io_err("read", &self.path))?;
         if offset == self.next {
             self.crc = crc32c::crc32c_append(self.crc, &buf);
             self.next += n as u64;
@@ -349,17 +343,16 @@ impl SnapshotReader {
 
     /// Extends the running checksum to the end of the file and compares it.
     fn verify_rest(&mut self) -> Result<()> {
-        const VERIFY_READ_BYTES: u64 = 1 << 20;
         let mut scratch = Vec::new();
         while self.next < self.data_len {
             let n = (self.data_len - self.next).min(VERIFY_READ_BYTES) as usize;
             scratch.resize(n, 0);
-            let at = data_start(self.meta_len) + self.next;
-            self.file.read_at(&mut scratch, at).map_err(io_err("read", &self.path))?;
+            self.file.read_at(&mut scratch, DATA_START + self.next).map_err(io_err("read", &self.path))?;
             self.crc = crc32c::crc32c_append(self.crc, &scratch);
             self.next += n as u64;
         }
-        if self.crc != self.expected_crc {
+        let crc = crc32c::crc32c_append(self.crc, &self.meta_bytes);
+        if crc != self.expected_crc {
             return Err(StorageError::Corruption {
                 path: self.path.clone(),
                 offset: 0,
@@ -374,6 +367,14 @@ impl SnapshotReader {
     }
 }
 
+fn decode_meta(meta_bytes: &[u8], path: &Path, data_len: u64) -> Result<SnapshotMeta> {
+    postcard::from_bytes(meta_bytes).map_err(|e| StorageError::Corruption {
+        path: path.to_path_buf(),
+        offset: DATA_START + data_len,
+        reason: format!("bad snapshot metadata: {e}"),
+    })
+}
+
 /// A snapshot file's header, checked: magic, version, and lengths that add
 /// up to the file's size. `read` and `verify` both parse it here, so they
 /// cannot disagree on what a valid header is (the `snapshot_decode` fuzz
@@ -382,6 +383,7 @@ struct Header {
     bytes: [u8; SNAPSHOT_HEADER_BYTES],
     file_len: u64,
     meta_len: u32,
+    data_len: u64,
     crc: u32,
 }
 
@@ -411,7 +413,7 @@ fn read_header(file: &dyn VfsFile, path: &Path) -> Result<Header> {
     {
         return Err(corrupt(12, format!("bad lengths: meta {meta_len}, data {data_len}, file {len} bytes")));
     }
-    Ok(Header { bytes: h, file_len: len, meta_len, crc })
+    Ok(Header { bytes: h, file_len: len, meta_len, data_len, crc })
 }
 
 /// Reads and verifies the snapshot at `path`. `max_bytes` bounds the
@@ -420,50 +422,27 @@ pub fn read(vfs: &dyn Vfs, path: &Path, max_bytes: u64) -> Result<(SnapshotMeta,
     let corrupt =
         |offset: u64, reason: String| StorageError::Corruption { path: path.to_path_buf(), offset, reason };
     let file = vfs.open(path).map_err(io_err("open", path))?;
-    let Header { bytes: h, file_len: len, meta_len, crc } = read_header(file.as_ref(), path)?;
+    let Header { bytes: h, file_len: len, data_len, crc, .. } = read_header(file.as_ref(), path)?;
     if len > max_bytes {
         return Err(corrupt(16, format!("snapshot file is {len} bytes, above the bound of {max_bytes}")));
     }
     let mut body = vec![0u8; (len - SNAPSHOT_HEADER_BYTES as u64) as usize];
-    file.read_at(&mut body, SNAPSHOT_HEADER_BYTES as u64).map_err(io_err("read", path))?;
+    file.read_at(&mut body, DATA_START).map_err(io_err("read", path))?;
     let actual = crc32c::crc32c_append(crc32c::crc32c(&h[..24]), &body);
     if actual != crc {
         return Err(corrupt(0, "snapshot checksum mismatch".into()));
     }
-    let meta: SnapshotMeta = postcard::from_bytes(&body[..meta_len as usize])
-        .map_err(|e| corrupt(SNAPSHOT_HEADER_BYTES as u64, format!("bad snapshot metadata: {e}")))?;
-    let data = body.split_off(meta_len as usize);
-    Ok((meta, data))
+    let meta = decode_meta(&body[data_len as usize..], path, data_len)?;
+    body.truncate(data_len as usize);
+    Ok((meta, body))
 }
 
 /// Verifies the snapshot at `path` end to end (streaming, in bounded chunks)
 /// and returns its metadata without loading the data.
 pub fn verify(vfs: &dyn Vfs, path: &Path) -> Result<SnapshotMeta> {
-    const CHUNK_BYTES: u64 = 1 << 20;
-    let corrupt =
-        |offset: u64, reason: String| StorageError::Corruption { path: path.to_path_buf(), offset, reason };
-    let file = vfs.open(path).map_err(io_err("open", path))?;
-    let Header { bytes: h, file_len: len, meta_len, crc } = read_header(file.as_ref(), path)?;
-    let mut actual = crc32c::crc32c(&h[..24]);
-    let mut chunk = vec![0u8; CHUNK_BYTES.min(len) as usize];
-    let mut meta_bytes = Vec::with_capacity(meta_len as usize);
-    let mut offset = SNAPSHOT_HEADER_BYTES as u64;
-    while offset < len {
-        let n = (len - offset).min(CHUNK_BYTES) as usize;
-        file.read_at(&mut chunk[..n], offset).map_err(io_err("read", path))?;
-        actual = crc32c::crc32c_append(actual, &chunk[..n]);
-        let meta_end = SNAPSHOT_HEADER_BYTES as u64 + meta_len as u64;
-        if offset < meta_end {
-            let take = ((meta_end - offset) as usize).min(n);
-            meta_bytes.extend_from_slice(&chunk[..take]);
-        }
-        offset += n as u64;
-    }
-    if actual != crc {
-        return Err(corrupt(0, "snapshot checksum mismatch".into()));
-    }
-    postcard::from_bytes(&meta_bytes)
-        .map_err(|e| corrupt(SNAPSHOT_HEADER_BYTES as u64, format!("bad snapshot metadata: {e}")))
+    let mut reader = SnapshotReader::open(vfs, path)?;
+    reader.verify_rest()?;
+    Ok(reader.meta)
 }
 
 #[cfg(test)]
@@ -493,7 +472,7 @@ mod tests {
         }
         // An unknown format version is refused by both readers alike.
         let mut bytes = vfs.file_bytes(&path).unwrap();
-        bytes[8] = 2;
+        bytes[8] = 3;
         let file = vfs.open(&path).unwrap();
         file.write_at(&bytes, 0).unwrap();
         assert!(matches!(read(&vfs, &path, 1 << 20), Err(StorageError::Corruption { offset: 8, .. })));
