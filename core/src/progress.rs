@@ -91,6 +91,11 @@ pub struct Progress {
     pub last_progress_ns: Nanos,
     /// The commit index carried by the last append sent.
     pub commit_sent: Index,
+    /// The newest heartbeat round already sent when the match point last
+    /// moved. A heartbeat of a later round reached the follower after it
+    /// acknowledged `match_index`, so its answer reports at least that much
+    /// log unless the follower lost its disk (`lost_data`).
+    pub match_round: u64,
 }
 
 impl Progress {
@@ -110,6 +115,7 @@ impl Progress {
             acked_ctx: 0,
             last_progress_ns: 0,
             commit_sent: 0,
+            match_round: 0,
         }
     }
 
@@ -150,16 +156,29 @@ impl Progress {
         }
     }
 
-    /// Applies a success response; returns whether the match point moved.
-    pub fn maybe_update(&mut self, match_index: Index) -> bool {
+    /// Applies a success response received when `round` was the newest
+    /// heartbeat round sent; returns whether the match point moved.
+    pub fn maybe_update(&mut self, match_index: Index, round: u64) -> bool {
         let moved = match_index > self.match_index;
         if moved {
             self.match_index = match_index;
+            self.match_round = round;
             self.probe_sent = false;
         }
         self.next_index = self.next_index.max(match_index + 1);
         self.inflights.free_to(match_index);
         moved
+    }
+
+    /// A heartbeat answer of round `ctx` reports a log that ends at
+    /// `last_index`: is that shorter than what the follower acknowledged
+    /// before the round was sent? Acknowledged entries are durable and a
+    /// follower never truncates entries that match its leader in the same
+    /// term, so only a lost disk explains it (a wiped node restarted under
+    /// the same id). Answers of earlier rounds may be overtaken by the
+    /// acknowledgement and prove nothing.
+    pub fn lost_data(&self, ctx: u64, last_index: Index) -> bool {
+        ctx > self.match_round && last_index < self.match_index
     }
 
     /// Applies a rejection of an append whose `prev` index was `rejected`,
@@ -194,6 +213,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_later_round_showing_a_shorter_log_means_lost_data() {
+        let mut p = Progress::new(1, 1, 4, 1 << 20);
+        assert!(p.maybe_update(10, 5));
+        assert!(!p.lost_data(5, 3), "round 5 was sent before the ack arrived: may be overtaken");
+        assert!(!p.lost_data(6, 10), "a later round with the whole log");
+        assert!(!p.lost_data(6, 12));
+        assert!(p.lost_data(6, 9), "a later round with less than was acknowledged");
+        assert!(!p.maybe_update(8, 9), "an older ack moves nothing");
+        assert!(p.lost_data(6, 0));
+    }
+
+    #[test]
     fn inflights_bounded_by_msgs_and_bytes() {
         let mut w = Inflights::new(3, 100);
         w.add(1, 10);
@@ -221,7 +252,7 @@ mod tests {
         assert!(p.maybe_decrease_to(10, 4));
         assert_eq!(p.next_index, 5);
         assert!(!p.is_paused());
-        assert!(p.maybe_update(6));
+        assert!(p.maybe_update(6, 0));
         p.become_replicate();
         assert_eq!(p.next_index, 7);
         for last in 7..11 {
@@ -230,7 +261,7 @@ mod tests {
         }
         assert!(p.is_paused(), "window of 4 is full");
         assert_eq!(p.next_index, 11);
-        p.maybe_update(8);
+        p.maybe_update(8, 0);
         assert!(!p.is_paused());
         // A rejection at or below match is stale.
         assert!(!p.maybe_decrease_to(8, 0));

@@ -1086,7 +1086,7 @@ impl RawNode {
                 self.finish_transfer(from, match_index);
                 let l = self.leader.as_mut().expect("leader state on a leader");
                 let p = l.progress.get_mut(&from).expect("checked above");
-                let moved = p.maybe_update(match_index);
+                let moved = p.maybe_update(match_index, self.next_ctx - 1);
                 if moved {
                     p.last_progress_ns = self.now;
                 }
@@ -1134,6 +1134,22 @@ impl RawNode {
         }
         let l = self.leader.as_mut().expect("leader state on a leader");
         let p = l.progress.get_mut(&from).expect("checked above");
+        if p.lost_data(ctx, last_index) {
+            // The follower lost its disk: its acknowledgements are void.
+            // Replicate to it afresh (a new session ignores answers to
+            // earlier appends); commits already made stand.
+            let mut fresh = Progress::new(
+                last_index + 1,
+                self.next_session,
+                self.cfg.max_inflight_msgs,
+                self.cfg.max_inflight_bytes,
+            );
+            self.next_session += 1;
+            fresh.recent_active = true;
+            fresh.acked_ctx = p.acked_ctx;
+            fresh.last_progress_ns = self.now;
+            *p = fresh;
+        }
         let our_last = self.log.last().index;
         if p.match_index < our_last {
             match p.state {
