@@ -139,6 +139,14 @@ pub struct Profile {
     /// (its last write torn), per flush.
     pub crash_mid_flush_ppm: u32,
     pub snapshots: SnapshotKnobs,
+    /// Share of operations on temporary registers (`PutTemp` with a TTL
+    /// drawn in `temp_ttl_min_ns..=temp_ttl_max_ns`, or a read of one).
+    pub temp_ppm: u32,
+    pub temp_ttl_min_ns: Nanos,
+    pub temp_ttl_max_ns: Nanos,
+    /// The lease of lock `l1` (lock `l0` keeps an hour-long lease): short
+    /// enough that leases run out while a client holds the lock.
+    pub short_lock_lease_ns: Nanos,
 }
 
 /// The core's clock-drift bound the simulator configures (`max_clock_drift_ppm`).
@@ -179,6 +187,10 @@ impl Profile {
             client_timeout_ns: 600 * NANOS_PER_MILLI,
             crash_mid_flush_ppm: 0,
             snapshots: SnapshotKnobs::calm(),
+            temp_ppm: PPM / 10,
+            temp_ttl_min_ns: 50 * NANOS_PER_MILLI,
+            temp_ttl_max_ns: 300 * NANOS_PER_MILLI,
+            short_lock_lease_ns: 30 * NANOS_PER_MILLI,
         }
     }
 
@@ -246,10 +258,19 @@ impl Profile {
             client_timeout_ns: rng.between(100 * NANOS_PER_MILLI, NANOS_PER_SECOND),
             crash_mid_flush_ppm: rng.swarm_ppm(PPM / 2, 3_000),
             snapshots: SnapshotKnobs::calm(),
+            temp_ppm: 0,
+            temp_ttl_min_ns: 0,
+            temp_ttl_max_ns: 0,
+            short_lock_lease_ns: 0,
         };
         // Drawn last so that adding them did not reshuffle the knobs above.
         profile.intervals.membership_ns = interval(rng);
         profile.snapshots = SnapshotKnobs::draw(rng);
+        profile.temp_ppm = rng.swarm_ppm(PPM / 3, PPM / 4);
+        profile.temp_ttl_min_ns = rng.between(NANOS_PER_MILLI, 200 * NANOS_PER_MILLI);
+        profile.temp_ttl_max_ns = profile.temp_ttl_min_ns + rng.between(0, 2 * NANOS_PER_SECOND);
+        profile.short_lock_lease_ns = rng.between(NANOS_PER_MILLI, NANOS_PER_SECOND);
+
         profile
     }
 
@@ -265,7 +286,7 @@ impl Profile {
             flap_ns: every,
             crash_ns: every,
             pause_ns: every,
-            clock_jump_ns: if p.lease_read { 0 } else { every },
+            clock_jump_ns: every,
             transfer_leader_ns: every,
             membership_ns: every,
         };
@@ -277,7 +298,8 @@ impl Profile {
         p
     }
 
-    /// True if clocks may misbehave beyond the core's lease bound.
+    /// True if clocks may misbehave beyond the core's lease bound (large
+    /// jumps, large drift); with lease reads on, jumps stay within the bound.
     pub fn clock_jumps_allowed(&self) -> bool {
         !self.lease_read
     }
@@ -291,7 +313,7 @@ impl fmt::Display for Profile {
             f,
             "{} lease_read={} net[lat={}..{}us drop={}ppm dup={}ppm tail={}ppm/{}ms queue={}] \
              every_ms[partition={} one_way={} isolate={} clog={} flap={} crash={} pause={} jump={} transfer={}] \
-             drift<={}ppm disk[{}..{}us slow={}ppm] clients={} keys={} snapshot[every={} keep={} chunk={}B tail={}]",
+             drift<={}ppm disk[{}..{}us slow={}ppm] clients={} keys={} snapshot[every={} keep={} chunk={}B tail={}] temp={}ppm ttl={}..{}ms lease_l1={}ms",
             self.kind,
             self.lease_read,
             self.net.latency_min_ns / NANOS_PER_MICRO,
@@ -320,6 +342,10 @@ impl fmt::Display for Profile {
             self.snapshots.keep_tail_entries,
             self.snapshots.chunk_bytes,
             self.snapshots.log_tail_entries,
+            self.temp_ppm,
+            ms(self.temp_ttl_min_ns),
+            ms(self.temp_ttl_max_ns),
+            ms(self.short_lock_lease_ns),
         )
     }
 }

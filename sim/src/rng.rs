@@ -23,6 +23,8 @@ pub enum Stream {
     Core = 7,
     Operations = 8,
     Partition = 9,
+    /// Temporary nodes and lock leases (drawn apart from the base workload).
+    Ttl = 10,
 }
 
 /// Parts per million: the unit of every probability in the simulator.

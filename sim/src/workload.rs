@@ -4,8 +4,12 @@
 //!
 //! Every key is a register `k<n>` at the root; every written value is a
 //! fresh number (8 bytes, big-endian), so a read names exactly one write.
+//! Temporary registers `t<c>` (key `TEMP_KEY_BASE + c`) are written only by
+//! client `c` with a TTL (`PutTemp`) and read by everyone; the leader's
+//! expiry removes them (recorded as a system remove, see `crate::world`).
 
 use bytes::Bytes;
+use tarn_core::Nanos;
 use tarn_kv::{ClientId, Command, KvError, LockOutcome, NodeView, Reply, Request, Response};
 
 use crate::linearizability::{Key, OpKind, OpResult, Value};
@@ -31,6 +35,15 @@ pub struct ClientOp {
     pub batch: u8,
     /// The number of keys of the workload (for the batch's key wrap-around).
     pub keys: u64,
+    /// A temporary write's TTL, or a try-lock's lease.
+    pub ttl_ns: Nanos,
+}
+
+/// Keys at and above this are temporary registers `t<key - TEMP_KEY_BASE>`.
+pub const TEMP_KEY_BASE: Key = 1 << 32;
+
+pub fn is_temp_key(key: Key) -> bool {
+    key >= TEMP_KEY_BASE
 }
 
 impl ClientOp {
@@ -42,7 +55,11 @@ impl ClientOp {
 }
 
 pub fn key_path(key: Key) -> String {
-    format!("k{key}")
+    if is_temp_key(key) {
+        format!("t{}", key - TEMP_KEY_BASE)
+    } else {
+        format!("k{key}")
+    }
 }
 
 pub fn encode_value(v: Value) -> Bytes {
@@ -64,11 +81,12 @@ pub fn next_op(
     let key = rng.below(keys.max(1));
     if rng.chance(LOCK_PPM) {
         let lock = rng.below(LOCKS);
-        return ClientOp { key: lock, kind: OpKind::TryLock, path: Path::Log, batch: 1, keys };
+        let kind = OpKind::TryLock;
+        return ClientOp { key: lock, kind, path: Path::Log, batch: 1, keys, ttl_ns: LOCK_LEASE_NS };
     }
     if rng.chance(read_ppm) {
         let path = if rng.chance(log_read_ppm) { Path::Log } else { Path::ReadIndex };
-        return ClientOp { key, kind: OpKind::Read, path, batch: 1, keys };
+        return ClientOp { key, kind: OpKind::Read, path, batch: 1, keys, ttl_ns: 0 };
     }
     *next_value += 1;
     let value = *next_value;
@@ -76,7 +94,7 @@ pub fn next_op(
     if roll < BATCH_PPM && keys >= 2 {
         let batch = rng.between(2, keys.min(BATCH_KEYS_MAX)) as u8;
         *next_value += u64::from(batch) - 1;
-        return ClientOp { key, kind: OpKind::Write(value), path: Path::Log, batch, keys };
+        return ClientOp { key, kind: OpKind::Write(value), path: Path::Log, batch, keys, ttl_ns: 0 };
     }
     let kind = if roll < 600_000 {
         OpKind::Write(value)
@@ -88,16 +106,37 @@ pub fn next_op(
     } else {
         OpKind::Remove
     };
-    ClientOp { key, kind, path: Path::Log, batch: 1, keys }
+    ClientOp { key, kind, path: Path::Log, batch: 1, keys, ttl_ns: 0 }
+}
+
+/// Turns `op` into an operation on the temporary registers: client `own`
+/// writes its own `t<own>` with a TTL, or anyone reads `t<of>`.
+pub fn temp_op(
+    rng: &mut SimRng,
+    own: Key,
+    clients: u64,
+    ttl_ns: Nanos,
+    log_read_ppm: u32,
+    next_value: &mut Value,
+) -> ClientOp {
+    if rng.chance(PPM / 2) {
+        *next_value += 1;
+        let kind = OpKind::Write(*next_value);
+        ClientOp { key: TEMP_KEY_BASE + own, kind, path: Path::Log, batch: 1, keys: 1, ttl_ns }
+    } else {
+        let of = rng.below(clients.max(1));
+        let path = if rng.chance(log_read_ppm) { Path::Log } else { Path::ReadIndex };
+        ClientOp { key: TEMP_KEY_BASE + of, kind: OpKind::Read, path, batch: 1, keys: 1, ttl_ns: 0 }
+    }
 }
 
 /// Share of operations that try to take one of `LOCKS` locks (the client
 /// then releases it as its next operation).
 const LOCK_PPM: u32 = 80_000;
 const LOCKS: u64 = 2;
-/// Locks are taken with a lease far longer than any run: the simulator does
-/// not drive TTL expiry, so a lock is held until its unlock.
-const LOCK_LEASE_NS: u64 = 3_600_000_000_000;
+/// The default lease, far longer than any run (the world shortens it per
+/// profile for some locks, so leases also expire).
+pub const LOCK_LEASE_NS: u64 = 3_600_000_000_000;
 
 pub fn lock_path(lock: Key) -> String {
     format!("l{lock}")
@@ -114,15 +153,16 @@ pub fn request(client_id: ClientId, seq: u64, op: &ClientOp) -> Request {
         OpKind::Write(_) if op.batch > 1 => Command::BatchPut {
             items: op.batch_items().map(|(k, v)| (key_path(k), encode_value(v))).collect(),
         },
+        OpKind::Write(v) if is_temp_key(op.key) => {
+            Command::PutTemp { key, value: encode_value(v), ttl_nanos: op.ttl_ns }
+        }
         OpKind::Write(v) => Command::Put { key, value: encode_value(v) },
         OpKind::Read => Command::Get { key },
         OpKind::Cas { expect, new } => {
             Command::CompareAndSet { key, expected: expect.map(encode_value), new: Some(encode_value(new)) }
         }
         OpKind::Remove => Command::Remove { key },
-        OpKind::TryLock => {
-            Command::TryLock { key: lock_path(op.key), lease_nanos: LOCK_LEASE_NS, wait_nanos: 0 }
-        }
+        OpKind::TryLock => Command::TryLock { key: lock_path(op.key), lease_nanos: op.ttl_ns, wait_nanos: 0 },
         OpKind::Unlock => Command::Unlock { key: lock_path(op.key) },
     };
     // One operation in flight per client: everything before `seq` is acknowledged.
@@ -157,6 +197,8 @@ pub fn interpret(op: &ClientOp, response: &Response) -> Result<OpResult, String>
         (OpKind::TryLock, Ok(Reply::Lock(LockOutcome::Acquired))) => Ok(OpResult::Lock(true)),
         (OpKind::TryLock, Err(KvError::LockBusy { .. })) => Ok(OpResult::Lock(false)),
         (OpKind::Unlock, Ok(Reply::Done)) => Ok(OpResult::Ok),
+        // The lease ran out (the leader expired it) before the unlock.
+        (OpKind::Unlock, Err(KvError::LockNotHeld { .. })) => Ok(OpResult::Ok),
         (kind, other) => Err(format!("{kind:?} on {} got {other:?}", key_path(op.key))),
     }
 }
@@ -182,9 +224,9 @@ mod tests {
             let entry = KvEntry { leader_time_nanos: index, requests: vec![req] };
             sm.apply_entry(index, &entry).pop().expect("one response per request")
         };
-        let put = ClientOp { key: 3, kind: OpKind::Write(7), path: Path::Log, batch: 1, keys: 8 };
+        let put = ClientOp { key: 3, kind: OpKind::Write(7), path: Path::Log, batch: 1, keys: 8, ttl_ns: 0 };
         assert_eq!(interpret(&put, &apply(1, request(1, 1, &put))), Ok(OpResult::Ok));
-        let get = ClientOp { key: 3, kind: OpKind::Read, path: Path::Log, batch: 1, keys: 8 };
+        let get = ClientOp { key: 3, kind: OpKind::Read, path: Path::Log, batch: 1, keys: 8, ttl_ns: 0 };
         assert_eq!(interpret(&get, &apply(2, request(1, 2, &get))), Ok(OpResult::Read(Some(7))));
         let cas_bad = ClientOp {
             key: 3,
@@ -192,6 +234,7 @@ mod tests {
             path: Path::Log,
             batch: 1,
             keys: 8,
+            ttl_ns: 0,
         };
         assert_eq!(interpret(&cas_bad, &apply(3, request(1, 3, &cas_bad))), Ok(OpResult::Cas(false)));
         let cas = ClientOp {
@@ -200,17 +243,19 @@ mod tests {
             path: Path::Log,
             batch: 1,
             keys: 8,
+            ttl_ns: 0,
         };
         assert_eq!(interpret(&cas, &apply(4, request(1, 4, &cas))), Ok(OpResult::Cas(true)));
         // A retry of the same seq is answered from the session, not re-applied.
         assert_eq!(interpret(&cas, &apply(5, request(1, 4, &cas))), Ok(OpResult::Cas(true)));
-        let rm = ClientOp { key: 3, kind: OpKind::Remove, path: Path::Log, batch: 1, keys: 8 };
+        let rm = ClientOp { key: 3, kind: OpKind::Remove, path: Path::Log, batch: 1, keys: 8, ttl_ns: 0 };
         assert_eq!(interpret(&rm, &apply(6, request(1, 5, &rm))), Ok(OpResult::Ok));
         assert_eq!(interpret(&get, &apply(7, request(1, 6, &get))), Ok(OpResult::Read(None)));
-        let batch = ClientOp { key: 7, kind: OpKind::Write(20), path: Path::Log, batch: 3, keys: 8 };
+        let batch =
+            ClientOp { key: 7, kind: OpKind::Write(20), path: Path::Log, batch: 3, keys: 8, ttl_ns: 0 };
         assert_eq!(batch.batch_items().collect::<Vec<_>>(), vec![(7, 20), (0, 21), (1, 22)]);
         assert_eq!(interpret(&batch, &apply(9, request(1, 8, &batch))), Ok(OpResult::Ok));
-        let get0 = ClientOp { key: 0, kind: OpKind::Read, path: Path::Log, batch: 1, keys: 8 };
+        let get0 = ClientOp { key: 0, kind: OpKind::Read, path: Path::Log, batch: 1, keys: 8, ttl_ns: 0 };
         assert_eq!(interpret(&get0, &apply(10, request(1, 9, &get0))), Ok(OpResult::Read(Some(21))));
         let create = ClientOp {
             key: 3,
@@ -218,6 +263,7 @@ mod tests {
             path: Path::Log,
             batch: 1,
             keys: 8,
+            ttl_ns: 0,
         };
         assert_eq!(interpret(&create, &apply(11, request(1, 10, &create))), Ok(OpResult::Cas(true)));
     }

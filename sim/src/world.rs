@@ -13,7 +13,8 @@ use tarn_core::{
     Message, MessageBody, Nanos, NodeId, RawNode, Recovered, Role, SnapshotMeta, Term,
 };
 use tarn_kv::{
-    encode_entry, EventKind, KvConfig, KvEntry, KvStateMachine, SnapshotDecoder, WatchId, WatchPoll,
+    decode_entry, encode_entry, Command, EventKind, KvConfig, KvEntry, KvStateMachine, LockOutcome,
+    Reply as KvReply, SnapshotDecoder, WatchId, WatchPoll,
 };
 
 use tarn_io::storage::{FlushReport, Storage, StorageConfig, StorageError};
@@ -92,6 +93,11 @@ const CLUSTER_ID: u64 = 0x7a_726e;
 /// Small segments so runs roll over many of them (and sync directories).
 const SEGMENT_SIZE_BYTES: u64 = 64 * 1024;
 const MAX_ENTRY_SIZE_BYTES: u32 = 32 * 1024;
+/// In lease-read runs, two clock jumps of one node are at least this far
+/// apart (more than two election timeouts), so no timeout window sees two.
+const LEASE_JUMP_SPACING_NS: Nanos = NANOS_PER_SECOND;
+/// The most TTL expiries a leader proposes per tick (like the server's).
+const EXPIRE_PER_TICK_MAX: usize = 1024;
 /// A node whose disk failed at startup tries again after this long.
 const RESTART_RETRY_NS: Nanos = 50 * NANOS_PER_MILLI;
 /// The kv closes a snapshot chunk (its own checksummed unit) at about this
@@ -238,6 +244,9 @@ pub struct RunReport {
     pub snapshots: u64,
     pub installs: u64,
     pub compactions: u64,
+    /// TTL expiries that took effect (temporary registers removed, lock
+    /// leases run out), counted at their first application.
+    pub expiries: u64,
     pub profile: String,
     pub last_events: Vec<TraceEvent>,
 }
@@ -400,6 +409,8 @@ pub struct World {
     nodes: Vec<Node>,
     clients: Vec<Client>,
     history: Vec<Op>,
+    /// Operations no client invoked: TTL expiries that removed a temporary register.
+    system_ops: Vec<Op>,
     trace: Trace,
     phase: Phase,
     rng_process: SimRng,
@@ -435,6 +446,18 @@ pub struct World {
     snapshots: u64,
     installs: u64,
     compactions: u64,
+    expiries: u64,
+    rng_ttl: SimRng,
+    /// World time at which each expiry entry (by payload hash) was first
+    /// proposed: the invocation of the system remove it records.
+    expiry_proposals: HashMap<u64, Nanos>,
+    /// Lock holders in log order (at each entry's first application), and
+    /// the newest request seq executed per client (retries are answered
+    /// from the session, not executed again).
+    lock_holders: HashMap<String, u64>,
+    executed_seq: HashMap<u64, u64>,
+    /// World time of each node's last clock jump (lease runs space them).
+    last_jump_ns: Vec<Nanos>,
     failure: Option<Failure>,
     // Reused buffers (no per-step allocation).
     actions: Vec<Action>,
@@ -589,6 +612,7 @@ impl World {
             nodes,
             clients,
             history: Vec::new(),
+            system_ops: Vec::new(),
             trace,
             phase: Phase::Faulty,
             rng_process: SimRng::new(seed, Stream::Process),
@@ -613,6 +637,12 @@ impl World {
             snapshots: 0,
             installs: 0,
             compactions: 0,
+            expiries: 0,
+            rng_ttl: SimRng::new(seed, Stream::Ttl),
+            expiry_proposals: HashMap::new(),
+            lock_holders: HashMap::new(),
+            executed_seq: HashMap::new(),
+            last_jump_ns: vec![0; config.nodes],
             failure: None,
             actions: Vec::with_capacity(64),
             inputs: VecDeque::with_capacity(16),
@@ -771,6 +801,7 @@ impl World {
             snapshots: self.snapshots,
             installs: self.installs,
             compactions: self.compactions,
+            expiries: self.expiries,
             profile: self.profile.to_string(),
             last_events: self.trace.last(FAILURE_TRACE_EVENTS),
         }
@@ -826,6 +857,7 @@ impl World {
                 }
                 n.tick_at = Nanos::MAX;
                 self.step(node as usize, Input::Tick);
+                self.leader_expiry(node as usize);
             }
             Event::Disk { node, incarnation, done } => {
                 let n = &mut self.nodes[node as usize];
@@ -1492,6 +1524,12 @@ impl World {
                 }
             }
             Action::RoleChanged { role, term, leader } => {
+                if role == Role::Leader {
+                    // Like the server: deadlines restart from this leader's
+                    // clock (they never shrink).
+                    let n = &mut self.nodes[idx];
+                    n.sm.rearm_ttls(n.last_local_ns);
+                }
                 self.record(
                     idx as u64 + 1,
                     TraceKind::RoleChanged,
@@ -1579,6 +1617,7 @@ impl World {
         let mut proposals = proposals.iter().peekable();
         let mut last = None;
         for e in &entries {
+            let mut first = false;
             let n = &mut self.nodes[idx];
             if e.index != n.applied + 1 {
                 let detail = format!("n{} applies index {} after {}", n.id, e.index, n.applied);
@@ -1602,6 +1641,7 @@ impl World {
                 }
             } else if i == self.applied_log.len() {
                 self.applied_log.push((e.term, h));
+                first = true;
             } else {
                 let detail = format!(
                     "n{} applies {} but only {} entries are known committed (it skipped some)",
@@ -1631,6 +1671,14 @@ impl World {
                     Vec::new()
                 }
             };
+            if first {
+                if let EntryPayload::Normal(data) = &e.payload {
+                    self.first_application(e.index, data, &responses);
+                    if self.failure.is_some() {
+                        return;
+                    }
+                }
+            }
             if let Some(&known) = self.snapshot_digests.get(&e.index) {
                 let digest = self.nodes[idx].sm.digest();
                 if digest != known {
@@ -1771,6 +1819,100 @@ impl World {
         }
     }
 
+    /// The largest clock jump node `n` may take in a lease-read run: a
+    /// follower whose clock jumps by `J` times out `J` early, which the
+    /// leader's lease tolerates only within the drift bound the core
+    /// assumes: `(T_min - J) / (1 + d) >= T_min / (1 + D)` for the node's
+    /// drift `d` and the bound `D`, i.e. `J <= T_min (D - d) / (1 + D)`;
+    /// halved for margin (jumps are spaced so one window sees one).
+    fn lease_safe_jump_max_ns(&self, n: usize) -> Nanos {
+        let t_min = u128::from(self.raft_config(n).election_timeout_min_ns);
+        let bound = i128::from(CORE_DRIFT_BOUND_PPM as i64);
+        let slack = (bound - i128::from(self.nodes[n].clock.drift_ppm)).max(0) as u128;
+        (t_min * slack / (u128::from(PPM) + bound as u128) / 2) as Nanos
+    }
+
+    /// Like the server's `leader_proposals`: a leader proposes the expiry of
+    /// every TTL (temporary node, lock lease) whose deadline passed by its
+    /// own clock, as one system entry nobody waits for.
+    fn leader_expiry(&mut self, idx: usize) {
+        let now = self.now();
+        let n = &mut self.nodes[idx];
+        if n.paused_until > now || n.raw.as_ref().is_none_or(|r| r.role() != Role::Leader) {
+            return;
+        }
+        let local = n.clock.local(now).max(n.last_local_ns);
+        let requests = n.sm.expired(local, EXPIRE_PER_TICK_MAX);
+        if requests.is_empty() {
+            return;
+        }
+        let count = requests.len() as u64;
+        let data = Bytes::from(encode_entry(&KvEntry { leader_time_nanos: local, requests }));
+        self.expiry_proposals.entry(hash_bytes(&data) | 1).or_insert(now);
+        let id = self.next_attempt;
+        self.next_attempt += 1;
+        self.record(idx as u64 + 1, TraceKind::Expire, 1, count, 0);
+        self.step(idx, Input::Propose { id, data });
+    }
+
+    /// At the first application of a committed entry anywhere: lock holders
+    /// in log order (an acquire while another client holds the lock, with
+    /// no unlock or lease expiry between, is a violation), and each expiry
+    /// that removed a temporary register becomes a system remove in the
+    /// history, invoked when first proposed and returned now (its effect is
+    /// visible from its first application, and not before its proposal).
+    fn first_application(&mut self, index: Index, data: &Bytes, responses: &[tarn_kv::Response]) {
+        let now = self.now();
+        let proposed_at = self.expiry_proposals.remove(&(hash_bytes(data) | 1));
+        let Ok(entry) = decode_entry(data) else { return };
+        for (request, response) in entry.requests.iter().zip(responses) {
+            let client = request.client_id;
+            if client != 0 {
+                let seen = self.executed_seq.entry(client).or_insert(0);
+                if request.seq <= *seen {
+                    continue;
+                }
+                *seen = request.seq;
+            }
+            match (&request.command, response) {
+                (Command::TryLock { key, .. }, Ok(KvReply::Lock(LockOutcome::Acquired))) => {
+                    if let Some(&holder) = self.lock_holders.get(key) {
+                        if holder != client {
+                            let detail = format!(
+                                "entry {index}: client {client} acquires lock {key} while client {holder} holds it \
+                                 (no unlock or lease expiry between them in the log)"
+                            );
+                            self.fail(FailureKind::Safety, "lock-mutual-exclusion-log", detail);
+                            return;
+                        }
+                    }
+                    self.lock_holders.insert(key.clone(), client);
+                }
+                (Command::Unlock { key }, Ok(KvReply::Done))
+                    if self.lock_holders.get(key) == Some(&client) =>
+                {
+                    self.lock_holders.remove(key);
+                }
+                (Command::Expire { key, .. }, Ok(KvReply::Expired(true))) => {
+                    self.expiries += 1;
+                    if let Some(n) = key.strip_prefix('t').and_then(|n| n.parse::<u64>().ok()) {
+                        self.system_ops.push(Op {
+                            client: 0,
+                            key: workload::TEMP_KEY_BASE + n,
+                            kind: OpKind::Remove,
+                            result: OpResult::Ok,
+                            invoke_ns: proposed_at.unwrap_or(0),
+                            return_ns: now,
+                        });
+                    } else {
+                        self.lock_holders.remove(key);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Watch streams: every node's whole-tree watch yields, in index order
     /// and without gaps, the same events as every other node (the first
     /// node to reach an event defines it), and the last event for each key
@@ -1862,8 +2004,24 @@ impl World {
         let (keys, read_ppm, log_read_ppm) = (p.keys, p.read_ppm, p.log_read_ppm);
         let mut op =
             workload::next_op(&mut self.rng_workload, keys, read_ppm, log_read_ppm, &mut self.next_value);
+        if self.rng_ttl.chance(self.profile.temp_ppm) {
+            let p = &self.profile;
+            let ttl = self.rng_ttl.between(p.temp_ttl_min_ns, p.temp_ttl_max_ns).max(NANOS_PER_MILLI);
+            let clients = self.clients.len() as u64;
+            op = workload::temp_op(
+                &mut self.rng_ttl,
+                c as u64,
+                clients,
+                ttl,
+                log_read_ppm,
+                &mut self.next_value,
+            );
+        }
+        if op.kind == OpKind::TryLock && op.key == 1 && self.profile.short_lock_lease_ns > 0 {
+            op.ttl_ns = self.profile.short_lock_lease_ns.max(NANOS_PER_MILLI);
+        }
         if let Some(lock) = self.clients[c].holding {
-            op = ClientOp { key: lock, kind: OpKind::Unlock, path: Path::Log, batch: 1, keys };
+            op = ClientOp { key: lock, kind: OpKind::Unlock, path: Path::Log, batch: 1, keys, ttl_ns: 0 };
         }
         let now = self.now();
         if self.rng_workload.chance(self.profile.client_random_target_ppm) {
@@ -2016,13 +2174,7 @@ impl World {
             Fault::Flap => i.flap_ns,
             Fault::Crash => i.crash_ns,
             Fault::Pause => i.pause_ns,
-            Fault::ClockJump => {
-                if self.profile.clock_jumps_allowed() {
-                    i.clock_jump_ns
-                } else {
-                    0
-                }
-            }
+            Fault::ClockJump => i.clock_jump_ns,
             Fault::TransferLeader => i.transfer_leader_ns,
             Fault::Membership => {
                 // With one voter out and a bad disk retired, a 3-node cluster
@@ -2134,7 +2286,19 @@ impl World {
             }
             Fault::ClockJump => {
                 let n = self.random_node();
-                let by = self.rng_clock.between(1, self.profile.clock_jump_max_ns.max(1));
+                let by = if self.profile.clock_jumps_allowed() {
+                    self.rng_clock.between(1, self.profile.clock_jump_max_ns.max(1))
+                } else {
+                    // Lease reads on: a jump must keep the clock within the
+                    // core's drift bound over any election timeout (see
+                    // `lease_safe_jump_max_ns`); at most one per node per window.
+                    let max = self.lease_safe_jump_max_ns(n);
+                    if max == 0 || now < self.last_jump_ns[n] + LEASE_JUMP_SPACING_NS {
+                        return;
+                    }
+                    self.rng_clock.between(1, max)
+                };
+                self.last_jump_ns[n] = now;
                 self.nodes[n].clock.jump(by);
                 self.record(n as u64 + 1, TraceKind::ClockJump, by, 0, 0);
                 if self.nodes[n].raw.is_some() && self.nodes[n].paused_until <= now {
@@ -2281,17 +2445,44 @@ impl World {
     /// Lock mutual exclusion, from the clients' side: a client holds a lock
     /// from the moment it learns it acquired it until it asks to release it;
     /// two clients' holding intervals on one lock never overlap.
+    ///
+    /// With leases, a client may count on the lock only until its lease
+    /// could have run out: the leader arms the lease when it applies the
+    /// acquire (after the client invoked it) and expires it when its own
+    /// clock has advanced by the lease; a clock running at most `d` ppm fast
+    /// with forward jumps totalling `J` advances by the lease in no less
+    /// than `(lease - J) / (1 + d)` of world time. So a client holds from
+    /// its acquire's response until the earlier of its unlock's invocation
+    /// and `invoke + (lease - J) / (1 + d)` (new leaders re-arm from their
+    /// own clock, which only extends it).
     fn check_locks(&mut self) {
+        let jumps_ns = self.nodes.iter().map(|n| n.clock.jumped_ns).max().unwrap_or(0);
+        let fast_ppm = self.nodes.iter().map(|n| n.clock.drift_ppm).max().unwrap_or(0).max(0) as u128;
+        let short = self.profile.short_lock_lease_ns.max(NANOS_PER_MILLI);
+        let safe_ns = |lease: Nanos| -> Nanos {
+            let usable = u128::from(lease.saturating_sub(jumps_ns));
+            // Minus a microsecond for the clock's integer rounding.
+            ((usable * u128::from(PPM) / (u128::from(PPM) + fast_ppm)) as Nanos)
+                .saturating_sub(NANOS_PER_MICRO)
+        };
         let mut held: Vec<(Key, Nanos, Nanos, u32)> = Vec::new();
         for (i, op) in self.history.iter().enumerate() {
             if op.kind != OpKind::TryLock || op.result != OpResult::Lock(true) {
                 continue;
             }
-            let release = self.history[i + 1..]
+            let lease = if op.key == 1 && self.profile.short_lock_lease_ns > 0 {
+                short
+            } else {
+                workload::LOCK_LEASE_NS
+            };
+            let unlock = self.history[i + 1..]
                 .iter()
                 .find(|o| o.client == op.client && o.kind == OpKind::Unlock && o.key == op.key)
                 .map_or(Nanos::MAX, |o| o.invoke_ns);
-            held.push((op.key, op.return_ns, release, op.client));
+            let release = unlock.min(op.invoke_ns.saturating_add(safe_ns(lease)));
+            if release > op.return_ns {
+                held.push((op.key, op.return_ns, release, op.client));
+            }
         }
         held.sort_unstable();
         for pair in held.windows(2) {
@@ -2326,7 +2517,9 @@ impl World {
         if self.failure.is_some() {
             return;
         }
-        match linearizability::check(&self.history, self.config.linearizability_steps_max) {
+        let mut history = self.history.clone();
+        history.extend_from_slice(&self.system_ops);
+        match linearizability::check(&history, self.config.linearizability_steps_max) {
             Verdict::Linearizable => {}
             Verdict::NotLinearizable { key, ops, linearized_max, stuck_at } => {
                 // Show the operations around the one that could not be placed:

@@ -41,6 +41,10 @@ fn swarm_seeds_pass_on_five_nodes() {
     assert!(installs >= 5, "only {installs} snapshot installs in 24 seeds");
     let seeds_installing = outcomes.iter().filter(|o| o.report.installs > 0).count();
     assert!(seeds_installing >= 3, "only {seeds_installing} of 24 seeds installed a snapshot");
+    // Temporary registers and short lock leases expire (the leader proposes
+    // the expiries, recorded as system removes for the checkers).
+    let expiries = total(|o| o.report.expiries);
+    assert!(expiries >= 20, "only {expiries} TTL expiries took effect in 24 seeds");
 }
 
 #[test]
