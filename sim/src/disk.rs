@@ -182,6 +182,19 @@ impl SimVfs {
         s.die_at_write = Some(s.stats.writes + n);
     }
 
+    /// The disk is replaced by an empty one (a wiped or lost disk): no
+    /// names, no directories but the root. Old inodes stay allocated but
+    /// unreachable (open handles must have been dropped with the process).
+    pub fn wipe(&self) {
+        let mut s = lock(&self.state);
+        s.names.clear();
+        s.durable_names.clear();
+        s.dirs.clear();
+        s.dirs.insert(PathBuf::from("/"));
+        s.dead = false;
+        s.die_at_write = None;
+    }
+
     /// Power loss: keeps durable data, an ordered prefix of each file's
     /// unsynced operations (the last kept one torn at a sector boundary),
     /// and only durable names. The process may run again afterwards.

@@ -123,7 +123,7 @@ fn main() -> ExitCode {
         if verbose {
             let r = &o.report;
             println!(
-                "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} expiries={} digest={:016x}",
+                "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} expiries={} wipes={} digest={:016x}",
                 r.seed,
                 if o.failed() { "FAIL" } else { "ok" },
                 r.sim_ns as f64 / 1e9,
@@ -135,6 +135,7 @@ fn main() -> ExitCode {
                 r.installs,
                 r.compactions,
                 r.expiries,
+                r.wipes,
                 r.digest
             );
         }
@@ -146,7 +147,7 @@ fn main() -> ExitCode {
     let total = |f: fn(&SeedOutcome) -> u64| outcomes.iter().map(f).sum::<u64>();
     println!(
         "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
-         snapshots={} installs={} compactions={} expiries={}",
+         snapshots={} installs={} compactions={} expiries={} wipes={}",
         outcomes.len(),
         failed.len(),
         sim_seconds,
@@ -157,6 +158,7 @@ fn main() -> ExitCode {
         total(|o| o.report.installs),
         total(|o| o.report.compactions),
         total(|o| o.report.expiries),
+        total(|o| o.report.wipes),
     );
     if !failed.is_empty() {
         let seeds: Vec<String> = failed.iter().take(20).map(|o| o.report.seed.to_string()).collect();

@@ -56,6 +56,9 @@ pub struct FaultIntervals {
     pub transfer_leader_ns: Nanos,
     /// Membership changes: take a voter out, add it back as a learner, promote it.
     pub membership_ns: Nanos,
+    /// Wiped disks: a node loses everything and rejoins empty (removed,
+    /// re-added as a learner, promoted by the simulated operator).
+    pub wipe_ns: Nanos,
 }
 
 /// Snapshot and compaction knobs, passed to the core's `Config`.
@@ -215,6 +218,7 @@ impl Profile {
             clock_jump_ns: interval(rng),
             transfer_leader_ns: interval(rng),
             membership_ns: 0,
+            wipe_ns: 0,
         };
         let latency_min_ns = rng.between(50 * NANOS_PER_MICRO, 2 * NANOS_PER_MILLI);
         let net = NetConfig {
@@ -270,6 +274,7 @@ impl Profile {
         profile.temp_ttl_min_ns = rng.between(NANOS_PER_MILLI, 200 * NANOS_PER_MILLI);
         profile.temp_ttl_max_ns = profile.temp_ttl_min_ns + rng.between(0, 2 * NANOS_PER_SECOND);
         profile.short_lock_lease_ns = rng.between(NANOS_PER_MILLI, NANOS_PER_SECOND);
+        profile.intervals.wipe_ns = interval(rng);
 
         profile
     }
@@ -289,6 +294,7 @@ impl Profile {
             clock_jump_ns: every,
             transfer_leader_ns: every,
             membership_ns: every,
+            wipe_ns: every,
         };
         p.net.drop_ppm = PPM / 20;
         p.net.duplicate_ppm = PPM / 20;
@@ -312,7 +318,8 @@ impl fmt::Display for Profile {
         write!(
             f,
             "{} lease_read={} net[lat={}..{}us drop={}ppm dup={}ppm tail={}ppm/{}ms queue={}] \
-             every_ms[partition={} one_way={} isolate={} clog={} flap={} crash={} pause={} jump={} transfer={}] \
+             every_ms[partition={} one_way={} isolate={} clog={} flap={} crash={} pause={} jump={} transfer={} \
+             membership={} wipe={}] \
              drift<={}ppm disk[{}..{}us slow={}ppm] clients={} keys={} snapshot[every={} keep={} chunk={}B tail={}] temp={}ppm ttl={}..{}ms lease_l1={}ms",
             self.kind,
             self.lease_read,
@@ -332,6 +339,8 @@ impl fmt::Display for Profile {
             ms(i.pause_ns),
             ms(i.clock_jump_ns),
             ms(i.transfer_leader_ns),
+            ms(i.membership_ns),
+            ms(i.wipe_ns),
             self.drift_ppm_max,
             self.disk_latency_min_ns / NANOS_PER_MICRO,
             self.disk_latency_max_ns / NANOS_PER_MICRO,

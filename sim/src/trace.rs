@@ -93,9 +93,12 @@ impl fmt::Display for TraceEvent {
                     1 => "remove",
                     2 => "add as learner",
                     3 => "promote learner",
-                    _ => "add as voter",
+                    4 => "add as voter",
+                    5 => return write!(f, "n{n}: rejoined as a voter after its disk was wiped"),
+                    _ => return write!(f, "n{n}: no longer rejoining (saw its removal committed)"),
                 };
-                write!(f, "n{n}: proposes membership change: {what} n{b}")
+                let by = if c == 1 { " (operator, wiped disk)" } else { "" };
+                write!(f, "n{n}: proposes membership change: {what} n{b}{by}")
             }
             TraceKind::Invoke => write!(f, "client {a}: invoke op #{b} at n{n}"),
             TraceKind::Complete => write!(f, "client {a}: complete op #{b} (result code {c})"),

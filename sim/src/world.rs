@@ -247,6 +247,8 @@ pub struct RunReport {
     /// TTL expiries that took effect (temporary registers removed, lock
     /// leases run out), counted at their first application.
     pub expiries: u64,
+    /// Disks wiped (the node rejoined empty).
+    pub wipes: u64,
     pub profile: String,
     pub last_events: Vec<TraceEvent>,
 }
@@ -298,9 +300,10 @@ enum Fault {
     ClockJump,
     TransferLeader,
     Membership,
+    Wipe,
 }
 
-const FAULTS: [Fault; 10] = [
+const FAULTS: [Fault; 11] = [
     Fault::Partition,
     Fault::OneWayPartition,
     Fault::Isolate,
@@ -311,22 +314,56 @@ const FAULTS: [Fault; 10] = [
     Fault::ClockJump,
     Fault::TransferLeader,
     Fault::Membership,
+    Fault::Wipe,
 ];
 
 #[derive(Debug)]
 enum Event {
-    Deliver { from: u8, to: u8, message: Message },
-    Tick { node: u8, incarnation: u32 },
-    Disk { node: u8, incarnation: u32, done: DiskDone },
-    ClientWake { client: u32 },
-    ClientArrive { node: u8, client: u32, attempt: u64, seq: u64, op: ClientOp },
-    ClientReply { client: u32, attempt: u64, reply: Reply },
-    ClientTimeout { client: u32, attempt: u64 },
-    ClientRetry { client: u32, attempt: u64 },
+    Deliver {
+        from: u8,
+        to: u8,
+        message: Message,
+    },
+    Tick {
+        node: u8,
+        incarnation: u32,
+    },
+    Disk {
+        node: u8,
+        incarnation: u32,
+        done: DiskDone,
+    },
+    ClientWake {
+        client: u32,
+    },
+    ClientArrive {
+        node: u8,
+        client: u32,
+        attempt: u64,
+        seq: u64,
+        op: ClientOp,
+    },
+    ClientReply {
+        client: u32,
+        attempt: u64,
+        reply: Reply,
+    },
+    ClientTimeout {
+        client: u32,
+        attempt: u64,
+    },
+    ClientRetry {
+        client: u32,
+        attempt: u64,
+    },
     Fault(Fault),
     HealNetwork,
-    Restart { node: u8 },
+    Restart {
+        node: u8,
+    },
     EndOfFaults,
+    /// The simulated operator's next step for a wiped node.
+    Operator,
 }
 
 struct Node {
@@ -366,6 +403,10 @@ struct Node {
     staged: Option<(LogId, Vec<u8>)>,
     /// The configuration in force at the applied index (a snapshot's meta).
     applied_membership: Membership,
+    /// Lost its disk and has not rejoined yet: restarts pass
+    /// `rejoin_after_data_loss` until the core's status says it is done
+    /// (what a driver persists).
+    rejoining: bool,
 }
 
 impl Node {
@@ -447,6 +488,9 @@ pub struct World {
     installs: u64,
     compactions: u64,
     expiries: u64,
+    /// The node whose disk was wiped and that has not rejoined as a voter yet.
+    wiped: Option<usize>,
+    wipes: u64,
     rng_ttl: SimRng,
     /// World time at which each expiry entry (by payload hash) was first
     /// proposed: the invocation of the system remove it records.
@@ -566,6 +610,7 @@ impl World {
                     snap: None,
                     staged: None,
                     applied_membership: Membership::default(),
+                    rejoining: false,
                 }
             })
             .collect();
@@ -638,6 +683,8 @@ impl World {
             installs: 0,
             compactions: 0,
             expiries: 0,
+            wiped: None,
+            wipes: 0,
             rng_ttl: SimRng::new(seed, Stream::Ttl),
             expiry_proposals: HashMap::new(),
             lock_holders: HashMap::new(),
@@ -685,6 +732,7 @@ impl World {
         c.log_keep_tail_entries = s.keep_tail_entries;
         c.max_snapshot_chunk_bytes = s.chunk_bytes;
         c.max_log_tail_entries = s.log_tail_entries;
+        c.rejoin_after_data_loss = self.nodes[idx].rejoining;
         #[cfg(feature = "planted-bugs")]
         {
             c.planted_bug = self.config.planted_bug;
@@ -802,6 +850,7 @@ impl World {
             installs: self.installs,
             compactions: self.compactions,
             expiries: self.expiries,
+            wipes: self.wipes,
             profile: self.profile.to_string(),
             last_events: self.trace.last(FAILURE_TRACE_EVENTS),
         }
@@ -917,6 +966,7 @@ impl World {
             }
             Event::Restart { node } => self.restart(node as usize),
             Event::EndOfFaults => self.end_of_faults(),
+            Event::Operator => self.operator(),
         }
     }
 
@@ -1341,6 +1391,11 @@ impl World {
         let Some(raw) = n.raw.as_ref() else { return };
         let (role, term, id) = (raw.role(), raw.term(), n.id);
         let deadline_local = raw.next_deadline();
+        if n.rejoining && !raw.status().rejoining {
+            // What a driver persists: later restarts pass no flag.
+            self.nodes[idx].rejoining = false;
+            self.record(id, TraceKind::Membership, 6, id, 0);
+        }
         if role == Role::Leader {
             let leader = *self.leaders.entry(term).or_insert(id);
             if leader != id {
@@ -2176,6 +2231,7 @@ impl World {
             Fault::Pause => i.pause_ns,
             Fault::ClockJump => i.clock_jump_ns,
             Fault::TransferLeader => i.transfer_leader_ns,
+            Fault::Wipe => i.wipe_ns,
             Fault::Membership => {
                 // With one voter out and a bad disk retired, a 3-node cluster
                 // would have no majority left: that is not a bug to find.
@@ -2315,7 +2371,12 @@ impl World {
                     self.step(l, Input::TransferLeadership { to: to as NodeId + 1 });
                 }
             }
-            Fault::Membership => self.change_membership(),
+            Fault::Membership => {
+                if self.wiped.is_none() {
+                    self.change_membership();
+                }
+            }
+            Fault::Wipe => self.wipe(),
         }
     }
 
@@ -2355,6 +2416,133 @@ impl World {
         };
         self.record(l as u64 + 1, TraceKind::Membership, kind, node, 0);
         self.step(l, Input::ChangeMembership { id, changes: vec![change] });
+    }
+
+    /// The configuration of a live, unpaused leader, if there is one.
+    fn leader_membership(&self) -> Option<(usize, Membership)> {
+        let now = self.now();
+        let l = self.nodes.iter().position(|n| {
+            n.raw.as_ref().is_some_and(|r| r.role() == Role::Leader) && n.paused_until <= now
+        })?;
+        Some((l, self.nodes[l].raw.as_ref()?.membership().clone()))
+    }
+
+    /// True if every committed entry is durable (or covered by a durable
+    /// snapshot) on a majority without node `victim`.
+    fn committed_durable_without(&self, victim: usize) -> bool {
+        let majority = self.majority();
+        self.applied_log.iter().enumerate().all(|(i, &(term, _))| {
+            let index = i as Index + 1;
+            let holders = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|&(j, n)| {
+                    j != victim && (n.storage.covers(index) || n.storage.durable_term(index) == Some(term))
+                })
+                .count();
+            holders >= majority
+        })
+    }
+
+    /// A wiped disk: the node crashes and loses everything, then restarts
+    /// empty with `rejoin_after_data_loss` (it must not vote until it has
+    /// been removed); the simulated operator then removes it, re-adds it as a
+    /// learner and promotes it (`Event::Operator`). Only one at a time, only
+    /// when every node is a voter and every committed entry is durable on a
+    /// majority without it, so its loss never loses a committed entry.
+    fn wipe(&mut self) {
+        let nodes = self.nodes.len();
+        if nodes < 3 || self.wiped.is_some() {
+            return;
+        }
+        let bad_disk = self.nodes.iter().any(|n| n.engine.as_ref().is_some_and(|e| e.vfs.is_bad_disk()));
+        if nodes == 3 && bad_disk {
+            return;
+        }
+        let Some((_, m)) = self.leader_membership() else { return };
+        if m.is_joint() || !m.learners.is_empty() || m.voters.len() != nodes {
+            return;
+        }
+        // Half the time the node that granted the newest vote (the double
+        // vote a wiped node could cast is what the rejoin flag prevents).
+        let newest_voter = (0..nodes)
+            .filter(|&i| self.nodes[i].raw.as_ref().is_some_and(|r| r.role() != Role::Leader))
+            .max_by_key(|&i| self.nodes[i].granted_vote.map_or(0, |(term, _)| term));
+        let victim = match newest_voter {
+            Some(v) if self.rng_ops.chance(PPM / 2) => v,
+            _ => self.random_node(),
+        };
+        if self.nodes[victim].retired || !self.committed_durable_without(victim) {
+            return;
+        }
+        let downtime = self.rng_process.between(NANOS_PER_MILLI, 200 * NANOS_PER_MILLI);
+        if self.nodes[victim].raw.is_some() {
+            self.crash(victim, downtime);
+        } else if !self.nodes[victim].restart_scheduled {
+            let at = self.now() + downtime;
+            self.nodes[victim].restart_scheduled = true;
+            self.queue.push(at, Event::Restart { node: victim as u8 });
+        }
+        let n = &mut self.nodes[victim];
+        if let Some(engine) = n.engine.as_mut() {
+            engine.storage = None;
+            engine.vfs.wipe();
+        }
+        n.storage.wipe();
+        n.snap = None;
+        n.staged = None;
+        n.acked_log = LogId::ZERO;
+        n.granted_vote = None;
+        n.rejoining = true;
+        self.wiped = Some(victim);
+        self.wipes += 1;
+        self.record(victim as u64 + 1, TraceKind::Crash, 1, 0, 0);
+        self.check_committed_on_majority("after a wiped disk");
+        let at = self.now() + self.rng_ops.between(20 * NANOS_PER_MILLI, 100 * NANOS_PER_MILLI);
+        self.queue.push(at, Event::Operator);
+    }
+
+    /// The operator's next step for the wiped node: remove it while it is
+    /// still a voter and rejoining, add it back as a learner, promote it
+    /// (refused while it lags; retried). Done once it is a voter again and
+    /// no longer rejoining.
+    fn operator(&mut self) {
+        let Some(v) = self.wiped else { return };
+        let id = v as NodeId + 1;
+        let next = self.now() + self.rng_ops.between(20 * NANOS_PER_MILLI, 100 * NANOS_PER_MILLI);
+        let Some((l, m)) = self.leader_membership() else {
+            self.queue.push(next, Event::Operator);
+            return;
+        };
+        let change = if m.is_joint() {
+            None
+        } else if m.voters.contains(&id) {
+            if self.nodes[v].rejoining {
+                Some(ConfChange::RemoveNode(id))
+            } else {
+                self.wiped = None;
+                self.record(id, TraceKind::Membership, 5, id, 0);
+                return;
+            }
+        } else if m.learners.contains(&id) {
+            Some(ConfChange::PromoteLearner(id))
+        } else {
+            Some(ConfChange::AddLearner(id))
+        };
+        if let Some(change) = change {
+            let kind = match change {
+                ConfChange::RemoveNode(_) => 1,
+                ConfChange::AddLearner(_) => 2,
+                ConfChange::PromoteLearner(_) => 3,
+                ConfChange::AddVoter(_) => 4,
+            };
+            let request = self.next_attempt;
+            self.next_attempt += 1;
+            self.record(l as u64 + 1, TraceKind::Membership, kind, id, 1);
+            self.step(l, Input::ChangeMembership { id: request, changes: vec![change] });
+        }
+        self.queue.push(next, Event::Operator);
     }
 
     fn end_of_faults(&mut self) {

@@ -45,6 +45,9 @@ fn swarm_seeds_pass_on_five_nodes() {
     // the expiries, recorded as system removes for the checkers).
     let expiries = total(|o| o.report.expiries);
     assert!(expiries >= 20, "only {expiries} TTL expiries took effect in 24 seeds");
+    // Disks are wiped and their nodes rejoin (removed, re-added, promoted).
+    let wipes = total(|o| o.report.wipes);
+    assert!(wipes >= 3, "only {wipes} wiped disks in 24 seeds");
 }
 
 #[test]
