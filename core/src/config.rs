@@ -74,6 +74,10 @@ pub struct Config {
     /// The core keeps at most about this many applied, persisted entries in
     /// memory; older ones are requested with `Action::FetchEntries`.
     pub max_log_tail_entries: usize,
+    /// ... and at most about this many entry bytes (`Entry::size_bytes`): a
+    /// batched client write can make one entry hundreds of KiB, so a bound in
+    /// entries alone does not bound memory. The newest entry always stays.
+    pub max_log_tail_bytes: usize,
     /// At most this many reads waiting on one node; more are refused with
     /// `DropReason::TooManyPendingReads`.
     pub max_pending_reads: usize,
@@ -180,6 +184,7 @@ impl Config {
             max_entries_per_msg: 4096,
             max_uncommitted_bytes: 64 << 20,
             max_log_tail_entries: 65_536,
+            max_log_tail_bytes: 64 << 20,
             max_pending_reads: 65_536,
             snapshot_after_entries: 100_000,
             snapshot_after_bytes: 256 << 20,
@@ -244,6 +249,7 @@ impl Config {
             ("max_entries_per_msg", self.max_entries_per_msg),
             ("max_uncommitted_bytes", self.max_uncommitted_bytes),
             ("max_log_tail_entries", self.max_log_tail_entries),
+            ("max_log_tail_bytes", self.max_log_tail_bytes),
             ("max_pending_reads", self.max_pending_reads),
             ("max_snapshot_chunk_bytes", self.max_snapshot_chunk_bytes),
             ("max_snapshot_inflight_chunks", self.max_snapshot_inflight_chunks),

@@ -108,16 +108,13 @@ impl RaftLog {
     }
 
     /// Payload bytes held in memory (`Entry::size_bytes` summed over the tail).
-    #[allow(dead_code)] // Wired into `RawNode::maybe_evict` with `Config::max_log_tail_bytes` next.
     pub fn tail_bytes(&self) -> usize {
-        debug_assert_eq!(self.tail_bytes, self.tail.iter().map(Entry::size_bytes).sum::<usize>());
         self.tail_bytes
     }
 
     /// The first index that must stay in memory so the tail holds at most
     /// `max_entries` entries and `max_bytes` bytes (the last entry is always
     /// kept). The caller also bounds it by what is durable and applied.
-    #[allow(dead_code)] // Wired into `RawNode::maybe_evict` with `Config::max_log_tail_bytes` next.
     pub fn tail_keep_from(&self, max_entries: usize, max_bytes: usize) -> Index {
         let mut keep_from = self.tail_first();
         let mut len = self.tail.len();
@@ -400,6 +397,7 @@ mod tests {
             |i: Index| Entry { term: 1, index: i, payload: EntryPayload::Normal(vec![0u8; 1000].into()) };
         let mut l = RaftLog::new(LogId::ZERO, vec![], LogId::ZERO, vec![], 0).unwrap();
         l.append(&(1..=10).map(big).collect::<Vec<_>>());
+        let recount = |l: &RaftLog| l.tail.iter().map(Entry::size_bytes).sum::<usize>();
         assert_eq!(l.tail_bytes(), 10 * 1024);
         assert_eq!(l.tail_keep_from(100, 1 << 20), 1, "within both bounds: keep all");
         assert_eq!(l.tail_keep_from(4, 1 << 20), 7, "entry bound");
@@ -410,6 +408,7 @@ mod tests {
         assert_eq!(l.tail_bytes(), 3 * 1024);
         l.append(&[Entry { term: 2, index: 10, payload: EntryPayload::Blank }]);
         assert_eq!(l.tail_bytes(), 2 * 1024 + 24, "truncation and append keep the count");
+        assert_eq!(l.tail_bytes(), recount(&l));
         l.commit_to(9);
         l.compact_to(LogId::new(1, 9));
         assert_eq!(l.tail_bytes(), 24);

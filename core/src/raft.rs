@@ -1448,13 +1448,16 @@ impl RawNode {
     }
 
     fn maybe_evict(&mut self) {
-        let max = self.cfg.max_log_tail_entries;
-        if self.log.tail_len() <= max {
+        let (max_entries, max_bytes) = (self.cfg.max_log_tail_entries, self.cfg.max_log_tail_bytes);
+        if self.log.tail_len() <= max_entries && self.log.tail_bytes() <= max_bytes {
             return;
         }
         // Never evict what is not durable or not yet handed to the state machine.
-        let keep_from =
-            (self.log.last().index + 1 - max as Index).min(self.log.persisted() + 1).min(self.applying + 1);
+        let keep_from = self
+            .log
+            .tail_keep_from(max_entries, max_bytes)
+            .min(self.log.persisted() + 1)
+            .min(self.applying + 1);
         self.log.evict_before(keep_from);
     }
 }

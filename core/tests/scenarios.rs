@@ -326,6 +326,25 @@ fn a_follower_that_was_down_catches_up_with_entries_fetched_from_storage() {
 }
 
 #[test]
+fn the_in_memory_tail_is_bounded_by_bytes_too() {
+    // 100 entries of 1 KiB against a 4 KiB tail: only the byte bound can evict.
+    let mut c = Cluster::with_config(3, 13, |cfg| cfg.max_log_tail_bytes = 4096);
+    c.elect(1);
+    c.crash(3);
+    for i in 0..100 {
+        c.propose(1, i, &[i as u8; 1000]);
+        c.stabilize();
+    }
+    c.restart(3);
+    c.run_for(500 * MS);
+    assert_eq!(c.applied_payloads(3).len(), 100);
+    let fetches =
+        c.trace.iter().filter(|(_, id, a)| *id == 1 && matches!(a, Action::FetchEntries { .. })).count();
+    assert!(fetches > 0, "entries evicted by the byte bound came from storage");
+    c.check_invariants();
+}
+
+#[test]
 fn appends_are_batched_and_the_inflight_window_is_bounded() {
     let mut c = Cluster::with_config(3, 12, |cfg| {
         cfg.max_inflight_msgs = 4;
