@@ -885,6 +885,9 @@ async fn node_status(shared: &Shared) -> NodeStatus {
         counters.push(("peer_messages_dropped".into(), t.messages_dropped));
         counters.push(("peer_flushes".into(), t.flushes));
         counters.push(("peer_bad_connections".into(), t.bad_connections));
+        // One connection per peer pair: a node of an n-node cluster shows n - 1.
+        counters.push(("peer_connections_open".into(), t.connections_open));
+        counters.push(("peer_connects".into(), t.connects));
     }
     NodeStatus { node_id: shared.config.node_id, cluster_id: shared.cluster_id, groups, counters }
 }

@@ -1,28 +1,48 @@
 //! TCP transport between the nodes of a cluster.
 //!
-//! Each node keeps one outbound connection to every peer and accepts one
-//! inbound connection from every peer; every Raft group of the node shares
-//! them (multi-raft), the group id travelling in the [`Envelope`]. Per peer a
-//! single writer task drains a bounded queue and writes every message queued
-//! so far as back-to-back frames in one `write_all`: one syscall per flush,
-//! not per message.
+//! # One connection per peer pair
+//!
+//! Two nodes share exactly one TCP connection, used in both directions by
+//! every Raft group of both nodes (the group id travels in the
+//! [`Envelope`]). The rule that makes this deterministic: **the node with the
+//! lower id dials, the higher id only accepts.** So a pair can never end up
+//! with two connections, and after either side crashes the lower id simply
+//! dials again (exponential backoff, reset on success) while the higher id
+//! waits; a newer accepted connection from a peer replaces the older one (the
+//! dialer only abandons a connection it believes dead, so the newest wins).
+//! A useful side effect for joining a running cluster: a node never needs the
+//! address of a lower-id peer, only of the higher ones.
+//!
+//! The handshake goes both ways: the dialer sends `Hello{cluster, from, to}`,
+//! the acceptor checks the cluster id, that it is the node meant, that the
+//! dialer is a known peer with a lower id, and answers with its own Hello,
+//! which the dialer checks the same way. Only then do messages flow.
+//!
+//! Per peer a single task owns the connection's write half: it drains a
+//! bounded queue and writes every message queued so far as back-to-back
+//! frames in one `write_all` (one syscall per flush, not per message); a
+//! reader task per connection feeds the inbound sink.
 //!
 //! Raft tolerates message loss, so the transport never blocks the caller:
 //! when a peer's queue is full or its connection is down, messages are
 //! dropped and counted, and the core's retransmission does the rest. A frame
 //! that fails to decode closes that one connection with a logged error; the
 //! node keeps running and the peer reconnects.
+//!
+//! Peers can be added, re-addressed and removed while the node runs
+//! ([`Transport::set_peer`], [`Transport::remove_peer`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tarn_core::{GroupId, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -34,7 +54,8 @@ pub struct TransportConfig {
     pub node_id: NodeId,
     /// Every node of a cluster shares it; a Hello from another cluster is refused.
     pub cluster_id: u64,
-    /// Where to dial each peer (this node excluded).
+    /// The peers known at start and where to dial them (this node excluded).
+    /// Only the addresses of higher ids are ever dialed.
     pub peers: BTreeMap<NodeId, SocketAddr>,
     pub max_frame_bytes: usize,
     /// Messages queued for one peer before new ones are dropped.
@@ -43,9 +64,14 @@ pub struct TransportConfig {
     pub max_write_batch_bytes: usize,
     pub reconnect_backoff_min_ms: u64,
     pub reconnect_backoff_max_ms: u64,
-    /// An accepted connection must say Hello within this time.
+    /// Both sides of a new connection must say Hello within this time (also
+    /// bounds the dial itself).
     pub hello_timeout_ms: u64,
 }
+
+/// Accepted connections waiting to be handed to their peer's task. Small:
+/// a peer dials again only after its previous connection failed.
+const MAX_PENDING_ACCEPTED_PER_PEER: usize = 4;
 
 impl TransportConfig {
     pub fn new(node_id: NodeId, cluster_id: u64, peers: BTreeMap<NodeId, SocketAddr>) -> Self {
@@ -67,11 +93,8 @@ impl TransportConfig {
         if self.node_id == 0 {
             return bad("node id 0 is reserved; ids start at 1".into());
         }
-        if self.peers.contains_key(&self.node_id) {
-            return bad(format!("peer list contains this node's own id {}", self.node_id));
-        }
-        if self.peers.contains_key(&0) {
-            return bad("peer list contains node id 0; ids start at 1".into());
+        for &peer in self.peers.keys() {
+            check_peer_id(self.node_id, peer)?;
         }
         if let Err(reason) = wire::check_max_frame_bytes(self.max_frame_bytes) {
             return bad(reason);
@@ -86,8 +109,22 @@ impl TransportConfig {
                 self.reconnect_backoff_min_ms, self.reconnect_backoff_max_ms
             ));
         }
+        if self.hello_timeout_ms == 0 {
+            return bad("hello_timeout_ms must be positive".into());
+        }
         Ok(())
     }
+}
+
+fn check_peer_id(node_id: NodeId, peer: NodeId) -> Result<(), TransportError> {
+    let bad = |reason: String| Err(TransportError::Config { reason });
+    if peer == node_id {
+        return bad(format!("peer list contains this node's own id {node_id}"));
+    }
+    if peer == 0 {
+        return bad("peer list contains node id 0; ids start at 1".into());
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,14 +144,17 @@ pub enum TransportError {
 pub struct TransportStats {
     pub messages_sent: AtomicU64,
     pub messages_received: AtomicU64,
-    /// Dropped because a peer's queue was full or it was unknown.
+    /// Dropped because a peer's queue was full, it was unknown or unreachable.
     pub messages_dropped: AtomicU64,
     pub flushes: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Connections that completed the handshake (dialed or accepted).
     pub connects: AtomicU64,
     pub connect_failures: AtomicU64,
     /// Inbound connections closed because of a bad frame or handshake.
     pub bad_connections: AtomicU64,
+    /// Peer connections open right now (a gauge): one per connected peer.
+    pub connections_open: AtomicU64,
 }
 
 /// A snapshot of [`TransportStats`].
@@ -128,6 +168,7 @@ pub struct TransportStatsSnapshot {
     pub connects: u64,
     pub connect_failures: u64,
     pub bad_connections: u64,
+    pub connections_open: u64,
 }
 
 impl TransportStats {
@@ -142,6 +183,7 @@ impl TransportStats {
             connects: l(&self.connects),
             connect_failures: l(&self.connect_failures),
             bad_connections: l(&self.bad_connections),
+            connections_open: l(&self.connections_open),
         }
     }
 }
@@ -162,19 +204,54 @@ impl<M> Clone for Transport<M> {
     }
 }
 
-struct Inner<M> {
-    node_id: NodeId,
-    outbound: BTreeMap<NodeId, mpsc::Sender<Envelope<M>>>,
+/// What every task of the transport reads.
+struct Shared<M> {
+    config: TransportConfig,
     stats: Arc<TransportStats>,
+    sink: InboundSink<M>,
+}
+
+type Peers<M> = Arc<RwLock<HashMap<NodeId, PeerSlot<M>>>>;
+
+struct Inner<M> {
+    shared: Arc<Shared<M>>,
+    peers: Peers<M>,
     shutdown: watch::Sender<bool>,
     local_addr: SocketAddr,
+    runtime: tokio::runtime::Handle,
+}
+
+/// One known peer: its queue, its address (the dialer follows changes) and
+/// where the accept task hands over connections the peer dialed.
+struct PeerSlot<M> {
+    addr: watch::Sender<SocketAddr>,
+    queue: mpsc::Sender<Envelope<M>>,
+    accepted: mpsc::Sender<Live>,
+}
+
+/// A connection that completed the handshake.
+struct Live {
+    stream: TcpStream,
+    /// Holds whatever arrived after the Hello.
+    decoder: FrameDecoder,
+    remote: SocketAddr,
+}
+
+fn read_peers<M>(
+    peers: &RwLock<HashMap<NodeId, PeerSlot<M>>>,
+) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, PeerSlot<M>>> {
+    // The map is only ever replaced entry by entry and no code panics while
+    // holding the lock; a poisoned lock still holds a consistent map.
+    peers.read().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<M> Transport<M>
 where
     M: Serialize + DeserializeOwned + Send + 'static,
 {
-    /// Starts accepting on `listener` and dialing every peer.
+    /// Starts accepting on `listener` and connecting to every peer in the
+    /// configuration (dialing those with a higher id). Must run inside a
+    /// tokio runtime.
     pub fn start(
         config: TransportConfig,
         listener: TcpListener,
@@ -184,42 +261,88 @@ where
         let local_addr = listener
             .local_addr()
             .map_err(|source| TransportError::Io { addr: "peer listener".into(), source })?;
+        let initial = config.peers.clone();
         let stats = Arc::new(TransportStats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let config = Arc::new(config);
-        let mut outbound = BTreeMap::new();
-        for (&peer, &addr) in &config.peers {
-            let (tx, rx) = mpsc::channel(config.max_queued_messages_per_peer);
-            outbound.insert(peer, tx);
-            tokio::spawn(writer_task(config.clone(), peer, addr, rx, stats.clone(), shutdown_rx.clone()));
+        let shared = Arc::new(Shared { config, stats, sink });
+        let peers: Peers<M> = Arc::default();
+        let runtime = tokio::runtime::Handle::current();
+        runtime.spawn(accept_task(shared.clone(), peers.clone(), listener, shutdown_rx));
+        let transport = Transport { inner: Arc::new(Inner { shared, peers, shutdown, local_addr, runtime }) };
+        for (peer, addr) in initial {
+            transport.set_peer(peer, addr)?;
         }
-        tokio::spawn(accept_task(config.clone(), listener, sink, stats.clone(), shutdown_rx));
-        Ok(Transport {
-            inner: Arc::new(Inner { node_id: config.node_id, outbound, stats, shutdown, local_addr }),
-        })
+        Ok(transport)
+    }
+
+    /// Adds peer `peer` at `addr`, or moves it there (a dialer reconnects to
+    /// the new address). Idempotent.
+    pub fn set_peer(&self, peer: NodeId, addr: SocketAddr) -> Result<(), TransportError> {
+        let shared = &self.inner.shared;
+        check_peer_id(shared.config.node_id, peer)?;
+        let mut peers = self.inner.peers.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = peers.get(&peer) {
+            let changed = slot.addr.send_if_modified(|a| {
+                let changed = *a != addr;
+                *a = addr;
+                changed
+            });
+            if changed {
+                tracing::info!(node = shared.config.node_id, peer, %addr, "peer address changed");
+            }
+            return Ok(());
+        }
+        let (addr_tx, addr_rx) = watch::channel(addr);
+        let (queue, queue_rx) = mpsc::channel(shared.config.max_queued_messages_per_peer);
+        let (accepted, accepted_rx) = mpsc::channel(MAX_PENDING_ACCEPTED_PER_PEER);
+        let task = PeerTask {
+            shared: shared.clone(),
+            peer,
+            addr: addr_rx,
+            queue: queue_rx,
+            accepted: accepted_rx,
+            shutdown: self.inner.shutdown.subscribe(),
+            buf: Vec::with_capacity(64 * 1024),
+        };
+        self.inner.runtime.spawn(task.run());
+        peers.insert(peer, PeerSlot { addr: addr_tx, queue, accepted });
+        tracing::debug!(node = shared.config.node_id, peer, %addr, "peer added");
+        Ok(())
     }
 }
 
 impl<M> Transport<M> {
+    /// Forgets peer `peer`: closes its connection and drops what is queued
+    /// for it; its connections are refused from now on. False if unknown.
+    pub fn remove_peer(&self, peer: NodeId) -> bool {
+        let removed = self.inner.peers.write().unwrap_or_else(|e| e.into_inner()).remove(&peer).is_some();
+        if removed {
+            tracing::info!(node = self.inner.shared.config.node_id, peer, "peer removed");
+        }
+        removed
+    }
+
+    /// Every known peer and its address.
+    pub fn peers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        read_peers(&self.inner.peers).iter().map(|(id, slot)| (*id, *slot.addr.borrow())).collect()
+    }
+
     /// Queues `message` for `group` on node `to`. Never blocks; returns false
     /// (and counts a drop) when the peer is unknown or its queue is full.
     pub fn send(&self, to: NodeId, group: GroupId, message: M) -> bool {
-        debug_assert_ne!(to, self.inner.node_id, "a node never sends Raft messages to itself");
-        let Some(tx) = self.inner.outbound.get(&to) else {
-            self.inner.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
+        debug_assert_ne!(to, self.inner.shared.config.node_id, "a node never sends Raft messages to itself");
+        let sent = match read_peers(&self.inner.peers).get(&to) {
+            Some(slot) => slot.queue.try_send(Envelope { group, message }).is_ok(),
+            None => false,
         };
-        match tx.try_send(Envelope { group, message }) {
-            Ok(()) => true,
-            Err(_) => {
-                self.inner.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
+        if !sent {
+            self.inner.shared.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
         }
+        sent
     }
 
     pub fn node_id(&self) -> NodeId {
-        self.inner.node_id
+        self.inner.shared.config.node_id
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -227,11 +350,11 @@ impl<M> Transport<M> {
     }
 
     pub fn stats(&self) -> Arc<TransportStats> {
-        self.inner.stats.clone()
+        self.inner.shared.stats.clone()
     }
 
-    /// Stops accepting, dialing and writing. Queued messages are dropped
-    /// (Raft state is on disk; peers catch up on their own).
+    /// Stops accepting, dialing and writing; closes every connection.
+    /// Queued messages are dropped (Raft state is on disk; peers catch up).
     pub fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
     }
@@ -242,106 +365,332 @@ async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-async fn writer_task<M: Serialize>(
-    config: Arc<TransportConfig>,
+/// Decrements the open-connections gauge when a connection ends, however it ends.
+struct OpenGuard(Arc<TransportStats>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a connection's run ended.
+enum Ended {
+    /// Shutdown, or the peer was removed.
+    Stop,
+    /// The connection broke (or the dialer must move to a new address).
+    Lost,
+    /// The peer dialed again: this newer connection replaces the old one.
+    Replaced(Live),
+}
+
+/// The task owning one peer: dials it (lower id here) or waits for its
+/// connections (higher id here), then writes its queue to the connection.
+struct PeerTask<M> {
+    shared: Arc<Shared<M>>,
     peer: NodeId,
-    addr: SocketAddr,
-    mut rx: mpsc::Receiver<Envelope<M>>,
-    stats: Arc<TransportStats>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut backoff_ms = config.reconnect_backoff_min_ms;
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let hello: PeerFrame<M> =
-        PeerFrame::Hello { cluster_id: config.cluster_id, from: config.node_id, to: peer };
-    'connect: loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let connect = tokio::select! {
-            r = TcpStream::connect(addr) => r,
-            _ = wait_shutdown(&mut shutdown) => return,
-        };
-        let mut stream = match connect {
-            Ok(s) => s,
-            Err(e) => {
-                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(node = config.node_id, peer, %addr, error = %e, backoff_ms, "connect to peer failed");
-                // Drop what queued up while the peer is unreachable: it is
-                // stale by the time we connect, and the core resends.
-                while rx.try_recv().is_ok() {
-                    stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
-                    _ = wait_shutdown(&mut shutdown) => return,
-                }
-                backoff_ms = (backoff_ms * 2).min(config.reconnect_backoff_max_ms);
-                continue 'connect;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        stats.connects.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(node = config.node_id, peer, %addr, "connected to peer");
-        buf.clear();
-        if let Err(e) = wire::encode_frame(&hello, config.max_frame_bytes, &mut buf) {
-            tracing::error!(node = config.node_id, peer, error = %e, "cannot encode hello");
-            return;
-        }
-        if let Err(e) = stream.write_all(&buf).await {
-            tracing::warn!(node = config.node_id, peer, %addr, error = %e, "peer write failed; reconnecting");
-            continue 'connect;
-        }
-        backoff_ms = config.reconnect_backoff_min_ms;
+    addr: watch::Receiver<SocketAddr>,
+    queue: mpsc::Receiver<Envelope<M>>,
+    accepted: mpsc::Receiver<Live>,
+    shutdown: watch::Receiver<bool>,
+    buf: Vec<u8>,
+}
+
+impl<M> PeerTask<M>
+where
+    M: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn dialer(&self) -> bool {
+        self.shared.config.node_id < self.peer
+    }
+
+    async fn run(mut self) {
+        let config = &self.shared.config;
+        let (min_ms, max_ms) = (config.reconnect_backoff_min_ms, config.reconnect_backoff_max_ms);
+        let mut backoff_ms = min_ms;
+        let mut next: Option<Live> = None;
         loop {
-            let first = tokio::select! {
-                m = rx.recv() => m,
-                _ = wait_shutdown(&mut shutdown) => None,
-            };
-            let Some(first) = first else {
-                let _ = stream.shutdown().await;
+            if *self.shutdown.borrow() {
                 return;
-            };
-            // Let the other groups' messages of this wakeup queue up.
-            tokio::task::yield_now().await;
-            buf.clear();
-            let mut count = 0u64;
-            let mut next = Some(first);
-            while let Some(envelope) = next.take() {
-                let frame = PeerFrame::Message(envelope);
-                match wire::encode_frame(&frame, config.max_frame_bytes, &mut buf) {
-                    Ok(()) => count += 1,
-                    Err(e) => {
-                        stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(node = config.node_id, peer, error = %e, "dropping message that cannot be framed");
+            }
+            let live = match next.take() {
+                Some(live) => live,
+                None if self.dialer() => {
+                    let addr = *self.addr.borrow_and_update();
+                    let dialed = tokio::select! {
+                        r = dial::<M>(&self.shared, self.peer, addr, &mut self.buf) => r,
+                        _ = wait_shutdown(&mut self.shutdown) => return,
+                    };
+                    match dialed {
+                        Ok(live) => live,
+                        Err(e) => {
+                            self.shared.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(node = self.shared.config.node_id, peer = self.peer, %addr, error = %e, backoff_ms, "connect to peer failed");
+                            if !self.wait_before_redial(backoff_ms).await {
+                                return;
+                            }
+                            backoff_ms = (backoff_ms * 2).min(max_ms);
+                            continue;
+                        }
                     }
                 }
-                if buf.len() < config.max_write_batch_bytes {
-                    next = rx.try_recv().ok();
+                None => {
+                    // The peer dials us. Meanwhile messages for it are stale
+                    // by the time it connects: drop them (Raft resends).
+                    loop {
+                        tokio::select! {
+                            l = self.accepted.recv() => match l {
+                                Some(live) => break live,
+                                None => return,
+                            },
+                            m = self.queue.recv() => match m {
+                                Some(_) => {
+                                    self.shared.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                                }
+                                None => return,
+                            },
+                            _ = wait_shutdown(&mut self.shutdown) => return,
+                        }
+                    }
+                }
+            };
+            backoff_ms = min_ms;
+            match self.run_connection(live).await {
+                Ended::Stop => return,
+                Ended::Replaced(live) => next = Some(live),
+                Ended::Lost => {
+                    if self.dialer() && !self.wait_before_redial(backoff_ms).await {
+                        return;
+                    }
                 }
             }
-            if buf.is_empty() {
-                continue;
+        }
+    }
+
+    /// Sleeps `backoff_ms` (cut short by an address change), dropping what
+    /// queues up meanwhile. False when the task must stop.
+    async fn wait_before_redial(&mut self, backoff_ms: u64) -> bool {
+        let wake = tokio::time::Instant::now() + Duration::from_millis(backoff_ms);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => return true,
+                m = self.queue.recv() => match m {
+                    Some(_) => {
+                        self.shared.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => return false,
+                },
+                r = self.addr.changed() => return r.is_ok(),
+                _ = wait_shutdown(&mut self.shutdown) => return false,
             }
-            if let Err(e) = stream.write_all(&buf).await {
-                stats.messages_dropped.fetch_add(count, Ordering::Relaxed);
-                tracing::warn!(node = config.node_id, peer, %addr, error = %e, "peer write failed; reconnecting");
-                continue 'connect;
+        }
+    }
+
+    async fn run_connection(&mut self, live: Live) -> Ended {
+        let Live { stream, decoder, remote } = live;
+        let (node, peer, dialer) = (self.shared.config.node_id, self.peer, self.dialer());
+        let stats = self.shared.stats.clone();
+        stats.connects.fetch_add(1, Ordering::Relaxed);
+        stats.connections_open.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenGuard(stats.clone());
+        tracing::info!(node, peer, %remote, dialer, "peer connection up");
+        let (read_half, mut write_half) = stream.into_split();
+        let mut reader = tokio::spawn(read_loop(self.shared.clone(), peer, read_half, decoder, remote));
+        let max_batch = self.shared.config.max_write_batch_bytes;
+        let max_frame = self.shared.config.max_frame_bytes;
+        let ended = loop {
+            tokio::select! {
+                m = self.queue.recv() => {
+                    let Some(first) = m else { break Ended::Stop };
+                    // Let the other groups' messages of this wakeup queue up.
+                    tokio::task::yield_now().await;
+                    self.buf.clear();
+                    let mut count = 0u64;
+                    let mut next = Some(first);
+                    while let Some(envelope) = next.take() {
+                        match wire::encode_frame(&PeerFrame::Message(envelope), max_frame, &mut self.buf) {
+                            Ok(()) => count += 1,
+                            Err(e) => {
+                                stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(node, peer, error = %e, "dropping message that cannot be framed");
+                            }
+                        }
+                        if self.buf.len() < max_batch {
+                            next = self.queue.try_recv().ok();
+                        }
+                    }
+                    if self.buf.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = write_half.write_all(&self.buf).await {
+                        stats.messages_dropped.fetch_add(count, Ordering::Relaxed);
+                        tracing::warn!(node, peer, %remote, error = %e, "peer write failed; reconnecting");
+                        break Ended::Lost;
+                    }
+                    stats.messages_sent.fetch_add(count, Ordering::Relaxed);
+                    stats.bytes_sent.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+                    stats.flushes.fetch_add(1, Ordering::Relaxed);
+                }
+                _ = &mut reader => {
+                    tracing::info!(node, peer, %remote, "peer connection closed");
+                    break Ended::Lost;
+                }
+                l = self.accepted.recv(), if !dialer => match l {
+                    Some(live) => {
+                        tracing::info!(node, peer, old = %remote, new = %live.remote, "peer dialed again; the new connection replaces the old");
+                        break Ended::Replaced(live);
+                    }
+                    None => break Ended::Stop,
+                },
+                r = self.addr.changed(), if dialer => match r {
+                    Ok(()) => break Ended::Lost,
+                    Err(_) => break Ended::Stop,
+                },
+                _ = wait_shutdown(&mut self.shutdown) => break Ended::Stop,
             }
-            stats.messages_sent.fetch_add(count, Ordering::Relaxed);
-            stats.bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
-            stats.flushes.fetch_add(1, Ordering::Relaxed);
+        };
+        reader.abort();
+        let _ = write_half.shutdown().await;
+        ended
+    }
+}
+
+/// Reads one connection until EOF, a bad frame, or abort by its writer.
+async fn read_loop<M: DeserializeOwned>(
+    shared: Arc<Shared<M>>,
+    peer: NodeId,
+    mut read_half: OwnedReadHalf,
+    mut decoder: FrameDecoder,
+    remote: SocketAddr,
+) {
+    let node = shared.config.node_id;
+    loop {
+        loop {
+            match decoder.next_frame::<PeerFrame<M>>() {
+                Ok(Some(PeerFrame::Message(Envelope { group, message }))) => {
+                    shared.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+                    (shared.sink)(peer, group, message);
+                }
+                Ok(Some(PeerFrame::Hello { .. })) => {
+                    shared.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(node, peer, %remote, "second hello on a peer connection; closing it");
+                    return;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    shared.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(node, peer, %remote, error = %e, "bad frame from peer; closing the connection");
+                    return;
+                }
+            }
+        }
+        match read_half.read_buf(decoder.buffer_mut()).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(node, peer, %remote, error = %e, "peer connection read failed");
+                return;
+            }
         }
     }
 }
 
-async fn accept_task<M: DeserializeOwned + Send + 'static>(
-    config: Arc<TransportConfig>,
+/// Reads frames until the first one, which must be a Hello. `Ok(None)`: the
+/// other side closed before saying anything.
+async fn read_hello<M: DeserializeOwned>(
+    stream: &mut TcpStream,
+    decoder: &mut FrameDecoder,
+    addr: &str,
+) -> Result<Option<(u64, NodeId, NodeId)>, TransportError> {
+    loop {
+        let frame = decoder
+            .next_frame::<PeerFrame<M>>()
+            .map_err(|source| TransportError::Wire { addr: addr.into(), source })?;
+        match frame {
+            Some(PeerFrame::Hello { cluster_id, from, to }) => return Ok(Some((cluster_id, from, to))),
+            Some(PeerFrame::Message(_)) => {
+                return Err(TransportError::Handshake {
+                    addr: addr.into(),
+                    reason: "message before hello".into(),
+                })
+            }
+            None => {}
+        }
+        match stream.read_buf(decoder.buffer_mut()).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(source) => return Err(TransportError::Io { addr: addr.into(), source }),
+        }
+    }
+}
+
+fn check_cluster(config: &TransportConfig, cluster_id: u64, addr: &str) -> Result<(), TransportError> {
+    if cluster_id != config.cluster_id {
+        return Err(TransportError::Handshake {
+            addr: addr.into(),
+            reason: format!(
+                "peer belongs to cluster {cluster_id:#x}, this node to cluster {:#x}",
+                config.cluster_id
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Connects to `peer` at `addr` and runs the dialer's half of the handshake.
+async fn dial<M: Serialize + DeserializeOwned>(
+    shared: &Shared<M>,
+    peer: NodeId,
+    addr: SocketAddr,
+    buf: &mut Vec<u8>,
+) -> Result<Live, TransportError> {
+    let config = &shared.config;
+    let addr_s = addr.to_string();
+    let attempt = async {
+        let io = |source| TransportError::Io { addr: addr_s.clone(), source };
+        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
+        let _ = stream.set_nodelay(true);
+        buf.clear();
+        let hello: PeerFrame<M> =
+            PeerFrame::Hello { cluster_id: config.cluster_id, from: config.node_id, to: peer };
+        wire::encode_frame(&hello, config.max_frame_bytes, buf)
+            .map_err(|source| TransportError::Wire { addr: addr_s.clone(), source })?;
+        stream.write_all(buf).await.map_err(io)?;
+        let mut decoder = FrameDecoder::new(config.max_frame_bytes);
+        let Some((cluster_id, from, to)) = read_hello::<M>(&mut stream, &mut decoder, &addr_s).await? else {
+            return Err(TransportError::Handshake {
+                addr: addr_s.clone(),
+                reason: format!("node {peer} closed the connection during the handshake (it refused this node; see its log)"),
+            });
+        };
+        check_cluster(config, cluster_id, &addr_s)?;
+        if from != peer || to != config.node_id {
+            return Err(TransportError::Handshake {
+                addr: addr_s.clone(),
+                reason: format!(
+                    "expected node {peer} answering node {}, got node {from} answering node {to} (is the address right?)",
+                    config.node_id
+                ),
+            });
+        }
+        Ok(Live { stream, decoder, remote: addr })
+    };
+    match tokio::time::timeout(Duration::from_millis(config.hello_timeout_ms), attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(TransportError::Handshake {
+            addr: addr.to_string(),
+            reason: format!("no connection and hello within {} ms", config.hello_timeout_ms),
+        }),
+    }
+}
+
+async fn accept_task<M: Serialize + DeserializeOwned + Send + 'static>(
+    shared: Arc<Shared<M>>,
+    peers: Peers<M>,
     listener: TcpListener,
-    sink: InboundSink<M>,
-    stats: Arc<TransportStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let node = shared.config.node_id;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -349,105 +698,76 @@ async fn accept_task<M: DeserializeOwned + Send + 'static>(
         };
         match accepted {
             Ok((stream, addr)) => {
-                let _ = stream.set_nodelay(true);
-                let (config, sink, stats, shutdown) =
-                    (config.clone(), sink.clone(), stats.clone(), shutdown.clone());
+                let (shared, peers) = (shared.clone(), peers.clone());
+                let timeout = Duration::from_millis(shared.config.hello_timeout_ms);
                 tokio::spawn(async move {
-                    if let Err(e) = read_connection(&config, stream, addr, &sink, &stats, shutdown).await {
-                        stats.bad_connections.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(node = config.node_id, error = %e, "closing peer connection");
-                    }
+                    let r =
+                        tokio::time::timeout(timeout, accept_handshake(&shared, &peers, stream, addr)).await;
+                    let error = match r {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => e,
+                        Err(_) => TransportError::Handshake {
+                            addr: addr.to_string(),
+                            reason: "no hello within the timeout".into(),
+                        },
+                    };
+                    shared.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(node, error = %error, "closing peer connection");
                 });
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(node = config.node_id, error = %e, "accept on peer port failed");
-                tokio::time::sleep(Duration::from_millis(config.reconnect_backoff_min_ms)).await;
+                tracing::warn!(node, error = %e, "accept on peer port failed");
+                tokio::time::sleep(Duration::from_millis(shared.config.reconnect_backoff_min_ms)).await;
             }
         }
     }
 }
 
-/// Reads one inbound connection until EOF, error or shutdown. Returns an
-/// error only for what should be counted as a bad connection.
-async fn read_connection<M: DeserializeOwned>(
-    config: &TransportConfig,
+/// The acceptor's half of the handshake; hands the connection to its peer's task.
+async fn accept_handshake<M: Serialize + DeserializeOwned>(
+    shared: &Shared<M>,
+    peers: &RwLock<HashMap<NodeId, PeerSlot<M>>>,
     mut stream: TcpStream,
-    addr: SocketAddr,
-    sink: &InboundSink<M>,
-    stats: &TransportStats,
-    mut shutdown: watch::Receiver<bool>,
+    remote: SocketAddr,
 ) -> Result<(), TransportError> {
-    let addr_s = addr.to_string();
+    let config = &shared.config;
+    let addr_s = remote.to_string();
+    let _ = stream.set_nodelay(true);
     let mut decoder = FrameDecoder::new(config.max_frame_bytes);
-    let mut from: Option<NodeId> = None;
-    let hello_deadline = tokio::time::Instant::now() + Duration::from_millis(config.hello_timeout_ms);
-    loop {
-        // Drain every whole frame already buffered.
-        loop {
-            let frame = decoder
-                .next_frame::<PeerFrame<M>>()
-                .map_err(|source| TransportError::Wire { addr: addr_s.clone(), source })?;
-            let Some(frame) = frame else { break };
-            match (frame, from) {
-                (PeerFrame::Hello { cluster_id, from: peer, to }, None) => {
-                    if cluster_id != config.cluster_id {
-                        return Err(TransportError::Handshake {
-                            addr: addr_s,
-                            reason: format!(
-                                "peer belongs to cluster {cluster_id:#x}, this node to cluster {:#x}",
-                                config.cluster_id
-                            ),
-                        });
-                    }
-                    if to != config.node_id {
-                        return Err(TransportError::Handshake {
-                            addr: addr_s,
-                            reason: format!("peer dialed node {to}, but this is node {}", config.node_id),
-                        });
-                    }
-                    if !config.peers.contains_key(&peer) {
-                        return Err(TransportError::Handshake {
-                            addr: addr_s,
-                            reason: format!("node {peer} is not in this node's --cluster list"),
-                        });
-                    }
-                    from = Some(peer);
-                }
-                (PeerFrame::Hello { .. }, Some(peer)) => {
-                    return Err(TransportError::Handshake {
-                        addr: addr_s,
-                        reason: format!("second hello from node {peer}"),
-                    });
-                }
-                (PeerFrame::Message(_), None) => {
-                    return Err(TransportError::Handshake {
-                        addr: addr_s,
-                        reason: "message before hello".into(),
-                    });
-                }
-                (PeerFrame::Message(Envelope { group, message }), Some(peer)) => {
-                    stats.messages_received.fetch_add(1, Ordering::Relaxed);
-                    sink(peer, group, message);
-                }
-            }
-        }
-        let read = tokio::select! {
-            r = stream.read_buf(decoder.buffer_mut()) => r,
-            _ = wait_shutdown(&mut shutdown) => return Ok(()),
-            _ = tokio::time::sleep_until(hello_deadline), if from.is_none() => {
-                return Err(TransportError::Handshake { addr: addr_s, reason: "no hello within the timeout".into() });
-            }
-        };
-        match read {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(node = config.node_id, %addr, error = %e, "peer connection read failed");
-                return Ok(());
-            }
-        }
+    // A connection closed before saying anything (a port probe) is not an error.
+    let Some((cluster_id, from, to)) = read_hello::<M>(&mut stream, &mut decoder, &addr_s).await? else {
+        return Ok(());
+    };
+    let refuse = |reason: String| Err(TransportError::Handshake { addr: addr_s.clone(), reason });
+    check_cluster(config, cluster_id, &addr_s)?;
+    if to != config.node_id {
+        return refuse(format!("peer dialed node {to}, but this is node {}", config.node_id));
     }
+    if from >= config.node_id {
+        return refuse(format!(
+            "node {from} dialed node {}, but only the lower id dials (one connection per pair); is node {from} running an older tarn?",
+            config.node_id
+        ));
+    }
+    let Some(handover) = read_peers(peers).get(&from).map(|slot| slot.accepted.clone()) else {
+        return refuse(format!(
+            "node {from} is not a known peer of node {} (list it in --cluster or add it with `tarn member add {from} <peer-addr>`)",
+            config.node_id
+        ));
+    };
+    let mut buf = Vec::new();
+    let hello: PeerFrame<M> =
+        PeerFrame::Hello { cluster_id: config.cluster_id, from: config.node_id, to: from };
+    wire::encode_frame(&hello, config.max_frame_bytes, &mut buf)
+        .map_err(|source| TransportError::Wire { addr: addr_s.clone(), source })?;
+    stream.write_all(&buf).await.map_err(|source| TransportError::Io { addr: addr_s.clone(), source })?;
+    if handover.try_send(Live { stream, decoder, remote }).is_err() {
+        // The peer was removed meanwhile, or dials faster than we hand over:
+        // it will dial again.
+        tracing::debug!(node = config.node_id, peer = from, "dropping an accepted connection nobody takes");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -472,6 +792,15 @@ mod tests {
         (Transport::start(config, listener, sink).unwrap(), got)
     }
 
+    async fn listeners<const N: usize>() -> ([TcpListener; N], [SocketAddr; N]) {
+        let mut ls = Vec::new();
+        for _ in 0..N {
+            ls.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs: Vec<SocketAddr> = ls.iter().map(|l| l.local_addr().unwrap()).collect();
+        (ls.try_into().expect("N listeners"), addrs.try_into().expect("N addresses"))
+    }
+
     async fn wait_for(deadline_ms: u64, mut cond: impl FnMut() -> bool) {
         tokio::time::timeout(Duration::from_millis(deadline_ms), async {
             while !cond() {
@@ -482,20 +811,37 @@ mod tests {
         .expect("condition not reached before the deadline");
     }
 
+    /// Sends from `t` until `got` holds a message with `text`.
+    async fn until_delivered(t: &Transport<String>, to: NodeId, got: &Got, text: &str) {
+        wait_for(10_000, || {
+            t.send(to, 1, text.to_string());
+            got.lock().unwrap().iter().any(|(_, _, m)| m == text)
+        })
+        .await;
+    }
+
+    fn open(t: &Transport<String>) -> u64 {
+        t.stats().snapshot().connections_open
+    }
+
+    async fn rebind(addr: SocketAddr) -> TcpListener {
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
     #[tokio::test]
-    async fn two_nodes_exchange_messages_for_many_groups() {
-        let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    async fn two_nodes_share_one_connection_for_many_groups() {
+        let ([l1, l2], [a1, a2]) = listeners().await;
         let (t1, got1) = node(1, l1, [(2, a2)].into()).await;
         let (t2, got2) = node(2, l2, [(1, a1)].into()).await;
         // Messages sent before the connection is up may be dropped (by
-        // design); keep resending until one arrives, then send a burst.
-        wait_for(5_000, || {
-            t1.send(2, 7, "ping".into());
-            !got2.lock().unwrap().is_empty()
-        })
-        .await;
+        // design); keep resending until one arrives each way, then a burst.
+        until_delivered(&t1, 2, &got2, "ping").await;
+        until_delivered(&t2, 1, &got1, "pong").await;
         got2.lock().unwrap().clear();
         for i in 0..1000u64 {
             assert!(t1.send(2, i % 3, format!("m{i}")));
@@ -503,74 +849,122 @@ mod tests {
         t2.send(1, 9, "back".into());
         let burst =
             || got2.lock().unwrap().iter().filter(|(_, _, m)| m != "ping").cloned().collect::<Vec<_>>();
-        wait_for(5_000, || burst().len() == 1000 && !got1.lock().unwrap().is_empty()).await;
-        let got = burst();
-        for (i, (from, group, m)) in got.iter().enumerate() {
+        wait_for(5_000, || burst().len() == 1000 && got1.lock().unwrap().iter().any(|(_, _, m)| m == "back"))
+            .await;
+        for (i, (from, group, m)) in burst().iter().enumerate() {
             assert_eq!((*from, *group, m.as_str()), (1, i as u64 % 3, format!("m{i}").as_str()));
         }
-        assert_eq!(got1.lock().unwrap()[0], (2, 9, "back".to_string()));
-        let s = t1.stats().snapshot();
-        assert!(s.flushes < s.messages_sent, "writes are batched: {s:?}");
+        let (s1, s2) = (t1.stats().snapshot(), t2.stats().snapshot());
+        assert!(s1.flushes < s1.messages_sent, "writes are batched: {s1:?}");
+        // One TCP connection carries both directions: one handshake each side.
+        assert_eq!((s1.connections_open, s2.connections_open), (1, 1), "{s1:?} {s2:?}");
+        assert_eq!((s1.connects, s2.connects), (1, 1), "{s1:?} {s2:?}");
+        assert_eq!(s2.connect_failures, 0, "the higher id never dials: {s2:?}");
         t1.shutdown();
         t2.shutdown();
     }
 
     #[tokio::test]
-    async fn reconnects_after_peer_restart() {
-        let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
-        let (t1, _got1) = node(1, l1, [(2, a2)].into()).await;
-        let (t2, got2) = node(2, l2, [(1, a1)].into()).await;
-        wait_for(5_000, || {
-            t1.send(2, 1, "a".into());
-            !got2.lock().unwrap().is_empty()
-        })
-        .await;
-        t2.shutdown();
-        // Restart node 2 on the same address.
-        let l2 = loop {
-            match TcpListener::bind(a2).await {
-                Ok(l) => break l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+    async fn three_nodes_have_one_connection_per_pair() {
+        let ([l1, l2, l3], [a1, a2, a3]) = listeners().await;
+        let (t1, g1) = node(1, l1, [(2, a2), (3, a3)].into()).await;
+        let (t2, g2) = node(2, l2, [(1, a1), (3, a3)].into()).await;
+        let (t3, g3) = node(3, l3, [(1, a1), (2, a2)].into()).await;
+        let ts = [(1, &t1, &g1), (2, &t2, &g2), (3, &t3, &g3)];
+        for (from, t, _) in ts {
+            for (to, _, got) in ts {
+                if from != to {
+                    until_delivered(t, to, got, &format!("{from}->{to}")).await;
+                }
             }
-        };
-        let (t2b, got2b) = node(2, l2, [(1, a1)].into()).await;
-        wait_for(5_000, || {
-            t1.send(2, 1, "after".into());
-            got2b.lock().unwrap().iter().any(|(_, _, m)| m == "after")
-        })
-        .await;
+        }
+        for (id, t, _) in ts {
+            assert_eq!(open(t), 2, "node {id}: {:?}", t.stats().snapshot());
+            assert_eq!(t.stats().snapshot().connects, 2, "node {id}");
+        }
+        for t in [t1, t2, t3] {
+            t.shutdown();
+        }
+    }
+
+    #[tokio::test]
+    async fn reconnects_after_either_side_restarts() {
+        let ([l1, l2], [a1, a2]) = listeners().await;
+        let (t1, got1) = node(1, l1, [(2, a2)].into()).await;
+        let (t2, got2) = node(2, l2, [(1, a1)].into()).await;
+        until_delivered(&t1, 2, &got2, "a").await;
+        // The acceptor (2) restarts on the same address: 1 dials again.
+        t2.shutdown();
+        let (t2b, got2b) = node(2, rebind(a2).await, [(1, a1)].into()).await;
+        until_delivered(&t1, 2, &got2b, "after 2 restarted").await;
+        until_delivered(&t2b, 1, &got1, "from the new 2").await;
+        wait_for(5_000, || open(&t1) == 1 && open(&t2b) == 1).await;
         assert!(t1.stats().snapshot().connects >= 2);
+        // The dialer (1) restarts: its new connection replaces the old one on 2.
+        t1.shutdown();
+        let (t1b, got1b) = node(1, rebind(a1).await, [(2, a2)].into()).await;
+        until_delivered(&t2b, 1, &got1b, "after 1 restarted").await;
+        until_delivered(&t1b, 2, &got2b, "from the new 1").await;
+        wait_for(5_000, || open(&t1b) == 1 && open(&t2b) == 1).await;
+        t1b.shutdown();
+        t2b.shutdown();
+    }
+
+    #[tokio::test]
+    async fn peers_are_added_moved_and_removed_at_runtime() {
+        let ([l1, l2], [a1, a2]) = listeners().await;
+        // Node 1 starts knowing nobody; node 2 knows node 1 (it never dials it).
+        let (t1, got1) = node(1, l1, BTreeMap::new()).await;
+        let (t2, got2) = node(2, l2, [(1, a1)].into()).await;
+        assert!(!t1.send(2, 1, "unknown".into()), "no such peer yet");
+        t1.set_peer(2, a2).unwrap();
+        t1.set_peer(2, a2).unwrap(); // idempotent
+        assert_eq!(t1.peers(), [(2, a2)].into());
+        until_delivered(&t1, 2, &got2, "hello 2").await;
+        until_delivered(&t2, 1, &got1, "hello 1").await;
+        // Node 2 moves to a new address: node 1 follows.
+        t2.shutdown();
+        let ([l2b], [a2b]) = listeners().await;
+        let (t2b, got2b) = node(2, l2b, [(1, a1)].into()).await;
+        t1.set_peer(2, a2b).unwrap();
+        until_delivered(&t1, 2, &got2b, "at the new address").await;
+        // Removing the peer closes the connection on both sides.
+        assert!(t1.remove_peer(2));
+        assert!(!t1.remove_peer(2));
+        wait_for(5_000, || open(&t1) == 0 && open(&t2b) == 0).await;
+        assert!(!t1.send(2, 1, "gone".into()));
+        assert!(t1.set_peer(1, a1).is_err(), "a node is not its own peer");
+        assert!(t1.set_peer(0, a1).is_err());
         t1.shutdown();
         t2b.shutdown();
     }
 
     #[tokio::test]
-    async fn bad_frame_closes_only_that_connection() {
-        let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    async fn bad_hellos_and_frames_close_only_that_connection() {
+        let ([l1, l2], [a1, a2]) = listeners().await;
         let (t1, _got1) = node(1, l1, [(2, a2)].into()).await;
-        let (t2, got2) = node(2, l2, [(1, a1)].into()).await;
-        // A stranger connects and writes garbage, then a wrong-cluster hello.
-        let mut bad = TcpStream::connect(a2).await.unwrap();
-        bad.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
-        let mut n = [0u8; 1];
-        let closed = tokio::time::timeout(Duration::from_secs(5), bad.read(&mut n)).await.unwrap();
-        assert!(matches!(closed, Ok(0) | Err(_)), "server closes the bad connection");
-        let mut wrong = TcpStream::connect(a2).await.unwrap();
-        let hello: PeerFrame<String> = PeerFrame::Hello { cluster_id: 7, from: 1, to: 2 };
-        wrong.write_all(&wire::encode_frame_vec(&hello, 1024).unwrap()).await.unwrap();
-        let closed = tokio::time::timeout(Duration::from_secs(5), wrong.read(&mut n)).await.unwrap();
-        assert!(matches!(closed, Ok(0) | Err(_)));
-        wait_for(5_000, || t2.stats().snapshot().bad_connections >= 2).await;
-        // The real peer still gets through.
-        wait_for(5_000, || {
-            t1.send(2, 1, "ok".into());
-            !got2.lock().unwrap().is_empty()
-        })
-        .await;
+        let (t2, got2) = node(2, l2, [(1, a1), (3, "127.0.0.1:1".parse().unwrap())].into()).await;
+        async fn expect_closed(addr: SocketAddr, bytes: Vec<u8>) {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&bytes).await.unwrap();
+            let mut n = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut n)).await.unwrap();
+            assert!(matches!(r, Ok(0) | Err(_)), "the node closes a bad connection: {r:?}");
+        }
+        let hello = |cluster_id, from, to| {
+            wire::encode_frame_vec(&PeerFrame::<String>::Hello { cluster_id, from, to }, 1024).unwrap()
+        };
+        expect_closed(a2, vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await; // oversize frame
+        expect_closed(a2, hello(7, 1, 2)).await; // another cluster
+        expect_closed(a2, hello(42, 1, 5)).await; // meant for another node
+        expect_closed(a2, hello(42, 3, 2)).await; // a higher id dials: against the rule
+        expect_closed(a2, hello(42, 9, 2)).await; // unknown (and higher) node
+        let msg = PeerFrame::Message(Envelope { group: 1, message: "x".to_string() });
+        expect_closed(a2, wire::encode_frame_vec(&msg, 1024).unwrap()).await; // message before hello
+        wait_for(5_000, || t2.stats().snapshot().bad_connections >= 6).await;
+        // The real peer still gets through, on its one connection.
+        until_delivered(&t1, 2, &got2, "ok").await;
+        assert_eq!(open(&t2), 1);
         t1.shutdown();
         t2.shutdown();
     }
@@ -584,5 +978,7 @@ mod tests {
         assert!(c.validate().is_err());
         c.max_frame_bytes = 1024;
         assert!(c.validate().is_ok());
+        c.hello_timeout_ms = 0;
+        assert!(c.validate().is_err());
     }
 }
