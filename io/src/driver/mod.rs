@@ -497,6 +497,12 @@ impl<SM: StateMachine> Node<SM> {
         self.handles_read().into_keys().collect()
     }
 
+    /// The peer transport, to add, move or remove peers while the node runs
+    /// (`None` without a peer listener).
+    pub fn transport(&self) -> Option<Transport<Message>> {
+        self.inner.transport.clone()
+    }
+
     pub fn transport_stats(&self) -> Option<Arc<TransportStats>> {
         self.inner.transport.as_ref().map(|t| t.stats())
     }
