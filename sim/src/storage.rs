@@ -217,6 +217,11 @@ impl ModelStorage {
         }
     }
 
+    /// The last index of the durable log (or of the snapshot).
+    pub fn durable_last_index(&self) -> Index {
+        (self.first + self.durable_log.len() as Index - 1).max(self.snapshot.index)
+    }
+
     /// True if the durable snapshot covers `index`.
     pub fn covers(&self, index: Index) -> bool {
         index <= self.snapshot.index

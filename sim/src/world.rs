@@ -2427,12 +2427,13 @@ impl World {
         Some((l, self.nodes[l].raw.as_ref()?.membership().clone()))
     }
 
-    /// True if every committed entry is durable (or covered by a durable
-    /// snapshot) on a majority without node `victim`.
+    /// True if every committed entry, and every entry durable on node
+    /// `victim` (which it may have acknowledged, an answer a leader may count
+    /// after the wipe), is durable (or covered by a durable snapshot) on a
+    /// majority without `victim`.
     fn committed_durable_without(&self, victim: usize) -> bool {
         let majority = self.majority();
-        self.applied_log.iter().enumerate().all(|(i, &(term, _))| {
-            let index = i as Index + 1;
+        let held_elsewhere = |index: Index, term: Term| {
             let holders = self
                 .nodes
                 .iter()
@@ -2442,7 +2443,13 @@ impl World {
                 })
                 .count();
             holders >= majority
-        })
+        };
+        let committed =
+            self.applied_log.iter().enumerate().all(|(i, &(term, _))| held_elsewhere(i as Index + 1, term));
+        let v = &self.nodes[victim].storage;
+        let acked = (v.first_index().max(v.snapshot().index + 1)..=v.durable_last_index())
+            .all(|index| v.durable_term(index).is_none_or(|term| held_elsewhere(index, term)));
+        committed && acked
     }
 
     /// A wiped disk: the node crashes and loses everything, then restarts
