@@ -2463,8 +2463,12 @@ impl World {
         if nodes < 3 || self.wiped.is_some() {
             return;
         }
-        let bad_disk = self.nodes.iter().any(|n| n.engine.as_ref().is_some_and(|e| e.vfs.is_bad_disk()));
-        if nodes == 3 && bad_disk {
+        // The wiped node votes for nobody until it has been removed, and the
+        // bad disk's node may be retired for good: the others must still be
+        // a majority of every node, or nobody can remove it.
+        let bad_disks =
+            self.nodes.iter().filter(|n| n.engine.as_ref().is_some_and(|e| e.vfs.is_bad_disk())).count();
+        if nodes - 1 - bad_disks < nodes / 2 + 1 {
             return;
         }
         let Some((_, m)) = self.leader_membership() else { return };
