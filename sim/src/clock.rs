@@ -4,9 +4,11 @@
 //! world's virtual time. Offsets are harmless for a monotonic clock (each node
 //! has its own origin) but catch code that compares clocks across nodes;
 //! drift within the configured bound is what lease reads must survive;
-//! forward jumps (a suspended VM, a stalled host) and drift beyond the bound
-//! are injected only in runs with lease reads off, where they must not break
-//! safety. A monotonic clock never goes backwards, so jumps are forward only.
+//! large forward jumps (a suspended VM, a stalled host) and drift beyond the
+//! bound are injected only in runs with lease reads off, where they must not
+//! break safety; lease-read runs get only small jumps that keep each clock
+//! within the bound over any election timeout (`World::lease_safe_jump_max_ns`).
+//! A monotonic clock never goes backwards, so jumps are forward only.
 
 use tarn_core::Nanos;
 

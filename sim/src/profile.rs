@@ -110,10 +110,11 @@ pub struct Profile {
     pub fault_duration_max_ns: Nanos,
     /// Per-node clock drift is uniform in `-drift_ppm_max..=drift_ppm_max`.
     pub drift_ppm_max: i64,
-    /// Clock jumps (forward) are at most this long.
+    /// Clock jumps (forward) are at most this long (lease-read runs: at most
+    /// what keeps the clock within the drift bound, which is far less).
     pub clock_jump_max_ns: Nanos,
-    /// Lease reads on; if so, drift stays within the core's bound and the
-    /// clocks never jump.
+    /// Lease reads on; if so, drift stays within the core's bound and clock
+    /// jumps are small enough to stay within it too.
     pub lease_read: bool,
     /// Disk completion latency, uniform, plus a slow tail.
     pub disk_latency_min_ns: Nanos,
