@@ -2822,6 +2822,40 @@ mod tests {
     use tarn_kv::{Command, Request};
 
     #[test]
+    fn lease_read_runs_jump_clocks_only_within_the_drift_bound() {
+        const SIM_NS: Nanos = 3 * NANOS_PER_SECOND;
+        let mut nodes_jumped = 0;
+        for seed in 0..200 {
+            let mut config = RunConfig::new(seed);
+            config.sim_ns = SIM_NS;
+            let mut world = World::new(config);
+            if !world.profile.lease_read || world.profile.intervals.clock_jump_ns == 0 {
+                continue;
+            }
+            world.run();
+            assert!(world.take_failure().is_none(), "seed {seed} failed");
+            for (i, n) in world.nodes.iter().enumerate() {
+                let max = world.lease_safe_jump_max_ns(i);
+                // 150 ms election timeout, 10,000 ppm bound, a clock at most
+                // 10,000 ppm slow: at most 150 ms * 2 % / 2 = 1.5 ms.
+                assert!(max <= 1_500 * NANOS_PER_MICRO, "seed {seed} n{}: {max} ns", i + 1);
+                let jumps_max = SIM_NS / LEASE_JUMP_SPACING_NS + 1;
+                assert!(
+                    n.clock.jumped_ns <= max * jumps_max,
+                    "seed {seed} n{}: jumped {}",
+                    i + 1,
+                    n.clock.jumped_ns
+                );
+                nodes_jumped += usize::from(n.clock.jumped_ns > 0);
+            }
+            if nodes_jumped >= 5 {
+                return;
+            }
+        }
+        panic!("only {nodes_jumped} nodes' clocks jumped in lease-read runs");
+    }
+
+    #[test]
     fn snapshot_blobs_round_trip_and_refuse_damage() {
         let mut sm = KvStateMachine::new(KvConfig::default());
         for i in 1..=200u64 {
