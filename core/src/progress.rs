@@ -167,6 +167,7 @@ impl Progress {
         }
         self.next_index = self.next_index.max(match_index + 1);
         self.inflights.free_to(match_index);
+        debug_assert!(self.match_index < self.next_index);
         moved
     }
 

@@ -816,6 +816,10 @@ impl RawNode {
             self.on_entries_appended(&new);
             actions.push(Action::AppendLog { entries: new });
         }
+        // The append was well formed and matched at `prev`: we now hold
+        // `prev + entries` as the leader sent them.
+        debug_assert!(matched <= self.log.last().index);
+        debug_assert!(self.log.term_at(matched).is_some() || matched <= self.log.snapshot().index);
         self.follower_ack.matched = self.follower_ack.matched.max(matched);
         self.log.commit_to(commit.min(matched));
         if self.rejoining {
@@ -996,6 +1000,10 @@ impl RawNode {
                     }
                 },
             };
+            // What we send follows `prev` contiguously and never ends past
+            // our log (a follower would otherwise refuse it as malformed).
+            debug_assert!(entries.first().is_none_or(|e| e.index == next && e.term >= prev_term));
+            debug_assert!(entries.last().is_none_or(|e| e.index <= last && e.term <= self.term));
             let bytes: usize = entries.iter().map(Entry::size_bytes).sum();
             let last_sent = entries.last().map(|e| e.index);
             let commit = self.log.committed();
@@ -1185,6 +1193,9 @@ impl RawNode {
         if committed <= self.log.committed() {
             return;
         }
+        // Acknowledgements past our last index are refused on arrival, and
+        // we count ourselves up to our durable index: it is in our log.
+        debug_assert!(committed <= self.log.last().index && persisted <= self.log.last().index);
         // Figure 8: only an entry of the current term commits by counting.
         if self.log.term_at(committed) != Some(self.term) && !bug!(self, CommitPreviousTermByCounting) {
             return;
@@ -1406,7 +1417,12 @@ impl RawNode {
 
     fn maybe_apply(&mut self, actions: &mut Vec<Action>) {
         let upto = self.log.committed().min(self.log.persisted());
-        if self.applying >= upto {
+        // While a snapshot install is pending the driver is replacing the
+        // state machine: entries applied now would land on the snapshot's
+        // state (found by the raft_cluster fuzz target: a follower whose
+        // earlier appends became durable after `InstallSnapshot` applied
+        // them after the install). The install moves `applying` past them.
+        if self.applying >= upto || self.snap.installing() {
             return;
         }
         let from = self.applying + 1;
