@@ -113,6 +113,7 @@ impl fmt::Display for TraceEvent {
                     5 => "staging hard state failed; node stops",
                     6 => "reading entries failed; node stops",
                     7 => "snapshot or compaction write failed; node stops",
+                    8 => "reading its snapshot back failed; node stops",
                     _ => "disk error",
                 };
                 write!(f, "n{n}: {what}")

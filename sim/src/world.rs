@@ -1623,6 +1623,9 @@ impl World {
                 self.record(idx as u64 + 1, TraceKind::Snapshot, 2, up_to.index, up_to.term);
             }
             Action::FetchSnapshotChunk { to, snapshot, offset, max_bytes } => {
+                if offset == 0 && !self.reread_snapshot(idx, snapshot) {
+                    return;
+                }
                 let n = &self.nodes[idx];
                 let data = n.snap.as_ref().filter(|s| s.meta.last_log_id == snapshot).and_then(|s| {
                     let start = usize::try_from(offset).ok().filter(|&o| o <= s.data.len())?;
@@ -1816,6 +1819,35 @@ impl World {
         self.snapshots += 1;
         self.record(idx as u64 + 1, TraceKind::Snapshot, 1, applied, term);
         inputs.push_back(Input::SnapshotCreated { meta });
+    }
+
+    /// At the start of a transfer, the leader reads its snapshot back through
+    /// the engine (like a server streaming the file), so read errors and
+    /// corruption of snapshot files meet the serving path too: an error
+    /// stops the node; bytes that differ from what was written, on a healthy
+    /// disk, are a storage bug. False if the node stopped or the run failed.
+    fn reread_snapshot(&mut self, idx: usize, snapshot: LogId) -> bool {
+        let n = &self.nodes[idx];
+        let Some(engine) = n.engine.as_ref() else { return true };
+        let Some(storage) = engine.storage.as_ref() else { return true };
+        let Some(cached) = n.snap.as_ref().filter(|s| s.meta.last_log_id == snapshot) else { return true };
+        match storage.read_snapshot(GROUP) {
+            Ok(Some((meta, data))) if meta == cached.meta && data[..] == cached.data[..] => true,
+            Ok(other) if !engine.vfs.is_bad_disk() => {
+                let got = other.map(|(m, d)| (m.last_log_id, d.len()));
+                let detail = format!(
+                    "n{}: wrote snapshot {snapshot} ({} bytes) but reads back {got:?}",
+                    idx + 1,
+                    cached.data.len()
+                );
+                self.fail(FailureKind::Safety, "snapshot-read", detail);
+                false
+            }
+            Ok(_) | Err(_) => {
+                self.storage_failed(idx, 8);
+                false
+            }
+        }
     }
 
     /// `InstallSnapshot`: decode the staged chunks with the real decoder,
