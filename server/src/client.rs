@@ -36,8 +36,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::{
-    ClientFrame, Consistency, MemberChange, NodeStatus, RequestBody, ResponseBody, ServerError, ServerFrame,
-    DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES,
+    peer_key, ClientFrame, Consistency, MemberChange, NodeStatus, RequestBody, ResponseBody, ServerError,
+    ServerFrame, DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES, PEER_DIRECTORY, TARN_DIRECTORY,
 };
 
 /// How a client behaves.
@@ -303,6 +303,16 @@ impl Client {
     /// Sends `body` to the group's leader (or, with `any_node`, to whichever
     /// node answers), retrying until the request timeout.
     async fn request(&self, body: RequestBody, any_node: bool) -> Result<ResponseBody, ClientError> {
+        self.request_to(self.inner.config.group, body, any_node).await
+    }
+
+    /// [`Client::request`] for group `group` instead of the configured one.
+    async fn request_to(
+        &self,
+        group: GroupId,
+        body: RequestBody,
+        any_node: bool,
+    ) -> Result<ResponseBody, ClientError> {
         let config = &self.inner.config;
         if config.endpoints.is_empty() {
             return Err(ClientError::Invalid("no endpoints given".into()));
@@ -344,7 +354,7 @@ impl Client {
             };
             let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
             let per_try = (deadline - now).min(Duration::from_secs(3));
-            let r = tokio::time::timeout(per_try, conn.call(id, config.group, body.clone())).await;
+            let r = tokio::time::timeout(per_try, conn.call(id, group, body.clone())).await;
             match r {
                 Err(_) => {
                     if let Ok(mut p) = conn.pending.lock() {
@@ -394,6 +404,11 @@ impl Client {
 
     /// Runs `command` as a write: through the log, exactly once.
     pub async fn write(&self, command: Command) -> Result<Reply, ClientError> {
+        self.write_in(self.inner.config.group, command).await
+    }
+
+    /// [`Client::write`] in group `group` (same session).
+    async fn write_in(&self, group: GroupId, command: Command) -> Result<Reply, ClientError> {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let first_unacked_seq = {
             let mut o =
@@ -409,7 +424,7 @@ impl Client {
             }
             return Err(ClientError::Kv(e));
         }
-        let r = self.request(RequestBody::Write(request), false).await;
+        let r = self.request_to(group, RequestBody::Write(request), false).await;
         if let Ok(mut o) = self.inner.outstanding.lock() {
             // A timed-out write stays outstanding only until we give up on it:
             // its result is unknown to us either way.
@@ -739,8 +754,34 @@ impl Client {
     }
 
     /// Changes the group's membership on its leader; resolves once complete.
+    /// The nodes must have known peer addresses (see [`Client::add_member`]).
     pub async fn change_membership(&self, changes: Vec<MemberChange>) -> Result<(), ClientError> {
-        self.request(RequestBody::ChangeMembership { changes }, false).await.map(drop)
+        self.request(RequestBody::ChangeMembership { changes, peers: Vec::new() }, false).await.map(drop)
+    }
+
+    /// Adds node `id` to the group, as a learner (promote it with
+    /// [`Client::change_membership`] once it caught up) or a voter. With
+    /// `peer_addr`, first records the address in the replicated peer
+    /// directory ([`PEER_DIRECTORY`] in group 1) so that every node connects
+    /// to the new node, and hands it to the leader with the change.
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        peer_addr: Option<SocketAddr>,
+        learner: bool,
+    ) -> Result<(), ClientError> {
+        let change = if learner { MemberChange::AddLearner(id) } else { MemberChange::AddVoter(id) };
+        let mut peers = Vec::new();
+        if let Some(addr) = peer_addr {
+            for dir in [TARN_DIRECTORY, PEER_DIRECTORY] {
+                // Idempotent: an existing directory is fine.
+                self.write_in(DEFAULT_GROUP, Command::Mkdir { key: dir.into() }).await?;
+            }
+            let value = Bytes::from(addr.to_string());
+            self.write_in(DEFAULT_GROUP, Command::Put { key: peer_key(id), value }).await?;
+            peers.push((id, addr));
+        }
+        self.request(RequestBody::ChangeMembership { changes: vec![change], peers }, false).await.map(drop)
     }
 
     /// Starts group `group` with `voters` on every endpoint (each must be a voter).

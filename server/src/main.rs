@@ -155,7 +155,7 @@ enum Cmd {
     /// Add or remove Raft groups at runtime (multi-raft).
     #[command(subcommand)]
     Group(GroupCmd),
-    /// Change the members of a group (the nodes must be in every node's --cluster list).
+    /// Change the members of a group (`member add ID PEER_ADDR` for a node started with --join).
     #[command(subcommand)]
     Member(MemberCmd),
     /// Load generator: throughput and latency percentiles (defaults mirror Dongting's benchmark).
@@ -176,9 +176,12 @@ enum GroupCmd {
 
 #[derive(Subcommand, Debug)]
 enum MemberCmd {
-    /// Add node ID as a voter (or, with --learner, as a learner to promote later).
+    /// Add node ID as a voter (or, with --learner, as a learner to promote
+    /// later). PEER_ADDR (its --peer) is needed for a node not in --cluster:
+    /// it is replicated to every node, which then connects to it.
     Add {
         id: NodeId,
+        peer_addr: Option<SocketAddr>,
         #[arg(long)]
         learner: bool,
     },
@@ -224,6 +227,12 @@ struct ServeArgs {
     /// Override the cluster id derived from --cluster.
     #[arg(long)]
     cluster_id: Option<u64>,
+    /// Join the running cluster at --endpoints (its nodes' client addresses)
+    /// instead of starting one: the node starts empty, waits until
+    /// `tarn member add <id> <its --peer> --learner` and catches up; promote
+    /// it afterwards. Pass --join on every start of this node.
+    #[arg(long)]
+    join: bool,
     #[arg(long, value_enum, default_value_t = Mode::Sync)]
     write_mode: Mode,
     #[arg(long, default_value_t = 300)]
@@ -363,7 +372,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let json = cli.json;
     let client = || Client::new(client_config.clone());
     match cli.command {
-        Cmd::Serve(args) => serve(args).await,
+        Cmd::Serve(args) => serve(args, &cli.endpoints).await,
         Cmd::Cluster { nodes, base_port, data_dir } => cluster(nodes, base_port, data_dir).await,
         Cmd::Get { key, stale } => {
             let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
@@ -513,8 +522,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Member(cmd) => {
             let change = match cmd {
-                MemberCmd::Add { id, learner: true } => MemberChange::AddLearner(id),
-                MemberCmd::Add { id, learner: false } => MemberChange::AddVoter(id),
+                MemberCmd::Add { id, peer_addr, learner } => {
+                    client().add_member(id, peer_addr, learner).await?;
+                    done(json);
+                    return Ok(());
+                }
                 MemberCmd::Remove { id } => MemberChange::Remove(id),
                 MemberCmd::Promote { id } => MemberChange::Promote(id),
             };
@@ -526,12 +538,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), Failure> {
+async fn serve(args: ServeArgs, endpoints: &[SocketAddr]) -> Result<(), Failure> {
     let cluster: BTreeMap<NodeId, SocketAddr> = args.cluster.iter().copied().collect();
     if cluster.len() != args.cluster.len() {
         return Err(Failure::Other("--cluster lists a node id twice".into()));
     }
-    let mut config = if cluster.is_empty() {
+    let mut config = if args.join {
+        if !cluster.is_empty() {
+            return Err(Failure::Other(
+                "--join and --cluster exclude each other: a joining node learns the cluster from --endpoints"
+                    .into(),
+            ));
+        }
+        let Some(peer) = args.peer else {
+            return Err(Failure::Other("--join needs --peer: the address other nodes connect to".into()));
+        };
+        let mut c = ServerConfig::single(&args.data_dir, args.client);
+        c.peer_addr = Some(peer);
+        c.join = Some(endpoints.to_vec());
+        c
+    } else if cluster.is_empty() {
         if args.peer.is_some() {
             return Err(Failure::Other(
                 "--peer needs --cluster (the list of every voter's peer address)".into(),

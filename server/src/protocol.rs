@@ -8,12 +8,27 @@
 //! explicitly (the key-to-group mapping is the application's choice; the
 //! default group is [`DEFAULT_GROUP`]).
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 use tarn_core::{GroupId, Index, LogId, NodeId, Term};
 use tarn_kv::{Command, Request, Response, WatchEvent};
 
 /// The group every server starts with and every client uses by default.
 pub const DEFAULT_GROUP: GroupId = 1;
+
+/// The replicated peer directory: `_tarn.peers.<node id>` in [`DEFAULT_GROUP`]
+/// holds the peer address of every node added at runtime (`tarn member add
+/// <id> <addr>`). Every node reads it and connects; reserved for tarn (do
+/// not write it by hand; `tarn rm _tarn.peers.<id>` makes nodes forget a peer).
+pub const PEER_DIRECTORY: &str = "_tarn.peers";
+/// The parent of [`PEER_DIRECTORY`].
+pub const TARN_DIRECTORY: &str = "_tarn";
+
+/// The directory key holding node `id`'s peer address.
+pub fn peer_key(id: NodeId) -> String {
+    format!("{PEER_DIRECTORY}.{id}")
+}
 
 /// Largest client frame the server accepts (a batch of puts near kv's value bound).
 pub const MAX_CLIENT_FRAME_BYTES: usize = 16 * 1024 * 1024;
@@ -61,9 +76,11 @@ pub enum RequestBody {
     AddGroup { voters: Vec<NodeId> },
     /// Admin: stop hosting the group and delete its data on this node.
     RemoveGroup,
-    /// Admin: change the group's membership (sent to the leader). Nodes must
-    /// be in every node's `--cluster` list (that is where peer addresses come from).
-    ChangeMembership { changes: Vec<MemberChange> },
+    /// Admin: change the group's membership (sent to the leader). A node's
+    /// peer address comes from `--cluster`, the peer directory, or `peers`
+    /// (which the leader starts using at once; the client also writes them
+    /// to the directory so that every node learns them).
+    ChangeMembership { changes: Vec<MemberChange>, peers: Vec<(NodeId, SocketAddr)> },
 }
 
 /// One membership change (see `tarn_core::ConfChange`).
@@ -133,6 +150,9 @@ pub enum ResponseBody {
 pub struct NodeStatus {
     pub node_id: NodeId,
     pub cluster_id: u64,
+    /// Every node this one can reach and its peer address, itself included
+    /// (a joining node learns the cluster from it).
+    pub peers: Vec<(NodeId, SocketAddr)>,
     pub groups: Vec<GroupStatus>,
     pub counters: Vec<(String, u64)>,
 }

@@ -1,7 +1,7 @@
 //! A tarn server: one node of a cluster, hosting one or more DtKV groups,
 //! serving clients on its client port and peers on its peer port.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+
+mod join;
 
 use crate::machine::{KvMachine, WatchDelivery};
 use crate::protocol::{
@@ -55,6 +57,14 @@ pub struct ServerConfig {
     /// Use an in-memory log store instead of the data directory (tests and
     /// `--embedded` benchmarks only: nothing survives a restart).
     pub in_memory: bool,
+    /// Join a running cluster through these client endpoints instead of
+    /// bootstrapping one: the cluster id and the peers' addresses come from
+    /// them, group 1 starts with no members (the node waits to be added with
+    /// `tarn member add <id> <peer-addr> --learner`, then promoted), and the
+    /// core's `rejoin_after_data_loss` keeps it from voting until a committed
+    /// configuration lists it as a non-voter (so re-joining with a wiped data
+    /// dir is safe too). Give it on every start of a joined node.
+    pub join: Option<Vec<SocketAddr>>,
 }
 
 /// Why a server refused to start. Each names what to change.
@@ -85,6 +95,7 @@ impl ServerConfig {
             heartbeat_interval_ms: 50,
             kv: KvConfig::default(),
             in_memory: false,
+            join: None,
         }
     }
 
@@ -99,9 +110,11 @@ impl ServerConfig {
         ServerConfig { node_id, peer_addr, cluster, ..ServerConfig::single(data_dir, client_addr) }
     }
 
-    /// The voters of the initial group.
+    /// The voters of the initial group (none for a joining node: it waits to be added).
     pub fn voters(&self) -> Vec<NodeId> {
-        if self.cluster.is_empty() {
+        if self.join.is_some() {
+            Vec::new()
+        } else if self.cluster.is_empty() {
             vec![self.node_id]
         } else {
             self.cluster.keys().copied().collect()
@@ -132,6 +145,21 @@ impl ServerConfig {
         let bad = |s: String| Err(StartError::Config(s));
         if self.node_id == 0 {
             return bad("--id 0 is reserved; node ids start at 1".into());
+        }
+        if let Some(endpoints) = &self.join {
+            if endpoints.is_empty() {
+                return bad("--join needs --endpoints: client addresses of the running cluster".into());
+            }
+            if !self.cluster.is_empty() {
+                return bad("--join and --cluster exclude each other: a joining node learns the cluster from --endpoints".into());
+            }
+            match self.peer_addr {
+                None => return bad("--join needs --peer: the address other nodes connect to".into()),
+                Some(peer) if peer == self.client_addr && peer.port() != 0 => {
+                    return bad(format!("--client and --peer are both {peer}; use two ports"));
+                }
+                Some(_) => {}
+            }
         }
         if !self.cluster.is_empty() {
             if !self.cluster.contains_key(&self.node_id) {
@@ -247,10 +275,14 @@ fn load_groups(config: &ServerConfig) -> Result<BTreeMap<GroupId, Vec<NodeId>>, 
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let bad =
             || err(format!("{GROUPS_FILE} line {}: expected `group voter,voter,...`, got {line:?}", n + 1));
-        let (g, voters) = line.split_once(' ').ok_or_else(bad)?;
+        // `group` alone: a group this node joined (no initial voters).
+        let (g, voters) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
         let g: GroupId = g.parse().map_err(|_| bad())?;
-        let voters: Vec<NodeId> =
-            voters.split(',').map(|v| v.parse()).collect::<Result<_, _>>().map_err(|_| bad())?;
+        let voters: Vec<NodeId> = if voters.trim().is_empty() {
+            Vec::new()
+        } else {
+            voters.split(',').map(|v| v.trim().parse()).collect::<Result<_, _>>().map_err(|_| bad())?
+        };
         groups.insert(g, voters);
     }
     Ok(groups)
@@ -300,6 +332,11 @@ struct Shared {
     node: Node<KvMachine>,
     groups: Mutex<BTreeMap<GroupId, Vec<NodeId>>>,
     counters: ServerCounters,
+    /// This node's peer address as bound (port 0 resolved).
+    peer_addr: Option<SocketAddr>,
+    /// Peers from `--cluster` or learned when joining: never forgotten by
+    /// the directory reconciliation.
+    base_peers: BTreeSet<NodeId>,
 }
 
 /// A running server. Stop it with [`Server::shutdown`].
@@ -316,6 +353,13 @@ impl Server {
     /// ports, recovers every group and starts serving.
     pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         config.validate()?;
+        let (config, joined_peers) = match &config.join {
+            Some(endpoints) => {
+                let endpoints = endpoints.clone();
+                join::learn_cluster(config, &endpoints).await?
+            }
+            None => (config, BTreeMap::new()),
+        };
         if !config.in_memory {
             check_identity(&config)?;
         }
@@ -336,9 +380,20 @@ impl Server {
         let groups =
             if config.in_memory { [(DEFAULT_GROUP, config.voters())].into() } else { load_groups(&config)? };
         let store = open_store(&config)?;
-        let peers: BTreeMap<NodeId, SocketAddr> =
-            config.cluster.iter().filter(|(id, _)| **id != config.node_id).map(|(i, a)| (*i, *a)).collect();
-        let node = Node::start(config.node_config(), store, peer_listener, peers)?;
+        let peers: BTreeMap<NodeId, SocketAddr> = config
+            .cluster
+            .iter()
+            .chain(&joined_peers)
+            .filter(|(id, _)| **id != config.node_id)
+            .map(|(i, a)| (*i, *a))
+            .collect();
+        let base_peers = peers.keys().copied().collect();
+        let mut node_config = config.node_config();
+        // Until a committed configuration lists it as a non-voter, a joining
+        // node must not vote: it may have voted before losing its data.
+        let rejoin = config.join.is_some() && !join::rejoined(&config);
+        node_config.raft.rejoin_after_data_loss = rejoin;
+        let node = Node::start(node_config, store, peer_listener, peers)?;
         for (g, voters) in &groups {
             node.add_group(
                 *g,
@@ -354,8 +409,13 @@ impl Server {
             node,
             groups: Mutex::new(groups),
             counters: ServerCounters::default(),
+            peer_addr,
+            base_peers,
         });
         let (stop, stop_rx) = watch::channel(false);
+        if shared.peer_addr.is_some() {
+            tokio::spawn(join::maintain_peers(shared.clone(), rejoin, stop_rx.clone()));
+        }
         let accept = tokio::spawn(accept_clients(shared.clone(), client_listener, stop_rx));
         Ok(Server { shared, client_addr, peer_addr, stop, accept })
     }
@@ -731,10 +791,10 @@ fn handle_request(
                 respond(add_group(&shared, g, voters).await).await;
             });
         }
-        RequestBody::ChangeMembership { changes } => {
+        RequestBody::ChangeMembership { changes, peers } => {
             let group = group.expect("checked above");
             tokio::spawn(async move {
-                let result = change_membership(&shared, g, &group, changes).await;
+                let result = change_membership(&shared, g, &group, changes, peers).await;
                 respond(result).await;
             });
         }
@@ -757,9 +817,12 @@ async fn add_group(shared: &Shared, g: GroupId, voters: Vec<NodeId>) -> Result<R
             "voters {voters:?} must include this node ({node_id}); send the request to every voter"
         ));
     }
-    if !shared.config.cluster.is_empty() {
-        if let Some(v) = voters.iter().find(|v| !shared.config.cluster.contains_key(v)) {
-            return bad(format!("voter {v} is not in this node's --cluster list"));
+    if shared.peer_addr.is_some() {
+        let known = known_peers(shared);
+        if let Some(v) = voters.iter().find(|v| **v != node_id && !known.contains_key(v)) {
+            return bad(format!(
+                "voter {v} has no peer address here (not in --cluster, nor added with `tarn member add {v} <peer-addr>`)"
+            ));
         }
     } else if voters != [node_id] {
         return bad("a single node without --cluster can only host groups with itself as the voter".into());
@@ -784,14 +847,23 @@ async fn change_membership(
     g: GroupId,
     group: &GroupHandle<KvMachine>,
     changes: Vec<MemberChange>,
+    peers: Vec<(NodeId, SocketAddr)>,
 ) -> Result<ResponseBody, ServerError> {
-    let cluster = &shared.config.cluster;
-    if let Some(c) =
-        changes.iter().find(|c| c.node() != shared.config.node_id && !cluster.contains_key(&c.node()))
-    {
+    let node_id = shared.config.node_id;
+    if !peers.is_empty() {
+        let Some(transport) = shared.node.transport() else {
+            return Err(ServerError::BadRequest { reason: "this node has no peer port (--peer)".into() });
+        };
+        for (id, addr) in peers.iter().filter(|(id, _)| *id != node_id) {
+            transport.set_peer(*id, *addr).map_err(|e| ServerError::BadRequest { reason: e.to_string() })?;
+        }
+    }
+    let known = known_peers(shared);
+    if let Some(c) = changes.iter().find(|c| c.node() != node_id && !known.contains_key(&c.node())) {
         return Err(ServerError::BadRequest {
             reason: format!(
-                "node {} has no peer address here; list it in --cluster on every node first",
+                "node {} has no peer address here; give it: `tarn member add {} <peer-addr>` (or list it in --cluster)",
+                c.node(),
                 c.node()
             ),
         });
@@ -824,6 +896,11 @@ fn persist_groups(
     }
     save_groups(&shared.config.data_dir, &groups)
         .map_err(|e| ServerError::Unavailable { reason: format!("cannot save the group list: {e}") })
+}
+
+/// Every peer this node can reach now (not itself).
+fn known_peers(shared: &Shared) -> BTreeMap<NodeId, SocketAddr> {
+    shared.node.transport().map(|t| t.peers()).unwrap_or_default()
 }
 
 async fn node_status(shared: &Shared) -> NodeStatus {
@@ -889,5 +966,10 @@ async fn node_status(shared: &Shared) -> NodeStatus {
         counters.push(("peer_connections_open".into(), t.connections_open));
         counters.push(("peer_connects".into(), t.connects));
     }
-    NodeStatus { node_id: shared.config.node_id, cluster_id: shared.cluster_id, groups, counters }
+    let mut peers: Vec<(NodeId, SocketAddr)> = known_peers(shared).into_iter().collect();
+    if let Some(addr) = shared.peer_addr {
+        peers.push((shared.config.node_id, addr));
+        peers.sort();
+    }
+    NodeStatus { node_id: shared.config.node_id, cluster_id: shared.cluster_id, peers, groups, counters }
 }

@@ -1,11 +1,13 @@
 //! Peer connections and cluster growth: one TCP connection per node pair
-//! that re-forms after a restart.
+//! that re-forms after a restart; a brand-new node joins a running cluster.
 
 mod common;
 
 use std::collections::BTreeSet;
 
 use common::{poll_until, TestCluster, TEST_DEADLINE};
+use tarn_server::client::{Client, ClientConfig};
+use tarn_server::protocol::{Consistency, MemberChange};
 
 async fn counter(cluster: &TestCluster, id: u64, name: &str) -> u64 {
     let status = cluster.servers[&id].status().await;
@@ -89,4 +91,80 @@ async fn one_connection_per_node_pair_that_reforms_after_a_restart() {
     })
     .await
     .expect("test deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_joins_a_running_cluster_catches_up_and_replaces_a_dead_one() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let mut cluster = TestCluster::start(3).await;
+        let client = cluster.client();
+        client.mkdir("d").await.unwrap();
+        for i in 0..40 {
+            client.put(&format!("d.before{i}"), format!("v{i}")).await.unwrap();
+        }
+
+        // Node 4 starts empty with --join: it learns the cluster from the
+        // endpoints and does not bootstrap a cluster of its own.
+        cluster.start_joiner(4).await;
+        let status = cluster.servers[&4].status().await;
+        assert_eq!(status.cluster_id, cluster.servers[&1].status().await.cluster_id);
+        assert!(status.groups[0].voters.is_empty(), "a joiner starts with no members: {status:?}");
+        assert_eq!(status.groups[0].applied, 0);
+        assert_eq!((status.groups[0].role.as_str(), status.groups[0].leader), ("Follower", None));
+
+        // Added as a learner with its peer address: every node connects to it.
+        client.add_member(4, Some(cluster.peers[&4]), true).await.unwrap();
+        poll_until("node 4 to catch up as a learner", || async {
+            let leader = cluster.servers.get(&cluster.leader().await)?;
+            let commit = leader.group(1)?.info().commit;
+            (cluster.servers[&4].group(1)?.info().applied >= commit).then_some(())
+        })
+        .await;
+        poll_until("one connection per pair among four nodes", || all_pairs_up(&cluster, 3)).await;
+        // Promotion is refused while it lags; retry until it is a voter.
+        poll_until("node 4 promoted", || async {
+            client.change_membership(vec![MemberChange::Promote(4)]).await.ok()
+        })
+        .await;
+        let leader = cluster.leader().await;
+        let voters = cluster.servers[&leader].status().await.groups[0].voters.clone();
+        assert_eq!(voters, vec![1, 2, 3, 4]);
+        let marker = cluster.data_dir(4).join("tarn-rejoined");
+        poll_until("node 4 records that it rejoined (it votes from now on)", || async {
+            marker.exists().then_some(())
+        })
+        .await;
+
+        // The leader dies: three of four voters remain, node 4 among them,
+        // so nothing commits without it.
+        cluster.stop_node(leader).await;
+        let survivor = client_of_survivors(&cluster);
+        for i in 0..20 {
+            survivor.put(&format!("d.after{i}"), format!("w{i}")).await.unwrap();
+        }
+        assert_ne!(cluster.leader().await, leader);
+        // Node 4 serves everything, written before and after it joined.
+        let on4 = cluster.client_of(4);
+        poll_until("node 4 to apply every write", || async {
+            let n = on4.get_with("d.after19", Consistency::Stale).await.ok()??;
+            (n.value[..] == b"w19"[..]).then_some(())
+        })
+        .await;
+        for i in 0..40 {
+            let n = on4.get_with(&format!("d.before{i}"), Consistency::Stale).await.unwrap().unwrap();
+            assert_eq!(n.value, format!("v{i}").as_bytes());
+        }
+        assert_eq!(on4.list("d").await.unwrap().len(), 60);
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
+
+fn client_of_survivors(cluster: &TestCluster) -> Client {
+    let endpoints = cluster.servers.keys().map(|id| cluster.clients[id]).collect();
+    let mut c = ClientConfig::new(endpoints);
+    c.request_timeout = std::time::Duration::from_secs(20);
+    c.retry_backoff = std::time::Duration::from_millis(20);
+    Client::new(c)
 }

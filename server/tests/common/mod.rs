@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,8 @@ pub struct TestCluster {
     pub peers: BTreeMap<NodeId, SocketAddr>,
     pub clients: BTreeMap<NodeId, SocketAddr>,
     pub servers: BTreeMap<NodeId, Server>,
+    /// Nodes started with `--join` (not in the others' `--cluster`).
+    pub joiners: BTreeSet<NodeId>,
 }
 
 impl TestCluster {
@@ -41,7 +43,7 @@ impl TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let peers: BTreeMap<NodeId, SocketAddr> = (1..=n).map(|i| (i, free_addr())).collect();
         let clients: BTreeMap<NodeId, SocketAddr> = (1..=n).map(|i| (i, free_addr())).collect();
-        let mut c = TestCluster { dir, peers, clients, servers: BTreeMap::new() };
+        let mut c = TestCluster { dir, peers, clients, servers: BTreeMap::new(), joiners: BTreeSet::new() };
         for i in 1..=n {
             c.start_node(i).await;
         }
@@ -53,7 +55,16 @@ impl TestCluster {
     }
 
     pub fn config(&self, id: NodeId) -> ServerConfig {
-        let peers = if self.peers.len() == 1 { BTreeMap::new() } else { self.peers.clone() };
+        if self.joiners.contains(&id) {
+            let mut c = ServerConfig::single(self.data_dir(id), self.clients[&id]);
+            c.node_id = id;
+            c.peer_addr = Some(self.peers[&id]);
+            c.join = Some(self.founder_endpoints());
+            return fast(c);
+        }
+        let peers: BTreeMap<NodeId, SocketAddr> =
+            self.peers.iter().filter(|(id, _)| !self.joiners.contains(id)).map(|(i, a)| (*i, *a)).collect();
+        let peers = if peers.len() == 1 { BTreeMap::new() } else { peers };
         let mut c = if peers.is_empty() {
             ServerConfig::single(self.data_dir(id), self.clients[&id])
         } else {
@@ -68,7 +79,15 @@ impl TestCluster {
         // The port may linger briefly after a stop: retry binding for a while.
         let server = poll_until("server start", || {
             let config = config.clone();
-            async move { Server::start(config).await.ok() }
+            async move {
+                match Server::start(config).await {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        eprintln!("server start failed (retrying): {e}");
+                        None
+                    }
+                }
+            }
         })
         .await;
         self.servers.insert(id, server);
@@ -82,6 +101,19 @@ impl TestCluster {
 
     pub fn endpoints(&self) -> Vec<SocketAddr> {
         self.clients.values().copied().collect()
+    }
+
+    /// Client addresses of the nodes that formed the cluster (not joiners).
+    pub fn founder_endpoints(&self) -> Vec<SocketAddr> {
+        self.clients.iter().filter(|(id, _)| !self.joiners.contains(id)).map(|(_, a)| *a).collect()
+    }
+
+    /// Starts node `id` with `--join` on fresh ports and an empty data dir.
+    pub async fn start_joiner(&mut self, id: NodeId) {
+        self.joiners.insert(id);
+        self.peers.insert(id, free_addr());
+        self.clients.insert(id, free_addr());
+        self.start_node(id).await;
     }
 
     pub fn client(&self) -> Client {
