@@ -2,7 +2,9 @@
 //! storage engine over `MemVfs`, optionally a torn write or an `EIO`, then a
 //! crash (unsynced data dropped or kept), then arbitrary damage to the
 //! segment files (bit flips, overwrites, zeroed ranges, truncation, garbage
-//! appended), then recovery.
+//! appended), then recovery. Snapshots with compaction are interleaved
+//! (a snapshot at an acknowledged entry, then `compact` drops the segments it
+//! covers), so recovery also runs on a log that starts after index 1.
 //!
 //! Properties, after recovery:
 //! - it returns a log or a corruption error naming an existing file and an
@@ -11,8 +13,12 @@
 //!   record never comes back as an entry), indexes are contiguous and terms
 //!   never go down;
 //! - every entry acknowledged durable (a flush reported it persisted and no
-//!   later truncation removed it) whose record lies wholly before the first
-//!   damaged byte is recovered unchanged;
+//!   later truncation removed it) above the durable snapshot whose record
+//!   lies wholly before the first damaged byte is recovered unchanged;
+//! - the durable snapshot (or one written later, if a fault hit while it was
+//!   written) is recovered; the log then reaches at least its index, and the
+//!   first readable index is at most one past it (no gap between snapshot
+//!   and log);
 //! - recovery is idempotent: opening the repaired directory again gives the
 //!   same log.
 
@@ -22,7 +28,7 @@ use std::sync::Arc;
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
-use tarn_core::{Entry, EntryPayload, GroupId, Index, LogId, Membership, Term};
+use tarn_core::{Entry, EntryPayload, GroupId, Index, LogId, Membership, SnapshotMeta, Term};
 use tarn_io::storage::record;
 use tarn_io::storage::segment::{self, SEGMENT_HEADER_BYTES};
 use tarn_io::storage::{FlushReport, Storage, StorageConfig, StorageError, MAX_ENTRY_SIZE_LIMIT_BYTES};
@@ -55,8 +61,14 @@ pub enum LogOp {
         term: u8,
         commit: u8,
     },
-    /// Truncates the last `1 + back % 16` entries.
+    /// Truncates the last `1 + back % 16` entries (never below the snapshot).
     Truncate {
+        back: u8,
+    },
+    /// Writes a snapshot at the acknowledged entry `back % acked` before the
+    /// last acknowledged one (never below the previous snapshot), then
+    /// compacts the log up to it.
+    Compact {
         back: u8,
     },
 }
@@ -103,6 +115,10 @@ pub struct Reached {
     pub recovered_entries: u64,
     pub torn_tail_repaired: bool,
     pub corruption_reported: bool,
+    /// Index of the snapshot recovery found (0: none).
+    pub snapshot_index: Index,
+    /// Recovery's first readable index was above 1 (compaction happened).
+    pub compacted: bool,
 }
 
 pub fn log_recovery(data: &[u8]) {
@@ -141,11 +157,21 @@ struct Model {
     /// Every entry ever staged, by index.
     ever: BTreeMap<Index, Vec<Entry>>,
     max_term: Term,
+    /// The snapshot `write_snapshot` reported durable.
+    snapshot: Option<SnapshotMeta>,
+    /// A snapshot whose write failed part way (it may or may not be durable).
+    snapshot_maybe: Option<SnapshotMeta>,
 }
 
 impl Model {
     fn last(&self) -> LogId {
         self.log.last().map_or(LogId::ZERO, Entry::log_id)
+    }
+
+    /// Entries at or below this index are covered by the durable snapshot:
+    /// never overwritten (they were committed) and possibly compacted away.
+    fn floor(&self) -> Index {
+        self.snapshot.as_ref().map_or(0, |m| m.last_log_id.index)
     }
 }
 
@@ -169,7 +195,14 @@ pub fn run(input: &LogInput) -> Reached {
     let vfs = MemVfs::new();
     let mut storage = Storage::open(Arc::new(vfs.clone()), config()).expect("a fresh MemVfs opens");
     storage.open_group(GROUP).expect("a new group opens");
-    let mut model = Model { log: Vec::new(), acked: 0, ever: BTreeMap::new(), max_term: 1 };
+    let mut model = Model {
+        log: Vec::new(),
+        acked: 0,
+        ever: BTreeMap::new(),
+        max_term: 1,
+        snapshot: None,
+        snapshot_maybe: None,
+    };
     if let Some(fault) = &input.fault {
         let base = vfs.write_count();
         let faults = match *fault {
@@ -236,20 +269,26 @@ pub fn run(input: &LogInput) -> Reached {
     reached.damaged_files = first_damage.iter().filter(|d| d.is_some()).count();
     let damage_start =
         first_damage.iter().enumerate().find_map(|(position, d)| d.map(|offset| (position, offset)));
-    // Acknowledged entries whose record lies wholly before the first damage.
-    let protected: u64 = (1..=model.acked)
-        .take_while(|index| match (record_end.get(index), damage_start) {
-            (None, _) => false,
-            (Some(_), None) => true,
-            (Some(&(position, end)), Some((damaged, offset))) => {
-                position < damaged || (position == damaged && end <= offset)
-            }
-        })
-        .count() as u64;
-    // Every acknowledged entry is on disk and parses, before damage.
+    // Acknowledged entries above the snapshot whose record lies wholly
+    // before the first damage: 1..=protected are owed (the snapshot covers
+    // the rest of the prefix).
+    let floor = model.floor();
+    let protected: u64 = floor
+        + (floor + 1..=model.acked)
+            .take_while(|index| match (record_end.get(index), damage_start) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(&(position, end)), Some((damaged, offset))) => {
+                    position < damaged || (position == damaged && end <= offset)
+                }
+            })
+            .count() as u64;
+    // Every acknowledged entry above the snapshot is on disk and parses,
+    // before damage.
     assert!(
-        (1..=model.acked).all(|index| record_end.contains_key(&index)),
-        "acknowledged entries 1..={} are not all on disk after the crash (found {:?})",
+        (floor + 1..=model.acked).all(|index| record_end.contains_key(&index)),
+        "acknowledged entries {}..={} are not all on disk after the crash (found {:?})",
+        floor + 1,
         model.acked,
         record_end.keys().last()
     );
@@ -259,6 +298,32 @@ pub fn run(input: &LogInput) -> Reached {
         Ok((rec, entries)) => {
             reached.torn_tail_repaired = rec.truncated_tail.is_some();
             reached.recovered_entries = entries.len() as u64;
+            reached.compacted = rec.first_index > 1;
+            let snapshot = rec.snapshot.clone();
+            reached.snapshot_index = snapshot.as_ref().map_or(0, |m| m.last_log_id.index);
+            let expected = [&model.snapshot, &model.snapshot_maybe];
+            match (&snapshot, &model.snapshot) {
+                (None, None) => {}
+                (None, Some(owed)) => panic!("the durable snapshot {owed:?} was not recovered"),
+                (Some(found), _) => assert!(
+                    expected.iter().any(|m| m.as_ref() == Some(found)),
+                    "recovered snapshot {found:?} was never written (durable: {:?})",
+                    model.snapshot
+                ),
+            }
+            if let Some(meta) = &snapshot {
+                let s = meta.last_log_id;
+                assert!(
+                    rec.first_index <= s.index + 1,
+                    "gap between the snapshot at {s} and the first log index {}",
+                    rec.first_index
+                );
+                assert!(
+                    rec.last_log_id.index >= s.index,
+                    "the log ends at {} below the snapshot at {s}",
+                    rec.last_log_id
+                );
+            }
             assert!(
                 rec.last_log_id.index >= protected,
                 "recovery dropped acknowledged entries: log ends at {}, but 1..={protected} were durable and \
@@ -282,6 +347,7 @@ pub fn run(input: &LogInput) -> Reached {
             let again = open_and_read(&disk).expect("a repaired log opens again");
             assert_eq!(again.1, entries, "reopening the repaired log changed it");
             assert_eq!(again.0.last_log_id, rec.last_log_id);
+            assert_eq!(again.0.snapshot, rec.snapshot);
             assert_eq!(again.0.truncated_tail, None, "a repaired tail is found torn again");
         }
         Err(StorageError::Corruption { path, offset, reason }) => {
@@ -305,7 +371,7 @@ fn apply_op(storage: &mut Storage, model: &mut Model, op: &LogOp, report: &mut F
     match *op {
         LogOp::Append { rewind, count, size, new_term, membership } => {
             let last = model.last().index;
-            let rewind = (rewind as u64) % (last + 1);
+            let rewind = (rewind as u64) % (last - model.floor() + 1);
             let start = last + 1 - rewind;
             if rewind > 0 || new_term {
                 model.max_term += 1;
@@ -357,6 +423,9 @@ fn apply_op(storage: &mut Storage, model: &mut Model, op: &LogOp, report: &mut F
                 return true;
             }
             let from = last + 1 - (1 + back as u64 % 16).min(last);
+            if from <= model.floor() {
+                return true;
+            }
             model.acked = model.acked.min(from - 1);
             match storage.truncate_suffix(GROUP, from) {
                 Ok(()) => {
@@ -365,6 +434,29 @@ fn apply_op(storage: &mut Storage, model: &mut Model, op: &LogOp, report: &mut F
                 }
                 Err(_) => false,
             }
+        }
+        LogOp::Compact { back } => {
+            let floor = model.floor();
+            if model.acked <= floor {
+                return true;
+            }
+            let index = model.acked - back as u64 % (model.acked - floor);
+            debug_assert!(index > floor && index <= model.acked);
+            let last_log_id = model.log[index as usize - 1].log_id();
+            let membership = Membership::new_voters(1..=(1 + index % 3));
+            let meta = SnapshotMeta { last_log_id, membership };
+            let data: Vec<u8> = (0..index % 40).map(|k| (k * 7 + index) as u8).collect();
+            match storage.write_snapshot(GROUP, &meta, &data) {
+                Ok(()) => {
+                    model.snapshot = Some(meta);
+                    model.snapshot_maybe = None;
+                }
+                Err(_) => {
+                    model.snapshot_maybe = Some(meta);
+                    return false;
+                }
+            }
+            storage.compact(GROUP, last_log_id).is_ok()
         }
     }
 }

@@ -2,7 +2,13 @@
 //! of the real core (`tarn_core::testkit::Cluster`): deliver any in-flight
 //! message (so reordering), drop, duplicate, tick, propose, read, transfer
 //! leadership, hold a node's disk writes and crash it before they are
-//! acknowledged, restart, isolate, heal.
+//! acknowledged, restart, isolate, heal; membership changes (add a voter or
+//! a learner, remove, promote; a spare node starts outside the
+//! configuration), snapshots (taken on request and by the core's policy
+//! after a few entries, so lagging nodes catch up by snapshot install), and
+//! wiping a node's disk (it restarts with `rejoin_after_data_loss`; allowed
+//! only while every node holds every committed entry and no other node is
+//! rejoining — losing more is data loss no protocol survives).
 //!
 //! After every step:
 //! - the testkit's checks (one leader per term among live nodes, log
@@ -11,42 +17,94 @@
 //! - committed entries never change: the prefix up to any node's commit
 //!   index, and everything any node applied, agree with one global committed
 //!   log (so a committed entry is never lost across crashes either);
-//! - a proposal reported applied at index i is the entry committed at i;
+//! - a proposal reported applied at index i is the entry committed at i,
+//!   and a membership change reported applied at i is a configuration entry;
 //! - a read reported ready at index i started after no more than i entries
 //!   were known committed anywhere (reads see every write committed before
 //!   they began).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use tarn_core::testkit::{Cluster, Outcome};
-use tarn_core::{Entry, EntryPayload, Index, Input, NodeId, Role, Term};
+use tarn_core::{Action, ConfChange, Config, Entry, EntryPayload, Index, Input, NodeId, Role, Term};
 
 /// Bounds on the work one input can ask for.
 pub const OPS_MAX: usize = 160;
 pub const DELIVER_ALL_MAX_MESSAGES: usize = 256;
 pub const NETWORK_MAX_MESSAGES: usize = 512;
+/// The core's snapshot policy: small, so a short run takes snapshots and
+/// compacts its log.
+pub const SNAPSHOT_AFTER_ENTRIES: u64 = 12;
+pub const LOG_KEEP_TAIL_ENTRIES: u64 = 3;
+pub const MAX_SNAPSHOT_CHUNK_BYTES: usize = 48;
 
-#[derive(Arbitrary, Debug, Clone)]
-pub enum Op {
-    Deliver { pick: u8 },
-    DeliverAll,
-    Drop { pick: u8 },
-    Duplicate { pick: u8 },
-    Tick { node: u8 },
-    Propose { node: u8 },
-    Read { node: u8 },
-    Transfer { node: u8, to: u8 },
-    HoldWrites { node: u8 },
-    ReleaseWrites { node: u8 },
-    Crash { node: u8 },
-    Restart { node: u8 },
-    Isolate { node: u8 },
-    Heal,
+fn tweak(cfg: &mut Config) {
+    cfg.snapshot_after_entries = SNAPSHOT_AFTER_ENTRIES;
+    cfg.log_keep_tail_entries = LOG_KEEP_TAIL_ENTRIES;
+    cfg.max_snapshot_chunk_bytes = MAX_SNAPSHOT_CHUNK_BYTES;
 }
 
-#[derive(Debug, Clone)]
+#[derive(Arbitrary, Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Deliver {
+        pick: u8,
+    },
+    DeliverAll,
+    Drop {
+        pick: u8,
+    },
+    Duplicate {
+        pick: u8,
+    },
+    Tick {
+        node: u8,
+    },
+    Propose {
+        node: u8,
+    },
+    Read {
+        node: u8,
+    },
+    Transfer {
+        node: u8,
+        to: u8,
+    },
+    HoldWrites {
+        node: u8,
+    },
+    ReleaseWrites {
+        node: u8,
+    },
+    Crash {
+        node: u8,
+    },
+    Restart {
+        node: u8,
+    },
+    Isolate {
+        node: u8,
+    },
+    Heal,
+    /// `change % 4`: add `target` as a voter, as a learner, remove it,
+    /// promote it (asked of `node`, normally refused unless it leads).
+    ChangeMembership {
+        node: u8,
+        change: u8,
+        target: u8,
+    },
+    /// The node's state machine takes a snapshot now.
+    Snapshot {
+        node: u8,
+    },
+    /// The node loses its disk (see the module doc for when this is allowed).
+    Wipe {
+        node: u8,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterInput {
     pub seed: u8,
     pub five_nodes: bool,
@@ -61,6 +119,13 @@ pub struct Reached {
     pub proposals_applied: u64,
     pub reads_ready: u64,
     pub restarts: u64,
+    /// Membership changes applied (reported at their C(new) entry).
+    pub conf_changes: u64,
+    /// Snapshots installed from a leader.
+    pub installs: u64,
+    pub wipes: u64,
+    /// Wiped nodes that left rejoin mode.
+    pub rejoined: u64,
 }
 
 pub fn raft_cluster(data: &[u8]) {
@@ -78,11 +143,49 @@ pub fn parse(data: &[u8]) -> Option<ClusterInput> {
     Some(ClusterInput { seed, five_nodes, ops })
 }
 
+/// Number of `Op` variants (the derived decoder maps a `u32` onto them).
+const OP_VARIANTS: u64 = 17;
+
+/// The bytes `parse` decodes into `input` (for hand-written scenario seeds).
+pub fn encode(input: &ClusterInput) -> Vec<u8> {
+    let mut out = vec![input.seed, u8::from(input.five_nodes)];
+    for op in &input.ops {
+        let (variant, fields): (u64, Vec<u8>) = match *op {
+            Op::Deliver { pick } => (0, vec![pick]),
+            Op::DeliverAll => (1, vec![]),
+            Op::Drop { pick } => (2, vec![pick]),
+            Op::Duplicate { pick } => (3, vec![pick]),
+            Op::Tick { node } => (4, vec![node]),
+            Op::Propose { node } => (5, vec![node]),
+            Op::Read { node } => (6, vec![node]),
+            Op::Transfer { node, to } => (7, vec![node, to]),
+            Op::HoldWrites { node } => (8, vec![node]),
+            Op::ReleaseWrites { node } => (9, vec![node]),
+            Op::Crash { node } => (10, vec![node]),
+            Op::Restart { node } => (11, vec![node]),
+            Op::Isolate { node } => (12, vec![node]),
+            Op::Heal => (13, vec![]),
+            Op::ChangeMembership { node, change, target } => (14, vec![node, change, target]),
+            Op::Snapshot { node } => (15, vec![node]),
+            Op::Wipe { node } => (16, vec![node]),
+        };
+        // The derived decoder picks variant `(x * N) >> 32` for a LE u32 x.
+        let x = (variant << 32).div_ceil(OP_VARIANTS);
+        out.extend_from_slice(&(x as u32).to_le_bytes());
+        out.extend(fields);
+    }
+    out
+}
+
 struct Checker {
     leaders: BTreeMap<Term, NodeId>,
     committed: Vec<Entry>,
     /// Proposal id → payload.
     proposals: BTreeMap<u64, Bytes>,
+    /// Ids of membership change requests.
+    conf_changes: BTreeSet<u64>,
+    /// Nodes wiped and still rejoining.
+    rejoining: BTreeSet<NodeId>,
     /// Read id → entries known committed when the read began.
     reads: BTreeMap<u64, Index>,
     /// Outcomes already checked: (node, op id).
@@ -130,6 +233,12 @@ impl Checker {
             }
         }
         self.reached.committed = self.committed.len() as u64;
+        let rejoined: Vec<NodeId> =
+            self.rejoining.iter().copied().filter(|id| !c.raft(*id).status().rejoining).collect();
+        for id in rejoined {
+            self.rejoining.remove(&id);
+            self.reached.rejoined += 1;
+        }
         for (&id, node) in &c.nodes {
             for (&op, outcome) in &node.outcomes {
                 if self.seen.get(&(id, op)) == Some(outcome) {
@@ -137,6 +246,16 @@ impl Checker {
                 }
                 self.seen.insert((id, op), outcome.clone());
                 match *outcome {
+                    Outcome::Applied(index) if self.conf_changes.contains(&op) => {
+                        let entry = self.committed.get(index as usize - 1);
+                        let entry =
+                            entry.unwrap_or_else(|| panic!("change {op} applied at {index}, not committed"));
+                        assert!(
+                            matches!(entry.payload, EntryPayload::Membership(_)),
+                            "change {op} reported at {index}, which is not a configuration entry"
+                        );
+                        self.reached.conf_changes += 1;
+                    }
                     Outcome::Applied(index) => {
                         let data = &self.proposals[&op];
                         let entry = self.committed.get(index as usize - 1);
@@ -168,14 +287,34 @@ fn node_id(c: &Cluster, node: u8) -> NodeId {
     1 + node as u64 % c.nodes.len() as u64
 }
 
+/// May a node lose its disk without losing committed data? No node is
+/// rejoining, and every node that any node counts as a member is up and
+/// durably holds every entry known committed.
+fn wipe_allowed(c: &Cluster, checker: &Checker) -> bool {
+    let committed = &checker.committed;
+    let members: BTreeSet<NodeId> = c.nodes.values().flat_map(|n| n.raft.membership().members()).collect();
+    checker.rejoining.is_empty()
+        && members.iter().all(|id| {
+            let n = &c.nodes[id];
+            n.up && n.durable_log.len() >= committed.len()
+                && n.durable_log[..committed.len()] == committed[..]
+        })
+}
+
 pub fn run(input: &ClusterInput) -> Reached {
     let n = if input.five_nodes { 5 } else { 3 };
-    let mut c = Cluster::new(n, input.seed as u64);
-    c.record_trace = false;
+    let seed = input.seed as u64;
+    let mut c = Cluster::with_config(n, seed, tweak);
+    // Recorded per op (to count installs), then dropped.
+    c.record_trace = true;
+    // A spare outside the configuration, for membership changes to add.
+    c.add_node(n + 1, seed, tweak);
     let mut checker = Checker {
         leaders: BTreeMap::new(),
         committed: Vec::new(),
         proposals: BTreeMap::new(),
+        conf_changes: BTreeSet::new(),
+        rejoining: BTreeSet::new(),
         reads: BTreeMap::new(),
         seen: BTreeMap::new(),
         reached: Reached::default(),
@@ -265,8 +404,43 @@ pub fn run(input: &ClusterInput) -> Reached {
                 c.isolate(id);
             }
             Op::Heal => c.heal(),
+            Op::ChangeMembership { node, change, target } => {
+                let id = node_id(&c, node);
+                let target = node_id(&c, target);
+                let change = match change % 4 {
+                    0 => ConfChange::AddVoter(target),
+                    1 => ConfChange::AddLearner(target),
+                    2 => ConfChange::RemoveNode(target),
+                    _ => ConfChange::PromoteLearner(target),
+                };
+                let cid = next_op_id;
+                next_op_id += 1;
+                checker.conf_changes.insert(cid);
+                c.change_membership(id, cid, &[change]);
+            }
+            Op::Snapshot { node } => {
+                let id = node_id(&c, node);
+                if c.nodes[&id].up {
+                    c.take_snapshot(id);
+                }
+            }
+            Op::Wipe { node } => {
+                let id = node_id(&c, node);
+                if wipe_allowed(&c, &checker) {
+                    c.wipe(id, true);
+                    checker.rejoining.insert(id);
+                    checker.reached.wipes += 1;
+                }
+            }
         }
         checker.check(&c);
+        let installs = c.trace.iter().filter(|(_, _, a)| matches!(a, Action::InstallSnapshot { .. })).count();
+        checker.reached.installs += installs as u64;
+        c.trace.clear();
+        for node in c.nodes.values_mut() {
+            node.inputs.clear();
+            node.actions.clear();
+        }
     }
     checker.reached
 }
@@ -276,4 +450,25 @@ fn deliver(c: &mut Cluster, to: NodeId, msg: tarn_core::Message) {
         return;
     }
     c.step(to, Input::Message(msg));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_is_what_parse_decodes() {
+        let ops = vec![
+            Op::Deliver { pick: 3 },
+            Op::DeliverAll,
+            Op::Transfer { node: 1, to: 2 },
+            Op::Heal,
+            Op::ChangeMembership { node: 0, change: 1, target: 3 },
+            Op::Snapshot { node: 2 },
+            Op::Wipe { node: 255 },
+            Op::Tick { node: 0 },
+        ];
+        let input = ClusterInput { seed: 9, five_nodes: true, ops };
+        assert_eq!(parse(&encode(&input)), Some(input));
+    }
 }

@@ -284,16 +284,25 @@ fn arbitrary_seeds() -> Vec<Seed> {
     let raft_score = |data: &[u8]| {
         raft_cluster::parse(data).map_or(0, |input| {
             let r = raft_cluster::run(&input);
-            r.committed * 4 + r.proposals_applied * 8 + r.reads_ready * 8 + r.restarts * 6 + r.max_term
+            r.committed * 4
+                + r.proposals_applied * 8
+                + r.reads_ready * 8
+                + r.restarts * 6
+                + r.max_term
+                + r.conf_changes * 12
+                + r.installs * 12
+                + r.wipes * 6
+                + r.rejoined * 24
         })
     };
     for k in 0..SEEDS_PER_TARGET {
         out.push(("raft_cluster", format!("climb-{k}"), climb(100 + k, CLIMB_ITERATIONS, 800, raft_score)));
     }
-    // Three objectives: a long multi-segment log recovered after damage, a
-    // corruption report, a torn tail repaired.
-    let log_weights: [[u64; 6]; SEEDS_PER_TARGET as usize] =
-        [[2, 1, 4, 8, 40, 20], [1, 0, 1, 1, 0, 1000], [1, 1, 1, 1, 1000, 0]];
+    // Three objectives: a long multi-segment log recovered after damage
+    // (and compaction), a corruption report, a torn tail repaired after
+    // compaction.
+    let log_weights: [[u64; 8]; SEEDS_PER_TARGET as usize] =
+        [[2, 1, 4, 8, 40, 20, 1, 60], [1, 0, 1, 1, 0, 1000, 0, 0], [1, 1, 1, 1, 1000, 0, 1, 60]];
     for (k, w) in log_weights.iter().enumerate() {
         let log_score = |data: &[u8]| {
             log_recovery::parse(data).map_or(0, |input| {
@@ -304,6 +313,8 @@ fn arbitrary_seeds() -> Vec<Seed> {
                     + r.damaged_files as u64 * w[3]
                     + u64::from(r.torn_tail_repaired) * w[4]
                     + u64::from(r.corruption_reported) * w[5]
+                    + r.snapshot_index * w[6]
+                    + u64::from(r.compacted) * w[7]
             })
         };
         out.push((
@@ -324,9 +335,61 @@ fn arbitrary_seeds() -> Vec<Seed> {
     out
 }
 
-/// The hand-built seeds of the byte-level targets (cheap to rebuild).
+/// Scenario inputs of `raft_cluster` written op by op: paths too long for
+/// the climb to find (a wiped node rejoining through remove → learner →
+/// promote; a lagging node catching up by snapshot install).
+pub fn raft_scenarios() -> Vec<(&'static str, raft_cluster::ClusterInput)> {
+    use raft_cluster::Op::*;
+    // Node k is `node: k - 1` (ids 1..=3, the spare is 4).
+    let settle = [DeliverAll, DeliverAll, DeliverAll];
+    let mut rejoin = vec![Tick { node: 0 }];
+    rejoin.extend(settle.clone());
+    rejoin.extend([Propose { node: 0 }, Propose { node: 0 }, Propose { node: 0 }]);
+    rejoin.extend(settle.clone());
+    rejoin.extend([Tick { node: 0 }, Wipe { node: 2 }, Tick { node: 0 }]);
+    rejoin.extend(settle.clone());
+    rejoin.push(ChangeMembership { node: 0, change: 2, target: 2 });
+    rejoin.extend(settle.clone());
+    rejoin.push(ChangeMembership { node: 0, change: 1, target: 2 });
+    rejoin.extend(settle.clone());
+    rejoin.extend([Tick { node: 0 }, Propose { node: 0 }]);
+    rejoin.extend(settle.clone());
+    rejoin.push(ChangeMembership { node: 0, change: 3, target: 2 });
+    rejoin.extend(settle.clone());
+    rejoin.extend([Crash { node: 0 }, Tick { node: 1 }, Tick { node: 2 }]);
+    rejoin.extend(settle.clone());
+    rejoin.extend([Tick { node: 1 }, Tick { node: 2 }]);
+    rejoin.extend(settle.clone());
+    rejoin.extend([Propose { node: 1 }, Propose { node: 2 }, Restart { node: 0 }, Read { node: 1 }]);
+    rejoin.extend(settle.clone());
+
+    let mut install = vec![Tick { node: 0 }];
+    install.extend(settle.clone());
+    install.push(Isolate { node: 2 });
+    install.extend((0..16).map(|_| Propose { node: 0 }));
+    install.extend(settle.clone());
+    install.extend([Heal, Tick { node: 0 }]);
+    install.extend(settle.clone());
+    install.extend([Tick { node: 0 }]);
+    install.extend(settle.clone());
+    install.extend([ChangeMembership { node: 0, change: 1, target: 3 }]);
+    install.extend(settle.clone());
+    install.extend([Tick { node: 0 }]);
+    install.extend(settle);
+
+    [("rejoin", rejoin), ("snapshot-install", install)]
+        .into_iter()
+        .map(|(name, ops)| (name, raft_cluster::ClusterInput { seed: 1, five_nodes: false, ops }))
+        .collect()
+}
+
+/// The hand-built seeds of the byte-level targets and the scenario seeds of
+/// `raft_cluster` (cheap to rebuild).
 pub fn hand_built() -> Vec<Seed> {
     let mut out = wire_seeds();
+    for (name, input) in raft_scenarios() {
+        out.push(("raft_cluster", format!("scenario-{name}"), raft_cluster::encode(&input)));
+    }
     out.extend(hard_state_seeds());
     out.extend(snapshot_seeds());
     out

@@ -72,6 +72,9 @@ fn raft_cluster_corpus_elects_commits_reads_and_restarts() {
     assert!(reached.iter().any(|r| r.proposals_applied >= 1), "no proposal applied: {reached:?}");
     assert!(reached.iter().any(|r| r.reads_ready >= 1), "no read served: {reached:?}");
     assert!(reached.iter().any(|r| r.restarts >= 1 && r.committed >= 1), "no restart: {reached:?}");
+    assert!(reached.iter().any(|r| r.conf_changes >= 2), "no membership changes: {reached:?}");
+    assert!(reached.iter().any(|r| r.installs >= 1), "no snapshot installed: {reached:?}");
+    assert!(reached.iter().any(|r| r.wipes >= 1 && r.rejoined >= 1), "no wiped node rejoined: {reached:?}");
 }
 
 #[test]
@@ -87,6 +90,10 @@ fn log_recovery_corpus_recovers_repairs_and_reports_corruption() {
     );
     assert!(reached.iter().any(|r| r.torn_tail_repaired), "no torn tail repaired: {reached:?}");
     assert!(reached.iter().any(|r| r.corruption_reported), "no corruption reported: {reached:?}");
+    assert!(
+        reached.iter().any(|r| r.compacted && r.snapshot_index > 0 && r.recovered_entries >= 1),
+        "no recovery after compaction: {reached:?}"
+    );
 }
 
 #[test]

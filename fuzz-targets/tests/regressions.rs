@@ -31,3 +31,18 @@ fn snapshot_of_unknown_version_is_refused_by_verify_and_read() {
     let input = include_bytes!("../../fuzz/corpus/snapshot_decode/regress-verify-accepts-unknown-version");
     tarn_fuzz_targets::snapshot_decode(input);
 }
+
+/// `raft_cluster` (found by the seed climb once the target learned snapshots
+/// and membership changes): a follower whose disk held back some appends
+/// was sent a snapshot; the appends became durable between `InstallSnapshot`
+/// and `SnapshotInstalled` and the core applied them on top of the state
+/// machine being replaced (testkit: "apply out of order"). The core now
+/// applies nothing while an install is pending (core/tests/snapshot.rs
+/// `nothing_is_applied_while_a_snapshot_install_is_pending`).
+#[test]
+fn raft_cluster_no_apply_while_a_snapshot_install_is_pending() {
+    let input = include_bytes!("../../fuzz/corpus/raft_cluster/regress-apply-during-snapshot-install");
+    let parsed = tarn_fuzz_targets::raft_cluster::parse(input).expect("a structured input");
+    let reached = tarn_fuzz_targets::raft_cluster::run(&parsed);
+    assert!(reached.installs >= 1, "the input still reaches a snapshot install: {reached:?}");
+}
