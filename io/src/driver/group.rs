@@ -13,13 +13,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tarn_core::{
-    Action, ConfChange, DropReason, EntryPayload, GroupId, Input, Message, Nanos, NodeId, Proposal, RawNode,
-    Role, Status,
+    Action, ConfChange, DropReason, EntryPayload, GroupId, Input, LogId, Membership, Message, Nanos, NodeId,
+    Proposal, RawNode, Role, SnapshotMeta, Status,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use super::store::{LogWrite, StorageDone, StorageRequest, StorageWorker};
+use super::state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore};
+use super::store::{LogWrite, StagedSnapshot, StorageDone, StorageRequest, StorageWorker};
 use super::{GroupInfo, ProposeError, ReadError, StateMachine};
 use crate::transport::Transport;
 
@@ -40,6 +41,17 @@ pub(crate) enum GroupInput<SM: StateMachine> {
     Stop,
 }
 
+/// What the snapshot tasks of a group report back to it.
+pub(crate) enum SnapEvent<SM: StateMachine> {
+    /// A snapshot this node took is durable and recorded (or why not).
+    Created(Result<SnapshotMeta, String>),
+    /// A leader's snapshot is durable, decoded and recorded: install it.
+    Installed(Result<(SnapshotMeta, SnapshotInstaller<SM>), String>),
+}
+
+/// Bytes read at a time when decoding a stored snapshot.
+pub(crate) const RESTORE_READ_BYTES: usize = 1 << 20;
+
 /// The most inputs one turn takes: bounds a turn's latency and batch size.
 pub(crate) const MAX_INPUTS_PER_TURN: usize = 4096;
 
@@ -56,6 +68,15 @@ pub(crate) struct GroupTask<SM: StateMachine> {
     pub origin: Instant,
     pub info: watch::Sender<GroupInfo>,
     pub tick_interval: Duration,
+    /// Snapshot tasks report here (the task keeps a sender for new ones).
+    pub snap_tx: mpsc::UnboundedSender<SnapEvent<SM>>,
+    pub snap_rx: mpsc::UnboundedReceiver<SnapEvent<SM>>,
+    /// The last applied entry, and the membership in force there: what a
+    /// snapshot taken now covers.
+    pub applied_log_id: LogId,
+    pub applied_membership: Membership,
+    /// The newest snapshot held (published in `GroupInfo`).
+    pub snapshot: LogId,
 }
 
 fn wall_clock_nanos() -> Nanos {
@@ -79,6 +100,9 @@ impl<SM: StateMachine> GroupTask<SM> {
         let mut batch_reads: Vec<ReadFn<SM>> = Vec::new();
         let mut writes: Vec<LogWrite> = Vec::new();
         let mut is_leader = false;
+        // One snapshot of this node's own at a time; one more wanted meanwhile.
+        let mut snapshotting = false;
+        let mut want_again = false;
         let mut stopped = false;
         let mut failed: Option<String> = None;
         let mut applied = self.sm.applied_index();
@@ -95,10 +119,12 @@ impl<SM: StateMachine> GroupTask<SM> {
             let deadline = self.origin + Duration::from_nanos(self.raw.next_deadline());
             let mut inputs: Vec<GroupInput<SM>> = Vec::new();
             let mut done: Vec<StorageDone> = Vec::new();
+            let mut snap_events: Vec<SnapEvent<SM>> = Vec::new();
             let mut tick = false;
             tokio::select! {
                 biased;
                 d = self.done_rx.recv() => if let Some(d) = d { done.push(d) },
+                e = self.snap_rx.recv() => if let Some(e) = e { snap_events.push(e) },
                 i = self.inputs.recv() => match i {
                     Some(i) => inputs.push(i),
                     None => stopped = true,
@@ -119,7 +145,45 @@ impl<SM: StateMachine> GroupTask<SM> {
                 }
             }
 
+            while let Ok(e) = self.snap_rx.try_recv() {
+                snap_events.push(e);
+            }
+
             let t = now(&self.origin);
+            for e in snap_events {
+                match e {
+                    SnapEvent::Created(Ok(meta)) => {
+                        tracing::info!(snapshot = %meta.last_log_id, "snapshot taken");
+                        self.snapshot = self.snapshot.max(meta.last_log_id);
+                        snapshotting = std::mem::take(&mut want_again) && self.take_snapshot(applied);
+                        self.raw.step(t, Input::SnapshotCreated { meta }, &mut actions);
+                    }
+                    SnapEvent::Created(Err(e)) => {
+                        snapshotting = false;
+                        want_again = false;
+                        tracing::warn!(error = %e, "taking a snapshot failed; the log is not compacted until the next one");
+                    }
+                    SnapEvent::Installed(Ok((meta, install))) => {
+                        install(&mut self.sm);
+                        applied = meta.last_log_id.index;
+                        self.applied_log_id = meta.last_log_id;
+                        self.applied_membership = meta.membership.clone();
+                        debug_assert_eq!(
+                            self.sm.applied_index(),
+                            applied,
+                            "the installed state is at the snapshot"
+                        );
+                        tracing::info!(snapshot = %meta.last_log_id, "installed the leader's snapshot");
+                        self.snapshot = meta.last_log_id;
+                        self.raw.step(t, Input::SnapshotInstalled { meta }, &mut actions);
+                    }
+                    SnapEvent::Installed(Err(e)) => {
+                        tracing::error!(error = %e, "installing a snapshot failed; stopping the group (restart the node)");
+                        failed = Some(format!("installing a snapshot failed: {e}"));
+                        stopped = true;
+                    }
+                }
+            }
             for d in done {
                 match d {
                     StorageDone::Persisted { log, hard_state } => {
@@ -132,6 +196,10 @@ impl<SM: StateMachine> GroupTask<SM> {
                     }
                     StorageDone::Fetched { from, entries } => {
                         self.raw.step(t, Input::EntriesFetched { from, entries }, &mut actions);
+                    }
+                    StorageDone::SnapshotChunk { to, snapshot, offset, data, done } => {
+                        let input = Input::SnapshotChunkRead { to, snapshot, offset, data, done };
+                        self.raw.step(t, input, &mut actions);
                     }
                     StorageDone::Failed(e) => {
                         tracing::error!(error = %e, "storage failed; stopping the group (restart the node to recover from disk)");
@@ -226,6 +294,10 @@ impl<SM: StateMachine> GroupTask<SM> {
                                     }
                                 };
                                 applied = entry.index;
+                                self.applied_log_id = entry.log_id();
+                                if let EntryPayload::Membership(m) = &entry.payload {
+                                    self.applied_membership = m.clone();
+                                }
                                 while ids.peek().is_some_and(|(i, _)| *i < entry.index) {
                                     ids.next();
                                 }
@@ -274,14 +346,53 @@ impl<SM: StateMachine> GroupTask<SM> {
                                 self.sm.on_leadership(is_leader, wall_clock_nanos());
                             }
                         }
-                        // Snapshots (core issue 3) are not wired into this driver
-                        // yet: it never reports `SnapshotCreated`, so the core
-                        // never compacts or streams one.
-                        Action::SnapshotWanted { .. }
-                        | Action::CompactLog { .. }
-                        | Action::FetchSnapshotChunk { .. }
-                        | Action::ReceiveSnapshotChunk { .. }
-                        | Action::InstallSnapshot { .. } => {}
+                        Action::SnapshotWanted { .. } => {
+                            if snapshotting {
+                                // The core asks only once per interval: take
+                                // it when the one in progress is done.
+                                want_again = true;
+                            } else {
+                                snapshotting = self.take_snapshot(applied);
+                            }
+                        }
+                        Action::CompactLog { up_to } => {
+                            self.storage.submit(StorageRequest::Compact { group: self.group, up_to });
+                        }
+                        Action::FetchSnapshotChunk { to, snapshot, offset, max_bytes } => {
+                            self.storage.submit(StorageRequest::ReadSnapshotChunk {
+                                group: self.group,
+                                to,
+                                snapshot,
+                                offset,
+                                max_bytes,
+                            });
+                        }
+                        Action::ReceiveSnapshotChunk { snapshot, offset, data, .. } => {
+                            self.storage.submit(StorageRequest::StageChunk {
+                                group: self.group,
+                                snapshot,
+                                offset,
+                                data,
+                            });
+                        }
+                        Action::InstallSnapshot { meta } => {
+                            // The writes of the actions before it go first.
+                            if !writes.is_empty() {
+                                let writes = std::mem::take(&mut writes);
+                                self.storage.submit(StorageRequest::Write { group: self.group, writes });
+                            }
+                            match self.sm.snapshot_restore() {
+                                Some(restore) => self.spawn_install(meta, restore),
+                                None => {
+                                    failed = Some(
+                                        "the leader sent a snapshot but this state machine cannot install one \
+                                         (StateMachine::snapshot_restore)"
+                                            .into(),
+                                    );
+                                    stopped = true;
+                                }
+                            }
+                        }
                     }
                 }
                 if let Some(index) = applied_to {
@@ -318,6 +429,39 @@ impl<SM: StateMachine> GroupTask<SM> {
         });
     }
 
+    /// Starts a snapshot of the state as applied now (at or past what the
+    /// core asked for); false if the state machine takes none.
+    fn take_snapshot(&mut self, applied: tarn_core::Index) -> bool {
+        let at = self.applied_log_id;
+        if at.index != applied || applied <= self.snapshot.index {
+            return false;
+        }
+        let Some(producer) = self.sm.snapshot() else { return false };
+        let meta = SnapshotMeta { last_log_id: at, membership: self.applied_membership.clone() };
+        self.spawn_create(meta, producer);
+        true
+    }
+
+    /// Writes the snapshot `producer` encodes off the group's task (a
+    /// blocking thread), makes it durable and records it; reports `Created`.
+    fn spawn_create(&self, meta: SnapshotMeta, producer: SnapshotProducer) {
+        let (storage, group, tx) = (self.storage.clone(), self.group, self.snap_tx.clone());
+        tokio::spawn(async move {
+            let r = create_snapshot(&storage, group, meta, producer).await;
+            let _ = tx.send(SnapEvent::Created(r));
+        });
+    }
+
+    /// Finishes the staged snapshot, decodes it off the group's task and
+    /// records it (the log is discarded); reports `Installed`.
+    fn spawn_install(&self, meta: SnapshotMeta, restore: Box<dyn SnapshotRestore<SM>>) {
+        let (storage, group, tx) = (self.storage.clone(), self.group, self.snap_tx.clone());
+        tokio::spawn(async move {
+            let r = install_snapshot(&storage, group, meta, restore).await;
+            let _ = tx.send(SnapEvent::Installed(r));
+        });
+    }
+
     fn publish(&self, applied: u64, error: Option<String>) {
         let (role, term, leader, commit, last) = (
             self.raw.role(),
@@ -336,6 +480,7 @@ impl<SM: StateMachine> GroupTask<SM> {
                 commit,
                 applied,
                 last_log_id: last,
+                snapshot: self.snapshot,
                 stopped: i.stopped,
                 error: error.clone(),
             };
@@ -347,6 +492,71 @@ impl<SM: StateMachine> GroupTask<SM> {
             }
         });
     }
+}
+
+/// Sends `request` built around a fresh reply channel and waits for the answer.
+async fn ask<T>(
+    storage: &StorageWorker,
+    request: impl FnOnce(oneshot::Sender<T>) -> StorageRequest,
+) -> Result<T, String> {
+    let (reply, rx) = oneshot::channel();
+    if !storage.submit(request(reply)) {
+        return Err("the storage worker stopped".into());
+    }
+    rx.await.map_err(|_| "the storage worker stopped".to_string())
+}
+
+async fn commit(storage: &StorageWorker, group: GroupId, staged: StagedSnapshot) -> Result<(), String> {
+    ask(storage, |reply| StorageRequest::CommitSnapshot { group, staged, reply })
+        .await?
+        .map_err(|e| e.to_string())
+}
+
+async fn create_snapshot(
+    storage: &StorageWorker,
+    group: GroupId,
+    meta: SnapshotMeta,
+    producer: SnapshotProducer,
+) -> Result<SnapshotMeta, String> {
+    let snapshot = meta.last_log_id;
+    let mut sink = ask(storage, |reply| StorageRequest::SnapshotWriter { group, snapshot, reply })
+        .await?
+        .map_err(|e| e.to_string())?;
+    let m = meta.clone();
+    let staged = tokio::task::spawn_blocking(move || {
+        producer(&mut |bytes: &[u8]| sink.write(bytes).map_err(|e| e.to_string()))?;
+        sink.finish(&m).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("snapshot task panicked: {e}"))??;
+    commit(storage, group, staged).await?;
+    Ok(meta)
+}
+
+async fn install_snapshot<SM: StateMachine>(
+    storage: &StorageWorker,
+    group: GroupId,
+    meta: SnapshotMeta,
+    mut restore: Box<dyn SnapshotRestore<SM>>,
+) -> Result<(SnapshotMeta, SnapshotInstaller<SM>), String> {
+    let snapshot = meta.last_log_id;
+    let sink = ask(storage, |reply| StorageRequest::TakeStaged { group, snapshot, reply })
+        .await?
+        .map_err(|e| e.to_string())?;
+    let m = meta.clone();
+    let (staged, installer) = tokio::task::spawn_blocking(move || {
+        let staged = sink.finish(&m).map_err(|e| e.to_string())?;
+        let mut source = staged.open().map_err(|e| e.to_string())?;
+        while let Some((chunk, _)) = source.next_chunk(RESTORE_READ_BYTES).map_err(|e| e.to_string())? {
+            restore.push(&chunk)?;
+        }
+        let installer = restore.finish()?;
+        Ok::<_, String>((staged, installer))
+    })
+    .await
+    .map_err(|e| format!("snapshot task panicked: {e}"))??;
+    commit(storage, group, staged).await?;
+    Ok((meta, installer))
 }
 
 fn propose_error(reason: DropReason) -> ProposeError {

@@ -61,8 +61,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use group::{GroupInput, GroupTask};
 pub use group::{ProposeFn, ReadFn};
-pub use state_machine::StateMachine;
-pub use store::{FileStore, Flushed, LogStore, LogWrite, MemStore, StoreError, WriteMode};
+pub use state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine};
+pub use store::{
+    FileStore, Flushed, LogStore, LogWrite, MemStore, SnapshotSink, SnapshotSource, StagedSnapshot,
+    StoreError, WriteMode,
+};
 use store::{StorageRequest, StorageWorker};
 
 use crate::transport::{InboundSink, Transport, TransportConfig, TransportError, TransportStats};
@@ -87,16 +90,24 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     pub fn new(node_id: NodeId, cluster_id: u64) -> Self {
+        let mut raft = tarn_core::Config::new(node_id, cluster_id ^ node_id.rotate_left(32));
+        // A snapshot every 100k entries or 64 MiB of entries, whichever
+        // comes first (the core's entry default; a smaller byte bound so big
+        // values do not keep gigabytes of log around).
+        raft.snapshot_after_bytes = DEFAULT_SNAPSHOT_AFTER_BYTES;
         NodeConfig {
             node_id,
             cluster_id,
-            raft: tarn_core::Config::new(node_id, cluster_id ^ node_id.rotate_left(32)),
+            raft,
             write_mode: WriteMode::Sync,
             group_queue_capacity: 65_536,
             tick_interval: Duration::from_millis(50),
         }
     }
 }
+
+/// The driver's default for `Config::snapshot_after_bytes`.
+pub const DEFAULT_SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
 
 /// Why a node or group could not start.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +126,8 @@ pub enum DriverError {
     ShuttingDown { node: NodeId },
     #[error("group {group}: no leader elected within {waited_ms} ms (is a quorum of nodes running?)")]
     NoLeader { group: GroupId, waited_ms: u64 },
+    #[error("group {group}: cannot restore the state machine from its snapshot: {reason}")]
+    Restore { group: GroupId, reason: String },
 }
 
 /// Why a proposal has no result.
@@ -155,6 +168,9 @@ pub struct GroupInfo {
     pub commit: Index,
     pub applied: Index,
     pub last_log_id: LogId,
+    /// The newest snapshot this node holds (taken, installed or recovered;
+    /// zero if none): the log before it may be compacted.
+    pub snapshot: LogId,
     pub stopped: bool,
     pub error: Option<String>,
 }
@@ -400,7 +416,7 @@ impl<SM: StateMachine> Node<SM> {
         &self,
         group: GroupId,
         membership: Membership,
-        sm: SM,
+        mut sm: SM,
     ) -> Result<GroupHandle<SM>, DriverError> {
         if self.handles_read().contains_key(&group) {
             return Err(DriverError::GroupExists { group });
@@ -408,10 +424,23 @@ impl<SM: StateMachine> Node<SM> {
         let (reply, rx) = oneshot::channel();
         let node = self.inner.config.node_id;
         let (done, done_rx) = mpsc::unbounded_channel();
-        if !self.inner.storage.submit(StorageRequest::Open { group, initial: membership, done, reply }) {
+        let initial = membership.clone();
+        if !self.inner.storage.submit(StorageRequest::Open { group, initial, done, reply }) {
             return Err(DriverError::ShuttingDown { node });
         }
         let recovered = rx.await.map_err(|_| DriverError::ShuttingDown { node })??;
+        let recovered_snapshot = recovered.snapshot.as_ref().map_or(LogId::ZERO, |m| m.last_log_id);
+        // The state machine starts from the stored snapshot (the core takes
+        // everything up to it as applied), then the log tail is replayed.
+        let (applied_log_id, applied_membership) = match &recovered.snapshot {
+            Some(meta) => {
+                if sm.applied_index() < meta.last_log_id.index {
+                    self.restore(group, &mut sm).await?;
+                }
+                (meta.last_log_id, meta.membership.clone())
+            }
+            None => (LogId::ZERO, membership),
+        };
         let mut raft = self.inner.config.raft.clone();
         raft.id = node;
         raft.seed ^= group.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -427,10 +456,12 @@ impl<SM: StateMachine> Node<SM> {
             commit: raw.commit_index(),
             applied: sm.applied_index(),
             last_log_id: raw.last_log_id(),
+            snapshot: recovered_snapshot,
             stopped: false,
             error: None,
         };
         let (info_tx, info) = watch::channel(initial);
+        let (snap_tx, snap_rx) = mpsc::unbounded_channel();
         let task = GroupTask {
             group,
             node_id: node,
@@ -443,6 +474,11 @@ impl<SM: StateMachine> Node<SM> {
             origin: self.inner.origin,
             info: info_tx,
             tick_interval: self.inner.config.tick_interval,
+            snap_tx,
+            snap_rx,
+            applied_log_id,
+            applied_membership,
+            snapshot: recovered_snapshot,
         };
         let handle = GroupHandle { group, tx: tx.clone(), info };
         let mut handles = self.inner.handles.write().map_err(|_| DriverError::ShuttingDown { node })?;
@@ -457,8 +493,38 @@ impl<SM: StateMachine> Node<SM> {
         Ok(handle)
     }
 
-    /// Stops group `group` on this node. Its data stays on disk (the
-    /// storage engine has no group deletion yet).
+    /// Streams the group's stored snapshot into `sm` (decoded on a blocking
+    /// thread; the checksum of the whole file is checked before the state
+    /// is replaced).
+    async fn restore(&self, group: GroupId, sm: &mut SM) -> Result<(), DriverError> {
+        let node = self.inner.config.node_id;
+        let fail = |reason: String| DriverError::Restore { group, reason };
+        let mut restore = sm.snapshot_restore().ok_or_else(|| {
+            fail("the group has a snapshot but the state machine cannot restore one".into())
+        })?;
+        let (reply, rx) = oneshot::channel();
+        if !self.inner.storage.submit(StorageRequest::SnapshotSource { group, reply }) {
+            return Err(DriverError::ShuttingDown { node });
+        }
+        let source = rx.await.map_err(|_| DriverError::ShuttingDown { node })??;
+        let mut source = source.ok_or_else(|| fail("the snapshot disappeared".into()))?;
+        let installer = tokio::task::spawn_blocking(move || {
+            while let Some((chunk, _)) =
+                source.next_chunk(group::RESTORE_READ_BYTES).map_err(|e| e.to_string())?
+            {
+                restore.push(&chunk)?;
+            }
+            restore.finish()
+        })
+        .await
+        .map_err(|e| fail(format!("restore task panicked: {e}")))?
+        .map_err(fail)?;
+        installer(sm);
+        Ok(())
+    }
+
+    /// Stops group `group` on this node and deletes its data (log, hard
+    /// state, snapshots) durably: adding it again starts it empty.
     pub async fn remove_group(&self, group: GroupId) -> Result<(), DriverError> {
         self.stop_group(group).await?;
         let (reply, rx) = oneshot::channel();
@@ -466,7 +532,7 @@ impl<SM: StateMachine> Node<SM> {
         if !self.inner.storage.submit(StorageRequest::Close { group, reply }) {
             return Err(DriverError::ShuttingDown { node });
         }
-        rx.await.map_err(|_| DriverError::ShuttingDown { node })?;
+        rx.await.map_err(|_| DriverError::ShuttingDown { node })??;
         Ok(())
     }
 

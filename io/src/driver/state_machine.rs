@@ -75,4 +75,48 @@ pub trait StateMachine: Send + 'static {
         let _ = wall_clock_nanos;
         Vec::new()
     }
+
+    /// A snapshot of the state as applied now, to be encoded off the group's
+    /// task (on a blocking thread) while this state keeps applying: return
+    /// an owned, cheap copy (e.g. a persistent or copy-on-write structure)
+    /// wrapped in a closure that writes its bytes. `None` (the default): no
+    /// snapshots, and the log is never compacted.
+    ///
+    /// Implement it together with [`StateMachine::snapshot_restore`]: a node
+    /// restarts from its last snapshot, and a lagging follower is sent the
+    /// leader's.
+    fn snapshot(&mut self) -> Option<SnapshotProducer> {
+        None
+    }
+
+    /// A decoder for a snapshot's bytes (as written by a
+    /// [`StateMachine::snapshot`] producer, possibly on another node). It
+    /// runs on a blocking thread; its result replaces this state on the
+    /// group's task, after which [`StateMachine::applied_index`] must be the
+    /// snapshot's index. `None` (the default): this machine cannot install
+    /// snapshots, and the group stops if it is sent one.
+    fn snapshot_restore(&mut self) -> Option<Box<dyn SnapshotRestore<Self>>>
+    where
+        Self: Sized,
+    {
+        None
+    }
+}
+
+/// Writes a state machine's snapshot: called once, on a blocking thread,
+/// with a sink that takes the snapshot's bytes in order (pieces of any
+/// size; an error from the sink is returned as is).
+pub type SnapshotProducer =
+    Box<dyn FnOnce(&mut dyn FnMut(&[u8]) -> Result<(), String>) -> Result<(), String> + Send>;
+
+/// Replaces a state machine's state with a decoded snapshot (on its task).
+pub type SnapshotInstaller<SM> = Box<dyn FnOnce(&mut SM) + Send>;
+
+/// Rebuilds a state machine's state from a snapshot's bytes, off the
+/// group's task. Nothing changes until the installer it returns runs.
+pub trait SnapshotRestore<SM>: Send + 'static {
+    /// The next bytes of the snapshot, in order (pieces of any size).
+    fn push(&mut self, data: &[u8]) -> Result<(), String>;
+    /// Every byte was pushed: check the whole, and return what installs it.
+    fn finish(self: Box<Self>) -> Result<SnapshotInstaller<SM>, String>;
 }

@@ -16,11 +16,12 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tarn_core::{Entry, GroupId, HardState, Index, LogId, Membership, NodeId, Recovered, Term};
+use bytes::Bytes;
+use tarn_core::{Entry, GroupId, HardState, Index, LogId, Membership, NodeId, Recovered, SnapshotMeta, Term};
 use tokio::sync::mpsc;
 
 use super::StorageCounters;
-use crate::storage::{FlushReport, Storage, StorageConfig};
+use crate::storage::{FlushReport, SnapshotFile, SnapshotReader, SnapshotWriter, Storage, StorageConfig};
 use crate::vfs::{StdVfs, Vfs};
 
 /// A failed storage operation: the group that hit it stops (no blind retry:
@@ -48,14 +49,159 @@ pub struct Flushed {
     pub failed: Vec<StoreError>,
 }
 
+/// A snapshot being written. `Send`: the driver fills and finishes it on a
+/// blocking thread, never on the storage thread or a group's task.
+pub trait SnapshotSink: Send {
+    /// Appends the next bytes of the snapshot's data.
+    fn write(&mut self, data: &[u8]) -> Result<(), StoreError>;
+    /// Bytes written so far.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Makes it durable (not yet the group's current snapshot: hand the
+    /// result to [`LogStore::commit_snapshot`]).
+    fn finish(self: Box<Self>, meta: &SnapshotMeta) -> Result<StagedSnapshot, StoreError>;
+}
+
+/// Reads a stored snapshot's data in order (restore at start-up, install).
+/// The final chunk comes only after the whole snapshot verified.
+pub trait SnapshotSource: Send {
+    fn meta(&self) -> &SnapshotMeta;
+    /// The next chunk of at most `max_bytes` and whether it is the last;
+    /// `None` when everything was read.
+    fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<(Vec<u8>, bool)>, StoreError>;
+}
+
+/// A durable snapshot waiting for [`LogStore::commit_snapshot`].
+#[derive(Debug)]
+pub struct StagedSnapshot {
+    group: GroupId,
+    inner: Staged,
+}
+
+#[derive(Debug)]
+enum Staged {
+    File(SnapshotFile),
+    Memory(SnapshotMeta, Bytes),
+}
+
+impl StagedSnapshot {
+    pub fn meta(&self) -> &SnapshotMeta {
+        match &self.inner {
+            Staged::File(f) => &f.meta,
+            Staged::Memory(meta, _) => meta,
+        }
+    }
+
+    /// Reads it back (an installing follower decodes what it staged).
+    pub fn open(&self) -> Result<Box<dyn SnapshotSource>, StoreError> {
+        match &self.inner {
+            Staged::File(f) => {
+                let reader = SnapshotReader::open(&StdVfs, &f.path)
+                    .map_err(|e| StoreError { group: self.group, reason: e.to_string() })?;
+                Ok(Box::new(FileSource { group: self.group, reader }))
+            }
+            Staged::Memory(meta, data) => Ok(Box::new(MemSource::new(meta.clone(), data.clone()))),
+        }
+    }
+}
+
+struct FileSink {
+    group: GroupId,
+    writer: SnapshotWriter<'static>,
+}
+
+impl SnapshotSink for FileSink {
+    fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.writer.write_chunk(data).map_err(|e| StoreError { group: self.group, reason: e.to_string() })
+    }
+
+    fn len(&self) -> u64 {
+        self.writer.len()
+    }
+
+    fn finish(self: Box<Self>, meta: &SnapshotMeta) -> Result<StagedSnapshot, StoreError> {
+        let group = self.group;
+        let file = self.writer.finish(meta).map_err(|e| StoreError { group, reason: e.to_string() })?;
+        Ok(StagedSnapshot { group, inner: Staged::File(file) })
+    }
+}
+
+struct FileSource {
+    group: GroupId,
+    reader: SnapshotReader,
+}
+
+impl SnapshotSource for FileSource {
+    fn meta(&self) -> &SnapshotMeta {
+        self.reader.meta()
+    }
+
+    fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<(Vec<u8>, bool)>, StoreError> {
+        self.reader.next_chunk(max_bytes).map_err(|e| StoreError { group: self.group, reason: e.to_string() })
+    }
+}
+
+struct MemSink {
+    group: GroupId,
+    data: Vec<u8>,
+}
+
+impl SnapshotSink for MemSink {
+    fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.data.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    fn finish(self: Box<Self>, meta: &SnapshotMeta) -> Result<StagedSnapshot, StoreError> {
+        Ok(StagedSnapshot { group: self.group, inner: Staged::Memory(meta.clone(), Bytes::from(self.data)) })
+    }
+}
+
+struct MemSource {
+    meta: SnapshotMeta,
+    data: Bytes,
+    next: usize,
+    done: bool,
+}
+
+impl MemSource {
+    fn new(meta: SnapshotMeta, data: Bytes) -> MemSource {
+        MemSource { meta, data, next: 0, done: false }
+    }
+}
+
+impl SnapshotSource for MemSource {
+    fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<(Vec<u8>, bool)>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let end = (self.next + max_bytes.max(1)).min(self.data.len());
+        let chunk = self.data[self.next..end].to_vec();
+        self.next = end;
+        self.done = end == self.data.len();
+        Ok(Some((chunk, self.done)))
+    }
+}
+
 /// Durable log + hard state of many groups, in the stage/flush shape of
 /// [`Storage`]: `stage` encodes, `flush` does the I/O for everything staged.
 pub trait LogStore: Send + 'static {
     /// Recovers (or creates empty) `group`. `initial` is the membership of a
     /// brand-new group.
     fn open_group(&mut self, group: GroupId, initial: &Membership) -> Result<Recovered, StoreError>;
-    /// Stops using `group` (its data stays until the store can delete it).
-    fn close_group(&mut self, group: GroupId);
+    /// Stops using `group` and deletes its data (log, hard state, snapshots)
+    /// durably: adding it again starts an empty group.
+    fn close_group(&mut self, group: GroupId) -> Result<(), StoreError>;
     fn stage(&mut self, group: GroupId, write: &LogWrite) -> Result<(), StoreError>;
     fn flush(&mut self, out: &mut Flushed);
     /// Makes everything written durable (async mode's background sync).
@@ -68,14 +214,34 @@ pub trait LogStore: Send + 'static {
         to: Index,
         max_bytes: usize,
     ) -> Result<Vec<Entry>, StoreError>;
+    /// Starts a snapshot of `group` covering the log up to `snapshot`.
+    fn snapshot_writer(
+        &mut self,
+        group: GroupId,
+        snapshot: LogId,
+    ) -> Result<Box<dyn SnapshotSink>, StoreError>;
+    /// Makes a finished snapshot the group's current one; if it is past the
+    /// log's end or disagrees with it, the log is discarded.
+    fn commit_snapshot(&mut self, group: GroupId, staged: StagedSnapshot) -> Result<(), StoreError>;
+    /// Entries up to `up_to` are covered by a durable snapshot: they may go.
+    fn compact(&mut self, group: GroupId, up_to: LogId) -> Result<(), StoreError>;
+    /// The chunk at `offset` of the group's current snapshot `snapshot` and
+    /// whether it is the last; `None` if `snapshot` is not current any more.
+    fn read_snapshot_chunk(
+        &mut self,
+        group: GroupId,
+        snapshot: LogId,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Option<(Bytes, bool)>, StoreError>;
+    /// A reader of the group's current snapshot, if it has one.
+    fn snapshot_source(&mut self, group: GroupId) -> Result<Option<Box<dyn SnapshotSource>>, StoreError>;
 }
 
 /// The production store: tarn's storage engine over real files.
 pub struct FileStore {
     storage: Storage,
     report: FlushReport,
-    /// Groups closed by `close_group` (the engine keeps them open).
-    closed: std::collections::BTreeSet<GroupId>,
     max_tail_entries: usize,
 }
 
@@ -88,7 +254,25 @@ impl FileStore {
         write_mode: super::WriteMode,
         max_tail_entries: usize,
     ) -> Result<FileStore, StoreError> {
+        let segment_size_bytes = StorageConfig::new("", 1, 1).segment_size_bytes;
+        FileStore::open_sized(dir, cluster_id, node_id, write_mode, max_tail_entries, segment_size_bytes)
+    }
+
+    /// Like [`FileStore::open`] with log segments of `segment_size_bytes`
+    /// (compaction deletes whole segments, so small ones compact finely;
+    /// entries are bounded by half a segment).
+    pub fn open_sized(
+        dir: impl Into<PathBuf>,
+        cluster_id: u64,
+        node_id: NodeId,
+        write_mode: super::WriteMode,
+        max_tail_entries: usize,
+        segment_size_bytes: u64,
+    ) -> Result<FileStore, StoreError> {
         let mut config = StorageConfig::new(dir, cluster_id.max(1), node_id);
+        config.segment_size_bytes = segment_size_bytes;
+        let half_segment = u32::try_from(segment_size_bytes / 2).unwrap_or(u32::MAX);
+        config.max_entry_size_bytes = config.max_entry_size_bytes.min(half_segment);
         if let super::WriteMode::Async { sync_interval } = write_mode {
             config.write_mode = crate::storage::WriteMode::Async;
             config.async_sync_interval_ms = (sync_interval.as_millis() as u64).max(1);
@@ -96,12 +280,7 @@ impl FileStore {
         let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
         let storage =
             Storage::open(vfs, config).map_err(|e| StoreError { group: 0, reason: e.to_string() })?;
-        Ok(FileStore {
-            storage,
-            report: FlushReport::default(),
-            closed: Default::default(),
-            max_tail_entries,
-        })
+        Ok(FileStore { storage, report: FlushReport::default(), max_tail_entries })
     }
 
     fn convert(&mut self, out: &mut Flushed) {
@@ -121,13 +300,6 @@ const RECOVERY_READ_BYTES: u64 = 4 << 20;
 impl LogStore for FileStore {
     fn open_group(&mut self, group: GroupId, initial: &Membership) -> Result<Recovered, StoreError> {
         let err = |e: crate::storage::StorageError| StoreError { group, reason: e.to_string() };
-        if self.closed.remove(&group) {
-            // Reopened after a close: the engine still has it open.
-            return Err(StoreError {
-                group,
-                reason: "group was removed in this process; restart the node before adding it again".into(),
-            });
-        }
         let r = self.storage.open_group(group).map_err(err)?;
         if let Some((path, offset)) = &r.truncated_tail {
             tracing::warn!(group, path = %path.display(), offset, "recovery cut a torn tail");
@@ -136,7 +308,10 @@ impl LogStore for FileStore {
         // last `max_tail_entries` entries for its in-memory tail.
         let mut term_starts: Vec<LogId> = Vec::new();
         let mut tail: std::collections::VecDeque<Entry> = Default::default();
-        let mut next = r.first_index.max(1);
+        // The core's log starts after the snapshot (whole segments may
+        // still hold entries it covers).
+        let after_snapshot = r.snapshot.as_ref().map_or(0, |m| m.last_log_id.index) + 1;
+        let mut next = r.first_index.max(after_snapshot);
         let mut buf = Vec::new();
         while next <= r.last_log_id.index {
             buf.clear();
@@ -177,8 +352,8 @@ impl LogStore for FileStore {
         })
     }
 
-    fn close_group(&mut self, group: GroupId) {
-        self.closed.insert(group);
+    fn close_group(&mut self, group: GroupId) -> Result<(), StoreError> {
+        self.storage.remove_group(group).map_err(|e| StoreError { group, reason: e.to_string() })
     }
 
     fn stage(&mut self, group: GroupId, write: &LogWrite) -> Result<(), StoreError> {
@@ -212,6 +387,55 @@ impl LogStore for FileStore {
             .map_err(|e| StoreError { group, reason: e.to_string() })?;
         Ok(out)
     }
+
+    fn snapshot_writer(
+        &mut self,
+        group: GroupId,
+        snapshot: LogId,
+    ) -> Result<Box<dyn SnapshotSink>, StoreError> {
+        let writer = self
+            .storage
+            .snapshot_writer(group, snapshot)
+            .map_err(|e| StoreError { group, reason: e.to_string() })?;
+        Ok(Box::new(FileSink { group, writer }))
+    }
+
+    fn commit_snapshot(&mut self, group: GroupId, staged: StagedSnapshot) -> Result<(), StoreError> {
+        let err = |e: crate::storage::StorageError| StoreError { group, reason: e.to_string() };
+        match staged.inner {
+            Staged::File(file) => self.storage.commit_snapshot(group, file).map_err(err),
+            Staged::Memory(meta, data) => self.storage.write_snapshot(group, &meta, &data).map_err(err),
+        }
+    }
+
+    fn compact(&mut self, group: GroupId, up_to: LogId) -> Result<(), StoreError> {
+        self.storage.compact(group, up_to).map_err(|e| StoreError { group, reason: e.to_string() })
+    }
+
+    fn read_snapshot_chunk(
+        &mut self,
+        group: GroupId,
+        snapshot: LogId,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Option<(Bytes, bool)>, StoreError> {
+        self.storage
+            .read_snapshot_chunk(group, snapshot, offset, max_bytes)
+            .map_err(|e| StoreError { group, reason: e.to_string() })
+    }
+
+    fn snapshot_source(&mut self, group: GroupId) -> Result<Option<Box<dyn SnapshotSource>>, StoreError> {
+        let reader =
+            self.storage.snapshot_reader(group).map_err(|e| StoreError { group, reason: e.to_string() })?;
+        Ok(reader.map(|reader| Box::new(FileSource { group, reader }) as Box<dyn SnapshotSource>))
+    }
+}
+
+impl FileStore {
+    /// The storage engine (for tests and tools: log state, snapshot metadata).
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
 }
 
 /// An in-memory [`LogStore`] for tests and demos. Clones share the data, so
@@ -225,13 +449,34 @@ pub struct MemStore {
 #[derive(Debug, Default, Clone)]
 struct MemGroup {
     hard_state: HardState,
+    /// The entry before `log[0]` (the snapshot's, once the log was reset).
+    base: LogId,
     log: Vec<Entry>,
     membership: Membership,
+    snapshot: Option<(SnapshotMeta, Bytes)>,
+}
+
+impl MemGroup {
+    fn last(&self) -> LogId {
+        self.log.last().map_or(self.base, Entry::log_id)
+    }
+
+    fn entry(&self, index: Index) -> Option<&Entry> {
+        let at = index.checked_sub(self.base.index + 1)?;
+        self.log.get(at as usize)
+    }
 }
 
 impl MemStore {
     pub fn new() -> Self {
         MemStore::default()
+    }
+
+    fn with_group<T>(&self, group: GroupId, f: impl FnOnce(&mut MemGroup) -> T) -> Result<T, StoreError> {
+        let mut groups = self.groups.lock().map_err(|_| StoreError { group, reason: "poisoned".into() })?;
+        let g =
+            groups.get_mut(&group).ok_or_else(|| StoreError { group, reason: "group not open".into() })?;
+        Ok(f(g))
     }
 }
 
@@ -241,13 +486,28 @@ impl LogStore for MemStore {
         let g = groups
             .entry(group)
             .or_insert_with(|| MemGroup { membership: initial.clone(), ..Default::default() });
-        Ok(Recovered::from_log(g.hard_state, g.membership.clone(), g.log.clone()))
+        let Some((meta, _)) = &g.snapshot else {
+            return Ok(Recovered::from_log(g.hard_state, g.membership.clone(), g.log.clone()));
+        };
+        // The core's log starts after the snapshot.
+        let after: Vec<Entry> = g.log.iter().filter(|e| e.index > meta.last_log_id.index).cloned().collect();
+        let latest = after.iter().rev().find_map(|e| match &e.payload {
+            tarn_core::EntryPayload::Membership(m) => Some(m.clone()),
+            _ => None,
+        });
+        let mut r =
+            Recovered::from_log(g.hard_state, latest.unwrap_or_else(|| meta.membership.clone()), after);
+        r.snapshot = Some(meta.clone());
+        r.last_log_id = g.last();
+        r.initial_membership = Some(initial.clone());
+        Ok(r)
     }
 
-    fn close_group(&mut self, group: GroupId) {
+    fn close_group(&mut self, group: GroupId) -> Result<(), StoreError> {
         if let Ok(mut groups) = self.groups.lock() {
             groups.remove(&group);
         }
+        Ok(())
     }
 
     fn stage(&mut self, group: GroupId, write: &LogWrite) -> Result<(), StoreError> {
@@ -271,12 +531,22 @@ impl LogStore for MemStore {
                 }
                 LogWrite::Append(entries) => {
                     let Some(first) = entries.first() else { continue };
-                    let keep = (first.index as usize).saturating_sub(1).min(g.log.len());
-                    g.log.truncate(keep);
-                    if (g.log.len() as u64) + 1 != first.index {
+                    if first.index <= g.base.index {
                         out.failed.push(StoreError {
                             group,
-                            reason: format!("append at {} leaves a gap after {}", first.index, g.log.len()),
+                            reason: format!(
+                                "append at {} overwrites the snapshot at {}",
+                                first.index, g.base
+                            ),
+                        });
+                        continue;
+                    }
+                    let keep = ((first.index - g.base.index - 1) as usize).min(g.log.len());
+                    g.log.truncate(keep);
+                    if g.last().index + 1 != first.index {
+                        out.failed.push(StoreError {
+                            group,
+                            reason: format!("append at {} leaves a gap after {}", first.index, g.last()),
                         });
                         continue;
                     }
@@ -298,19 +568,86 @@ impl LogStore for MemStore {
         to: Index,
         max_bytes: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let groups = self.groups.lock().map_err(|_| StoreError { group, reason: "poisoned".into() })?;
-        let g = groups.get(&group).ok_or_else(|| StoreError { group, reason: "group not open".into() })?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for i in from..to {
-            let Some(e) = g.log.get((i as usize).wrapping_sub(1)) else { break };
-            bytes += e.size_bytes();
-            if !out.is_empty() && bytes > max_bytes {
-                break;
+        self.with_group(group, |g| {
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for i in from..to {
+                let Some(e) = g.entry(i) else { break };
+                bytes += e.size_bytes();
+                if !out.is_empty() && bytes > max_bytes {
+                    break;
+                }
+                out.push(e.clone());
             }
-            out.push(e.clone());
-        }
-        Ok(out)
+            out
+        })
+    }
+
+    fn snapshot_writer(
+        &mut self,
+        group: GroupId,
+        _snapshot: LogId,
+    ) -> Result<Box<dyn SnapshotSink>, StoreError> {
+        self.with_group(group, |_| ())?;
+        Ok(Box::new(MemSink { group, data: Vec::new() }))
+    }
+
+    fn commit_snapshot(&mut self, group: GroupId, staged: StagedSnapshot) -> Result<(), StoreError> {
+        let (meta, data) = match staged.inner {
+            Staged::Memory(meta, data) => (meta, data),
+            Staged::File(f) => {
+                return Err(StoreError {
+                    group,
+                    reason: format!("{} is not a snapshot of this store", f.path.display()),
+                })
+            }
+        };
+        self.with_group(group, |g| {
+            if g.snapshot.as_ref().is_some_and(|(m, _)| m.last_log_id.index > meta.last_log_id.index) {
+                return Err(StoreError {
+                    group,
+                    reason: format!("snapshot at {} is older than the stored one", meta.last_log_id),
+                });
+            }
+            let s = meta.last_log_id;
+            let matches = g.entry(s.index).is_some_and(|e| e.term == s.term) || g.base == s;
+            if !matches || s.index >= g.last().index {
+                g.base = s;
+                g.log.clear();
+            }
+            g.snapshot = Some((meta, data));
+            Ok(())
+        })?
+    }
+
+    fn compact(&mut self, group: GroupId, _up_to: LogId) -> Result<(), StoreError> {
+        // Keeping entries is allowed ("deleting fewer is fine"); memory is the test's.
+        self.with_group(group, |_| ())
+    }
+
+    fn read_snapshot_chunk(
+        &mut self,
+        group: GroupId,
+        snapshot: LogId,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Option<(Bytes, bool)>, StoreError> {
+        self.with_group(group, |g| match &g.snapshot {
+            Some((meta, data)) if meta.last_log_id == snapshot => {
+                let start = (offset as usize).min(data.len());
+                let end = (start + max_bytes.max(1)).min(data.len());
+                Some((data.slice(start..end), end == data.len()))
+            }
+            _ => None,
+        })
+    }
+
+    fn snapshot_source(&mut self, group: GroupId) -> Result<Option<Box<dyn SnapshotSource>>, StoreError> {
+        self.with_group(group, |g| {
+            g.snapshot.as_ref().map(|(meta, data)| {
+                Box::new(MemSource::new(meta.clone(), data.clone())) as Box<dyn SnapshotSource>
+            })
+        })
     }
 }
 
@@ -326,10 +663,27 @@ pub enum WriteMode {
 /// What a group hears back from the storage worker.
 #[derive(Debug)]
 pub(crate) enum StorageDone {
-    Persisted { log: Option<LogId>, hard_state: Option<(Term, Option<NodeId>)> },
-    Fetched { from: Index, entries: Vec<Entry> },
+    Persisted {
+        log: Option<LogId>,
+        hard_state: Option<(Term, Option<NodeId>)>,
+    },
+    Fetched {
+        from: Index,
+        entries: Vec<Entry>,
+    },
+    /// The answer to a `ReadSnapshotChunk` (`data: None`: not available).
+    SnapshotChunk {
+        to: NodeId,
+        snapshot: LogId,
+        offset: u64,
+        data: Option<Bytes>,
+        done: bool,
+    },
     Failed(StoreError),
 }
+
+/// A reply carrying a snapshot writer.
+pub(crate) type SinkReply = tokio::sync::oneshot::Sender<Result<Box<dyn SnapshotSink>, StoreError>>;
 
 pub(crate) enum StorageRequest {
     Open {
@@ -340,7 +694,46 @@ pub(crate) enum StorageRequest {
     },
     Close {
         group: GroupId,
-        reply: tokio::sync::oneshot::Sender<()>,
+        reply: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// A writer for a snapshot this node takes.
+    SnapshotWriter {
+        group: GroupId,
+        snapshot: LogId,
+        reply: SinkReply,
+    },
+    CommitSnapshot {
+        group: GroupId,
+        staged: StagedSnapshot,
+        reply: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    },
+    Compact {
+        group: GroupId,
+        up_to: LogId,
+    },
+    ReadSnapshotChunk {
+        group: GroupId,
+        to: NodeId,
+        snapshot: LogId,
+        offset: u64,
+        max_bytes: usize,
+    },
+    /// Follower: a chunk of the leader's snapshot (offset 0 starts over).
+    StageChunk {
+        group: GroupId,
+        snapshot: LogId,
+        offset: u64,
+        data: Bytes,
+    },
+    /// Follower: hand over the staged snapshot (to finish and install it).
+    TakeStaged {
+        group: GroupId,
+        snapshot: LogId,
+        reply: SinkReply,
+    },
+    SnapshotSource {
+        group: GroupId,
+        reply: tokio::sync::oneshot::Sender<Result<Option<Box<dyn SnapshotSource>>, StoreError>>,
     },
     Write {
         group: GroupId,
@@ -390,6 +783,52 @@ impl StorageWorker {
 /// The most requests one flush takes: bounds the latency a burst adds.
 const MAX_REQUESTS_PER_FLUSH: usize = 8192;
 
+/// A follower's snapshot transfer being written.
+struct Staging {
+    snapshot: LogId,
+    sink: Box<dyn SnapshotSink>,
+    /// The first failure; reported when the install asks for the snapshot.
+    error: Option<StoreError>,
+}
+
+/// Writes one received chunk (offset 0 starts a new transfer). Chunks come
+/// in order without gaps (the core's guarantee); anything else is recorded
+/// as the transfer's failure.
+fn stage_chunk(
+    store: &mut dyn LogStore,
+    staging: &mut HashMap<GroupId, Staging>,
+    group: GroupId,
+    snapshot: LogId,
+    offset: u64,
+    data: &[u8],
+) {
+    if offset == 0 {
+        staging.remove(&group);
+        match store.snapshot_writer(group, snapshot) {
+            Ok(sink) => {
+                staging.insert(group, Staging { snapshot, sink, error: None });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot stage a snapshot");
+                return;
+            }
+        }
+    }
+    let Some(st) = staging.get_mut(&group) else { return };
+    if st.error.is_some() {
+        return;
+    }
+    if st.snapshot != snapshot || st.sink.len() != offset {
+        let reason =
+            format!("snapshot chunk {snapshot}@{offset} does not follow {}@{}", st.snapshot, st.sink.len());
+        st.error = Some(StoreError { group, reason });
+        return;
+    }
+    if let Err(e) = st.sink.write(data) {
+        st.error = Some(e);
+    }
+}
+
 fn worker_loop(
     mut store: Box<dyn LogStore>,
     mode: WriteMode,
@@ -397,6 +836,8 @@ fn worker_loop(
     counters: Arc<StorageCounters>,
 ) {
     let mut groups: HashMap<GroupId, mpsc::UnboundedSender<StorageDone>> = HashMap::new();
+    // Follower snapshot transfers being staged, per group.
+    let mut staging: HashMap<GroupId, Staging> = HashMap::new();
     let mut flushed = Flushed::default();
     let mut unsynced = false;
     let mut batch = Vec::new();
@@ -458,8 +899,57 @@ fn worker_loop(
                 }
                 StorageRequest::Close { group, reply } => {
                     groups.remove(&group);
-                    store.close_group(group);
-                    let _ = reply.send(());
+                    staging.remove(&group);
+                    let _ = reply.send(store.close_group(group));
+                }
+                StorageRequest::SnapshotWriter { group, snapshot, reply } => {
+                    let _ = reply.send(store.snapshot_writer(group, snapshot));
+                }
+                StorageRequest::CommitSnapshot { group, staged: snapshot, reply } => {
+                    // Writes queued before it go first (an install resets the log).
+                    if staged {
+                        store.flush(&mut flushed);
+                        counters.flushes.fetch_add(1, Relaxed);
+                        staged = false;
+                        unsynced |= mode != WriteMode::Sync;
+                    }
+                    let _ = reply.send(store.commit_snapshot(group, snapshot));
+                }
+                StorageRequest::Compact { group, up_to } => {
+                    if let Err(e) = store.compact(group, up_to) {
+                        flushed.failed.push(e);
+                    }
+                }
+                StorageRequest::ReadSnapshotChunk { group, to, snapshot, offset, max_bytes } => {
+                    let (data, done) = match store.read_snapshot_chunk(group, snapshot, offset, max_bytes) {
+                        Ok(Some((data, done))) => (Some(data), done),
+                        Ok(None) => (None, false),
+                        Err(e) => {
+                            // The transfer restarts later; the node itself is fine.
+                            tracing::error!(error = %e, "reading a snapshot chunk failed");
+                            (None, false)
+                        }
+                    };
+                    if let Some(tx) = groups.get(&group) {
+                        let _ = tx.send(StorageDone::SnapshotChunk { to, snapshot, offset, data, done });
+                    }
+                }
+                StorageRequest::StageChunk { group, snapshot, offset, data } => {
+                    stage_chunk(store.as_mut(), &mut staging, group, snapshot, offset, &data);
+                }
+                StorageRequest::TakeStaged { group, snapshot, reply } => {
+                    let r = match staging.remove(&group) {
+                        Some(Staging { snapshot: s, sink, error: None }) if s == snapshot => Ok(sink),
+                        Some(Staging { error: Some(e), .. }) => Err(e),
+                        _ => Err(StoreError {
+                            group,
+                            reason: format!("no complete staged snapshot {snapshot} to install"),
+                        }),
+                    };
+                    let _ = reply.send(r);
+                }
+                StorageRequest::SnapshotSource { group, reply } => {
+                    let _ = reply.send(store.snapshot_source(group));
                 }
                 StorageRequest::Write { group, writes } => {
                     for w in &writes {
