@@ -57,6 +57,14 @@ pub struct ServerConfig {
     /// Use an in-memory log store instead of the data directory (tests and
     /// `--embedded` benchmarks only: nothing survives a restart).
     pub in_memory: bool,
+    /// Take a snapshot (and compact the log behind it) after this many
+    /// applied entries or this many applied entry bytes, whichever first;
+    /// keep `log_keep_tail_entries` entries before it for slow followers.
+    pub snapshot_after_entries: u64,
+    pub snapshot_after_bytes: u64,
+    pub log_keep_tail_entries: u64,
+    /// Size of each log segment file (compaction deletes whole segments).
+    pub segment_size_bytes: u64,
     /// Join a running cluster through these client endpoints instead of
     /// bootstrapping one: the cluster id and the peers' addresses come from
     /// them, group 1 starts with no members (the node waits to be added with
@@ -95,6 +103,10 @@ impl ServerConfig {
             heartbeat_interval_ms: 50,
             kv: KvConfig::default(),
             in_memory: false,
+            snapshot_after_entries: 100_000,
+            snapshot_after_bytes: tarn_io::driver::DEFAULT_SNAPSHOT_AFTER_BYTES,
+            log_keep_tail_entries: 10_000,
+            segment_size_bytes: 64 << 20,
             join: None,
         }
     }
@@ -202,6 +214,9 @@ impl ServerConfig {
         c.raft.election_timeout_min_ns = self.election_timeout_ms * MS;
         c.raft.election_timeout_max_ns = 2 * self.election_timeout_ms * MS;
         c.raft.heartbeat_interval_ns = self.heartbeat_interval_ms * MS;
+        c.raft.snapshot_after_entries = self.snapshot_after_entries;
+        c.raft.snapshot_after_bytes = self.snapshot_after_bytes;
+        c.raft.log_keep_tail_entries = self.log_keep_tail_entries;
         c.write_mode = self.write_mode;
         c
     }
@@ -302,12 +317,13 @@ fn open_store(config: &ServerConfig) -> Result<Box<dyn LogStore>, StartError> {
     if config.in_memory {
         return Ok(Box::new(MemStore::new()));
     }
-    let store = FileStore::open(
+    let store = FileStore::open_sized(
         &config.data_dir,
         config.effective_cluster_id(),
         config.node_id,
         config.write_mode,
         config.node_config().raft.max_log_tail_entries,
+        config.segment_size_bytes,
     )
     .map_err(|e| StartError::DataDir { dir: config.data_dir.clone(), reason: e.reason })?;
     Ok(Box::new(store))
