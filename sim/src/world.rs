@@ -491,6 +491,8 @@ pub struct World {
     /// The node whose disk was wiped and that has not rejoined as a voter yet.
     wiped: Option<usize>,
     wipes: u64,
+    /// The next node to grant a vote gets its disk wiped.
+    wipe_armed: bool,
     rng_ttl: SimRng,
     /// World time at which each expiry entry (by payload hash) was first
     /// proposed: the invocation of the system remove it records.
@@ -685,6 +687,7 @@ impl World {
             expiries: 0,
             wiped: None,
             wipes: 0,
+            wipe_armed: false,
             rng_ttl: SimRng::new(seed, Stream::Ttl),
             expiry_proposals: HashMap::new(),
             lock_holders: HashMap::new(),
@@ -1441,7 +1444,8 @@ impl World {
                     "n{} sends to unknown node {to}",
                     idx + 1
                 );
-                if let MessageBody::VoteResponse { granted: true } = message.body {
+                let granted = matches!(message.body, MessageBody::VoteResponse { granted: true });
+                if granted {
                     self.check_vote(idx, message.term, to);
                 }
                 match self.net.send(now, idx, to_idx) {
@@ -1455,6 +1459,9 @@ impl World {
                         }
                         self.queue.push(at, Event::Deliver { from, to, message });
                     }
+                }
+                if granted {
+                    self.maybe_wipe_voter(idx);
                 }
             }
             Action::AppendLog { entries } => {
@@ -2491,6 +2498,23 @@ impl World {
     /// when every node is a voter and every committed entry is durable on a
     /// majority without it, so its loss never loses a committed entry.
     fn wipe(&mut self) {
+        if self.nodes.len() < 3 || self.wiped.is_some() {
+            return;
+        }
+        // Half the wipes strike the next node that grants a vote, right after
+        // it sent the grant: without the rejoin flag, the restarted node could
+        // grant a second vote in the same term when a delayed request arrives.
+        if self.rng_ops.chance(PPM / 2) {
+            self.wipe_armed = true;
+            return;
+        }
+        let victim = self.random_node();
+        let downtime = self.rng_process.between(NANOS_PER_MILLI, 200 * NANOS_PER_MILLI);
+        self.wipe_node(victim, downtime);
+    }
+
+    /// Wipes `victim`'s disk if the preconditions of [`World::wipe`] hold.
+    fn wipe_node(&mut self, victim: usize, downtime: Nanos) {
         let nodes = self.nodes.len();
         if nodes < 3 || self.wiped.is_some() {
             return;
@@ -2503,23 +2527,19 @@ impl World {
         if nodes - 1 - bad_disks < nodes / 2 + 1 {
             return;
         }
-        let Some((_, m)) = self.leader_membership() else { return };
-        if m.is_joint() || !m.learners.is_empty() || m.voters.len() != nodes {
+        // Every node must be up and know a configuration of all voters: no
+        // change in progress in any log (a down node's log may hold a joint
+        // configuration that needs the wiped voter, and then nobody could
+        // ever be elected to remove it — 3 nodes, chaos seed 1002).
+        let all_voters = self.nodes.iter().all(|n| {
+            n.raw.as_ref().is_some_and(|r| {
+                let m = r.membership();
+                !m.is_joint() && m.learners.is_empty() && m.voters.len() == nodes
+            })
+        });
+        if !all_voters || self.nodes[victim].retired || !self.committed_durable_without(victim) {
             return;
         }
-        // Half the time the node that granted the newest vote (the double
-        // vote a wiped node could cast is what the rejoin flag prevents).
-        let newest_voter = (0..nodes)
-            .filter(|&i| self.nodes[i].raw.as_ref().is_some_and(|r| r.role() != Role::Leader))
-            .max_by_key(|&i| self.nodes[i].granted_vote.map_or(0, |(term, _)| term));
-        let victim = match newest_voter {
-            Some(v) if self.rng_ops.chance(PPM / 2) => v,
-            _ => self.random_node(),
-        };
-        if self.nodes[victim].retired || !self.committed_durable_without(victim) {
-            return;
-        }
-        let downtime = self.rng_process.between(NANOS_PER_MILLI, 200 * NANOS_PER_MILLI);
         if self.nodes[victim].raw.is_some() {
             self.crash(victim, downtime);
         } else if !self.nodes[victim].restart_scheduled {
@@ -2616,6 +2636,16 @@ impl World {
             let detail =
                 format!("n{voter} granted its vote in term {term} to n{first} and then to n{candidate}");
             self.fail(FailureKind::Safety, "one-vote-per-term", detail);
+        }
+    }
+
+    /// After node `idx` sent a vote grant (the node is still mid-step): an
+    /// armed wipe strikes it now, with a quick reboot.
+    fn maybe_wipe_voter(&mut self, idx: usize) {
+        if self.wipe_armed && self.phase == Phase::Faulty {
+            self.wipe_armed = false;
+            let downtime = self.rng_process.between(NANOS_PER_MILLI, 30 * NANOS_PER_MILLI);
+            self.wipe_node(idx, downtime);
         }
     }
 
