@@ -55,7 +55,17 @@ pub struct ClientConfig {
     pub retry_backoff: Duration,
     /// The session id; random by default. Reuse one only within one process.
     pub client_id: Option<ClientId>,
+    /// Once the client has written, a keep-alive write goes out whenever no
+    /// write was sent for this long, so that an idle session is not
+    /// forgotten (the server forgets a session after `KvConfig::
+    /// session_ttl_nanos`, 10 min by default, without a write). Keep it well
+    /// below the session TTL; `None` turns keep-alives off.
+    pub keep_alive_interval: Option<Duration>,
 }
+
+/// Default [`ClientConfig::keep_alive_interval`]: a tenth of the server's
+/// default session TTL.
+pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(60);
 
 impl ClientConfig {
     pub fn new(endpoints: Vec<SocketAddr>) -> Self {
@@ -66,6 +76,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(2),
             retry_backoff: Duration::from_millis(50),
             client_id: None,
+            keep_alive_interval: Some(DEFAULT_KEEP_ALIVE_INTERVAL),
         }
     }
 }
@@ -229,6 +240,9 @@ struct Inner {
     leader: AtomicUsize,
     /// Which endpoint is which node (learned from hellos).
     node_endpoints: Mutex<HashMap<NodeId, usize>>,
+    /// When the last write was sent, in ms since `created` (0: never).
+    last_write_ms: AtomicU64,
+    created: Instant,
 }
 
 /// An async client of a tarn cluster. Cheap to clone; clones share
@@ -250,9 +264,13 @@ fn random_client_id() -> ClientId {
 }
 
 impl Client {
+    /// A client of the cluster at `config.endpoints`. Connects lazily. Inside
+    /// a tokio runtime it also starts the session keep-alive task, which ends
+    /// when the last clone of the client is dropped.
     pub fn new(config: ClientConfig) -> Client {
         let client_id = config.client_id.unwrap_or_else(random_client_id);
-        Client {
+        let keep_alive = config.keep_alive_interval;
+        let client = Client {
             inner: Arc::new(Inner {
                 config,
                 client_id,
@@ -262,8 +280,20 @@ impl Client {
                 conns: Mutex::default(),
                 leader: AtomicUsize::new(0),
                 node_endpoints: Mutex::default(),
+                last_write_ms: AtomicU64::new(0),
+                created: Instant::now(),
             }),
+        };
+        if let (Some(interval), Ok(runtime)) = (keep_alive, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(keep_alive_task(Arc::downgrade(&client.inner), interval));
         }
+        client
+    }
+
+    fn note_write(&self) {
+        // Never 0 once written: 0 means "no write yet".
+        let ms = self.inner.created.elapsed().as_millis() as u64 + 1;
+        self.inner.last_write_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
     pub fn client_id(&self) -> ClientId {
@@ -417,6 +447,7 @@ impl Client {
             *o.iter().next().expect("just inserted")
         };
         let request = Request { client_id: self.inner.client_id, seq, first_unacked_seq, command };
+        self.note_write();
         // Checked here for a fast, clear error, and again on the server.
         if let Err(e) = request.validate_from_client(&tarn_kv::KvConfig::default()) {
             if let Ok(mut o) = self.inner.outstanding.lock() {
@@ -819,6 +850,34 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+/// Sends a keep-alive write whenever the session has been idle for
+/// `interval`; ends with the client (it holds only a weak reference).
+async fn keep_alive_task(inner: std::sync::Weak<Inner>, interval: Duration) {
+    let mut next_check = interval;
+    loop {
+        tokio::time::sleep(next_check).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let client = Client { inner };
+        let last = client.inner.last_write_ms.load(Ordering::Relaxed);
+        if last == 0 {
+            // No session on the server yet: nothing to keep alive.
+            next_check = interval;
+            continue;
+        }
+        let idle = client.inner.created.elapsed().saturating_sub(Duration::from_millis(last - 1));
+        if idle >= interval {
+            if let Err(e) = client.write(Command::KeepAlive).await {
+                tracing::warn!(client_id = client.inner.client_id, error = %e, "session keep-alive failed; retrying");
+            }
+            next_check = interval;
+        } else {
+            next_check = interval - idle;
+        }
+        // Dropped before sleeping: an unused client is freed.
+        drop(client);
     }
 }
 

@@ -36,14 +36,22 @@ pub struct TestCluster {
     pub servers: BTreeMap<NodeId, Server>,
     /// Nodes started with `--join` (not in the others' `--cluster`).
     pub joiners: BTreeSet<NodeId>,
+    /// Applied to every node's configuration (e.g. short session TTLs).
+    pub tweak: fn(&mut ServerConfig),
 }
 
 impl TestCluster {
     pub async fn start(n: u64) -> TestCluster {
+        TestCluster::start_with(n, |_| {}).await
+    }
+
+    /// [`TestCluster::start`] with `tweak` applied to every node's configuration.
+    pub async fn start_with(n: u64, tweak: fn(&mut ServerConfig)) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let peers: BTreeMap<NodeId, SocketAddr> = (1..=n).map(|i| (i, free_addr())).collect();
         let clients: BTreeMap<NodeId, SocketAddr> = (1..=n).map(|i| (i, free_addr())).collect();
-        let mut c = TestCluster { dir, peers, clients, servers: BTreeMap::new(), joiners: BTreeSet::new() };
+        let mut c =
+            TestCluster { dir, peers, clients, servers: BTreeMap::new(), joiners: BTreeSet::new(), tweak };
         for i in 1..=n {
             c.start_node(i).await;
         }
@@ -60,6 +68,7 @@ impl TestCluster {
             c.node_id = id;
             c.peer_addr = Some(self.peers[&id]);
             c.join = Some(self.founder_endpoints());
+            (self.tweak)(&mut c);
             return fast(c);
         }
         let peers: BTreeMap<NodeId, SocketAddr> =
@@ -71,6 +80,7 @@ impl TestCluster {
             ServerConfig::cluster(id, self.data_dir(id), self.clients[&id], peers)
         };
         c.node_id = id;
+        (self.tweak)(&mut c);
         fast(c)
     }
 
