@@ -61,6 +61,10 @@ struct Args {
     /// per-read commit-index check).
     #[arg(long)]
     no_read_floor_check: bool,
+    /// Restart wiped nodes without `rejoin_after_data_loss` (to see the
+    /// double vote it prevents).
+    #[arg(long)]
+    no_rejoin_flag: bool,
     /// Print every event of the run (use with --seed).
     #[arg(long)]
     trace: bool,
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
     config.trace = args.trace;
     config.storage = args.storage;
     config.read_floor_check = !args.no_read_floor_check;
+    config.rejoin_flag = !args.no_rejoin_flag;
     #[cfg(feature = "planted-bugs")]
     {
         config.planted_bug = args.planted_bug;

@@ -100,6 +100,9 @@ pub fn replay_command(config: &RunConfig, seed: u64) -> String {
     if !config.read_floor_check {
         cmd.push_str(" --no-read-floor-check");
     }
+    if !config.rejoin_flag {
+        cmd.push_str(" --no-rejoin-flag");
+    }
     cmd.push_str(" --trace");
     cmd
 }

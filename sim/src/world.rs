@@ -54,6 +54,9 @@ pub struct RunConfig {
     /// arrived (a direct check); off, stale reads are left to the
     /// linearizability checker alone (used to test that checker).
     pub read_floor_check: bool,
+    /// Restart a wiped node with `Config::rejoin_after_data_loss` (off only
+    /// to show that the simulator finds the double vote it prevents).
+    pub rejoin_flag: bool,
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<PlantedBug>,
 }
@@ -184,6 +187,7 @@ impl RunConfig {
             linearizability_steps_max: 2_000_000,
             storage: StorageKind::Engine,
             read_floor_check: true,
+            rejoin_flag: true,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
@@ -735,7 +739,7 @@ impl World {
         c.log_keep_tail_entries = s.keep_tail_entries;
         c.max_snapshot_chunk_bytes = s.chunk_bytes;
         c.max_log_tail_entries = s.log_tail_entries;
-        c.rejoin_after_data_loss = self.nodes[idx].rejoining;
+        c.rejoin_after_data_loss = self.nodes[idx].rejoining && self.config.rejoin_flag;
         #[cfg(feature = "planted-bugs")]
         {
             c.planted_bug = self.config.planted_bug;
