@@ -214,3 +214,112 @@ impl SnapshotRestore<KvMachine> for KvRestore {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tarn_kv::{Command, Request};
+
+    use super::*;
+
+    fn put(m: &mut KvMachine, index: Index, key: &str, value: &str) {
+        let request = Request {
+            client_id: 1,
+            seq: index,
+            first_unacked_seq: index,
+            command: Command::Put { key: key.into(), value: Bytes::from(value.to_owned()) },
+        };
+        let entry = encode_entry(&KvEntry { leader_time_nanos: index * 1000, requests: vec![request] });
+        m.apply(index, &Bytes::from(entry)).expect("entry decodes");
+    }
+
+    fn snapshot_bytes(m: &mut KvMachine) -> Vec<u8> {
+        let producer = m.snapshot().expect("kv takes snapshots");
+        let mut out = Vec::new();
+        producer(&mut |b: &[u8]| {
+            out.extend_from_slice(b);
+            Ok(())
+        })
+        .expect("encodes");
+        out
+    }
+
+    /// Restores `bytes` fed in pieces of `piece` bytes.
+    fn restore(target: &mut KvMachine, bytes: &[u8], piece: usize) -> Result<(), String> {
+        let mut r = target.snapshot_restore().expect("kv restores snapshots");
+        for p in bytes.chunks(piece) {
+            r.push(p)?;
+        }
+        let install = r.finish()?;
+        install(target);
+        Ok(())
+    }
+
+    #[test]
+    fn snapshot_round_trips_through_any_split_and_cuts_watchers_off() {
+        let mut leader = KvMachine::new(KvConfig::default());
+        for i in 1..=300 {
+            put(&mut leader, i, &format!("k{i:04}"), &"v".repeat(i as usize % 97 + 1));
+        }
+        let bytes = snapshot_bytes(&mut leader);
+        // The fork is independent: applying more does not change what was taken.
+        put(&mut leader, 301, "late", "x");
+        for piece in [1, 13, 4096, bytes.len()] {
+            let mut follower = KvMachine::new(KvConfig::default());
+            put(&mut follower, 1, "stale", "old");
+            let seen: Arc<Mutex<Vec<WatchDelivery>>> = Arc::default();
+            let sink_seen = seen.clone();
+            follower
+                .watch(
+                    "stale",
+                    false,
+                    None,
+                    Box::new(move |d| {
+                        sink_seen.lock().unwrap().push(d);
+                        true
+                    }),
+                )
+                .unwrap();
+            restore(&mut follower, &bytes, piece).unwrap();
+            assert_eq!(follower.applied_index(), 300);
+            assert!(follower.kv().get("stale").unwrap().is_none(), "the old state is replaced");
+            assert!(follower.kv().get("k0300").unwrap().is_some());
+            assert!(follower.kv().get("late").unwrap().is_none());
+            let seen = seen.lock().unwrap();
+            assert!(
+                matches!(seen.last(), Some(WatchDelivery::Ended(reason)) if reason.contains("snapshot at 300")),
+                "{seen:?}"
+            );
+            assert!(follower.sinks.is_empty(), "the cut-off watch is removed");
+        }
+        let mut copy = KvMachine::new(KvConfig::default());
+        restore(&mut copy, &bytes, 777).unwrap();
+        let mut at_300 = KvMachine::new(KvConfig::default());
+        for i in 1..=300 {
+            put(&mut at_300, i, &format!("k{i:04}"), &"v".repeat(i as usize % 97 + 1));
+        }
+        assert_eq!(copy.kv().digest(), at_300.kv().digest());
+    }
+
+    #[test]
+    fn damaged_or_cut_snapshots_are_refused_and_change_nothing() {
+        let mut leader = KvMachine::new(KvConfig::default());
+        for i in 1..=50 {
+            put(&mut leader, i, &format!("k{i}"), "value");
+        }
+        let bytes = snapshot_bytes(&mut leader);
+        let mut target = KvMachine::new(KvConfig::default());
+        put(&mut target, 1, "mine", "stays");
+        let before = target.kv().digest();
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 0x20;
+        assert!(restore(&mut target, &flipped, 100).is_err());
+        assert!(restore(&mut target, &bytes[..bytes.len() - 3], 100).is_err(), "cut inside a chunk");
+        let mut huge = bytes.clone();
+        huge[10..14].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = restore(&mut target, &huge, 100).unwrap_err();
+        assert!(err.contains("exceeds the bound"), "{err}");
+        assert_eq!(target.kv().digest(), before);
+    }
+}
