@@ -239,6 +239,17 @@ struct ServeArgs {
     election_timeout_ms: u64,
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
+    /// Snapshot the state and compact the log after this many applied
+    /// entries (default 100000)...
+    #[arg(long)]
+    snapshot_after_entries: Option<u64>,
+    /// ...or after this many bytes of applied entries (default 64 MiB).
+    #[arg(long)]
+    snapshot_after_bytes: Option<u64>,
+    /// Entries kept before a snapshot so slightly slow followers catch up
+    /// from the log rather than a snapshot (default 10000).
+    #[arg(long)]
+    log_keep_tail_entries: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -576,6 +587,9 @@ async fn serve(args: ServeArgs, endpoints: &[SocketAddr]) -> Result<(), Failure>
     config.write_mode = args.write_mode.write_mode();
     config.election_timeout_ms = args.election_timeout_ms;
     config.heartbeat_interval_ms = args.heartbeat_ms;
+    config.snapshot_after_entries = args.snapshot_after_entries.unwrap_or(config.snapshot_after_entries);
+    config.snapshot_after_bytes = args.snapshot_after_bytes.unwrap_or(config.snapshot_after_bytes);
+    config.log_keep_tail_entries = args.log_keep_tail_entries.unwrap_or(config.log_keep_tail_entries);
     let server = Server::start(config).await.map_err(|e| e.to_string())?;
     eprintln!("tarn node {} serving clients on {} (Ctrl-C to stop)", server.node_id(), server.client_addr());
     shutdown_signal().await;
