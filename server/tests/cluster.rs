@@ -207,8 +207,21 @@ async fn groups_are_added_and_removed_at_runtime() {
         }
         let mut c2 = ClientConfig::new(cluster.endpoints());
         c2.group = 2;
-        let err = Client::new(c2).put("k", "v").await.unwrap_err();
+        c2.request_timeout = Duration::from_secs(20);
+        let err = Client::new(c2.clone()).put("k", "v").await.unwrap_err();
         assert!(err.to_string().contains("not hosted"), "{err}");
+        // Its files are gone on every node ...
+        for id in 1..=3 {
+            let dir = cluster.data_dir(id).join(format!("group-{:020}", 2));
+            assert!(!dir.exists(), "{} still exists after group remove", dir.display());
+            assert!(cluster.data_dir(id).join(format!("group-{:020}", 1)).exists());
+        }
+        // ... and adding it again (same processes) starts it empty.
+        admin.add_group(2, vec![1, 2, 3]).await.unwrap();
+        let g2 = Client::new(c2);
+        assert_eq!(g2.get("only-in-2").await.unwrap(), None, "a re-added group starts empty");
+        g2.put("fresh", "y").await.unwrap();
+        assert_eq!(&g2.get("fresh").await.unwrap().unwrap().value[..], b"y");
         cluster.shutdown().await;
     })
     .await
