@@ -168,3 +168,53 @@ fn client_of_survivors(cluster: &TestCluster) -> Client {
     c.retry_backoff = std::time::Duration::from_millis(20);
     Client::new(c)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_behind_the_compacted_log_installs_a_snapshot() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        // A snapshot every 50 entries, 10 kept before it, small segments: the
+        // log a joiner would need is gone long before it joins.
+        let mut cluster = TestCluster::start_with(3, |c| {
+            c.snapshot_after_entries = 50;
+            c.log_keep_tail_entries = 10;
+            c.segment_size_bytes = 16 << 10;
+        })
+        .await;
+        let client = cluster.client();
+        client.mkdir("d").await.unwrap();
+        for i in 0..300 {
+            client.put(&format!("d.k{i}"), format!("v{i}")).await.unwrap();
+        }
+        poll_until("every founder to snapshot past the first 200 entries", || async {
+            let all = (1..=3)
+                .all(|id| cluster.servers[&id].group(1).is_some_and(|g| g.info().snapshot.index >= 200));
+            all.then_some(())
+        })
+        .await;
+        // Node 4 never snapshots on its own: any snapshot it holds was installed.
+        cluster.tweak = |c| c.snapshot_after_entries = 1_000_000;
+        cluster.start_joiner(4).await;
+        client.add_member(4, Some(cluster.peers[&4]), true).await.unwrap();
+        poll_until("node 4 to catch up", || async {
+            let leader = cluster.servers.get(&cluster.leader().await)?;
+            let commit = leader.group(1)?.info().commit;
+            (cluster.servers[&4].group(1)?.info().applied >= commit).then_some(())
+        })
+        .await;
+        let info = cluster.servers[&4].group(1).unwrap().info();
+        assert!(info.snapshot.index >= 200, "node 4 caught up by snapshot: {info:?}");
+        poll_until("node 4 promoted", || async {
+            client.change_membership(vec![MemberChange::Promote(4)]).await.ok()
+        })
+        .await;
+        let on4 = cluster.client_of(4);
+        for i in (0..300).step_by(7) {
+            let n = on4.get_with(&format!("d.k{i}"), Consistency::Stale).await.unwrap().unwrap();
+            assert_eq!(n.value, format!("v{i}").as_bytes());
+        }
+        assert_eq!(on4.list("d").await.unwrap().len(), 300);
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
