@@ -77,6 +77,9 @@ pub(crate) struct GroupTask<SM: StateMachine> {
     pub applied_membership: Membership,
     /// The newest snapshot held (published in `GroupInfo`).
     pub snapshot: LogId,
+    /// Snapshot tasks still running: awaited when the group stops, so none
+    /// outlives it (a restarted node must not meet a late commit).
+    pub snap_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 fn wall_clock_nanos() -> Nanos {
@@ -284,7 +287,8 @@ impl<SM: StateMachine> GroupTask<SM> {
                             for entry in &entries {
                                 debug_assert!(
                                     entry.index > applied,
-                                    "apply goes forward one index at a time"
+                                    "apply goes forward one index at a time: {} after {applied}",
+                                    entry.index
                                 );
                                 let response = match &entry.payload {
                                     EntryPayload::Normal(data) => Some(self.sm.apply(entry.index, data)),
@@ -410,6 +414,9 @@ impl<SM: StateMachine> GroupTask<SM> {
             }
             self.publish(applied, failed.clone());
         }
+        for task in std::mem::take(&mut self.snap_tasks) {
+            let _ = task.await;
+        }
         // Everyone still waiting learns the group stopped.
         let reason = failed.clone().unwrap_or_else(|| "group stopped".into());
         for (_, reply) in proposals.drain() {
@@ -444,22 +451,24 @@ impl<SM: StateMachine> GroupTask<SM> {
 
     /// Writes the snapshot `producer` encodes off the group's task (a
     /// blocking thread), makes it durable and records it; reports `Created`.
-    fn spawn_create(&self, meta: SnapshotMeta, producer: SnapshotProducer) {
+    fn spawn_create(&mut self, meta: SnapshotMeta, producer: SnapshotProducer) {
         let (storage, group, tx) = (self.storage.clone(), self.group, self.snap_tx.clone());
-        tokio::spawn(async move {
+        self.snap_tasks.retain(|t| !t.is_finished());
+        self.snap_tasks.push(tokio::spawn(async move {
             let r = create_snapshot(&storage, group, meta, producer).await;
             let _ = tx.send(SnapEvent::Created(r));
-        });
+        }));
     }
 
     /// Finishes the staged snapshot, decodes it off the group's task and
     /// records it (the log is discarded); reports `Installed`.
-    fn spawn_install(&self, meta: SnapshotMeta, restore: Box<dyn SnapshotRestore<SM>>) {
+    fn spawn_install(&mut self, meta: SnapshotMeta, restore: Box<dyn SnapshotRestore<SM>>) {
         let (storage, group, tx) = (self.storage.clone(), self.group, self.snap_tx.clone());
-        tokio::spawn(async move {
+        self.snap_tasks.retain(|t| !t.is_finished());
+        self.snap_tasks.push(tokio::spawn(async move {
             let r = install_snapshot(&storage, group, meta, restore).await;
             let _ = tx.send(SnapEvent::Installed(r));
-        });
+        }));
     }
 
     fn publish(&self, applied: u64, error: Option<String>) {

@@ -435,7 +435,7 @@ impl<SM: StateMachine> Node<SM> {
         let (applied_log_id, applied_membership) = match &recovered.snapshot {
             Some(meta) => {
                 if sm.applied_index() < meta.last_log_id.index {
-                    self.restore(group, &mut sm).await?;
+                    self.restore(group, meta.last_log_id, &mut sm).await?;
                 }
                 (meta.last_log_id, meta.membership.clone())
             }
@@ -479,6 +479,7 @@ impl<SM: StateMachine> Node<SM> {
             applied_log_id,
             applied_membership,
             snapshot: recovered_snapshot,
+            snap_tasks: Vec::new(),
         };
         let handle = GroupHandle { group, tx: tx.clone(), info };
         let mut handles = self.inner.handles.write().map_err(|_| DriverError::ShuttingDown { node })?;
@@ -496,7 +497,7 @@ impl<SM: StateMachine> Node<SM> {
     /// Streams the group's stored snapshot into `sm` (decoded on a blocking
     /// thread; the checksum of the whole file is checked before the state
     /// is replaced).
-    async fn restore(&self, group: GroupId, sm: &mut SM) -> Result<(), DriverError> {
+    async fn restore(&self, group: GroupId, snapshot: LogId, sm: &mut SM) -> Result<(), DriverError> {
         let node = self.inner.config.node_id;
         let fail = |reason: String| DriverError::Restore { group, reason };
         let mut restore = sm.snapshot_restore().ok_or_else(|| {
@@ -508,6 +509,12 @@ impl<SM: StateMachine> Node<SM> {
         }
         let source = rx.await.map_err(|_| DriverError::ShuttingDown { node })??;
         let mut source = source.ok_or_else(|| fail("the snapshot disappeared".into()))?;
+        if source.meta().last_log_id != snapshot {
+            let found = source.meta().last_log_id;
+            return Err(fail(format!(
+                "the stored snapshot changed from {snapshot} to {found} while opening"
+            )));
+        }
         let installer = tokio::task::spawn_blocking(move || {
             while let Some((chunk, _)) =
                 source.next_chunk(group::RESTORE_READ_BYTES).map_err(|e| e.to_string())?

@@ -21,7 +21,9 @@ use tarn_core::{Entry, GroupId, HardState, Index, LogId, Membership, NodeId, Rec
 use tokio::sync::mpsc;
 
 use super::StorageCounters;
-use crate::storage::{FlushReport, SnapshotFile, SnapshotReader, SnapshotWriter, Storage, StorageConfig};
+use crate::storage::{
+    FlushReport, SnapshotFile, SnapshotReader, SnapshotWriter, Storage, StorageConfig, SyncJob,
+};
 use crate::vfs::{StdVfs, Vfs};
 
 /// A failed storage operation: the group that hit it stops (no blind retry:
@@ -206,6 +208,17 @@ pub trait LogStore: Send + 'static {
     fn flush(&mut self, out: &mut Flushed);
     /// Makes everything written durable (async mode's background sync).
     fn sync(&mut self, out: &mut Flushed);
+    /// Async mode: takes the fdatasyncs of everything written so far as a
+    /// job the worker runs on another thread while appends go on; `None`
+    /// (the default) makes the worker call [`LogStore::sync`] in line.
+    fn begin_sync(&mut self, out: &mut Flushed) -> Option<SyncJob> {
+        let _ = out;
+        None
+    }
+    /// Records what a [`LogStore::begin_sync`] job made durable.
+    fn finish_sync(&mut self, job: SyncJob, results: Vec<std::io::Result<()>>, out: &mut Flushed) {
+        let _ = (job, results, out);
+    }
     /// Entries `[from, to)`, at most `max_bytes` of payload (at least one).
     fn read(
         &mut self,
@@ -371,6 +384,17 @@ impl LogStore for FileStore {
 
     fn sync(&mut self, out: &mut Flushed) {
         self.storage.sync(&mut self.report);
+        self.convert(out);
+    }
+
+    fn begin_sync(&mut self, out: &mut Flushed) -> Option<SyncJob> {
+        let job = self.storage.begin_sync(&mut self.report);
+        self.convert(out);
+        Some(job)
+    }
+
+    fn finish_sync(&mut self, job: SyncJob, results: Vec<std::io::Result<()>>, out: &mut Flushed) {
+        self.storage.finish_sync(job, results, &mut self.report);
         self.convert(out);
     }
 
@@ -840,6 +864,15 @@ fn worker_loop(
     let mut staging: HashMap<GroupId, Staging> = HashMap::new();
     let mut flushed = Flushed::default();
     let mut unsynced = false;
+    // Async mode: background fdatasyncs run on the sync thread, one job at
+    // a time, every `sync_interval` while something is unsynced — also
+    // under constant load (the wait below never exceeds the next due time).
+    let sync_thread = match mode {
+        WriteMode::Async { .. } => Some(SyncThread::start()),
+        WriteMode::Sync => None,
+    };
+    let mut sync_in_flight = false;
+    let mut next_sync_at = std::time::Instant::now();
     let mut batch = Vec::new();
     let deliver = |groups: &HashMap<GroupId, mpsc::UnboundedSender<StorageDone>>, flushed: &mut Flushed| {
         let mut per_group: HashMap<GroupId, PersistedPair> = HashMap::new();
@@ -862,19 +895,42 @@ fn worker_loop(
         }
     };
     loop {
-        let first = match mode {
-            WriteMode::Async { sync_interval } if unsynced => match rx.recv_timeout(sync_interval) {
-                Ok(r) => r,
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                    store.sync(&mut flushed);
-                    counters.syncs.fetch_add(1, Relaxed);
+        if let (Some(st), WriteMode::Async { sync_interval }) = (&sync_thread, mode) {
+            if sync_in_flight {
+                if let Ok((job, results)) = st.results.try_recv() {
+                    store.finish_sync(job, results, &mut flushed);
                     deliver(&groups, &mut flushed);
-                    unsynced = false;
-                    continue;
+                    sync_in_flight = false;
                 }
+            }
+            let now = std::time::Instant::now();
+            if unsynced && !sync_in_flight && now >= next_sync_at {
+                next_sync_at = now + sync_interval;
+                unsynced = false;
+                counters.syncs.fetch_add(1, Relaxed);
+                match store.begin_sync(&mut flushed) {
+                    Some(job) if !job.is_empty() => sync_in_flight = st.jobs.send(job).is_ok(),
+                    Some(_) => {}
+                    None => store.sync(&mut flushed),
+                }
+                deliver(&groups, &mut flushed);
+            }
+        }
+        let wait = match mode {
+            // Poll for the running job's end; else sleep until the next sync is due.
+            WriteMode::Async { .. } if sync_in_flight => Some(SYNC_POLL_INTERVAL),
+            WriteMode::Async { .. } if unsynced => {
+                Some(next_sync_at.saturating_duration_since(std::time::Instant::now()))
+            }
+            _ => None,
+        };
+        let first = match wait {
+            Some(wait) => match rx.recv_timeout(wait) {
+                Ok(r) => r,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
             },
-            _ => match rx.recv() {
+            None => match rx.recv() {
                 Ok(r) => r,
                 Err(_) => break,
             },
@@ -984,6 +1040,13 @@ fn worker_loop(
                 unsynced = true;
             }
         }
+        if !flush_replies.is_empty() && sync_in_flight {
+            // Shutdown: what the running job covers must be durable too.
+            if let Some(Ok((job, results))) = sync_thread.as_ref().map(|st| st.results.recv()) {
+                store.finish_sync(job, results, &mut flushed);
+            }
+            sync_in_flight = false;
+        }
         if !flush_replies.is_empty() && unsynced {
             store.sync(&mut flushed);
             counters.syncs.fetch_add(1, Relaxed);
@@ -994,7 +1057,44 @@ fn worker_loop(
             let _ = reply.send(());
         }
     }
-    if unsynced {
+    if let Some(st) = &sync_thread {
+        if sync_in_flight {
+            if let Ok((job, results)) = st.results.recv() {
+                store.finish_sync(job, results, &mut flushed);
+            }
+        }
+    }
+    if unsynced || sync_in_flight {
         store.sync(&mut flushed);
+    }
+}
+
+/// How often the worker looks for the end of a background sync while
+/// nothing else wakes it.
+const SYNC_POLL_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Runs [`SyncJob`]s (one `sync_data_batch` each) off the storage thread;
+/// stops when the worker drops it.
+struct SyncThread {
+    jobs: std_mpsc::Sender<SyncJob>,
+    results: std_mpsc::Receiver<(SyncJob, Vec<std::io::Result<()>>)>,
+}
+
+impl SyncThread {
+    fn start() -> SyncThread {
+        let (jobs, job_rx) = std_mpsc::channel::<SyncJob>();
+        let (result_tx, results) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("tarn-sync".into())
+            .spawn(move || {
+                while let Ok(job) = job_rx.recv() {
+                    let r = job.run();
+                    if result_tx.send((job, r)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the sync thread (out of threads?)");
+        SyncThread { jobs, results }
     }
 }
