@@ -17,6 +17,8 @@
 //! - committed entries never change: the prefix up to any node's commit
 //!   index, and everything any node applied, agree with one global committed
 //!   log (so a committed entry is never lost across crashes either);
+//! - a node still rejoining after data loss granted no (pre-)vote and asked
+//!   for none;
 //! - a proposal reported applied at index i is the entry committed at i,
 //!   and a membership change reported applied at i is a configuration entry;
 //! - a read reported ready at index i started after no more than i entries
@@ -28,7 +30,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use tarn_core::testkit::{Cluster, Outcome};
-use tarn_core::{Action, ConfChange, Config, Entry, EntryPayload, Index, Input, NodeId, Role, Term};
+use tarn_core::{
+    Action, ConfChange, Config, Entry, EntryPayload, Index, Input, MessageBody, NodeId, Role, Term,
+};
 
 /// Bounds on the work one input can ask for.
 pub const OPS_MAX: usize = 160;
@@ -434,6 +438,7 @@ pub fn run(input: &ClusterInput) -> Reached {
             }
         }
         checker.check(&c);
+        check_rejoin_rule(&c);
         let installs = c.trace.iter().filter(|(_, _, a)| matches!(a, Action::InstallSnapshot { .. })).count();
         checker.reached.installs += installs as u64;
         c.trace.clear();
@@ -443,6 +448,32 @@ pub fn run(input: &ClusterInput) -> Reached {
         }
     }
     checker.reached
+}
+
+/// The rule of `Config::rejoin_after_data_loss`, checked directly: a node
+/// still rejoining after this op (leaving the mode is final, so it was
+/// rejoining all through the op) granted no (pre-)vote and asked for none.
+fn check_rejoin_rule(c: &Cluster) {
+    let rejoining: BTreeSet<NodeId> =
+        c.nodes.iter().filter(|(_, n)| n.raft.status().rejoining).map(|(&id, _)| id).collect();
+    if rejoining.is_empty() {
+        return;
+    }
+    for (_, id, action) in &c.trace {
+        if !rejoining.contains(id) {
+            continue;
+        }
+        if let Action::Send { message, .. } = action {
+            let voted = matches!(
+                message.body,
+                MessageBody::VoteResponse { granted: true }
+                    | MessageBody::PreVoteResponse { granted: true }
+                    | MessageBody::VoteRequest { .. }
+                    | MessageBody::PreVoteRequest { .. }
+            );
+            assert!(!voted, "node {id} is rejoining after data loss but sent {:?}", message.body);
+        }
+    }
 }
 
 fn deliver(c: &mut Cluster, to: NodeId, msg: tarn_core::Message) {
