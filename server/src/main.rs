@@ -814,7 +814,7 @@ fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
             .iter()
             .map(|g| {
                 format!(
-                    "{{\"group\":{},\"role\":\"{}\",\"term\":{},\"leader\":{},\"commit\":{},\"applied\":{},\"last_index\":{},\"voters\":[{}],\"followers\":[{}]}}",
+                    "{{\"group\":{},\"role\":\"{}\",\"term\":{},\"leader\":{},\"commit\":{},\"applied\":{},\"last_index\":{},\"voters\":[{}],\"learners\":[{}],\"rejoining\":{},\"followers\":[{}]}}",
                     g.group,
                     g.role,
                     g.term,
@@ -823,6 +823,8 @@ fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
                     g.applied,
                     g.last_log_id.index,
                     g.voters.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+                    g.learners.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+                    g.rejoining,
                     g.followers
                         .iter()
                         .map(|(id, m, lag)| format!("{{\"id\":{id},\"match\":{m},\"lag\":{lag}}}"))
@@ -844,7 +846,7 @@ fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
     println!("node {} at {endpoint} (cluster {:#x})", s.node_id, s.cluster_id);
     for g in &s.groups {
         println!(
-            "  group {}: {} term {} leader {} commit {} applied {} last {} voters {:?} learners {:?}{}",
+            "  group {}: {} term {} leader {} commit {} applied {} last {} voters {:?} learners {:?}{}{}",
             g.group,
             g.role,
             g.term,
@@ -854,6 +856,11 @@ fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
             g.last_log_id.index,
             g.voters,
             g.learners,
+            if g.rejoining {
+                " REJOINING (does not vote yet; promote it only after this clears)"
+            } else {
+                ""
+            },
             g.error.as_deref().map_or(String::new(), |e| format!(" ERROR: {e}"))
         );
         for (id, m, lag) in &g.followers {

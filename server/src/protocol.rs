@@ -170,6 +170,10 @@ pub struct GroupStatus {
     pub learners: Vec<NodeId>,
     /// On the leader: (follower, match index, lag in entries).
     pub followers: Vec<(NodeId, Index, u64)>,
+    /// Started with `--join` and not yet seen a committed configuration
+    /// listing it as a non-voter: it does not vote. Promote it only after
+    /// this turns false.
+    pub rejoining: bool,
     pub error: Option<String>,
 }
 

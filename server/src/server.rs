@@ -954,6 +954,7 @@ async fn node_status(shared: &Shared) -> NodeStatus {
             voters,
             learners,
             followers,
+            rejoining: status.as_ref().is_some_and(|s| s.rejoining),
             error: info.error.clone(),
         });
     }

@@ -121,6 +121,13 @@ async fn a_new_node_joins_a_running_cluster_catches_up_and_replaces_a_dead_one()
         })
         .await;
         poll_until("one connection per pair among four nodes", || all_pairs_up(&cluster, 3)).await;
+        // It votes once it has seen a committed configuration listing it.
+        let marker = cluster.data_dir(4).join("tarn-rejoined");
+        poll_until("node 4 records that it rejoined (it votes from now on)", || async {
+            let rejoining = cluster.servers[&4].status().await.groups[0].rejoining;
+            (!rejoining && marker.exists()).then_some(())
+        })
+        .await;
         // Promotion is refused while it lags; retry until it is a voter.
         poll_until("node 4 promoted", || async {
             client.change_membership(vec![MemberChange::Promote(4)]).await.ok()
@@ -129,11 +136,6 @@ async fn a_new_node_joins_a_running_cluster_catches_up_and_replaces_a_dead_one()
         let leader = cluster.leader().await;
         let voters = cluster.servers[&leader].status().await.groups[0].voters.clone();
         assert_eq!(voters, vec![1, 2, 3, 4]);
-        let marker = cluster.data_dir(4).join("tarn-rejoined");
-        poll_until("node 4 records that it rejoined (it votes from now on)", || async {
-            marker.exists().then_some(())
-        })
-        .await;
 
         // The leader dies: three of four voters remain, node 4 among them,
         // so nothing commits without it.
@@ -213,6 +215,54 @@ async fn a_joining_node_behind_the_compacted_log_installs_a_snapshot() {
             assert_eq!(n.value, format!("v{i}").as_bytes());
         }
         assert_eq!(on4.list("d").await.unwrap().len(), 300);
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_that_lost_its_data_rejoins_with_join() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let mut cluster = TestCluster::start(3).await;
+        let client = cluster.client();
+        client.mkdir("d").await.unwrap();
+        for i in 0..20 {
+            client.put(&format!("d.k{i}"), "x").await.unwrap();
+        }
+        // Node 3 loses its disk and comes back with --join on the same addresses.
+        let victim = if cluster.leader().await == 3 { 2 } else { 3 };
+        cluster.stop_node(victim).await;
+        std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
+        cluster.joiners.insert(victim);
+        cluster.start_node(victim).await;
+        // The operator walks it out and back in: remove, add as learner, promote.
+        client.change_membership(vec![MemberChange::Remove(victim)]).await.unwrap();
+        client.add_member(victim, None, true).await.unwrap();
+        // Promote only once it has seen a committed configuration listing it
+        // as a learner (status: rejoining false): promoted earlier, it would
+        // stay a voter that never votes.
+        let marker = cluster.data_dir(victim).join("tarn-rejoined");
+        poll_until("the wiped node records that it rejoined", || async {
+            let rejoining = cluster.servers[&victim].status().await.groups[0].rejoining;
+            (!rejoining && marker.exists()).then_some(())
+        })
+        .await;
+        poll_until("the wiped node promoted", || async {
+            client.change_membership(vec![MemberChange::Promote(victim)]).await.ok()
+        })
+        .await;
+        // The other survivor-to-be stops: nothing commits without the wiped node.
+        let other = cluster.leader().await;
+        cluster.stop_node(other).await;
+        let survivors = client_of_survivors(&cluster);
+        survivors.put("d.after", "y").await.unwrap();
+        let on_victim = cluster.client_of(victim);
+        poll_until("the wiped node serves everything", || async {
+            let n = on_victim.list("d").await.ok()?;
+            (n.len() == 21).then_some(())
+        })
+        .await;
         cluster.shutdown().await;
     })
     .await

@@ -267,11 +267,14 @@ where
         let shared = Arc::new(Shared { config, stats, sink });
         let peers: Peers<M> = Arc::default();
         let runtime = tokio::runtime::Handle::current();
-        runtime.spawn(accept_task(shared.clone(), peers.clone(), listener, shutdown_rx));
+        let accept = accept_task(shared.clone(), peers.clone(), listener, shutdown_rx);
         let transport = Transport { inner: Arc::new(Inner { shared, peers, shutdown, local_addr, runtime }) };
         for (peer, addr) in initial {
             transport.set_peer(peer, addr)?;
         }
+        // Accept only once the initial peers are known, or an early dialer
+        // would be refused as unknown (and retry after a backoff).
+        transport.inner.runtime.spawn(accept);
         Ok(transport)
     }
 
