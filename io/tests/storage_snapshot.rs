@@ -369,3 +369,22 @@ fn a_removal_cut_short_by_a_crash_is_finished_at_the_next_open() {
     let rec = s.open_group(GROUP).unwrap();
     assert_eq!((rec.last_log_id, rec.snapshot), (LogId::ZERO, None));
 }
+
+/// A leader snapshots everything it has (idle: applied = last): its log
+/// stays, so the entries the core keeps before the snapshot for slow
+/// followers can still be read.
+#[test]
+fn a_snapshot_of_the_last_entry_keeps_the_log() {
+    let vfs = MemVfs::new();
+    let mut s = open(&vfs);
+    s.open_group(GROUP).unwrap();
+    append(&mut s, 1, 1..=30);
+    write_chunked(&mut s, &meta(1, 30), b"all of it", 4);
+    let st = s.log_state(GROUP).unwrap();
+    assert_eq!((st.first_index, st.last_written), (1, LogId::new(1, 30)));
+    let mut out = Vec::new();
+    s.entries(GROUP, 21, 31, u64::MAX, &mut out).unwrap();
+    assert_eq!(out.len(), 10, "the kept tail before the snapshot is readable");
+    append(&mut s, 1, 31..=32);
+    assert_eq!(s.log_state(GROUP).unwrap().last_written, LogId::new(1, 32));
+}

@@ -856,7 +856,10 @@ impl Storage {
         store.snapshot = Some(meta.clone());
         store.snapshot_reader = None;
         let last = meta.last_log_id;
-        if last.index >= store.log.last_staged().index || store.log.term(last.index) != Some(last.term) {
+        // Past the log's end or disagreeing with it: the log goes (Raft §7).
+        // A snapshot of the last entry keeps the log: the core may still
+        // fetch the entries it keeps before the snapshot for slow followers.
+        if last.index > store.log.last_staged().index || store.log.term(last.index) != Some(last.term) {
             store.log.compact(last)?;
             store.reported_log = store.log.last_durable();
         }
