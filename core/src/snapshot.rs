@@ -25,6 +25,9 @@ pub struct Outgoing {
     pub acked: u64,
     /// Next offset to read from the driver.
     pub next: u64,
+    /// The highest `next` of this transfer: bytes up to here were sent at
+    /// least once, so the follower may hold them even after a rewind.
+    pub sent_max: u64,
     /// The read in progress (`FetchSnapshotChunk` emitted, no answer yet).
     pub reading: Option<u64>,
     /// `(offset, end)` of chunks sent and not yet acknowledged, ascending.
@@ -49,6 +52,7 @@ impl Outgoing {
             meta,
             acked: 0,
             next: 0,
+            sent_max: 0,
             reading: None,
             inflight: VecDeque::new(),
             len: None,
@@ -74,6 +78,7 @@ impl Outgoing {
         debug_assert_eq!(offset, self.next);
         self.reading = None;
         self.next = offset + len;
+        self.sent_max = self.sent_max.max(self.next);
         self.inflight.push_back((offset, self.next));
         if done {
             self.len = Some(self.next);
@@ -81,9 +86,22 @@ impl Outgoing {
     }
 
     /// The follower holds `next_offset` bytes. Returns whether it moved.
+    ///
+    /// After a rewind the follower may answer with more than was re-sent
+    /// since: chunks sent before the rewind did arrive, only their
+    /// acknowledgements were lost. Any offset up to `sent_max` is bytes of
+    /// this same transfer, so the leader skips ahead instead of re-sending a
+    /// prefix the follower keeps rejecting as already staged (which looped
+    /// forever: sim seed 163010, 3 nodes).
     pub fn acked_to(&mut self, next_offset: u64, now: Nanos) -> bool {
-        if next_offset <= self.acked || next_offset > self.next {
+        if next_offset <= self.acked || next_offset > self.next.max(self.sent_max) {
             return false;
+        }
+        if next_offset > self.next {
+            // Everything re-sent since the rewind is below `next_offset`; a
+            // read in progress is for an offset we no longer want.
+            self.next = next_offset;
+            self.reading = None;
         }
         self.acked = next_offset;
         self.last_progress_ns = now;
@@ -133,6 +151,26 @@ impl Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ack_past_a_rewind_skips_ahead() {
+        let meta = SnapshotMeta { last_log_id: LogId::new(2, 50), membership: Default::default() };
+        let mut o = Outgoing::new(7, meta, 0);
+        for offset in [0, 64, 128, 192] {
+            o.reading = Some(offset);
+            o.sent(offset, 64, false);
+        }
+        // Every acknowledgement was lost: the stall rewinds to 0 and re-sends one chunk.
+        o.rewind(1);
+        o.reading = Some(0);
+        o.sent(0, 64, false);
+        assert_eq!(o.sent_max, 256);
+        o.reading = Some(64);
+        // The follower staged 192 bytes of this transfer before the rewind.
+        assert!(o.acked_to(192, 2), "bytes sent before the rewind count");
+        assert_eq!((o.acked, o.next, o.reading, o.inflight.len()), (192, 192, None, 0));
+        assert!(!o.acked_to(300, 3), "never past what was sent");
+    }
 
     #[test]
     fn window_acks_and_rewind() {

@@ -132,3 +132,15 @@ fn a_wiped_node_without_the_rejoin_flag_votes_twice() {
     let property = without.report.failure.as_ref().map(|f| f.property);
     assert_eq!(property, Some("one-vote-per-term"), "{}", describe_failure(&template, &without));
 }
+
+/// Regression: a snapshot transfer looped forever. The follower had staged
+/// chunks whose acknowledgements were lost; the leader rewound to offset 0
+/// and ignored the follower's "next offset 256" because it had not re-sent
+/// that far. The leader now skips ahead to any offset it sent before.
+#[test]
+fn a_snapshot_transfer_resumes_past_a_rewind() {
+    let template = config(ProfileKind::Swarm, 3, 10);
+    let outcome = run_seed(&template, 163_010, false);
+    assert!(!outcome.failed(), "{}", describe_failure(&template, &outcome));
+    assert!(outcome.report.installs > 0, "the seed must still install a snapshot");
+}
