@@ -866,6 +866,12 @@ async fn change_membership(
     peers: Vec<(NodeId, SocketAddr)>,
 ) -> Result<ResponseBody, ServerError> {
     let node_id = shared.config.node_id;
+    // Only the leader checks addresses: a follower may not have applied the
+    // directory yet, and its answer must send the client to the leader.
+    let info = group.info();
+    if info.role != Role::Leader {
+        return Err(not_leader(shared, g, info.leader));
+    }
     if !peers.is_empty() {
         let Some(transport) = shared.node.transport() else {
             return Err(ServerError::BadRequest { reason: "this node has no peer port (--peer)".into() });
@@ -874,8 +880,13 @@ async fn change_membership(
             transport.set_peer(*id, *addr).map_err(|e| ServerError::BadRequest { reason: e.to_string() })?;
         }
     }
-    let known = known_peers(shared);
-    if let Some(c) = changes.iter().find(|c| c.node() != node_id && !known.contains_key(&c.node())) {
+    let unknown = |known: &BTreeMap<NodeId, SocketAddr>| {
+        changes.iter().find(|c| c.node() != node_id && !known.contains_key(&c.node())).copied()
+    };
+    if unknown(&known_peers(shared)).is_some() {
+        join::learn_directory_now(shared).await;
+    }
+    if let Some(c) = unknown(&known_peers(shared)) {
         return Err(ServerError::BadRequest {
             reason: format!(
                 "node {} has no peer address here; give it: `tarn member add {} <peer-addr>` (or list it in --cluster)",

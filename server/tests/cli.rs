@@ -96,3 +96,64 @@ async fn cli_commands_print_plain_and_json_with_meaningful_exit_codes() {
     let _ = ep;
     cluster.shutdown().await;
 }
+
+/// Kills the child process it holds when dropped (also on a failed assertion).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `tarn` until `check` accepts its stdout, or panics after the test deadline.
+fn poll_tarn(what: &str, endpoint: &str, args: &[&str], check: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + common::TEST_DEADLINE;
+    loop {
+        let out = stdout(&tarn(endpoint, args));
+        if check(&out) {
+            return out;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}; last output: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_join_then_member_add_and_promote_from_the_cli() {
+    let cluster = tokio::time::timeout(Duration::from_secs(30), TestCluster::start(3)).await.expect("start");
+    let founders: Vec<String> = cluster.endpoints().iter().map(|a| a.to_string()).collect();
+    let (client4, peer4) = (common::free_addr().to_string(), common::free_addr().to_string());
+    let data4 = cluster.dir.path().join("n4");
+    tokio::task::spawn_blocking(move || {
+        let all = founders.join(",");
+        assert!(tarn(&all, &["put", "before", "1"]).status.success());
+        // The README's commands: a fourth node joins, is added, then promoted.
+        let _node4 = Child(
+            std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
+                .args(["--endpoints", &all, "serve", "--join", "--id", "4"])
+                .args(["--client", &client4, "--peer", &peer4, "--election-timeout-ms", "150"])
+                .arg("--data-dir")
+                .arg(&data4)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start tarn serve --join"),
+        );
+        poll_tarn("node 4 to serve", &client4, &["--json", "status"], |o| o.contains("\"node\":4"));
+        let o = tarn(&all, &["member", "add", "4", &peer4, "--learner"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        poll_tarn("node 4 to rejoin", &client4, &["--json", "status"], |o| o.contains("\"rejoining\":false"));
+        let o = tarn(&all, &["member", "promote", "4"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = tarn(&all, &["--json", "status"]);
+        assert!(stdout(&o).contains("\"voters\":[1,2,3,4]"), "{}", stdout(&o));
+        assert!(tarn(&all, &["put", "after", "2"]).status.success());
+        // Node 4 holds both writes: a stale read is answered by node 4 itself.
+        poll_tarn("node 4 to apply the last write", &client4, &["get", "--stale", "after"], |o| o == "2\n");
+        assert_eq!(stdout(&tarn(&client4, &["get", "--stale", "before"])), "1\n");
+    })
+    .await
+    .expect("cli join checks");
+    cluster.shutdown().await;
+}

@@ -128,7 +128,7 @@ pub(super) async fn maintain_peers(
             _ = tokio::time::sleep(PEER_DIRECTORY_POLL) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        reconcile(&shared, &mut from_directory).await;
+        reconcile(&shared, false, Some(&mut from_directory)).await;
         if rejoining && all_groups_rejoined(&shared).await {
             rejoining = false;
             tracing::info!(
@@ -144,11 +144,23 @@ pub(super) async fn maintain_peers(
     }
 }
 
-async fn reconcile(shared: &Shared, from_directory: &mut BTreeSet<NodeId>) {
+/// Adds the peers of the directory now, without waiting for the next poll:
+/// a node that just became leader may be asked to change membership before
+/// its poll ran. Reads linearizably when this node leads group 1 (so every
+/// committed address is seen), else what it has applied.
+pub(super) async fn learn_directory_now(shared: &Shared) {
+    let leads = shared.node.group(DEFAULT_GROUP).is_some_and(|g| g.info().role == tarn_core::Role::Leader);
+    reconcile(shared, leads, None).await;
+}
+
+/// Makes the transport's peers match the directory. `from_directory`
+/// remembers which peers came from it, so that a removed key removes the
+/// peer; `None` only adds.
+async fn reconcile(shared: &Shared, linearizable: bool, from_directory: Option<&mut BTreeSet<NodeId>>) {
     let (Some(transport), Some(group)) = (shared.node.transport(), shared.node.group(DEFAULT_GROUP)) else {
         return;
     };
-    let listed = group.read(false, |m: &mut KvMachine| m.kv().list(PEER_DIRECTORY)).await;
+    let listed = group.read(linearizable, |m: &mut KvMachine| m.kv().list(PEER_DIRECTORY)).await;
     let children = match listed {
         Ok(Ok(children)) => children,
         Ok(Err(KvError::NotFound { .. })) => Vec::new(),
@@ -177,8 +189,9 @@ async fn reconcile(shared: &Shared, from_directory: &mut BTreeSet<NodeId>) {
                 tracing::warn!(node = node_id, peer = id, error = %e, "cannot add peer from the directory");
             }
         }
-        from_directory.insert(id);
     }
+    let Some(from_directory) = from_directory else { return };
+    from_directory.extend(directory.keys().copied().filter(|id| *id != node_id));
     let gone: Vec<NodeId> = from_directory.iter().copied().filter(|id| !directory.contains_key(id)).collect();
     for id in gone {
         from_directory.remove(&id);
