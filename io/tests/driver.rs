@@ -162,3 +162,38 @@ async fn async_mode_syncs_in_the_background_under_constant_load_and_keeps_everyt
     assert_eq!(group.read(true, |s| s.sum).await.unwrap(), triangle(n));
     node.shutdown().await;
 }
+
+/// Recovery hands the core an in-memory tail bounded in bytes as well as in
+/// entries, so a log of large (batched) entries is not loaded whole.
+#[test]
+fn recovery_bounds_the_tail_in_bytes() {
+    use tarn_core::{Entry, EntryPayload};
+    use tarn_io::driver::{Flushed, LogWrite};
+    let dir = tempfile::tempdir().unwrap();
+    let initial = Membership { voters: [1].into(), ..Default::default() };
+    {
+        let mut store = FileStore::open(dir.path(), 7, 1, WriteMode::Sync, 1024).unwrap();
+        store.open_group(1, &initial).unwrap();
+        let entries: Vec<Entry> = (1..=40)
+            .map(|i| Entry {
+                term: 1,
+                index: i,
+                payload: EntryPayload::Normal(Bytes::from(vec![i as u8; 4000])),
+            })
+            .collect();
+        store.stage(1, &LogWrite::Append(entries)).unwrap();
+        let mut out = Flushed::default();
+        store.flush(&mut out);
+        assert!(out.failed.is_empty(), "{:?}", out.failed);
+        assert_eq!(out.log.last(), Some(&(1, LogId::new(1, 40))));
+    }
+    let whole =
+        FileStore::open(dir.path(), 7, 1, WriteMode::Sync, 1024).unwrap().open_group(1, &initial).unwrap();
+    assert_eq!(whole.tail.len(), 40, "within both bounds everything is kept");
+    let mut store =
+        FileStore::open(dir.path(), 7, 1, WriteMode::Sync, 1024).unwrap().with_max_tail_bytes(10_000);
+    let r = store.open_group(1, &initial).unwrap();
+    assert_eq!(r.last_log_id, LogId::new(1, 40));
+    assert_eq!(r.tail.len(), 2, "4 KiB entries under a 10 KB bound");
+    assert_eq!(r.tail.last().map(|e| e.index), Some(40), "the tail is the newest entries");
+}

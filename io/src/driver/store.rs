@@ -256,6 +256,10 @@ pub struct FileStore {
     storage: Storage,
     report: FlushReport,
     max_tail_entries: usize,
+    /// Bytes of entries recovery hands the core as its in-memory tail
+    /// (`Config::max_log_tail_bytes`): a log of large batched entries would
+    /// otherwise be loaded whole at start-up.
+    max_tail_bytes: usize,
 }
 
 impl FileStore {
@@ -293,7 +297,15 @@ impl FileStore {
         let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
         let storage =
             Storage::open(vfs, config).map_err(|e| StoreError { group: 0, reason: e.to_string() })?;
-        Ok(FileStore { storage, report: FlushReport::default(), max_tail_entries })
+        let max_tail_bytes = tarn_core::Config::new(1, 0).max_log_tail_bytes;
+        Ok(FileStore { storage, report: FlushReport::default(), max_tail_entries, max_tail_bytes })
+    }
+
+    /// Bounds the recovered in-memory tail by bytes too (pass the group
+    /// config's `max_log_tail_bytes`; the default is the core's default).
+    pub fn with_max_tail_bytes(mut self, max_tail_bytes: usize) -> FileStore {
+        self.max_tail_bytes = max_tail_bytes.max(1);
+        self
     }
 
     fn convert(&mut self, out: &mut Flushed) {
@@ -326,6 +338,7 @@ impl LogStore for FileStore {
         let after_snapshot = r.snapshot.as_ref().map_or(0, |m| m.last_log_id.index) + 1;
         let mut next = r.first_index.max(after_snapshot);
         let mut buf = Vec::new();
+        let mut tail_bytes = 0usize;
         while next <= r.last_log_id.index {
             buf.clear();
             self.storage
@@ -342,9 +355,14 @@ impl LogStore for FileStore {
                     term_starts.push(e.log_id());
                 }
                 next = e.index + 1;
+                tail_bytes += e.size_bytes();
                 tail.push_back(e);
-                if tail.len() > self.max_tail_entries {
-                    tail.pop_front();
+                while tail.len() > 1
+                    && (tail.len() > self.max_tail_entries || tail_bytes > self.max_tail_bytes)
+                {
+                    if let Some(old) = tail.pop_front() {
+                        tail_bytes -= old.size_bytes();
+                    }
                 }
             }
         }
