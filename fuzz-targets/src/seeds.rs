@@ -216,11 +216,15 @@ fn snapshot_seeds() -> Vec<Seed> {
     let dir = Path::new("/s");
     vfs.create_dir_all(dir).expect("mkdir");
     let meta = SnapshotMeta { last_log_id: LogId::new(3, 42), membership: Membership::new_voters([1, 2, 3]) };
-    let path = tarn_io::storage::snapshot::write(&vfs, dir, &meta, b"kv state bytes").expect("write");
+    let data = b"kv state bytes";
+    let path = tarn_io::storage::snapshot::write(&vfs, dir, &meta, data).expect("write");
     let file = vfs.file_bytes(&path).expect("snapshot file");
     out.push(("snapshot_decode", "storage-file".into(), [&[0u8][..], &file].concat()));
     let mut damaged = file.clone();
-    damaged[40] ^= 4;
+    // The metadata follows the data (format v2); its second byte is the
+    // index varint of last_log_id (42 becomes 46, still decodable).
+    let meta_start = tarn_io::storage::snapshot::SNAPSHOT_HEADER_BYTES + data.len();
+    damaged[meta_start + 1] ^= 4;
     out.push((
         "snapshot_decode",
         "storage-file-resealed-meta".into(),
