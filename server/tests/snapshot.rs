@@ -11,7 +11,7 @@ use std::path::Path;
 use common::{free_addr, poll_until, TestCluster, TEST_DEADLINE};
 use tarn_core::{Index, LogId, NodeId};
 use tarn_server::protocol::Consistency;
-use tarn_server::server::{Server, ServerConfig};
+use tarn_server::server::ServerConfig;
 
 /// A snapshot every 50 entries, 10 kept before it, 16 KiB segments (about
 /// 100 of the test's entries each): compaction deletes segments quickly.
@@ -28,20 +28,7 @@ fn small_snapshots(mut c: ServerConfig) -> ServerConfig {
 
 async fn start_node(cluster: &mut TestCluster, id: NodeId) {
     let config = small_snapshots(cluster.config(id));
-    let server = poll_until("server start", || {
-        let config = config.clone();
-        async move {
-            match Server::start(config).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    eprintln!("server start: {e}");
-                    None
-                }
-            }
-        }
-    })
-    .await;
-    cluster.servers.insert(id, server);
+    cluster.start_node_with(id, config).await;
 }
 
 async fn start_cluster(n: u64) -> TestCluster {

@@ -86,6 +86,11 @@ impl TestCluster {
 
     pub async fn start_node(&mut self, id: NodeId) {
         let config = self.config(id);
+        self.start_node_with(id, config).await;
+    }
+
+    /// Starts node `id` with a config derived from `self.config(id)`.
+    pub async fn start_node_with(&mut self, id: NodeId, config: ServerConfig) {
         // The port may linger briefly after a stop: retry binding for a while.
         let server = poll_until("server start", || {
             let config = config.clone();
