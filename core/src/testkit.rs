@@ -85,6 +85,38 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node just started from `recovered`, holding `durable_log` and
+    /// `durable_hard_state` on its simulated disk.
+    fn started(
+        raft: RawNode,
+        config: Config,
+        recovered: Recovered,
+        durable_log: Vec<Entry>,
+        durable_hard_state: HardState,
+    ) -> Node {
+        Node {
+            raft,
+            config,
+            durable_log,
+            durable_hard_state,
+            pending: VecDeque::new(),
+            auto_persist: true,
+            applied: Vec::new(),
+            outcomes: BTreeMap::new(),
+            up: true,
+            inbox: VecDeque::new(),
+            inputs: Vec::new(),
+            actions: Vec::new(),
+            recovered,
+            clock_skew_ppm: 0,
+            clock_offset_ns: 0,
+            snapshot: None,
+            compacted_to: 0,
+            staging: None,
+            auto_snapshot: true,
+        }
+    }
+
     /// The node's local clock reading at cluster time `global`.
     pub fn local_time(&self, global: Nanos) -> Nanos {
         let skew = global as i128 * self.clock_skew_ppm as i128 / 1_000_000;
@@ -204,27 +236,7 @@ impl Cluster {
             tweak(&mut config);
             let recovered = Recovered::from_log_and_initial(hs, membership.clone(), log.clone());
             let raft = RawNode::new(config.clone(), recovered.clone()).expect("valid test configuration");
-            let node = Node {
-                raft,
-                config,
-                durable_log: log,
-                durable_hard_state: hs,
-                pending: VecDeque::new(),
-                auto_persist: true,
-                applied: Vec::new(),
-                outcomes: BTreeMap::new(),
-                up: true,
-                inbox: VecDeque::new(),
-                inputs: Vec::new(),
-                actions: Vec::new(),
-                recovered,
-                clock_skew_ppm: 0,
-                clock_offset_ns: 0,
-                snapshot: None,
-                compacted_to: 0,
-                staging: None,
-                auto_snapshot: true,
-            };
+            let node = Node::started(raft, config, recovered, log, hs);
             c.nodes.insert(id, node);
         }
         // Start every node's clock at 0 (timers run from the first step).
@@ -442,27 +454,7 @@ impl Cluster {
         tweak(&mut config);
         let recovered = Recovered::new_cluster([]);
         let raft = RawNode::new(config.clone(), recovered.clone()).expect("valid test configuration");
-        let node = Node {
-            raft,
-            config,
-            durable_log: Vec::new(),
-            durable_hard_state: HardState::default(),
-            pending: VecDeque::new(),
-            auto_persist: true,
-            applied: Vec::new(),
-            outcomes: BTreeMap::new(),
-            up: true,
-            inbox: VecDeque::new(),
-            inputs: Vec::new(),
-            actions: Vec::new(),
-            recovered,
-            clock_skew_ppm: 0,
-            clock_offset_ns: 0,
-            snapshot: None,
-            compacted_to: 0,
-            staging: None,
-            auto_snapshot: true,
-        };
+        let node = Node::started(raft, config, recovered, Vec::new(), HardState::default());
         self.nodes.insert(id, node);
         self.step(id, Input::Tick);
     }
