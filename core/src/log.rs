@@ -169,10 +169,18 @@ impl RaftLog {
     /// `<= index` whose term is `<= term`, with its term. Every entry between
     /// it and `index` has a larger term, so cannot match a log whose entry at
     /// `index` has term `term`.
+    ///
+    /// Terms below the snapshot are gone, so there the answer can only be
+    /// "somewhere at or below": an index under the snapshot with term 0,
+    /// which sends a leader to its snapshot. Answering the snapshot point
+    /// itself when its term is larger than `term` would be wrong: a leader
+    /// whose snapshot covers a follower's divergent entry retried at that
+    /// same point forever (seed 29699: follower at 11@422, leader's snapshot
+    /// at 12@422).
     pub fn find_conflict_by_term(&self, index: Index, term: Term) -> LogId {
         let index = index.min(self.last.index);
         if index <= self.snapshot.index {
-            return LogId::new(self.term_at(index).unwrap_or(0), index);
+            return self.below_snapshot(index, term);
         }
         // Runs starting at or before `index`; walk back over runs with larger terms.
         let mut k = self.term_starts.partition_point(|s| s.index <= index);
@@ -185,7 +193,18 @@ impl RaftLog {
             at = run.index - 1;
             k -= 1;
         }
-        LogId::new(self.snapshot.term, self.snapshot.index)
+        self.below_snapshot(self.snapshot.index, term)
+    }
+
+    /// `find_conflict_by_term` at or below the snapshot point `index`.
+    fn below_snapshot(&self, index: Index, term: Term) -> LogId {
+        match self.term_at(index) {
+            Some(t) if t <= term => LogId::new(t, index),
+            // Terms never decrease, so the match (if any) lies below
+            // `index`, where we no longer know terms.
+            Some(_) => LogId::new(0, index.saturating_sub(1)),
+            None => LogId::new(0, index),
+        }
     }
 
     /// Appends `entries` (contiguous, starting at or below `last + 1`),
@@ -440,6 +459,13 @@ mod tests {
         );
         assert_eq!(l.tail_first(), 5);
         assert_eq!(l.find_conflict_by_term(6, 3), LogId::new(2, 5));
+        // At the snapshot point with a smaller term: the match lies below
+        // the snapshot, so the answer must be below it too (never the
+        // snapshot point itself, which would be retried forever).
+        assert_eq!(l.find_conflict_by_term(4, 1), LogId::new(0, 3));
+        assert_eq!(l.find_conflict_by_term(6, 1), LogId::new(0, 3));
+        assert_eq!(l.find_conflict_by_term(4, 2), LogId::new(2, 4));
+        assert_eq!(l.find_conflict_by_term(2, 1), LogId::new(0, 2));
         l.compact_to(LogId::new(2, 5));
         assert_eq!((l.term_at(5), l.term_at(6)), (Some(2), Some(4)));
         l.compact_to(LogId::new(4, 6));
