@@ -113,6 +113,20 @@ impl Outgoing {
         true
     }
 
+    /// Start again from byte 0: the follower answered with less than it
+    /// had confirmed. That is a follower that restarted, or just a stale
+    /// duplicate of an earlier answer from one that did not: it may still
+    /// hold everything it staged. `sent_max` is kept so that its answers up
+    /// to there are taken (the bytes are this same transfer's); forgetting
+    /// it left the leader re-sending a prefix that the follower answered
+    /// with an offset the leader refused as never sent, forever (sim seed
+    /// 7005004, 3 nodes: leader at offset 192, follower at 512).
+    pub fn restart(&mut self, now: Nanos) {
+        let sent_max = self.sent_max;
+        *self = Outgoing::new(self.session, self.meta.clone(), now);
+        self.sent_max = sent_max;
+    }
+
     /// Go back to the first unacknowledged byte (chunks were lost). An
     /// outstanding read is forgotten: its answer no longer matches `reading`.
     pub fn rewind(&mut self, now: Nanos) {
@@ -170,6 +184,25 @@ mod tests {
         assert!(o.acked_to(192, 2), "bytes sent before the rewind count");
         assert_eq!((o.acked, o.next, o.reading, o.inflight.len()), (192, 192, None, 0));
         assert!(!o.acked_to(300, 3), "never past what was sent");
+    }
+
+    #[test]
+    fn a_stale_answer_below_the_acked_point_does_not_forget_what_was_sent() {
+        let meta = SnapshotMeta { last_log_id: LogId::new(2, 50), membership: Default::default() };
+        let mut o = Outgoing::new(7, meta, 0);
+        for offset in [0, 64, 128, 192, 256, 320, 384, 448] {
+            o.reading = Some(offset);
+            o.sent(offset, 64, false);
+        }
+        assert!(o.acked_to(192, 1));
+        // A duplicated early answer (64) arrives late: the leader restarts
+        // the transfer, but the follower still holds 512 bytes of it.
+        o.restart(2);
+        assert_eq!((o.acked, o.next, o.inflight.len()), (0, 0, 0));
+        o.reading = Some(0);
+        o.sent(0, 64, false);
+        assert!(o.acked_to(512, 3), "the follower's real position is accepted");
+        assert_eq!((o.acked, o.next), (512, 512));
     }
 
     #[test]

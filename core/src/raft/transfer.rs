@@ -164,9 +164,9 @@ impl RawNode {
         if t.acked_to(next_offset, now) {
             // Progress.
         } else if next_offset < t.acked {
-            // The follower lost what it staged (it restarted): from the top.
-            let meta = t.meta.clone();
-            *t = Outgoing::new(session, meta, now);
+            // The follower lost what it staged (it restarted), or this is a
+            // stale duplicate of an early answer: from the top either way.
+            t.restart(now);
         } else if next_offset == t.acked && !t.inflight.is_empty() && t.rewound_at != Some(t.acked) {
             // A chunk arrived out of order: one before it was lost.
             t.rewind(now);
