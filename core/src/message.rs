@@ -16,6 +16,13 @@ use crate::types::{Entry, Index, LogId, NodeId, SnapshotMeta, Term};
 pub struct Message {
     pub from: NodeId,
     pub term: Term,
+    /// The sender lost its data and is rejoining (`Config::rejoin_after_data_loss`).
+    /// Its acknowledgements are real durability but not a promise: it forgot
+    /// the terms it voted in, so it may have acknowledged a stale leader, and
+    /// a leader must not count it toward a commit, a read or a lease until it
+    /// has left the voters. Without this a stale leader committed with a wiped
+    /// voter over an entry a newer leader had already written (seed 7006899).
+    pub rejoining: bool,
     pub body: MessageBody,
 }
 

@@ -85,6 +85,9 @@ pub struct Progress {
     pub session: u64,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
+    /// The follower reports it lost its data and is rejoining: none of its
+    /// acknowledgements count toward commit, reads, lease or check-quorum.
+    pub rejoining: bool,
     /// Highest heartbeat round this follower acknowledged.
     pub acked_ctx: u64,
     /// Local time the match point last moved (or replication started).
@@ -112,6 +115,7 @@ impl Progress {
             inflights: Inflights::new(max_msgs, max_bytes),
             session,
             recent_active: false,
+            rejoining: false,
             acked_ctx: 0,
             last_progress_ns: 0,
             commit_sent: 0,

@@ -378,7 +378,7 @@ impl RawNode {
             l.check_quorum_deadline = now + self.cfg.election_timeout_min_ns;
             let id = self.id;
             let result = joint_vote(&self.membership, |v| {
-                Some(v == id || l.progress.get(&v).is_some_and(|p| p.recent_active))
+                Some(v == id || l.progress.get(&v).is_some_and(|p| p.recent_active && !p.rejoining))
             });
             for p in l.progress.values_mut() {
                 p.recent_active = false;
@@ -499,7 +499,7 @@ impl RawNode {
             if *id != self.id {
                 actions.push(Action::Send {
                     to: *id,
-                    message: Message { from: self.id, term, body: body.clone() },
+                    message: Message { from: self.id, term, rejoining: self.rejoining, body: body.clone() },
                 });
             }
         }
@@ -564,7 +564,8 @@ impl RawNode {
     // ---- messages ------------------------------------------------------------
 
     fn send(&self, to: NodeId, body: MessageBody, actions: &mut Vec<Action>) {
-        actions.push(Action::Send { to, message: Message { from: self.id, term: self.term, body } });
+        let message = Message { from: self.id, term: self.term, rejoining: self.rejoining, body };
+        actions.push(Action::Send { to, message });
     }
 
     fn on_message(&mut self, m: Message, actions: &mut Vec<Action>) {
@@ -614,13 +615,15 @@ impl RawNode {
             return;
         }
         let from = m.from;
+        self.note_rejoining(from, m.rejoining);
         match m.body {
             MessageBody::PreVoteRequest { last_log_id } => {
                 // Granted only for a later term than ours, from an up-to-date log.
                 let granted = m.term > self.term && !self.rejoining && self.log_ok(last_log_id);
                 let term = if granted { m.term } else { self.term };
                 let body = MessageBody::PreVoteResponse { granted };
-                actions.push(Action::Send { to: from, message: Message { from: self.id, term, body } });
+                let message = Message { from: self.id, term, rejoining: self.rejoining, body };
+                actions.push(Action::Send { to: from, message });
             }
             MessageBody::VoteRequest { last_log_id, .. } => self.on_vote_request(from, last_log_id, actions),
             MessageBody::PreVoteResponse { granted } => {
@@ -688,6 +691,19 @@ impl RawNode {
             MessageBody::SnapshotResponse { session, snapshot, next_offset } => {
                 self.on_snapshot_response(from, session, snapshot, next_offset, actions)
             }
+        }
+    }
+
+    /// Leader: records whether follower `from` says it is rejoining after
+    /// data loss. Sticky while it is a voter: a message it sent before it
+    /// lost its disk may arrive late saying "not rejoining", and must not
+    /// make its later acknowledgements count. It can only stop rejoining
+    /// after leaving the voters (see `rejoin_evidence`), so the flag is
+    /// followed as sent while it is a learner or not a member.
+    fn note_rejoining(&mut self, from: NodeId, rejoining: bool) {
+        let voter = self.membership.is_voter(from);
+        if let Some(p) = self.leader.as_mut().and_then(|l| l.progress.get_mut(&from)) {
+            p.rejoining = rejoining || (p.rejoining && voter);
         }
     }
 
@@ -1155,6 +1171,7 @@ impl RawNode {
             self.next_session += 1;
             fresh.recent_active = true;
             fresh.acked_ctx = p.acked_ctx;
+            fresh.rejoining = p.rejoining;
             fresh.last_progress_ns = self.now;
             *p = fresh;
         }
@@ -1187,7 +1204,9 @@ impl RawNode {
             if v == id {
                 Some(persisted)
             } else {
-                l.progress.get(&v).map(|p| p.match_index)
+                // A rejoining voter's log is real but its word is not:
+                // it may be acknowledging a stale leader (`Message::rejoining`).
+                l.progress.get(&v).filter(|p| !p.rejoining).map(|p| p.match_index)
             }
         });
         if committed <= self.log.committed() {
@@ -1357,7 +1376,7 @@ impl RawNode {
         l.rounds.push(ctx, now);
         for (&to, p) in &l.progress {
             let body = MessageBody::Heartbeat { commit: commit.min(p.match_index), ctx };
-            actions.push(Action::Send { to, message: Message { from, term, body } });
+            actions.push(Action::Send { to, message: Message { from, term, rejoining: false, body } });
         }
         self.advance_reads(actions);
     }
@@ -1371,7 +1390,7 @@ impl RawNode {
             if v == id {
                 Some(own)
             } else {
-                l.progress.get(&v).map(|p| p.acked_ctx)
+                l.progress.get(&v).filter(|p| !p.rejoining).map(|p| p.acked_ctx)
             }
         });
         if quorum_ctx == 0 {

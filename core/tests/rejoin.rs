@@ -447,3 +447,45 @@ fn randomized_wipes_and_rejoins_without_pre_vote_or_check_quorum() {
     });
     assert!(wipes >= 25 && rejoined >= 10, "the runs exercise the path: {wipes} wipes, {rejoined} rejoined");
 }
+
+/// A wiped voter forgot every term it voted in, so it follows whichever
+/// leader reaches it first, a stale one included. Its acknowledgements must
+/// not make a quorum: here leader 1 has only node 2 (wiped, rejoining) beside
+/// it, and must neither commit, confirm a read, nor keep its leadership by
+/// check-quorum on node 2's word (sim seed 7006899, 3 nodes: a stale leader
+/// committed over an entry of a newer term this way).
+#[test]
+fn a_rejoining_voters_acknowledgements_make_no_quorum() {
+    let mut c = Cluster::with_config(3, 21, |cfg| {
+        cfg.lease_read = false;
+    });
+    c.elect(1);
+    propose_n(&mut c, 1, 1, 3);
+    c.stabilize();
+    let committed = c.raft(1).status().commit;
+    c.isolate(3);
+    c.wipe(2, true);
+    c.partition(&[2], &[3]);
+    assert!(c.raft(2).status().rejoining);
+    propose_n(&mut c, 1, 100, 2);
+    c.read(1, 500);
+    c.stabilize();
+    // Node 2 holds the new entries (its log is real) ...
+    assert!(c.last_log_id(2).index > committed, "node 2 caught up with the leader's log");
+    // ... but its word commits nothing and confirms no read.
+    assert_eq!(c.raft(1).status().commit, committed, "no commit counted on a rejoining voter");
+    assert!(c.outcome(1, 100).is_none(), "{:?}", c.outcome(1, 100));
+    assert!(c.outcome(1, 500).is_none(), "read confirmed by a rejoining voter: {:?}", c.outcome(1, 500));
+    // Check-quorum: node 2's activity does not keep node 1 leading.
+    c.run_for(2_000 * MS);
+    assert_ne!(c.raft(1).role(), Role::Leader, "check-quorum counted a rejoining voter");
+    // Node 3 back: a real quorum commits again (and a leader emerges).
+    c.heal();
+    c.run_for(3_000 * MS);
+    let leader = c.leader().expect("a leader with node 3 back");
+    assert_ne!(leader, 2, "a rejoining node never leads");
+    propose_n(&mut c, leader, 200, 1);
+    c.stabilize();
+    applied_ok(&c, leader, 200);
+    c.check_invariants();
+}

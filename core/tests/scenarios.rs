@@ -80,6 +80,7 @@ fn a_restarted_node_remembers_its_vote() {
         Input::Message(Message {
             from: 3,
             term,
+            rejoining: false,
             body: MessageBody::VoteRequest { last_log_id: LogId::new(term, 5), transfer: false },
         }),
     );
@@ -88,6 +89,7 @@ fn a_restarted_node_remembers_its_vote() {
         Input::Message(Message {
             from: 3,
             term,
+            rejoining: false,
             body: MessageBody::VoteRequest { last_log_id: LogId::new(term, 5), transfer: false },
         }),
     );
@@ -502,6 +504,7 @@ fn stale_replication_responses_are_ignored() {
         Input::Message(Message {
             from: 2,
             term,
+            rejoining: false,
             body: MessageBody::AppendResponse { session: 999, result: Ok(1_000) },
         }),
     );
@@ -511,6 +514,7 @@ fn stale_replication_responses_are_ignored() {
         Input::Message(Message {
             from: 2,
             term: term - 1,
+            rejoining: false,
             body: MessageBody::AppendResponse { session: 1, result: Ok(1_000) },
         }),
     );
@@ -855,7 +859,7 @@ fn messages_survive_a_postcard_round_trip() {
         MessageBody::TimeoutNow,
     ];
     for body in bodies {
-        let m = Message { from: 2, term: 9, body };
+        let m = Message { from: 2, term: 9, rejoining: false, body };
         let bytes = postcard::to_allocvec(&m).unwrap();
         let back: Message = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, m);

@@ -55,7 +55,7 @@ impl SplitMix {
 }
 
 fn message(body: MessageBody) -> Frame {
-    PeerFrame::Message(Envelope { group: 1, message: Message { from: 2, term: 3, body } })
+    PeerFrame::Message(Envelope { group: 1, message: Message { from: 2, term: 3, rejoining: false, body } })
 }
 
 fn sample_entries() -> Vec<Entry> {

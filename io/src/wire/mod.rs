@@ -19,7 +19,7 @@ use tarn_core::{GroupId, NodeId};
 
 /// The format version written in every frame. Bump it when any type carried
 /// on the wire changes its encoding (including `tarn-core` and `tarn-kv` types).
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Bytes before the body: the `u32` length.
 pub const FRAME_LEN_BYTES: usize = 4;
