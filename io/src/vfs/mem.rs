@@ -25,6 +25,26 @@ pub enum CrashMode {
     KeepUnsynced,
 }
 
+/// What a power loss keeps of one file's operations since its last
+/// `sync_data` (see [`MemVfs::crash_per_file`]): an ordered prefix, the
+/// write after it possibly torn. Files are independent of each other, as on
+/// a real file system, where unsynced writes to different files reach the
+/// disk in no particular order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsynced {
+    /// Operations kept whole, oldest first.
+    pub ops: usize,
+    /// Bytes kept of the write that follows them (0: none).
+    pub torn_bytes: usize,
+}
+
+impl Unsynced {
+    /// Nothing unsynced survives.
+    pub const DROP: Unsynced = Unsynced { ops: 0, torn_bytes: 0 };
+    /// Everything written survives.
+    pub const KEEP: Unsynced = Unsynced { ops: usize::MAX, torn_bytes: 0 };
+}
+
 /// Faults armed on a [`MemVfs`]. Writes and syncs are counted from 0 across
 /// all files since the `MemVfs` was made (see [`MemVfs::write_count`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -174,6 +194,62 @@ impl MemVfs {
                 CrashMode::DropUnsynced => inode.durable.clone(),
                 CrashMode::KeepUnsynced => inode.data.clone(),
             };
+            inodes.insert(id, Inode { data: bytes.clone(), durable: bytes, pending: Vec::new() });
+        }
+        let state = State {
+            inodes,
+            next_inode: old.next_inode,
+            durable_names: names.clone(),
+            names,
+            dirs: old.dirs.clone(),
+            ..State::default()
+        };
+        MemVfs { state: Arc::new(Mutex::new(state)) }
+    }
+
+    /// Every durably named file with operations since its last `sync_data`,
+    /// with the size of each (a size change counts as 0 bytes), oldest
+    /// first: what [`MemVfs::crash_per_file`] can keep or tear.
+    pub fn unsynced_files(&self) -> Vec<(PathBuf, Vec<usize>)> {
+        let state = lock(&self.state);
+        let sizes = |ops: &[PendingOp]| {
+            ops.iter()
+                .map(|op| match op {
+                    PendingOp::Write { data, .. } => data.len(),
+                    PendingOp::SetLen(_) => 0,
+                })
+                .collect::<Vec<_>>()
+        };
+        state
+            .durable_names
+            .iter()
+            .filter(|(_, id)| !state.inodes[id].pending.is_empty())
+            .map(|(path, id)| (path.clone(), sizes(&state.inodes[id].pending)))
+            .collect()
+    }
+
+    /// The disk after a power loss that kept, of each durably named file's
+    /// unsynced operations, what `fate(path)` says (unsynced names are lost,
+    /// as in [`CrashMode::DropUnsynced`]). Unlike [`MemVfs::crash`], this can
+    /// keep one file's unsynced writes while losing another's, which a real
+    /// file system may do: it orders writes across files only by fsync.
+    pub fn crash_per_file(&self, fate: impl Fn(&Path) -> Unsynced) -> MemVfs {
+        let old = lock(&self.state);
+        let names = old.durable_names.clone();
+        let mut inodes = BTreeMap::new();
+        for (path, &id) in &names {
+            let inode = &old.inodes[&id];
+            let Unsynced { ops, torn_bytes } = fate(path);
+            let mut bytes = inode.durable.clone();
+            let kept = ops.min(inode.pending.len());
+            for op in &inode.pending[..kept] {
+                apply(&mut bytes, op);
+            }
+            if let Some(PendingOp::Write { offset, data }) = inode.pending.get(kept) {
+                let torn =
+                    PendingOp::Write { offset: *offset, data: data[..torn_bytes.min(data.len())].to_vec() };
+                apply(&mut bytes, &torn);
+            }
             inodes.insert(id, Inode { data: bytes.clone(), durable: bytes, pending: Vec::new() });
         }
         let state = State {
@@ -445,6 +521,27 @@ mod tests {
         file.write_at(b"lost", 2).unwrap();
         assert!(file.sync_data().is_err());
         assert_eq!(vfs.file_bytes(&dir.join("a")).unwrap(), b"ok");
+    }
+
+    #[test]
+    fn crash_per_file_keeps_each_file_independently() {
+        let (vfs, dir) = setup();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        let fa = vfs.create(&a).unwrap();
+        let fb = vfs.create(&b).unwrap();
+        vfs.sync_dir(&dir).unwrap();
+        fa.write_at(b"1111", 0).unwrap();
+        fa.write_at(b"2222", 4).unwrap();
+        fb.write_at(b"bb", 0).unwrap();
+        assert_eq!(vfs.unsynced_files(), vec![(a.clone(), vec![4, 4]), (b.clone(), vec![2])]);
+        let after =
+            vfs.crash_per_file(|p| if p == a { Unsynced { ops: 1, torn_bytes: 3 } } else { Unsynced::DROP });
+        assert_eq!(after.file_bytes(&a).unwrap(), b"1111222");
+        assert_eq!(after.file_bytes(&b).unwrap(), b"");
+        let after = vfs.crash_per_file(|p| if p == b { Unsynced::KEEP } else { Unsynced::DROP });
+        assert_eq!(after.file_bytes(&a).unwrap(), b"");
+        assert_eq!(after.file_bytes(&b).unwrap(), b"bb");
+        assert!(after.unsynced_files().is_empty());
     }
 
     #[test]

@@ -41,7 +41,7 @@ use std::path::Path;
 mod mem;
 mod std_vfs;
 
-pub use mem::{CrashMode, Faults, MemVfs};
+pub use mem::{CrashMode, Faults, MemVfs, Unsynced};
 pub use std_vfs::StdVfs;
 
 /// An open file. Positioned I/O only: there is no cursor, so a handle can be
