@@ -11,7 +11,11 @@
 //!   record (a torn write, or a record being zeroed), then zeros. Every write
 //!   keeps this true even if it is torn — truncation zeroes records from the
 //!   last one backwards, each back to front — which is what lets recovery
-//!   call anything else corruption.
+//!   call anything else corruption;
+//! - a segment is first written only once every earlier segment is durable
+//!   (`write_staged` syncs them first), so unsynced bytes only ever sit in
+//!   the newest written segment, and valid records in a later segment prove
+//!   the earlier ones complete: a gap or damage before them is corruption.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -375,8 +379,10 @@ impl GroupLog {
         }
     }
 
-    /// Hands every staged byte to the OS: one `write_at` per segment touched.
-    /// Errors poison the group.
+    /// Hands every staged byte to the OS: one `write_at` per segment touched,
+    /// each preceded by an fdatasync of the earlier segments still unsynced
+    /// (only when the flush rolled over; see
+    /// [`GroupLog::sync_segments_before`]). Errors poison the group.
     pub fn write_staged(&mut self) -> Result<()> {
         self.check_poison()?;
         self.pad_last_chunk();
@@ -384,6 +390,7 @@ impl GroupLog {
             let chunk = self.chunks[c];
             let position = self.segment_position(chunk.segment_first_index);
             debug_assert_eq!(self.segments[position].first_index, chunk.segment_first_index);
+            self.sync_segments_before(chunk.segment_first_index)?;
             if self.segments[position].file.is_none() {
                 self.create_segment_file(position)?;
             }
@@ -403,6 +410,41 @@ impl GroupLog {
         self.chunks.clear();
         self.buf.clear();
         self.last_written = self.last_staged;
+        Ok(())
+    }
+
+    /// fdatasyncs, oldest first, every written segment before the one that
+    /// starts at `first_index` that may hold unsynced bytes (including one a
+    /// background [`LogSyncJob`] may still be syncing). Called before the
+    /// first write into a segment: the file system does not order writes to
+    /// different files, so without this a crash (or a failed fsync, which
+    /// drops the file's dirty pages) can keep the new segment's records while
+    /// losing or tearing the old segment's tail — a gap, or damage followed
+    /// by valid records, which recovery must refuse as corruption because
+    /// the same picture arises when synced data is damaged. Costs one
+    /// fdatasync per segment roll, which a sync-mode flush paid anyway.
+    /// Errors poison the group.
+    fn sync_segments_before(&mut self, first_index: Index) -> Result<()> {
+        if let Some(in_flight) = self.in_flight_sync.filter(|&f| f < first_index) {
+            // Synced here, so the job's result adds nothing about ordering.
+            self.in_flight_sync = None;
+            let present = self.segments.iter().any(|s| s.first_index == in_flight);
+            if present && !self.unsynced.contains(&in_flight) {
+                self.unsynced.push(in_flight);
+            }
+        }
+        let mut earlier: Vec<Index> = self.unsynced.iter().copied().filter(|&f| f < first_index).collect();
+        earlier.sort_unstable();
+        for f in earlier {
+            let seg = &self.segments[self.segment_position(f)];
+            debug_assert_eq!(seg.first_index, f);
+            let file = seg.file.as_ref().expect("an unsynced segment was written, so it exists");
+            if let Err(e) = file.sync_data() {
+                let path = seg.path.clone();
+                return Err(self.poison("fdatasync", &path, e));
+            }
+            self.unsynced.retain(|&u| u != f);
+        }
         Ok(())
     }
 
@@ -472,8 +514,10 @@ impl GroupLog {
     }
 
     /// First half of a batched sync: fdatasyncs, in order, every unsynced
-    /// segment but the newest, so that a later segment never becomes durable
-    /// ahead of an earlier one. The newest is then synced by the caller
+    /// segment but the newest. [`GroupLog::write_staged`] already syncs older
+    /// segments before writing a newer one (ordering the *writes*, not just
+    /// the syncs, is what recovery needs), so this is normally a no-op and
+    /// stays as a cheap guard. The newest is then synced by the caller
     /// (with other groups' files) via [`GroupLog::unsynced_tail`] and
     /// [`GroupLog::finish_sync`].
     pub fn sync_all_but_newest(&mut self) -> Result<()> {

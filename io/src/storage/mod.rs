@@ -637,8 +637,9 @@ impl Storage {
 
     /// The sync phase of a flush: every file the flush wrote is fdatasynced
     /// in one [`Vfs::sync_data_batch`] call (which the real file system
-    /// overlaps), except a group's older segments when a flush rolled over,
-    /// which are synced first so that segments become durable in order.
+    /// overlaps). A group's older segment, when a flush rolled over, was
+    /// already synced by the write itself, before the newer segment was
+    /// written (see [`GroupLog::write_staged`]).
     fn sync_batch(&mut self, report: &mut FlushReport, vote_only: bool) {
         let job = self.begin_sync_of_flushed(report, vote_only);
         let results = job.run();

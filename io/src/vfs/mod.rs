@@ -25,6 +25,10 @@
 //!   (the model the tests and the simulator inject). Any other loss pattern
 //!   (an unsynced hole followed by persisted data) may make recovery report
 //!   corruption — it fails safe, it never silently drops acknowledged data.
+//! - **Files are not ordered with each other**: until fsynced, a crash may
+//!   keep one file's later writes and lose another file's earlier ones. The
+//!   engine orders writes across files only by `sync_data` (a log segment is
+//!   written only once every earlier segment is durable).
 //! - **Errors are final**: after `write_at` or `sync_data` returns `Err`, the
 //!   engine assumes the file's unsynced contents are unknown (Linux may have
 //!   dropped the dirty pages and cleared the error) and never retries on that
