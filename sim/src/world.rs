@@ -1258,6 +1258,13 @@ impl World {
             engine.vfs.die_during_write(die_at);
         }
         storage.flush(&mut engine.report);
+        let refused =
+            engine.report.failed.iter().position(|(_, e)| !is_disk_fault(e, engine.vfs.is_bad_disk()));
+        if let Some(i) = refused.filter(|_| !crash_now) {
+            let (_, error) = engine.report.failed.swap_remove(i);
+            self.storage_error(idx, 3, error);
+            return;
+        }
         if !engine.report.failed.is_empty() || crash_now {
             self.record(idx as u64 + 1, TraceKind::DiskError, 3, u64::from(crash_now), 0);
             let downtime = self.rng_process.between(NANOS_PER_MILLI, 100 * NANOS_PER_MILLI);
@@ -1293,6 +1300,32 @@ impl World {
             engine.flush_scheduled = true;
             let incarnation = n.incarnation;
             self.queue.push(at, Event::Disk { node: idx as u8, incarnation, done: DiskDone::Flush });
+        }
+    }
+
+    /// A storage call returned `error`. A disk fault (an I/O error, a group
+    /// poisoned by an earlier one, corruption on the bad disk) stops the node,
+    /// which restarts from what is durable. Anything else is the engine
+    /// refusing a request on a healthy disk, such as a snapshot "older than the
+    /// stored one" or an entry too large: the protocol asked for something
+    /// wrong, and crashing and restarting would hide it, so the run fails
+    /// (issue 15, gap 3).
+    fn storage_error(&mut self, idx: usize, what: u64, error: StorageError) {
+        let bad_disk = self.nodes[idx].engine.as_ref().is_some_and(|e| e.vfs.is_bad_disk());
+        match error {
+            e if is_disk_fault(&e, bad_disk) => self.storage_failed(idx, what),
+            other => {
+                let call = match what {
+                    3 => "flush",
+                    4 => "stage entries",
+                    5 => "stage the hard state",
+                    6 => "read entries",
+                    _ => "write a snapshot or compact",
+                };
+                let detail =
+                    format!("n{}: the storage engine refused to {call} on a healthy disk: {other}", idx + 1);
+                self.fail(FailureKind::Safety, "storage-refused", detail);
+            }
         }
     }
 
@@ -1506,9 +1539,9 @@ impl World {
                 }
                 n.storage.append(&entries);
                 if let Some(engine) = n.engine.as_mut() {
-                    let staged = engine.storage.as_mut().map(|s| s.stage(GROUP, &entries));
-                    if !matches!(staged, Some(Ok(()))) {
-                        self.storage_failed(idx, 4);
+                    let Some(storage) = engine.storage.as_mut() else { return };
+                    if let Err(error) = storage.stage(GROUP, &entries) {
+                        self.storage_error(idx, 4, error);
                         return;
                     }
                     self.schedule_flush(idx);
@@ -1521,9 +1554,9 @@ impl World {
             Action::PersistHardState(hs) => {
                 self.nodes[idx].storage.set_hard_state(hs);
                 if let Some(engine) = self.nodes[idx].engine.as_mut() {
-                    let staged = engine.storage.as_mut().map(|s| s.stage_hard_state(GROUP, hs));
-                    if !matches!(staged, Some(Ok(()))) {
-                        self.storage_failed(idx, 5);
+                    let Some(storage) = engine.storage.as_mut() else { return };
+                    if let Err(error) = storage.stage_hard_state(GROUP, hs) {
+                        self.storage_error(idx, 5, error);
                         return;
                     }
                     self.schedule_flush(idx);
@@ -1541,12 +1574,9 @@ impl World {
                     None => n.storage.entries(from, to, max_bytes),
                     Some(engine) => {
                         let mut out = Vec::new();
-                        let read = engine
-                            .storage
-                            .as_ref()
-                            .map(|s| s.entries(GROUP, from, to, max_bytes as u64, &mut out));
-                        if !matches!(read, Some(Ok(()))) {
-                            self.storage_failed(idx, 6);
+                        let Some(storage) = engine.storage.as_ref() else { return };
+                        if let Err(error) = storage.entries(GROUP, from, to, max_bytes as u64, &mut out) {
+                            self.storage_error(idx, 6, error);
                             return;
                         }
                         out
@@ -1622,8 +1652,8 @@ impl World {
                         let Some(storage) = engine.storage.as_mut() else { return };
                         match storage.compact(GROUP, up_to).and_then(|()| storage.log_state(GROUP)) {
                             Ok(state) => state.first_index,
-                            Err(_) => {
-                                self.storage_failed(idx, 7);
+                            Err(error) => {
+                                self.storage_error(idx, 7, error);
                                 return;
                             }
                         }
@@ -1817,8 +1847,8 @@ impl World {
             let Some(storage) = engine.storage.as_mut() else { return };
             match storage.write_snapshot(GROUP, &meta, &data).and_then(|()| storage.log_state(GROUP)) {
                 Ok(state) => first = state.first_index,
-                Err(_) => {
-                    self.storage_failed(idx, 7);
+                Err(error) => {
+                    self.storage_error(idx, 7, error);
                     return;
                 }
             }
@@ -1899,8 +1929,8 @@ impl World {
         let n = &mut self.nodes[idx];
         if let Some(engine) = n.engine.as_mut() {
             let Some(storage) = engine.storage.as_mut() else { return };
-            if storage.write_snapshot(GROUP, &meta, &data).is_err() {
-                self.storage_failed(idx, 7);
+            if let Err(error) = storage.write_snapshot(GROUP, &meta, &data) {
+                self.storage_error(idx, 7, error);
                 return;
             }
         }
@@ -2819,6 +2849,17 @@ impl World {
         self.trace.mix(invoked);
         self.trace.mix(commit);
         self.trace.mix(self.ops_completed);
+    }
+}
+
+/// Whether `error` is what a faulty disk causes (an I/O error, a group
+/// poisoned by an earlier one, corruption on the bad disk), as opposed to the
+/// engine refusing a request.
+fn is_disk_fault(error: &StorageError, bad_disk: bool) -> bool {
+    match error {
+        StorageError::Io { .. } | StorageError::Poisoned { .. } | StorageError::Unwritable { .. } => true,
+        StorageError::Corruption { .. } => bad_disk,
+        _ => false,
     }
 }
 
