@@ -173,6 +173,29 @@ pub fn message_kind_name(code: u64) -> &'static str {
     NAMES.get(code as usize).copied().unwrap_or("Other")
 }
 
+/// A message's fields for `--trace`, with entry payloads and snapshot bytes
+/// left out (entries as their first and last `term@index`).
+pub fn message_detail(message: &tarn_core::Message) -> String {
+    use tarn_core::MessageBody;
+    let mut m = message.clone();
+    match &mut m.body {
+        MessageBody::AppendEntries { entries, .. } => {
+            let span = match (entries.first(), entries.last()) {
+                (Some(f), Some(l)) => format!(" entries {}@{}..{}@{}", f.term, f.index, l.term, l.index),
+                _ => String::new(),
+            };
+            entries.clear();
+            format!("{:?}{span}", m.body)
+        }
+        MessageBody::InstallSnapshot { data, .. } => {
+            let len = data.len();
+            *data = bytes::Bytes::new();
+            format!("{:?} ({len} bytes)", m.body)
+        }
+        _ => format!("{:?}", m.body),
+    }
+}
+
 /// FNV-1a style hashing: fast, stable across platforms and Rust versions
 /// (unlike `DefaultHasher`), which a digest compared across runs must be.
 #[derive(Clone, Copy, Debug)]
@@ -247,6 +270,11 @@ impl Trace {
         }
         self.next = (self.next + 1) % TRACE_RING_EVENTS;
         self.recorded += 1;
+    }
+
+    /// Whether every event is printed (`--trace`).
+    pub fn prints_all(&self) -> bool {
+        self.print_all
     }
 
     /// Mixes extra state into the digest without recording an event.

@@ -27,7 +27,7 @@ use crate::profile::{Profile, ProfileKind, CORE_DRIFT_BOUND_PPM};
 use crate::queue::{EventQueue, NANOS_PER_MICRO, NANOS_PER_MILLI, NANOS_PER_SECOND};
 use crate::rng::{SimRng, Stream, PPM};
 use crate::storage::ModelStorage;
-use crate::trace::{hash_bytes, Trace, TraceEvent, TraceKind};
+use crate::trace::{hash_bytes, message_detail, Trace, TraceEvent, TraceKind};
 use crate::workload::{self, ClientOp, Path};
 
 #[cfg(feature = "planted-bugs")]
@@ -898,6 +898,10 @@ impl World {
                     message.term,
                     (code << 32) | entries,
                 );
+                if self.trace.prints_all() {
+                    let rejoining = if message.rejoining { " (rejoining)" } else { "" };
+                    println!("{:>30}{rejoining} {}", "", message_detail(&message));
+                }
                 self.step(t, Input::Message(message));
             }
             Event::Tick { node, incarnation } => {
