@@ -210,6 +210,13 @@ impl ConfState {
         !self.pending.is_empty()
     }
 
+    /// Whether `id` is a voter (incoming or outgoing) of the committed
+    /// configuration or of any uncommitted one after it: the configurations
+    /// that may still be in force somewhere in the cluster.
+    pub fn may_be_voter(&self, id: NodeId) -> bool {
+        self.committed.is_voter(id) || self.pending.iter().any(|(_, m)| m.is_voter(id))
+    }
+
     /// Records `entries` appended at `entries[0].index` (replacing any suffix
     /// from there). Returns whether the configuration in force changed.
     pub fn on_append(&mut self, entries: &[Entry]) -> bool {

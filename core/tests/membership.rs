@@ -521,3 +521,37 @@ fn an_uncommitted_first_configuration_reverts_after_a_restart() {
     );
     c.check_invariants();
 }
+
+/// The leader of C({2,3,4},{1,5}) appended C({2,3,4}) and went down before
+/// anyone else received it. Its log is now the longest, so no other node
+/// can win its vote, and the outgoing half {1,5} needs it. It must campaign
+/// under its newest configuration although that configuration removes it,
+/// then step down once that configuration commits (sim seed 40000106).
+#[test]
+fn a_node_holding_its_own_uncommitted_removal_campaigns_so_the_joint_voters_can_move_on() {
+    use tarn_core::{Entry, HardState, LogId};
+    let old = Membership { voters: set(&[1, 5]), voters_outgoing: set(&[]), learners: set(&[2, 3, 4]) };
+    let joint = Membership { voters: set(&[2, 3, 4]), voters_outgoing: set(&[1, 5]), learners: set(&[]) };
+    let new = Membership { voters: set(&[2, 3, 4]), voters_outgoing: set(&[]), learners: set(&[]) };
+    let e = |index, payload| Entry { term: 1, index, payload };
+    let shared = vec![e(1, EntryPayload::Blank), e(2, EntryPayload::Membership(joint.clone()))];
+    let mut longest = shared.clone();
+    longest.push(e(3, EntryPayload::Membership(new.clone())));
+    let hs = HardState { term: 1, vote: Some(5), commit: 2 };
+    let logs: Vec<_> =
+        (1..=5).map(|id| (id, hs, if id == 5 { longest.clone() } else { shared.clone() })).collect();
+    let mut c = Cluster::with_logs(7, old, logs, |_| {});
+    assert_eq!(c.raft(5).membership(), &new);
+    assert_eq!(c.last_log_id(5), LogId::new(1, 3));
+    c.run_for(5_000 * MS);
+    let leader = c.leader().expect("a leader: node 5 must campaign and win under C({2,3,4})");
+    assert!([2, 3, 4].contains(&leader), "node 5 handed over after C(new) committed, leader is {leader}");
+    for id in [2, 3, 4] {
+        assert_eq!(c.raft(id).membership(), &new, "node {id}");
+        assert!(c.raft(id).status().commit >= 3, "C(new) committed on node {id}");
+    }
+    c.propose(leader, 77, b"after");
+    c.stabilize();
+    assert!(matches!(c.outcome(leader, 77), Some(Outcome::Applied(_))), "{:?}", c.outcome(leader, 77));
+    c.check_invariants();
+}
