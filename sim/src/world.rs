@@ -253,6 +253,10 @@ pub struct RunReport {
     pub expiries: u64,
     /// Disks wiped (the node rejoined empty).
     pub wipes: u64,
+    /// Coverage: membership changes of several nodes at once proposed, and
+    /// joint configurations (C(old,new)) appended by a leader.
+    pub multi_changes: u64,
+    pub joints: u64,
     pub profile: String,
     pub last_events: Vec<TraceEvent>,
 }
@@ -495,6 +499,8 @@ pub struct World {
     /// The node whose disk was wiped and that has not rejoined as a voter yet.
     wiped: Option<usize>,
     wipes: u64,
+    multi_changes: u64,
+    joints: u64,
     /// The next node to grant a vote gets its disk wiped.
     wipe_armed: bool,
     rng_ttl: SimRng,
@@ -691,6 +697,8 @@ impl World {
             expiries: 0,
             wiped: None,
             wipes: 0,
+            multi_changes: 0,
+            joints: 0,
             wipe_armed: false,
             rng_ttl: SimRng::new(seed, Stream::Ttl),
             expiry_proposals: HashMap::new(),
@@ -809,13 +817,15 @@ impl World {
                 Some(raw) => {
                     let _ = write!(
                         detail,
-                        "\n  n{}: {:?} term={} leader={:?} commit={} last={}",
+                        "\n  n{}: {:?} term={} leader={:?} commit={} last={} {}{}",
                         n.id,
                         raw.role(),
                         raw.term(),
                         raw.leader(),
                         raw.commit_index(),
-                        raw.last_log_id()
+                        raw.last_log_id(),
+                        describe_membership(raw.membership()),
+                        if raw.status().rejoining { " rejoining" } else { "" }
                     );
                 }
                 None => {
@@ -858,6 +868,8 @@ impl World {
             compactions: self.compactions,
             expiries: self.expiries,
             wipes: self.wipes,
+            multi_changes: self.multi_changes,
+            joints: self.joints,
             profile: self.profile.to_string(),
             last_events: self.trace.last(FAILURE_TRACE_EVENTS),
         }
@@ -1531,6 +1543,10 @@ impl World {
                             m.voters.len()
                         };
                         self.voters_min = self.voters_min.min(smallest.max(1));
+                        let leader = self.nodes[idx].raw.as_ref().is_some_and(|r| r.role() == Role::Leader);
+                        if m.is_joint() && leader {
+                            self.joints += 1;
+                        }
                     }
                 }
                 let n = &mut self.nodes[idx];
@@ -2475,6 +2491,24 @@ impl World {
             return;
         }
         let all: Vec<NodeId> = (1..=self.nodes.len() as NodeId).collect();
+        // From 4 nodes on, half of the changes move several voters at once
+        // (issue 15, gap 2): with one voter at a time a majority of the new
+        // configuration always holds a majority of the old one, so the joint
+        // consensus arithmetic was never really tried.
+        if self.nodes.len() >= 4 && self.rng_ops.chance(500_000) {
+            let changes = self.multi_voter_change(&m, &all);
+            if changes.len() >= 2 {
+                self.multi_changes += 1;
+                let id = self.next_attempt;
+                self.next_attempt += 1;
+                for c in &changes {
+                    let (kind, node) = conf_change_code(c);
+                    self.record(l as u64 + 1, TraceKind::Membership, kind, node, 0);
+                }
+                self.step(l, Input::ChangeMembership { id, changes });
+                return;
+            }
+        }
         let change = if let Some(&learner) = m.learners.iter().next() {
             ConfChange::PromoteLearner(learner)
         } else if let Some(&out) = all.iter().find(|id| !m.contains(**id)) {
@@ -2485,14 +2519,52 @@ impl World {
         };
         let id = self.next_attempt;
         self.next_attempt += 1;
-        let (kind, node) = match change {
-            ConfChange::RemoveNode(n) => (1, n),
-            ConfChange::AddLearner(n) => (2, n),
-            ConfChange::PromoteLearner(n) => (3, n),
-            ConfChange::AddVoter(n) => (4, n),
-        };
+        let (kind, node) = conf_change_code(&change);
         self.record(l as u64 + 1, TraceKind::Membership, kind, node, 0);
         self.step(l, Input::ChangeMembership { id, changes: vec![change] });
+    }
+
+    /// A change of several voters at once from `m` (not joint):
+    /// - with learners: promote all of them, and with even odds also remove
+    ///   as many voters as are promoted (replacing up to a majority);
+    /// - with nodes outside the group: add them all as learners;
+    /// - else remove 2 or more voters together, keeping at least 2.
+    fn multi_voter_change(&mut self, m: &Membership, all: &[NodeId]) -> Vec<ConfChange> {
+        let learners: Vec<NodeId> = m.learners.iter().copied().collect();
+        let mut voters: Vec<NodeId> = m.voters.iter().copied().collect();
+        self.rng_ops.shuffle(&mut voters);
+        let mut changes = Vec::new();
+        if !learners.is_empty() {
+            changes.extend(learners.iter().map(|&id| ConfChange::PromoteLearner(id)));
+            if self.rng_ops.chance(500_000) {
+                let remove = learners.len().min(voters.len());
+                changes.extend(voters[..remove].iter().map(|&id| ConfChange::RemoveNode(id)));
+            }
+        } else if all.iter().any(|id| !m.contains(*id)) {
+            changes.extend(all.iter().filter(|id| !m.contains(**id)).map(|&id| ConfChange::AddLearner(id)));
+        } else if voters.len() >= 4 {
+            let remove = self.rng_ops.between(2, voters.len() as u64 - 2) as usize;
+            changes.extend(voters[..remove].iter().map(|&id| ConfChange::RemoveNode(id)));
+        }
+        // A bad disk's node may be retired for good: the new voters without
+        // it must still be a majority of themselves, or no quorum is left
+        // and that is not a bug to find.
+        let bad = (0..self.nodes.len())
+            .find(|&i| self.nodes[i].engine.as_ref().is_some_and(|e| e.vfs.is_bad_disk()))
+            .map(|i| i as NodeId + 1);
+        let mut next: Vec<NodeId> = m.voters.iter().copied().collect();
+        for c in &changes {
+            match *c {
+                ConfChange::RemoveNode(id) => next.retain(|&v| v != id),
+                ConfChange::PromoteLearner(id) | ConfChange::AddVoter(id) => next.push(id),
+                ConfChange::AddLearner(_) => {}
+            }
+        }
+        let healthy = next.iter().filter(|&&v| Some(v) != bad).count();
+        if healthy < next.len() / 2 + 1 {
+            changes.clear();
+        }
+        changes
     }
 
     /// The configuration of a live, unpaused leader, if there is one.
@@ -2632,12 +2704,7 @@ impl World {
             Some(ConfChange::AddLearner(id))
         };
         if let Some(change) = change {
-            let kind = match change {
-                ConfChange::RemoveNode(_) => 1,
-                ConfChange::AddLearner(_) => 2,
-                ConfChange::PromoteLearner(_) => 3,
-                ConfChange::AddVoter(_) => 4,
-            };
+            let (kind, _) = conf_change_code(&change);
             let request = self.next_attempt;
             self.next_attempt += 1;
             self.record(l as u64 + 1, TraceKind::Membership, kind, id, 1);
@@ -2853,6 +2920,28 @@ impl World {
         self.trace.mix(invoked);
         self.trace.mix(commit);
         self.trace.mix(self.ops_completed);
+    }
+}
+
+/// `voters=[1, 2] outgoing=[3] learners=[4]` (empty parts left out).
+fn describe_membership(m: &Membership) -> String {
+    let mut out = format!("voters={:?}", m.voters.iter().collect::<Vec<_>>());
+    if m.is_joint() {
+        let _ = write!(out, " outgoing={:?}", m.voters_outgoing.iter().collect::<Vec<_>>());
+    }
+    if !m.learners.is_empty() {
+        let _ = write!(out, " learners={:?}", m.learners.iter().collect::<Vec<_>>());
+    }
+    out
+}
+
+/// A membership change's trace code (see `TraceKind::Membership`) and node.
+fn conf_change_code(change: &ConfChange) -> (u64, NodeId) {
+    match *change {
+        ConfChange::RemoveNode(n) => (1, n),
+        ConfChange::AddLearner(n) => (2, n),
+        ConfChange::PromoteLearner(n) => (3, n),
+        ConfChange::AddVoter(n) => (4, n),
     }
 }
 
