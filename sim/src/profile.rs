@@ -100,6 +100,34 @@ impl SnapshotKnobs {
     }
 }
 
+/// Replication flow-control knobs, passed to the core's `Config`. Small
+/// appends and a small window make a follower's catch-up take many rounds
+/// through a divergent suffix instead of one (issue 15, gap 1: with the
+/// defaults, backtracking almost always landed on the divergence at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicationKnobs {
+    /// `max_entries_per_msg`.
+    pub entries_per_msg: usize,
+    /// `max_inflight_msgs`.
+    pub inflight_msgs: usize,
+}
+
+impl ReplicationKnobs {
+    /// The core's defaults.
+    pub fn calm() -> ReplicationKnobs {
+        ReplicationKnobs { entries_per_msg: 4096, inflight_msgs: 256 }
+    }
+
+    /// Half the seeds keep the defaults (so their runs are what they were
+    /// before these knobs existed); the others take small values.
+    fn draw(rng: &mut SimRng) -> ReplicationKnobs {
+        if rng.chance(PPM / 2) {
+            return ReplicationKnobs::calm();
+        }
+        ReplicationKnobs { entries_per_msg: *rng.pick(&[1, 2, 3, 8, 64]), inflight_msgs: *rng.pick(&[4, 16]) }
+    }
+}
+
 /// Everything a run's faults and workload depend on, drawn from the seed.
 #[derive(Clone, Debug)]
 pub struct Profile {
@@ -151,6 +179,7 @@ pub struct Profile {
     /// The lease of lock `l1` (lock `l0` keeps an hour-long lease): short
     /// enough that leases run out while a client holds the lock.
     pub short_lock_lease_ns: Nanos,
+    pub replication: ReplicationKnobs,
 }
 
 /// The core's clock-drift bound the simulator configures (`max_clock_drift_ppm`).
@@ -195,6 +224,7 @@ impl Profile {
             temp_ttl_min_ns: 50 * NANOS_PER_MILLI,
             temp_ttl_max_ns: 300 * NANOS_PER_MILLI,
             short_lock_lease_ns: 30 * NANOS_PER_MILLI,
+            replication: ReplicationKnobs::calm(),
         }
     }
 
@@ -267,6 +297,7 @@ impl Profile {
             temp_ttl_min_ns: 0,
             temp_ttl_max_ns: 0,
             short_lock_lease_ns: 0,
+            replication: ReplicationKnobs::calm(),
         };
         // Drawn last so that adding them did not reshuffle the knobs above.
         profile.intervals.membership_ns = interval(rng);
@@ -276,6 +307,7 @@ impl Profile {
         profile.temp_ttl_max_ns = profile.temp_ttl_min_ns + rng.between(0, 2 * NANOS_PER_SECOND);
         profile.short_lock_lease_ns = rng.between(NANOS_PER_MILLI, NANOS_PER_SECOND);
         profile.intervals.wipe_ns = interval(rng);
+        profile.replication = ReplicationKnobs::draw(rng);
 
         profile
     }
@@ -321,7 +353,8 @@ impl fmt::Display for Profile {
             "{} lease_read={} net[lat={}..{}us drop={}ppm dup={}ppm tail={}ppm/{}ms queue={}] \
              every_ms[partition={} one_way={} isolate={} clog={} flap={} crash={} pause={} jump={} transfer={} \
              membership={} wipe={}] \
-             drift<={}ppm disk[{}..{}us slow={}ppm] clients={} keys={} snapshot[every={} keep={} chunk={}B tail={}] temp={}ppm ttl={}..{}ms lease_l1={}ms",
+             drift<={}ppm disk[{}..{}us slow={}ppm] clients={} keys={} snapshot[every={} keep={} chunk={}B tail={}] temp={}ppm ttl={}..{}ms lease_l1={}ms \
+             append[entries={} inflight={}]",
             self.kind,
             self.lease_read,
             self.net.latency_min_ns / NANOS_PER_MICRO,
@@ -356,6 +389,8 @@ impl fmt::Display for Profile {
             ms(self.temp_ttl_min_ns),
             ms(self.temp_ttl_max_ns),
             ms(self.short_lock_lease_ns),
+            self.replication.entries_per_msg,
+            self.replication.inflight_msgs,
         )
     }
 }

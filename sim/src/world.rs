@@ -257,6 +257,10 @@ pub struct RunReport {
     /// joint configurations (C(old,new)) appended by a leader.
     pub multi_changes: u64,
     pub joints: u64,
+    /// Coverage: appends that cut a suffix of a node's log, and the longest
+    /// suffix cut.
+    pub truncations: u64,
+    pub truncated_max: u64,
     pub profile: String,
     pub last_events: Vec<TraceEvent>,
 }
@@ -501,6 +505,8 @@ pub struct World {
     wipes: u64,
     multi_changes: u64,
     joints: u64,
+    truncations: u64,
+    truncated_max: u64,
     /// The next node to grant a vote gets its disk wiped.
     wipe_armed: bool,
     rng_ttl: SimRng,
@@ -699,6 +705,8 @@ impl World {
             wipes: 0,
             multi_changes: 0,
             joints: 0,
+            truncations: 0,
+            truncated_max: 0,
             wipe_armed: false,
             rng_ttl: SimRng::new(seed, Stream::Ttl),
             expiry_proposals: HashMap::new(),
@@ -747,6 +755,8 @@ impl World {
         c.log_keep_tail_entries = s.keep_tail_entries;
         c.max_snapshot_chunk_bytes = s.chunk_bytes;
         c.max_log_tail_entries = s.log_tail_entries;
+        c.max_entries_per_msg = self.profile.replication.entries_per_msg;
+        c.max_inflight_msgs = self.profile.replication.inflight_msgs;
         c.rejoin_after_data_loss = self.nodes[idx].rejoining && self.config.rejoin_flag;
         #[cfg(feature = "planted-bugs")]
         {
@@ -870,6 +880,8 @@ impl World {
             wipes: self.wipes,
             multi_changes: self.multi_changes,
             joints: self.joints,
+            truncations: self.truncations,
+            truncated_max: self.truncated_max,
             profile: self.profile.to_string(),
             last_events: self.trace.last(FAILURE_TRACE_EVENTS),
         }
@@ -1557,6 +1569,13 @@ impl World {
                     let term = n.storage.term_at(index).unwrap_or(0);
                     n.acked_log = LogId::new(term, index);
                 }
+                let stored_last = n.storage.last_index();
+                if first <= stored_last {
+                    // A divergent suffix is cut (coverage: how long they get).
+                    self.truncations += 1;
+                    self.truncated_max = self.truncated_max.max(stored_last - first + 1);
+                }
+                let n = &mut self.nodes[idx];
                 n.storage.append(&entries);
                 if let Some(engine) = n.engine.as_mut() {
                     let Some(storage) = engine.storage.as_mut() else { return };
