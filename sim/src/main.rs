@@ -5,13 +5,16 @@
 //! to decide; 7 nondeterminism (`--check-determinism`). In a sweep, the exit
 //! code is that of the lowest failing seed.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use tarn_sim::profile::ProfileKind;
 use tarn_sim::queue::NANOS_PER_SECOND;
-use tarn_sim::sweep::{describe_failure, sweep, SeedOutcome};
+use tarn_sim::sweep::{
+    config_label, describe_failure, kind_name, sweep, sweep_for, SeedOutcome, ROTATION_CONFIGS,
+};
 use tarn_sim::world::RunConfig;
 
 /// tarn's deterministic simulator: real Raft core, kv and storage engine on a
@@ -21,6 +24,7 @@ use tarn_sim::world::RunConfig;
 ///   tarn-sim --seeds 1000                 sweep seeds 0..1000 (swarm faults)
 ///   tarn-sim --seed 42 --trace            replay seed 42, printing every event
 ///   tarn-sim --seeds 50 --check-determinism
+///   nice tarn-sim --minutes 600 --jobs 1 > log   sweep for ten hours, rotating configurations
 #[derive(Parser, Debug)]
 #[command(
     name = "tarn-sim",
@@ -40,6 +44,15 @@ struct Args {
     /// First seed of a sweep.
     #[arg(long, default_value_t = 0)]
     start: u64,
+    /// Sweep for this many minutes of wall time (fractions allowed), seeds
+    /// from --start on. Each seed's profile, node count and run length follow
+    /// from the seed alone: seed % 16 picks profile (swarm, chaos) fastest,
+    /// then nodes (1, 3, 5, 7), then simulated seconds (10, 40). Prints a
+    /// progress line at least once a minute and every failure, with its replay
+    /// command, on stdout as soon as it is found; seeds running when time is
+    /// up finish.
+    #[arg(long, conflicts_with_all = ["seed", "seeds", "nodes", "profile", "sim_seconds", "trace"])]
+    minutes: Option<f64>,
     /// Number of nodes (1..=7).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=7))]
     nodes: u64,
@@ -109,6 +122,9 @@ fn main() -> ExitCode {
     {
         config.planted_bug = args.planted_bug;
     }
+    if let Some(minutes) = args.minutes {
+        return timed_sweep(&args, &config, minutes);
+    }
     let (start, count) = match (args.seed, args.seeds) {
         (Some(seed), _) => (seed, 1),
         (None, Some(n)) => (args.start, n),
@@ -126,23 +142,7 @@ fn main() -> ExitCode {
             eprint!("{}", describe_failure(&config, o));
         }
         if verbose {
-            let r = &o.report;
-            println!(
-                "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} expiries={} wipes={} digest={:016x}",
-                r.seed,
-                if o.failed() { "FAIL" } else { "ok" },
-                r.sim_ns as f64 / 1e9,
-                r.events,
-                r.ops_completed,
-                r.ops_invoked,
-                r.max_commit,
-                r.snapshots,
-                r.installs,
-                r.compactions,
-                r.expiries,
-                r.wipes,
-                r.digest
-            );
+            println!("{}", seed_line(o));
         }
     };
     let outcomes = sweep(&config, start, count, jobs, args.check_determinism, &print);
@@ -173,4 +173,103 @@ fn main() -> ExitCode {
         Some(o) => ExitCode::from(o.exit_code() as u8),
         None => ExitCode::SUCCESS,
     }
+}
+
+/// The per-seed line of `--verbose`.
+fn seed_line(o: &SeedOutcome) -> String {
+    let r = &o.report;
+    format!(
+        "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} expiries={} wipes={} digest={:016x}",
+        r.seed,
+        if o.failed() { "FAIL" } else { "ok" },
+        r.sim_ns as f64 / 1e9,
+        r.events,
+        r.ops_completed,
+        r.ops_invoked,
+        r.max_commit,
+        r.snapshots,
+        r.installs,
+        r.compactions,
+        r.expiries,
+        r.wipes,
+        r.digest
+    )
+}
+
+/// How many failures of one property get the full report (detail and last
+/// events); later ones get one line with the replay command, so a sweep that
+/// keeps hitting one bug for hours does not fill the disk.
+const FULL_REPORTS_PER_PROPERTY: u64 = 5;
+
+/// `--minutes`: sweep until the wall-clock budget is spent. Everything goes
+/// to stdout (so `> log` keeps it), one line at a time.
+fn timed_sweep(args: &Args, template: &tarn_sim::world::RunConfig, minutes: f64) -> ExitCode {
+    if !(minutes.is_finite() && minutes > 0.0 && minutes <= 100_000.0) {
+        eprintln!("tarn-sim: --minutes {minutes} is out of range; use a value in (0, 100000]");
+        return ExitCode::from(2);
+    }
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let budget = Duration::from_secs_f64(minutes * 60.0);
+    let progress_every = (budget / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    println!(
+        "timed sweep: minutes={minutes} jobs={jobs} start={} storage={} check_determinism={} \
+         rotation=seed%{ROTATION_CONFIGS}->profile(swarm,chaos)/nodes(1,3,5,7)/sim_seconds(10,40)",
+        args.start, template.storage, args.check_determinism
+    );
+    let mut reports: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut on_done = |config: &tarn_sim::world::RunConfig,
+                       o: &SeedOutcome,
+                       _: &tarn_sim::sweep::TimedSweep| {
+        if args.verbose {
+            println!("{} config={}", seed_line(o), config_label(config));
+        }
+        if !o.failed() {
+            return;
+        }
+        let (kind, property) = match &o.report.failure {
+            Some(f) => (kind_name(f.kind), f.property),
+            None => ("nondeterminism", "determinism"),
+        };
+        let n = reports.entry(property).or_default();
+        *n += 1;
+        if *n <= FULL_REPORTS_PER_PROPERTY {
+            print!("{}", describe_failure(config, o));
+        } else {
+            println!(
+                "FAIL seed={} kind={kind} property={property} config={} (report {} of this property; replay for the trace)\n  replay: {}",
+                o.report.seed,
+                config_label(config),
+                n,
+                tarn_sim::sweep::replay_command(config, o.report.seed)
+            );
+        }
+    };
+    let mut on_progress =
+        |t: &tarn_sim::sweep::TimedSweep, elapsed: Duration| println!("{}", t.progress_line(elapsed));
+    let wall = Instant::now();
+    let done = sweep_for(
+        template,
+        args.start,
+        budget,
+        jobs,
+        args.check_determinism,
+        progress_every,
+        &mut on_done,
+        &mut on_progress,
+    );
+    println!("{}", done.summary_line(wall.elapsed()));
+    if !done.failures.is_empty() {
+        let mut failures = done.failures.clone();
+        failures.sort_by_key(|f| f.seed);
+        for f in failures.iter().take(20) {
+            println!(
+                "failed seed={} config={} kind={} property={} replay: {}",
+                f.seed, f.label, f.kind, f.property, f.replay
+            );
+        }
+        if failures.len() > 20 {
+            println!("... and {} more failed seeds (each printed above when found)", failures.len() - 20);
+        }
+    }
+    ExitCode::from(done.exit_code() as u8)
 }

@@ -3,10 +3,19 @@
 //! Each seed is an independent, single-threaded, deterministic run; a sweep
 //! may spread seeds over worker threads (the runs share nothing), which
 //! changes only the wall time, never a run's result.
+//!
+//! A timed sweep (`tarn-sim --minutes M`, [`sweep_for`]) keeps going until
+//! its wall-clock budget is spent, rotating through fault profiles, cluster
+//! sizes and run lengths by a fixed function of the seed ([`rotation`]), so a
+//! seed names the same run in every timed sweep.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
 
+use crate::profile::ProfileKind;
+use crate::queue::NANOS_PER_SECOND;
 use crate::world::{run, Failure, FailureKind, RunConfig, RunReport};
 
 /// Exit code when a seed gave different digests on two runs.
@@ -92,6 +101,9 @@ pub fn replay_command(config: &RunConfig, seed: u64) -> String {
         config.storage,
         config.sim_ns as f64 / 1e9
     );
+    if config.liveness_bound_ns != RunConfig::new(seed).liveness_bound_ns {
+        cmd.push_str(&format!(" --liveness-seconds {}", config.liveness_bound_ns as f64 / 1e9));
+    }
     #[cfg(feature = "planted-bugs")]
     if let Some(bug) = config.planted_bug {
         cmd = cmd.replace("-p tarn-sim", "-p tarn-sim --features planted-bugs");
@@ -140,5 +152,261 @@ pub fn kind_name(kind: FailureKind) -> &'static str {
         FailureKind::Liveness => "liveness",
         FailureKind::Panic => "panic",
         FailureKind::CheckerTooBig => "checker-too-big",
+    }
+}
+
+/// The fault profiles a timed sweep rotates through.
+pub const ROTATION_PROFILES: [ProfileKind; 2] = [ProfileKind::Swarm, ProfileKind::Chaos];
+/// The cluster sizes a timed sweep rotates through.
+pub const ROTATION_NODES: [usize; 4] = [1, 3, 5, 7];
+/// The run lengths (simulated seconds of faults and load) a timed sweep rotates through.
+pub const ROTATION_SIM_SECONDS: [u64; 2] = [10, 40];
+/// How many configurations the rotation has: every run of this many
+/// consecutive seeds covers each once.
+pub const ROTATION_CONFIGS: u64 =
+    (ROTATION_PROFILES.len() * ROTATION_NODES.len() * ROTATION_SIM_SECONDS.len()) as u64;
+
+/// The run of `seed` in a timed sweep: `template` with the profile, node
+/// count and run length that `seed % ROTATION_CONFIGS` selects (profile
+/// fastest, then nodes, then length). A fixed function of the seed alone,
+/// whatever the sweep's start, so a seed always means the same run.
+pub fn rotation(template: &RunConfig, seed: u64) -> RunConfig {
+    let i = (seed % ROTATION_CONFIGS) as usize;
+    let (profiles, nodes) = (ROTATION_PROFILES.len(), ROTATION_NODES.len());
+    let mut config = template.clone();
+    config.seed = seed;
+    config.profile = ROTATION_PROFILES[i % profiles];
+    config.nodes = ROTATION_NODES[i / profiles % nodes];
+    config.sim_ns = ROTATION_SIM_SECONDS[i / (profiles * nodes)] * NANOS_PER_SECOND;
+    config
+}
+
+/// A short name for a configuration: `chaos/5n/40s`.
+pub fn config_label(config: &RunConfig) -> String {
+    format!("{}/{}n/{}s", config.profile, config.nodes, config.sim_ns as f64 / 1e9)
+}
+
+/// One configuration's share of a timed sweep.
+#[derive(Clone, Debug)]
+pub struct ConfigTally {
+    pub label: String,
+    pub done: u64,
+    pub failed: u64,
+}
+
+/// One failed seed of a timed sweep, without its trace.
+#[derive(Clone, Debug)]
+pub struct FailedSeed {
+    pub seed: u64,
+    pub label: String,
+    pub exit_code: i32,
+    pub kind: &'static str,
+    pub property: &'static str,
+    pub replay: String,
+}
+
+/// What a timed sweep has done so far: kept as counts, so a sweep may run
+/// for hours without holding every outcome.
+#[derive(Clone, Debug, Default)]
+pub struct TimedSweep {
+    /// The first seed; seeds `start..start + seeds()` all ran (seeds are
+    /// handed out in order and every one handed out runs to its end).
+    pub start: u64,
+    /// By rotation index (`seed % ROTATION_CONFIGS`).
+    pub configs: BTreeMap<u64, ConfigTally>,
+    /// In completion order.
+    pub failures: Vec<FailedSeed>,
+    pub sim_ns: u64,
+    pub snapshots: u64,
+    pub installs: u64,
+    pub compactions: u64,
+    pub expiries: u64,
+    pub wipes: u64,
+}
+
+impl TimedSweep {
+    pub fn seeds(&self) -> u64 {
+        self.configs.values().map(|t| t.done).sum()
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failures.len() as u64
+    }
+
+    /// The exit code of the lowest failing seed, as in any sweep; 0 if none failed.
+    pub fn exit_code(&self) -> i32 {
+        self.failures.iter().min_by_key(|f| f.seed).map_or(0, |f| f.exit_code)
+    }
+
+    fn record(&mut self, config: &RunConfig, outcome: &SeedOutcome) {
+        let r = &outcome.report;
+        let tally = self.configs.entry(r.seed % ROTATION_CONFIGS).or_insert_with(|| ConfigTally {
+            label: config_label(config),
+            done: 0,
+            failed: 0,
+        });
+        tally.done += 1;
+        if outcome.failed() {
+            tally.failed += 1;
+            let (kind, property) = match &r.failure {
+                Some(f) => (kind_name(f.kind), f.property),
+                None => ("nondeterminism", "determinism"),
+            };
+            self.failures.push(FailedSeed {
+                seed: r.seed,
+                label: tally.label.clone(),
+                exit_code: outcome.exit_code(),
+                kind,
+                property,
+                replay: replay_command(config, r.seed),
+            });
+        }
+        self.sim_ns += r.sim_ns;
+        self.snapshots += r.snapshots;
+        self.installs += r.installs;
+        self.compactions += r.compactions;
+        self.expiries += r.expiries;
+        self.wipes += r.wipes;
+    }
+
+    /// `profile/nodes/length=done/failed` for every configuration run so far.
+    pub fn per_config(&self) -> String {
+        let parts: Vec<String> =
+            self.configs.values().map(|t| format!("{}={}/{}", t.label, t.done, t.failed)).collect();
+        parts.join(",")
+    }
+
+    /// The periodic line: `progress elapsed=... seeds=... failed=... ...`.
+    pub fn progress_line(&self, elapsed: Duration) -> String {
+        let wall = elapsed.as_secs_f64();
+        format!(
+            "progress elapsed={:.0}s seeds={} failed={} seeds_per_minute={:.0} next_seed={} per_config={}",
+            wall,
+            self.seeds(),
+            self.failed(),
+            self.seeds() as f64 * 60.0 / wall.max(1e-9),
+            self.start.wrapping_add(self.seeds()),
+            self.per_config()
+        )
+    }
+
+    /// The final line, in the format of every sweep's summary, plus the
+    /// seed range and the configurations covered.
+    pub fn summary_line(&self, elapsed: Duration) -> String {
+        let wall = elapsed.as_secs_f64();
+        let sim = self.sim_ns as f64 / 1e9;
+        format!(
+            "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
+             snapshots={} installs={} compactions={} expiries={} wipes={} start={} end={} configs={} per_config={}",
+            self.seeds(),
+            self.failed(),
+            sim,
+            wall,
+            self.seeds() as f64 * 60.0 / wall.max(1e-9),
+            sim / wall.max(1e-9),
+            self.snapshots,
+            self.installs,
+            self.compactions,
+            self.expiries,
+            self.wipes,
+            self.start,
+            self.start.wrapping_add(self.seeds()),
+            self.configs.len(),
+            self.per_config()
+        )
+    }
+}
+
+/// Runs seeds `start, start + 1, ...` (each with its [`rotation`]
+/// configuration) on `jobs` threads until `budget` of wall time has passed:
+/// no seed starts after that, and the ones running finish (the first `jobs`
+/// seeds always run). Calls `on_done` for each finished seed (in completion
+/// order, with the tally including it) and `on_progress` every
+/// `progress_every` while seeds run, all on the calling thread.
+#[allow(clippy::too_many_arguments)]
+pub fn sweep_for(
+    template: &RunConfig,
+    start: u64,
+    budget: Duration,
+    jobs: usize,
+    check_determinism: bool,
+    progress_every: Duration,
+    on_done: &mut dyn FnMut(&RunConfig, &SeedOutcome, &TimedSweep),
+    on_progress: &mut dyn FnMut(&TimedSweep, Duration),
+) -> TimedSweep {
+    let began = Instant::now();
+    let deadline = began.checked_add(budget);
+    let jobs = jobs.max(1) as u64;
+    // Seeds handed out so far, and whether time is up: under one lock, so
+    // the seeds that run are always a contiguous range.
+    let next = Mutex::new((0u64, false));
+    let claim = || {
+        let mut next = next.lock().expect("sweep seed lock");
+        let (handed_out, stopped) = &mut *next;
+        if *stopped || (*handed_out >= jobs && deadline.is_some_and(|d| Instant::now() >= d)) {
+            *stopped = true;
+            return None;
+        }
+        *handed_out += 1;
+        Some(start.wrapping_add(*handed_out - 1))
+    };
+    let mut tally = TimedSweep { start, ..TimedSweep::default() };
+    let (tx, rx) = mpsc::channel::<(RunConfig, SeedOutcome)>();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            let tx = tx.clone();
+            let claim = &claim;
+            scope.spawn(move || {
+                while let Some(seed) = claim() {
+                    let config = rotation(template, seed);
+                    let outcome = run_seed(&config, seed, check_determinism);
+                    if tx.send((config, outcome)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let every = progress_every.max(Duration::from_millis(10));
+        let mut next_progress = began + every;
+        loop {
+            let now = Instant::now();
+            if now >= next_progress {
+                on_progress(&tally, began.elapsed());
+                next_progress = now + every;
+            }
+            match rx.recv_timeout(next_progress - now) {
+                Ok((config, outcome)) => {
+                    tally.record(&config, &outcome);
+                    on_done(&config, &outcome, &tally);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    });
+    tally
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rotation_covers_every_configuration_once_per_cycle_and_ignores_the_start() {
+        let template = RunConfig::new(0);
+        let labels: std::collections::BTreeSet<String> =
+            (1000..1000 + ROTATION_CONFIGS).map(|s| config_label(&rotation(&template, s))).collect();
+        assert_eq!(labels.len() as u64, ROTATION_CONFIGS);
+        assert_eq!(ROTATION_CONFIGS, 16);
+        for seed in [0, 5, 13, 123_456_789] {
+            let a = rotation(&template, seed);
+            let b = rotation(&template, seed + ROTATION_CONFIGS);
+            assert_eq!((a.seed, a.profile, a.nodes, a.sim_ns), (seed, b.profile, b.nodes, b.sim_ns));
+        }
+        let c = rotation(&template, 13); // 13 = 1 + 2*2 + 8: chaos, 5 nodes, 40 s
+        assert_eq!(config_label(&c), "chaos/5n/40s");
+        assert!(replay_command(&c, 13)
+            .contains("--seed 13 --nodes 5 --profile chaos --storage engine --sim-seconds 40"));
     }
 }
