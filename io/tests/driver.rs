@@ -115,11 +115,19 @@ fn triangle(n: u64) -> u64 {
 async fn mem_store_snapshots_and_a_restart_restores_from_one() {
     let store = MemStore::new();
     let (node, group) = start(Box::new(store.clone()), WriteMode::Sync).await;
-    add(&group, 0, 100).await;
-    let snap = wait_snapshot_past(&group, 60).await;
+    // A snapshot every 20 entries: each batch of 20 brings a new one. (Waiting
+    // per batch, not once after all 100: while one snapshot is being written
+    // the driver folds further requests into one, so how many a burst of 100
+    // yields depends on how fast the blocking thread runs.)
+    let mut snap = LogId::default();
+    for batch in 0..5 {
+        add(&group, batch * 20, batch * 20 + 20).await;
+        snap = wait_snapshot_past(&group, snap.index).await;
+    }
     let (sum, taken) = group.read(false, |s| (s.sum, s.snapshots_taken)).await.unwrap();
     assert_eq!(sum, triangle(100));
-    assert!(taken >= 3, "a snapshot every 20 entries: {taken}");
+    assert!(taken >= 5, "a snapshot every 20 entries: {taken}");
+    assert!(snap.index >= 100, "the last snapshot covers the last batch: {snap:?}");
     node.shutdown().await;
 
     // The clone holds the snapshot: a fresh state machine is restored from
