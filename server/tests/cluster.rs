@@ -339,8 +339,20 @@ async fn members_are_removed_added_as_learners_and_promoted() {
         // A node without a peer address is refused with a clear error.
         let err = client.change_membership(vec![MemberChange::AddLearner(9)]).await.unwrap_err();
         assert!(err.to_string().contains("--cluster"), "{err}");
-        let status = cluster.client().status_of(0).await.unwrap();
-        assert_eq!(status.groups[0].voters.len(), 3);
+        // The status of any node lists the new configuration once that node
+        // has the entry; the commit did not wait for every follower (and a
+        // loaded machine runs one well behind), so wait for it.
+        let observer = cluster.client();
+        let status = poll_until("node 1's status to list three voters", || {
+            let observer = observer.clone();
+            async move {
+                let s = observer.status_of(0).await.ok()?;
+                (s.groups[0].voters.len() == 3).then_some(s)
+            }
+        })
+        .await;
+        assert!(status.groups[0].voters.contains(&other), "{:?}", status.groups[0]);
+        assert!(status.groups[0].learners.is_empty(), "{:?}", status.groups[0]);
         cluster.shutdown().await;
     })
     .await
