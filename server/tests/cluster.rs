@@ -152,8 +152,11 @@ async fn a_lock_has_one_holder_and_is_released_when_the_holder_dies() {
             other => panic!("expected LockBusy, got {other:?}"),
         }
         // A renews once, then "dies": it stops renewing and never unlocks.
-        a.update_lease("locks.job", lease).await.unwrap();
+        // The renewed lease starts when the leader stamps the request, which
+        // is after it was sent (its reply may come much later on a loaded
+        // machine): measure from the sending.
         let renewed_at = Instant::now();
+        a.update_lease("locks.job", lease).await.unwrap();
         drop(a);
         let acquired = poll_until("the lease to expire and B to get the lock", || {
             let b = b.clone();
