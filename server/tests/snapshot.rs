@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{free_addr, poll_until, TestCluster, TEST_DEADLINE};
+use common::{poll_until, TestCluster, TEST_DEADLINE};
 use tarn_core::{Index, LogId, NodeId};
 use tarn_server::protocol::Consistency;
 use tarn_server::server::ServerConfig;
@@ -34,11 +34,7 @@ async fn start_node(cluster: &mut TestCluster, id: NodeId) {
 async fn start_cluster(n: u64) -> TestCluster {
     // An empty cluster, then nodes started with small snapshot settings.
     let mut cluster = TestCluster::start(0).await;
-    cluster.peers = (1..=n).map(|i| (i, free_addr())).collect();
-    cluster.clients = (1..=n).map(|i| (i, free_addr())).collect();
-    for id in 1..=n {
-        start_node(&mut cluster, id).await;
-    }
+    cluster.start_fresh(n, |c, id| small_snapshots(c.config(id))).await;
     cluster
 }
 

@@ -7,20 +7,33 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tarn_core::NodeId;
 use tarn_server::client::{Client, ClientConfig};
-use tarn_server::server::{Server, ServerConfig};
+use tarn_server::server::{Server, ServerConfig, StartError};
 
 /// Every test gives up after this long.
 pub const TEST_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A port the OS considers free right now.
+/// A port the OS considers free right now, and never handed out before in
+/// this test process (the OS may offer a just-released port again: two calls
+/// in a row could otherwise give one node the same client and peer port, or
+/// two concurrent tests the same port).
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = l.local_addr().expect("local addr");
+        if HANDED_OUT.lock().expect("free_addr lock").insert(addr.port()) {
+            return addr;
+        }
+    }
 }
+
+/// How many times a new node or cluster is started on fresh ports before giving up.
+const FRESH_PORT_ATTEMPTS: u32 = 5;
 
 pub fn fast(mut c: ServerConfig) -> ServerConfig {
     c.election_timeout_ms = 150;
@@ -48,14 +61,52 @@ impl TestCluster {
     /// [`TestCluster::start`] with `tweak` applied to every node's configuration.
     pub async fn start_with(n: u64, tweak: fn(&mut ServerConfig)) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let peers: BTreeMap<NodeId, SocketAddr> = (1..=n).map(|i| (i, free_addr())).collect();
-        let clients: BTreeMap<NodeId, SocketAddr> = (1..=n).map(|i| (i, free_addr())).collect();
-        let mut c =
-            TestCluster { dir, peers, clients, servers: BTreeMap::new(), joiners: BTreeSet::new(), tweak };
-        for i in 1..=n {
-            c.start_node(i).await;
-        }
+        let mut c = TestCluster {
+            dir,
+            peers: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            servers: BTreeMap::new(),
+            joiners: BTreeSet::new(),
+            tweak,
+        };
+        c.start_fresh(n, |c, id| c.config(id)).await;
         c
+    }
+
+    /// Starts nodes `1..=n` of a new cluster on fresh ports, each with
+    /// `config(self, id)`. A fresh port can still be taken before the server
+    /// binds it (by another process, or as the local port of some
+    /// connection); retrying the same port would wait in vain, so every node
+    /// started so far is stopped and the cluster starts over on new ports and
+    /// empty data directories. (A node stopped and restarted must keep its
+    /// ports: [`TestCluster::start_node_with`] retries those.)
+    pub async fn start_fresh(&mut self, n: u64, config: impl Fn(&TestCluster, NodeId) -> ServerConfig) {
+        for attempt in 1..=FRESH_PORT_ATTEMPTS {
+            self.peers = (1..=n).map(|i| (i, free_addr())).collect();
+            self.clients = (1..=n).map(|i| (i, free_addr())).collect();
+            let mut failed = None;
+            for id in 1..=n {
+                match Server::start(config(self, id)).await {
+                    Ok(s) => {
+                        self.servers.insert(id, s);
+                    }
+                    Err(e @ StartError::Bind { .. }) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    Err(e) => panic!("node {id} did not start: {e}"),
+                }
+            }
+            let Some(e) = failed else { return };
+            eprintln!("cluster start failed (attempt {attempt}, retrying on fresh ports): {e}");
+            for (_, s) in std::mem::take(&mut self.servers) {
+                s.shutdown().await;
+            }
+            for id in 1..=n {
+                let _ = std::fs::remove_dir_all(self.data_dir(id));
+            }
+        }
+        panic!("the cluster did not start on fresh ports in {FRESH_PORT_ATTEMPTS} attempts");
     }
 
     pub fn data_dir(&self, id: NodeId) -> PathBuf {
@@ -123,12 +174,31 @@ impl TestCluster {
         self.clients.iter().filter(|(id, _)| !self.joiners.contains(id)).map(|(_, a)| *a).collect()
     }
 
-    /// Starts node `id` with `--join` on fresh ports and an empty data dir.
+    /// Starts node `id` with `--join` on fresh ports and an empty data dir
+    /// (on new fresh ports if one was taken before the bind; see
+    /// [`TestCluster::start_fresh`]; other errors are retried as a restart's).
     pub async fn start_joiner(&mut self, id: NodeId) {
         self.joiners.insert(id);
-        self.peers.insert(id, free_addr());
-        self.clients.insert(id, free_addr());
-        self.start_node(id).await;
+        for attempt in 1..=FRESH_PORT_ATTEMPTS {
+            self.peers.insert(id, free_addr());
+            self.clients.insert(id, free_addr());
+            match Server::start(self.config(id)).await {
+                Ok(s) => {
+                    self.servers.insert(id, s);
+                    return;
+                }
+                Err(e @ StartError::Bind { .. }) => {
+                    eprintln!("joiner start failed (attempt {attempt}, retrying on fresh ports): {e}");
+                    let _ = std::fs::remove_dir_all(self.data_dir(id));
+                }
+                Err(e) => {
+                    eprintln!("joiner start failed (retrying): {e}");
+                    self.start_node(id).await;
+                    return;
+                }
+            }
+        }
+        panic!("node {id} did not start on fresh ports in {FRESH_PORT_ATTEMPTS} attempts");
     }
 
     pub fn client(&self) -> Client {
