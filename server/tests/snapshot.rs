@@ -187,15 +187,26 @@ async fn a_restarted_node_restores_its_snapshot_then_replays_the_log_tail() {
     tokio::time::timeout(TEST_DEADLINE, async {
         let mut cluster = start_cluster(1).await;
         cluster.leader().await;
-        // 230 puts: the last snapshot is at a multiple of about 50, and the
-        // entries after it are only in the log.
-        put_range(&cluster, 0..230).await;
-        let (applied, digest) = converged(&cluster).await;
-        let snapshot = poll_until("a snapshot", || async {
-            let s = info(&cluster, 1).snapshot;
-            (s.index + SNAPSHOT_AFTER_ENTRIES > applied).then_some(s)
-        })
-        .await;
+        // 230 puts: the last snapshot is at about a multiple of 50, and the
+        // entries after it are only in the log. While one snapshot is being
+        // written, further requests fold into one taken when it is done, so
+        // on a loaded machine the last can land on the last entry: then 10
+        // more puts (too few for another snapshot) make the tail.
+        let mut n = 230;
+        put_range(&cluster, 0..n).await;
+        let (applied, digest, snapshot) = loop {
+            let (applied, digest) = converged(&cluster).await;
+            let snapshot = poll_until("the last snapshot due", || async {
+                let s = info(&cluster, 1).snapshot;
+                (s.index + SNAPSHOT_AFTER_ENTRIES > applied).then_some(s)
+            })
+            .await;
+            if snapshot.index < applied {
+                break (applied, digest, snapshot);
+            }
+            put_range(&cluster, n..n + 10).await;
+            n += 10;
+        };
         assert!(snapshot.index < applied, "a tail of entries after the snapshot ({snapshot}, {applied})");
         let segs = poll_until("old segments deleted", || async {
             let segs = segments(&cluster, 1);
@@ -221,12 +232,12 @@ async fn a_restarted_node_restores_its_snapshot_then_replays_the_log_tail() {
         assert_ne!(after.1, 0);
         let _ = digest;
         let client = cluster.client();
-        for i in 0..230 {
+        for i in 0..n {
             let v = client.get(&format!("k{i:05}")).await.unwrap().expect("key present");
             assert_eq!(v.value, value(i).as_bytes());
         }
-        put_range(&cluster, 230..240).await;
-        assert_eq!(client.list("").await.unwrap().len(), 240);
+        put_range(&cluster, n..n + 10).await;
+        assert_eq!(client.list("").await.unwrap().len(), n as usize + 10);
         cluster.shutdown().await;
     })
     .await
