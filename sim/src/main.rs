@@ -152,7 +152,8 @@ fn main() -> ExitCode {
     let total = |f: fn(&SeedOutcome) -> u64| outcomes.iter().map(f).sum::<u64>();
     println!(
         "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
-         snapshots={} installs={} compactions={} expiries={} wipes={}",
+         snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} \
+         truncated_max={}",
         outcomes.len(),
         failed.len(),
         sim_seconds,
@@ -164,6 +165,10 @@ fn main() -> ExitCode {
         total(|o| o.report.compactions),
         total(|o| o.report.expiries),
         total(|o| o.report.wipes),
+        total(|o| o.report.multi_changes),
+        total(|o| o.report.joints),
+        total(|o| o.report.truncations),
+        outcomes.iter().map(|o| o.report.truncated_max).max().unwrap_or(0),
     );
     if !failed.is_empty() {
         let seeds: Vec<String> = failed.iter().take(20).map(|o| o.report.seed.to_string()).collect();
@@ -179,7 +184,7 @@ fn main() -> ExitCode {
 fn seed_line(o: &SeedOutcome) -> String {
     let r = &o.report;
     format!(
-        "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} expiries={} wipes={} digest={:016x}",
+        "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} digest={:016x}",
         r.seed,
         if o.failed() { "FAIL" } else { "ok" },
         r.sim_ns as f64 / 1e9,
@@ -192,6 +197,10 @@ fn seed_line(o: &SeedOutcome) -> String {
         r.compactions,
         r.expiries,
         r.wipes,
+        r.multi_changes,
+        r.joints,
+        r.truncations,
+        r.truncated_max,
         r.digest
     )
 }

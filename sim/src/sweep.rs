@@ -222,6 +222,12 @@ pub struct TimedSweep {
     pub compactions: u64,
     pub expiries: u64,
     pub wipes: u64,
+    /// Coverage (see `RunReport`): a sweep that never reaches one of these
+    /// situations shows a 0 at a glance.
+    pub multi_changes: u64,
+    pub joints: u64,
+    pub truncations: u64,
+    pub truncated_max: u64,
 }
 
 impl TimedSweep {
@@ -267,6 +273,10 @@ impl TimedSweep {
         self.compactions += r.compactions;
         self.expiries += r.expiries;
         self.wipes += r.wipes;
+        self.multi_changes += r.multi_changes;
+        self.joints += r.joints;
+        self.truncations += r.truncations;
+        self.truncated_max = self.truncated_max.max(r.truncated_max);
     }
 
     /// `profile/nodes/length=done/failed` for every configuration run so far.
@@ -297,7 +307,8 @@ impl TimedSweep {
         let sim = self.sim_ns as f64 / 1e9;
         format!(
             "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
-             snapshots={} installs={} compactions={} expiries={} wipes={} start={} end={} configs={} per_config={}",
+             snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} \
+             truncated_max={} start={} end={} configs={} per_config={}",
             self.seeds(),
             self.failed(),
             sim,
@@ -309,6 +320,10 @@ impl TimedSweep {
             self.compactions,
             self.expiries,
             self.wipes,
+            self.multi_changes,
+            self.joints,
+            self.truncations,
+            self.truncated_max,
             self.start,
             self.start.wrapping_add(self.seeds()),
             self.configs.len(),
