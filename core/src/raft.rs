@@ -19,11 +19,11 @@ use crate::read::{PendingRead, Requester, Rounds};
 use crate::types::{Entry, EntryPayload, HardState, Index, LogId, Membership, Nanos, NodeId, Term};
 
 mod membership;
-mod transfer;
+mod snapshot_stream;
 
 use crate::confchange::ConfState;
 use crate::snapshot::Outgoing;
-use transfer::SnapState;
+use snapshot_stream::SnapState;
 
 /// Is planted bug `$bug` switched on? Always false without the feature.
 macro_rules! bug {

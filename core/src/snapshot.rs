@@ -1,5 +1,5 @@
 //! Snapshot transfer state on both sides, kept apart from the state machine
-//! that drives it (`raft/snapshot.rs`).
+//! that drives it (`raft/snapshot_stream.rs`).
 //!
 //! The core never holds snapshot data: the leader asks the driver for chunk
 //! `offset..` of the snapshot it names (`Action::FetchSnapshotChunk`) and
