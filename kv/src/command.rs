@@ -13,7 +13,7 @@ use tarn_core::Nanos;
 
 use crate::config::KvConfig;
 use crate::error::{DecodeError, KvError};
-use crate::key::{validate_key, validate_key_or_root, validate_value};
+use crate::key::{is_reserved, validate_key, validate_key_or_root, validate_value};
 use crate::response::Response;
 
 /// Identifies a client session. Chosen by the client at random (64 bits make collisions
@@ -148,6 +148,39 @@ impl Command {
         }
     }
 
+    /// The first key this command would write that lies in the reserved namespace (`_tarn`
+    /// and below), if any. Reads write nothing and return `None`; so do `Expire` (only the
+    /// leader proposes it) and `KeepAlive`.
+    pub fn reserved_key(&self) -> Option<&str> {
+        match self {
+            Command::Get { .. } | Command::BatchGet { .. } | Command::List { .. } => None,
+            Command::Expire { .. } | Command::KeepAlive => None,
+            Command::BatchPut { items } => items.iter().map(|(k, _)| k.as_str()).find(|k| is_reserved(k)),
+            Command::BatchRemove { keys } => keys.iter().map(String::as_str).find(|k| is_reserved(k)),
+            Command::Put { key, .. }
+            | Command::Remove { key }
+            | Command::Mkdir { key }
+            | Command::CompareAndSet { key, .. }
+            | Command::PutTemp { key, .. }
+            | Command::MkdirTemp { key, .. }
+            | Command::UpdateTtl { key, .. }
+            | Command::TryLock { key, .. }
+            | Command::Unlock { key }
+            | Command::UpdateLease { key, .. } => Some(key.as_str()).filter(|k| is_reserved(k)),
+        }
+    }
+
+    /// Whether this is a write a system request (client id 0, proposed by a server itself,
+    /// never admitted from a client) may make besides `Expire` and `KeepAlive`: a plain put,
+    /// mkdir or remove in the reserved namespace (the server's peer directory). Applied with
+    /// no session, like expiry.
+    pub fn is_system_write(&self) -> bool {
+        match self {
+            Command::Put { key, .. } | Command::Mkdir { key } | Command::Remove { key } => is_reserved(key),
+            _ => false,
+        }
+    }
+
     /// A short stable name, for metrics and error messages.
     pub fn name(&self) -> &'static str {
         match self {
@@ -191,13 +224,17 @@ pub struct Request {
 impl Request {
     /// What a server checks before proposing a request that came from a client: the client id
     /// is not the leader's own (`0`, which may expire any temporary node), the command is not
-    /// one only the leader proposes, and `Command::validate` passes.
+    /// one only the leader proposes, it writes nothing in the reserved namespace (`_tarn`,
+    /// where the cluster keeps its peer directory), and `Command::validate` passes.
     pub fn validate_from_client(&self, config: &KvConfig) -> Result<(), KvError> {
         if self.client_id == SYSTEM_CLIENT_ID {
             return Err(KvError::ReservedClientId);
         }
         if let Command::Expire { .. } = self.command {
             return Err(KvError::SystemOnly { command: "expire".to_owned() });
+        }
+        if let Some(key) = self.command.reserved_key() {
+            return Err(KvError::ReservedKey { key: key.to_owned() });
         }
         self.command.validate(config)
     }
@@ -333,6 +370,43 @@ mod tests {
         assert!(matches!(bad_key.validate_from_client(&config), Err(KvError::InvalidKey { .. })));
         let fine = Request { command: Command::Remove { key: "a.b".into() }, ..request };
         assert_eq!(fine.validate_from_client(&config), Ok(()));
+    }
+
+    #[test]
+    fn clients_cannot_write_the_reserved_namespace() {
+        let config = KvConfig::default();
+        let v = || Bytes::from_static(b"127.0.0.1:1");
+        let k = |s: &str| s.to_string();
+        let writes = [
+            Command::Mkdir { key: k("_tarn") },
+            Command::Mkdir { key: k("_tarn.peers") },
+            Command::Put { key: k("_tarn.peers.3"), value: v() },
+            Command::Remove { key: k("_tarn.peers.3") },
+            Command::BatchPut { items: vec![(k("ok"), v()), (k("_tarn.peers.3"), v())] },
+            Command::BatchRemove { keys: vec![k("ok"), k("_tarn.peers.3")] },
+            Command::CompareAndSet { key: k("_tarn.peers.3"), expected: None, new: Some(v()) },
+            Command::PutTemp { key: k("_tarn.peers.3"), value: v(), ttl_nanos: 1_000_000_000 },
+            Command::MkdirTemp { key: k("_tarn.x"), ttl_nanos: 1_000_000_000 },
+            Command::UpdateTtl { key: k("_tarn.x"), ttl_nanos: 1_000_000_000 },
+            Command::TryLock { key: k("_tarn.lock"), lease_nanos: 1_000_000_000, wait_nanos: 0 },
+            Command::Unlock { key: k("_tarn.lock") },
+            Command::UpdateLease { key: k("_tarn.lock"), lease_nanos: 1_000_000_000 },
+        ];
+        for command in writes {
+            let request = Request { client_id: 5, seq: 1, first_unacked_seq: 1, command: command.clone() };
+            let err = request.validate_from_client(&config).expect_err(command.name());
+            assert!(matches!(&err, KvError::ReservedKey { key } if key.starts_with("_tarn")), "{err:?}");
+            assert!(err.to_string().contains("reserved namespace _tarn"), "{err}");
+        }
+        // Reads of the namespace and look-alike keys stay allowed.
+        for command in [
+            Command::Get { key: k("_tarn.peers.3") },
+            Command::List { key: k("_tarn.peers") },
+            Command::Put { key: k("_tarnish"), value: v() },
+        ] {
+            let request = Request { client_id: 5, seq: 1, first_unacked_seq: 1, command };
+            assert_eq!(request.validate_from_client(&config), Ok(()));
+        }
     }
 
     #[test]

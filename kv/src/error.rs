@@ -64,6 +64,8 @@ pub enum KvError {
     ReservedClientId,
     #[error("command {command} may only be proposed by the leader with client id 0")]
     SystemOnly { command: String },
+    #[error("key {key:?} is in the reserved namespace _tarn; it is written by the cluster itself (use another key; reading it is fine)")]
+    ReservedKey { key: String },
 }
 
 /// Why bytes could not be decoded into a request, entry or response.

@@ -107,6 +107,19 @@ pub fn validate_value(key: &str, value: &[u8], config: &KvConfig) -> Result<(), 
     Ok(())
 }
 
+/// The namespace tarn keeps for itself (the replicated peer directory lives under
+/// `_tarn.peers`). Clients may read it but never write it: a forged peer address there
+/// can cut a cluster in pieces, so `Request::validate_from_client` refuses every client
+/// write that touches it, and only system requests (client id 0) proposed by a server
+/// write it.
+pub const RESERVED_NAMESPACE: &str = "_tarn";
+
+/// True when `key` is [`RESERVED_NAMESPACE`] itself or lies below it (`_tarn.peers.3`, but
+/// not `_tarnish`).
+pub fn is_reserved(key: &str) -> bool {
+    is_in_subtree(key, RESERVED_NAMESPACE)
+}
+
 /// The parent of a valid key: `"a.b.c"` → `"a.b"`, `"a"` → `""` (the root).
 pub fn parent_key(key: &str) -> &str {
     match key.rfind('.') {
@@ -209,5 +222,15 @@ mod tests {
         assert!(is_in_subtree("a", ""));
         assert!(!is_in_subtree("ab", "a"));
         assert!(!is_in_subtree("a", "a.b"));
+    }
+
+    #[test]
+    fn reserved_namespace_is_the_tarn_subtree_only() {
+        for key in ["_tarn", "_tarn.peers", "_tarn.peers.3"] {
+            assert!(is_reserved(key), "{key}");
+        }
+        for key in ["", "_tarnish", "app._tarn", "tarn", "_tar"] {
+            assert!(!is_reserved(key), "{key}");
+        }
     }
 }

@@ -48,7 +48,9 @@ pub use command::{
 };
 pub use config::KvConfig;
 pub use error::{DecodeError, KvError, SnapshotError};
-pub use key::{validate_key, validate_key_or_root, validate_value, KeyProblem};
+pub use key::{
+    is_reserved, validate_key, validate_key_or_root, validate_value, KeyProblem, RESERVED_NAMESPACE,
+};
 pub use machine::{KvStateMachine, WatchRegisterError};
 pub use response::{ChildView, LockOutcome, NodeKind, NodeView, Reply, Response, TempInfo};
 pub use snapshot::{decode_snapshot, SnapshotDecoder, SnapshotEncoder};

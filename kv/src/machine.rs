@@ -156,6 +156,8 @@ impl KvStateMachine {
             return match &request.command {
                 Command::Expire { key, arm_id } => Ok(Reply::Expired(self.expire(ctx, key, *arm_id))),
                 Command::KeepAlive => Ok(Reply::Done),
+                // A server writing its own namespace (the peer directory): no session.
+                command if command.is_system_write() => self.execute(ctx, command),
                 _ => Err(KvError::ReservedClientId),
             };
         }

@@ -393,6 +393,37 @@ fn system_client_id_is_reserved() {
 }
 
 #[test]
+fn system_requests_write_the_reserved_namespace_alike_in_machine_and_model() {
+    use crate::response::Reply;
+    let mut machine = KvStateMachine::new(test_config());
+    let mut model = Model::new(test_config());
+    let addr = || Bytes::from_static(b"h:7804"); // test_config allows 8-byte values
+    let steps = [
+        (Request::system(Command::Mkdir { key: "_tarn".into() }), Ok(Reply::Done)),
+        (Request::system(Command::Mkdir { key: "_tarn.peers".into() }), Ok(Reply::Done)),
+        (Request::system(Command::Put { key: "_tarn.peers.4".into(), value: addr() }), Ok(Reply::Done)),
+        (Request::system(Command::Remove { key: "_tarn.peers.4".into() }), Ok(Reply::Done)),
+        // Only plain writes, only in the namespace.
+        (Request::system(Command::Put { key: "app".into(), value: addr() }), Err(KvError::ReservedClientId)),
+        (
+            Request::system(Command::PutTemp {
+                key: "_tarn.t".into(),
+                value: addr(),
+                ttl_nanos: 1_000_000_000,
+            }),
+            Err(KvError::ReservedClientId),
+        ),
+    ];
+    for (i, (request, want)) in steps.into_iter().enumerate() {
+        let index = i as u64 + 1;
+        assert_eq!(machine.apply(index, 0, &request), want, "machine, step {i}");
+        assert_eq!(model.apply(index, 0, &request), want, "model, step {i}");
+    }
+    assert_eq!(machine.node_count(), 2);
+    assert!(machine.get("_tarn.peers").expect("readable").is_some());
+}
+
+#[test]
 fn checked_pair_agrees_on_mutated_entry_bytes() {
     // What the kv_apply fuzz target does, with a seeded mutator: valid entries, some with
     // flipped bytes, decoded and applied to the machine and the model side by side.
