@@ -86,6 +86,10 @@ pub struct NodeConfig {
     /// The driver also wakes this often to let the state machine propose
     /// (e.g. TTL expiry) even when the core sleeps longer.
     pub tick_interval: Duration,
+    /// Bytes the peer port writes back to a connection that is not a peer
+    /// (see `TransportConfig::stranger_reply`): lets the embedding server tell
+    /// a misdirected client, in its own protocol, to use the client port.
+    pub peer_port_stranger_reply: Option<Vec<u8>>,
 }
 
 impl NodeConfig {
@@ -102,6 +106,7 @@ impl NodeConfig {
             write_mode: WriteMode::Sync,
             group_queue_capacity: 65_536,
             tick_interval: Duration::from_millis(50),
+            peer_port_stranger_reply: None,
         }
     }
 }
@@ -320,7 +325,10 @@ impl<SM: StateMachine> GroupHandle<SM> {
         let r = tokio::time::timeout(timeout, rx.wait_for(|i| i.leader.is_some() || i.stopped)).await;
         match r {
             Ok(Ok(i)) if i.leader.is_some() => Ok(i.leader.expect("checked is_some")),
-            _ => Err(DriverError::NoLeader { group: self.group, waited_ms: timeout.as_millis() as u64 }),
+            _ => Err(DriverError::NoLeader {
+                group: self.group,
+                waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
         }
     }
 }
@@ -387,7 +395,8 @@ impl<SM: StateMachine> Node<SM> {
                         dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 });
-                let tc = TransportConfig::new(config.node_id, config.cluster_id, peers);
+                let mut tc = TransportConfig::new(config.node_id, config.cluster_id, peers);
+                tc.stranger_reply = config.peer_port_stranger_reply.clone();
                 Some(Transport::start(tc, listener, sink)?)
             }
         };

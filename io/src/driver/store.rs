@@ -292,7 +292,8 @@ impl FileStore {
         config.max_entry_size_bytes = config.max_entry_size_bytes.min(half_segment);
         if let super::WriteMode::Async { sync_interval } = write_mode {
             config.write_mode = crate::storage::WriteMode::Async;
-            config.async_sync_interval_ms = (sync_interval.as_millis() as u64).max(1);
+            config.async_sync_interval_ms =
+                u64::try_from(sync_interval.as_millis()).unwrap_or(u64::MAX).max(1);
         }
         let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
         let storage =

@@ -67,6 +67,12 @@ pub struct TransportConfig {
     /// Both sides of a new connection must say Hello within this time (also
     /// bounds the dial itself).
     pub hello_timeout_ms: u64,
+    /// Written back to an inbound connection whose first frame is not a peer
+    /// Hello (typically a client pointed at the peer port by mistake), before
+    /// closing it: the embedding server puts a frame there that its clients
+    /// understand ("this is a peer port"), so they fail at once instead of
+    /// retrying. `None`: just close.
+    pub stranger_reply: Option<Vec<u8>>,
 }
 
 /// Accepted connections waiting to be handed to their peer's task. Small:
@@ -85,6 +91,7 @@ impl TransportConfig {
             reconnect_backoff_min_ms: 10,
             reconnect_backoff_max_ms: 1_000,
             hello_timeout_ms: 5_000,
+            stranger_reply: None,
         }
     }
 
@@ -137,6 +144,10 @@ pub enum TransportError {
     Wire { addr: String, source: WireError },
     #[error("peer connection {addr}: {reason}")]
     Handshake { addr: String, reason: String },
+    /// The other side does not speak the peer protocol at all (a client at
+    /// the wrong port, a port scanner): not a peer failing, so not an error.
+    #[error("connection from {addr} to the peer port is not a peer ({reason}); closed it (a client pointed at the peer port instead of the client port?)")]
+    NotAPeer { addr: String, reason: String },
 }
 
 /// Counters a user can read while the node runs (`tarn status`).
@@ -153,6 +164,9 @@ pub struct TransportStats {
     pub connect_failures: AtomicU64,
     /// Inbound connections closed because of a bad frame or handshake.
     pub bad_connections: AtomicU64,
+    /// Inbound connections that did not speak the peer protocol at all
+    /// (clients at the wrong port); also counted in `bad_connections`.
+    pub stranger_connections: AtomicU64,
     /// Peer connections open right now (a gauge): one per connected peer.
     pub connections_open: AtomicU64,
 }
@@ -169,6 +183,7 @@ pub struct TransportStatsSnapshot {
     pub connect_failures: u64,
     pub bad_connections: u64,
     pub connections_open: u64,
+    pub stranger_connections: u64,
 }
 
 impl TransportStats {
@@ -184,6 +199,7 @@ impl TransportStats {
             connect_failures: l(&self.connect_failures),
             bad_connections: l(&self.bad_connections),
             connections_open: l(&self.connections_open),
+            stranger_connections: l(&self.stranger_connections),
         }
     }
 }
@@ -715,6 +731,16 @@ async fn accept_task<M: Serialize + DeserializeOwned + Send + 'static>(
                         },
                     };
                     shared.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                    if let TransportError::NotAPeer { .. } = error {
+                        // A misdirected client retries: say it once, loudly
+                        // enough to be seen, then only at debug level.
+                        if shared.stats.stranger_connections.fetch_add(1, Ordering::Relaxed) == 0 {
+                            tracing::warn!(node, error = %error, "not a peer; further such connections are logged at debug level");
+                        } else {
+                            tracing::debug!(node, error = %error, "not a peer");
+                        }
+                        return;
+                    }
                     tracing::error!(node, error = %error, "closing peer connection");
                 });
             }
@@ -739,8 +765,24 @@ async fn accept_handshake<M: Serialize + DeserializeOwned>(
     let _ = stream.set_nodelay(true);
     let mut decoder = FrameDecoder::new(config.max_frame_bytes);
     // A connection closed before saying anything (a port probe) is not an error.
-    let Some((cluster_id, from, to)) = read_hello::<M>(&mut stream, &mut decoder, &addr_s).await? else {
-        return Ok(());
+    let (cluster_id, from, to) = match read_hello::<M>(&mut stream, &mut decoder, &addr_s).await {
+        Ok(Some(hello)) => hello,
+        Ok(None) => return Ok(()),
+        // Another wire version is a peer of another build: a real error.
+        Err(e @ TransportError::Wire { source: WireError::UnsupportedVersion { .. }, .. }) => return Err(e),
+        // A first frame that is not a peer Hello: not a peer at all.
+        Err(e @ (TransportError::Wire { .. } | TransportError::Handshake { .. })) => {
+            if let Some(reply) = &config.stranger_reply {
+                let _ = stream.write_all(reply).await;
+                let _ = stream.shutdown().await;
+            }
+            let reason = match e {
+                TransportError::Wire { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            return Err(TransportError::NotAPeer { addr: addr_s, reason });
+        }
+        Err(e) => return Err(e),
     };
     let refuse = |reason: String| Err(TransportError::Handshake { addr: addr_s.clone(), reason });
     check_cluster(config, cluster_id, &addr_s)?;
@@ -970,6 +1012,40 @@ mod tests {
         assert_eq!(open(&t2), 1);
         t1.shutdown();
         t2.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_stranger_on_the_peer_port_gets_the_reply_and_is_not_an_error() {
+        let ([l1], [a1]) = listeners().await;
+        let sink: InboundSink<String> = Arc::new(|_, _, _| {});
+        let mut config = TransportConfig::new(1, 42, BTreeMap::new());
+        config.stranger_reply = Some(b"use the client port".to_vec());
+        let t1 = Transport::start(config, l1, sink).unwrap();
+        // Frames that are not a peer Hello: a client's request (here a
+        // tuple that does not decode as a PeerFrame) and a message first.
+        let not_hello = wire::encode_frame_vec(&(7u64, 0u64, 0u8), 1024).unwrap();
+        let msg = PeerFrame::Message(Envelope { group: 1, message: "x".to_string() });
+        for bytes in [not_hello, wire::encode_frame_vec(&msg, 1024).unwrap()] {
+            let mut s = TcpStream::connect(a1).await.unwrap();
+            s.write_all(&bytes).await.unwrap();
+            let mut got = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.unwrap().unwrap();
+            assert_eq!(got, b"use the client port");
+        }
+        wait_for(5_000, || t1.stats().snapshot().stranger_connections == 2).await;
+        // A peer of another wire version is a real error, not a stranger.
+        let mut other_version =
+            wire::encode_frame_vec(&PeerFrame::<String>::Hello { cluster_id: 42, from: 0, to: 1 }, 1024)
+                .unwrap();
+        other_version[4] = other_version[4].wrapping_add(1);
+        let mut s = TcpStream::connect(a1).await.unwrap();
+        s.write_all(&other_version).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.unwrap();
+        assert!(got.is_empty(), "no stranger reply to a peer of another version");
+        wait_for(5_000, || t1.stats().snapshot().bad_connections == 3).await;
+        assert_eq!(t1.stats().snapshot().stranger_connections, 2);
+        t1.shutdown();
     }
 
     #[test]
