@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tarn_core::{GroupId, Index, NodeId};
+use tarn_core::{GroupId, Index, Nanos, NodeId};
 use tarn_io::wire::{self, FrameDecoder};
 use tarn_kv::{ChildView, ClientId, Command, KvError, LockOutcome, NodeView, Reply, Request, WatchEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,8 +36,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::{
-    peer_key, ClientFrame, Consistency, MemberChange, NodeStatus, RequestBody, ResponseBody, ServerError,
-    ServerFrame, DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES, PEER_DIRECTORY, TARN_DIRECTORY,
+    ClientFrame, Consistency, MemberChange, NodeStatus, RequestBody, ResponseBody, ServerError, ServerFrame,
+    DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES,
 };
 
 /// How a client behaves.
@@ -50,9 +50,22 @@ pub struct ClientConfig {
     /// A request (with all its retries) gives up after this long.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
-    /// Pause between retries when no leader is known (elections take a few
-    /// hundred milliseconds).
+    /// How long the first try of a request waits for its endpoint (connect,
+    /// hello and answer) before trying another; each try that times out
+    /// doubles it, up to what is left of `request_timeout`. About one
+    /// election timeout: a frozen leader (SIGSTOP, a stalled VM) is replaced
+    /// that fast, and the client should be at the new one by then, not still
+    /// waiting on the old. Membership changes wait longer (they are not safe
+    /// to send twice at once).
+    pub attempt_timeout: Duration,
+    /// First pause before a retry when no usable leader answered (an
+    /// election is running, an endpoint is down). Pauses double up to
+    /// `retry_backoff_max` and are drawn uniformly below that bound (full
+    /// jitter), so clients of a leaderless cluster neither hammer the
+    /// survivors nor retry in lockstep. Each request starts over at this value.
     pub retry_backoff: Duration,
+    /// The largest pause between retries.
+    pub retry_backoff_max: Duration,
     /// The session id; random by default. Reuse one only within one process.
     pub client_id: Option<ClientId>,
     /// Once the client has written, a keep-alive write goes out whenever no
@@ -67,6 +80,59 @@ pub struct ClientConfig {
 /// default session TTL.
 pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Default [`ClientConfig::attempt_timeout`]: a bit above the server's
+/// default election timeout (300-600 ms), so a healthy but busy leader is
+/// rarely abandoned and a frozen one is left about when its successor is up.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Per-try wait for a membership change: it completes only after the joint
+/// step commits, and a second copy sent while the first runs is refused, so
+/// it is not cut short like other requests.
+const MEMBERSHIP_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The latest deadline a client computes: `Instant + Duration` panics on
+/// overflow, so a huge `--timeout-ms` means "about a century" instead.
+fn deadline_after(start: Instant, wait: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    start.checked_add(wait.min(CENTURY)).unwrap_or(start)
+}
+
+/// Exponential backoff with full jitter: pause `n` is uniform in
+/// `[0, min(first * 2^n, max)]`. Seeded per use, no global RNG.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    bound: Duration,
+    first: Duration,
+    max: Duration,
+    state: u64,
+}
+
+impl Backoff {
+    pub(crate) fn new(first: Duration, max: Duration, seed: u64) -> Self {
+        let first = first.min(max);
+        Backoff { bound: first, first, max, state: seed | 1 }
+    }
+
+    /// The next pause; the bound doubles up to the maximum.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        // splitmix64: cheap, decent spread, no shared state.
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let bound_ns = u64::try_from(self.bound.as_nanos()).unwrap_or(u64::MAX);
+        let delay = Duration::from_nanos(if bound_ns == 0 { 0 } else { z % (bound_ns + 1) });
+        self.bound = self.bound.saturating_mul(2).min(self.max);
+        delay
+    }
+
+    /// Back to the first, shortest bound (after a success).
+    pub(crate) fn reset(&mut self) {
+        self.bound = self.first;
+    }
+}
+
 impl ClientConfig {
     pub fn new(endpoints: Vec<SocketAddr>) -> Self {
         ClientConfig {
@@ -74,7 +140,9 @@ impl ClientConfig {
             group: DEFAULT_GROUP,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
-            retry_backoff: Duration::from_millis(50),
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            retry_backoff: Duration::from_millis(10),
+            retry_backoff_max: Duration::from_millis(200),
             client_id: None,
             keep_alive_interval: Some(DEFAULT_KEEP_ALIVE_INTERVAL),
         }
@@ -96,6 +164,14 @@ pub enum ClientError {
     Protocol(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A duration does not fit the wire's 64-bit nanoseconds (`as u64`
+    /// would wrap it into a tiny one: a TTL of ~584 years expiring at once).
+    #[error("{what} of {given_ms} ms for key {key:?} is out of range: the longest the server accepts is {max_ms} ms ({max_days} days) by default")]
+    DurationOutOfRange { what: &'static str, key: String, given_ms: u128, max_ms: u64, max_days: u64 },
+    /// An endpoint is a node's peer port: a configuration mistake, reported
+    /// at once instead of retried until the deadline.
+    #[error("{addr} is a peer port (of node {node}), not a client port; give --endpoints the nodes' --client addresses")]
+    PeerPort { addr: SocketAddr, node: NodeId },
 }
 
 impl ClientError {
@@ -105,12 +181,36 @@ impl ClientError {
     }
 }
 
+/// `d` in the nanoseconds a command carries, refused (never wrapped) when it
+/// does not fit in a u64.
+fn checked_nanos(what: &'static str, key: &str, d: Duration) -> Result<Nanos, ClientError> {
+    u64::try_from(d.as_nanos()).map_err(|_| {
+        let max_ms = tarn_kv::KvConfig::default().max_ttl_nanos / 1_000_000;
+        ClientError::DurationOutOfRange {
+            what,
+            key: key.to_owned(),
+            given_ms: d.as_millis(),
+            max_ms,
+            max_days: max_ms / (24 * 3600 * 1000),
+        }
+    })
+}
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<ResponseBody, ServerError>>>>>;
 type WatchRoutes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<WatchMsg>>>>;
 
 enum WatchMsg {
     Events(Vec<WatchEvent>),
     Ended(String),
+}
+
+/// Why no connection to an endpoint could be used.
+#[derive(Debug)]
+enum OpenError {
+    /// Worth retrying (refused, reset, no hello in time): the node may come back.
+    Retry(String),
+    /// Retrying cannot help (a peer port): give up on the request now.
+    Fatal(ClientError),
 }
 
 /// One connection to one node, shared by every request to it.
@@ -123,19 +223,32 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr, connect_timeout: Duration, next_id: &AtomicU64) -> Result<Conn, String> {
+    async fn open(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        next_id: &AtomicU64,
+    ) -> Result<Conn, OpenError> {
+        let retry = OpenError::Retry;
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| format!("connect to {addr} timed out"))?
-            .map_err(|e| format!("connect to {addr}: {e}"))?;
+            .map_err(|_| retry(format!("connect to {addr} timed out")))?
+            .map_err(|e| retry(format!("connect to {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<ClientFrame>();
         let pending: Pending = Arc::default();
         let watches: WatchRoutes = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
+        // What the server said when it closed the connection on its own
+        // (an answer with id 0), e.g. "this is a peer port".
+        let farewell: Arc<Mutex<Option<ServerError>>> = Arc::default();
+        // Dropped when the writer ends (every sender gone, or the socket
+        // broke): the reader then stops too, so a connection abandoned
+        // mid-hello (a frozen node) does not keep a task and socket alive.
+        let (writer_done, mut writer_gone) = oneshot::channel::<()>();
         let c = closed.clone();
         tokio::spawn(async move {
+            let _writer_done = writer_done;
             let mut buf = Vec::with_capacity(64 * 1024);
             while let Some(frame) = rx.recv().await {
                 // Let concurrent requests queue up: one syscall for many.
@@ -154,12 +267,18 @@ impl Conn {
             }
             c.store(true, Ordering::Relaxed);
         });
-        let (p, w, c) = (pending.clone(), watches.clone(), closed.clone());
+        let (p, w, c, f) = (pending.clone(), watches.clone(), closed.clone(), farewell.clone());
         tokio::spawn(async move {
             let mut decoder = FrameDecoder::new(MAX_CLIENT_FRAME_BYTES);
             'read: loop {
                 loop {
                     match decoder.next_frame::<ServerFrame>() {
+                        Ok(Some(ServerFrame::Response { id: 0, result: Err(e) })) => {
+                            // Not an answer to a request: why the server closes.
+                            if let Ok(mut f) = f.lock() {
+                                *f = Some(e);
+                            }
+                        }
                         Ok(Some(ServerFrame::Response { id, result })) => {
                             let waiter = p.lock().ok().and_then(|mut p| p.remove(&id));
                             if let Some(waiter) = waiter {
@@ -183,7 +302,11 @@ impl Conn {
                         }
                     }
                 }
-                match reader.read_buf(decoder.buffer_mut()).await {
+                let read = tokio::select! {
+                    r = reader.read_buf(decoder.buffer_mut()) => r,
+                    _ = &mut writer_gone => break,
+                };
+                match read {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
@@ -201,11 +324,18 @@ impl Conn {
         });
         let mut conn = Conn { tx, pending, watches, closed, node_id: 0 };
         let id = next_id.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(connect_timeout, conn.call(id, 0, RequestBody::Hello)).await {
+        let hello = tokio::time::timeout(connect_timeout, conn.call(id, 0, RequestBody::Hello)).await;
+        if let Some(ServerError::PeerPort { node }) = farewell.lock().ok().and_then(|f| f.clone()) {
+            return Err(OpenError::Fatal(ClientError::PeerPort { addr, node }));
+        }
+        match hello {
             Ok(Ok(Ok(ResponseBody::Hello { node_id, .. }))) => conn.node_id = node_id,
-            Ok(Ok(other)) => return Err(format!("{addr} answered hello with {other:?}")),
-            Ok(Err(e)) => return Err(format!("{addr}: {e}")),
-            Err(_) => return Err(format!("{addr} did not answer hello in time")),
+            Ok(Ok(Err(ServerError::PeerPort { node }))) => {
+                return Err(OpenError::Fatal(ClientError::PeerPort { addr, node }))
+            }
+            Ok(Ok(other)) => return Err(retry(format!("{addr} answered hello with {other:?}"))),
+            Ok(Err(e)) => return Err(retry(format!("{addr}: {e}"))),
+            Err(_) => return Err(retry(format!("{addr} did not answer hello in time"))),
         }
         Ok(conn)
     }
@@ -242,6 +372,8 @@ struct Inner {
     node_endpoints: Mutex<HashMap<NodeId, usize>>,
     /// When the last write was sent, in ms since `created` (0: never).
     last_write_ms: AtomicU64,
+    /// Tries sent to endpoints, retries included (see [`Client::attempts`]).
+    attempts: AtomicU64,
     created: Instant,
 }
 
@@ -281,6 +413,7 @@ impl Client {
                 leader: AtomicUsize::new(0),
                 node_endpoints: Mutex::default(),
                 last_write_ms: AtomicU64::new(0),
+                attempts: AtomicU64::new(0),
                 created: Instant::now(),
             }),
         };
@@ -292,7 +425,7 @@ impl Client {
 
     fn note_write(&self) {
         // Never 0 once written: 0 means "no write yet".
-        let ms = self.inner.created.elapsed().as_millis() as u64 + 1;
+        let ms = u64::try_from(self.inner.created.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
         self.inner.last_write_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
@@ -305,9 +438,9 @@ impl Client {
         &self.inner.config
     }
 
-    async fn conn(&self, endpoint: usize) -> Result<Arc<Conn>, String> {
+    async fn conn(&self, endpoint: usize) -> Result<Arc<Conn>, OpenError> {
         let addr = self.inner.config.endpoints[endpoint];
-        if let Some(c) = self.inner.conns.lock().ok().and_then(|c| c.get(&addr).cloned()) {
+        if let Some(c) = self.cached_conn(endpoint) {
             if !c.closed.load(Ordering::Relaxed) {
                 return Ok(c);
             }
@@ -323,11 +456,31 @@ impl Client {
         Ok(conn)
     }
 
+    fn cached_conn(&self, endpoint: usize) -> Option<Arc<Conn>> {
+        let addr = self.inner.config.endpoints[endpoint];
+        self.inner.conns.lock().ok().and_then(|c| c.get(&addr).cloned())
+    }
+
     fn forget(&self, endpoint: usize) {
         let addr = self.inner.config.endpoints[endpoint];
         if let Ok(mut c) = self.inner.conns.lock() {
             c.remove(&addr);
         }
+    }
+
+    /// How many tries this client has sent to endpoints so far, retries
+    /// included (each try at one endpoint counts once). Bounded during
+    /// failures by the backoff: a test and an operator can check that a
+    /// leaderless cluster is not flooded.
+    pub fn attempts(&self) -> u64 {
+        self.inner.attempts.load(Ordering::Relaxed)
+    }
+
+    /// A backoff for one request or stream, seeded so that clients differ.
+    fn backoff(&self) -> Backoff {
+        let salt = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let c = &self.inner.config;
+        Backoff::new(c.retry_backoff, c.retry_backoff_max, self.inner.client_id ^ salt.rotate_left(32))
     }
 
     /// Sends `body` to the group's leader (or, with `any_node`, to whichever
@@ -337,6 +490,13 @@ impl Client {
     }
 
     /// [`Client::request`] for group `group` instead of the configured one.
+    ///
+    /// Each try gets `attempt_timeout` (doubling after every try that timed
+    /// out) for connecting and answering, so a frozen leader costs about one
+    /// election timeout, not the whole request. A try that learns nothing
+    /// useful (refused connection, no leader known, the leader hint names the
+    /// node that just timed out) is followed by a jittered, doubling pause;
+    /// following a fresh leader hint is immediate, once in a row.
     async fn request_to(
         &self,
         group: GroupId,
@@ -348,21 +508,30 @@ impl Client {
             return Err(ClientError::Invalid("no endpoints given".into()));
         }
         let start = Instant::now();
-        let deadline = start + config.request_timeout;
+        let deadline = deadline_after(start, config.request_timeout);
         let n = config.endpoints.len();
         let mut last = String::from("none");
-        let mut attempt = 0u32;
+        let mut backoff = self.backoff();
+        let mut attempt_timeout = match body {
+            RequestBody::ChangeMembership { .. } => config.attempt_timeout.max(MEMBERSHIP_ATTEMPT_TIMEOUT),
+            _ => config.attempt_timeout,
+        };
+        // The endpoint whose last try timed out: its leader hints are not
+        // followed (the hint may be that very node, frozen).
+        let mut suspect: Option<usize> = None;
+        // The previous try followed a hint without pausing.
+        let mut hopped = false;
         loop {
             let endpoint = self.inner.leader.load(Ordering::Relaxed) % n;
             let now = Instant::now();
             if now >= deadline {
                 return Err(ClientError::Timeout {
-                    waited_ms: start.elapsed().as_millis() as u64,
+                    waited_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
                     endpoints: config.endpoints.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
                     last,
                 });
             }
-            attempt += 1;
+            self.inner.attempts.fetch_add(1, Ordering::Relaxed);
             let try_next = |leader: &AtomicUsize| {
                 let _ = leader.compare_exchange(
                     endpoint,
@@ -371,63 +540,79 @@ impl Client {
                     Ordering::Relaxed,
                 );
             };
-            let conn = match self.conn(endpoint).await {
-                Ok(c) => c,
-                Err(e) => {
-                    last = e;
-                    try_next(&self.inner.leader);
-                    if (attempt as usize).is_multiple_of(n) {
-                        tokio::time::sleep(config.retry_backoff).await;
-                    }
-                    continue;
-                }
-            };
             let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-            let per_try = (deadline - now).min(Duration::from_secs(3));
-            let r = tokio::time::timeout(per_try, conn.call(id, group, body.clone())).await;
-            match r {
+            let per_try = (deadline - now).min(attempt_timeout);
+            let outcome = tokio::time::timeout(per_try, async {
+                let conn = self.conn(endpoint).await?;
+                let answer = conn.call(id, group, body.clone()).await.map_err(OpenError::Retry)?;
+                Ok::<_, OpenError>((conn, answer))
+            })
+            .await;
+            let mut pause = true;
+            match outcome {
                 Err(_) => {
-                    if let Ok(mut p) = conn.pending.lock() {
-                        p.remove(&id);
+                    if let Some(conn) = self.cached_conn(endpoint) {
+                        if let Ok(mut p) = conn.pending.lock() {
+                            p.remove(&id);
+                        }
                     }
                     last = format!(
                         "{} did not answer within {} ms",
                         config.endpoints[endpoint],
                         per_try.as_millis()
                     );
+                    suspect = Some(endpoint);
+                    attempt_timeout = attempt_timeout.saturating_mul(2);
                     try_next(&self.inner.leader);
+                    // The wait was the pause: try another endpoint now.
+                    pause = false;
                 }
-                Ok(Err(e)) => {
+                Ok(Err(OpenError::Fatal(e))) => return Err(e),
+                Ok(Err(OpenError::Retry(e))) => {
                     last = format!("{}: {e}", config.endpoints[endpoint]);
                     self.forget(endpoint);
                     try_next(&self.inner.leader);
                 }
-                Ok(Ok(Ok(body))) => return Ok(body),
-                Ok(Ok(Err(ServerError::NotLeader { leader, .. }))) if !any_node => {
-                    last = format!("node {} is not the leader", conn.node_id);
-                    let hinted = leader.and_then(|l| self.inner.node_endpoints.lock().ok()?.get(&l).copied());
-                    match hinted {
-                        Some(e) if e != endpoint => self.inner.leader.store(e, Ordering::Relaxed),
-                        _ => {
-                            try_next(&self.inner.leader);
-                            if leader.is_none() {
-                                // Election in progress: give it a moment.
-                                tokio::time::sleep(config.retry_backoff).await;
+                Ok(Ok((conn, answer))) => {
+                    if suspect == Some(endpoint) {
+                        suspect = None;
+                    }
+                    match answer {
+                        Ok(body) => return Ok(body),
+                        Err(ServerError::NotLeader { leader, .. }) if !any_node => {
+                            last = format!("node {} is not the leader", conn.node_id);
+                            let hinted =
+                                leader.and_then(|l| self.inner.node_endpoints.lock().ok()?.get(&l).copied());
+                            match hinted {
+                                Some(e) if e != endpoint && Some(e) != suspect => {
+                                    self.inner.leader.store(e, Ordering::Relaxed);
+                                    // A fresh hint is followed at once, but
+                                    // not twice in a row: stale hints that
+                                    // point at each other must not spin.
+                                    pause = hopped;
+                                }
+                                _ => try_next(&self.inner.leader),
                             }
                         }
+                        Err(ServerError::MaybeCommitted { .. }) => {
+                            // Retry with the same seq: applied once either way.
+                            last = "leadership changed during the request".into();
+                        }
+                        Err(ServerError::Unavailable { reason }) => {
+                            last = reason;
+                            try_next(&self.inner.leader);
+                        }
+                        Err(ServerError::PeerPort { node }) => {
+                            return Err(ClientError::PeerPort { addr: config.endpoints[endpoint], node })
+                        }
+                        Err(e) => return Err(ClientError::Server(e)),
                     }
                 }
-                Ok(Ok(Err(ServerError::MaybeCommitted { .. }))) => {
-                    // Retry with the same seq: applied once either way.
-                    last = "leadership changed during the request".into();
-                    tokio::time::sleep(config.retry_backoff).await;
-                }
-                Ok(Ok(Err(ServerError::Unavailable { reason }))) => {
-                    last = reason;
-                    try_next(&self.inner.leader);
-                    tokio::time::sleep(config.retry_backoff).await;
-                }
-                Ok(Ok(Err(e))) => return Err(ClientError::Server(e)),
+            }
+            hopped = !pause;
+            if pause {
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(backoff.next_delay().min(left)).await;
             }
         }
     }
@@ -439,22 +624,24 @@ impl Client {
 
     /// [`Client::write`] in group `group` (same session).
     async fn write_in(&self, group: GroupId, command: Command) -> Result<Reply, ClientError> {
+        // Checked here for a fast, clear error, and again on the server;
+        // before taking a seq, so that a refused command never moves the
+        // session's first unacknowledged seq past 1 before anything was sent
+        // (the server would then answer the first real write "session
+        // expired").
+        let mut request = Request { client_id: self.inner.client_id, seq: 1, first_unacked_seq: 1, command };
+        request.validate_from_client(&tarn_kv::KvConfig::default()).map_err(ClientError::Kv)?;
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let first_unacked_seq = {
             let mut o =
                 self.inner.outstanding.lock().map_err(|_| ClientError::Protocol("poisoned".into()))?;
             o.insert(seq);
+            // Invariant: `seq` was inserted just above, so the set is not empty.
             *o.iter().next().expect("just inserted")
         };
-        let request = Request { client_id: self.inner.client_id, seq, first_unacked_seq, command };
+        request.seq = seq;
+        request.first_unacked_seq = first_unacked_seq;
         self.note_write();
-        // Checked here for a fast, clear error, and again on the server.
-        if let Err(e) = request.validate_from_client(&tarn_kv::KvConfig::default()) {
-            if let Ok(mut o) = self.inner.outstanding.lock() {
-                o.remove(&seq);
-            }
-            return Err(ClientError::Kv(e));
-        }
         let r = self.request_to(group, RequestBody::Write(request), false).await;
         if let Ok(mut o) = self.inner.outstanding.lock() {
             // A timed-out write stays outstanding only until we give up on it:
@@ -558,21 +745,18 @@ impl Client {
         value: impl Into<Bytes>,
         ttl: Duration,
     ) -> Result<(), ClientError> {
-        self.write(Command::PutTemp {
-            key: key.into(),
-            value: value.into(),
-            ttl_nanos: ttl.as_nanos() as u64,
-        })
-        .await
-        .map(drop)
+        let ttl_nanos = checked_nanos("TTL", key, ttl)?;
+        self.write(Command::PutTemp { key: key.into(), value: value.into(), ttl_nanos }).await.map(drop)
     }
 
     pub async fn mkdir_temp(&self, key: &str, ttl: Duration) -> Result<(), ClientError> {
-        self.write(Command::MkdirTemp { key: key.into(), ttl_nanos: ttl.as_nanos() as u64 }).await.map(drop)
+        let ttl_nanos = checked_nanos("TTL", key, ttl)?;
+        self.write(Command::MkdirTemp { key: key.into(), ttl_nanos }).await.map(drop)
     }
 
     pub async fn update_ttl(&self, key: &str, ttl: Duration) -> Result<(), ClientError> {
-        self.write(Command::UpdateTtl { key: key.into(), ttl_nanos: ttl.as_nanos() as u64 }).await.map(drop)
+        let ttl_nanos = checked_nanos("TTL", key, ttl)?;
+        self.write(Command::UpdateTtl { key: key.into(), ttl_nanos }).await.map(drop)
     }
 
     /// Tries to take the lock at `key` for `lease`; queues for up to `wait`
@@ -585,8 +769,8 @@ impl Client {
     ) -> Result<LockOutcome, ClientError> {
         let command = Command::TryLock {
             key: key.into(),
-            lease_nanos: lease.as_nanos() as u64,
-            wait_nanos: wait.as_nanos() as u64,
+            lease_nanos: checked_nanos("lease", key, lease)?,
+            wait_nanos: checked_nanos("lock wait", key, wait)?,
         };
         match self.write(command).await? {
             Reply::Lock(outcome) => Ok(outcome),
@@ -599,9 +783,8 @@ impl Client {
     }
 
     pub async fn update_lease(&self, key: &str, lease: Duration) -> Result<(), ClientError> {
-        self.write(Command::UpdateLease { key: key.into(), lease_nanos: lease.as_nanos() as u64 })
-            .await
-            .map(drop)
+        let lease_nanos = checked_nanos("lease", key, lease)?;
+        self.write(Command::UpdateLease { key: key.into(), lease_nanos }).await.map(drop)
     }
 
     /// Holds the lock at `key` for as long as the returned handle lives:
@@ -672,15 +855,22 @@ impl Client {
             let mut after = after_index;
             let n = client.inner.config.endpoints.len().max(1);
             let mut endpoint = client.inner.leader.load(Ordering::Relaxed) % n;
+            // Reset once a watch is established: a long outage backs off to
+            // the maximum pause, a blip reconnects at once.
+            let mut backoff = client.backoff();
             loop {
                 if tx.is_closed() {
                     return;
                 }
                 let conn = match client.conn(endpoint).await {
                     Ok(c) => c,
-                    Err(_) => {
+                    Err(OpenError::Fatal(e)) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                    Err(OpenError::Retry(_)) => {
                         endpoint = (endpoint + 1) % n;
-                        tokio::time::sleep(client.inner.config.retry_backoff).await;
+                        tokio::time::sleep(backoff.next_delay()).await;
                         continue;
                     }
                 };
@@ -700,6 +890,7 @@ impl Client {
                         // A watch "from now" resumes from where it started,
                         // even if no event arrived before a reconnect.
                         after = Some(after.map_or(after_index, |a| a.max(after_index)));
+                        backoff.reset();
                     }
                     Ok(Ok(Err(e @ ServerError::BadRequest { .. }))) => {
                         let _ = tx.send(Err(ClientError::Server(e)));
@@ -710,7 +901,7 @@ impl Client {
                             w.remove(&id);
                         }
                         endpoint = (endpoint + 1) % n;
-                        tokio::time::sleep(client.inner.config.retry_backoff).await;
+                        tokio::time::sleep(backoff.next_delay()).await;
                         continue;
                     }
                 }
@@ -739,7 +930,7 @@ impl Client {
                     w.remove(&id);
                 }
                 endpoint = (endpoint + 1) % n;
-                tokio::time::sleep(client.inner.config.retry_backoff).await;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         });
         WatchStream { rx, task }
@@ -755,10 +946,13 @@ impl Client {
         if endpoint >= self.inner.config.endpoints.len() {
             return Err(ClientError::Invalid(format!("no endpoint number {endpoint}")));
         }
-        let conn = self.conn(endpoint).await.map_err(|e| ClientError::Timeout {
-            waited_ms: self.inner.config.connect_timeout.as_millis() as u64,
-            endpoints: self.inner.config.endpoints[endpoint].to_string(),
-            last: e,
+        let conn = self.conn(endpoint).await.map_err(|e| match e {
+            OpenError::Fatal(e) => e,
+            OpenError::Retry(last) => ClientError::Timeout {
+                waited_ms: u64::try_from(self.inner.config.connect_timeout.as_millis()).unwrap_or(u64::MAX),
+                endpoints: self.inner.config.endpoints[endpoint].to_string(),
+                last,
+            },
         })?;
         let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(
@@ -772,7 +966,7 @@ impl Client {
             Ok(Ok(Err(e))) => Err(ClientError::Server(e)),
             Ok(Err(e)) => Err(ClientError::Protocol(e)),
             Err(_) => Err(ClientError::Timeout {
-                waited_ms: self.inner.config.request_timeout.as_millis() as u64,
+                waited_ms: u64::try_from(self.inner.config.request_timeout.as_millis()).unwrap_or(u64::MAX),
                 endpoints: self.inner.config.endpoints[endpoint].to_string(),
                 last: "status".into(),
             }),
@@ -793,7 +987,7 @@ impl Client {
     /// Adds node `id` to the group, as a learner (promote it with
     /// [`Client::change_membership`] once it caught up) or a voter. With
     /// `peer_addr`, first records the address in the replicated peer
-    /// directory ([`PEER_DIRECTORY`] in group 1) so that every node connects
+    /// directory ([`PEER_DIRECTORY`](crate::protocol::PEER_DIRECTORY) in group 1) so that every node connects
     /// to the new node, and hands it to the leader with the change.
     pub async fn add_member(
         &self,
@@ -804,15 +998,22 @@ impl Client {
         let change = if learner { MemberChange::AddLearner(id) } else { MemberChange::AddVoter(id) };
         let mut peers = Vec::new();
         if let Some(addr) = peer_addr {
-            for dir in [TARN_DIRECTORY, PEER_DIRECTORY] {
-                // Idempotent: an existing directory is fine.
-                self.write_in(DEFAULT_GROUP, Command::Mkdir { key: dir.into() }).await?;
-            }
-            let value = Bytes::from(addr.to_string());
-            self.write_in(DEFAULT_GROUP, Command::Put { key: peer_key(id), value }).await?;
+            // Group 1's leader writes the directory itself: the reserved
+            // namespace refuses client writes. Idempotent, so retries are safe.
+            self.request_to(DEFAULT_GROUP, RequestBody::RecordPeer { node: id, addr: Some(addr) }, false)
+                .await?;
             peers.push((id, addr));
         }
         self.request(RequestBody::ChangeMembership { changes: vec![change], peers }, false).await.map(drop)
+    }
+
+    /// Removes node `id`'s entry from the replicated peer directory
+    /// ([`PEER_DIRECTORY`](crate::protocol::PEER_DIRECTORY)), so that nodes stop dialing it (a node listed in
+    /// `--cluster` keeps its address from there). For a node removed for good.
+    pub async fn forget_peer(&self, id: NodeId) -> Result<(), ClientError> {
+        self.request_to(DEFAULT_GROUP, RequestBody::RecordPeer { node: id, addr: None }, false)
+            .await
+            .map(drop)
     }
 
     /// Starts group `group` with `voters` on every endpoint (each must be a voter).
@@ -828,10 +1029,11 @@ impl Client {
     async fn on_every_endpoint(&self, group: GroupId, body: RequestBody) -> Result<(), ClientError> {
         for endpoint in 0..self.inner.config.endpoints.len() {
             let addr = self.inner.config.endpoints[endpoint];
-            let conn = self.conn(endpoint).await.map_err(|e| ClientError::Timeout {
-                waited_ms: 0,
-                endpoints: addr.to_string(),
-                last: e,
+            let conn = self.conn(endpoint).await.map_err(|e| match e {
+                OpenError::Fatal(e) => e,
+                OpenError::Retry(last) => {
+                    ClientError::Timeout { waited_ms: 0, endpoints: addr.to_string(), last }
+                }
             })?;
             let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
             match tokio::time::timeout(self.inner.config.request_timeout, conn.call(id, group, body.clone()))
@@ -842,7 +1044,8 @@ impl Client {
                 Ok(Err(e)) => return Err(ClientError::Protocol(format!("{addr}: {e}"))),
                 Err(_) => {
                     return Err(ClientError::Timeout {
-                        waited_ms: self.inner.config.request_timeout.as_millis() as u64,
+                        waited_ms: u64::try_from(self.inner.config.request_timeout.as_millis())
+                            .unwrap_or(u64::MAX),
                         endpoints: addr.to_string(),
                         last: "admin request".into(),
                     })
@@ -934,5 +1137,50 @@ impl Drop for AutoLock {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_full_jitter_and_resets() {
+        let (first, max) = (Duration::from_millis(10), Duration::from_millis(200));
+        let mut b = Backoff::new(first, max, 7);
+        let mut bound = first;
+        let mut total = Duration::ZERO;
+        for _ in 0..200 {
+            let d = b.next_delay();
+            assert!(d <= bound, "{d:?} above the bound {bound:?}");
+            total += d;
+            bound = (bound * 2).min(max);
+        }
+        // Full jitter: about half the cap on average once capped, never a
+        // fixed value (no lockstep between clients).
+        let mean = total / 200;
+        assert!(mean > Duration::from_millis(50) && mean < Duration::from_millis(150), "{mean:?}");
+        b.reset();
+        assert!(b.next_delay() <= first);
+        let (mut x, mut y) = (Backoff::new(max, max, 1), Backoff::new(max, max, 2));
+        assert!((0..10).any(|_| x.next_delay() != y.next_delay()), "seeds differ, pauses differ");
+    }
+
+    #[test]
+    fn durations_beyond_u64_nanoseconds_are_an_error_naming_the_limit() {
+        assert_eq!(checked_nanos("TTL", "k", Duration::from_millis(5)), Ok(5_000_000));
+        let err = checked_nanos("TTL", "k", Duration::from_millis(18_446_744_073_711)).unwrap_err();
+        assert!(
+            matches!(err, ClientError::DurationOutOfRange { given_ms: 18_446_744_073_711, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("2592000000 ms (30 days)"), "{err}");
+    }
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let now = Instant::now();
+        assert!(deadline_after(now, Duration::MAX) > now + Duration::from_secs(3600));
+        assert_eq!(deadline_after(now, Duration::from_secs(1)), now + Duration::from_secs(1));
     }
 }

@@ -170,8 +170,14 @@ enum GroupCmd {
         #[arg(long, value_delimiter = ',')]
         voters: Vec<NodeId>,
     },
-    /// Stop group ID and delete its data on every endpoint.
-    Remove { id: GroupId },
+    /// Stop group ID and delete its data on every endpoint (cannot be
+    /// undone; needs --yes).
+    Remove {
+        id: GroupId,
+        /// Confirm: the group's data is deleted on every endpoint.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,6 +195,9 @@ enum MemberCmd {
     Remove { id: NodeId },
     /// Make learner ID a voter (refused while it lags too far behind).
     Promote { id: NodeId },
+    /// Drop node ID's address from the replicated peer directory (written by
+    /// `member add ID PEER_ADDR`), so nodes stop dialing a node removed for good.
+    Forget { id: NodeId },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -526,7 +535,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             done(json);
             Ok(())
         }
-        Cmd::Group(GroupCmd::Remove { id }) => {
+        Cmd::Group(GroupCmd::Remove { id, yes }) => {
+            if !yes {
+                let default =
+                    if id == DEFAULT_GROUP { " (the default group, where `tarn put` writes)" } else { "" };
+                return Err(Failure::Other(format!(
+                    "`group remove {id}` deletes group {id}{default} and all its data on every endpoint ({}); it cannot be undone. Add --yes to confirm",
+                    cli.endpoints.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
+                )));
+            }
             client().remove_group(id).await?;
             done(json);
             Ok(())
@@ -535,6 +552,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let change = match cmd {
                 MemberCmd::Add { id, peer_addr, learner } => {
                     client().add_member(id, peer_addr, learner).await?;
+                    done(json);
+                    return Ok(());
+                }
+                MemberCmd::Forget { id } => {
+                    client().forget_peer(id).await?;
                     done(json);
                     return Ok(());
                 }

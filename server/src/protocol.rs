@@ -19,11 +19,13 @@ pub const DEFAULT_GROUP: GroupId = 1;
 
 /// The replicated peer directory: `_tarn.peers.<node id>` in [`DEFAULT_GROUP`]
 /// holds the peer address of every node added at runtime (`tarn member add
-/// <id> <addr>`). Every node reads it and connects; reserved for tarn (do
-/// not write it by hand; `tarn rm _tarn.peers.<id>` makes nodes forget a peer).
+/// <id> <addr>`). Every node reads it and connects. It lies in the reserved
+/// namespace ([`TARN_DIRECTORY`]): clients may read it, but only a server
+/// writes it, on [`RequestBody::RecordPeer`] (`tarn member forget <id>` makes
+/// nodes forget a peer).
 pub const PEER_DIRECTORY: &str = "_tarn.peers";
-/// The parent of [`PEER_DIRECTORY`].
-pub const TARN_DIRECTORY: &str = "_tarn";
+/// The parent of [`PEER_DIRECTORY`]: the reserved namespace no client write may touch.
+pub const TARN_DIRECTORY: &str = tarn_kv::RESERVED_NAMESPACE;
 
 /// The directory key holding node `id`'s peer address.
 pub fn peer_key(id: NodeId) -> String {
@@ -81,6 +83,12 @@ pub enum RequestBody {
     /// (which the leader starts using at once; the client also writes them
     /// to the directory so that every node learns them).
     ChangeMembership { changes: Vec<MemberChange>, peers: Vec<(NodeId, SocketAddr)> },
+    /// Admin: record node `node`'s peer address in the replicated peer
+    /// directory (`None`: forget it), sent to group 1's leader. The server
+    /// writes the directory itself: no client write may touch the reserved
+    /// namespace. Refused for a current member at another address (remove it
+    /// first), so a typo cannot re-point a live voter.
+    RecordPeer { node: NodeId, addr: Option<SocketAddr> },
 }
 
 /// One membership change (see `tarn_core::ConfChange`).
@@ -190,4 +198,8 @@ pub enum ServerError {
     BadRequest { reason: String },
     #[error("unavailable: {reason}")]
     Unavailable { reason: String },
+    /// Sent by a node's *peer* port to a client that connected there by
+    /// mistake, so the client fails at once instead of retrying.
+    #[error("this is node {node}'s peer port, not a client port; use its --client address")]
+    PeerPort { node: NodeId },
 }

@@ -198,6 +198,12 @@ impl ServerConfig {
                 return bad(format!("--client and --peer are both {peer}; use two ports"));
             }
         }
+        if self.election_timeout_ms > MAX_TIMING_MS {
+            return bad(format!(
+                "election timeout of {} ms is out of range; the longest accepted is {MAX_TIMING_MS} ms (1 hour)",
+                self.election_timeout_ms
+            ));
+        }
         if self.heartbeat_interval_ms == 0 || self.election_timeout_ms <= self.heartbeat_interval_ms {
             return bad(format!(
                 "election timeout ({} ms) must exceed the heartbeat interval ({} ms), typically 3-10x",
@@ -210,10 +216,11 @@ impl ServerConfig {
 
     fn node_config(&self) -> NodeConfig {
         let mut c = NodeConfig::new(self.node_id, self.effective_cluster_id());
-        const MS: Nanos = 1_000_000;
-        c.raft.election_timeout_min_ns = self.election_timeout_ms * MS;
-        c.raft.election_timeout_max_ns = 2 * self.election_timeout_ms * MS;
-        c.raft.heartbeat_interval_ns = self.heartbeat_interval_ms * MS;
+        // `validate` refuses values whose nanoseconds overflow; saturate
+        // rather than wrap if it was skipped.
+        c.raft.election_timeout_min_ns = self.election_timeout_ms.saturating_mul(MS_NANOS);
+        c.raft.election_timeout_max_ns = self.election_timeout_ms.saturating_mul(2 * MS_NANOS);
+        c.raft.heartbeat_interval_ns = self.heartbeat_interval_ms.saturating_mul(MS_NANOS);
         c.raft.snapshot_after_entries = self.snapshot_after_entries;
         c.raft.snapshot_after_bytes = self.snapshot_after_bytes;
         c.raft.log_keep_tail_entries = self.log_keep_tail_entries;
@@ -221,6 +228,11 @@ impl ServerConfig {
         c
     }
 }
+
+const MS_NANOS: Nanos = 1_000_000;
+/// Longest election timeout (and so heartbeat) a server accepts: far above
+/// any useful value, and far below where ms → ns conversions overflow.
+const MAX_TIMING_MS: u64 = 3_600_000;
 
 // ----- data directory identity and group list -------------------------------------------
 
@@ -354,6 +366,9 @@ struct Shared {
     /// Peers from `--cluster` or learned when joining: never forgotten by
     /// the directory reconciliation.
     base_peers: BTreeSet<NodeId>,
+    /// Peer directory entries already warned about as malformed (each is
+    /// logged once, not at every poll).
+    malformed_directory_entries: Mutex<BTreeSet<String>>,
 }
 
 /// A running server. Stop it with [`Server::shutdown`].
@@ -410,6 +425,10 @@ impl Server {
         // node must not vote: it may have voted before losing its data.
         let rejoin = config.join.is_some() && !join::rejoined(&config);
         node_config.raft.rejoin_after_data_loss = rejoin;
+        // A client pointed at the peer port reads this and gives up at once.
+        let stranger =
+            ServerFrame::Response { id: 0, result: Err(ServerError::PeerPort { node: config.node_id }) };
+        node_config.peer_port_stranger_reply = wire::encode_frame_vec(&stranger, MAX_CLIENT_FRAME_BYTES).ok();
         let node = Node::start(node_config, store, peer_listener, peers)?;
         for (g, voters) in &groups {
             node.add_group(
@@ -428,6 +447,7 @@ impl Server {
             counters: ServerCounters::default(),
             peer_addr,
             base_peers,
+            malformed_directory_entries: Mutex::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         if shared.peer_addr.is_some() {
@@ -790,17 +810,13 @@ fn handle_request(
         RequestBody::TransferLeader { to } => {
             let group = group.expect("checked above");
             tokio::spawn(async move {
-                let info = group.info();
-                let result = if info.role != Role::Leader {
-                    Err(not_leader(&shared, g, info.leader))
-                } else {
-                    group
-                        .transfer_leader(to)
-                        .await
-                        .map(|()| ResponseBody::Done)
-                        .map_err(|e| ServerError::Unavailable { reason: e.to_string() })
-                };
-                respond(result).await;
+                respond(transfer_leader(&shared, g, &group, to).await).await;
+            });
+        }
+        RequestBody::RecordPeer { node, addr } => {
+            let group = group.expect("checked above");
+            tokio::spawn(async move {
+                respond(join::record_peer(&shared, g, &group, node, addr).await).await;
             });
         }
         RequestBody::AddGroup { voters } => {
@@ -821,6 +837,43 @@ fn handle_request(
             });
         }
     }
+}
+
+/// Hands leadership of group `g` to `to`. The core silently ignores a target
+/// that is not a voter, so that is refused here, in words, instead of
+/// answering "ok" for a transfer that never happens.
+async fn transfer_leader(
+    shared: &Shared,
+    g: GroupId,
+    group: &GroupHandle<KvMachine>,
+    to: NodeId,
+) -> Result<ResponseBody, ServerError> {
+    let info = group.info();
+    if info.role != Role::Leader {
+        return Err(not_leader(shared, g, info.leader));
+    }
+    let Some(status) = group.status().await else {
+        return Err(ServerError::Unavailable { reason: format!("group {g} stopped") });
+    };
+    let voters: BTreeSet<NodeId> =
+        status.membership.voters.iter().chain(&status.membership.voters_outgoing).copied().collect();
+    if !voters.contains(&to) {
+        let list: Vec<String> = voters.iter().map(|v| v.to_string()).collect();
+        let reason = if status.membership.learners.contains(&to) {
+            format!(
+                "node {to} is a learner, not a voter of group {g} (voters: {}); promote it first: `tarn member promote {to}`",
+                list.join(",")
+            )
+        } else {
+            format!("node {to} is not a voter of group {g} (voters: {}); pick one of them", list.join(","))
+        };
+        return Err(ServerError::BadRequest { reason });
+    }
+    group
+        .transfer_leader(to)
+        .await
+        .map(|()| ResponseBody::Done)
+        .map_err(|e| ServerError::Unavailable { reason: e.to_string() })
 }
 
 async fn add_group(shared: &Shared, g: GroupId, voters: Vec<NodeId>) -> Result<ResponseBody, ServerError> {
@@ -991,6 +1044,8 @@ async fn node_status(shared: &Shared) -> NodeStatus {
         counters.push(("peer_messages_dropped".into(), t.messages_dropped));
         counters.push(("peer_flushes".into(), t.flushes));
         counters.push(("peer_bad_connections".into(), t.bad_connections));
+        // Clients that connected to the peer port by mistake (told so).
+        counters.push(("peer_port_clients".into(), t.stranger_connections));
         // One connection per peer pair: a node of an n-node cluster shows n - 1.
         counters.push(("peer_connections_open".into(), t.connections_open));
         counters.push(("peer_connects".into(), t.connects));

@@ -157,3 +157,40 @@ async fn serve_join_then_member_add_and_promote_from_the_cli() {
     .expect("cli join checks");
     cluster.shutdown().await;
 }
+
+/// Operator mistakes from the CLI (issue 13): each fails with exit 1 and one
+/// line that says what is wrong, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_refuses_operator_mistakes_in_one_line() {
+    let cluster = tokio::time::timeout(Duration::from_secs(30), TestCluster::start(3)).await.expect("start");
+    cluster.leader().await;
+    let all: Vec<String> = cluster.endpoints().iter().map(|a| a.to_string()).collect();
+    let peer1 = cluster.peers[&1].to_string();
+    tokio::task::spawn_blocking(move || {
+        let all = all.join(",");
+        let fails = |o: &Output, says: &str| {
+            assert_eq!(o.status.code(), Some(1), "{}", stderr(o));
+            assert_eq!(stderr(o).lines().count(), 1, "{}", stderr(o));
+            assert!(stderr(o).contains(says), "expected {says:?} in: {}", stderr(o));
+        };
+        assert!(tarn(&all, &["put", "k", "v"]).status.success());
+        // Removing a group needs --yes, and says what it would delete.
+        fails(&tarn(&all, &["group", "remove", "1"]), "Add --yes to confirm");
+        assert_eq!(stdout(&tarn(&all, &["get", "k"])), "v\n", "group 1 untouched");
+        fails(&tarn(&all, &["transfer-leader", "--to", "9"]), "node 9 is not a voter of group 1");
+        // A TTL whose nanoseconds overflow u64 used to expire at once.
+        fails(&tarn(&all, &["put", "t", "v", "--ttl-ms", "18446744073711"]), "out of range");
+        assert_eq!(tarn(&all, &["get", "t"]).status.code(), Some(3), "nothing written");
+        fails(&tarn(&all, &["mkdir", "_tarn"]), "reserved namespace _tarn");
+        // A peer port instead of a client port: at once, not after --timeout-ms.
+        let started = std::time::Instant::now();
+        fails(&tarn(&peer1, &["get", "k"]), &format!("{peer1} is a peer port"));
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    })
+    .await
+    .expect("cli mistake checks");
+    let s = cluster.servers[&1].status().await;
+    let count = s.counters.iter().find(|(n, _)| n == "peer_port_clients").map(|(_, v)| *v);
+    assert_eq!(count, Some(1), "one connection, one try");
+    cluster.shutdown().await;
+}

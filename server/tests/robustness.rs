@@ -72,6 +72,12 @@ async fn configuration_errors_are_refused_at_start_with_a_clear_message() {
     let err = Server::start(c).await.err().expect("refused");
     assert!(err.to_string().contains("--id 3 is not in --cluster"), "{err}");
 
+    // An election timeout whose nanoseconds overflow u64 (it used to wrap).
+    let mut c = ServerConfig::single(dir.path().join("t"), free_addr());
+    c.election_timeout_ms = 18_446_744_073_710;
+    let err = Server::start(c).await.err().expect("refused");
+    assert!(err.to_string().contains("out of range") && err.to_string().contains("3600000 ms"), "{err}");
+
     // A client port already in use.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let c = ServerConfig::single(dir.path().join("busy"), busy.local_addr().unwrap());

@@ -3,8 +3,10 @@
 //! replicated peer directory.
 //!
 //! Peer addresses added at runtime live in group 1's kv tree under
-//! [`PEER_DIRECTORY`] (`_tarn.peers.<id> = <peer addr>`), written by the
-//! client in `tarn member add <id> <addr>` before the membership change. So
+//! [`PEER_DIRECTORY`] (`_tarn.peers.<id> = <peer addr>`), written by group
+//! 1's leader on the client's [`RequestBody::RecordPeer`] in `tarn member add
+//! <id> <addr>` before the membership change ([`record_peer`]: system
+//! requests, the only writes the reserved namespace admits). So
 //! the address is replicated like any write and survives restarts (the log
 //! replays it); every node re-reads the directory every
 //! [`PEER_DIRECTORY_POLL`] and adds, moves or forgets peers to match. A
@@ -16,14 +18,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tarn_core::NodeId;
-use tarn_kv::KvError;
+use tarn_io::driver::{GroupHandle, ProposeError};
+use tarn_kv::{encode_entry, Command, KvEntry, KvError, Request};
 use tokio::sync::watch;
 
-use super::{write_atomic, ServerConfig, Shared, StartError, IDENTITY_FILE};
+use super::{not_leader, wall_clock_nanos, write_atomic, ServerConfig, Shared, StartError, IDENTITY_FILE};
 use crate::client::{Client, ClientConfig};
 use crate::machine::KvMachine;
-use crate::protocol::{DEFAULT_GROUP, PEER_DIRECTORY};
+use crate::protocol::{peer_key, ResponseBody, ServerError, DEFAULT_GROUP, PEER_DIRECTORY, TARN_DIRECTORY};
 
 /// How long a first `--join` keeps trying `--endpoints` before giving up.
 const JOIN_CONTACT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,6 +58,10 @@ pub(super) async fn learn_cluster(
         for (i, endpoint) in endpoints.iter().enumerate() {
             let status = match client.status_of(i).await {
                 Ok(s) => s,
+                // Retrying cannot turn a peer port into a client port.
+                Err(e @ crate::client::ClientError::PeerPort { .. }) => {
+                    return Err(StartError::Config(format!("--endpoints: {e}")));
+                }
                 Err(e) => {
                     last = format!("{endpoint}: {e}");
                     continue;
@@ -153,6 +161,98 @@ pub(super) async fn learn_directory_now(shared: &Shared) {
     reconcile(shared, leads, None).await;
 }
 
+/// Why `addr` cannot be a peer address other nodes dial (`None`: it can).
+fn bad_peer_addr(addr: SocketAddr) -> Option<&'static str> {
+    if addr.port() == 0 {
+        Some("port 0 is not a listening port")
+    } else if addr.ip().is_unspecified() {
+        Some("an unspecified address (0.0.0.0 or ::) cannot be dialed; give the address peers reach")
+    } else if addr.ip().is_multicast() {
+        Some("a multicast address cannot be dialed")
+    } else {
+        None
+    }
+}
+
+/// Writes (or, with `addr: None`, removes) node `node`'s entry of the peer
+/// directory, on group 1's leader. This is the one write path into the
+/// reserved namespace: system requests proposed by the server itself, never
+/// a client's request (clients are refused at admission). A current member
+/// of a hosted group cannot be re-pointed to another address: that is how a
+/// stray write cut a cluster off its voters.
+pub(super) async fn record_peer(
+    shared: &Shared,
+    g: tarn_core::GroupId,
+    group: &GroupHandle<KvMachine>,
+    node: NodeId,
+    addr: Option<SocketAddr>,
+) -> Result<ResponseBody, ServerError> {
+    let bad = |reason: String| Err(ServerError::BadRequest { reason });
+    if g != DEFAULT_GROUP {
+        return bad(format!("the peer directory lives in group {DEFAULT_GROUP}, not group {g}"));
+    }
+    if node == 0 {
+        return bad("node id 0 is reserved; node ids start at 1".into());
+    }
+    let info = group.info();
+    if info.role != tarn_core::Role::Leader {
+        return Err(not_leader(shared, g, info.leader));
+    }
+    if let Some(addr) = addr {
+        if let Some(problem) = bad_peer_addr(addr) {
+            return bad(format!("peer address {addr} of node {node}: {problem}"));
+        }
+        let current = if node == shared.config.node_id { shared.peer_addr } else { known_addr(shared, node) };
+        if current.is_some_and(|c| c != addr) && is_member_anywhere(shared, node).await {
+            return bad(format!(
+                "node {node} is a member at {} now; remove it (`tarn member remove {node}`) before giving it another address",
+                current.map_or_else(|| "?".into(), |c| c.to_string())
+            ));
+        }
+    }
+    let commands = match addr {
+        Some(addr) => vec![
+            Command::Mkdir { key: TARN_DIRECTORY.into() },
+            Command::Mkdir { key: PEER_DIRECTORY.into() },
+            Command::Put { key: peer_key(node), value: Bytes::from(addr.to_string()) },
+        ],
+        None => vec![Command::Remove { key: peer_key(node) }],
+    };
+    let requests = commands.into_iter().map(Request::system).collect();
+    let data = Bytes::from(encode_entry(&KvEntry { leader_time_nanos: wall_clock_nanos(), requests }));
+    match group.propose(data).await {
+        Ok(Ok(responses)) => match responses.into_iter().find_map(Result::err) {
+            None => Ok(ResponseBody::Done),
+            Some(e) => bad(format!("cannot write the peer directory: {e}")),
+        },
+        Ok(Err(e)) => bad(e),
+        Err(ProposeError::NotLeader { leader_hint }) => Err(not_leader(shared, g, leader_hint)),
+        Err(ProposeError::MaybeCommitted { leader_hint }) => {
+            Err(ServerError::MaybeCommitted { leader: leader_hint })
+        }
+        Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),
+    }
+}
+
+/// The address this node's transport dials for `node`, if any.
+fn known_addr(shared: &Shared, node: NodeId) -> Option<SocketAddr> {
+    shared.node.transport().and_then(|t| t.peers().get(&node).copied())
+}
+
+/// Whether `node` is a voter or learner of any group this node hosts.
+async fn is_member_anywhere(shared: &Shared, node: NodeId) -> bool {
+    for g in shared.node.groups() {
+        let Some(handle) = shared.node.group(g) else { continue };
+        if let Some(status) = handle.status().await {
+            let m = &status.membership;
+            if m.voters.contains(&node) || m.voters_outgoing.contains(&node) || m.learners.contains(&node) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// Makes the transport's peers match the directory. `from_directory`
 /// remembers which peers came from it, so that a removed key removes the
 /// peer; `None` only adds.
@@ -170,14 +270,22 @@ async fn reconcile(shared: &Shared, linearizable: bool, from_directory: Option<&
     let node_id = shared.config.node_id;
     let mut directory: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
     for child in children {
-        let id = child.name.parse::<NodeId>().ok();
-        let addr = std::str::from_utf8(&child.node.value).ok().and_then(|v| v.parse::<SocketAddr>().ok());
-        match (id, addr) {
-            (Some(id), Some(addr)) if id != 0 => {
+        let value = String::from_utf8_lossy(&child.node.value);
+        match parse_entry(&child.name, &value) {
+            Ok((id, addr)) => {
                 directory.insert(id, addr);
             }
-            _ => {
-                tracing::debug!(node = node_id, name = %child.name, "ignoring a malformed peer directory entry")
+            Err(problem) => {
+                // Written before the namespace was reserved, or by another
+                // version: never dialed. Warned once per entry, not per poll.
+                let first = shared
+                    .malformed_directory_entries
+                    .lock()
+                    .map(|mut seen| seen.insert(format!("{}={value}", child.name)))
+                    .unwrap_or(false);
+                if first {
+                    tracing::warn!(node = node_id, key = %peer_key_text(&child.name), %value, %problem, "ignoring a malformed peer directory entry; remove it with `tarn member forget <id>` if it names a node");
+                }
             }
         }
     }
@@ -201,6 +309,26 @@ async fn reconcile(shared: &Shared, linearizable: bool, from_directory: Option<&
     }
 }
 
+fn peer_key_text(name: &str) -> String {
+    format!("{PEER_DIRECTORY}.{name}")
+}
+
+/// One directory entry `name = value` as (node id, peer address), or why it
+/// cannot be one.
+fn parse_entry(name: &str, value: &str) -> Result<(NodeId, SocketAddr), String> {
+    let id = match name.parse::<NodeId>() {
+        Ok(0) => return Err("node id 0 is reserved".into()),
+        Ok(id) => id,
+        Err(_) => return Err(format!("{name:?} is not a node id (a number)")),
+    };
+    let addr =
+        value.parse::<SocketAddr>().map_err(|_| format!("{value:?} is not a HOST:PORT socket address"))?;
+    if let Some(problem) = bad_peer_addr(addr) {
+        return Err(problem.into());
+    }
+    Ok((id, addr))
+}
+
 async fn all_groups_rejoined(shared: &Shared) -> bool {
     for g in shared.node.groups() {
         let Some(handle) = shared.node.group(g) else { return false };
@@ -210,4 +338,24 @@ async fn all_groups_rejoined(shared: &Shared) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_entries_that_cannot_name_a_peer_are_refused_with_a_reason() {
+        assert_eq!(parse_entry("4", "127.0.0.1:7804"), Ok((4, "127.0.0.1:7804".parse().unwrap())));
+        for (name, value, says) in [
+            ("x", "127.0.0.1:7804", "not a node id"),
+            ("0", "127.0.0.1:7804", "reserved"),
+            ("4", "nowhere", "not a HOST:PORT"),
+            ("4", "0.0.0.0:7804", "unspecified"),
+            ("4", "127.0.0.1:0", "port 0"),
+        ] {
+            let err = parse_entry(name, value).expect_err(name);
+            assert!(err.contains(says), "{name}={value}: {err}");
+        }
+    }
 }
