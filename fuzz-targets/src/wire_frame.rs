@@ -16,9 +16,7 @@
 //! and is a fixed point of decode → encode.
 
 use tarn_core::Message;
-use tarn_io::wire::{
-    decode_frame, encode_frame_vec, FrameDecoder, PeerFrame, WireError, FRAME_LEN_BYTES, WIRE_VERSION,
-};
+use tarn_io::wire::{decode_frame, encode_frame_vec, FrameDecoder, PeerFrame, WireError, FRAME_LEN_BYTES};
 use tarn_kv::{decode_entry, decode_request, decode_response, encode_entry, encode_request, encode_response};
 
 use serde::de::DeserializeOwned;
@@ -148,6 +146,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tarn_io::wire::WIRE_VERSION;
 
     /// Why the round trip is checked on values, not bytes: postcard accepts
     /// overlong varints (here `0x80 0x00` for 0), so two byte strings decode
