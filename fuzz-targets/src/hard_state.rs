@@ -8,18 +8,22 @@
 //!
 //! Properties: recovery yields exactly what an independent reading of the
 //! slots says — the valid slot with the highest sequence number (commit
-//! clamped to the log), the initial state when a slot was never written, or
-//! a corruption error naming the hard-state file (both slots damaged, or a
-//! sequence number of `u64::MAX`, which cannot be followed) — or, for a file too short
-//! to hold both slots, a read error naming it. After recovery, a new hard
-//! state written on top survives a reopen (it must win over whatever slot
-//! survived the damage).
+//! clamped to the log), in either format version (1: no watermark; 2: with
+//! the sync watermark) — or a corruption error: naming the hard-state file
+//! when it is not exactly two slots long, when no slot is valid (both
+//! damaged), or when no slot was ever written (zeroed: the group holds a
+//! log, so its vote would be lost); and when the chosen watermark claims
+//! entries the log does not hold (past its end, or with another term). After
+//! recovery, a new hard state written on top survives a reopen (it must win
+//! over whatever slot survived the damage).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tarn_core::{Entry, EntryPayload, GroupId, HardState};
-use tarn_io::storage::hard_state::{seq_is_newer, HARD_STATE_SLOT_BYTES, HARD_STATE_SLOT_STRIDE_BYTES};
+use tarn_core::{Entry, EntryPayload, GroupId, HardState, LogId};
+use tarn_io::storage::hard_state::{
+    seq_is_newer, HARD_STATE_FILE_BYTES, HARD_STATE_SLOT_BYTES, HARD_STATE_SLOT_STRIDE_BYTES,
+};
 use tarn_io::storage::{FlushReport, Storage, StorageConfig, StorageError};
 use tarn_io::vfs::{MemVfs, Vfs};
 
@@ -32,8 +36,10 @@ pub const MAX_ENTRY_SIZE_BYTES: u32 = 256;
 /// Longest hard-state file the target builds (the real one is 1 KiB).
 pub const FILE_MAX_BYTES: usize = 4096;
 
-const MAGIC: &[u8; 8] = b"TARNHS01";
-const CRC_AT: usize = 40;
+const MAGIC_V1: &[u8; 8] = b"TARNHS01";
+const MAGIC_V2: &[u8; 8] = b"TARNHS02";
+const CRC_AT_V1: usize = 40;
+const CRC_AT_V2: usize = 56;
 
 fn hs_path() -> PathBuf {
     Path::new(DATA_DIR).join(format!("group-{GROUP:020}")).join("hardstate")
@@ -43,8 +49,18 @@ fn hs_path() -> PathBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Empty,
-    Valid(u64, HardState),
+    Valid(u64, HardState, LogId),
     Damaged,
+}
+
+/// Where the checksum of the slot at `b` sits, by its magic (version 2, or
+/// else version 1).
+fn crc_at(b: &[u8]) -> usize {
+    if &b[..8] == MAGIC_V2 {
+        CRC_AT_V2
+    } else {
+        CRC_AT_V1
+    }
 }
 
 fn read_slot(file: &[u8], at: usize) -> Slot {
@@ -53,18 +69,21 @@ fn read_slot(file: &[u8], at: usize) -> Slot {
         return Slot::Empty;
     }
     let word = |k: usize| u64::from_le_bytes(b[k..k + 8].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(b[CRC_AT..CRC_AT + 4].try_into().expect("4 bytes"));
-    if &b[..8] != MAGIC || crc != crc32c::crc32c(&b[..CRC_AT]) {
+    let crc_at = crc_at(b);
+    let crc = u32::from_le_bytes(b[crc_at..crc_at + 4].try_into().expect("4 bytes"));
+    if (&b[..8] != MAGIC_V1 && &b[..8] != MAGIC_V2) || crc != crc32c::crc32c(&b[..crc_at]) {
         return Slot::Damaged;
     }
     let vote = if word(24) == 0 { None } else { Some(word(24)) };
-    Slot::Valid(word(8), HardState { term: word(16), vote, commit: word(32) })
+    let synced = if crc_at == CRC_AT_V2 { LogId::new(word(40), word(48)) } else { LogId::ZERO };
+    Slot::Valid(word(8), HardState { term: word(16), vote, commit: word(32) }, synced)
 }
 
 fn reseal(file: &mut [u8], at: usize) {
     if file.len() >= at + HARD_STATE_SLOT_BYTES {
-        let crc = crc32c::crc32c(&file[at..at + CRC_AT]);
-        file[at + CRC_AT..at + CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        let crc_at = crc_at(&file[at..]);
+        let crc = crc32c::crc32c(&file[at..at + crc_at]);
+        file[at + crc_at..at + crc_at + 4].copy_from_slice(&crc.to_le_bytes());
     }
 }
 
@@ -112,33 +131,38 @@ pub fn hard_state(data: &[u8]) {
     let mut storage = Storage::open(Arc::new(vfs.clone()), config()).expect("node directory is intact");
     let opened = storage.open_group(GROUP);
     let second = HARD_STATE_SLOT_STRIDE_BYTES as usize;
-    if file.len() < second + HARD_STATE_SLOT_BYTES {
-        match opened {
-            Err(StorageError::Io { path: p, .. }) | Err(StorageError::Corruption { path: p, .. }) => {
-                assert_eq!(p, path, "error names the wrong file");
-            }
-            other => panic!("a {}-byte hard state file must be refused, got {other:?}", file.len()),
+    let refused = |opened: Result<_, StorageError>, why: &str| match opened {
+        Err(StorageError::Corruption { path: p, .. }) => {
+            assert_eq!(p, path, "{why}: error names the wrong file")
         }
+        other => panic!("{why}: must be a corruption error, got {other:?}"),
+    };
+    if file.len() as u64 != HARD_STATE_FILE_BYTES {
+        refused(opened.map(drop), &format!("a {}-byte hard state file", file.len()));
         return;
     }
     let expected = match (read_slot(&file, 0), read_slot(&file, second)) {
         // Serial-number order (RFC 1982): the pair stays ordered across the
         // wrap from u64::MAX to 0.
-        (Slot::Valid(sa, a), Slot::Valid(sb, b)) => {
-            Some(if sa == sb || seq_is_newer(sa, sb) { (sa, a) } else { (sb, b) })
+        (Slot::Valid(sa, a, wa), Slot::Valid(sb, b, wb)) => {
+            Some(if sa == sb || seq_is_newer(sa, sb) { (sa, a, wa) } else { (sb, b, wb) })
         }
-        (Slot::Valid(s, h), _) | (_, Slot::Valid(s, h)) => Some((s, h)),
-        (Slot::Empty, _) | (_, Slot::Empty) => Some((0, HardState::default())),
+        (Slot::Valid(s, h, w), _) | (_, Slot::Valid(s, h, w)) => Some((s, h, w)),
+        // Never written, beside a log: zeroed, the vote lost.
+        (Slot::Empty, _) | (_, Slot::Empty) => None,
         (Slot::Damaged, Slot::Damaged) => None,
     };
-    // No valid slot (both damaged): refused as corruption of the hard-state file.
-    let Some((seq, mut hs)) = expected else {
-        match opened {
-            Err(StorageError::Corruption { path: p, .. }) => assert_eq!(p, path),
-            other => panic!("{expected:?} must be a corruption error, got {other:?}"),
-        }
+    let Some((seq, mut hs, synced)) = expected else {
+        refused(opened.map(drop), "no valid slot");
         return;
     };
+    // The log holds 1..=LOG_ENTRIES, all of term 1.
+    if synced.index > 0 && (synced.index > LOG_ENTRIES || synced.term != 1) {
+        match opened {
+            Err(StorageError::Corruption { .. }) => return,
+            other => panic!("watermark {synced} is not in the log, got {other:?}"),
+        }
+    }
     hs.commit = hs.commit.min(LOG_ENTRIES);
     let recovered = opened.unwrap_or_else(|e| panic!("slot {seq} holds {hs:?}, but recovery failed: {e}"));
     assert_eq!(recovered.hard_state, hs, "recovery did not pick the newest valid slot (seq {seq})");

@@ -311,3 +311,93 @@ fn real_files_round_trip() {
     assert_eq!(read_all(&s, 9), entries(1, 1..=500, 300));
     assert_eq!(s.groups_on_disk().unwrap(), vec![9]);
 }
+
+/// Sync mode's watermark, two ways. `flush` syncs the records, then the
+/// watermark covering them, and reports them. `flush_pipelined` syncs the
+/// records together with the watermark of the previous flush and reports
+/// only what that covers; the next flush — with new entries, or idle, then
+/// writing the watermark alone — reports the rest.
+#[test]
+fn pipelined_flush_reports_a_flush_late_and_an_idle_flush_writes_only_the_watermark() {
+    let vfs = MemVfs::new();
+    let cfg = config("/data");
+    let mut s = open(&vfs, &cfg);
+    s.open_group(1).unwrap();
+    let mut report = FlushReport::default();
+    s.stage(1, &entries(1, 1..=10, 10)).unwrap();
+    let syncs = vfs.sync_count();
+    s.flush(&mut report);
+    assert_eq!(report.log, vec![Persisted { group: 1, up_to: LogId::new(1, 10) }]);
+    assert_eq!(vfs.sync_count() - syncs, 2, "records, then the watermark");
+    assert!(!s.needs_flush());
+
+    s.stage(1, &entries(1, 11..=12, 10)).unwrap();
+    s.flush_pipelined(&mut report);
+    assert!(report.log.is_empty(), "11..=12 are synced but no durable watermark covers them yet");
+    assert!(s.needs_flush());
+    assert_eq!(s.log_state(1).unwrap().last_durable, LogId::new(1, 12));
+    s.stage(1, &entries(1, 13..=13, 10)).unwrap();
+    let (writes, syncs) = (vfs.write_count(), vfs.sync_count());
+    s.flush_pipelined(&mut report);
+    assert_eq!(report.log, vec![Persisted { group: 1, up_to: LogId::new(1, 12) }]);
+    assert_eq!((vfs.write_count() - writes, vfs.sync_count() - syncs), (2, 2), "one batch: log and slot");
+    let (writes, syncs) = (vfs.write_count(), vfs.sync_count());
+    s.flush_pipelined(&mut report);
+    assert_eq!(report.log, vec![Persisted { group: 1, up_to: LogId::new(1, 13) }]);
+    assert_eq!((vfs.write_count() - writes, vfs.sync_count() - syncs), (1, 1), "the watermark alone");
+    assert!(!s.needs_flush());
+    s.flush_pipelined(&mut report);
+    assert!(report.log.is_empty() && vfs.sync_count() == syncs + 1, "nothing to do");
+
+    // Records synced but not yet covered survive a crash too (a torn tail
+    // may only be cut above the watermark, and these are intact).
+    s.stage(1, &entries(1, 14..=15, 10)).unwrap();
+    s.flush_pipelined(&mut report);
+    let mut s2 = open(&vfs.crash(CrashMode::DropUnsynced), &cfg);
+    assert_eq!(s2.open_group(1).unwrap().last_log_id, LogId::new(1, 15));
+}
+
+/// Async mode acknowledges on write; its background syncs still record
+/// what they made durable: a later job raises the watermark to it, and
+/// `sync` (shutdown) leaves it covering everything.
+#[test]
+fn async_background_syncs_raise_the_watermark_one_job_behind() {
+    let vfs = MemVfs::new();
+    let mut cfg = config("/data");
+    cfg.write_mode = WriteMode::Async;
+    let mut s = open(&vfs, &cfg);
+    s.open_group(1).unwrap();
+    let mut report = FlushReport::default();
+    s.stage(1, &entries(1, 1..=10, 10)).unwrap();
+    s.flush(&mut report);
+    assert!(s.needs_sync());
+    let job = s.begin_sync(&mut report);
+    let results = job.run();
+    s.finish_sync(job, results, &mut report);
+    assert_eq!(s.log_state(1).unwrap().last_durable, LogId::new(1, 10));
+    assert!(s.needs_sync(), "the watermark still lags the sync");
+    let job = s.begin_sync(&mut report);
+    assert!(!job.is_empty());
+    let results = job.run();
+    s.finish_sync(job, results, &mut report);
+    assert!(!s.needs_sync());
+    // Now the last record is covered: bit rot in it is refused.
+    let dir = PathBuf::from("/data/group-00000000000000000001");
+    let seg = dir.join(format!("{:020}.seg", 1));
+    let bytes = vfs.file_bytes(&seg).unwrap();
+    let mut pos = 40;
+    let mut last = pos;
+    while let Some(view) = tarn_io::storage::record::parse(&bytes[pos..], 1 << 20) {
+        last = pos;
+        pos += view.size_bytes;
+    }
+    let after = vfs.crash(CrashMode::DropUnsynced);
+    after.flip_bit(&seg, last as u64 + 30, 0);
+    let err = Storage::open(Arc::new(after), cfg.clone()).unwrap().open_group(1).unwrap_err();
+    assert!(matches!(err, StorageError::Corruption { .. }), "{err}");
+    // `sync` does both rounds at once.
+    s.stage(1, &entries(1, 11..=12, 10)).unwrap();
+    s.flush(&mut report);
+    s.sync(&mut report);
+    assert!(report.failed.is_empty() && !s.needs_sync());
+}

@@ -25,9 +25,15 @@ pub enum StorageError {
     #[error("{op} {path}: {source}")]
     Io { op: &'static str, path: PathBuf, source: io::Error },
 
-    /// Stored bytes are damaged where they cannot be a torn tail: committed
-    /// data might be lost, so recovery stops instead of truncating.
-    #[error("corrupt data in {path} at byte offset {offset}: {reason}; restore this group from a peer or a backup")]
+    /// Stored bytes are damaged where they cannot be a torn tail (synced
+    /// data, a missing file, a zeroed hard state): acknowledged data might
+    /// be lost, so recovery stops instead of truncating, and says how to
+    /// rebuild the group from its peers.
+    #[error(
+        "corrupt data in {path} at byte offset {offset}: {reason}; the group will not start. Restore it from \
+         a peer: move the group's directory aside and restart the node with --join, or remove the node from \
+         the group and add it back as a learner"
+    )]
     Corruption { path: PathBuf, offset: u64, reason: String },
 
     /// A write or fdatasync failed earlier: the page cache may have dropped

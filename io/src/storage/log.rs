@@ -240,7 +240,7 @@ impl GroupLog {
     // ----- append path -------------------------------------------------
 
     /// Checks `entries` against the log without changing anything.
-    fn validate(&self, entries: &[Entry]) -> Result<()> {
+    pub(crate) fn validate(&self, entries: &[Entry]) -> Result<()> {
         let first = &entries[0];
         if first.index > self.last_staged.index + 1 {
             return Err(self.invalid(format!(
@@ -687,14 +687,19 @@ impl GroupLog {
         Ok(())
     }
 
+    /// Whether [`GroupLog::compact`] to `upto` discards the whole log (a
+    /// snapshot at or past its end, or one that disagrees with it).
+    pub fn replaced_by(&self, upto: LogId) -> bool {
+        upto.index >= self.last_staged.index || self.term(upto.index).is_some_and(|t| t != upto.term)
+    }
+
     /// Drops whole segments whose entries are all at or below `upto.index`
     /// (covered by a durable snapshot). If the snapshot reaches past the
     /// log's end, the log restarts empty after it.
     pub fn compact(&mut self, upto: LogId) -> Result<()> {
         self.check_poison()?;
         self.write_staged()?;
-        let reset =
-            upto.index >= self.last_staged.index || self.term(upto.index).is_some_and(|t| t != upto.term);
+        let reset = self.replaced_by(upto);
         let mut removed_any = false;
         while let Some(seg) = self.segments.front() {
             let covered = if reset {
@@ -814,13 +819,34 @@ impl GroupLog {
 
     /// Opens the log in `dir`: scans every segment, rebuilds the index,
     /// repairs a torn tail, and refuses corruption. `snapshot` is the newest
-    /// durable snapshot's last log id, if any.
+    /// durable snapshot's last log id, if any; `synced` is the durable sync
+    /// watermark from the hard state (see [`super::hard_state`]).
+    ///
+    /// Only a damaged record *above* the watermark can be a torn write (it
+    /// was never synced, so never acknowledged): it is cut. Damage at or
+    /// below it, a log that ends before it or disagrees with it, and a log
+    /// that starts after the snapshot (a missing segment file) are
+    /// [`StorageError::Corruption`], and nothing is changed on disk: an
+    /// acknowledged entry may be gone, so the group must be restored from a
+    /// peer rather than start with a shorter log.
+    ///
+    /// `lower_watermark(snapshot)` is called (and must make the lower
+    /// watermark durable) before a snapshot that replaces the log (Raft §7)
+    /// deletes the segments the watermark vouches for, so a crash in between
+    /// cannot leave a watermark past the log.
+    ///
+    /// On success every recovered record is durable: the newest segment
+    /// holding records above the watermark is fdatasynced (after a process
+    /// crash the OS may still hold them unsynced), so the caller may raise
+    /// the watermark to the recovered log's end.
     pub fn recover(
         vfs: Arc<dyn Vfs>,
         dir: PathBuf,
         group: GroupId,
         limits: LogLimits,
         snapshot: Option<LogId>,
+        synced: LogId,
+        lower_watermark: &mut dyn FnMut(LogId) -> Result<()>,
     ) -> Result<(GroupLog, LogRecovery)> {
         let names = vfs.list(&dir).map_err(io_err("list", &dir))?;
         let mut info = LogRecovery::default();
@@ -853,6 +879,9 @@ impl GroupLog {
         let mut log =
             GroupLog::new(vfs.clone(), dir.clone(), group, limits, LogId::new(base_term, base_index));
         let mut scan = Scan { damage: None, last_term: 0, buf: Vec::new() };
+        // Empty segments that hold nothing to keep; removed only once the
+        // checks below pass (a refused directory is left as found).
+        let mut dead = Vec::new();
         for &first in &firsts {
             let path = dir.join(segment::file_name(first));
             let scanned = log.scan_segment(&mut scan, &path, first, &mut info)?;
@@ -862,8 +891,7 @@ impl GroupLog {
             // whose predecessors were lost, and holds nothing to keep.
             let keep = has_records || (scan.damage.is_none() && first == log.last_staged.index + 1);
             if !keep {
-                vfs.remove(&path).map_err(io_err("remove", &path))?;
-                info.removed_segments.push(path);
+                dead.push(path);
                 continue;
             }
             if let Some((offset, nonzero_end)) = scanned.garbage {
@@ -890,11 +918,17 @@ impl GroupLog {
             }
             log.segments.push_back(seg);
         }
+        log.check_against_watermark(snapshot, synced, scan.damage.as_ref())?;
+        for path in dead {
+            vfs.remove(&path).map_err(io_err("remove", &path))?;
+            info.removed_segments.push(path);
+        }
         if !info.removed_segments.is_empty() {
             vfs.sync_dir(&dir).map_err(io_err("fsync directory", &dir))?;
         }
         if let Some(damage) = scan.damage {
-            // Zero the torn bytes so a later append cannot sit beside them.
+            // Above the watermark (checked): a torn write. Zero the torn
+            // bytes so a later append cannot sit beside them.
             let position = log.segment_position(damage.segment_first_index);
             let seg = &log.segments[position];
             debug_assert_eq!(seg.first_index, damage.segment_first_index);
@@ -904,6 +938,15 @@ impl GroupLog {
                 .map_err(io_err("repair torn tail of", &seg.path))?;
             info.truncated_tail = Some((seg.path.clone(), damage.offset));
         }
+        // Records above the watermark may sit unsynced in the OS's cache
+        // (a process crash keeps them there). Only the newest written
+        // segment can hold unsynced bytes (see the module invariants).
+        if log.last_staged.index > synced.index {
+            if let Some(seg) = log.segments.iter().rev().find(|s| !s.offsets.is_empty()) {
+                let file = seg.file.as_ref().expect("scanned segments are open");
+                file.sync_data().map_err(io_err("fdatasync", &seg.path))?;
+            }
+        }
         log.last_written = log.last_staged;
         log.last_durable = log.last_staged;
         // A snapshot newer than the log, or one that disagrees with it,
@@ -911,6 +954,9 @@ impl GroupLog {
         if let Some(snap) = snapshot {
             let agrees = log.term(snap.index) == Some(snap.term);
             if snap.index >= log.last_staged.index || !agrees {
+                if synced.index > snap.index {
+                    lower_watermark(snap)?;
+                }
                 for seg in &log.segments {
                     info.removed_segments.push(seg.path.clone());
                 }
@@ -923,6 +969,94 @@ impl GroupLog {
             info.membership = None;
         }
         Ok((log, info))
+    }
+
+    /// The recovery checks that need the watermark (see
+    /// [`GroupLog::recover`]), on the scanned log before any repair.
+    /// `damage` is the first damaged byte after the valid records, if any.
+    fn check_against_watermark(
+        &self,
+        snapshot: Option<LogId>,
+        synced: LogId,
+        damage: Option<&Damage>,
+    ) -> Result<()> {
+        let snap_index = snapshot.map_or(0, |s| s.index);
+        // Segments are written in order and only after every earlier one is
+        // durable, and compaction keeps the segment holding the entry after
+        // the snapshot: a log starting later lost a segment file.
+        if let Some(front) = self.segments.front() {
+            if front.first_index > snap_index + 1 {
+                let behind = match snapshot {
+                    None => "there is no snapshot".to_string(),
+                    Some(s) => format!("the snapshot ends at {s}"),
+                };
+                return Err(StorageError::Corruption {
+                    path: front.path.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "the log starts at index {} but {behind}: the segment file holding index {} is \
+                         missing",
+                        front.first_index,
+                        snap_index + 1
+                    ),
+                });
+            }
+        }
+        if synced.index <= snap_index {
+            return Ok(());
+        }
+        let last = self.last_staged;
+        if last.index < synced.index {
+            let (path, offset, what) = match (damage, self.segments.back()) {
+                (Some(d), _) => (
+                    self.segment_path(d.segment_first_index),
+                    d.offset,
+                    format!("the record of index {} is damaged", last.index + 1),
+                ),
+                (None, Some(seg)) => (
+                    seg.path.clone(),
+                    seg.end_bytes,
+                    format!(
+                        "the log ends at index {} here (a later segment file is missing or cut short)",
+                        last.index
+                    ),
+                ),
+                (None, None) => (
+                    self.dir.join(super::HARD_STATE_FILE),
+                    0,
+                    format!("no segment file holds the log after index {}", last.index),
+                ),
+            };
+            return Err(StorageError::Corruption {
+                path,
+                offset,
+                reason: format!(
+                    "{what}, but the hard state says the log was synced up to {synced}: synced data is \
+                     lost, not a torn tail"
+                ),
+            });
+        }
+        let term = self.term(synced.index);
+        if term != Some(synced.term) {
+            let (path, offset) = match self.segments.front() {
+                Some(front) if synced.index >= front.first_index => {
+                    let seg = &self.segments[self.segment_position(synced.index)];
+                    (seg.path.clone(), seg.offsets[(synced.index - seg.first_index) as usize] as u64)
+                }
+                Some(front) => (front.path.clone(), 0),
+                None => (self.dir.join(super::HARD_STATE_FILE), 0),
+            };
+            return Err(StorageError::Corruption {
+                path,
+                offset,
+                reason: format!(
+                    "entry {} has term {}, but the hard state says {synced} was synced",
+                    synced.index,
+                    term.map_or("none".to_string(), |t| t.to_string())
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Reads one segment and parses its valid record prefix; refuses it if

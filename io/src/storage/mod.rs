@@ -5,7 +5,8 @@
 //! ```text
 //! <dir>/tarn.id                       node identity (cluster, node)
 //! <dir>/group-<id>/group.id           group identity (cluster, node, group)
-//! <dir>/group-<id>/hardstate          two alternating slots (see hard_state)
+//! <dir>/group-<id>/hardstate          two alternating slots: term, vote,
+//!                                     commit and the sync watermark (see hard_state)
 //! <dir>/group-<id>/<first_index>.seg  fixed-size, preallocated log segments
 //! <dir>/group-<id>/snap-<index>-<term>.snap
 //! ```
@@ -24,12 +25,28 @@
 //! the previous flush ran). Groups are independent ([`log::GroupLog`]), so a
 //! failed disk write stops only its group.
 //!
+//! # The sync watermark
+//! Each hard-state slot also records `synced`: the last log position that
+//! was fdatasynced before the slot was written. In sync mode an entry is
+//! reported persisted (the Raft acknowledgement) only once a *durable*
+//! slot covers it, so recovery can tell the two kinds of damaged record
+//! apart: above the watermark it may be a torn, never-acknowledged write
+//! and is cut; at or below it the record was synced and acknowledged, and
+//! recovery refuses to start ([`StorageError::Corruption`]) rather than
+//! lose it. A flush therefore needs two fdatasync rounds (records, then the
+//! watermark): [`Storage::flush`] does both; [`Storage::flush_pipelined`],
+//! which the drivers use, shares the second with the next flush's first and
+//! leaves [`Storage::needs_flush`] set until an idle flush writes it.
+//!
 //! # Write modes
-//! [`WriteMode::Sync`] reports an entry persisted after its fdatasync.
+//! [`WriteMode::Sync`] reports an entry persisted after its fdatasync and
+//! the fdatasync of a watermark covering it.
 //! [`WriteMode::Async`] reports it once written to the OS; the driver calls
 //! [`Storage::sync`] every `async_sync_interval_ms` and [`Storage::close`]
-//! on shutdown. The engine itself never spawns or sleeps (the simulator runs
-//! it on virtual time).
+//! on shutdown; each background sync writes the watermark of what the one
+//! before made durable ([`Storage::needs_sync`] stays set until it caught
+//! up). The engine itself never spawns or sleeps (the simulator runs it on
+//! virtual time).
 
 pub mod error;
 pub mod hard_state;
@@ -225,8 +242,17 @@ struct GroupStore {
     /// Newest hard state known durable, and its slot sequence number.
     hs_durable: HardState,
     hs_durable_seq: u64,
+    /// The sync watermark in the newest written slot, and in the newest
+    /// durable one: the log up to it was fdatasynced before that slot was
+    /// written. Sync mode reports entries persisted only up to
+    /// `watermark_durable`, so a damaged record of an acknowledged entry is
+    /// always at or below a durable watermark, which recovery refuses to cut.
+    watermark_written: LogId,
+    watermark_durable: LogId,
     /// A hard state was written by the current flush: report it.
     hs_report: bool,
+    /// Touched by the current flush (reported at its end).
+    touched: bool,
     snapshot: Option<SnapshotMeta>,
     /// Reader of the current snapshot kept between chunk reads of a
     /// transfer (its running checksum covers what was read in order).
@@ -236,34 +262,78 @@ struct GroupStore {
 }
 
 impl GroupStore {
-    fn write_hard_state(&mut self) -> Result<bool> {
-        let Some(hs) = self.hs_staged.take() else {
-            return Ok(false);
-        };
+    /// Hands a slot holding `hs` and the watermark `synced` to the OS (not
+    /// synced). Errors poison the group.
+    fn write_slot(&mut self, hs: HardState, synced: LogId) -> Result<()> {
         // Wraps after u64::MAX; the slots compare as serial numbers.
         let seq = self.hs_seq.wrapping_add(1);
-        let slot = hard_state::encode(seq, &hs);
+        let slot = hard_state::encode(seq, &hs, synced);
         if let Err(e) = self.hs_file.write_at(&slot, hard_state::slot_offset(seq)) {
             return Err(self.log.poison("write hard state", &self.hs_path, e));
         }
         self.hs_seq = seq;
         self.hs_written = hs;
+        self.watermark_written = synced;
         self.hs_unsynced = true;
-        Ok(true)
+        Ok(())
+    }
+
+    /// Whether the log has synced entries the newest slot does not cover yet.
+    fn watermark_lags(&self) -> bool {
+        self.log.last_durable() != self.watermark_written
+    }
+
+    /// Writes the staged hard state, if any, and in `sync` mode also a slot
+    /// that only raises the watermark when it lags. The watermark written is
+    /// what the log had made durable *before* this flush's own sync: a slot
+    /// must never claim records that are not yet synced. Returns whether a
+    /// staged hard state was written.
+    fn write_hard_state(&mut self, sync: bool) -> Result<bool> {
+        let staged = self.hs_staged.take();
+        if staged.is_none() && !(sync && self.watermark_lags()) {
+            return Ok(false);
+        }
+        let hs = staged.unwrap_or(self.hs_written);
+        self.write_slot(hs, self.log.last_durable())?;
+        Ok(staged.is_some())
+    }
+
+    /// Lowers the watermark to `to` durably (written and fdatasynced now),
+    /// if a slot may claim more. Called before the log drops entries at or
+    /// below the watermark other than into a snapshot (a conflicting
+    /// suffix, a log replaced by a snapshot that disagrees with it): a crash
+    /// after those entries are gone must not find a watermark past the log.
+    fn lower_watermark(&mut self, to: LogId) -> Result<()> {
+        if self.watermark_written.index <= to.index && self.watermark_durable.index <= to.index {
+            return Ok(());
+        }
+        self.write_slot(self.hs_written, to)?;
+        let (seq, hs) = (self.hs_seq, self.hs_written);
+        let result = self.hs_file.sync_data();
+        self.finish_hard_state_sync(seq, hs, to, result)
     }
 
     /// Whether the hard state file needs an fdatasync. `vote_only`: not
     /// when only `commit` changed since the last sync (commit may lag after
-    /// a crash; Raft recomputes it, and nothing waits for it).
+    /// a crash; Raft recomputes it, and nothing waits for it). A slot with a
+    /// new watermark is always synced: acknowledgements wait for it.
     fn hard_state_needs_sync(&self, vote_only: bool) -> bool {
         let durable = &self.hs_durable;
         let vote_changed = durable.term != self.hs_written.term || durable.vote != self.hs_written.vote;
-        self.hs_unsynced && (vote_changed || !vote_only)
+        let watermark_changed = self.watermark_written != self.watermark_durable;
+        self.hs_unsynced && (vote_changed || watermark_changed || !vote_only)
     }
 
     /// Records the sync of the slot written with sequence number `seq`
-    /// (holding `hs`); a newer slot written meanwhile stays unsynced.
-    fn finish_hard_state_sync(&mut self, seq: u64, hs: HardState, result: std::io::Result<()>) -> Result<()> {
+    /// (holding `hs` and the watermark `synced`); a newer slot written
+    /// meanwhile stays unsynced.
+    fn finish_hard_state_sync(
+        &mut self,
+        seq: u64,
+        hs: HardState,
+        synced: LogId,
+        result: std::io::Result<()>,
+    ) -> Result<()> {
         if let Err(e) = result {
             return Err(self.log.poison("fdatasync hard state", &self.hs_path, e));
         }
@@ -273,6 +343,7 @@ impl GroupStore {
         if hard_state::seq_is_newer(seq, self.hs_durable_seq) {
             self.hs_durable = hs;
             self.hs_durable_seq = seq;
+            self.watermark_durable = synced;
         }
         Ok(())
     }
@@ -286,8 +357,10 @@ pub struct Storage {
     groups: BTreeMap<GroupId, GroupStore>,
     /// Groups with staged data, in staging order, each once.
     dirty: Vec<GroupId>,
-    /// Groups written by the current flush (reused).
+    /// Groups written by the current flush round (reused).
     flushed: Vec<GroupId>,
+    /// Groups written by any round of the current flush, each once (reused).
+    touched: Vec<GroupId>,
     /// Distinguishes the temporary files of concurrent snapshot writers.
     snapshot_nonce: u64,
 }
@@ -295,8 +368,8 @@ pub struct Storage {
 #[derive(Debug)]
 enum SyncTarget {
     Log(log::LogSyncJob),
-    /// The slot's sequence number and the state it holds.
-    HardState(u64, HardState),
+    /// The slot's sequence number and the state and watermark it holds.
+    HardState(u64, HardState, LogId),
 }
 
 /// A batch of fdatasyncs taken from a [`Storage`] by
@@ -350,6 +423,29 @@ fn remove_if_exists(vfs: &dyn Vfs, path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The hard-state slots while a group is recovered (before its
+/// [`GroupStore`] exists): each write is fdatasynced at once.
+struct RecoverySlots<'a> {
+    file: &'a dyn VfsFile,
+    path: &'a Path,
+    /// Sequence number and watermark of the newest slot.
+    seq: u64,
+    synced: LogId,
+}
+
+impl RecoverySlots<'_> {
+    fn write(&mut self, hs: HardState, synced: LogId) -> Result<()> {
+        let seq = self.seq.wrapping_add(1);
+        self.file
+            .write_at(&hard_state::encode(seq, &hs, synced), hard_state::slot_offset(seq))
+            .and_then(|()| self.file.sync_data())
+            .map_err(io_err("write hard state", self.path))?;
+        self.seq = seq;
+        self.synced = synced;
+        Ok(())
+    }
+}
+
 impl Storage {
     /// Validates `config`, checks the data directory is writable and is this
     /// node's (writing its identity on first use). Groups are opened with
@@ -377,6 +473,7 @@ impl Storage {
             groups: BTreeMap::new(),
             dirty: Vec::new(),
             flushed: Vec::new(),
+            touched: Vec::new(),
             snapshot_nonce: 0,
         })
     }
@@ -430,25 +527,6 @@ impl Storage {
             Identity { cluster_id: self.config.cluster_id, node_id: self.config.node_id, group: Some(group) };
         meta::check_or_write(vfs, &dir, &dir.join(GROUP_ID_FILE), identity)?;
 
-        // Hard state.
-        let hs_path = dir.join(HARD_STATE_FILE);
-        let hs_file: Arc<dyn VfsFile> = match vfs.open(&hs_path) {
-            Ok(file) => Arc::from(file),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                meta::write_file_atomic(vfs, &dir, &hs_path, &[0u8; HARD_STATE_FILE_BYTES as usize])?;
-                Arc::from(vfs.open(&hs_path).map_err(io_err("open", &hs_path))?)
-            }
-            Err(e) => return Err(io_err("open", &hs_path)(e)),
-        };
-        let mut slots = [[0u8; HARD_STATE_SLOT_BYTES]; 2];
-        for (i, slot) in slots.iter_mut().enumerate() {
-            hs_file.read_at(slot, hard_state::slot_offset(i as u64)).map_err(io_err("read", &hs_path))?;
-        }
-        let (hs_seq, mut hs) =
-            hard_state::choose(hard_state::decode(&slots[0]), hard_state::decode(&slots[1])).map_err(
-                |reason| StorageError::Corruption { path: hs_path.clone(), offset: 0, reason: reason.into() },
-            )?;
-
         // Snapshots: newest complete one wins; temporaries and older ones go.
         let names = vfs.list(&dir).map_err(io_err("list", &dir))?;
         let mut snaps: Vec<(Index, Term, String)> = Vec::new();
@@ -481,19 +559,92 @@ impl Storage {
                 Some(meta)
             }
         };
+        // Whether the group holds anything a lost hard state would betray: a
+        // vote, a watermark and a term go with every log and snapshot.
+        let holds_data = snapshot_meta.is_some() || names.iter().any(|n| segment::parse_name(n).is_some());
+
+        // Hard state and watermark.
+        let hs_path = dir.join(HARD_STATE_FILE);
+        let hs_file: Arc<dyn VfsFile> = match vfs.open(&hs_path) {
+            Ok(file) => Arc::from(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !holds_data => {
+                // A new group: the file starts with a valid slot (sequence
+                // 0), so that a zeroed file is recognisable as damage.
+                let mut initial = vec![0u8; HARD_STATE_FILE_BYTES as usize];
+                initial[..HARD_STATE_SLOT_BYTES].copy_from_slice(&hard_state::encode(
+                    0,
+                    &HardState::default(),
+                    LogId::ZERO,
+                ));
+                meta::write_file_atomic(vfs, &dir, &hs_path, &initial)?;
+                Arc::from(vfs.open(&hs_path).map_err(io_err("open", &hs_path))?)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::Corruption {
+                    path: hs_path,
+                    offset: 0,
+                    reason: "the hard state file is missing but the group holds a log or a snapshot: its \
+                             term, vote and sync watermark are lost"
+                        .into(),
+                })
+            }
+            Err(e) => return Err(io_err("open", &hs_path)(e)),
+        };
+        let hs_len = hs_file.len().map_err(io_err("stat", &hs_path))?;
+        if hs_len != HARD_STATE_FILE_BYTES {
+            // Shorter: cut; longer: a write landed outside its slot (a
+            // misdirected write), so the slot it was meant for is stale.
+            return Err(StorageError::Corruption {
+                path: hs_path,
+                offset: hs_len.min(HARD_STATE_FILE_BYTES),
+                reason: format!("the hard state file is {hs_len} bytes, expected {HARD_STATE_FILE_BYTES}"),
+            });
+        }
+        let mut slots = [[0u8; HARD_STATE_SLOT_BYTES]; 2];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            hs_file.read_at(slot, hard_state::slot_offset(i as u64)).map_err(io_err("read", &hs_path))?;
+        }
+        let corrupt_hs =
+            |reason: String| StorageError::Corruption { path: hs_path.clone(), offset: 0, reason };
+        let chosen = hard_state::choose(hard_state::decode(&slots[0]), hard_state::decode(&slots[1]))
+            .map_err(|reason| corrupt_hs(reason.into()))?;
+        let (hs_seq, mut hs, watermark) = match chosen {
+            Some(c) => (c.seq, c.hard_state, c.synced),
+            // Never written: a group of an older build that never stored a
+            // hard state. With a log or a snapshot beside it, it was zeroed:
+            // the vote may be lost (a double vote) and the watermark is.
+            None if holds_data => return Err(corrupt_hs(
+                "the hard state file holds no valid slot (zeroed?) but the group holds a log or a snapshot"
+                    .into(),
+            )),
+            None => (0, HardState::default(), LogId::ZERO),
+        };
         // Unconditionally, for the same reason as the data directory above:
         // the segment and snapshot names recovery is about to trust (and
         // acknowledge appends into) must be durable before anything is
         // acknowledged. Found by `tarn-sim --seed 50802 --profile chaos`.
         vfs.sync_dir(&dir).map_err(io_err("fsync directory", &dir))?;
 
+        let mut slots =
+            RecoverySlots { file: hs_file.as_ref(), path: &hs_path, seq: hs_seq, synced: watermark };
         let (mut log, info) = GroupLog::recover(
             self.vfs.clone(),
             dir.clone(),
             group,
             self.config.limits(),
             snapshot_meta.as_ref().map(|m| m.last_log_id),
+            watermark,
+            &mut |to| slots.write(hs, to),
         )?;
+        // Everything recovered is durable now (recovery synced it) and the
+        // core will treat it as persisted: cover it by the watermark before
+        // anything is acknowledged, so no recovered entry can later be cut
+        // as a torn tail.
+        let watermark = log.last_durable();
+        if slots.synced != watermark {
+            slots.write(hs, watermark)?;
+        }
+        let hs_seq = slots.seq;
         if hs.commit > info.last_log_id.index {
             tracing::warn!(
                 group,
@@ -518,7 +669,10 @@ impl Storage {
                 hs_unsynced: false,
                 hs_durable: hs,
                 hs_durable_seq: hs_seq,
+                watermark_written: watermark,
+                watermark_durable: watermark,
                 hs_report: false,
+                touched: false,
                 snapshot: snapshot_meta.clone(),
                 snapshot_reader: None,
                 reported_log: last,
@@ -568,10 +722,20 @@ impl Storage {
 
     /// Encodes `entries` (contiguous, terms non-decreasing) for the next
     /// flush. An entry at an index the log already holds replaces it and
-    /// everything after it: that truncation happens now, durably. No other
-    /// I/O. Bad input is refused and changes nothing.
+    /// everything after it: that truncation happens now, durably (the
+    /// watermark is lowered below it first). No other I/O. Bad input is
+    /// refused and changes nothing.
     pub fn stage(&mut self, group: GroupId, entries: &[Entry]) -> Result<()> {
-        self.group_mut(group)?.log.stage(entries)?;
+        let store = self.group_mut(group)?;
+        if let Some(first) = entries.first() {
+            store.log.check_poison()?;
+            store.log.validate(entries)?;
+            if first.index <= store.log.last_staged().index {
+                let keep = first.index - 1;
+                store.lower_watermark(LogId::new(store.log.term(keep).unwrap_or(0), keep))?;
+            }
+        }
+        store.log.stage(entries)?;
         if !entries.is_empty() {
             self.mark_dirty(group);
         }
@@ -588,35 +752,110 @@ impl Storage {
     }
 
     /// Writes everything staged (one write per dirty segment and hard-state
-    /// file), then in sync mode fdatasyncs them all, and reports what became
-    /// persisted. A failing group is poisoned and reported in `failed`; the
+    /// file), then in sync mode fdatasyncs them all, then — if new records
+    /// were synced — writes and fdatasyncs the raised watermark, and reports
+    /// what became persisted: in sync mode, entries covered by a durable
+    /// watermark. A failing group is poisoned and reported in `failed`; the
     /// other groups carry on.
+    ///
+    /// Sync mode costs two fdatasync rounds per flush that appends;
+    /// [`Storage::flush_pipelined`] folds the second into the next flush.
     pub fn flush(&mut self, report: &mut FlushReport) {
         report.clear();
+        self.flush_round(report);
+        if self.config.write_mode == WriteMode::Sync && !self.dirty.is_empty() {
+            // Only the groups whose watermark lags are dirty now: this round
+            // writes and syncs their watermark slots, nothing else.
+            self.flush_round(report);
+        }
+        self.report_flushed(report);
+    }
+
+    /// Like [`Storage::flush`], but in sync mode does one fdatasync round:
+    /// it writes the staged records together with a watermark covering what
+    /// the *previous* flush synced, and reports entries up to that
+    /// watermark. The records synced now are reported by the next flush,
+    /// whose write carries their watermark; while one is owed,
+    /// [`Storage::needs_flush`] is true, and a flush with nothing staged
+    /// writes only the watermark. Under steady load every flush is one
+    /// batched sync; an entry waits for two. In async mode it is `flush`.
+    pub fn flush_pipelined(&mut self, report: &mut FlushReport) {
+        report.clear();
+        self.flush_round(report);
+        self.report_flushed(report);
+    }
+
+    /// Whether a flush has work even with nothing new staged: something is
+    /// staged, or (sync mode) synced entries await their watermark before
+    /// they can be reported.
+    pub fn needs_flush(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Whether [`Storage::sync`] (or a [`Storage::begin_sync`] job) has work:
+    /// unsynced writes, or (async mode) synced entries not yet covered by a
+    /// durable watermark.
+    pub fn needs_sync(&self) -> bool {
+        self.groups.values().any(|s| {
+            s.log.check_poison().is_ok()
+                && (s.log.needs_sync() || s.hard_state_needs_sync(false) || s.watermark_lags())
+        })
+    }
+
+    /// One write and (sync mode) fdatasync round over the dirty groups. A
+    /// group whose watermark lags after it (new records synced) stays dirty.
+    fn flush_round(&mut self, report: &mut FlushReport) {
         let sync = self.config.write_mode == WriteMode::Sync;
         self.flushed.clear();
         for &group in &self.dirty {
             let store = self.groups.get_mut(&group).expect("dirty groups are open");
             store.dirty = false;
-            let written = store.log.write_staged().and_then(|()| store.write_hard_state());
+            let written = store.log.write_staged().and_then(|()| store.write_hard_state(sync));
             match written {
                 Ok(wrote_hard_state) => {
-                    store.hs_report = wrote_hard_state;
+                    store.hs_report |= wrote_hard_state;
+                    if !store.touched {
+                        store.touched = true;
+                        self.touched.push(group);
+                    }
                     self.flushed.push(group);
                 }
                 Err(e) => report.failed.push((group, e)),
             }
         }
         self.dirty.clear();
-        if sync {
-            self.sync_batch(report, true);
+        if !sync {
+            return;
         }
+        self.sync_batch(report, true);
         for &group in &self.flushed {
             let store = self.groups.get_mut(&group).expect("flushed groups are open");
+            if store.log.check_poison().is_ok() && store.watermark_lags() && !store.dirty {
+                store.dirty = true;
+                self.dirty.push(group);
+            }
+        }
+    }
+
+    /// Reports, for every group the current flush touched, what became
+    /// persisted.
+    fn report_flushed(&mut self, report: &mut FlushReport) {
+        let sync = self.config.write_mode == WriteMode::Sync;
+        for group in self.touched.drain(..) {
+            let store = self.groups.get_mut(&group).expect("touched groups are open");
+            store.touched = false;
             if store.log.check_poison().is_err() {
+                store.hs_report = false;
                 continue;
             }
-            let up_to = if sync { store.log.last_durable() } else { store.log.last_written() };
+            let up_to = if sync {
+                // An acknowledgement is a promise recovery keeps only up to
+                // a durable watermark.
+                debug_assert!(store.watermark_durable.index <= store.log.last_durable().index);
+                store.watermark_durable
+            } else {
+                store.log.last_written()
+            };
             if up_to != store.reported_log {
                 store.reported_log = up_to;
                 report.log.push(Persisted { group, up_to });
@@ -635,10 +874,10 @@ impl Storage {
         }
     }
 
-    /// The sync phase of a flush: every file the flush wrote is fdatasynced
-    /// in one [`Vfs::sync_data_batch`] call (which the real file system
-    /// overlaps). A group's older segment, when a flush rolled over, was
-    /// already synced by the write itself, before the newer segment was
+    /// The sync phase of a flush round: every file the round wrote is
+    /// fdatasynced in one [`Vfs::sync_data_batch`] call (which the real file
+    /// system overlaps). A group's older segment, when a flush rolled over,
+    /// was already synced by the write itself, before the newer segment was
     /// written (see [`GroupLog::write_staged`]).
     fn sync_batch(&mut self, report: &mut FlushReport, vote_only: bool) {
         let job = self.begin_sync_of_flushed(report, vote_only);
@@ -661,7 +900,10 @@ impl Storage {
             }
             if store.hard_state_needs_sync(vote_only) {
                 job.files.push(store.hs_file.clone());
-                job.owners.push((group, SyncTarget::HardState(store.hs_seq, store.hs_written)));
+                job.owners.push((
+                    group,
+                    SyncTarget::HardState(store.hs_seq, store.hs_written, store.watermark_written),
+                ));
             }
         }
         job
@@ -669,14 +911,31 @@ impl Storage {
 
     /// Starts a sync of everything written so far, to run on any thread
     /// ([`SyncJob::run`]) while appends go on — async mode's background
-    /// fdatasync. Hand the results to [`Storage::finish_sync`]. Failures of
-    /// the (rare, in-line) ordering syncs are reported in `report.failed`.
+    /// fdatasync. Groups whose log a previous job made durable first get a
+    /// slot raising their watermark to it, synced by this job, so the
+    /// watermark trails the background syncs by one (call again while
+    /// [`Storage::needs_sync`]). Hand the results to
+    /// [`Storage::finish_sync`]. Failures of the (rare, in-line) ordering
+    /// syncs and of slot writes are reported in `report.failed`.
     pub fn begin_sync(&mut self, report: &mut FlushReport) -> SyncJob {
         report.clear();
+        self.begin_sync_inner(report)
+    }
+
+    fn begin_sync_inner(&mut self, report: &mut FlushReport) -> SyncJob {
         self.flushed.clear();
-        for (&group, store) in &self.groups {
-            let healthy = store.log.check_poison().is_ok();
-            if healthy && (store.log.needs_sync() || store.hard_state_needs_sync(false)) {
+        for (&group, store) in self.groups.iter_mut() {
+            if store.log.check_poison().is_err() {
+                continue;
+            }
+            if store.watermark_lags() {
+                let synced = store.log.last_durable();
+                if let Err(e) = store.write_slot(store.hs_written, synced) {
+                    report.failed.push((group, e));
+                    continue;
+                }
+            }
+            if store.log.needs_sync() || store.hard_state_needs_sync(false) {
                 self.flushed.push(group);
             }
         }
@@ -694,7 +953,9 @@ impl Storage {
             let already_failed = store.log.check_poison().is_err();
             let outcome = match target {
                 SyncTarget::Log(log_job) => store.log.finish_sync_job(&log_job, result),
-                SyncTarget::HardState(seq, hs) => store.finish_hard_state_sync(seq, hs, result),
+                SyncTarget::HardState(seq, hs, synced) => {
+                    store.finish_hard_state_sync(seq, hs, synced, result)
+                }
             };
             if let Err(e) = outcome {
                 if !already_failed {
@@ -704,12 +965,20 @@ impl Storage {
         }
     }
 
-    /// Makes everything written durable (async mode's background fdatasync,
-    /// and shutdown). Reports groups whose sync failed.
+    /// Makes everything written durable, the watermark included (async
+    /// mode's fdatasync on demand, and shutdown): one round syncs the logs,
+    /// a second the watermark that covers them. Reports groups whose sync
+    /// failed.
     pub fn sync(&mut self, report: &mut FlushReport) {
-        let job = self.begin_sync(report);
-        let results = job.run();
-        self.finish_sync(job, results, report);
+        report.clear();
+        for _ in 0..2 {
+            let job = self.begin_sync_inner(report);
+            if job.is_empty() {
+                break;
+            }
+            let results = job.run();
+            self.finish_sync(job, results, report);
+        }
     }
 
     /// Writes and syncs everything staged, then drops the engine.
@@ -726,9 +995,15 @@ impl Storage {
         }
     }
 
-    /// Removes entries `from..` durably (see [`GroupLog::truncate_suffix`]).
+    /// Removes entries `from..` durably (see [`GroupLog::truncate_suffix`]),
+    /// lowering the watermark below them first.
     pub fn truncate_suffix(&mut self, group: GroupId, from: Index) -> Result<()> {
         let store = self.group_mut(group)?;
+        store.log.check_poison()?;
+        if from <= store.log.last_staged().index && from >= store.log.first_index() {
+            let keep = from - 1;
+            store.lower_watermark(LogId::new(store.log.term(keep).unwrap_or(0), keep))?;
+        }
         store.log.truncate_suffix(from)?;
         if store.reported_log.index >= from {
             store.reported_log = store.log.last_durable();
@@ -740,6 +1015,10 @@ impl Storage {
     /// snapshot's last log id). Keeps the segment holding `upto.index + 1`.
     pub fn compact(&mut self, group: GroupId, upto: LogId) -> Result<()> {
         let store = self.group_mut(group)?;
+        store.log.check_poison()?;
+        if store.log.replaced_by(upto) {
+            store.lower_watermark(upto)?;
+        }
         store.log.compact(upto)?;
         store.reported_log = store.reported_log.max(store.log.last_durable());
         Ok(())
@@ -861,6 +1140,8 @@ impl Storage {
         // A snapshot of the last entry keeps the log: the core may still
         // fetch the entries it keeps before the snapshot for slow followers.
         if last.index > store.log.last_staged().index || store.log.term(last.index) != Some(last.term) {
+            // The watermark must not outlive the entries it vouches for.
+            store.lower_watermark(last)?;
             store.log.compact(last)?;
             store.reported_log = store.log.last_durable();
         }
