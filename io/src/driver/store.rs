@@ -205,9 +205,29 @@ pub trait LogStore: Send + 'static {
     /// durably: adding it again starts an empty group.
     fn close_group(&mut self, group: GroupId) -> Result<(), StoreError>;
     fn stage(&mut self, group: GroupId, write: &LogWrite) -> Result<(), StoreError>;
+    /// Does the I/O for everything staged and reports all of it persisted.
     fn flush(&mut self, out: &mut Flushed);
+    /// Like [`LogStore::flush`], but may report a flush's entries only at
+    /// the next one (the engine's pipelined sync watermark, see
+    /// `Storage::flush_pipelined`); what the worker calls. The default is
+    /// [`LogStore::flush`].
+    fn flush_pipelined(&mut self, out: &mut Flushed) {
+        self.flush(out)
+    }
+    /// Whether [`LogStore::flush_pipelined`] has work with nothing new
+    /// staged: the last one synced entries it could not report yet. The
+    /// worker then flushes again at once, with whatever requests arrived
+    /// meanwhile, or with none.
+    fn needs_flush(&self) -> bool {
+        false
+    }
     /// Makes everything written durable (async mode's background sync).
     fn sync(&mut self, out: &mut Flushed);
+    /// Whether a sync has work although nothing was written since the last
+    /// one (async mode: the watermark trails the background syncs by one).
+    fn needs_sync(&self) -> bool {
+        false
+    }
     /// Async mode: takes the fdatasyncs of everything written so far as a
     /// job the worker runs on another thread while appends go on; `None`
     /// (the default) makes the worker call [`LogStore::sync`] in line.
@@ -401,9 +421,24 @@ impl LogStore for FileStore {
         self.convert(out);
     }
 
+    /// One fdatasync round per flush: the records staged now, with the
+    /// watermark of the previous flush's (see [`Storage::flush_pipelined`]).
+    fn flush_pipelined(&mut self, out: &mut Flushed) {
+        self.storage.flush_pipelined(&mut self.report);
+        self.convert(out);
+    }
+
+    fn needs_flush(&self) -> bool {
+        self.storage.needs_flush()
+    }
+
     fn sync(&mut self, out: &mut Flushed) {
         self.storage.sync(&mut self.report);
         self.convert(out);
+    }
+
+    fn needs_sync(&self) -> bool {
+        self.storage.needs_sync()
     }
 
     fn begin_sync(&mut self, out: &mut Flushed) -> Option<SyncJob> {
@@ -920,6 +955,9 @@ fn worker_loop(
                     store.finish_sync(job, results, &mut flushed);
                     deliver(&groups, &mut flushed);
                     sync_in_flight = false;
+                    // What this job made durable goes into the watermark by
+                    // the next one.
+                    unsynced |= store.needs_sync();
                 }
             }
             let now = std::time::Instant::now();
@@ -943,19 +981,29 @@ fn worker_loop(
             }
             _ => None,
         };
+        // Sync mode: the last flush synced entries whose watermark it owes.
+        // Do not wait for a request: flush again now, carrying whatever
+        // arrived during the last one (an idle flush writes the watermark
+        // alone).
+        let owed = mode == WriteMode::Sync && store.needs_flush();
         let first = match wait {
+            _ if owed => match rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(std_mpsc::TryRecvError::Empty) => None,
+                Err(std_mpsc::TryRecvError::Disconnected) => break,
+            },
             Some(wait) => match rx.recv_timeout(wait) {
-                Ok(r) => r,
+                Ok(r) => Some(r),
                 Err(std_mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
             },
             None => match rx.recv() {
-                Ok(r) => r,
+                Ok(r) => Some(r),
                 Err(_) => break,
             },
         };
-        batch.push(first);
-        while batch.len() < MAX_REQUESTS_PER_FLUSH {
+        batch.extend(first);
+        while !batch.is_empty() && batch.len() < MAX_REQUESTS_PER_FLUSH {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(_) => break,
@@ -1050,14 +1098,20 @@ fn worker_loop(
                 StorageRequest::Flush { reply } => flush_replies.push(reply),
             }
         }
-        if staged || !flush_replies.is_empty() {
-            store.flush(&mut flushed);
+        if staged || !flush_replies.is_empty() || owed {
+            store.flush_pipelined(&mut flushed);
             counters.flushes.fetch_add(1, Relaxed);
             if mode == WriteMode::Sync {
                 counters.syncs.fetch_add(1, Relaxed);
             } else {
                 unsynced = true;
             }
+        }
+        if !flush_replies.is_empty() && mode == WriteMode::Sync && store.needs_flush() {
+            // Shutdown: report everything written before answering.
+            store.flush(&mut flushed);
+            counters.flushes.fetch_add(1, Relaxed);
+            counters.syncs.fetch_add(1, Relaxed);
         }
         if !flush_replies.is_empty() && sync_in_flight {
             // Shutdown: what the running job covers must be durable too.
@@ -1083,8 +1137,11 @@ fn worker_loop(
             }
         }
     }
-    if unsynced || sync_in_flight {
+    if unsynced || sync_in_flight || store.needs_sync() {
         store.sync(&mut flushed);
+    }
+    if store.needs_flush() {
+        store.flush(&mut flushed);
     }
 }
 
