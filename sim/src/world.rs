@@ -1273,7 +1273,11 @@ impl World {
         true
     }
 
-    /// The storage engine's group commit for node `idx`.
+    /// The storage engine's group commit for node `idx`, pipelined as the
+    /// tokio driver runs it: each flush syncs the staged entries with the
+    /// watermark of the previous flush's, and reports entries up to that
+    /// watermark. While one is owed, another flush is scheduled (it carries
+    /// whatever was staged meanwhile, or only the watermark).
     fn flush(&mut self, idx: usize) {
         let mid_flush_crash = self.profile.crash_mid_flush_ppm;
         let crash_now = self.phase == Phase::Faulty && self.rng_process.chance(mid_flush_crash);
@@ -1285,7 +1289,8 @@ impl World {
         if crash_now {
             engine.vfs.die_during_write(die_at);
         }
-        storage.flush(&mut engine.report);
+        storage.flush_pipelined(&mut engine.report);
+        let owed = storage.needs_flush();
         let refused =
             engine.report.failed.iter().position(|(_, e)| !is_disk_fault(e, engine.vfs.is_bad_disk()));
         if let Some(i) = refused.filter(|_| !crash_now) {
@@ -1318,6 +1323,9 @@ impl World {
             }
         }
         self.inputs = inputs;
+        if owed && self.nodes[idx].raw.is_some() {
+            self.schedule_flush(idx);
+        }
     }
 
     fn schedule_flush(&mut self, idx: usize) {
