@@ -163,6 +163,12 @@ impl GroupLog {
         }
     }
 
+    /// The entry just before the first one in the log: zero, or what a
+    /// snapshot covers.
+    pub fn base(&self) -> LogId {
+        self.base
+    }
+
     pub fn first_index(&self) -> Index {
         self.segments.front().map_or(self.base.index + 1, |s| s.first_index)
     }

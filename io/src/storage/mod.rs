@@ -850,9 +850,16 @@ impl Storage {
             }
             let up_to = if sync {
                 // An acknowledgement is a promise recovery keeps only up to
-                // a durable watermark.
+                // a durable watermark — or up to the log's base, which a
+                // durable snapshot covers (a log compacted or replaced while
+                // a watermark was owed).
                 debug_assert!(store.watermark_durable.index <= store.log.last_durable().index);
-                store.watermark_durable
+                let base = store.log.base();
+                if store.watermark_durable.index >= base.index {
+                    store.watermark_durable
+                } else {
+                    base
+                }
             } else {
                 store.log.last_written()
             };
@@ -1019,8 +1026,10 @@ impl Storage {
         if store.log.replaced_by(upto) {
             store.lower_watermark(upto)?;
         }
+        // `reported_log` stays: entries synced but not yet reported (their
+        // watermark is owed) are still reported by the next flush, which
+        // also covers a log compacted whole (see `report_flushed`).
         store.log.compact(upto)?;
-        store.reported_log = store.reported_log.max(store.log.last_durable());
         Ok(())
     }
 
