@@ -124,7 +124,10 @@ impl ReplicationKnobs {
         if rng.chance(PPM / 2) {
             return ReplicationKnobs::calm();
         }
-        ReplicationKnobs { entries_per_msg: *rng.pick(&[2, 3, 8, 64, 256]), inflight_msgs: *rng.pick(&[4, 16]) }
+        ReplicationKnobs {
+            entries_per_msg: *rng.pick(&[2, 3, 8, 64, 256]),
+            inflight_msgs: *rng.pick(&[4, 16]),
+        }
     }
 }
 

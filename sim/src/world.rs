@@ -487,8 +487,12 @@ pub struct World {
     watch_stream: Vec<(Index, u64, u64)>,
     /// The smallest voter set (either half of a joint one) appended so far.
     voters_min: usize,
-    /// Every vote granted: (voter, term) -> candidate.
-    votes: HashMap<(NodeId, Term), NodeId>,
+    /// Vote grants by (voter, voter incarnation, term). A wiped node that saw
+    /// its removal committed is a new member when it is added back (see
+    /// `check_vote`), so its incarnation counts up there.
+    votes: HashMap<(NodeId, u64, Term), NodeId>,
+    /// Per node: how many times it came back as a new member after a wipe.
+    incarnations: Vec<u64>,
     /// For each read in flight: the highest commit index any node knew when
     /// the read reached its node. The read must be served at or above it.
     read_floor: HashMap<u64, Index>,
@@ -695,6 +699,7 @@ impl World {
             watch_stream: Vec::new(),
             voters_min: config.nodes,
             votes: HashMap::new(),
+            incarnations: vec![0; config.nodes],
             read_floor: HashMap::new(),
             snapshot_digests: HashMap::new(),
             snapshots: 0,
@@ -1470,6 +1475,12 @@ impl World {
         if n.rejoining && !raw.status().rejoining {
             // What a driver persists: later restarts pass no flag.
             self.nodes[idx].rejoining = false;
+            if self.config.rejoin_flag {
+                // It rejoined by the protocol (saw its removal committed):
+                // added back, it is a new member. Without the flag it never
+                // was out, and its forgotten votes still bind it.
+                self.incarnations[idx] += 1;
+            }
             self.record(id, TraceKind::Membership, 6, id, 0);
         }
         if role == Role::Leader {
@@ -2760,10 +2771,25 @@ impl World {
 
     /// Election safety at the source: a node grants at most one vote per term,
     /// across restarts.
+    ///
+    /// Across a wipe, per incarnation: a node restarted with
+    /// `rejoin_after_data_loss` forgot the votes it granted, and it may
+    /// grant again only after it saw its removal committed and was added
+    /// back. It is then a new member: a candidate counting its forgotten
+    /// vote uses a configuration that still lists the old member, and cannot
+    /// win any more (a majority of the configuration without it committed
+    /// that configuration, so it holds the entry the candidate lacks and was
+    /// at a term that refused the candidate's older term when it acked).
+    /// Two leaders in one term remain `election-safety`'s to catch. Without
+    /// the flag the node never leaves an incarnation, and a second grant is
+    /// still a violation here (sim/tests/seeds.rs holds that case). Seed
+    /// 60125543 (7 nodes, chaos) granted term 3 before its wipe and again
+    /// after it rejoined, with no second leader possible.
     fn check_vote(&mut self, idx: usize, term: Term, candidate: NodeId) {
         let voter = idx as NodeId + 1;
         self.nodes[idx].granted_vote = Some((term, candidate));
-        let first = *self.votes.entry((voter, term)).or_insert(candidate);
+        let incarnation = self.incarnations[idx];
+        let first = *self.votes.entry((voter, incarnation, term)).or_insert(candidate);
         if first != candidate {
             let detail =
                 format!("n{voter} granted its vote in term {term} to n{first} and then to n{candidate}");

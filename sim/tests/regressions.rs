@@ -45,6 +45,7 @@ const FAILED_SEEDS: &[(usize, ProfileKind, u64, &[u64])] = &[
     (5, ProfileKind::Chaos, 10, &[40000106]),
     (5, ProfileKind::Swarm, 10, &[42001059, 91]),
     (3, ProfileKind::Chaos, 40, &[22016619]),
+    (7, ProfileKind::Chaos, 10, &[60125543]),
 ];
 
 #[test]
