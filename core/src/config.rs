@@ -24,6 +24,16 @@ pub enum PlantedBug {
     AckAppendBeforeDurable,
 }
 
+/// Default of [`Config::max_entry_bytes`]: four of kv's largest values (1 MiB)
+/// with room to spare, and half the storage engine's default record bound.
+pub const MAX_ENTRY_BYTES_DEFAULT: usize = 4 << 20;
+
+/// The largest [`Config::max_entry_bytes`] that [`Config::validate`] accepts.
+/// The decoders downstream (kv's entry decoder, the storage engine's record
+/// parser) accept every entry up to this, so no valid configuration can
+/// replicate an entry a node then refuses to read.
+pub const MAX_ENTRY_BYTES_LIMIT: usize = 64 << 20;
+
 /// The configuration of one node of one Raft group.
 ///
 /// All durations are nanoseconds of the node's monotonic clock (the `now` that
@@ -67,6 +77,14 @@ pub struct Config {
     pub max_size_per_msg_bytes: usize,
     /// One AppendEntries carries at most this many entries.
     pub max_entries_per_msg: usize,
+    /// The largest entry payload (bytes of `EntryPayload::Normal` data) the
+    /// leader accepts; a larger proposal is dropped with
+    /// `DropReason::EntryTooLarge`. The head of the chain of limits: the
+    /// driver checks at start that storage can hold such an entry and that
+    /// an AppendEntries carrying one fits a peer frame, and the server's
+    /// admission packs client requests into entries under it, so no client
+    /// input can reach a check that stops a group.
+    pub max_entry_bytes: usize,
     /// The leader refuses proposals while this many bytes of proposals are
     /// appended but not committed (a single proposal is always admitted when
     /// nothing is outstanding).
@@ -182,6 +200,7 @@ impl Config {
             max_inflight_bytes: 32 << 20,
             max_size_per_msg_bytes: 1 << 20,
             max_entries_per_msg: 4096,
+            max_entry_bytes: MAX_ENTRY_BYTES_DEFAULT,
             max_uncommitted_bytes: 64 << 20,
             max_log_tail_entries: 65_536,
             max_log_tail_bytes: 64 << 20,
@@ -257,6 +276,12 @@ impl Config {
             if value == 0 {
                 return e(field, "must be > 0".into());
             }
+        }
+        if self.max_entry_bytes == 0 || self.max_entry_bytes > MAX_ENTRY_BYTES_LIMIT {
+            return e(
+                "max_entry_bytes",
+                format!("{} must be in 1..={MAX_ENTRY_BYTES_LIMIT}", self.max_entry_bytes),
+            );
         }
         for (field, value) in [
             ("snapshot_after_entries", self.snapshot_after_entries),
@@ -339,6 +364,9 @@ mod tests {
         let err = c.validate().unwrap_err();
         assert_eq!(err.field, "snapshot_after_entries");
         assert!(err.reason.contains("u64::MAX"), "says how to switch it off: {}", err.reason);
+        let mut c = Config::new(1, 7);
+        c.max_entry_bytes = MAX_ENTRY_BYTES_LIMIT + 1;
+        assert_eq!(c.validate().unwrap_err().field, "max_entry_bytes");
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub enum DropReason {
     ConfChangeInProgress,
     /// The membership change is not valid against the configuration in force.
     InvalidConfChange(ConfChangeError),
+    /// The proposal's data is larger than `Config::max_entry_bytes`: storage
+    /// or a peer frame could not carry it. Split it; retrying cannot help.
+    EntryTooLarge { size_bytes: usize, max_bytes: usize },
 }
 
 /// A node's role in its group.

@@ -55,7 +55,7 @@ pub mod testkit;
 pub use confchange::{ConfChange, ConfChangeError};
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, MAX_ENTRY_BYTES_DEFAULT, MAX_ENTRY_BYTES_LIMIT};
 pub use io::{Action, DropReason, Input, Proposal, Recovered, Role, Status};
 pub use message::{Message, MessageBody, RejectHint};
 pub use raft::RawNode;

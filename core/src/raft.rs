@@ -955,6 +955,12 @@ impl RawNode {
         let mut index = self.log.last().index;
         let mut entries = Vec::with_capacity(proposals.len());
         for Proposal { id, data } in proposals {
+            if data.len() > self.cfg.max_entry_bytes {
+                let reason =
+                    DropReason::EntryTooLarge { size_bytes: data.len(), max_bytes: self.cfg.max_entry_bytes };
+                actions.push(Action::ProposalDropped { id, reason });
+                continue;
+            }
             let entry = Entry { term: self.term, index: index + 1, payload: EntryPayload::Normal(data) };
             let size = entry.size_bytes();
             if l.uncommitted_bytes > 0 && l.uncommitted_bytes + size > self.cfg.max_uncommitted_bytes {

@@ -959,3 +959,25 @@ fn the_lease_is_safe_under_clock_drift_within_the_configured_bound() {
         "an unconfigured drift breaks the lease (this proves the test can see it)"
     );
 }
+
+/// The head of the chain of limits: a proposal above `max_entry_bytes` never
+/// reaches the log (where storage would refuse it and stop the group); one at
+/// the bound commits, and the group keeps serving.
+#[test]
+fn a_proposal_above_max_entry_bytes_is_dropped_and_the_group_keeps_serving() {
+    let mut c = Cluster::with_config(3, 7, |cfg| cfg.max_entry_bytes = 1000);
+    let leader = c.elect(1);
+    c.propose(leader, 1, &[7u8; 1001]);
+    c.stabilize();
+    assert_eq!(
+        c.outcome(leader, 1),
+        Some(&Outcome::Dropped(DropReason::EntryTooLarge { size_bytes: 1001, max_bytes: 1000 }))
+    );
+    c.propose(leader, 2, &[7u8; 1000]);
+    c.stabilize();
+    assert!(matches!(c.outcome(leader, 2), Some(Outcome::Applied(_))), "{:?}", c.outcome(leader, 2));
+    for id in 1..=3 {
+        assert!(c.applied_payloads(id).iter().all(|p| p.len() <= 1000), "node {id}");
+        assert_eq!(c.applied_payloads(id).iter().filter(|p| p.len() == 1000).count(), 1, "node {id}");
+    }
+}

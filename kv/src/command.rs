@@ -26,8 +26,24 @@ pub const SYSTEM_CLIENT_ID: ClientId = 0;
 /// Format version of encoded entries and responses. Bump on any incompatible change.
 pub const ENTRY_FORMAT_VERSION: u8 = 1;
 
-/// Largest encoded entry or response `decode_*` accepts (a batch of puts near the value bound).
-pub const MAX_ENTRY_SIZE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest encoded entry or response `decode_*` accepts. Derived from the chain of limits:
+/// it is the largest `max_entry_bytes` any valid core configuration allows, so every entry a
+/// leader may replicate also decodes on every node.
+pub const MAX_ENTRY_SIZE_BYTES: usize = tarn_core::MAX_ENTRY_BYTES_LIMIT;
+
+/// The most bytes an encoded [`KvEntry`] adds around its requests: the version byte and the
+/// varints of the leader's clock and of the request count (at most 10 bytes each). An entry
+/// of `requests` encodes to at most this plus the sum of [`encoded_request_bytes`], which
+/// lets the server pack requests into entries under `max_entry_bytes` without encoding twice.
+pub const ENTRY_ENVELOPE_MAX_BYTES: usize = 1 + 10 + 10;
+
+/// Exactly how many bytes `request` takes inside an encoded [`KvEntry`] (postcard's
+/// size count: a walk over the request, no copying).
+pub fn encoded_request_bytes(request: &Request) -> usize {
+    // Counting fails only where serializing would, which plain data never does; saturate so
+    // a failure refuses the request rather than admitting it.
+    postcard::experimental::serialized_size(request).unwrap_or(usize::MAX)
+}
 
 /// One operation on the tree. Variants are part of the wire format: append, never reorder.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +255,22 @@ impl Request {
         self.command.validate(config)
     }
 
+    /// Checks that this request alone fits a Raft entry of `max_entry_bytes` (the core's bound,
+    /// which storage and peer frames are sized for); returns its encoded size. Measured on the
+    /// encoding, so a batch's keys, values and framing all count.
+    pub fn check_fits_entry(&self, max_entry_bytes: usize) -> Result<usize, KvError> {
+        let size = encoded_request_bytes(self);
+        let alone = ENTRY_ENVELOPE_MAX_BYTES.saturating_add(size);
+        if alone > max_entry_bytes {
+            return Err(KvError::RequestTooLarge {
+                command: self.command.name().to_owned(),
+                size_bytes: alone,
+                max_bytes: max_entry_bytes,
+            });
+        }
+        Ok(size)
+    }
+
     /// A request proposed by the leader itself (expiry): no session.
     pub fn system(command: Command) -> Self {
         Request { client_id: SYSTEM_CLIENT_ID, seq: 0, first_unacked_seq: 0, command }
@@ -407,6 +439,15 @@ mod tests {
             let request = Request { client_id: 5, seq: 1, first_unacked_seq: 1, command };
             assert_eq!(request.validate_from_client(&config), Ok(()));
         }
+    }
+
+    #[test]
+    fn encoded_sizes_bound_the_entry() {
+        let entry = sample();
+        let sum: usize = entry.requests.iter().map(encoded_request_bytes).sum();
+        let encoded = encode_entry(&KvEntry { leader_time_nanos: u64::MAX, ..entry }).len();
+        assert!(encoded <= ENTRY_ENVELOPE_MAX_BYTES + sum, "{encoded} > {ENTRY_ENVELOPE_MAX_BYTES} + {sum}");
+        assert!(encoded > sum, "the requests are inside the entry");
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub enum KvError {
     SystemOnly { command: String },
     #[error("key {key:?} is in the reserved namespace _tarn; it is written by the cluster itself (use another key; reading it is fine)")]
     ReservedKey { key: String },
+    /// Refused at admission, before any log write: the request alone would make a Raft entry
+    /// larger than the cluster's `max_entry_bytes`, which storage and peer frames are sized for.
+    #[error("{command} request encodes to {size_bytes} bytes, more than max_entry_bytes {max_bytes} (the largest Raft entry); split it into smaller requests")]
+    RequestTooLarge { command: String, size_bytes: usize, max_bytes: usize },
 }
 
 /// Why bytes could not be decoded into a request, entry or response.

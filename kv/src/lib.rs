@@ -43,8 +43,8 @@ mod ttl;
 pub mod watch;
 
 pub use command::{
-    decode_entry, decode_request, decode_response, encode_entry, encode_request, encode_response, ClientId,
-    Command, KvEntry, Request, SYSTEM_CLIENT_ID,
+    decode_entry, decode_request, decode_response, encode_entry, encode_request, encode_response,
+    encoded_request_bytes, ClientId, Command, KvEntry, Request, ENTRY_ENVELOPE_MAX_BYTES, SYSTEM_CLIENT_ID,
 };
 pub use config::KvConfig;
 pub use error::{DecodeError, KvError, SnapshotError};

@@ -74,6 +74,11 @@ pub struct ClientConfig {
     /// session_ttl_nanos`, 10 min by default, without a write). Keep it well
     /// below the session TTL; `None` turns keep-alives off.
     pub keep_alive_interval: Option<Duration>,
+    /// The servers' `max_entry_bytes`: a write whose entry would be larger is
+    /// refused here with `KvError::RequestTooLarge`, before it takes a seq
+    /// (the server refuses it too, but a refused first write would leave the
+    /// session unborn and the next write "session expired").
+    pub max_entry_bytes: usize,
 }
 
 /// Default [`ClientConfig::keep_alive_interval`]: a tenth of the server's
@@ -145,6 +150,7 @@ impl ClientConfig {
             retry_backoff_max: Duration::from_millis(200),
             client_id: None,
             keep_alive_interval: Some(DEFAULT_KEEP_ALIVE_INTERVAL),
+            max_entry_bytes: tarn_core::MAX_ENTRY_BYTES_DEFAULT,
         }
     }
 }
@@ -631,6 +637,7 @@ impl Client {
         // expired").
         let mut request = Request { client_id: self.inner.client_id, seq: 1, first_unacked_seq: 1, command };
         request.validate_from_client(&tarn_kv::KvConfig::default()).map_err(ClientError::Kv)?;
+        request.check_fits_entry(self.inner.config.max_entry_bytes).map_err(ClientError::Kv)?;
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let first_unacked_seq = {
             let mut o =

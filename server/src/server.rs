@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+mod admission;
 mod join;
 
 use crate::machine::{KvMachine, WatchDelivery};
@@ -73,7 +74,25 @@ pub struct ServerConfig {
     /// configuration lists it as a non-voter (so re-joining with a wiped data
     /// dir is safe too). Give it on every start of a joined node.
     pub join: Option<Vec<SocketAddr>>,
+    /// The largest Raft entry (the core's `max_entry_bytes`): admission packs
+    /// client writes into entries under it and refuses a request that alone
+    /// exceeds it. Lowered at start to what the log segments can store; at
+    /// most [`MAX_CLIENT_ENTRY_BYTES`] so such a request still fits a client
+    /// frame and gets an answer. Every node of a cluster must use one value.
+    pub max_entry_bytes: usize,
 }
+
+/// Bytes a client frame adds around the request that becomes an entry's
+/// only request (frame id, group, body tag, session fields).
+pub const CLIENT_FRAME_OVERHEAD_BYTES: usize = 64;
+
+/// The largest `max_entry_bytes` a server accepts: a client request that
+/// can produce a maximal entry must fit a client frame, so the server can
+/// answer it (a frame over the bound only closes the connection).
+pub const MAX_CLIENT_ENTRY_BYTES: usize = MAX_CLIENT_FRAME_BYTES - CLIENT_FRAME_OVERHEAD_BYTES;
+
+// The default chain: the core's default entry fits a client frame.
+const _: () = assert!(tarn_core::MAX_ENTRY_BYTES_DEFAULT <= MAX_CLIENT_ENTRY_BYTES);
 
 /// Why a server refused to start. Each names what to change.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +127,7 @@ impl ServerConfig {
             log_keep_tail_entries: 10_000,
             segment_size_bytes: 64 << 20,
             join: None,
+            max_entry_bytes: tarn_core::MAX_ENTRY_BYTES_DEFAULT,
         }
     }
 
@@ -210,6 +230,12 @@ impl ServerConfig {
                 self.election_timeout_ms, self.heartbeat_interval_ms
             ));
         }
+        if self.max_entry_bytes == 0 || self.max_entry_bytes > MAX_CLIENT_ENTRY_BYTES {
+            return bad(format!(
+                "max_entry_bytes {} is out of range; it must be in 1..={MAX_CLIENT_ENTRY_BYTES} so a request that fills an entry fits a client frame ({MAX_CLIENT_FRAME_BYTES} bytes)",
+                self.max_entry_bytes
+            ));
+        }
         self.kv.validate().map_err(StartError::Config)?;
         Ok(())
     }
@@ -224,6 +250,7 @@ impl ServerConfig {
         c.raft.snapshot_after_entries = self.snapshot_after_entries;
         c.raft.snapshot_after_bytes = self.snapshot_after_bytes;
         c.raft.log_keep_tail_entries = self.log_keep_tail_entries;
+        c.raft.max_entry_bytes = self.max_entry_bytes;
         c.write_mode = self.write_mode;
         c
     }
@@ -369,6 +396,8 @@ struct Shared {
     /// Peer directory entries already warned about as malformed (each is
     /// logged once, not at every poll).
     malformed_directory_entries: Mutex<BTreeSet<String>>,
+    /// The core's `max_entry_bytes` as started (see [`ServerConfig::max_entry_bytes`]).
+    max_entry_bytes: usize,
 }
 
 /// A running server. Stop it with [`Server::shutdown`].
@@ -429,6 +458,20 @@ impl Server {
         let stranger =
             ServerFrame::Response { id: 0, result: Err(ServerError::PeerPort { node: config.node_id }) };
         node_config.peer_port_stranger_reply = wire::encode_frame_vec(&stranger, MAX_CLIENT_FRAME_BYTES).ok();
+        // The chain of limits: an entry must be storable in this node's log
+        // segments. Small segments (tests) lower the bound rather than let an
+        // entry through that storage would refuse, stopping the group.
+        if let Some(store_max) = store.max_entry_bytes() {
+            if store_max < node_config.raft.max_entry_bytes {
+                tracing::info!(
+                    configured = node_config.raft.max_entry_bytes,
+                    storage = store_max,
+                    "max_entry_bytes lowered to what a log segment holds (segment_size_bytes / 2)"
+                );
+                node_config.raft.max_entry_bytes = store_max;
+            }
+        }
+        let max_entry_bytes = node_config.raft.max_entry_bytes;
         let node = Node::start(node_config, store, peer_listener, peers)?;
         for (g, voters) in &groups {
             node.add_group(
@@ -448,6 +491,7 @@ impl Server {
             peer_addr,
             base_peers,
             malformed_directory_entries: Mutex::default(),
+            max_entry_bytes,
         });
         let (stop, stop_rx) = watch::channel(false);
         if shared.peer_addr.is_some() {
@@ -622,10 +666,6 @@ fn not_leader(shared: &Shared, group: GroupId, leader: Option<NodeId>) -> Server
     ServerError::NotLeader { node: shared.config.node_id, group, leader }
 }
 
-/// Requests folded into one Raft entry at most (the entry stays well under
-/// the core's `max_size_per_msg_bytes` for ordinary values).
-const MAX_REQUESTS_PER_ENTRY: usize = 1024;
-
 /// Proposes the writes `(request id, request)` for group `g`, many requests
 /// per Raft entry (one log record, one apply, one decode for the lot); each
 /// answer goes back under its own request id.
@@ -658,9 +698,14 @@ fn propose_writes(
             Err(e) => send_frame(tx, ServerFrame::Response { id, result: Ok(ResponseBody::Kv(Err(e))) }),
         }
     }
-    let mut rest = valid.into_iter().peekable();
-    while rest.peek().is_some() {
-        let (ids, requests): (Vec<u64>, Vec<Request>) = rest.by_ref().take(MAX_REQUESTS_PER_ENTRY).unzip();
+    // Entries under the core's bound, measured encoded; a request too large
+    // for any entry is answered here, never proposed.
+    let packed = admission::pack_entries(valid, shared.max_entry_bytes, admission::MAX_REQUESTS_PER_ENTRY);
+    for (id, e) in packed.refused {
+        send_frame(tx, ServerFrame::Response { id, result: Ok(ResponseBody::Kv(Err(e))) });
+    }
+    for entry in packed.entries {
+        let (ids, requests): (Vec<u64>, Vec<Request>) = entry.into_iter().unzip();
         let data = Bytes::from(encode_entry(&KvEntry { leader_time_nanos: wall_clock_nanos(), requests }));
         // No task per request: the outcome is framed on the group's task and
         // queued straight to this connection's writer.

@@ -610,6 +610,9 @@ pub(crate) fn describe_drop(reason: &DropReason) -> String {
         }
         DropReason::ConfChangeInProgress => "a membership change is still in progress (or the new leader has not committed an entry of its term yet); retry once it completes".into(),
         DropReason::InvalidConfChange(e) => describe_conf_change_error(e),
+        DropReason::EntryTooLarge { size_bytes, max_bytes } => format!(
+            "the proposal is {size_bytes} bytes, more than max_entry_bytes {max_bytes} (the largest Raft entry); split it"
+        ),
     }
 }
 

@@ -111,6 +111,51 @@ impl NodeConfig {
     }
 }
 
+/// Bytes an AppendEntries frame may add per entry besides its payload
+/// (postcard varints of term, index and length, and the payload tag).
+pub const ENTRY_WIRE_OVERHEAD_BYTES: usize = 32;
+/// Bytes a peer frame adds around a message's entries or snapshot chunk
+/// (envelope, group, ids, term, log ids, commit index, vector lengths).
+pub const MESSAGE_WIRE_OVERHEAD_BYTES: usize = 256;
+
+/// The largest peer frame body a group under this configuration can send:
+/// an AppendEntries holds at most `max_size_per_msg_bytes` of entries, plus
+/// one entry of up to `max_entry_bytes` (at least one entry always goes),
+/// each with its wire overhead; a snapshot chunk is smaller than that.
+pub const fn max_peer_message_bytes(
+    max_size_per_msg_bytes: usize,
+    max_entry_bytes: usize,
+    max_entries_per_msg: usize,
+    max_snapshot_chunk_bytes: usize,
+) -> usize {
+    let append = max_size_per_msg_bytes
+        .saturating_add(max_entry_bytes)
+        .saturating_add(max_entries_per_msg.saturating_mul(ENTRY_WIRE_OVERHEAD_BYTES));
+    let larger = if append > max_snapshot_chunk_bytes { append } else { max_snapshot_chunk_bytes };
+    larger.saturating_add(MESSAGE_WIRE_OVERHEAD_BYTES)
+}
+
+/// [`max_peer_message_bytes`] of a core configuration.
+pub fn max_peer_message_bytes_of(raft: &tarn_core::Config) -> usize {
+    max_peer_message_bytes(
+        raft.max_size_per_msg_bytes,
+        raft.max_entry_bytes,
+        raft.max_entries_per_msg,
+        raft.max_snapshot_chunk_bytes,
+    )
+}
+
+// The chain of limits, for the defaults: every entry a valid configuration
+// allows is parsed by storage recovery, and an AppendEntries carrying a
+// default-sized maximal entry fits a default peer frame. `Node::start` checks
+// the configured values.
+const _: () =
+    assert!(tarn_core::MAX_ENTRY_BYTES_LIMIT <= crate::storage::MAX_ENTRY_SIZE_LIMIT_BYTES as usize);
+const _: () = assert!(
+    max_peer_message_bytes(1 << 20, tarn_core::MAX_ENTRY_BYTES_DEFAULT, 4096, 1 << 20)
+        <= crate::wire::MAX_FRAME_BYTES_DEFAULT
+);
+
 /// The driver's default for `Config::snapshot_after_bytes`.
 pub const DEFAULT_SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
 
@@ -373,6 +418,19 @@ impl<SM: StateMachine> Node<SM> {
         let mut probe = config.raft.clone();
         probe.id = config.node_id;
         probe.validate().map_err(|e| DriverError::Config { group: 0, reason: e.to_string() })?;
+        // The chain of limits: an entry the core accepts must be storable on
+        // every node and fit a peer frame, or one proposal stops the group.
+        if let Some(store_max) = store.max_entry_bytes() {
+            if probe.max_entry_bytes > store_max {
+                return Err(DriverError::Config {
+                    group: 0,
+                    reason: format!(
+                        "max_entry_bytes {} exceeds the storage engine's max_entry_size_bytes {store_max}; lower max_entry_bytes (or use larger log segments)",
+                        probe.max_entry_bytes
+                    ),
+                });
+            }
+        }
         let storage_counters = Arc::new(StorageCounters::default());
         let storage = StorageWorker::start(store, config.write_mode, storage_counters.clone());
         let routes: Routes<SM> = Arc::default();
@@ -397,6 +455,16 @@ impl<SM: StateMachine> Node<SM> {
                 });
                 let mut tc = TransportConfig::new(config.node_id, config.cluster_id, peers);
                 tc.stranger_reply = config.peer_port_stranger_reply.clone();
+                let needed = max_peer_message_bytes_of(&probe);
+                if needed > tc.max_frame_bytes {
+                    return Err(DriverError::Config {
+                        group: 0,
+                        reason: format!(
+                            "a peer message under this configuration can be {needed} bytes (max_size_per_msg_bytes {} + max_entry_bytes {} + overhead), more than the peer frame limit {}; lower them",
+                            probe.max_size_per_msg_bytes, probe.max_entry_bytes, tc.max_frame_bytes
+                        ),
+                    });
+                }
                 Some(Transport::start(tc, listener, sink)?)
             }
         };
@@ -610,5 +678,51 @@ impl<SM: StateMachine> Node<SM> {
         if let Some(t) = &self.inner.transport {
             t.shutdown();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chain of limits with every default: the core's largest entry is
+    /// storable, and a message carrying it fits a peer frame.
+    #[test]
+    fn defaults_form_one_chain_of_limits() {
+        let raft = tarn_core::Config::new(1, 1);
+        let storage = crate::storage::StorageConfig::new("/x", 1, 1);
+        assert!(raft.max_entry_bytes <= storage.max_entry_size_bytes as usize);
+        assert!(max_peer_message_bytes_of(&raft) <= crate::wire::MAX_FRAME_BYTES_DEFAULT);
+    }
+
+    #[derive(Default)]
+    struct Nothing(tarn_core::Index);
+
+    impl StateMachine for Nothing {
+        type Response = ();
+        fn apply(&mut self, index: tarn_core::Index, _: &Bytes) {
+            self.0 = index;
+        }
+        fn apply_noop(&mut self, index: tarn_core::Index) {
+            self.0 = index;
+        }
+        fn applied_index(&self) -> tarn_core::Index {
+            self.0
+        }
+    }
+
+    #[tokio::test]
+    async fn a_core_entry_bound_above_storage_is_refused_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::open_sized(dir.path(), 1, 1, WriteMode::Sync, 1000, 64 << 10).expect("open");
+        let mut config = NodeConfig::new(1, 1);
+        config.raft.max_entry_bytes = 1 << 20;
+        let err =
+            Node::<Nothing>::start(config, Box::new(store), None, BTreeMap::new()).err().expect("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("max_entry_bytes 1048576 exceeds the storage engine's max_entry_size_bytes 32768"),
+            "{text}"
+        );
     }
 }

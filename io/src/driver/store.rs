@@ -239,6 +239,12 @@ pub trait LogStore: Send + 'static {
     fn finish_sync(&mut self, job: SyncJob, results: Vec<std::io::Result<()>>, out: &mut Flushed) {
         let _ = (job, results, out);
     }
+    /// The largest entry payload this store accepts, if it has a bound.
+    /// `Node::start` refuses a core `max_entry_bytes` above it: an entry the
+    /// leader accepted but storage refuses would stop the group on every node.
+    fn max_entry_bytes(&self) -> Option<usize> {
+        None
+    }
     /// Entries `[from, to)`, at most `max_bytes` of payload (at least one).
     fn read(
         &mut self,
@@ -344,6 +350,10 @@ impl FileStore {
 const RECOVERY_READ_BYTES: u64 = 4 << 20;
 
 impl LogStore for FileStore {
+    fn max_entry_bytes(&self) -> Option<usize> {
+        usize::try_from(self.storage.config().max_entry_size_bytes).ok()
+    }
+
     fn open_group(&mut self, group: GroupId, initial: &Membership) -> Result<Recovered, StoreError> {
         let err = |e: crate::storage::StorageError| StoreError { group, reason: e.to_string() };
         let r = self.storage.open_group(group).map_err(err)?;
