@@ -162,7 +162,7 @@ fn command(cmd: &Cmd) -> Command {
     match cmd {
         Cmd::Get { key: k } => Command::Get { key: key(*k) },
         Cmd::BatchGet { keys: ks } => Command::BatchGet { keys: keys(ks) },
-        Cmd::List { key: k } => Command::List { key: key(*k) },
+        Cmd::List { key: k } => Command::List { key: key(*k), limit: None, after: None },
         Cmd::Put { key: k, value: v } => Command::Put { key: key(*k), value: value(*v) },
         Cmd::Remove { key: k } => Command::Remove { key: key(*k) },
         Cmd::Mkdir { key: k } => Command::Mkdir { key: key(*k) },

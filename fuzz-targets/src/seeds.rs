@@ -106,7 +106,7 @@ fn sample_requests() -> Vec<Request> {
             },
         ),
         r(6, Command::BatchGet { keys: vec!["a".into(), "a.b".into(), "zz".into()] }),
-        r(7, Command::List { key: "a".into() }),
+        r(7, Command::List { key: "a".into(), limit: Some(2), after: Some("b".into()) }),
     ]
 }
 
@@ -153,7 +153,10 @@ fn wire_seeds() -> Vec<Seed> {
         ("write", RequestBody::Write(sample_requests()[1].clone())),
         (
             "read",
-            RequestBody::Read { command: Command::List { key: "a".into() }, consistency: Consistency::Stale },
+            RequestBody::Read {
+                command: Command::List { key: "a".into(), limit: Some(2), after: Some("b".into()) },
+                consistency: Consistency::Stale,
+            },
         ),
         ("watch", RequestBody::Watch { key: "a".into(), subtree: true, after_index: Some(3) }),
     ];

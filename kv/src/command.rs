@@ -53,8 +53,11 @@ pub enum Command {
     Get { key: String },
     /// Reads many keys at once, each its own result.
     BatchGet { keys: Vec<String> },
-    /// Lists the direct children of a directory.
-    List { key: String },
+    /// Lists the direct children of a directory, in key order: those whose name (last
+    /// segment) sorts after `after`, at most `limit` of them (`None`: no bound, though the reply
+    /// must still fit a client frame). The reply says whether more remain, so a client pages
+    /// through a large directory with the last name it got as the next `after`.
+    List { key: String, limit: Option<u32>, after: Option<String> },
     /// Creates or overwrites a value node. The parent directory must exist.
     Put { key: String, value: Bytes },
     /// Removes a value node or an empty directory. A missing key is success.
@@ -119,7 +122,7 @@ impl Command {
             Ok(())
         };
         match self {
-            Command::Get { key } | Command::List { key } => validate_key_or_root(key, config),
+            Command::Get { key } | Command::List { key, .. } => validate_key_or_root(key, config),
             Command::BatchGet { keys } | Command::BatchRemove { keys } => batch(keys.len()),
             Command::BatchPut { items } => batch(items.len()),
             Command::Put { key, value } => {
@@ -433,7 +436,7 @@ mod tests {
         // Reads of the namespace and look-alike keys stay allowed.
         for command in [
             Command::Get { key: k("_tarn.peers.3") },
-            Command::List { key: k("_tarn.peers") },
+            Command::List { key: k("_tarn.peers"), limit: None, after: None },
             Command::Put { key: k("_tarnish"), value: v() },
         ] {
             let request = Request { client_id: 5, seq: 1, first_unacked_seq: 1, command };

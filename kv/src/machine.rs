@@ -178,7 +178,9 @@ impl KvStateMachine {
         match command {
             Command::Get { key } => self.get(key).map(Reply::Node),
             Command::BatchGet { keys } => self.batch_get(keys).map(Reply::Nodes),
-            Command::List { key } => self.list(key).map(Reply::Children),
+            Command::List { key, limit, after } => self
+                .list_page(key, *limit, after.as_deref())
+                .map(|(children, more)| Reply::Children { children, more }),
             _ => unreachable!("read() is only called for read-only commands"),
         }
     }
@@ -256,21 +258,36 @@ impl KvStateMachine {
 
     /// The direct children of the directory at `key`, in key order.
     pub fn list(&self, key: &str) -> Result<Vec<ChildView>, KvError> {
+        self.list_page(key, None, None).map(|(children, _)| children)
+    }
+
+    /// A page of [`Self::list`]: the children whose name sorts after `after`, at most `limit`
+    /// of them, and whether more remain after the last one returned.
+    pub fn list_page(
+        &self,
+        key: &str,
+        limit: Option<u32>,
+        after: Option<&str>,
+    ) -> Result<(Vec<ChildView>, bool), KvError> {
         validate_key_or_root(key, &self.config)?;
         let id = self.tree.lookup(key).ok_or_else(|| KvError::NotFound { key: key.to_owned() })?;
         if self.tree.node(id).children().is_none() {
             return Err(KvError::NotADir { key: key.to_owned() });
         }
         let skip = if key.is_empty() { 0 } else { key.len() + 1 };
-        Ok(self
+        let limit = limit.map_or(usize::MAX, |l| l as usize);
+        let mut page = self
             .tree
             .sorted_children(id)
             .into_iter()
-            .map(|child| {
-                let child = self.tree.node(child);
-                ChildView { name: child.key[skip..].to_owned(), node: child.view() }
-            })
-            .collect())
+            .map(|child| self.tree.node(child))
+            .filter(|child| after.is_none_or(|after| &child.key[skip..] > after))
+            .take(limit.saturating_add(1))
+            .map(|child| ChildView { name: child.key[skip..].to_owned(), node: child.view() })
+            .collect::<Vec<_>>();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        Ok((page, more))
     }
 
     // ----- plain writes ------------------------------------------------------------------

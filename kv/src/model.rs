@@ -161,7 +161,16 @@ impl Model {
                 self.batch(keys.len())?;
                 return Ok(Reply::Nodes(keys.iter().map(|k| self.get(k)).collect()));
             }
-            Command::List { key } => return self.list(key).map(Reply::Children),
+            Command::List { key, limit, after } => {
+                return self.list(key).map(|all| {
+                    let mut page: Vec<ChildView> =
+                        all.into_iter().filter(|c| after.as_ref().is_none_or(|a| &c.name > a)).collect();
+                    let limit = limit.map_or(usize::MAX, |l| l as usize);
+                    let more = page.len() > limit;
+                    page.truncate(limit);
+                    Reply::Children { children: page, more }
+                })
+            }
             _ => {}
         }
         if request.client_id == SYSTEM_CLIENT_ID {

@@ -131,7 +131,17 @@ impl Gen {
                 }
             }
             88..=90 => Command::Get { key: self.key() },
-            91..=93 => Command::List { key: self.key() },
+            91..=93 => {
+                let (limit, after) = match self.rng.gen_range(0..3) {
+                    0 => (None, None),
+                    1 => (Some(self.rng.gen_range(0..4u32)), None),
+                    _ => (
+                        Some(self.rng.gen_range(1..4u32)),
+                        Some(["a", "b", "c"][self.rng.gen_range(0..3)].to_owned()),
+                    ),
+                };
+                Command::List { key: self.key(), limit, after }
+            }
             94..=95 => {
                 let n = self.rng.gen_range(0..=5);
                 Command::BatchGet { keys: (0..n).map(|_| self.key()).collect() }

@@ -74,8 +74,9 @@ pub enum Reply {
     Node(Option<NodeView>),
     /// Batch get: one entry per requested key, in order.
     Nodes(Vec<Result<Option<NodeView>, KvError>>),
-    /// List: the direct children in key order.
-    Children(Vec<ChildView>),
+    /// List: the direct children in key order (a page of them when the request had a limit
+    /// or an `after`); `more` is true when children after the last one remain.
+    Children { children: Vec<ChildView>, more: bool },
     /// Batch put/remove: one result per item, in order.
     Batch(Vec<Result<(), KvError>>),
     /// Try-lock.

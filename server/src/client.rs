@@ -697,9 +697,25 @@ impl Client {
         }
     }
 
+    /// Every child of directory `key`, in one reply: a listing too large
+    /// for a client frame fails with `ServerError::ReplyTooLarge`; page it
+    /// with [`Client::list_page`].
     pub async fn list(&self, key: &str) -> Result<Vec<ChildView>, ClientError> {
-        match self.read(Command::List { key: key.into() }, Consistency::Linearizable).await? {
-            Reply::Children(c) => Ok(c),
+        self.list_page(key, None, None).await.map(|(children, _)| children)
+    }
+
+    /// At most `limit` children of `key` whose name (last segment) sorts
+    /// after `after`, and whether more remain: pass the last name returned as
+    /// the next `after` to walk a directory of any size.
+    pub async fn list_page(
+        &self,
+        key: &str,
+        limit: Option<u32>,
+        after: Option<&str>,
+    ) -> Result<(Vec<ChildView>, bool), ClientError> {
+        let command = Command::List { key: key.into(), limit, after: after.map(str::to_owned) };
+        match self.read(command, Consistency::Linearizable).await? {
+            Reply::Children { children, more } => Ok((children, more)),
             other => Err(ClientError::Protocol(format!("list answered with {other:?}"))),
         }
     }

@@ -105,10 +105,19 @@ enum Cmd {
         #[arg(long)]
         ttl_ms: Option<u64>,
     },
-    /// List the children of directory KEY (the root if omitted).
+    /// List the children of directory KEY (the root if omitted). A listing
+    /// larger than a reply frame (16 MiB) is refused: page it with --limit and
+    /// --after.
     Ls {
         #[arg(default_value = "")]
         key: String,
+        /// Print at most N children; if more remain, stderr says which --after
+        /// continues the listing.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Start after this child (its name, or its full key).
+        #[arg(long, value_name = "CHILD")]
+        after: Option<String>,
     },
     /// Compare-and-set: change KEY only if its value is the expected one.
     Cas {
@@ -427,9 +436,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             done(json);
             Ok(())
         }
-        Cmd::Ls { key } => {
-            let children = client().list(&key).await?;
+        Cmd::Ls { key, limit, after } => {
+            // `--after app.x` and `--after x` name the same child of `app`.
+            let prefix = format!("{key}.");
+            let after = after.map(|a| a.strip_prefix(&prefix).map(str::to_owned).unwrap_or(a));
+            let (children, more) = client().list_page(&key, limit, after.as_deref()).await?;
             print_children(&children, json);
+            if more {
+                if let Some(last) = children.last() {
+                    eprintln!("more children remain; continue with --after {}", last.name);
+                }
+            }
             Ok(())
         }
         Cmd::Cas { key, expect, new } => {

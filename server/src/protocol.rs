@@ -202,4 +202,10 @@ pub enum ServerError {
     /// mistake, so the client fails at once instead of retrying.
     #[error("this is node {node}'s peer port, not a client port; use its --client address")]
     PeerPort { node: NodeId },
+    /// The answer would not fit a client frame; it was not sent. A listing
+    /// is paged with `List { limit, after }` (`tarn ls --limit/--after`).
+    #[error(
+        "reply of {size_bytes} bytes exceeds the frame limit {max_bytes}; use ls --limit/--after to page"
+    )]
+    ReplyTooLarge { size_bytes: usize, max_bytes: usize },
 }

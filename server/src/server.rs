@@ -575,7 +575,12 @@ async fn serve_client(
             let mut next = Some(frame);
             while let Some(f) = next.take() {
                 if let Err(e) = wire::encode_frame(&f, MAX_CLIENT_FRAME_BYTES, &mut buf) {
-                    tracing::error!(error = %e, "dropping an answer that cannot be framed");
+                    // Never drop an answer (the client would wait for it until
+                    // its timeout): say why in a frame that fits.
+                    let substitute = oversized_reply(&f, &e);
+                    if let Err(e) = wire::encode_frame(&substitute, MAX_CLIENT_FRAME_BYTES, &mut buf) {
+                        tracing::error!(error = %e, "dropping an answer that cannot be framed");
+                    }
                 }
                 if buf.len() < MAX_CLIENT_WRITE_BATCH_BYTES {
                     next = rx.try_recv().ok();
@@ -644,6 +649,29 @@ async fn serve_client(
     }
     drop(tx);
     let _ = writer_task.await;
+}
+
+/// What a connection's writer sends instead of `frame` when `frame` does not
+/// encode within the client frame bound: the same request id with an error
+/// that names both sizes and how to page (a watch batch ends the watch; the
+/// client resumes after its last index, in smaller batches).
+fn oversized_reply(frame: &ServerFrame, error: &wire::WireError) -> ServerFrame {
+    let (size_bytes, max_bytes) = match error {
+        wire::WireError::FrameTooLarge { len_bytes, max_frame_bytes } => (*len_bytes, *max_frame_bytes),
+        _ => (0, MAX_CLIENT_FRAME_BYTES),
+    };
+    match frame {
+        ServerFrame::Response { id, .. } => ServerFrame::Response {
+            id: *id,
+            result: Err(ServerError::ReplyTooLarge { size_bytes, max_bytes }),
+        },
+        ServerFrame::Watch { id, .. } | ServerFrame::WatchEnded { id, .. } => ServerFrame::WatchEnded {
+            id: *id,
+            reason: format!(
+                "a batch of watch events of {size_bytes} bytes exceeds the frame limit {max_bytes}"
+            ),
+        },
+    }
 }
 
 /// Queues `frame` for a connection's writer; waits in a task only when the
@@ -789,7 +817,9 @@ fn handle_request(
                         let response = match command {
                             Command::Get { key } => kv.get(&key).map(Reply::Node),
                             Command::BatchGet { keys } => kv.batch_get(&keys).map(Reply::Nodes),
-                            Command::List { key } => kv.list(&key).map(Reply::Children),
+                            Command::List { key, limit, after } => kv
+                                .list_page(&key, limit, after.as_deref())
+                                .map(|(children, more)| Reply::Children { children, more }),
                             _ => unreachable!("checked is_read_only above"),
                         };
                         Ok(ResponseBody::Kv(response))

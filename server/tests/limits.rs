@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::{poll_until, TestCluster, TEST_DEADLINE};
 use tarn_kv::KvError;
 use tarn_server::client::{Client, ClientConfig, ClientError};
-use tarn_server::protocol::Consistency;
+use tarn_server::protocol::{Consistency, ServerError, MAX_CLIENT_FRAME_BYTES};
 
 const MIB: usize = 1 << 20;
 
@@ -65,6 +65,60 @@ async fn an_oversized_batch_is_refused_and_the_group_keeps_serving_on_every_node
             assert!(info.error.is_none() && !info.stopped, "node {id}: {info:?}");
             assert!(local.get_with("big0", Consistency::Stale).await.unwrap().is_none(), "node {id}");
         }
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
+
+/// Pages through `dir` `page` children at a time; every name once, in order.
+async fn page_through(client: &Client, dir: &str, page: u32) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    loop {
+        let after = names.last().cloned();
+        let (children, more) = client.list_page(dir, Some(page), after.as_deref()).await.expect("a page");
+        assert!(children.len() <= page as usize, "a page holds at most the limit");
+        names.extend(children.into_iter().map(|c| c.name));
+        if !more {
+            return names;
+        }
+    }
+}
+
+/// A listing over the frame bound used to be dropped, and `ls` waited for
+/// it until its timeout. Now the answer is an error naming both sizes and
+/// the way out, and paging returns every child exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_listing_is_refused_in_words_and_paging_returns_every_child_once() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let cluster = TestCluster::start(1).await;
+        let client = cluster.client();
+        client.mkdir("big").await.unwrap();
+        // 17 values of 1 MiB - 1: the listing carries them, over 16 MiB.
+        for i in 0..17 {
+            client.put(&format!("big.v{i:02}"), vec![b'x'; MIB - 1]).await.unwrap();
+        }
+        let err = client.list("big").await.expect_err("too large for one frame");
+        match &err {
+            ClientError::Server(ServerError::ReplyTooLarge { size_bytes, max_bytes }) => {
+                assert!(*size_bytes > 17 * (MIB - 1), "{size_bytes}");
+                assert_eq!(*max_bytes, MAX_CLIENT_FRAME_BYTES);
+            }
+            other => panic!("expected ReplyTooLarge, got {other:?}"),
+        }
+        assert!(err.to_string().contains("use ls --limit/--after to page"), "{err}");
+        let want: Vec<String> = (0..17).map(|i| format!("v{i:02}")).collect();
+        assert_eq!(page_through(&client, "big", 5).await, want);
+        // Many small children, a page size that does not divide them.
+        client.mkdir("many").await.unwrap();
+        let items: Vec<(String, Bytes)> =
+            (0..300).map(|i| (format!("many.k{i:03}"), Bytes::from_static(b"1"))).collect();
+        assert!(client.batch_put(items).await.unwrap().iter().all(Result::is_ok));
+        let want: Vec<String> = (0..300).map(|i| format!("k{i:03}")).collect();
+        assert_eq!(page_through(&client, "many", 7).await, want);
+        assert_eq!(page_through(&client, "many", 300).await, want, "one full page, nothing more");
+        // The unpaged listing of a small directory is unchanged.
+        assert_eq!(client.list("many").await.unwrap().len(), 300);
         cluster.shutdown().await;
     })
     .await
