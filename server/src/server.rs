@@ -80,6 +80,40 @@ pub struct ServerConfig {
     /// most [`MAX_CLIENT_ENTRY_BYTES`] so such a request still fits a client
     /// frame and gets an answer. Every node of a cluster must use one value.
     pub max_entry_bytes: usize,
+    /// Bounds on client connections (memory per connection, their number).
+    pub connections: ConnectionLimits,
+}
+
+/// Bounds on the client port: every per-connection buffer and queue is
+/// bounded, so neither many connections nor a client that never reads its
+/// answers can grow the server without limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Client connections open at once; more are closed at accept, with a
+    /// log line (and `client_connections_refused` counts them).
+    pub max_connections: usize,
+    /// Answers waiting for one client (requests read but not yet taken by
+    /// the connection's writer). At the bound the server stops reading that
+    /// connection until its answers drain (backpressure).
+    pub max_pending_replies_per_connection: usize,
+    /// A connection held at that bound this long (its client does not read)
+    /// is closed, as is a writer stuck this long on a connection that ended.
+    pub slow_client_timeout: Duration,
+    /// A connection with no request, no pending answer and no watch for this
+    /// long is closed (also clears half-open connections of vanished clients).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 10_000,
+            // Above `tarn bench`'s 2,000 requests in flight on one connection.
+            max_pending_replies_per_connection: 8192,
+            slow_client_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Bytes a client frame adds around the request that becomes an entry's
@@ -128,6 +162,7 @@ impl ServerConfig {
             segment_size_bytes: 64 << 20,
             join: None,
             max_entry_bytes: tarn_core::MAX_ENTRY_BYTES_DEFAULT,
+            connections: ConnectionLimits::default(),
         }
     }
 
@@ -235,6 +270,22 @@ impl ServerConfig {
                 "max_entry_bytes {} is out of range; it must be in 1..={MAX_CLIENT_ENTRY_BYTES} so a request that fills an entry fits a client frame ({MAX_CLIENT_FRAME_BYTES} bytes)",
                 self.max_entry_bytes
             ));
+        }
+        let c = &self.connections;
+        if c.max_connections == 0 || c.max_pending_replies_per_connection == 0 {
+            return bad(
+                "connection limits (max_connections, max_pending_replies_per_connection) must be > 0".into(),
+            );
+        }
+        if c.max_pending_replies_per_connection > tokio::sync::Semaphore::MAX_PERMITS {
+            return bad(format!(
+                "max_pending_replies_per_connection {} is above {}",
+                c.max_pending_replies_per_connection,
+                tokio::sync::Semaphore::MAX_PERMITS
+            ));
+        }
+        if c.slow_client_timeout.is_zero() || c.idle_timeout.is_zero() {
+            return bad("slow_client_timeout and idle_timeout must be > 0".into());
         }
         self.kv.validate().map_err(StartError::Config)?;
         Ok(())
@@ -380,6 +431,19 @@ pub struct ServerCounters {
     pub reads: AtomicU64,
     pub bad_frames: AtomicU64,
     pub not_leader: AtomicU64,
+    /// Client connections open now (a gauge).
+    pub client_connections_open: AtomicU64,
+    /// Connections closed at accept: `ConnectionLimits::max_connections` reached.
+    pub client_connections_refused: AtomicU64,
+    /// Answers queued for clients now, over all connections (a gauge; each
+    /// connection holds at most `max_pending_replies_per_connection`).
+    pub client_queued_replies: AtomicU64,
+    /// Times a connection's reader paused because its answer queue was full.
+    pub client_backpressure: AtomicU64,
+    /// Connections closed because their client did not read its answers.
+    pub client_slow_disconnects: AtomicU64,
+    /// Connections closed as idle.
+    pub client_idle_disconnects: AtomicU64,
 }
 
 struct Shared {
@@ -540,6 +604,18 @@ async fn accept_clients(shared: Arc<Shared>, listener: TcpListener, mut stop: wa
         };
         match accepted {
             Ok((stream, addr)) => {
+                let max = shared.config.connections.max_connections as u64;
+                if shared.counters.client_connections_open.load(Ordering::Relaxed) >= max {
+                    let refused = shared.counters.client_connections_refused.fetch_add(1, Ordering::Relaxed);
+                    // One line per 1,000 refusals: a flood must not flood the log too.
+                    if refused.is_multiple_of(1000) {
+                        tracing::warn!(client = %addr, max_connections = max, refused = refused + 1,
+                            "refusing a client connection: max_connections reached (raise it or find the client that leaks connections)");
+                    }
+                    drop(stream);
+                    continue;
+                }
+                shared.counters.client_connections_open.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 shared.counters.client_connections.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(serve_client(shared.clone(), stream, addr, stop.clone()));
@@ -552,11 +628,24 @@ async fn accept_clients(shared: Arc<Shared>, listener: TcpListener, mut stop: wa
     }
 }
 
-/// Frames queued for one client connection before the reader stops reading
-/// (backpressure on a client that does not read its answers).
-const MAX_QUEUED_FRAMES_PER_CLIENT: usize = 65_536;
 /// One flush to a client stops adding frames past this many bytes.
 const MAX_CLIENT_WRITE_BATCH_BYTES: usize = 1024 * 1024;
+/// Watch frames queued for one connection; past it a watch is cut off (the
+/// client resumes from its last index), never the server's memory.
+const MAX_QUEUED_WATCH_FRAMES_PER_CLIENT: usize = 1024;
+
+/// What travels from the request path to one connection's writer.
+type FrameTx = mpsc::UnboundedSender<ServerFrame>;
+
+/// Per-connection accounting that bounds the reply queue. The reader takes
+/// a permit per request before handling it; the writer returns it when it
+/// takes the answer off the queue. So at most
+/// `max_pending_replies_per_connection` answers wait for a client, and a
+/// client that stops reading stops being read (backpressure).
+struct ConnQueue {
+    permits: tokio::sync::Semaphore,
+    watch_frames: AtomicU64,
+}
 
 async fn serve_client(
     shared: Arc<Shared>,
@@ -564,9 +653,27 @@ async fn serve_client(
     addr: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
+    let limits = shared.config.connections.clone();
     let (mut reader, mut writer) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<ServerFrame>(MAX_QUEUED_FRAMES_PER_CLIENT);
-    let writer_task = tokio::spawn(async move {
+    let (tx, mut rx) = mpsc::unbounded_channel::<ServerFrame>();
+    let queue = Arc::new(ConnQueue {
+        permits: tokio::sync::Semaphore::new(limits.max_pending_replies_per_connection),
+        watch_frames: AtomicU64::new(0),
+    });
+    let writer_queue = queue.clone();
+    let writer_shared = shared.clone();
+    let mut writer_task = tokio::spawn(async move {
+        let (queue, shared) = (writer_queue, writer_shared);
+        // Takes a frame off the queue: its permit (or watch slot) goes back.
+        let taken = |f: &ServerFrame| match f {
+            ServerFrame::Response { .. } => {
+                queue.permits.add_permits(1);
+                shared.counters.client_queued_replies.fetch_sub(1, Ordering::Relaxed);
+            }
+            ServerFrame::Watch { .. } | ServerFrame::WatchEnded { .. } => {
+                queue.watch_frames.fetch_sub(1, Ordering::Relaxed);
+            }
+        };
         let mut buf = Vec::with_capacity(64 * 1024);
         while let Some(frame) = rx.recv().await {
             // Let the other answers of this wakeup queue up: one syscall for many.
@@ -574,6 +681,7 @@ async fn serve_client(
             buf.clear();
             let mut next = Some(frame);
             while let Some(f) = next.take() {
+                taken(&f);
                 if let Err(e) = wire::encode_frame(&f, MAX_CLIENT_FRAME_BYTES, &mut buf) {
                     // Never drop an answer (the client would wait for it until
                     // its timeout): say why in a frame that fits.
@@ -596,36 +704,70 @@ async fn serve_client(
     let mut decoder = FrameDecoder::new(MAX_CLIENT_FRAME_BYTES);
     // Writes of one read from the socket, per group: proposed together.
     let mut writes: HashMap<GroupId, Vec<(u64, Request)>> = HashMap::new();
+    let conn = Conn { tx: tx.clone(), queue: queue.clone() };
     'conn: loop {
         loop {
+            // Backpressure: no permit, no next request. Propose what this
+            // read gave first, so its answers can come back and free permits.
+            let permit = match queue.permits.try_acquire() {
+                Ok(p) => p,
+                Err(_) => {
+                    for (group, batch) in writes.drain() {
+                        propose_writes(&shared, group, batch, &conn);
+                    }
+                    shared.counters.client_backpressure.fetch_add(1, Ordering::Relaxed);
+                    let wait = tokio::time::timeout(limits.slow_client_timeout, queue.permits.acquire());
+                    match tokio::select! { r = wait => r, _ = stop.wait_for(|s| *s) => break 'conn } {
+                        Ok(Ok(p)) => p,
+                        Ok(Err(_)) => break 'conn,
+                        Err(_) => {
+                            shared.counters.client_slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                client = %addr,
+                                pending = limits.max_pending_replies_per_connection,
+                                timeout_ms = limits.slow_client_timeout.as_millis() as u64,
+                                "client does not read its answers; closing its connection"
+                            );
+                            break 'conn;
+                        }
+                    }
+                }
+            };
             match decoder.next_frame::<ClientFrame>() {
                 Ok(Some(frame)) => {
+                    // The permit now belongs to this request's answer; the
+                    // writer returns it.
+                    permit.forget();
+                    shared.counters.client_queued_replies.fetch_add(1, Ordering::Relaxed);
                     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
                     match frame {
                         ClientFrame { id, group, body: RequestBody::Write(request) } => {
                             writes.entry(group).or_default().push((id, request));
                         }
-                        other => handle_request(&shared, other, &tx, &watches),
+                        other => handle_request(&shared, other, &conn, &watches),
                     }
                 }
                 Ok(None) => {
                     for (group, batch) in writes.drain() {
-                        propose_writes(&shared, group, batch, &tx);
+                        propose_writes(&shared, group, batch, &conn);
                     }
                     break;
                 }
                 Err(e) => {
                     for (group, batch) in writes.drain() {
-                        propose_writes(&shared, group, batch, &tx);
+                        propose_writes(&shared, group, batch, &conn);
                     }
                     shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(client = %addr, error = %e, "bad frame from client; closing its connection");
-                    let _ = tx
-                        .send(ServerFrame::Response {
+                    permit.forget();
+                    shared.counters.client_queued_replies.fetch_add(1, Ordering::Relaxed);
+                    send_frame(
+                        &conn.tx,
+                        ServerFrame::Response {
                             id: 0,
                             result: Err(ServerError::BadRequest { reason: format!("bad frame: {e}") }),
-                        })
-                        .await;
+                        },
+                    );
                     break 'conn;
                 }
             }
@@ -633,6 +775,20 @@ async fn serve_client(
         let read = tokio::select! {
             r = reader.read_buf(decoder.buffer_mut()) => r,
             _ = stop.wait_for(|s| *s) => break 'conn,
+            _ = tokio::time::sleep(limits.idle_timeout) => {
+                let idle = queue.permits.available_permits() == limits.max_pending_replies_per_connection
+                    && watches.lock().map(|w| w.is_empty()).unwrap_or(true);
+                if idle {
+                    shared.counters.client_idle_disconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        client = %addr,
+                        idle_ms = limits.idle_timeout.as_millis() as u64,
+                        "closing an idle client connection (no request, answer or watch)"
+                    );
+                    break 'conn;
+                }
+                continue 'conn;
+            }
         };
         match read {
             Ok(0) | Err(_) => break 'conn,
@@ -647,8 +803,27 @@ async fn serve_client(
             let _ = group.read(false, move |m: &mut KvMachine| m.unwatch(watch_id)).await;
         }
     }
+    drop(conn);
     drop(tx);
-    let _ = writer_task.await;
+    // A writer stuck on a client that does not read is given the slow-client
+    // timeout, then dropped with whatever it still holds.
+    if tokio::time::timeout(limits.slow_client_timeout, &mut writer_task).await.is_err() {
+        writer_task.abort();
+    }
+    // Answers that never reached the writer no longer wait for anyone.
+    let unanswered =
+        limits.max_pending_replies_per_connection.saturating_sub(queue.permits.available_permits()) as u64;
+    shared.counters.client_queued_replies.fetch_sub(unanswered, Ordering::Relaxed);
+    queue.permits.close();
+    shared.counters.client_connections_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// One connection as the request path sees it: where answers go, and the
+/// accounting that bounds them.
+#[derive(Clone)]
+struct Conn {
+    tx: FrameTx,
+    queue: Arc<ConnQueue>,
 }
 
 /// What a connection's writer sends instead of `frame` when `frame` does not
@@ -674,15 +849,12 @@ fn oversized_reply(frame: &ServerFrame, error: &wire::WireError) -> ServerFrame 
     }
 }
 
-/// Queues `frame` for a connection's writer; waits in a task only when the
-/// queue is full (a client not reading its answers).
-fn send_frame(out: &mpsc::Sender<ServerFrame>, frame: ServerFrame) {
-    if let Err(mpsc::error::TrySendError::Full(frame)) = out.try_send(frame) {
-        let out = out.clone();
-        tokio::spawn(async move {
-            let _ = out.send(frame).await;
-        });
-    }
+/// Queues an answer for a connection's writer. Never waits and never
+/// spawns: the reader took a permit for every request, so the answers queued
+/// are bounded by `max_pending_replies_per_connection`. A closed connection
+/// drops it.
+fn send_frame(out: &FrameTx, frame: ServerFrame) {
+    let _ = out.send(frame);
 }
 
 fn wall_clock_nanos() -> Nanos {
@@ -697,12 +869,8 @@ fn not_leader(shared: &Shared, group: GroupId, leader: Option<NodeId>) -> Server
 /// Proposes the writes `(request id, request)` for group `g`, many requests
 /// per Raft entry (one log record, one apply, one decode for the lot); each
 /// answer goes back under its own request id.
-fn propose_writes(
-    shared: &Arc<Shared>,
-    g: GroupId,
-    batch: Vec<(u64, Request)>,
-    tx: &mpsc::Sender<ServerFrame>,
-) {
+fn propose_writes(shared: &Arc<Shared>, g: GroupId, batch: Vec<(u64, Request)>, conn: &Conn) {
+    let tx = &conn.tx;
     shared.counters.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
     let node_id = shared.config.node_id;
     let Some(group) = shared.node.group(g) else {
@@ -773,13 +941,14 @@ fn propose_writes(
 fn handle_request(
     shared: &Arc<Shared>,
     frame: ClientFrame,
-    tx: &mpsc::Sender<ServerFrame>,
+    conn: &Conn,
     watches: &Arc<Mutex<HashMap<u64, (GroupId, u64)>>>,
 ) {
     let ClientFrame { id, group: g, body } = frame;
+    let tx = &conn.tx;
     let reply = tx.clone();
     let respond = move |result: Result<ResponseBody, ServerError>| async move {
-        let _ = reply.send(ServerFrame::Response { id, result }).await;
+        send_frame(&reply, ServerFrame::Response { id, result });
     };
     let node_id = shared.config.node_id;
     let group = match &body {
@@ -798,7 +967,7 @@ fn handle_request(
             let body = ResponseBody::Hello { node_id, cluster_id: shared.cluster_id };
             tokio::spawn(respond(Ok(body)));
         }
-        RequestBody::Write(request) => propose_writes(&shared, g, vec![(id, request)], tx),
+        RequestBody::Write(request) => propose_writes(&shared, g, vec![(id, request)], conn),
         RequestBody::Read { command, consistency } => {
             shared.counters.reads.fetch_add(1, Ordering::Relaxed);
             let group = group.expect("checked above");
@@ -836,6 +1005,7 @@ fn handle_request(
         RequestBody::Watch { key, subtree, after_index } => {
             let group = group.expect("checked above");
             let events_tx = tx.clone();
+            let queue = conn.queue.clone();
             let watches = watches.clone();
             tokio::spawn(async move {
                 let sink = Box::new(move |d: WatchDelivery| {
@@ -845,7 +1015,12 @@ fn handle_request(
                     };
                     // A client too slow to take its frames loses the watch
                     // (it resumes from its last index), never the server's memory.
-                    events_tx.try_send(frame).is_ok()
+                    let queued = queue.watch_frames.fetch_add(1, Ordering::Relaxed);
+                    if queued >= MAX_QUEUED_WATCH_FRAMES_PER_CLIENT as u64 {
+                        queue.watch_frames.fetch_sub(1, Ordering::Relaxed);
+                        return false;
+                    }
+                    events_tx.send(frame).is_ok()
                 });
                 let r = group
                     .read(false, move |m: &mut KvMachine| {
@@ -1107,6 +1282,12 @@ async fn node_status(shared: &Shared) -> NodeStatus {
         ("reads".into(), l(&c.reads)),
         ("bad_frames".into(), l(&c.bad_frames)),
         ("not_leader".into(), l(&c.not_leader)),
+        ("client_connections_open".into(), l(&c.client_connections_open)),
+        ("client_connections_refused".into(), l(&c.client_connections_refused)),
+        ("client_queued_replies".into(), l(&c.client_queued_replies)),
+        ("client_backpressure".into(), l(&c.client_backpressure)),
+        ("client_slow_disconnects".into(), l(&c.client_slow_disconnects)),
+        ("client_idle_disconnects".into(), l(&c.client_idle_disconnects)),
     ];
     let s = shared.node.storage_counters();
     counters.push(("storage_flushes".into(), l(&s.flushes)));

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{poll_until, TestCluster, TEST_DEADLINE};
-use tarn_kv::KvError;
+use tarn_io::wire;
+use tarn_kv::{Command, KvError};
 use tarn_server::client::{Client, ClientConfig, ClientError};
-use tarn_server::protocol::{Consistency, ServerError, MAX_CLIENT_FRAME_BYTES};
+use tarn_server::protocol::{ClientFrame, Consistency, RequestBody, ServerError, MAX_CLIENT_FRAME_BYTES};
+use tokio::io::AsyncWriteExt;
 
 const MIB: usize = 1 << 20;
 
@@ -119,6 +121,78 @@ async fn an_oversized_listing_is_refused_in_words_and_paging_returns_every_child
         assert_eq!(page_through(&client, "many", 300).await, want, "one full page, nothing more");
         // The unpaged listing of a small directory is unchanged.
         assert_eq!(client.list("many").await.unwrap().len(), 300);
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
+
+const SLOW_CLIENT_BOUND: usize = 64;
+
+fn slow_client_limits(c: &mut tarn_server::server::ServerConfig) {
+    c.connections.max_pending_replies_per_connection = SLOW_CLIENT_BOUND;
+    c.connections.slow_client_timeout = Duration::from_secs(2);
+}
+
+async fn counter(client: &Client, name: &str) -> u64 {
+    let status = client.status_of(0).await.expect("status");
+    status.counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v).expect(name)
+}
+
+/// A client that sends thousands of reads and never reads an answer used to
+/// grow the server without limit (a task per answer once the queue filled).
+/// Now the server stops reading it at `max_pending_replies_per_connection`
+/// queued answers, keeps serving everyone else, and closes it after the
+/// slow-client timeout, returning what it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_held_at_the_bound_then_closed() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let cluster = TestCluster::start_with(1, slow_client_limits).await;
+        let client = cluster.client();
+        // Large answers, so the kernel's socket buffers absorb only a few.
+        client.put("v", vec![b'x'; 256 << 10]).await.unwrap();
+        const SENT: u64 = 5000;
+        let mut bytes = Vec::new();
+        for id in 1..=SENT {
+            let body = RequestBody::Read {
+                command: Command::Get { key: "v".into() },
+                consistency: Consistency::Stale,
+            };
+            wire::encode_frame(&ClientFrame { id, group: 1, body }, MAX_CLIENT_FRAME_BYTES, &mut bytes)
+                .unwrap();
+        }
+        let stream = tokio::net::TcpStream::connect(cluster.clients[&1]).await.unwrap();
+        let (_never_read, mut write_half) = stream.into_split();
+        let sender = tokio::spawn(async move {
+            let _ = write_half.write_all(&bytes).await;
+            write_half
+        });
+        let requests_before = counter(&client, "requests").await;
+        poll_until("the reader pauses at the bound", || async {
+            (counter(&client, "client_backpressure").await >= 1).then_some(())
+        })
+        .await;
+        // Held at the bound: at most the bound queued (plus this status
+        // request's own answer), and most requests left unread.
+        let queued = counter(&client, "client_queued_replies").await;
+        assert!(queued <= SLOW_CLIENT_BOUND as u64 + 1, "{queued} answers queued");
+        let read = counter(&client, "requests").await - requests_before;
+        assert!(read < SENT / 5, "the server read {read} of {SENT} requests from a client that never reads");
+        // Everyone else is served meanwhile.
+        client.put("other", "1").await.expect("other clients are served");
+        poll_until("the slow client is closed", || async {
+            (counter(&client, "client_slow_disconnects").await == 1).then_some(())
+        })
+        .await;
+        let queued = poll_until("its answers are released", || async {
+            let q = counter(&client, "client_queued_replies").await;
+            (q <= 1).then_some(q)
+        })
+        .await;
+        assert!(queued <= 1, "only this status request's answer: {queued}");
+        let read_total = counter(&client, "requests").await - requests_before;
+        assert!(read_total < SENT / 5, "{read_total}");
+        sender.abort();
         cluster.shutdown().await;
     })
     .await
