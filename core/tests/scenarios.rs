@@ -981,3 +981,53 @@ fn a_proposal_above_max_entry_bytes_is_dropped_and_the_group_keeps_serving() {
         assert_eq!(c.applied_payloads(id).iter().filter(|p| p.len() == 1000).count(), 1, "node {id}");
     }
 }
+
+/// A heartbeat carries the leader's commit index, capped at the match index
+/// the leader keeps for this follower. That match index can describe a log
+/// the follower lost (a wiped node refilled by a stale leader): a rejoining
+/// follower commits only what an append of this leader showed to match (sim seed
+/// 23064981, 5 nodes chaos, where a wiped node applied 1@53 while the
+/// cluster had committed 2@53).
+#[test]
+fn a_heartbeat_commits_only_what_an_append_of_its_leader_matched() {
+    use tarn_core::{Action, Input, LogId, Message, MessageBody, RawNode, Recovered};
+    let mut cfg = Config::new(2, 9);
+    cfg.rejoin_after_data_loss = true;
+    // Node 2 lost its disk and was refilled: 1@1..1@3, where 3 came from a
+    // stale leader of term 1;
+    // the real leader (node 3, term 2) has 2@3 there.
+    let recovered = Recovered::from_log_and_initial(
+        hs(1, None),
+        Membership::new_voters([1, 2, 3]),
+        log_with_terms(&[1, 1, 1]),
+    );
+    let mut node = RawNode::new(cfg, recovered).expect("valid");
+    let mut actions = Vec::new();
+    node.step(0, Input::Tick, &mut actions);
+    let heartbeat = |commit, ctx| Message {
+        from: 3,
+        term: 2,
+        rejoining: false,
+        body: MessageBody::Heartbeat { commit, ctx },
+    };
+    actions.clear();
+    node.step(1_000, Input::Message(heartbeat(3, 1)), &mut actions);
+    assert_eq!(node.status().commit, 0, "nothing of this leader's log is known to match yet");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Apply { .. })), "{actions:?}");
+    // An append that matches at 2 (and replaces 3) verifies up to 3.
+    let append = Message {
+        from: 3,
+        term: 2,
+        rejoining: false,
+        body: MessageBody::AppendEntries {
+            session: 1,
+            prev_log_id: LogId::new(1, 2),
+            entries: log_with_terms(&[1, 1, 2])[2..].to_vec(),
+            commit: 2,
+        },
+    };
+    node.step(2_000, Input::Message(append), &mut actions);
+    node.step(3_000, Input::Message(heartbeat(3, 2)), &mut actions);
+    assert_eq!(node.status().commit, 3);
+    assert_eq!(node.last_log_id(), LogId::new(2, 3));
+}

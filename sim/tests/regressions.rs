@@ -46,6 +46,8 @@ const FAILED_SEEDS: &[(usize, ProfileKind, u64, &[u64])] = &[
     (5, ProfileKind::Swarm, 10, &[42001059, 91]),
     (3, ProfileKind::Chaos, 40, &[22016619]),
     (7, ProfileKind::Chaos, 10, &[60125543]),
+    (5, ProfileKind::Chaos, 10, &[23064981]),
+    (5, ProfileKind::Chaos, 40, &[23056445]),
 ];
 
 #[test]
