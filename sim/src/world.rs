@@ -1228,7 +1228,15 @@ impl World {
             rec.log.get(index.checked_sub(first)? as usize).map(|e| e.term)
         };
         let covered = acked.index <= snap_last.index;
-        if acked.index > 0 && !covered && in_log(acked.index) != Some(acked.term) {
+        // A recovered snapshot of a later term than the acknowledged entry,
+        // below it, means the entry sat on a branch the snapshot's committed
+        // state left behind (terms never decrease along a log, so it cannot
+        // follow the snapshot), and installing the snapshot discards it: an
+        // install whose snapshot was durable when the node crashed, before it
+        // could drop the log itself (seed 24078876, 5 nodes 40 s: acked
+        // 28@1457, recovered snapshot 29@1456 and no log).
+        let superseded = snap_last.index < acked.index && acked.term < snap_last.term;
+        if acked.index > 0 && !covered && !superseded && in_log(acked.index) != Some(acked.term) {
             let detail = format!(
                 "n{id} acknowledged its log durable up to {acked}, but after a crash it recovered {} entries \
                  (last {:?}, snapshot {snap_last})",
