@@ -49,6 +49,7 @@ const FAILED_SEEDS: &[(usize, ProfileKind, u64, &[u64])] = &[
     (5, ProfileKind::Chaos, 10, &[23064981]),
     (5, ProfileKind::Chaos, 40, &[23056445]),
     (5, ProfileKind::Swarm, 40, &[24078876]),
+    (5, ProfileKind::Chaos, 10, &[24103109]),
 ];
 
 #[test]
