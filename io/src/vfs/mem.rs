@@ -196,6 +196,12 @@ impl MemVfs {
             };
             inodes.insert(id, Inode { data: bytes.clone(), durable: bytes, pending: Vec::new() });
         }
+        MemVfs::after_power_loss(&old, names, inodes)
+    }
+
+    /// The disk a power loss leaves: only durable `names`, each file with
+    /// the bytes in `inodes` and nothing pending (shared by both crashes).
+    fn after_power_loss(old: &State, names: BTreeMap<PathBuf, u64>, inodes: BTreeMap<u64, Inode>) -> MemVfs {
         let state = State {
             inodes,
             next_inode: old.next_inode,
@@ -252,15 +258,7 @@ impl MemVfs {
             }
             inodes.insert(id, Inode { data: bytes.clone(), durable: bytes, pending: Vec::new() });
         }
-        let state = State {
-            inodes,
-            next_inode: old.next_inode,
-            durable_names: names.clone(),
-            names,
-            dirs: old.dirs.clone(),
-            ..State::default()
-        };
-        MemVfs { state: Arc::new(Mutex::new(state)) }
+        MemVfs::after_power_loss(&old, names, inodes)
     }
 
     /// Flips bit `bit` (0..8) of byte `offset` of `path`, in both the current
