@@ -874,15 +874,19 @@ fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
             .collect();
         let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{}:{v}", json_str(k))).collect();
         println!(
-            "{{\"endpoint\":\"{endpoint}\",\"node\":{},\"cluster_id\":{},\"groups\":[{}],\"counters\":{{{}}}}}",
+            "{{\"endpoint\":\"{endpoint}\",\"node\":{},\"cluster_id\":{},\"first_start\":{},\"groups\":[{}],\"counters\":{{{}}}}}",
             s.node_id,
             s.cluster_id,
+            s.first_start.as_deref().map_or("null".into(), json_str),
             groups.join(","),
             counters.join(",")
         );
         return;
     }
     println!("node {} at {endpoint} (cluster {:#x})", s.node_id, s.cluster_id);
+    if let Some(note) = &s.first_start {
+        println!("  {note}");
+    }
     for g in &s.groups {
         println!(
             "  group {}: {} term {} leader {} commit {} applied {} last {} voters {:?} learners {:?}{}{}",

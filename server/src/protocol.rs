@@ -163,6 +163,10 @@ pub struct NodeStatus {
     pub peers: Vec<(NodeId, SocketAddr)>,
     pub groups: Vec<GroupStatus>,
     pub counters: Vec<(String, u64)>,
+    /// Set while an empty data directory waits for its peers' answers
+    /// before its groups start (first start of a `--cluster` node): says
+    /// which nodes it waits for.
+    pub first_start: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

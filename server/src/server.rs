@@ -14,6 +14,7 @@ use tarn_io::driver::{
     FileStore, GroupHandle, LogStore, MemStore, Node, NodeConfig, ProposeError, ProposeFn, ReadError, ReadFn,
     WriteMode,
 };
+use tarn_io::transport::probe::ProbeState;
 use tarn_io::wire::{self, FrameDecoder};
 use tarn_kv::{encode_entry, Command, KvConfig, KvEntry, Reply, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 mod admission;
+mod first_start;
 mod join;
 
 use crate::machine::{KvMachine, WatchDelivery};
@@ -330,13 +332,15 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Creates the data dir or checks that it belongs to this node and cluster.
-fn check_identity(config: &ServerConfig) -> Result<(), StartError> {
+/// Checks the identity file against `config`. `Ok(false)`: there is none
+/// yet (write it with [`write_identity`] once the start is decided).
+fn check_identity(config: &ServerConfig) -> Result<bool, StartError> {
     let dir = &config.data_dir;
     let err = |reason: String| StartError::DataDir { dir: dir.clone(), reason };
     std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
     let want = format!("node_id={}\ncluster_id={:#x}\n", config.node_id, config.effective_cluster_id());
     match std::fs::read_to_string(dir.join(IDENTITY_FILE)) {
-        Ok(found) if found == want => Ok(()),
+        Ok(found) if found == want => Ok(true),
         Ok(found) => {
             let field = |key: &str| {
                 found
@@ -358,12 +362,18 @@ fn check_identity(config: &ServerConfig) -> Result<(), StartError> {
                 )))
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_atomic(dir, IDENTITY_FILE, want.as_bytes())
-                .map_err(|e| err(format!("cannot write identity: {e}")))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(err(format!("cannot read {IDENTITY_FILE}: {e}"))),
     }
+}
+
+/// Writes the identity file: from now on the directory is this node's, and
+/// its first start is decided (see `first_start`).
+fn write_identity(config: &ServerConfig) -> Result<(), StartError> {
+    let dir = &config.data_dir;
+    let want = format!("node_id={}\ncluster_id={:#x}\n", config.node_id, config.effective_cluster_id());
+    write_atomic(dir, IDENTITY_FILE, want.as_bytes())
+        .map_err(|e| StartError::DataDir { dir: dir.clone(), reason: format!("cannot write identity: {e}") })
 }
 
 fn load_groups(config: &ServerConfig) -> Result<BTreeMap<GroupId, Vec<NodeId>>, StartError> {
@@ -462,6 +472,63 @@ struct Shared {
     malformed_directory_entries: Mutex<BTreeSet<String>>,
     /// The core's `max_entry_bytes` as started (see [`ServerConfig::max_entry_bytes`]).
     max_entry_bytes: usize,
+    /// What an undecided first start waits for (`None` once decided).
+    first_start: Mutex<Option<String>>,
+}
+
+/// The first start of a `--cluster` node with an empty directory: decide
+/// whether it may vote (`first_start`), make that durable, then start its
+/// groups and keep its peers, as a start with a decided directory does at
+/// once.
+async fn first_start_then_run(
+    shared: Arc<Shared>,
+    incarnation: u64,
+    probe_state: Arc<ProbeState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let config = &shared.config;
+    let node = config.node_id;
+    let decision = tokio::select! {
+        d = first_start::decide(config, incarnation, &shared.first_start) => d,
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    let recorded = first_start::record(config, &decision)
+        .map_err(|e| e.to_string())
+        .and_then(|()| write_identity(config).map_err(|e| e.to_string()));
+    if let Err(e) = recorded {
+        // Without a durable decision, starting could vote twice after a
+        // crash: stay without groups, and say why.
+        tracing::error!(node, error = %e, "cannot record the first start's decision; the node serves no group (fix the data directory and restart)");
+        *shared.first_start.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(format!("first start could not be recorded: {e}"));
+        return;
+    }
+    probe_state.decided(decision.born_with());
+    match &decision {
+        first_start::Decision::New(_) => tracing::info!(node, "first start: every peer is new too; a new cluster"),
+        first_start::Decision::LateStart { peer, .. } => {
+            tracing::info!(node, peer, "first start: node {peer} saw this directory at the cluster's birth; starting as a voter")
+        }
+        first_start::Decision::DataLost { peer } => tracing::warn!(
+            node,
+            peer,
+            "this data directory is empty but node {peer} has a history: this node lost its data. It will not vote until \
+             a committed configuration lists it as a non-voter: run `tarn member remove {node}`, then \
+             `tarn member add {node} <peer-addr> --learner`, wait until `tarn status` no longer shows it rejoining, then promote it"
+        ),
+    }
+    let rejoin = decision.rejoin();
+    let groups = shared.groups.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (g, voters) in groups {
+        let membership = Membership::new_voters(voters.iter().copied());
+        if let Err(e) =
+            shared.node.add_group_with(g, membership, KvMachine::new(config.kv.clone()), rejoin).await
+        {
+            tracing::error!(node, group = g, error = %e, "cannot start group after the first start");
+        }
+    }
+    *shared.first_start.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    join::maintain_peers(shared.clone(), rejoin, stop).await;
 }
 
 /// A running server. Stop it with [`Server::shutdown`].
@@ -485,9 +552,30 @@ impl Server {
             }
             None => (config, BTreeMap::new()),
         };
-        if !config.in_memory {
-            check_identity(&config)?;
-        }
+        // A `--cluster` node with an empty directory decides, by asking its
+        // peers, whether it may vote (`first_start`); any other start is
+        // decided at once.
+        let mut probe_incarnation = None;
+        let probe_state = if config.in_memory {
+            ProbeState::default()
+        } else {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| StartError::DataDir {
+                dir: config.data_dir.clone(),
+                reason: format!("cannot create it: {e}"),
+            })?;
+            let decided = check_identity(&config)?;
+            if !decided && config.join.is_none() && config.cluster.len() > 1 {
+                let incarnation = first_start::incarnation(&config)?;
+                probe_incarnation = Some(incarnation);
+                ProbeState::fresh(incarnation)
+            } else {
+                if !decided {
+                    write_identity(&config)?;
+                }
+                ProbeState::member(first_start::born_with(&config)?)
+            }
+        };
+        let probe_state = Arc::new(probe_state);
         let client_listener = TcpListener::bind(config.client_addr).await.map_err(|source| {
             StartError::Bind { addr: config.client_addr, what: "clients", flag: "client", source }
         })?;
@@ -516,8 +604,10 @@ impl Server {
         let mut node_config = config.node_config();
         // Until a committed configuration lists it as a non-voter, a joining
         // node must not vote: it may have voted before losing its data.
-        let rejoin = config.join.is_some() && !join::rejoined(&config);
+        let rejoin =
+            (config.join.is_some() || first_start::rejoin_required(&config)) && !join::rejoined(&config);
         node_config.raft.rejoin_after_data_loss = rejoin;
+        node_config.probe_state = probe_state.clone();
         // A client pointed at the peer port reads this and gives up at once.
         let stranger =
             ServerFrame::Response { id: 0, result: Err(ServerError::PeerPort { node: config.node_id }) };
@@ -537,13 +627,15 @@ impl Server {
         }
         let max_entry_bytes = node_config.raft.max_entry_bytes;
         let node = Node::start(node_config, store, peer_listener, peers)?;
-        for (g, voters) in &groups {
-            node.add_group(
-                *g,
-                Membership::new_voters(voters.iter().copied()),
-                KvMachine::new(config.kv.clone()),
-            )
-            .await?;
+        if probe_incarnation.is_none() {
+            for (g, voters) in &groups {
+                node.add_group(
+                    *g,
+                    Membership::new_voters(voters.iter().copied()),
+                    KvMachine::new(config.kv.clone()),
+                )
+                .await?;
+            }
         }
         tracing::info!(node = config.node_id, %client_addr, ?peer_addr, groups = groups.len(), "tarn server started");
         let shared = Arc::new(Shared {
@@ -556,9 +648,14 @@ impl Server {
             base_peers,
             malformed_directory_entries: Mutex::default(),
             max_entry_bytes,
+            first_start: Mutex::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
-        if shared.peer_addr.is_some() {
+        if let Some(incarnation) = probe_incarnation {
+            *shared.first_start.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some("first start: asking the peers whether this empty data directory may vote".into());
+            tokio::spawn(first_start_then_run(shared.clone(), incarnation, probe_state, stop_rx.clone()));
+        } else if shared.peer_addr.is_some() {
             tokio::spawn(join::maintain_peers(shared.clone(), rejoin, stop_rx.clone()));
         }
         let accept = tokio::spawn(accept_clients(shared.clone(), client_listener, stop_rx));
@@ -1311,5 +1408,13 @@ async fn node_status(shared: &Shared) -> NodeStatus {
         peers.push((shared.config.node_id, addr));
         peers.sort();
     }
-    NodeStatus { node_id: shared.config.node_id, cluster_id: shared.cluster_id, peers, groups, counters }
+    let first_start = shared.first_start.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    NodeStatus {
+        node_id: shared.config.node_id,
+        cluster_id: shared.cluster_id,
+        peers,
+        groups,
+        counters,
+        first_start,
+    }
 }

@@ -6,7 +6,6 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{poll_until, TestCluster, TEST_DEADLINE};
-use tarn_server::client::{Client, ClientConfig};
 use tarn_server::protocol::{Consistency, MemberChange};
 
 async fn counter(cluster: &TestCluster, id: u64, name: &str) -> u64 {
@@ -140,7 +139,7 @@ async fn a_new_node_joins_a_running_cluster_catches_up_and_replaces_a_dead_one()
         // The leader dies: three of four voters remain, node 4 among them,
         // so nothing commits without it.
         cluster.stop_node(leader).await;
-        let survivor = client_of_survivors(&cluster);
+        let survivor = cluster.client_of_running();
         for i in 0..20 {
             survivor.put(&format!("d.after{i}"), format!("w{i}")).await.unwrap();
         }
@@ -161,14 +160,6 @@ async fn a_new_node_joins_a_running_cluster_catches_up_and_replaces_a_dead_one()
     })
     .await
     .expect("test deadline");
-}
-
-fn client_of_survivors(cluster: &TestCluster) -> Client {
-    let endpoints = cluster.servers.keys().map(|id| cluster.clients[id]).collect();
-    let mut c = ClientConfig::new(endpoints);
-    c.request_timeout = std::time::Duration::from_secs(20);
-    c.retry_backoff = std::time::Duration::from_millis(20);
-    Client::new(c)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,26 +227,11 @@ async fn a_voter_that_lost_its_data_rejoins_with_join() {
         std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
         cluster.joiners.insert(victim);
         cluster.start_node(victim).await;
-        // The operator walks it out and back in: remove, add as learner, promote.
-        client.change_membership(vec![MemberChange::Remove(victim)]).await.unwrap();
-        client.add_member(victim, None, true).await.unwrap();
-        // Promote only once it has seen a committed configuration listing it
-        // as a learner (status: rejoining false): promoted earlier, it would
-        // stay a voter that never votes.
-        let marker = cluster.data_dir(victim).join("tarn-rejoined");
-        poll_until("the wiped node records that it rejoined", || async {
-            let rejoining = cluster.servers[&victim].status().await.groups[0].rejoining;
-            (!rejoining && marker.exists()).then_some(())
-        })
-        .await;
-        poll_until("the wiped node promoted", || async {
-            client.change_membership(vec![MemberChange::Promote(victim)]).await.ok()
-        })
-        .await;
+        cluster.walk_back_in(&client, victim).await;
         // The other survivor-to-be stops: nothing commits without the wiped node.
         let other = cluster.leader().await;
         cluster.stop_node(other).await;
-        let survivors = client_of_survivors(&cluster);
+        let survivors = cluster.client_of_running();
         survivors.put("d.after", "y").await.unwrap();
         let on_victim = cluster.client_of(victim);
         poll_until("the wiped node serves everything", || async {

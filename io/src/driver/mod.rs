@@ -68,6 +68,7 @@ pub use store::{
 };
 use store::{StorageRequest, StorageWorker};
 
+use crate::transport::probe::ProbeState;
 use crate::transport::{InboundSink, Transport, TransportConfig, TransportError, TransportStats};
 
 /// How a node runs its groups.
@@ -90,6 +91,9 @@ pub struct NodeConfig {
     /// (see `TransportConfig::stranger_reply`): lets the embedding server tell
     /// a misdirected client, in its own protocol, to use the client port.
     pub peer_port_stranger_reply: Option<Vec<u8>>,
+    /// What the peer port answers to a first-start probe
+    /// (`transport::probe`): the embedding server decides.
+    pub probe_state: Arc<ProbeState>,
 }
 
 impl NodeConfig {
@@ -107,6 +111,7 @@ impl NodeConfig {
             group_queue_capacity: 65_536,
             tick_interval: Duration::from_millis(50),
             peer_port_stranger_reply: None,
+            probe_state: Arc::default(),
         }
     }
 }
@@ -455,6 +460,7 @@ impl<SM: StateMachine> Node<SM> {
                 });
                 let mut tc = TransportConfig::new(config.node_id, config.cluster_id, peers);
                 tc.stranger_reply = config.peer_port_stranger_reply.clone();
+                tc.probe_state = config.probe_state.clone();
                 let needed = max_peer_message_bytes_of(&probe);
                 if needed > tc.max_frame_bytes {
                     return Err(DriverError::Config {
@@ -493,7 +499,22 @@ impl<SM: StateMachine> Node<SM> {
         &self,
         group: GroupId,
         membership: Membership,
+        sm: SM,
+    ) -> Result<GroupHandle<SM>, DriverError> {
+        let rejoin = self.inner.config.raft.rejoin_after_data_loss;
+        self.add_group_with(group, membership, sm, rejoin).await
+    }
+
+    /// [`Node::add_group`], but with the core's `rejoin_after_data_loss`
+    /// chosen for this group (rather than the node's template): a server
+    /// learns only after its transport runs whether its empty data
+    /// directory lost a history (`transport::probe`).
+    pub async fn add_group_with(
+        &self,
+        group: GroupId,
+        membership: Membership,
         mut sm: SM,
+        rejoin_after_data_loss: bool,
     ) -> Result<GroupHandle<SM>, DriverError> {
         if self.handles_read().contains_key(&group) {
             return Err(DriverError::GroupExists { group });
@@ -520,6 +541,7 @@ impl<SM: StateMachine> Node<SM> {
         };
         let mut raft = self.inner.config.raft.clone();
         raft.id = node;
+        raft.rejoin_after_data_loss = rejoin_after_data_loss;
         raft.seed ^= group.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let raw = RawNode::new(raft, recovered)
             .map_err(|e| DriverError::Config { group, reason: e.to_string() })?;

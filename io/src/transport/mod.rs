@@ -46,7 +46,10 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::wire::{self, Envelope, FrameDecoder, PeerFrame, WireError};
+use crate::wire::{self, Envelope, FrameDecoder, PeerFrame, ProbeAnswer, WireError};
+
+pub mod probe;
+use probe::ProbeState;
 
 /// Bounds and identities of one node's transport.
 #[derive(Debug, Clone)]
@@ -73,6 +76,9 @@ pub struct TransportConfig {
     /// understand ("this is a peer port"), so they fail at once instead of
     /// retrying. `None`: just close.
     pub stranger_reply: Option<Vec<u8>>,
+    /// What this node answers to a first-start probe (see [`probe`]). The
+    /// default answers as a member that recognizes nobody.
+    pub probe_state: Arc<ProbeState>,
 }
 
 /// Accepted connections waiting to be handed to their peer's task. Small:
@@ -92,6 +98,7 @@ impl TransportConfig {
             reconnect_backoff_max_ms: 1_000,
             hello_timeout_ms: 5_000,
             stranger_reply: None,
+            probe_state: Arc::default(),
         }
     }
 
@@ -590,9 +597,11 @@ async fn read_loop<M: DeserializeOwned>(
                     shared.stats.messages_received.fetch_add(1, Ordering::Relaxed);
                     (shared.sink)(peer, group, message);
                 }
-                Ok(Some(PeerFrame::Hello { .. })) => {
+                Ok(Some(
+                    PeerFrame::Hello { .. } | PeerFrame::Probe { .. } | PeerFrame::ProbeReply { .. },
+                )) => {
                     shared.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(node, peer, %remote, "second hello on a peer connection; closing it");
+                    tracing::error!(node, peer, %remote, "a handshake frame in the middle of a peer connection; closing it");
                     return;
                 }
                 Ok(None) => break,
@@ -614,19 +623,34 @@ async fn read_loop<M: DeserializeOwned>(
     }
 }
 
-/// Reads frames until the first one, which must be a Hello. `Ok(None)`: the
-/// other side closed before saying anything.
-async fn read_hello<M: DeserializeOwned>(
+/// The first frame of a connection: a handshake, never a message.
+enum First {
+    Hello { cluster_id: u64, from: NodeId, to: NodeId },
+    Probe { cluster_id: u64, from: NodeId, to: NodeId, incarnation: u64 },
+    ProbeReply { cluster_id: u64, from: NodeId, answer: ProbeAnswer },
+}
+
+/// Reads frames until the first one, which must be a handshake frame.
+/// `Ok(None)`: the other side closed before saying anything.
+async fn read_first<M: DeserializeOwned>(
     stream: &mut TcpStream,
     decoder: &mut FrameDecoder,
     addr: &str,
-) -> Result<Option<(u64, NodeId, NodeId)>, TransportError> {
+) -> Result<Option<First>, TransportError> {
     loop {
         let frame = decoder
             .next_frame::<PeerFrame<M>>()
             .map_err(|source| TransportError::Wire { addr: addr.into(), source })?;
         match frame {
-            Some(PeerFrame::Hello { cluster_id, from, to }) => return Ok(Some((cluster_id, from, to))),
+            Some(PeerFrame::Hello { cluster_id, from, to }) => {
+                return Ok(Some(First::Hello { cluster_id, from, to }))
+            }
+            Some(PeerFrame::Probe { cluster_id, from, to, incarnation }) => {
+                return Ok(Some(First::Probe { cluster_id, from, to, incarnation }))
+            }
+            Some(PeerFrame::ProbeReply { cluster_id, from, answer }) => {
+                return Ok(Some(First::ProbeReply { cluster_id, from, answer }))
+            }
             Some(PeerFrame::Message(_)) => {
                 return Err(TransportError::Handshake {
                     addr: addr.into(),
@@ -676,11 +700,20 @@ async fn dial<M: Serialize + DeserializeOwned>(
             .map_err(|source| TransportError::Wire { addr: addr_s.clone(), source })?;
         stream.write_all(buf).await.map_err(io)?;
         let mut decoder = FrameDecoder::new(config.max_frame_bytes);
-        let Some((cluster_id, from, to)) = read_hello::<M>(&mut stream, &mut decoder, &addr_s).await? else {
-            return Err(TransportError::Handshake {
-                addr: addr_s.clone(),
-                reason: format!("node {peer} closed the connection during the handshake (it refused this node; see its log)"),
-            });
+        let (cluster_id, from, to) = match read_first::<M>(&mut stream, &mut decoder, &addr_s).await? {
+            Some(First::Hello { cluster_id, from, to }) => (cluster_id, from, to),
+            Some(_) => {
+                return Err(TransportError::Handshake {
+                    addr: addr_s.clone(),
+                    reason: format!("node {peer} answered the hello with another handshake frame"),
+                })
+            }
+            None => {
+                return Err(TransportError::Handshake {
+                    addr: addr_s.clone(),
+                    reason: format!("node {peer} closed the connection during the handshake (it refused this node; see its log)"),
+                })
+            }
         };
         check_cluster(config, cluster_id, &addr_s)?;
         if from != peer || to != config.node_id {
@@ -765,8 +798,17 @@ async fn accept_handshake<M: Serialize + DeserializeOwned>(
     let _ = stream.set_nodelay(true);
     let mut decoder = FrameDecoder::new(config.max_frame_bytes);
     // A connection closed before saying anything (a port probe) is not an error.
-    let (cluster_id, from, to) = match read_hello::<M>(&mut stream, &mut decoder, &addr_s).await {
-        Ok(Some(hello)) => hello,
+    let (cluster_id, from, to) = match read_first::<M>(&mut stream, &mut decoder, &addr_s).await {
+        Ok(Some(First::Hello { cluster_id, from, to })) => (cluster_id, from, to),
+        Ok(Some(First::Probe { cluster_id, from, to, incarnation })) => {
+            return answer_probe(config, stream, &addr_s, (cluster_id, from, to, incarnation)).await;
+        }
+        Ok(Some(First::ProbeReply { .. })) => {
+            return Err(TransportError::Handshake {
+                addr: addr_s,
+                reason: "a probe reply nobody asked for".into(),
+            })
+        }
         Ok(None) => return Ok(()),
         // Another wire version is a peer of another build: a real error.
         Err(e @ TransportError::Wire { source: WireError::UnsupportedVersion { .. }, .. }) => return Err(e),
@@ -813,6 +855,31 @@ async fn accept_handshake<M: Serialize + DeserializeOwned>(
         tracing::debug!(node = config.node_id, peer = from, "dropping an accepted connection nobody takes");
     }
     Ok(())
+}
+
+/// Answers a first-start probe (see [`probe`]) and closes the connection.
+async fn answer_probe(
+    config: &TransportConfig,
+    mut stream: TcpStream,
+    addr: &str,
+    (cluster_id, from, to, incarnation): (u64, NodeId, NodeId, u64),
+) -> Result<(), TransportError> {
+    check_cluster(config, cluster_id, addr)?;
+    if to != config.node_id {
+        return Err(TransportError::Handshake {
+            addr: addr.into(),
+            reason: format!("node {from} probed node {to}, but this is node {}", config.node_id),
+        });
+    }
+    let answer = config.probe_state.answer(from, incarnation);
+    tracing::info!(node = config.node_id, peer = from, ?answer, "answered a first-start probe");
+    let reply: PeerFrame<()> =
+        PeerFrame::ProbeReply { cluster_id: config.cluster_id, from: config.node_id, answer };
+    let bytes = wire::encode_frame_vec(&reply, probe::PROBE_FRAME_BYTES)
+        .map_err(|source| TransportError::Wire { addr: addr.into(), source })?;
+    let io = |source| TransportError::Io { addr: addr.into(), source };
+    stream.write_all(&bytes).await.map_err(io)?;
+    stream.shutdown().await.map_err(io)
 }
 
 #[cfg(test)]

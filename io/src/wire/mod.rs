@@ -228,7 +228,9 @@ impl FrameDecoder {
 }
 
 /// What travels on a peer connection. The first frame on every connection is
-/// `Hello`; everything after it is `Message`.
+/// `Hello`; everything after it is `Message`. A connection that starts with
+/// `Probe` instead gets one `ProbeReply` and is closed (see
+/// [`crate::transport::probe`]).
 ///
 /// Generic over the Raft message type so the transport can be tested without
 /// the core; in production `M` is `tarn_core::Message`.
@@ -240,6 +242,36 @@ pub enum PeerFrame<M> {
     /// One Raft message for one group. All groups share the connection; the
     /// group id lives here, not inside the core's message.
     Message(Envelope<M>),
+    /// A node whose data directory holds no Raft state asks a peer, before
+    /// it may vote, whether the cluster already has a history.
+    /// `incarnation` names this data directory (random, chosen when it was
+    /// created empty), so a peer can tell a late first start from a wipe.
+    Probe { cluster_id: u64, from: NodeId, to: NodeId, incarnation: u64 },
+    /// The answer to a `Probe`, then the connection closes.
+    ProbeReply { cluster_id: u64, from: NodeId, answer: ProbeAnswer },
+}
+
+/// What a node answers to a [`PeerFrame::Probe`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeAnswer {
+    /// This node holds no Raft state either: it is itself still waiting to
+    /// learn whether the cluster is new.
+    Fresh {
+        /// The answering data directory's incarnation.
+        incarnation: u64,
+    },
+    /// This node is a member with a history (it may have voted, and may
+    /// hold votes given by the asker before a wipe).
+    Member {
+        /// The asker's incarnation is the one this node saw fresh when the
+        /// cluster was born: the asker's directory was never wiped since,
+        /// so it never voted and may start as a voter.
+        knew_you: bool,
+        /// Every node's incarnation at the cluster's birth, as this node
+        /// recorded it (empty if it knows none). A node that starts late
+        /// records it too, so it recognizes the others' late starts.
+        born_with: Vec<(NodeId, u64)>,
+    },
 }
 
 /// One Raft message addressed to a group on the receiving node.

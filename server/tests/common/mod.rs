@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tarn_core::NodeId;
 use tarn_server::client::{Client, ClientConfig};
+use tarn_server::protocol::MemberChange;
 use tarn_server::server::{Server, ServerConfig, StartError};
 
 /// Every test gives up after this long.
@@ -97,7 +98,15 @@ impl TestCluster {
                     Err(e) => panic!("node {id} did not start: {e}"),
                 }
             }
-            let Some(e) = failed else { return };
+            let Some(e) = failed else {
+                // A new cluster's nodes start their groups once every node
+                // answered the first-start probe.
+                poll_until("every node decided its first start", || async {
+                    self.servers.values().all(|s| s.group(1).is_some()).then_some(())
+                })
+                .await;
+                return;
+            };
             eprintln!("cluster start failed (attempt {attempt}, retrying on fresh ports): {e}");
             for (_, s) in std::mem::take(&mut self.servers) {
                 s.shutdown().await;
@@ -206,6 +215,38 @@ impl TestCluster {
         c.request_timeout = Duration::from_secs(20);
         c.retry_backoff = Duration::from_millis(20);
         Client::new(c)
+    }
+
+    /// A client of every node now running.
+    pub fn client_of_running(&self) -> Client {
+        let endpoints = self.servers.keys().map(|id| self.clients[id]).collect();
+        let mut c = ClientConfig::new(endpoints);
+        c.request_timeout = Duration::from_secs(20);
+        c.retry_backoff = Duration::from_millis(20);
+        Client::new(c)
+    }
+
+    /// The operator's walk back in for a node that lost its data and
+    /// rejoins: remove it, add it as a learner, wait until it no longer
+    /// rejoins (and recorded so), then promote it. Promoted earlier, it would
+    /// stay a voter that never votes.
+    pub async fn walk_back_in(&self, client: &Client, node: NodeId) {
+        poll_until("the wiped node removed", || async {
+            client.change_membership(vec![MemberChange::Remove(node)]).await.ok()
+        })
+        .await;
+        client.add_member(node, None, true).await.unwrap();
+        let marker = self.data_dir(node).join("tarn-rejoined");
+        poll_until("the wiped node records that it rejoined", || async {
+            let status = self.servers[&node].status().await;
+            let rejoining = status.groups.iter().find(|g| g.group == 1)?.rejoining;
+            (!rejoining && marker.exists()).then_some(())
+        })
+        .await;
+        poll_until("the wiped node promoted", || async {
+            client.change_membership(vec![MemberChange::Promote(node)]).await.ok()
+        })
+        .await;
     }
 
     pub fn client_of(&self, id: NodeId) -> Client {
