@@ -12,7 +12,7 @@ use crate::key::KeyProblem;
 /// Why a command was refused. A refused command changed nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum KvError {
-    #[error("invalid key {key:?}: {problem}")]
+    #[error("invalid key {}: {problem}", ShortKey(key))]
     InvalidKey { key: String, problem: KeyProblem },
     #[error("value for key {key:?} is {size_bytes} bytes, more than the maximum {max_bytes}")]
     ValueTooLarge { key: String, size_bytes: usize, max_bytes: usize },
@@ -48,7 +48,7 @@ pub enum KvError {
     LockBusy { key: String, holder: ClientId },
     #[error("lock {key:?} already has {max} waiters; retry later")]
     TooManyWaiters { key: String, max: usize },
-    #[error("TTL of {ttl_nanos} ns for key {key:?} is outside [{min_nanos}, {max_nanos}] ns")]
+    #[error("TTL of {} for key {key:?} is outside [{}, {}]", Ms(*ttl_nanos), Ms(*min_nanos), Ms(*max_nanos))]
     InvalidTtl { key: String, ttl_nanos: u64, min_nanos: u64, max_nanos: u64 },
     #[error("batch of {count} items is larger than the maximum {max}; split it")]
     TooManyItems { count: usize, max: usize },
@@ -102,4 +102,62 @@ pub enum SnapshotError {
     Incomplete,
     #[error("snapshot digest mismatch: header says {expected:#018x}, rebuilt state has {actual:#018x}")]
     Digest { expected: u64, actual: u64 },
+}
+
+/// A key in an error message: quoted, and cut after 64 bytes (an invalid
+/// key may be kilobytes long; the message is for a person).
+struct ShortKey<'a>(&'a str);
+
+impl std::fmt::Display for ShortKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 64;
+        if self.0.len() <= SHOWN {
+            return write!(f, "{:?}", self.0);
+        }
+        let cut = (0..=SHOWN).rev().find(|i| self.0.is_char_boundary(*i)).unwrap_or(0);
+        write!(f, "{:?}... ({} bytes)", &self.0[..cut], self.0.len())
+    }
+}
+
+/// Nanoseconds shown in milliseconds, the unit clients give TTLs and leases in.
+struct Ms(u64);
+
+impl std::fmt::Display for Ms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const NS_PER_MS: u64 = 1_000_000;
+        if self.0.is_multiple_of(NS_PER_MS) {
+            write!(f, "{} ms", self.0 / NS_PER_MS)
+        } else {
+            write!(f, "{:.6} ms", self.0 as f64 / NS_PER_MS as f64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyProblem;
+
+    #[test]
+    fn a_long_invalid_key_is_cut_and_its_limit_named() {
+        let key = "k".repeat(9000);
+        let e = KvError::InvalidKey {
+            key: key.clone(),
+            problem: KeyProblem::LongerThan { size_bytes: 9000, max_bytes: 8192 },
+        };
+        let msg = e.to_string();
+        assert!(msg.len() < 200, "{msg}");
+        assert!(msg.contains("9000 bytes") && msg.contains("8192"), "{msg}");
+    }
+
+    #[test]
+    fn ttls_are_shown_in_milliseconds() {
+        let e = KvError::InvalidTtl {
+            key: "t".into(),
+            ttl_nanos: 1_500_000,
+            min_nanos: 1_000_000,
+            max_nanos: 2_000_000,
+        };
+        assert_eq!(e.to_string(), "TTL of 1.500000 ms for key \"t\" is outside [1 ms, 2 ms]");
+    }
 }

@@ -28,10 +28,21 @@ pub enum KeyProblem {
     EmptySegment,
     /// Contains a whitespace or control character.
     Whitespace,
+    /// Longer than `max_key_size_bytes`, with both figures (replaces
+    /// `TooLong`, kept for the wire contract).
+    LongerThan {
+        /// The key's length.
+        size_bytes: usize,
+        /// The configured maximum.
+        max_bytes: usize,
+    },
 }
 
 impl std::fmt::Display for KeyProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let KeyProblem::LongerThan { size_bytes, max_bytes } = self {
+            return write!(f, "the key is {size_bytes} bytes, more than the maximum {max_bytes} bytes");
+        }
         f.write_str(match self {
             KeyProblem::Empty => "the key is empty (the root is only valid for get and list)",
             KeyProblem::TooLong => "the key is longer than the configured maximum",
@@ -39,6 +50,7 @@ impl std::fmt::Display for KeyProblem {
             KeyProblem::TrailingSeparator => "the key ends with '.'",
             KeyProblem::EmptySegment => "the key has an empty segment ('..')",
             KeyProblem::Whitespace => "the key contains whitespace or a control character",
+            KeyProblem::LongerThan { .. } => unreachable!("written above"),
         })
     }
 }
@@ -51,7 +63,7 @@ pub fn check_key(key: &str, max_key_size_bytes: usize) -> Result<(), KeyProblem>
         return Err(KeyProblem::Empty);
     }
     if bytes.len() > max_key_size_bytes {
-        return Err(KeyProblem::TooLong);
+        return Err(KeyProblem::LongerThan { size_bytes: key.len(), max_bytes: max_key_size_bytes });
     }
     if bytes[0] == KEY_SEPARATOR {
         return Err(KeyProblem::LeadingSeparator);
@@ -185,7 +197,7 @@ mod tests {
         for (key, problem) in cases {
             assert_eq!(check_key(key, 8192), Err(problem), "{key:?}");
         }
-        assert_eq!(check_key(&"a".repeat(9), 8), Err(KeyProblem::TooLong));
+        assert_eq!(check_key(&"a".repeat(9), 8), Err(KeyProblem::LongerThan { size_bytes: 9, max_bytes: 8 }));
         assert_eq!(check_key(&"a".repeat(8), 8), Ok(()));
     }
 

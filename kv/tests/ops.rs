@@ -51,7 +51,7 @@ fn put_refuses_bad_keys_and_values_naming_the_key() {
         ("a.", KeyProblem::TrailingSeparator),
         ("a..b", KeyProblem::EmptySegment),
         ("a b", KeyProblem::Whitespace),
-        ("abcdefghi", KeyProblem::TooLong),
+        ("abcdefghi", KeyProblem::LongerThan { size_bytes: 9, max_bytes: 8 }),
     ] {
         let err = h.run(1, put(key, "v")).unwrap_err();
         assert_eq!(err, KvError::InvalidKey { key: key.into(), problem });

@@ -15,3 +15,9 @@ pub mod server;
 
 pub use client::{Client, ClientConfig, ClientError};
 pub use server::{Server, ServerConfig, StartError};
+
+/// The README's Rust example is compiled as a doctest (`cargo test --doc`),
+/// so the README and the code cannot drift apart.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

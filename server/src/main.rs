@@ -72,17 +72,22 @@ enum Cmd {
     /// Run a server node (single node by default; add --cluster for a cluster member).
     Serve(ServeArgs),
     /// Run a local cluster of N nodes in this process (for trying things out).
+    /// Its cluster id differs from that of hand-started nodes on the same
+    /// addresses, so neither can take the other's data directories.
     Cluster {
+        /// How many nodes (1 to 7 make sense; each is a voter of group 1).
         #[arg(long, default_value_t = 3)]
         nodes: u64,
         /// Client ports are base+1..base+N, peer ports base+101..base+100+N.
         #[arg(long, default_value_t = 7700)]
         base_port: u16,
+        /// Where the nodes keep their data: one subdirectory per node (n1, n2, ...).
         #[arg(long, default_value = "./tarn-cluster")]
         data_dir: PathBuf,
     },
     /// Print the value of KEY (exit code 3 if it does not exist).
     Get {
+        /// The key, a path with `.` between segments (`app.db.url`).
         key: String,
         /// Read from whichever node answers, possibly stale (no leader round trip).
         #[arg(long)]
@@ -90,16 +95,28 @@ enum Cmd {
     },
     /// Set KEY to VALUE (the parent directory must exist).
     Put {
+        /// The key, a path with `.` between segments; its parent directory must exist.
         key: String,
-        value: String,
-        /// Make it a temporary node removed this many ms after its last update.
+        /// The value; `-` reads it from stdin (a command line caps values
+        /// near 128 KiB; stdin and --file take up to the server's limit).
+        #[arg(required_unless_present = "file")]
+        value: Option<String>,
+        /// Read the value from file F instead.
+        #[arg(long, value_name = "F", conflicts_with = "value")]
+        file: Option<PathBuf>,
+        /// Make it a temporary node, removed this many ms after its last
+        /// update by the client that created it (this command's process).
         #[arg(long)]
         ttl_ms: Option<u64>,
     },
     /// Remove KEY (a value or an empty directory). A missing key is success.
-    Rm { key: String },
+    Rm {
+        /// The key to remove.
+        key: String,
+    },
     /// Create directory KEY.
     Mkdir {
+        /// The directory's key; its parent must exist (the root always does).
         key: String,
         /// Make it a temporary directory (whole subtree removed when the TTL passes).
         #[arg(long)]
@@ -109,6 +126,7 @@ enum Cmd {
     /// larger than a reply frame (16 MiB) is refused: page it with --limit and
     /// --after.
     Ls {
+        /// The directory to list; empty lists the root.
         #[arg(default_value = "")]
         key: String,
         /// Print at most N children; if more remain, stderr says which --after
@@ -121,6 +139,7 @@ enum Cmd {
     },
     /// Compare-and-set: change KEY only if its value is the expected one.
     Cas {
+        /// The key to change.
         key: String,
         /// The value KEY must hold now; omit to require that KEY does not exist.
         #[arg(long)]
@@ -131,8 +150,10 @@ enum Cmd {
     },
     /// Print every change to KEY (or, with --subtree, below it) as it happens.
     Watch {
+        /// The key to watch; empty watches the root (with --subtree: everything).
         #[arg(default_value = "")]
         key: String,
+        /// Also report changes to every key below KEY, not only KEY itself.
         #[arg(long)]
         subtree: bool,
         /// Start after this Raft index (replays history); default: from now.
@@ -144,7 +165,10 @@ enum Cmd {
     },
     /// Take the lock KEY, hold it (renewing the lease) for --hold-ms or until Ctrl-C, release it.
     Lock {
+        /// The lock's key (its parent directory must exist).
         key: String,
+        /// The lease: if this process dies, the lock frees itself this many
+        /// ms after its last renewal (renewed every third of it while held).
         #[arg(long, default_value_t = 10_000)]
         lease_ms: u64,
         /// How long to wait in line for the lock.
@@ -158,6 +182,7 @@ enum Cmd {
     Status,
     /// Ask the group's leader to hand leadership to node --to.
     TransferLeader {
+        /// The node id of a voter of the group to hand leadership to.
         #[arg(long)]
         to: NodeId,
     },
@@ -175,13 +200,17 @@ enum Cmd {
 enum GroupCmd {
     /// Start group ID on every endpoint with the given voters (each endpoint must be one).
     Add {
+        /// The new group's id (1 is the default group every server hosts).
         id: GroupId,
+        /// The group's voters, comma separated node ids (e.g. 1,2,3); every
+        /// endpoint given must be one of them.
         #[arg(long, value_delimiter = ',')]
         voters: Vec<NodeId>,
     },
     /// Stop group ID and delete its data on every endpoint (cannot be
     /// undone; needs --yes).
     Remove {
+        /// The group to delete.
         id: GroupId,
         /// Confirm: the group's data is deleted on every endpoint.
         #[arg(long)]
@@ -195,18 +224,30 @@ enum MemberCmd {
     /// later). PEER_ADDR (its --peer) is needed for a node not in --cluster:
     /// it is replicated to every node, which then connects to it.
     Add {
+        /// The node's id (its --id).
         id: NodeId,
+        /// The node's peer address (its --peer); needed unless it is in --cluster.
         peer_addr: Option<SocketAddr>,
+        /// Add it as a learner: it replicates but does not vote until promoted.
         #[arg(long)]
         learner: bool,
     },
     /// Remove node ID (voter or learner) from the group.
-    Remove { id: NodeId },
+    Remove {
+        /// The node to remove.
+        id: NodeId,
+    },
     /// Make learner ID a voter (refused while it lags too far behind).
-    Promote { id: NodeId },
+    Promote {
+        /// The learner to promote.
+        id: NodeId,
+    },
     /// Drop node ID's address from the replicated peer directory (written by
     /// `member add ID PEER_ADDR`), so nodes stop dialing a node removed for good.
-    Forget { id: NodeId },
+    Forget {
+        /// The node removed for good.
+        id: NodeId,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -231,6 +272,8 @@ struct ServeArgs {
     /// This node's id (>= 1); must be in --cluster if that is given.
     #[arg(long, default_value_t = 1)]
     id: NodeId,
+    /// Where this node keeps its log, snapshots and identity (created if
+    /// missing; one directory per node, never shared).
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
     /// Address clients connect to.
@@ -251,10 +294,15 @@ struct ServeArgs {
     /// it afterwards. Pass --join on every start of this node.
     #[arg(long)]
     join: bool,
+    /// When a write is acknowledged: after fdatasync (sync), or once the
+    /// OS has it, with a sync every 100 ms (async).
     #[arg(long, value_enum, default_value_t = Mode::Sync)]
     write_mode: Mode,
+    /// A follower that hears no leader for this long (randomized up to
+    /// twice it) starts an election; every node of a cluster should agree.
     #[arg(long, default_value_t = 300)]
     election_timeout_ms: u64,
+    /// How often a leader sends heartbeats; well below the election timeout.
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
     /// Snapshot the state and compact the log after this many applied
@@ -281,19 +329,25 @@ struct BenchArgs {
     /// Write mode of the --embedded servers.
     #[arg(long, value_enum, default_value_t = Mode::Sync)]
     write_mode: Mode,
+    /// Client connections the load is spread over.
     #[arg(long, default_value_t = 1)]
     connections: usize,
+    /// Requests outstanding at once, over all connections.
     #[arg(long, default_value_t = 2_000)]
     in_flight: usize,
     /// Share of gets (0.0 = all puts, 1.0 = all gets).
     #[arg(long, default_value_t = 0.0)]
     get_ratio: f64,
+    /// Distinct keys, chosen at random per request.
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
+    /// Bytes per value written.
     #[arg(long, default_value_t = 256)]
     value_size: usize,
+    /// Seconds measured.
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
+    /// Seconds of load before measuring.
     #[arg(long, default_value_t = 3)]
     warmup_s: u64,
     /// Gets read whatever the contacted node has (no leadership check).
@@ -347,12 +401,18 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(EXIT_ERROR)
         }
+        Err(Failure::Quiet(summary)) => {
+            eprintln!("{summary}");
+            ExitCode::from(EXIT_ERROR)
+        }
     }
 }
 
 enum Failure {
     NotFound(String),
     Other(String),
+    /// The details were printed already; stderr gets only this summary.
+    Quiet(String),
 }
 
 impl From<ClientError> for Failure {
@@ -413,7 +473,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 None => Err(Failure::NotFound(format!("key {key:?} does not exist"))),
             }
         }
-        Cmd::Put { key, value, ttl_ms } => {
+        Cmd::Put { key, value, file, ttl_ms } => {
+            let value = put_value(value, file)?;
             let c = client();
             match ttl_ms {
                 Some(ms) => c.put_temp(&key, value, Duration::from_millis(ms)).await?,
@@ -521,21 +582,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Status => {
+            // Each unreachable endpoint is reported once, in place; the exit
+            // code says whether every endpoint answered.
             let c = client();
-            let mut failures = Vec::new();
+            let mut down = 0;
             for (i, endpoint) in cli.endpoints.iter().enumerate() {
                 match c.status_of(i).await {
                     Ok(s) => print_status(*endpoint, &s, json),
                     Err(e) => {
-                        failures.push(format!("{endpoint}: {e}"));
-                        if !json {
-                            println!("{endpoint}: unreachable ({e})");
+                        down += 1;
+                        if json {
+                            println!(
+                                "{{\"endpoint\":\"{endpoint}\",\"unreachable\":{}}}",
+                                json_str(&e.to_string())
+                            );
+                        } else {
+                            println!("{endpoint}: UNREACHABLE ({e})");
                         }
                     }
                 }
             }
-            if failures.len() == cli.endpoints.len() {
-                return Err(Failure::Other(failures.join("; ")));
+            if down > 0 {
+                return Err(Failure::Quiet(format!(
+                    "{down} of {} endpoints unreachable",
+                    cli.endpoints.len()
+                )));
             }
             Ok(())
         }
@@ -638,6 +709,28 @@ async fn serve(args: ServeArgs, endpoints: &[SocketAddr]) -> Result<(), Failure>
 }
 
 /// Starts `nodes` servers on consecutive ports and returns them.
+/// The value of `tarn put`: the argument, stdin (`-`) or a file.
+fn put_value(value: Option<String>, file: Option<PathBuf>) -> Result<Bytes, Failure> {
+    match (value, file) {
+        (Some(v), None) if v == "-" => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .map_err(|e| Failure::Other(format!("cannot read the value from stdin: {e}")))?;
+            Ok(buf.into())
+        }
+        (Some(v), None) => Ok(v.into()),
+        (None, Some(f)) => std::fs::read(&f)
+            .map(Bytes::from)
+            .map_err(|e| Failure::Other(format!("cannot read the value from {}: {e}", f.display()))),
+        // clap enforces exactly one of them.
+        _ => Err(Failure::Other("give a VALUE, `-` for stdin, or --file F".into())),
+    }
+}
+
+/// Mixed into the cluster id of `tarn cluster`, so a hand-started cluster on
+/// the same addresses (same `--cluster` text) never shares its id.
+const LOCAL_CLUSTER_ID_SALT: u64 = 0x7461_726e_2d6c_6f63; // "tarn-loc"
+
 async fn start_local_cluster(
     nodes: u64,
     client_port: impl Fn(u64) -> u16,
@@ -659,6 +752,7 @@ async fn start_local_cluster(
         } else {
             ServerConfig::cluster(i, &dir, local(client_port(i)), cluster.clone())
         };
+        config.cluster_id = Some(config.effective_cluster_id() ^ LOCAL_CLUSTER_ID_SALT);
         config.write_mode = write_mode;
         servers.push(Server::start(config).await.map_err(|e| e.to_string())?);
     }
@@ -888,10 +982,13 @@ fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
         println!("  {note}");
     }
     for g in &s.groups {
+        // A node outside the configuration keeps a role (a removed voter
+        // campaigns in vain as PreCandidate); what matters is that it is out.
+        let member = g.voters.contains(&s.node_id) || g.learners.contains(&s.node_id);
         println!(
             "  group {}: {} term {} leader {} commit {} applied {} last {} voters {:?} learners {:?}{}{}",
             g.group,
-            g.role,
+            if member { g.role.as_str() } else { "NOT A MEMBER (removed, or not yet added)" },
             g.term,
             g.leader.map_or("none".into(), |l| l.to_string()),
             g.commit,
@@ -912,4 +1009,37 @@ fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
     }
     let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("  counters: {}", counters.join(" "));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every subcommand says what it is for.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "tarn", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -194,3 +194,56 @@ async fn cli_refuses_operator_mistakes_in_one_line() {
     assert_eq!(count, Some(1), "one connection, one try");
     cluster.shutdown().await;
 }
+
+/// Runs `tarn` with `input` on stdin.
+fn tarn_with_stdin(endpoint: &str, args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .arg("--endpoints")
+        .arg(endpoint)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the tarn binary");
+    child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
+    child.wait_with_output().expect("tarn output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_from_stdin_or_a_file_and_status_of_a_down_endpoint() {
+    let cluster = tokio::time::timeout(Duration::from_secs(30), TestCluster::start(1)).await.expect("start");
+    let ep = cluster.endpoints()[0].to_string();
+    let dir = tempfile::tempdir().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let ep = ep.as_str();
+        assert!(tarn(ep, &["mkdir", "app"]).status.success());
+        // 300 KiB: more than a command line holds.
+        let big: Vec<u8> = (0..300 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+        let o = tarn_with_stdin(ep, &["put", "app.big", "-"], &big);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(tarn(ep, &["get", "app.big"]).stdout, [big.as_slice(), b"\n"].concat());
+        let file = dir.path().join("v");
+        std::fs::write(&file, b"from a file").unwrap();
+        let o = tarn(ep, &["put", "app.f", "--file", file.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&tarn(ep, &["get", "app.f"])), "from a file\n");
+        let o = tarn(ep, &["put", "app.f", "--file", "/no/such/file"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains("/no/such/file"), "{}", stderr(&o));
+        // Status with one endpoint down: the live one is shown, the dead one
+        // is reported once, and the exit code says something is down.
+        let dead = common::free_addr().to_string();
+        let both = format!("{ep},{dead}");
+        let o = tarn(&both, &["status"]);
+        assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+        assert!(stdout(&o).contains("group 1: Leader"), "{}", stdout(&o));
+        assert_eq!(stdout(&o).lines().filter(|l| l.contains(&dead)).count(), 1, "{}", stdout(&o));
+        assert!(!stderr(&o).contains(&dead), "the error is printed once: {}", stderr(&o));
+        assert!(stderr(&o).contains("1 of 2 endpoints unreachable"), "{}", stderr(&o));
+    })
+    .await
+    .unwrap();
+    cluster.shutdown().await;
+}
