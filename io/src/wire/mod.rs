@@ -181,6 +181,9 @@ pub fn decode_frame<T: DeserializeOwned>(
 /// gigabytes. The buffer grows only as bytes actually arrive.
 pub const DECODER_RESERVE_AHEAD_BYTES: usize = 64 * 1024;
 
+/// What a new [`FrameDecoder`] allocates (it grows as frames arrive).
+const DECODER_INITIAL_BYTES: usize = 4 * 1024;
+
 /// Incremental decoder over a stream of bytes (a socket).
 ///
 /// Push whatever the socket gave with [`FrameDecoder::extend`] (or read
@@ -196,8 +199,11 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// A decoder for frames of at most `max_frame_bytes`. Its buffer starts
+    /// small (an idle connection costs little; thousands may be open) and
+    /// grows as bytes arrive.
     pub fn new(max_frame_bytes: usize) -> Self {
-        FrameDecoder { buf: BytesMut::with_capacity(64 * 1024), max_frame_bytes }
+        FrameDecoder { buf: BytesMut::with_capacity(DECODER_INITIAL_BYTES), max_frame_bytes }
     }
 
     pub fn extend(&mut self, bytes: &[u8]) {
