@@ -178,6 +178,11 @@ pub enum ClientError {
     /// at once instead of retried until the deadline.
     #[error("{addr} is a peer port (of node {node}), not a client port; give --endpoints the nodes' --client addresses")]
     PeerPort { addr: SocketAddr, node: NodeId },
+    /// The request does not fit one client frame, so no server could read
+    /// it; refused before anything was sent (and, for a write, before it
+    /// took a session seq).
+    #[error("request encodes to {bytes} bytes, more than the {max}-byte client frame limit; nothing was sent: split it into smaller requests (fewer keys per batch, smaller values)")]
+    RequestTooLarge { bytes: usize, max: usize },
 }
 
 impl ClientError {
@@ -185,6 +190,20 @@ impl ClientError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, ClientError::Kv(KvError::NotFound { .. }))
     }
+}
+
+/// Refuses `body` for `group` if its frame would exceed
+/// [`MAX_CLIENT_FRAME_BYTES`]: the connection's writer could not frame it,
+/// and the caller would wait for an answer until its timeout.
+fn check_frame_fits(group: GroupId, body: &RequestBody) -> Result<(), ClientError> {
+    // The largest request id: the real frame is at most this long.
+    let frame = ClientFrame { id: u64::MAX, group, body: body.clone() };
+    let bytes = wire::frame_body_bytes(&frame)
+        .map_err(|e| ClientError::Protocol(format!("cannot encode the request: {e}")))?;
+    if bytes > MAX_CLIENT_FRAME_BYTES {
+        return Err(ClientError::RequestTooLarge { bytes, max: MAX_CLIENT_FRAME_BYTES });
+    }
+    Ok(())
 }
 
 /// `d` in the nanoseconds a command carries, refused (never wrapped) when it
@@ -262,7 +281,11 @@ impl Conn {
                 buf.clear();
                 let mut next = Some(frame);
                 while let Some(f) = next.take() {
-                    let _ = wire::encode_frame(&f, MAX_CLIENT_FRAME_BYTES, &mut buf);
+                    // Every request was measured before it was queued
+                    // (`check_frame_fits`); this cannot fail, but say so if it does.
+                    if let Err(e) = wire::encode_frame(&f, MAX_CLIENT_FRAME_BYTES, &mut buf) {
+                        tracing::error!(id = f.id, error = %e, "dropping a request that cannot be framed");
+                    }
                     if buf.len() < 1024 * 1024 {
                         next = rx.try_recv().ok();
                     }
@@ -513,6 +536,7 @@ impl Client {
         if config.endpoints.is_empty() {
             return Err(ClientError::Invalid("no endpoints given".into()));
         }
+        check_frame_fits(group, &body)?;
         let start = Instant::now();
         let deadline = deadline_after(start, config.request_timeout);
         let n = config.endpoints.len();
@@ -638,6 +662,10 @@ impl Client {
         let mut request = Request { client_id: self.inner.client_id, seq: 1, first_unacked_seq: 1, command };
         request.validate_from_client(&tarn_kv::KvConfig::default()).map_err(ClientError::Kv)?;
         request.check_fits_entry(self.inner.config.max_entry_bytes).map_err(ClientError::Kv)?;
+        // Measured with the largest seqs, before taking one (values are
+        // `Bytes`: the clone copies no payload).
+        let widest = Request { seq: u64::MAX, first_unacked_seq: u64::MAX, ..request.clone() };
+        check_frame_fits(group, &RequestBody::Write(widest))?;
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let first_unacked_seq = {
             let mut o =
@@ -876,6 +904,11 @@ impl Client {
         let key = key.to_string();
         let task = tokio::spawn(async move {
             let mut after = after_index;
+            let body = RequestBody::Watch { key: key.clone(), subtree, after_index: after };
+            if let Err(e) = check_frame_fits(client.inner.config.group, &body) {
+                let _ = tx.send(Err(e));
+                return;
+            }
             let n = client.inner.config.endpoints.len().max(1);
             let mut endpoint = client.inner.leader.load(Ordering::Relaxed) % n;
             // Reset once a watch is established: a long outage backs off to
@@ -1050,6 +1083,7 @@ impl Client {
     }
 
     async fn on_every_endpoint(&self, group: GroupId, body: RequestBody) -> Result<(), ClientError> {
+        check_frame_fits(group, &body)?;
         for endpoint in 0..self.inner.config.endpoints.len() {
             let addr = self.inner.config.endpoints[endpoint];
             let conn = self.conn(endpoint).await.map_err(|e| match e {
@@ -1198,6 +1232,34 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("2592000000 ms (30 days)"), "{err}");
+    }
+
+    #[test]
+    fn a_request_over_the_frame_bound_is_refused_naming_both_sizes() {
+        let put = |len: usize| {
+            let command = Command::Put { key: "k".into(), value: Bytes::from(vec![0u8; len]) };
+            RequestBody::Write(Request { client_id: 1, seq: 1, first_unacked_seq: 1, command })
+        };
+        assert_eq!(check_frame_fits(1, &put(1 << 20)), Ok(()));
+        let err = check_frame_fits(1, &put(MAX_CLIENT_FRAME_BYTES)).unwrap_err();
+        match err {
+            ClientError::RequestTooLarge { bytes, max } => {
+                assert!(bytes > MAX_CLIENT_FRAME_BYTES, "{bytes}");
+                assert_eq!(max, MAX_CLIENT_FRAME_BYTES);
+            }
+            other => panic!("expected RequestTooLarge, got {other:?}"),
+        }
+        let text = check_frame_fits(1, &put(MAX_CLIENT_FRAME_BYTES)).unwrap_err().to_string();
+        assert!(
+            text.contains("nothing was sent") && text.contains("split it into smaller requests"),
+            "{text}"
+        );
+        // The bound is exact: the largest request that fits is accepted.
+        let overhead = wire::frame_body_bytes(&ClientFrame { id: u64::MAX, group: 1, body: put(0) }).unwrap();
+        let largest = MAX_CLIENT_FRAME_BYTES - overhead;
+        // (the value's length prefix grows by a byte or two with the value)
+        assert!(check_frame_fits(1, &put(largest - 4)).is_ok());
+        assert!(check_frame_fits(1, &put(largest + 1)).is_err());
     }
 
     #[test]

@@ -109,7 +109,10 @@ pub struct ConnectionLimits {
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
-            max_connections: 10_000,
+            // Each open client connection costs about 150 KiB resident
+            // (tasks, decoder, socket bookkeeping), so this many stay well
+            // inside the stated 512 MiB (ARCHITECTURE.md, "The chain of limits").
+            max_connections: 2_000,
             // Above `tarn bench`'s 2,000 requests in flight on one connection.
             max_pending_replies_per_connection: 8192,
             slow_client_timeout: Duration::from_secs(30),
@@ -1402,6 +1405,10 @@ async fn node_status(shared: &Shared) -> NodeStatus {
         // One connection per peer pair: a node of an n-node cluster shows n - 1.
         counters.push(("peer_connections_open".into(), t.connections_open));
         counters.push(("peer_connects".into(), t.connects));
+        // The peer port's own bounds (see tarn_io::transport's module docs).
+        counters.push(("peer_handshakes_pending".into(), t.handshakes_pending));
+        counters.push(("peer_handshakes_evicted".into(), t.handshakes_evicted));
+        counters.push(("peer_idle_disconnects".into(), t.idle_disconnects));
     }
     let mut peers: Vec<(NodeId, SocketAddr)> = known_peers(shared).into_iter().collect();
     if let Some(addr) = shared.peer_addr {

@@ -73,6 +73,52 @@ async fn an_oversized_batch_is_refused_and_the_group_keeps_serving_on_every_node
     .expect("test deadline");
 }
 
+/// A request whose frame is over `MAX_CLIENT_FRAME_BYTES` used to be
+/// dropped silently by the client's writer, and the call waited for its
+/// timeout. Now the library refuses it at once, naming both sizes, sends
+/// nothing and takes no session seq (the next write still succeeds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_client_frame_bound_is_refused_by_the_library_without_sending() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let cluster = TestCluster::start(1).await;
+        // A client that does not check the entry bound: only the frame
+        // bound stands between it and the socket.
+        let mut config = ClientConfig::new(cluster.endpoints());
+        config.request_timeout = Duration::from_secs(30);
+        config.max_entry_bytes = usize::MAX;
+        let client = Client::new(config);
+        client.put("before", "1").await.expect("opens the session");
+        let started = std::time::Instant::now();
+        let items: Vec<(String, Bytes)> =
+            (0..17).map(|i| (format!("big{i}"), Bytes::from(vec![b'v'; MIB - 1]))).collect();
+        let err = client.batch_put(items).await.expect_err("over the frame bound");
+        match &err {
+            ClientError::RequestTooLarge { bytes, max } => {
+                assert!(*bytes > 17 * (MIB - 1), "{bytes}");
+                assert_eq!(*max, MAX_CLIENT_FRAME_BYTES);
+            }
+            other => panic!("expected RequestTooLarge, got {other:?}"),
+        }
+        assert!(err.to_string().contains("split it into smaller requests"), "{err}");
+        // A read too: 2,100 keys of 8,000 bytes, each one a valid key.
+        let keys: Vec<String> = (0..2100).map(|i| format!("k{i:04}{}", "x".repeat(7995))).collect();
+        let err = cluster.client().batch_get(keys).await.expect_err("over the frame bound");
+        assert!(matches!(err, ClientError::RequestTooLarge { .. }), "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "refused at once, not after the 30 s timeout: {:?}",
+            started.elapsed()
+        );
+        // The server saw no bad frame, and the session lost no seq.
+        assert_eq!(counter(&client, "bad_frames").await, 0);
+        client.put("after", "2").await.expect("the next write succeeds");
+        assert_eq!(client.get("after").await.unwrap().expect("written").value, "2");
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}
+
 /// Pages through `dir` `page` children at a time; every name once, in order.
 async fn page_through(client: &Client, dir: &str, page: u32) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();

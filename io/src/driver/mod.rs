@@ -116,6 +116,10 @@ impl NodeConfig {
     }
 }
 
+/// The peer transport's idle timeout is at least this many heartbeat
+/// intervals (its default, 30 s, is 600 of the default 50 ms).
+pub const PEER_IDLE_TIMEOUT_HEARTBEATS: u64 = 20;
+
 /// Bytes an AppendEntries frame may add per entry besides its payload
 /// (postcard varints of term, index and length, and the payload tag).
 pub const ENTRY_WIRE_OVERHEAD_BYTES: usize = 32;
@@ -461,6 +465,11 @@ impl<SM: StateMachine> Node<SM> {
                 let mut tc = TransportConfig::new(config.node_id, config.cluster_id, peers);
                 tc.stranger_reply = config.peer_port_stranger_reply.clone();
                 tc.probe_state = config.probe_state.clone();
+                // Heartbeats keep a healthy pair busy: never time a
+                // connection out within a few of them, however slow they are.
+                let heartbeat_ms = probe.heartbeat_interval_ns / 1_000_000;
+                tc.idle_timeout_ms =
+                    tc.idle_timeout_ms.max(heartbeat_ms.saturating_mul(PEER_IDLE_TIMEOUT_HEARTBEATS));
                 let needed = max_peer_message_bytes_of(&probe);
                 if needed > tc.max_frame_bytes {
                     return Err(DriverError::Config {

@@ -31,6 +31,29 @@
 //!
 //! Peers can be added, re-addressed and removed while the node runs
 //! ([`Transport::set_peer`], [`Transport::remove_peer`]).
+//!
+//! # Bounded memory on the peer port
+//!
+//! Anyone who can reach the peer port can open connections to it, so what
+//! an unauthenticated connection may hold is bounded:
+//! - until its Hello arrives, a connection's decoder accepts frames of at
+//!   most [`MAX_HELLO_FRAME_BYTES`] (a larger declared length is refused at
+//!   once, before its body is buffered), and never reserves more than
+//!   `wire::DECODER_RESERVE_AHEAD_BYTES` ahead of what arrived;
+//! - at most [`TransportConfig::max_pending_handshakes`] inbound connections
+//!   wait for their Hello at once; a newer one evicts the oldest (counted in
+//!   `handshakes_evicted`), so a flood of silent connections costs a bounded
+//!   amount of memory and cannot lock a real peer out (its handshake takes
+//!   one round trip, the flood's connections wait for nothing);
+//! - each waits at most `hello_timeout_ms`.
+//!
+//! An established connection on which nothing arrives for
+//! [`TransportConfig::idle_timeout_ms`], or whose write makes no progress
+//! that long, is closed (`idle_disconnects`): that clears half-open
+//! connections of a peer that vanished without a FIN or RST. While a group
+//! has a leader its heartbeats cross every connection many times a second,
+//! so only a dead or truly silent pair reaches the timeout; the dialer then
+//! dials again, one handshake per timeout at most.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -79,7 +102,29 @@ pub struct TransportConfig {
     /// What this node answers to a first-start probe (see [`probe`]). The
     /// default answers as a member that recognizes nobody.
     pub probe_state: Arc<ProbeState>,
+    /// Inbound connections that may wait for their Hello at once; a newer
+    /// one closes the oldest (`TransportStats::handshakes_evicted`). Bounds
+    /// what a flood of connections to the peer port can hold.
+    pub max_pending_handshakes: usize,
+    /// An established peer connection on which no byte arrives for this
+    /// long, or whose pending write makes no progress for this long, is
+    /// closed (`TransportStats::idle_disconnects`) and the dialer dials
+    /// again. Clears half-open connections. Keep it many heartbeat
+    /// intervals long: heartbeats are what keeps a healthy pair busy.
+    pub idle_timeout_ms: u64,
 }
+
+/// The largest frame accepted on an inbound connection before its Hello:
+/// far above any Hello, far below the frame bound, so a stranger cannot make
+/// the node buffer a large frame before it knows who is talking.
+pub const MAX_HELLO_FRAME_BYTES: usize = 4096;
+
+/// Default of [`TransportConfig::max_pending_handshakes`].
+pub const MAX_PENDING_HANDSHAKES_DEFAULT: usize = 256;
+
+/// Default of [`TransportConfig::idle_timeout_ms`]: 30 s, 600 heartbeats of
+/// the default 50 ms interval.
+pub const PEER_IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 
 /// Accepted connections waiting to be handed to their peer's task. Small:
 /// a peer dials again only after its previous connection failed.
@@ -99,6 +144,8 @@ impl TransportConfig {
             hello_timeout_ms: 5_000,
             stranger_reply: None,
             probe_state: Arc::default(),
+            max_pending_handshakes: MAX_PENDING_HANDSHAKES_DEFAULT,
+            idle_timeout_ms: PEER_IDLE_TIMEOUT_MS_DEFAULT,
         }
     }
 
@@ -125,6 +172,14 @@ impl TransportConfig {
         }
         if self.hello_timeout_ms == 0 {
             return bad("hello_timeout_ms must be positive".into());
+        }
+        if self.max_pending_handshakes == 0 {
+            return bad("max_pending_handshakes must be positive (peers could never connect)".into());
+        }
+        if self.idle_timeout_ms == 0 {
+            return bad(format!(
+                "idle_timeout_ms must be positive (default {PEER_IDLE_TIMEOUT_MS_DEFAULT}: many heartbeat intervals)"
+            ));
         }
         Ok(())
     }
@@ -176,6 +231,15 @@ pub struct TransportStats {
     pub stranger_connections: AtomicU64,
     /// Peer connections open right now (a gauge): one per connected peer.
     pub connections_open: AtomicU64,
+    /// Inbound connections waiting for their Hello right now (a gauge; at
+    /// most `max_pending_handshakes`).
+    pub handshakes_pending: AtomicU64,
+    /// Inbound connections closed before their Hello because
+    /// `max_pending_handshakes` newer ones arrived (a flood of connections).
+    pub handshakes_evicted: AtomicU64,
+    /// Established connections closed because nothing arrived, or a write
+    /// made no progress, for `idle_timeout_ms` (half-open or stalled).
+    pub idle_disconnects: AtomicU64,
 }
 
 /// A snapshot of [`TransportStats`].
@@ -191,6 +255,9 @@ pub struct TransportStatsSnapshot {
     pub bad_connections: u64,
     pub connections_open: u64,
     pub stranger_connections: u64,
+    pub handshakes_pending: u64,
+    pub handshakes_evicted: u64,
+    pub idle_disconnects: u64,
 }
 
 impl TransportStats {
@@ -207,6 +274,9 @@ impl TransportStats {
             bad_connections: l(&self.bad_connections),
             connections_open: l(&self.connections_open),
             stranger_connections: l(&self.stranger_connections),
+            handshakes_pending: l(&self.handshakes_pending),
+            handshakes_evicted: l(&self.handshakes_evicted),
+            idle_disconnects: l(&self.idle_disconnects),
         }
     }
 }
@@ -521,9 +591,14 @@ where
         let _open = OpenGuard(stats.clone());
         tracing::info!(node, peer, %remote, dialer, "peer connection up");
         let (read_half, mut write_half) = stream.into_split();
-        let mut reader = tokio::spawn(read_loop(self.shared.clone(), peer, read_half, decoder, remote));
         let max_batch = self.shared.config.max_write_batch_bytes;
         let max_frame = self.shared.config.max_frame_bytes;
+        let idle = Duration::from_millis(self.shared.config.idle_timeout_ms);
+        // An accepted connection's decoder took only a Hello-sized frame;
+        // the peer is known now.
+        let mut decoder = decoder;
+        decoder.set_max_frame_bytes(max_frame);
+        let mut reader = tokio::spawn(read_loop(self.shared.clone(), peer, read_half, decoder, remote));
         let ended = loop {
             tokio::select! {
                 m = self.queue.recv() => {
@@ -548,10 +623,20 @@ where
                     if self.buf.is_empty() {
                         continue;
                     }
-                    if let Err(e) = write_half.write_all(&self.buf).await {
-                        stats.messages_dropped.fetch_add(count, Ordering::Relaxed);
-                        tracing::warn!(node, peer, %remote, error = %e, "peer write failed; reconnecting");
-                        break Ended::Lost;
+                    match tokio::time::timeout(idle, write_half.write_all(&self.buf)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            stats.messages_dropped.fetch_add(count, Ordering::Relaxed);
+                            tracing::warn!(node, peer, %remote, error = %e, "peer write failed; reconnecting");
+                            break Ended::Lost;
+                        }
+                        Err(_) => {
+                            stats.messages_dropped.fetch_add(count, Ordering::Relaxed);
+                            stats.idle_disconnects.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(node, peer, %remote, idle_ms = idle.as_millis() as u64,
+                                "a write to the peer made no progress for idle_timeout_ms (half-open or stalled); reconnecting");
+                            break Ended::Lost;
+                        }
                     }
                     stats.messages_sent.fetch_add(count, Ordering::Relaxed);
                     stats.bytes_sent.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
@@ -590,6 +675,7 @@ async fn read_loop<M: DeserializeOwned>(
     remote: SocketAddr,
 ) {
     let node = shared.config.node_id;
+    let idle = Duration::from_millis(shared.config.idle_timeout_ms);
     loop {
         loop {
             match decoder.next_frame::<PeerFrame<M>>() {
@@ -612,11 +698,17 @@ async fn read_loop<M: DeserializeOwned>(
                 }
             }
         }
-        match read_half.read_buf(decoder.buffer_mut()).await {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) => {
+        match tokio::time::timeout(idle, read_half.read_buf(decoder.buffer_mut())).await {
+            Ok(Ok(0)) => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
                 tracing::debug!(node, peer, %remote, error = %e, "peer connection read failed");
+                return;
+            }
+            Err(_) => {
+                shared.stats.idle_disconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(node, peer, %remote, idle_ms = shared.config.idle_timeout_ms,
+                    "nothing arrived from the peer for idle_timeout_ms (half-open or silent); closing the connection");
                 return;
             }
         }
@@ -743,6 +835,7 @@ async fn accept_task<M: Serialize + DeserializeOwned + Send + 'static>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let node = shared.config.node_id;
+    let handshakes = Handshakes::default();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -752,30 +845,23 @@ async fn accept_task<M: Serialize + DeserializeOwned + Send + 'static>(
             Ok((stream, addr)) => {
                 let (shared, peers) = (shared.clone(), peers.clone());
                 let timeout = Duration::from_millis(shared.config.hello_timeout_ms);
-                tokio::spawn(async move {
-                    let r =
-                        tokio::time::timeout(timeout, accept_handshake(&shared, &peers, stream, addr)).await;
-                    let error = match r {
-                        Ok(Ok(())) => return,
-                        Ok(Err(e)) => e,
-                        Err(_) => TransportError::Handshake {
-                            addr: addr.to_string(),
-                            reason: "no hello within the timeout".into(),
-                        },
-                    };
-                    shared.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
-                    if let TransportError::NotAPeer { .. } = error {
-                        // A misdirected client retries: say it once, loudly
-                        // enough to be seen, then only at debug level.
-                        if shared.stats.stranger_connections.fetch_add(1, Ordering::Relaxed) == 0 {
-                            tracing::warn!(node, error = %error, "not a peer; further such connections are logged at debug level");
-                        } else {
-                            tracing::debug!(node, error = %error, "not a peer");
-                        }
-                        return;
-                    }
-                    tracing::error!(node, error = %error, "closing peer connection");
+                let stats = shared.stats.clone();
+                let max_pending = shared.config.max_pending_handshakes;
+                let evicted = handshakes.admit(&stats, max_pending, |guard| {
+                    tokio::spawn(async move {
+                        let _pending = guard;
+                        accept_one(&shared, &peers, stream, addr, timeout).await
+                    })
+                    .abort_handle()
                 });
+                if evicted > 0 {
+                    let total = stats.handshakes_evicted.fetch_add(evicted, Ordering::Relaxed) + evicted;
+                    // One line per 1,000 evictions: a flood must not flood the log too.
+                    if (total - evicted) / 1000 != total / 1000 || total == evicted {
+                        tracing::warn!(node, max_pending_handshakes = max_pending, evicted = total,
+                            "closing the oldest peer-port connection still without a Hello: max_pending_handshakes reached (a flood of connections to the peer port? it should be reachable by the cluster's nodes only)");
+                    }
+                }
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -784,6 +870,112 @@ async fn accept_task<M: Serialize + DeserializeOwned + Send + 'static>(
             }
         }
     }
+}
+
+/// The inbound connections still in their handshake, oldest first, so the
+/// accept loop can bound their number ([`TransportConfig::max_pending_handshakes`]).
+#[derive(Clone, Default)]
+struct Handshakes {
+    inner: Arc<std::sync::Mutex<HandshakesInner>>,
+}
+
+#[derive(Default)]
+struct HandshakesInner {
+    next: u64,
+    /// `None` only between registering a handshake and spawning its task.
+    pending: BTreeMap<u64, Option<tokio::task::AbortHandle>>,
+}
+
+impl Handshakes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandshakesInner> {
+        // Nothing panics while holding it; a poisoned map is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new handshake started by `spawn` (which gets the guard
+    /// that unregisters it when the task ends, however it ends), first
+    /// evicting the oldest ones so at most `max` are pending. Returns how
+    /// many were evicted. Called by the accept loop only, one at a time.
+    fn admit(
+        &self,
+        stats: &Arc<TransportStats>,
+        max: usize,
+        spawn: impl FnOnce(PendingHandshake) -> tokio::task::AbortHandle,
+    ) -> u64 {
+        let mut evicted = Vec::new();
+        let seq = {
+            let mut inner = self.lock();
+            while inner.pending.len() >= max {
+                let Some((_, oldest)) = inner.pending.pop_first() else { break };
+                stats.handshakes_pending.fetch_sub(1, Ordering::Relaxed);
+                evicted.push(oldest);
+            }
+            let seq = inner.next;
+            inner.next += 1;
+            inner.pending.insert(seq, None);
+            stats.handshakes_pending.fetch_add(1, Ordering::Relaxed);
+            seq
+        };
+        // Outside the lock: spawning on a runtime that shuts down drops the
+        // task (and its guard, which takes the lock) at once, and so may
+        // aborting one.
+        for handle in evicted.iter().flatten() {
+            handle.abort();
+        }
+        let handle = spawn(PendingHandshake { seq, handshakes: self.clone(), stats: stats.clone() });
+        // Absent if the task already ended (its guard unregistered it).
+        if let Some(slot) = self.lock().pending.get_mut(&seq) {
+            *slot = Some(handle);
+        }
+        evicted.len() as u64
+    }
+}
+
+/// Held by a handshake's task; unregisters it when the task ends or is aborted.
+struct PendingHandshake {
+    seq: u64,
+    handshakes: Handshakes,
+    stats: Arc<TransportStats>,
+}
+
+impl Drop for PendingHandshake {
+    fn drop(&mut self) {
+        if self.handshakes.lock().pending.remove(&self.seq).is_some() {
+            self.stats.handshakes_pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs the acceptor's half of one handshake under the hello timeout and
+/// logs (and counts) why a connection was refused.
+async fn accept_one<M: Serialize + DeserializeOwned>(
+    shared: &Shared<M>,
+    peers: &RwLock<HashMap<NodeId, PeerSlot<M>>>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    timeout: Duration,
+) {
+    let node = shared.config.node_id;
+    let r = tokio::time::timeout(timeout, accept_handshake(shared, peers, stream, addr)).await;
+    let error = match r {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e,
+        Err(_) => {
+            TransportError::Handshake { addr: addr.to_string(), reason: "no hello within the timeout".into() }
+        }
+    };
+    shared.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+    if let TransportError::NotAPeer { .. } = error {
+        // A misdirected client retries: say it once, loudly
+        // enough to be seen, then only at debug level.
+        if shared.stats.stranger_connections.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(node, error = %error, "not a peer; further such connections are logged at debug level");
+        } else {
+            tracing::debug!(node, error = %error, "not a peer");
+        }
+        return;
+    }
+    tracing::error!(node, error = %error, "closing peer connection");
 }
 
 /// The acceptor's half of the handshake; hands the connection to its peer's task.
@@ -796,7 +988,7 @@ async fn accept_handshake<M: Serialize + DeserializeOwned>(
     let config = &shared.config;
     let addr_s = remote.to_string();
     let _ = stream.set_nodelay(true);
-    let mut decoder = FrameDecoder::new(config.max_frame_bytes);
+    let mut decoder = FrameDecoder::new(config.max_frame_bytes.min(MAX_HELLO_FRAME_BYTES));
     // A connection closed before saying anything (a port probe) is not an error.
     let (cluster_id, from, to) = match read_first::<M>(&mut stream, &mut decoder, &addr_s).await {
         Ok(Some(First::Hello { cluster_id, from, to })) => (cluster_id, from, to),
@@ -1115,6 +1307,144 @@ mod tests {
         t1.shutdown();
     }
 
+    /// Connects to `addr` and says nothing.
+    async fn silent(addr: SocketAddr) -> TcpStream {
+        TcpStream::connect(addr).await.unwrap()
+    }
+
+    /// True once the node closed `s` (EOF or reset), within `ms`.
+    async fn closed_within(s: &mut TcpStream, ms: u64) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(tokio::time::timeout(Duration::from_millis(ms), s.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    /// A flood of connections that never say Hello holds at most
+    /// `max_pending_handshakes` of them; each newer one evicts the oldest,
+    /// and the real peer still connects through the flood.
+    #[tokio::test]
+    async fn silent_connections_beyond_the_cap_evict_the_oldest_and_the_peer_still_connects() {
+        let ([l1, l2], [a1, a2]) = listeners().await;
+        let got2: Got = Arc::default();
+        let g = got2.clone();
+        let sink: InboundSink<String> =
+            Arc::new(move |from, group, m| g.lock().unwrap().push((from, group, m)));
+        let mut config = TransportConfig::new(2, 42, [(1, a1)].into());
+        config.max_pending_handshakes = 4;
+        config.hello_timeout_ms = 60_000; // only eviction closes them here
+        let t2 = Transport::<String>::start(config, l2, sink).unwrap();
+        let mut flood = Vec::new();
+        for _ in 0..10 {
+            flood.push(silent(a2).await);
+        }
+        wait_for(5_000, || t2.stats().snapshot().handshakes_evicted == 6).await;
+        let s = t2.stats().snapshot();
+        assert_eq!(s.handshakes_pending, 4, "{s:?}");
+        // The six oldest were closed, the four newest are still waiting.
+        for (i, stream) in flood.iter_mut().enumerate() {
+            if i < 6 {
+                assert!(closed_within(stream, 5_000).await, "connection {i} is evicted");
+            } else {
+                assert!(!closed_within(stream, 50).await, "connection {i} still waits");
+            }
+        }
+        // A real peer's handshake evicts one more and completes.
+        let (t1, _got1) = node(1, l1, [(2, a2)].into()).await;
+        until_delivered(&t1, 2, &got2, "through the flood").await;
+        let s = t2.stats().snapshot();
+        assert_eq!((s.handshakes_pending, s.connections_open), (3, 1), "{s:?}");
+        assert_eq!(s.handshakes_evicted, 7, "{s:?}");
+        // Closing the flood frees the slots.
+        drop(flood);
+        wait_for(5_000, || t2.stats().snapshot().handshakes_pending == 0).await;
+        t1.shutdown();
+        t2.shutdown();
+    }
+
+    /// Before its Hello a connection may not declare a frame larger than
+    /// `MAX_HELLO_FRAME_BYTES`: refused at once, never buffered.
+    #[tokio::test]
+    async fn a_first_frame_larger_than_a_hello_is_refused_at_once() {
+        let ([l1], [a1]) = listeners().await;
+        let sink: InboundSink<String> = Arc::new(|_, _, _| {});
+        let mut config = TransportConfig::new(1, 42, BTreeMap::new());
+        config.hello_timeout_ms = 60_000;
+        let t1 = Transport::start(config, l1, sink).unwrap();
+        let mut s = TcpStream::connect(a1).await.unwrap();
+        // 1 MiB: under the 16 MiB frame bound, over the Hello bound.
+        let mut header = ((1u32 << 20).to_le_bytes()).to_vec();
+        header.push(wire::WIRE_VERSION);
+        s.write_all(&header).await.unwrap();
+        assert!(closed_within(&mut s, 5_000).await, "refused without waiting for the body");
+        wait_for(5_000, || t1.stats().snapshot().bad_connections == 1).await;
+        assert_eq!(t1.stats().snapshot().handshakes_pending, 0);
+        t1.shutdown();
+    }
+
+    /// A pair that exchanges nothing for `idle_timeout_ms` is closed on the
+    /// silent side and the dialer dials again; messages flow afterwards.
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_and_redialed() {
+        let ([l1, l2], [a1, a2]) = listeners().await;
+        let sink = |got: &Got| -> InboundSink<String> {
+            let g = got.clone();
+            Arc::new(move |from, group, m| g.lock().unwrap().push((from, group, m)))
+        };
+        let (got1, got2): (Got, Got) = Default::default();
+        let start = |id, l, peers: BTreeMap<NodeId, SocketAddr>, got: &Got| {
+            let mut config = TransportConfig::new(id, 42, peers);
+            config.reconnect_backoff_min_ms = 5;
+            config.reconnect_backoff_max_ms = 50;
+            config.idle_timeout_ms = 300;
+            Transport::<String>::start(config, l, sink(got)).unwrap()
+        };
+        let t1 = start(1, l1, [(2, a2)].into(), &got1);
+        let t2 = start(2, l2, [(1, a1)].into(), &got2);
+        until_delivered(&t1, 2, &got2, "first").await;
+        // Nothing is sent now: both readers reach the timeout.
+        wait_for(10_000, || {
+            t1.stats().snapshot().idle_disconnects + t2.stats().snapshot().idle_disconnects >= 1
+        })
+        .await;
+        wait_for(10_000, || t1.stats().snapshot().connects >= 2).await;
+        until_delivered(&t1, 2, &got2, "after the idle close").await;
+        until_delivered(&t2, 1, &got1, "and back").await;
+        t1.shutdown();
+        t2.shutdown();
+    }
+
+    /// Traffic well within the idle timeout keeps one connection up: a busy
+    /// pair never flaps.
+    #[tokio::test]
+    async fn a_busy_connection_is_never_closed_as_idle() {
+        let ([l1, l2], [a1, a2]) = listeners().await;
+        let got2: Got = Arc::default();
+        let g = got2.clone();
+        let sink: InboundSink<String> =
+            Arc::new(move |from, group, m| g.lock().unwrap().push((from, group, m)));
+        let mut c1 = TransportConfig::new(1, 42, [(2, a2)].into());
+        let mut c2 = TransportConfig::new(2, 42, [(1, a1)].into());
+        // Generous against a loaded machine: 40 sends of 50 ms per timeout.
+        c1.idle_timeout_ms = 2_000;
+        c2.idle_timeout_ms = 2_000;
+        let t1 = Transport::<String>::start(c1, l1, Arc::new(|_, _, _| {})).unwrap();
+        let t2 = Transport::<String>::start(c2, l2, sink).unwrap();
+        until_delivered(&t1, 2, &got2, "up").await;
+        // Both directions, as Raft's heartbeats and their answers do.
+        let until = tokio::time::Instant::now() + Duration::from_millis(5_000);
+        let mut i = 0u64;
+        while tokio::time::Instant::now() < until {
+            t1.send(2, 1, format!("beat {i}"));
+            t2.send(1, 1, format!("back {i}"));
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (s1, s2) = (t1.stats().snapshot(), t2.stats().snapshot());
+        assert_eq!((s1.idle_disconnects, s2.idle_disconnects), (0, 0), "{s1:?} {s2:?}");
+        assert_eq!((s1.connects, s2.connects), (1, 1), "{s1:?} {s2:?}");
+        t1.shutdown();
+        t2.shutdown();
+    }
+
     #[test]
     fn config_validation_names_the_problem() {
         let mut c = TransportConfig::new(1, 1, [(1, "127.0.0.1:1".parse().unwrap())].into());
@@ -1126,5 +1456,11 @@ mod tests {
         assert!(c.validate().is_ok());
         c.hello_timeout_ms = 0;
         assert!(c.validate().is_err());
+        c.hello_timeout_ms = 1;
+        c.max_pending_handshakes = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("max_pending_handshakes"));
+        c.max_pending_handshakes = 1;
+        c.idle_timeout_ms = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("idle_timeout_ms"));
     }
 }

@@ -92,6 +92,15 @@ impl Extend<u8> for Appender<'_> {
     }
 }
 
+/// The body length (version byte included) [`encode_frame`] would write for
+/// `message`, measured without encoding it: lets a sender refuse a message
+/// over the frame bound in words before queueing it.
+pub fn frame_body_bytes<T: Serialize + ?Sized>(message: &T) -> Result<usize, WireError> {
+    let size = postcard::serialize_with_flavor(message, postcard::ser_flavors::Size::default())
+        .map_err(|e| WireError::Encode { reason: e.to_string() })?;
+    Ok(size + 1)
+}
+
 /// Encodes one frame into a fresh vector.
 pub fn encode_frame_vec<T: Serialize + ?Sized>(
     message: &T,
@@ -172,6 +181,9 @@ pub fn decode_frame<T: DeserializeOwned>(
 /// gigabytes. The buffer grows only as bytes actually arrive.
 pub const DECODER_RESERVE_AHEAD_BYTES: usize = 64 * 1024;
 
+/// What a new [`FrameDecoder`] allocates (it grows as frames arrive).
+const DECODER_INITIAL_BYTES: usize = 4 * 1024;
+
 /// Incremental decoder over a stream of bytes (a socket).
 ///
 /// Push whatever the socket gave with [`FrameDecoder::extend`] (or read
@@ -187,12 +199,22 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// A decoder for frames of at most `max_frame_bytes`. Its buffer starts
+    /// small (an idle connection costs little; thousands may be open) and
+    /// grows as bytes arrive.
     pub fn new(max_frame_bytes: usize) -> Self {
-        FrameDecoder { buf: BytesMut::with_capacity(64 * 1024), max_frame_bytes }
+        FrameDecoder { buf: BytesMut::with_capacity(DECODER_INITIAL_BYTES), max_frame_bytes }
     }
 
     pub fn extend(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Changes the largest frame accepted from now on (bytes already buffered
+    /// are checked against it when decoded). A peer connection starts with a
+    /// small bound for the Hello and raises it once the peer is known.
+    pub fn set_max_frame_bytes(&mut self, max_frame_bytes: usize) {
+        self.max_frame_bytes = max_frame_bytes;
     }
 
     /// For `AsyncReadExt::read_buf`: the decoder's own buffer.
@@ -464,6 +486,27 @@ mod tests {
             dec.extend(chunk);
         }
         assert_eq!(dec.next_frame::<Sample>(), Ok(Some(sample(5))));
+    }
+
+    #[test]
+    fn frame_body_bytes_is_what_encode_frame_writes() {
+        for id in [0, 1, 300, u64::MAX] {
+            let m = sample(id);
+            let frame = encode_frame_vec(&m, MAX).unwrap();
+            assert_eq!(frame_body_bytes(&m).unwrap(), frame.len() - FRAME_LEN_BYTES);
+        }
+    }
+
+    #[test]
+    fn a_raised_frame_bound_applies_to_bytes_already_buffered() {
+        let frame = encode_frame_vec(&sample(7), MAX).unwrap();
+        let mut dec = FrameDecoder::new(4);
+        dec.extend(&frame);
+        dec.set_max_frame_bytes(MAX);
+        assert_eq!(dec.next_frame::<Sample>(), Ok(Some(sample(7))));
+        let mut dec = FrameDecoder::new(4);
+        dec.extend(&frame);
+        assert!(matches!(dec.next_frame::<Sample>(), Err(WireError::FrameTooLarge { .. })));
     }
 
     #[test]
