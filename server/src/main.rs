@@ -960,7 +960,9 @@ fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
                     g.rejoining,
                     g.followers
                         .iter()
-                        .map(|(id, m, lag)| format!("{{\"id\":{id},\"match\":{m},\"lag\":{lag}}}"))
+                        .map(|(id, m, lag, connected)| {
+                            format!("{{\"id\":{id},\"match\":{m},\"lag\":{lag},\"reachable\":{connected}}}")
+                        })
                         .collect::<Vec<_>>()
                         .join(",")
                 )
@@ -1003,8 +1005,12 @@ fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
             },
             g.error.as_deref().map_or(String::new(), |e| format!(" ERROR: {e}"))
         );
-        for (id, m, lag) in &g.followers {
-            println!("    follower {id}: match {m}, lag {lag} entries");
+        for (id, m, lag, connected) in &g.followers {
+            if *connected {
+                println!("    follower {id}: match {m}, lag {lag} entries");
+            } else {
+                println!("    follower {id}: UNREACHABLE (no connection; last known match {m})");
+            }
         }
     }
     let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();

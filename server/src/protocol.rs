@@ -180,8 +180,10 @@ pub struct GroupStatus {
     pub last_log_id: LogId,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
-    /// On the leader: (follower, match index, lag in entries).
-    pub followers: Vec<(NodeId, Index, u64)>,
+    /// On the leader: (follower, match index, lag in entries, connected):
+    /// `connected` is false while this node has no connection to it, so its
+    /// match index is only the last one heard.
+    pub followers: Vec<(NodeId, Index, u64, bool)>,
     /// Started with `--join` and not yet seen a committed configuration
     /// listing it as a non-voter: it does not vote. Promote it only after
     /// this turns false.

@@ -1335,6 +1335,8 @@ fn known_peers(shared: &Shared) -> BTreeMap<NodeId, SocketAddr> {
 }
 
 async fn node_status(shared: &Shared) -> NodeStatus {
+    let transport = shared.node.transport();
+    let connected = |peer: NodeId| transport.as_ref().and_then(|t| t.is_connected(peer)).unwrap_or(false);
     let mut groups = Vec::new();
     for g in shared.node.groups() {
         let Some(handle) = shared.node.group(g) else { continue };
@@ -1353,7 +1355,7 @@ async fn node_status(shared: &Shared) -> NodeStatus {
                 s.membership.learners.iter().copied().collect(),
                 s.progress
                     .iter()
-                    .map(|(id, m, _, _)| (*id, *m, s.last_log_id.index.saturating_sub(*m)))
+                    .map(|(id, m, _, _)| (*id, *m, s.last_log_id.index.saturating_sub(*m), connected(*id)))
                     .collect(),
             ),
             None => (Vec::new(), Vec::new(), Vec::new()),

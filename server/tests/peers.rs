@@ -244,3 +244,36 @@ async fn a_voter_that_lost_its_data_rejoins_with_join() {
     .await
     .expect("test deadline");
 }
+
+/// The leader's view of `follower` in group 1: `Some(connected)`.
+async fn follower_connected(cluster: &TestCluster, leader: u64, follower: u64) -> Option<bool> {
+    let status = cluster.servers.get(&leader)?.status().await;
+    let g = status.groups.iter().find(|g| g.group == 1)?;
+    g.followers.iter().find(|f| f.0 == follower).map(|f| f.3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_stopped_follower_as_unreachable_not_as_lagging() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let mut cluster = TestCluster::start(3).await;
+        let leader = cluster.leader().await;
+        let victim = if leader == 3 { 2 } else { 3 };
+        poll_until("the leader connected to the follower", || async {
+            follower_connected(&cluster, leader, victim).await.filter(|c| *c).map(drop)
+        })
+        .await;
+        cluster.stop_node(victim).await;
+        poll_until("the stopped follower shown unreachable", || async {
+            follower_connected(&cluster, leader, victim).await.filter(|c| !*c).map(drop)
+        })
+        .await;
+        cluster.start_node(victim).await;
+        poll_until("the restarted follower reachable again", || async {
+            follower_connected(&cluster, leader, victim).await.filter(|c| *c).map(drop)
+        })
+        .await;
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("test deadline");
+}

@@ -57,7 +57,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -320,6 +320,8 @@ struct PeerSlot<M> {
     addr: watch::Sender<SocketAddr>,
     queue: mpsc::Sender<Envelope<M>>,
     accepted: mpsc::Sender<Live>,
+    /// A connection to the peer is up (set by its task).
+    connected: Arc<AtomicBool>,
 }
 
 /// A connection that completed the handshake.
@@ -391,9 +393,11 @@ where
         let (addr_tx, addr_rx) = watch::channel(addr);
         let (queue, queue_rx) = mpsc::channel(shared.config.max_queued_messages_per_peer);
         let (accepted, accepted_rx) = mpsc::channel(MAX_PENDING_ACCEPTED_PER_PEER);
+        let connected = Arc::new(AtomicBool::new(false));
         let task = PeerTask {
             shared: shared.clone(),
             peer,
+            connected: connected.clone(),
             addr: addr_rx,
             queue: queue_rx,
             accepted: accepted_rx,
@@ -401,7 +405,7 @@ where
             buf: Vec::with_capacity(64 * 1024),
         };
         self.inner.runtime.spawn(task.run());
-        peers.insert(peer, PeerSlot { addr: addr_tx, queue, accepted });
+        peers.insert(peer, PeerSlot { addr: addr_tx, queue, accepted, connected });
         tracing::debug!(node = shared.config.node_id, peer, %addr, "peer added");
         Ok(())
     }
@@ -449,6 +453,12 @@ impl<M> Transport<M> {
         self.inner.shared.stats.clone()
     }
 
+    /// Whether a connection to `peer` is up right now (`None`: not a known
+    /// peer). What `tarn status` shows instead of a stale match index.
+    pub fn is_connected(&self, peer: NodeId) -> Option<bool> {
+        read_peers(&self.inner.peers).get(&peer).map(|slot| slot.connected.load(Ordering::Relaxed))
+    }
+
     /// Stops accepting, dialing and writing; closes every connection.
     /// Queued messages are dropped (Raft state is on disk; peers catch up).
     pub fn shutdown(&self) {
@@ -461,12 +471,14 @@ async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Decrements the open-connections gauge when a connection ends, however it ends.
-struct OpenGuard(Arc<TransportStats>);
+/// Decrements the open-connections gauge and clears the peer's connected
+/// flag when a connection ends, however it ends.
+struct OpenGuard(Arc<TransportStats>, Arc<AtomicBool>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.1.store(false, Ordering::Relaxed);
     }
 }
 
@@ -485,6 +497,7 @@ enum Ended {
 struct PeerTask<M> {
     shared: Arc<Shared<M>>,
     peer: NodeId,
+    connected: Arc<AtomicBool>,
     addr: watch::Receiver<SocketAddr>,
     queue: mpsc::Receiver<Envelope<M>>,
     accepted: mpsc::Receiver<Live>,
@@ -588,7 +601,8 @@ where
         let stats = self.shared.stats.clone();
         stats.connects.fetch_add(1, Ordering::Relaxed);
         stats.connections_open.fetch_add(1, Ordering::Relaxed);
-        let _open = OpenGuard(stats.clone());
+        self.connected.store(true, Ordering::Relaxed);
+        let _open = OpenGuard(stats.clone(), self.connected.clone());
         tracing::info!(node, peer, %remote, dialer, "peer connection up");
         let (read_half, mut write_half) = stream.into_split();
         let max_batch = self.shared.config.max_write_batch_bytes;
