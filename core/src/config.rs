@@ -22,6 +22,11 @@ pub enum PlantedBug {
     ReadWithoutLeadershipCheck,
     /// A follower acknowledges an append before its `LogPersisted` input.
     AckAppendBeforeDurable,
+    /// Issue 15 gap 4 (planted in tarn-kv, which reads it from
+    /// `KvConfig::planted_bug`): a TTL deadline is the arming entry's
+    /// replicated time (the proposing leader's clock) plus the TTL, and a new
+    /// leader keeps those deadlines instead of re-arming from its own clock.
+    TtlDeadlineFromProposerClock,
 }
 
 /// Default of [`Config::max_entry_bytes`]: four of kv's largest values (1 MiB)
