@@ -646,6 +646,12 @@ impl World {
             .map(|i| {
                 let drift = if profile.drift_ppm_max == 0 {
                     0
+                } else if profile.drift_at_bound {
+                    if rng_clock.chance(PPM / 2) {
+                        profile.drift_ppm_max
+                    } else {
+                        -profile.drift_ppm_max
+                    }
                 } else {
                     rng_clock.between(0, 2 * profile.drift_ppm_max as u64) as i64 - profile.drift_ppm_max
                 };
@@ -807,6 +813,8 @@ impl World {
         let mut c =
             Config::new(idx as NodeId + 1, self.config.seed.wrapping_mul(31).wrapping_add(idx as u64));
         c.max_clock_drift_ppm = CORE_DRIFT_BOUND_PPM;
+        c.election_timeout_max_ns =
+            c.election_timeout_min_ns + self.profile.election_timeout_spread_ns.max(1);
         c.lease_read = self.profile.lease_read;
         let s = &self.profile.snapshots;
         c.snapshot_after_entries = s.after_entries;
@@ -1532,6 +1540,33 @@ impl World {
                 n.id
             );
             self.fail(FailureKind::Safety, "commit-rule", detail);
+            return;
+        }
+        // Joint consensus (issue 15 gap 2): in C(old,new) an entry commits
+        // only once a majority of each half holds it durably; a majority of
+        // the new voters alone need not intersect the old configuration's
+        // next quorum.
+        let m = raw.membership().clone();
+        if !m.is_joint() {
+            return;
+        }
+        let holds = |v: &NodeId| {
+            let n = &self.nodes[*v as usize - 1];
+            n.storage.covers(commit) || n.storage.durable_term(commit) == Some(term)
+        };
+        for (half, voters) in [("incoming", &m.voters), ("outgoing", &m.voters_outgoing)] {
+            let held = voters.iter().filter(|v| holds(v)).count();
+            if held <= voters.len() / 2 {
+                let detail = format!(
+                    "leader n{} of term {term} committed up to {commit} in the joint configuration {}, but the \
+                     {half} half holds that entry durably on only {held} of {} voters",
+                    idx + 1,
+                    describe_membership(&m),
+                    voters.len()
+                );
+                self.fail(FailureKind::Safety, "joint-commit-quorum", detail);
+                return;
+            }
         }
     }
 
@@ -3254,18 +3289,24 @@ pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::ForgetToPersistVote => "forget-to-persist-vote",
         PlantedBug::ReadWithoutLeadershipCheck => "read-without-leadership-check",
         PlantedBug::AckAppendBeforeDurable => "ack-append-before-durable",
+        PlantedBug::KeepConflictingSuffix => "keep-conflicting-suffix",
+        PlantedBug::JointCommitByIncomingOnly => "joint-commit-by-incoming-only",
+        PlantedBug::LeaseIgnoresDrift => "lease-ignores-drift",
         PlantedBug::TtlDeadlineFromProposerClock => "ttl-deadline-from-proposer-clock",
     }
 }
 
 /// Every planted bug, for sweeps and the CLI.
 #[cfg(feature = "planted-bugs")]
-pub const PLANTED_BUGS: [PlantedBug; 6] = [
+pub const PLANTED_BUGS: [PlantedBug; 9] = [
     PlantedBug::VoteWithoutLogCheck,
     PlantedBug::CommitPreviousTermByCounting,
     PlantedBug::ForgetToPersistVote,
     PlantedBug::ReadWithoutLeadershipCheck,
     PlantedBug::AckAppendBeforeDurable,
+    PlantedBug::KeepConflictingSuffix,
+    PlantedBug::JointCommitByIncomingOnly,
+    PlantedBug::LeaseIgnoresDrift,
     PlantedBug::TtlDeadlineFromProposerClock,
 ];
 

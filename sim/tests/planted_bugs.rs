@@ -51,9 +51,13 @@ fn seeds_to_find(profile: ProfileKind, bug: PlantedBug) -> Option<(u64, &'static
     None
 }
 
+/// Bugs only their own profile finds within `SEEDS_MAX` (see the tests
+/// below): swarm and chaos sweeps are not expected to.
+const PROFILE_SPECIFIC: [PlantedBug; 1] = [PlantedBug::LeaseIgnoresDrift];
+
 fn check_all(profile: ProfileKind) {
     let mut missed = Vec::new();
-    for bug in PLANTED_BUGS {
+    for bug in PLANTED_BUGS.into_iter().filter(|b| !PROFILE_SPECIFIC.contains(b)) {
         match seeds_to_find(profile, bug) {
             Some((seeds, property)) => {
                 println!("{profile} {}: found after {seeds} seed(s) by {property}", planted_bug_name(bug))
@@ -108,4 +112,17 @@ fn ttl_lower_bound_checker_finds_early_expiries() {
             assert!(!control.failed(), "{}", describe_failure(&template(profile, None), &control));
         }
     }
+}
+
+/// Issue 15 gap 5: a lease that ignores the drift bound is 2 % too long;
+/// only the lease profile (clocks at the bound, barely randomized election
+/// timeouts, a cut-off leader, fast network and disks) builds the few
+/// milliseconds in which a new leader commits while the old one still
+/// serves reads from its lease. Rare even there: 1 seed in 1,500 when
+/// this was written (seed 287), 0 in swarm and chaos sweeps of 300.
+#[test]
+fn lease_profile_finds_a_lease_that_ignores_drift() {
+    let (seeds, property) =
+        seeds_to_find(ProfileKind::Lease, PlantedBug::LeaseIgnoresDrift).expect("lease bug not found");
+    println!("lease lease-ignores-drift: found after {seeds} seed(s) by {property}");
 }
