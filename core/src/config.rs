@@ -22,6 +22,21 @@ pub enum PlantedBug {
     ReadWithoutLeadershipCheck,
     /// A follower acknowledges an append before its `LogPersisted` input.
     AckAppendBeforeDurable,
+    /// Issue 15 gap 1: a follower skips every entry of an append whose index
+    /// it already holds, whatever its term, so a stale entry of a dead term
+    /// past the match point survives where the leader's should replace it.
+    KeepConflictingSuffix,
+    /// Issue 15 gap 2: in a joint configuration the leader commits by a
+    /// majority of the incoming voters alone (C(new)), forgetting C(old).
+    JointCommitByIncomingOnly,
+    /// Issue 15 gap 5: the lease is the full minimum election timeout, not
+    /// shortened by the clock-drift bound.
+    LeaseIgnoresDrift,
+    /// Issue 15 gap 4 (planted in tarn-kv, which reads it from
+    /// `KvConfig::planted_bug`): a TTL deadline is the arming entry's
+    /// replicated time (the proposing leader's clock) plus the TTL, and a new
+    /// leader keeps those deadlines instead of re-arming from its own clock.
+    TtlDeadlineFromProposerClock,
 }
 
 /// Default of [`Config::max_entry_bytes`]: four of kv's largest values (1 MiB)
@@ -299,6 +314,10 @@ impl Config {
     /// that acknowledged will vote for another candidate sooner, by its clock)
     /// shortened by the drift bound of both clocks.
     pub fn lease_duration_ns(&self) -> Nanos {
+        #[cfg(feature = "planted-bugs")]
+        if self.bug(PlantedBug::LeaseIgnoresDrift) {
+            return self.election_timeout_min_ns;
+        }
         let e = self.election_timeout_min_ns as u128;
         let shortened = e * (1_000_000 - 2 * self.max_clock_drift_ppm as u128) / 1_000_000;
         shortened as Nanos

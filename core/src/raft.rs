@@ -835,7 +835,8 @@ impl RawNode {
         // Skip entries we already have; append from the first conflict.
         let mut skip = 0;
         for e in &entries {
-            if self.log.term_at(e.index) == Some(e.term) {
+            let held = self.log.term_at(e.index);
+            if held == Some(e.term) || (bug!(self, KeepConflictingSuffix) && held.is_some()) {
                 skip += 1;
             } else {
                 break;
@@ -1231,7 +1232,7 @@ impl RawNode {
         let Some(l) = self.leader.as_mut() else { return };
         let id = self.id;
         let persisted = self.log.persisted();
-        let committed = joint_committed(&self.membership, |v| {
+        let acked = |v| {
             if v == id {
                 Some(persisted)
             } else {
@@ -1239,7 +1240,12 @@ impl RawNode {
                 // it may be acknowledging a stale leader (`Message::rejoining`).
                 l.progress.get(&v).filter(|p| !p.rejoining).map(|p| p.match_index)
             }
-        });
+        };
+        let committed = if bug!(self, JointCommitByIncomingOnly) && self.membership.is_joint() {
+            crate::quorum::majority_committed(&self.membership.voters, acked)
+        } else {
+            joint_committed(&self.membership, acked)
+        };
         if committed <= self.log.committed() {
             return;
         }

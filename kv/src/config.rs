@@ -42,6 +42,12 @@ pub struct KvConfig {
     /// After the leader hands out an expiry command it waits this long before handing it out
     /// again (the first proposal may have been lost to a leader change).
     pub expire_retry_nanos: Nanos,
+    /// A bug to plant (tests and simulator only). The kv's bugs are variants
+    /// of the core's `PlantedBug`, so one switch plants a bug anywhere; the
+    /// kv ignores the core's variants.
+    #[cfg(feature = "planted-bugs")]
+    #[serde(skip)]
+    pub planted_bug: Option<tarn_core::PlantedBug>,
 }
 
 impl Default for KvConfig {
@@ -63,6 +69,8 @@ impl Default for KvConfig {
             watch_queue_max_events: 10_000,
             max_watchers: 100_000,
             expire_retry_nanos: SECOND_NANOS,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: None,
         }
     }
 }

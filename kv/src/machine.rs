@@ -381,6 +381,12 @@ impl KvStateMachine {
     pub(crate) fn arm(&mut self, key: &Arc<str>, duration_nanos: Nanos) -> u64 {
         let arm_id = self.next_arm_id;
         self.next_arm_id += 1;
+        #[cfg(feature = "planted-bugs")]
+        if self.config.planted_bug == Some(tarn_core::PlantedBug::TtlDeadlineFromProposerClock) {
+            let deadline = self.time_nanos.saturating_add(duration_nanos);
+            self.ttl.arm_with_deadline(arm_id, key.clone(), duration_nanos, deadline);
+            return arm_id;
+        }
         self.ttl.arm(arm_id, key.clone(), duration_nanos);
         arm_id
     }
@@ -602,6 +608,10 @@ impl KvStateMachine {
     /// Restarts every TTL deadline at `now + ttl`. Call when this node becomes leader: its
     /// clock shares no origin with the previous leader's, and a deadline must never shrink.
     pub fn rearm_ttls(&mut self, now: Nanos) {
+        #[cfg(feature = "planted-bugs")]
+        if self.config.planted_bug == Some(tarn_core::PlantedBug::TtlDeadlineFromProposerClock) {
+            return;
+        }
         self.ttl.rearm_all(now);
     }
 

@@ -49,6 +49,15 @@ impl TtlTracker {
         self.pending.push(arm_id);
     }
 
+    /// An arming whose deadline is already known (the planted bug
+    /// `TtlDeadlineFromProposerClock`: a deadline in another node's clock).
+    #[cfg(feature = "planted-bugs")]
+    pub fn arm_with_deadline(&mut self, arm_id: u64, key: Arc<str>, duration_nanos: Nanos, deadline: Nanos) {
+        let armed = Armed { key, duration_nanos, deadline_nanos: Some(deadline) };
+        self.armed.insert(arm_id, armed);
+        self.by_deadline.insert((deadline, arm_id));
+    }
+
     pub fn disarm(&mut self, arm_id: u64) {
         if let Some(armed) = self.armed.remove(&arm_id) {
             if let Some(deadline) = armed.deadline_nanos {

@@ -39,6 +39,12 @@ pub enum OpKind {
     /// register checker skips them (see `crate::world`'s mutual-exclusion check).
     TryLock,
     Unlock,
+    /// `UpdateTtl` of a temporary register: by its owner (`own`), it re-arms
+    /// the TTL; by anyone else the kv must refuse it (owner check). Either
+    /// way it reports whether the register exists, and changes no value.
+    Refresh {
+        own: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +58,10 @@ pub enum OpResult {
     Removed(bool),
     /// A try-lock: acquired or busy.
     Lock(bool),
+    /// A try-lock with a wait: queued behind the holder.
+    Queued,
+    /// A refresh: whether the register existed.
+    Exists(bool),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +92,8 @@ pub fn step(state: Option<Value>, op: &Op) -> Option<Option<Value>> {
         // A read without a result says nothing; a mismatched pair is a
         // recorder bug and must not pass silently.
         (OpKind::Read, OpResult::Unknown) => Some(state),
+        (OpKind::Refresh { .. }, OpResult::Exists(exists)) => (exists == state.is_some()).then_some(state),
+        (OpKind::Refresh { .. }, OpResult::Unknown) => Some(state),
         (kind, result) => panic!("history recorder bug: {kind:?} cannot have result {result:?}"),
     }
 }
@@ -413,7 +425,9 @@ mod tests {
                     OpKind::Read => OpResult::Read(state),
                     OpKind::Cas { expect, .. } => OpResult::Cas(state == expect),
                     OpKind::Remove => OpResult::Removed(state.is_some()),
-                    OpKind::TryLock | OpKind::Unlock => unreachable!("not drawn above"),
+                    OpKind::TryLock | OpKind::Unlock | OpKind::Refresh { .. } => {
+                        unreachable!("not drawn above")
+                    }
                 };
                 let o = Op { client: 0, key: 1, kind, result, invoke_ns: t, return_ns: t + 5 };
                 state = step(state, &o).expect("sequential op must step");

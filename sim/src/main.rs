@@ -153,7 +153,7 @@ fn main() -> ExitCode {
     println!(
         "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
          snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} \
-         truncated_max={}",
+         truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={}",
         outcomes.len(),
         failed.len(),
         sim_seconds,
@@ -169,6 +169,9 @@ fn main() -> ExitCode {
         total(|o| o.report.joints),
         total(|o| o.report.truncations),
         outcomes.iter().map(|o| o.report.truncated_max).max().unwrap_or(0),
+        total(|o| o.report.ttl_races),
+        total(|o| o.report.handoffs),
+        total(|o| o.report.lease_reads_skewed),
     );
     if !failed.is_empty() {
         let seeds: Vec<String> = failed.iter().take(20).map(|o| o.report.seed.to_string()).collect();
@@ -184,7 +187,7 @@ fn main() -> ExitCode {
 fn seed_line(o: &SeedOutcome) -> String {
     let r = &o.report;
     format!(
-        "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} digest={:016x}",
+        "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} digest={:016x}",
         r.seed,
         if o.failed() { "FAIL" } else { "ok" },
         r.sim_ns as f64 / 1e9,
@@ -201,6 +204,9 @@ fn seed_line(o: &SeedOutcome) -> String {
         r.joints,
         r.truncations,
         r.truncated_max,
+        r.ttl_races,
+        r.handoffs,
+        r.lease_reads_skewed,
         r.digest
     )
 }

@@ -18,6 +18,12 @@ pub enum ProfileKind {
     Swarm,
     Calm,
     Chaos,
+    /// Lease reads under the worst clocks the core's bound allows (issue 15
+    /// gap 5): every clock drifts at the bound, one way or the other; the
+    /// leader is cut off and paused often; election timeouts are barely
+    /// randomized, so followers give up on a leader right when the bound
+    /// says its lease must have ended, and lease timing bugs surface.
+    Lease,
 }
 
 impl FromStr for ProfileKind {
@@ -27,7 +33,8 @@ impl FromStr for ProfileKind {
             "swarm" => Ok(ProfileKind::Swarm),
             "calm" => Ok(ProfileKind::Calm),
             "chaos" => Ok(ProfileKind::Chaos),
-            other => Err(format!("unknown fault profile {other:?}: use swarm, calm or chaos")),
+            "lease" => Ok(ProfileKind::Lease),
+            other => Err(format!("unknown fault profile {other:?}: use swarm, calm, chaos or lease")),
         }
     }
 }
@@ -38,6 +45,7 @@ impl fmt::Display for ProfileKind {
             ProfileKind::Swarm => "swarm",
             ProfileKind::Calm => "calm",
             ProfileKind::Chaos => "chaos",
+            ProfileKind::Lease => "lease",
         })
     }
 }
@@ -183,7 +191,16 @@ pub struct Profile {
     /// enough that leases run out while a client holds the lock.
     pub short_lock_lease_ns: Nanos,
     pub replication: ReplicationKnobs,
+    /// Every node's clock drifts by exactly `+-drift_ppm_max` (not uniform
+    /// within it): the lease profile's worst case.
+    pub drift_at_bound: bool,
+    /// `election_timeout_max_ns - election_timeout_min_ns` (the core's
+    /// default spread is 150 ms).
+    pub election_timeout_spread_ns: Nanos,
 }
+
+/// The core's default election timeout spread (300 ms - 150 ms).
+pub const ELECTION_TIMEOUT_SPREAD_NS: Nanos = 150 * NANOS_PER_MILLI;
 
 /// The core's clock-drift bound the simulator configures (`max_clock_drift_ppm`).
 pub const CORE_DRIFT_BOUND_PPM: u64 = 10_000;
@@ -194,6 +211,7 @@ impl Profile {
             ProfileKind::Calm => Profile::calm(),
             ProfileKind::Chaos => Profile::chaos(rng),
             ProfileKind::Swarm => Profile::swarm(rng),
+            ProfileKind::Lease => Profile::lease(rng),
         }
     }
 
@@ -228,6 +246,8 @@ impl Profile {
             temp_ttl_max_ns: 300 * NANOS_PER_MILLI,
             short_lock_lease_ns: 30 * NANOS_PER_MILLI,
             replication: ReplicationKnobs::calm(),
+            drift_at_bound: false,
+            election_timeout_spread_ns: ELECTION_TIMEOUT_SPREAD_NS,
         }
     }
 
@@ -301,6 +321,8 @@ impl Profile {
             temp_ttl_max_ns: 0,
             short_lock_lease_ns: 0,
             replication: ReplicationKnobs::calm(),
+            drift_at_bound: false,
+            election_timeout_spread_ns: ELECTION_TIMEOUT_SPREAD_NS,
         };
         // Drawn last so that adding them did not reshuffle the knobs above.
         profile.intervals.membership_ns = interval(rng);
@@ -340,6 +362,43 @@ impl Profile {
         p
     }
 
+    /// The swarm's draws, then lease reads on with clocks at the drift
+    /// bound, a fast network and disks (an election and a commit fit in the
+    /// few milliseconds between a follower's timeout and the end of an
+    /// over-long lease), a leader cut off or paused every few hundred
+    /// milliseconds, and read-heavy clients.
+    fn lease(rng: &mut SimRng) -> Profile {
+        let mut p = Profile::swarm(rng);
+        p.kind = ProfileKind::Lease;
+        p.lease_read = true;
+        p.drift_ppm_max = CORE_DRIFT_BOUND_PPM as i64;
+        p.drift_at_bound = true;
+        p.election_timeout_spread_ns = rng.between(500 * NANOS_PER_MICRO, 2 * NANOS_PER_MILLI);
+        let every = rng.between(150 * NANOS_PER_MILLI, 400 * NANOS_PER_MILLI);
+        p.intervals.isolate_ns = every;
+        p.intervals.one_way_partition_ns = every;
+        p.intervals.pause_ns = every;
+        p.intervals.clock_jump_ns = every;
+        p.fault_duration_max_ns = rng.between(200 * NANOS_PER_MILLI, 600 * NANOS_PER_MILLI);
+        p.net.latency_min_ns = rng.between(20 * NANOS_PER_MICRO, 60 * NANOS_PER_MICRO);
+        p.net.latency_max_ns = p.net.latency_min_ns + rng.between(0, 60 * NANOS_PER_MICRO);
+        p.net.drop_ppm = 0;
+        p.net.tail_ppm = 0;
+        p.disk_latency_min_ns = rng.between(10 * NANOS_PER_MICRO, 40 * NANOS_PER_MICRO);
+        p.disk_latency_max_ns = p.disk_latency_min_ns + rng.between(0, 40 * NANOS_PER_MICRO);
+        p.disk_slow_ppm = 0;
+        // Mostly reads (a commit by the new leader is all a stale lease read
+        // needs), and short client timeouts: a client stuck on a write to a
+        // cut-off leader soon comes back to read.
+        p.clients = rng.between(4, 8) as u32;
+        p.read_ppm = PPM * 95 / 100;
+        p.log_read_ppm = 0;
+        p.temp_ppm = 0;
+        p.client_timeout_ns = rng.between(20 * NANOS_PER_MILLI, 60 * NANOS_PER_MILLI);
+        p.client_think_max_ns = rng.between(100 * NANOS_PER_MICRO, 2 * NANOS_PER_MILLI);
+        p
+    }
+
     /// True if clocks may misbehave beyond the core's lease bound (large
     /// jumps, large drift); with lease reads on, jumps stay within the bound.
     pub fn clock_jumps_allowed(&self) -> bool {
@@ -357,7 +416,7 @@ impl fmt::Display for Profile {
              every_ms[partition={} one_way={} isolate={} clog={} flap={} crash={} pause={} jump={} transfer={} \
              membership={} wipe={}] \
              drift<={}ppm disk[{}..{}us slow={}ppm] clients={} keys={} snapshot[every={} keep={} chunk={}B tail={}] temp={}ppm ttl={}..{}ms lease_l1={}ms \
-             append[entries={} inflight={}]",
+             append[entries={} inflight={}] drift_at_bound={} timeout_spread={}us",
             self.kind,
             self.lease_read,
             self.net.latency_min_ns / NANOS_PER_MICRO,
@@ -394,6 +453,8 @@ impl fmt::Display for Profile {
             ms(self.short_lock_lease_ns),
             self.replication.entries_per_msg,
             self.replication.inflight_msgs,
+            self.drift_at_bound,
+            self.election_timeout_spread_ns / NANOS_PER_MICRO,
         )
     }
 }

@@ -25,6 +25,8 @@ pub enum Stream {
     Partition = 9,
     /// Temporary nodes and lock leases (drawn apart from the base workload).
     Ttl = 10,
+    /// Lock waiters, polls, renewals and non-holder operations (issue 15 gap 4).
+    Locks = 11,
 }
 
 /// Parts per million: the unit of every probability in the simulator.

@@ -228,6 +228,9 @@ pub struct TimedSweep {
     pub joints: u64,
     pub truncations: u64,
     pub truncated_max: u64,
+    pub ttl_races: u64,
+    pub handoffs: u64,
+    pub lease_reads_skewed: u64,
 }
 
 impl TimedSweep {
@@ -277,6 +280,9 @@ impl TimedSweep {
         self.joints += r.joints;
         self.truncations += r.truncations;
         self.truncated_max = self.truncated_max.max(r.truncated_max);
+        self.ttl_races += r.ttl_races;
+        self.handoffs += r.handoffs;
+        self.lease_reads_skewed += r.lease_reads_skewed;
     }
 
     /// `profile/nodes/length=done/failed` for every configuration run so far.
@@ -308,7 +314,7 @@ impl TimedSweep {
         format!(
             "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
              snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} \
-             truncated_max={} start={} end={} configs={} per_config={}",
+             truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} start={} end={} configs={} per_config={}",
             self.seeds(),
             self.failed(),
             sim,
@@ -324,6 +330,9 @@ impl TimedSweep {
             self.joints,
             self.truncations,
             self.truncated_max,
+            self.ttl_races,
+            self.handoffs,
+            self.lease_reads_skewed,
             self.start,
             self.start.wrapping_add(self.seeds()),
             self.configs.len(),

@@ -37,6 +37,10 @@ pub struct ClientOp {
     pub keys: u64,
     /// A temporary write's TTL, or a try-lock's lease.
     pub ttl_ns: Nanos,
+    /// A try-lock's wait: 0 fails at once when the lock is held; more queues
+    /// the client behind the holder for that long (it then polls with the
+    /// same try-lock until it holds the lock, or leaves with an unlock).
+    pub wait_ns: Nanos,
 }
 
 /// Keys at and above this are temporary registers `t<key - TEMP_KEY_BASE>`.
@@ -82,11 +86,19 @@ pub fn next_op(
     if rng.chance(LOCK_PPM) {
         let lock = rng.below(LOCKS);
         let kind = OpKind::TryLock;
-        return ClientOp { key: lock, kind, path: Path::Log, batch: 1, keys, ttl_ns: LOCK_LEASE_NS };
+        return ClientOp {
+            key: lock,
+            kind,
+            path: Path::Log,
+            batch: 1,
+            keys,
+            ttl_ns: LOCK_LEASE_NS,
+            wait_ns: 0,
+        };
     }
     if rng.chance(read_ppm) {
         let path = if rng.chance(log_read_ppm) { Path::Log } else { Path::ReadIndex };
-        return ClientOp { key, kind: OpKind::Read, path, batch: 1, keys, ttl_ns: 0 };
+        return ClientOp { key, kind: OpKind::Read, path, batch: 1, keys, ttl_ns: 0, wait_ns: 0 };
     }
     *next_value += 1;
     let value = *next_value;
@@ -94,7 +106,15 @@ pub fn next_op(
     if roll < BATCH_PPM && keys >= 2 {
         let batch = rng.between(2, keys.min(BATCH_KEYS_MAX)) as u8;
         *next_value += u64::from(batch) - 1;
-        return ClientOp { key, kind: OpKind::Write(value), path: Path::Log, batch, keys, ttl_ns: 0 };
+        return ClientOp {
+            key,
+            kind: OpKind::Write(value),
+            path: Path::Log,
+            batch,
+            keys,
+            ttl_ns: 0,
+            wait_ns: 0,
+        };
     }
     let kind = if roll < 600_000 {
         OpKind::Write(value)
@@ -106,11 +126,12 @@ pub fn next_op(
     } else {
         OpKind::Remove
     };
-    ClientOp { key, kind, path: Path::Log, batch: 1, keys, ttl_ns: 0 }
+    ClientOp { key, kind, path: Path::Log, batch: 1, keys, ttl_ns: 0, wait_ns: 0 }
 }
 
 /// Turns `op` into an operation on the temporary registers: client `own`
-/// writes its own `t<own>` with a TTL, or anyone reads `t<of>`.
+/// writes or refreshes its own `t<own>` with a TTL, tries to refresh
+/// another client's (refused: not the owner), or anyone reads `t<of>`.
 pub fn temp_op(
     rng: &mut SimRng,
     own: Key,
@@ -119,14 +140,40 @@ pub fn temp_op(
     log_read_ppm: u32,
     next_value: &mut Value,
 ) -> ClientOp {
-    if rng.chance(PPM / 2) {
+    let roll = rng.below(u64::from(PPM));
+    let own_op = |kind| ClientOp {
+        key: TEMP_KEY_BASE + own,
+        kind,
+        path: Path::Log,
+        batch: 1,
+        keys: 1,
+        ttl_ns,
+        wait_ns: 0,
+    };
+    if roll < u64::from(PPM) * 3 / 10 {
         *next_value += 1;
-        let kind = OpKind::Write(*next_value);
-        ClientOp { key: TEMP_KEY_BASE + own, kind, path: Path::Log, batch: 1, keys: 1, ttl_ns }
+        own_op(OpKind::Write(*next_value))
+    } else if roll < u64::from(PPM) / 2 {
+        // A refresh of the client's own register, often while its arming is
+        // about to expire (issue 15 gap 4: refresh-versus-expiry races).
+        own_op(OpKind::Refresh { own: true })
+    } else if roll < u64::from(PPM) * 55 / 100 && clients > 1 {
+        // Someone else's register: the kv's owner check must refuse it.
+        let of = (own + 1 + rng.below(clients - 1)) % clients;
+        let kind = OpKind::Refresh { own: false };
+        ClientOp { key: TEMP_KEY_BASE + of, kind, path: Path::Log, batch: 1, keys: 1, ttl_ns, wait_ns: 0 }
     } else {
         let of = rng.below(clients.max(1));
         let path = if rng.chance(log_read_ppm) { Path::Log } else { Path::ReadIndex };
-        ClientOp { key: TEMP_KEY_BASE + of, kind: OpKind::Read, path, batch: 1, keys: 1, ttl_ns: 0 }
+        ClientOp {
+            key: TEMP_KEY_BASE + of,
+            kind: OpKind::Read,
+            path,
+            batch: 1,
+            keys: 1,
+            ttl_ns: 0,
+            wait_ns: 0,
+        }
     }
 }
 
@@ -162,8 +209,11 @@ pub fn request(client_id: ClientId, seq: u64, op: &ClientOp) -> Request {
             Command::CompareAndSet { key, expected: expect.map(encode_value), new: Some(encode_value(new)) }
         }
         OpKind::Remove => Command::Remove { key },
-        OpKind::TryLock => Command::TryLock { key: lock_path(op.key), lease_nanos: op.ttl_ns, wait_nanos: 0 },
+        OpKind::TryLock => {
+            Command::TryLock { key: lock_path(op.key), lease_nanos: op.ttl_ns, wait_nanos: op.wait_ns }
+        }
         OpKind::Unlock => Command::Unlock { key: lock_path(op.key) },
+        OpKind::Refresh { .. } => Command::UpdateTtl { key, ttl_nanos: op.ttl_ns },
     };
     // One operation in flight per client: everything before `seq` is acknowledged.
     Request { client_id, seq, first_unacked_seq: seq, command }
@@ -195,9 +245,19 @@ pub fn interpret(op: &ClientOp, response: &Response) -> Result<OpResult, String>
         (OpKind::Cas { .. }, Ok(Reply::Done)) => Ok(OpResult::Cas(true)),
         (OpKind::Cas { .. }, Err(KvError::CasMismatch { .. })) => Ok(OpResult::Cas(false)),
         (OpKind::TryLock, Ok(Reply::Lock(LockOutcome::Acquired))) => Ok(OpResult::Lock(true)),
-        (OpKind::TryLock, Err(KvError::LockBusy { .. })) => Ok(OpResult::Lock(false)),
+        (OpKind::TryLock, Err(KvError::LockBusy { .. })) if op.wait_ns == 0 => Ok(OpResult::Lock(false)),
+        (OpKind::TryLock, Ok(Reply::Lock(LockOutcome::Queued { .. }))) if op.wait_ns > 0 => {
+            Ok(OpResult::Queued)
+        }
+        // The queue is full: the client waits elsewhere (it is not queued).
+        (OpKind::TryLock, Err(KvError::TooManyWaiters { .. })) if op.wait_ns > 0 => Ok(OpResult::Lock(false)),
+        (OpKind::Refresh { own: true }, Ok(Reply::Done)) => Ok(OpResult::Exists(true)),
+        (OpKind::Refresh { own: false }, Err(KvError::NotOwner { .. })) => Ok(OpResult::Exists(true)),
+        (OpKind::Refresh { .. }, Err(KvError::NotFound { .. })) => Ok(OpResult::Exists(false)),
         (OpKind::Unlock, Ok(Reply::Done)) => Ok(OpResult::Ok),
-        // The lease ran out (the leader expired it) before the unlock.
+        // The lease ran out (the leader expired it) before the unlock, the
+        // client's wait timed out, or it never held the lock (an unlock by a
+        // non-holder must change nothing, which the lock checkers verify).
         (OpKind::Unlock, Err(KvError::LockNotHeld { .. })) => Ok(OpResult::Ok),
         (kind, other) => Err(format!("{kind:?} on {} got {other:?}", key_path(op.key))),
     }
@@ -224,9 +284,25 @@ mod tests {
             let entry = KvEntry { leader_time_nanos: index, requests: vec![req] };
             sm.apply_entry(index, &entry).pop().expect("one response per request")
         };
-        let put = ClientOp { key: 3, kind: OpKind::Write(7), path: Path::Log, batch: 1, keys: 8, ttl_ns: 0 };
+        let put = ClientOp {
+            key: 3,
+            kind: OpKind::Write(7),
+            path: Path::Log,
+            batch: 1,
+            keys: 8,
+            ttl_ns: 0,
+            wait_ns: 0,
+        };
         assert_eq!(interpret(&put, &apply(1, request(1, 1, &put))), Ok(OpResult::Ok));
-        let get = ClientOp { key: 3, kind: OpKind::Read, path: Path::Log, batch: 1, keys: 8, ttl_ns: 0 };
+        let get = ClientOp {
+            key: 3,
+            kind: OpKind::Read,
+            path: Path::Log,
+            batch: 1,
+            keys: 8,
+            ttl_ns: 0,
+            wait_ns: 0,
+        };
         assert_eq!(interpret(&get, &apply(2, request(1, 2, &get))), Ok(OpResult::Read(Some(7))));
         let cas_bad = ClientOp {
             key: 3,
@@ -235,6 +311,7 @@ mod tests {
             batch: 1,
             keys: 8,
             ttl_ns: 0,
+            wait_ns: 0,
         };
         assert_eq!(interpret(&cas_bad, &apply(3, request(1, 3, &cas_bad))), Ok(OpResult::Cas(false)));
         let cas = ClientOp {
@@ -244,18 +321,42 @@ mod tests {
             batch: 1,
             keys: 8,
             ttl_ns: 0,
+            wait_ns: 0,
         };
         assert_eq!(interpret(&cas, &apply(4, request(1, 4, &cas))), Ok(OpResult::Cas(true)));
         // A retry of the same seq is answered from the session, not re-applied.
         assert_eq!(interpret(&cas, &apply(5, request(1, 4, &cas))), Ok(OpResult::Cas(true)));
-        let rm = ClientOp { key: 3, kind: OpKind::Remove, path: Path::Log, batch: 1, keys: 8, ttl_ns: 0 };
+        let rm = ClientOp {
+            key: 3,
+            kind: OpKind::Remove,
+            path: Path::Log,
+            batch: 1,
+            keys: 8,
+            ttl_ns: 0,
+            wait_ns: 0,
+        };
         assert_eq!(interpret(&rm, &apply(6, request(1, 5, &rm))), Ok(OpResult::Ok));
         assert_eq!(interpret(&get, &apply(7, request(1, 6, &get))), Ok(OpResult::Read(None)));
-        let batch =
-            ClientOp { key: 7, kind: OpKind::Write(20), path: Path::Log, batch: 3, keys: 8, ttl_ns: 0 };
+        let batch = ClientOp {
+            key: 7,
+            kind: OpKind::Write(20),
+            path: Path::Log,
+            batch: 3,
+            keys: 8,
+            ttl_ns: 0,
+            wait_ns: 0,
+        };
         assert_eq!(batch.batch_items().collect::<Vec<_>>(), vec![(7, 20), (0, 21), (1, 22)]);
         assert_eq!(interpret(&batch, &apply(9, request(1, 8, &batch))), Ok(OpResult::Ok));
-        let get0 = ClientOp { key: 0, kind: OpKind::Read, path: Path::Log, batch: 1, keys: 8, ttl_ns: 0 };
+        let get0 = ClientOp {
+            key: 0,
+            kind: OpKind::Read,
+            path: Path::Log,
+            batch: 1,
+            keys: 8,
+            ttl_ns: 0,
+            wait_ns: 0,
+        };
         assert_eq!(interpret(&get0, &apply(10, request(1, 9, &get0))), Ok(OpResult::Read(Some(21))));
         let create = ClientOp {
             key: 3,
@@ -264,6 +365,7 @@ mod tests {
             batch: 1,
             keys: 8,
             ttl_ns: 0,
+            wait_ns: 0,
         };
         assert_eq!(interpret(&create, &apply(11, request(1, 10, &create))), Ok(OpResult::Cas(true)));
     }

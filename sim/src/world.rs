@@ -111,6 +111,20 @@ const KV_SNAPSHOT_CHUNK_BYTES: usize = 2 * 1024;
 const KV_CHUNK_HEADER_BYTES: usize = 4 + 1 + 1 + 4 + 4;
 const KV_CHUNK_TRAILER_BYTES: usize = 4;
 
+/// The kv's configuration: the defaults, plus the planted bug (the kv's
+/// bugs are variants of the core's `PlantedBug`).
+fn kv_config(config: &RunConfig) -> KvConfig {
+    #[cfg(feature = "planted-bugs")]
+    {
+        KvConfig { planted_bug: config.planted_bug, ..KvConfig::default() }
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = config;
+        KvConfig::default()
+    }
+}
+
 /// A node's durable snapshot: what it serves to followers and restarts from.
 #[derive(Debug)]
 struct NodeSnapshot {
@@ -132,8 +146,8 @@ fn encode_snapshot_blob(sm: &KvStateMachine) -> Bytes {
 
 /// Splits a blob of concatenated kv chunks (by each chunk's length field)
 /// and decodes it with the real `SnapshotDecoder`.
-fn decode_snapshot_blob(blob: &[u8]) -> Result<KvStateMachine, String> {
-    let mut decoder = SnapshotDecoder::new(KvConfig::default());
+fn decode_snapshot_blob(blob: &[u8], config: KvConfig) -> Result<KvStateMachine, String> {
+    let mut decoder = SnapshotDecoder::new(config);
     let mut at = 0usize;
     while at < blob.len() {
         let header = blob
@@ -261,6 +275,15 @@ pub struct RunReport {
     /// suffix cut.
     pub truncations: u64,
     pub truncated_max: u64,
+    /// Coverage (issue 15 gap 4): TTL refreshes that raced an expiry (an
+    /// expiry applied as a no-op because a refresh re-armed the node after
+    /// it was proposed, or a refresh that found its node already expired),
+    /// and lock waiters that became holders (hand-offs, seen by their poll).
+    pub ttl_races: u64,
+    pub handoffs: u64,
+    /// Coverage (gap 5): reads a leader served from its lease (no heartbeat
+    /// round) in a run whose clocks drift or jump.
+    pub lease_reads_skewed: u64,
     pub profile: String,
     pub last_events: Vec<TraceEvent>,
 }
@@ -442,6 +465,8 @@ struct CurrentOp {
 struct Client {
     /// The lock this client holds (it releases it as its next operation).
     holding: Option<u64>,
+    /// The lock this client is queued for (it polls or leaves next).
+    waiting: Option<(u64, Nanos, Nanos)>,
     id: u64,
     seq: u64,
     target: usize,
@@ -511,12 +536,29 @@ pub struct World {
     joints: u64,
     truncations: u64,
     truncated_max: u64,
+    ttl_races: u64,
+    handoffs: u64,
+    lease_reads_skewed: u64,
+    /// The read being stepped in `client_arrive`, and whether its node
+    /// served it in that same step (from the lease).
+    lease_probe: Option<u64>,
+    lease_probe_served: bool,
+    /// Invocation time of each temporary write or own refresh, by (client
+    /// id, seq), until its first application.
+    temp_invokes: HashMap<(u64, u64), Nanos>,
+    /// Per temporary register, the arming in force in log order: the
+    /// invocation time and TTL of the last write or refresh that armed it.
+    temp_arms: HashMap<String, (Nanos, Nanos)>,
+    /// Per node, its clock jumps as (world time, total jumped after it).
+    jump_log: Vec<Vec<(Nanos, Nanos)>>,
     /// The next node to grant a vote gets its disk wiped.
     wipe_armed: bool,
     rng_ttl: SimRng,
+    rng_locks: SimRng,
     /// World time at which each expiry entry (by payload hash) was first
-    /// proposed: the invocation of the system remove it records.
-    expiry_proposals: HashMap<u64, Nanos>,
+    /// proposed, and by which node: the invocation of the system remove it
+    /// records, and the clock its deadline was read from.
+    expiry_proposals: HashMap<u64, (Nanos, usize)>,
     /// Lock holders in log order (at each entry's first application), and
     /// the newest request seq executed per client (retries are answered
     /// from the session, not executed again).
@@ -588,6 +630,8 @@ fn result_code(r: &OpResult) -> u64 {
         OpResult::Cas(ok) => 4 | (u64::from(*ok) << 8),
         OpResult::Removed(e) => 5 | (u64::from(*e) << 8),
         OpResult::Lock(acquired) => 6 | (u64::from(*acquired) << 8),
+        OpResult::Queued => 7,
+        OpResult::Exists(e) => 8 | (u64::from(*e) << 8),
     }
 }
 
@@ -602,6 +646,12 @@ impl World {
             .map(|i| {
                 let drift = if profile.drift_ppm_max == 0 {
                     0
+                } else if profile.drift_at_bound {
+                    if rng_clock.chance(PPM / 2) {
+                        profile.drift_ppm_max
+                    } else {
+                        -profile.drift_ppm_max
+                    }
                 } else {
                     rng_clock.between(0, 2 * profile.drift_ppm_max as u64) as i64 - profile.drift_ppm_max
                 };
@@ -618,7 +668,7 @@ impl World {
                     last_local_ns: 0,
                     paused_until: 0,
                     storage: ModelStorage::new(),
-                    sm: KvStateMachine::new(KvConfig::default()),
+                    sm: KvStateMachine::new(kv_config(&config)),
                     applied: 0,
                     tick_at: Nanos::MAX,
                     pending: HashMap::new(),
@@ -640,6 +690,7 @@ impl World {
         let clients = (0..profile.clients)
             .map(|i| Client {
                 holding: None,
+                waiting: None,
                 id: u64::from(i) + 1,
                 seq: 0,
                 target: rng_workload.below(config.nodes as u64) as usize,
@@ -712,8 +763,17 @@ impl World {
             joints: 0,
             truncations: 0,
             truncated_max: 0,
+            ttl_races: 0,
+            handoffs: 0,
+            lease_reads_skewed: 0,
+            lease_probe: None,
+            lease_probe_served: false,
+            temp_invokes: HashMap::new(),
+            temp_arms: HashMap::new(),
+            jump_log: vec![Vec::new(); config.nodes],
             wipe_armed: false,
             rng_ttl: SimRng::new(seed, Stream::Ttl),
+            rng_locks: SimRng::new(seed, Stream::Locks),
             expiry_proposals: HashMap::new(),
             lock_holders: HashMap::new(),
             executed_seq: HashMap::new(),
@@ -753,6 +813,8 @@ impl World {
         let mut c =
             Config::new(idx as NodeId + 1, self.config.seed.wrapping_mul(31).wrapping_add(idx as u64));
         c.max_clock_drift_ppm = CORE_DRIFT_BOUND_PPM;
+        c.election_timeout_max_ns =
+            c.election_timeout_min_ns + self.profile.election_timeout_spread_ns.max(1);
         c.lease_read = self.profile.lease_read;
         let s = &self.profile.snapshots;
         c.snapshot_after_entries = s.after_entries;
@@ -887,6 +949,9 @@ impl World {
             joints: self.joints,
             truncations: self.truncations,
             truncated_max: self.truncated_max,
+            ttl_races: self.ttl_races,
+            handoffs: self.handoffs,
+            lease_reads_skewed: self.lease_reads_skewed,
             profile: self.profile.to_string(),
             last_events: self.trace.last(FAILURE_TRACE_EVENTS),
         }
@@ -1052,7 +1117,7 @@ impl World {
                         n.applied_membership = s.meta.membership.clone();
                     }
                     _ => {
-                        n.sm = KvStateMachine::new(KvConfig::default());
+                        n.sm = KvStateMachine::new(kv_config(&self.config));
                         n.applied = 0;
                         n.applied_membership = membership;
                     }
@@ -1110,7 +1175,11 @@ impl World {
             let log: Vec<Entry> = n.storage.log().iter().filter(|e| e.index > snap_index).cloned().collect();
             let snapshot = n.snap.clone();
             let hard_state = n.storage.hard_state();
-            let sm = match snapshot.as_ref().map(|s| decode_snapshot_blob(&s.data)).transpose() {
+            let sm = match snapshot
+                .as_ref()
+                .map(|s| decode_snapshot_blob(&s.data, kv_config(&self.config)))
+                .transpose()
+            {
                 Ok(sm) => sm,
                 Err(error) => {
                     self.fail(FailureKind::Safety, "recovery", format!("n{id}: own snapshot: {error}"));
@@ -1147,7 +1216,7 @@ impl World {
                 }
                 let (snapshot, sm) = match snap {
                     None => (None, None),
-                    Some((meta, data)) => match decode_snapshot_blob(&data) {
+                    Some((meta, data)) => match decode_snapshot_blob(&data, kv_config(&self.config)) {
                         Ok(sm) => {
                             let digest = sm.digest();
                             let s = NodeSnapshot { meta, data: Bytes::from(data), digest };
@@ -1471,6 +1540,33 @@ impl World {
                 n.id
             );
             self.fail(FailureKind::Safety, "commit-rule", detail);
+            return;
+        }
+        // Joint consensus (issue 15 gap 2): in C(old,new) an entry commits
+        // only once a majority of each half holds it durably; a majority of
+        // the new voters alone need not intersect the old configuration's
+        // next quorum.
+        let m = raw.membership().clone();
+        if !m.is_joint() {
+            return;
+        }
+        let holds = |v: &NodeId| {
+            let n = &self.nodes[*v as usize - 1];
+            n.storage.covers(commit) || n.storage.durable_term(commit) == Some(term)
+        };
+        for (half, voters) in [("incoming", &m.voters), ("outgoing", &m.voters_outgoing)] {
+            let held = voters.iter().filter(|v| holds(v)).count();
+            if held <= voters.len() / 2 {
+                let detail = format!(
+                    "leader n{} of term {term} committed up to {commit} in the joint configuration {}, but the \
+                     {half} half holds that entry durably on only {held} of {} voters",
+                    idx + 1,
+                    describe_membership(&m),
+                    voters.len()
+                );
+                self.fail(FailureKind::Safety, "joint-commit-quorum", detail);
+                return;
+            }
         }
     }
 
@@ -1659,6 +1755,9 @@ impl World {
                         format!("n{}: read {id} ready at index {index} but only {applied} applied", idx + 1),
                     );
                     return;
+                }
+                if self.lease_probe == Some(id) {
+                    self.lease_probe_served = true;
                 }
                 let floor = self.read_floor.remove(&id).unwrap_or(0);
                 if index < floor && self.config.read_floor_check {
@@ -1973,7 +2072,7 @@ impl World {
                 return;
             }
         };
-        let sm = match decode_snapshot_blob(&blob) {
+        let sm = match decode_snapshot_blob(&blob, kv_config(&self.config)) {
             Ok(sm) if sm.applied_index() == last.index => sm,
             Ok(sm) => {
                 let detail =
@@ -2026,6 +2125,27 @@ impl World {
         (t_min * slack / (u128::from(PPM) + bound as u128) / 2) as Nanos
     }
 
+    /// The TTL lower bound (issue 15 gap 4): the earliest world time at which
+    /// node `node` may propose the expiry of an arming invoked at `invoke`
+    /// with TTL `ttl`. The kv arms the deadline on the leader's own clock no
+    /// earlier than the arming's application (after `invoke`), and a new
+    /// leader re-arms from its own clock, so the proposer's clock advanced by
+    /// at least `ttl` since `invoke`; a clock of drift `d` ppm with forward
+    /// jumps `J` in between does that in no less than `(ttl - J) / (1 + d)`
+    /// of world time (as `check_locks` bounds lock leases). Only the lower
+    /// bound is checked: expiring late is allowed.
+    fn ttl_expiry_earliest(&self, node: usize, invoke: Nanos, ttl: Nanos, proposed: Nanos) -> Nanos {
+        let cumulative = |t: Nanos| {
+            self.jump_log[node].iter().take_while(|&&(at, _)| at <= t).last().map_or(0, |&(_, total)| total)
+        };
+        let jumps = cumulative(proposed) - cumulative(invoke.saturating_sub(1));
+        let usable = i128::from(ttl.saturating_sub(jumps));
+        let rate = i128::from(PPM) + i128::from(self.nodes[node].clock.drift_ppm);
+        // Minus a microsecond for the clock's integer rounding.
+        let elapsed = (usable * i128::from(PPM) / rate) as Nanos;
+        invoke.saturating_add(elapsed.saturating_sub(NANOS_PER_MICRO))
+    }
+
     /// Like the server's `leader_proposals`: a leader proposes the expiry of
     /// every TTL (temporary node, lock lease) whose deadline passed by its
     /// own clock, as one system entry nobody waits for.
@@ -2042,7 +2162,7 @@ impl World {
         }
         let count = requests.len() as u64;
         let data = Bytes::from(encode_entry(&KvEntry { leader_time_nanos: local, requests }));
-        self.expiry_proposals.entry(hash_bytes(&data) | 1).or_insert(now);
+        self.expiry_proposals.entry(hash_bytes(&data) | 1).or_insert((now, idx));
         let id = self.next_attempt;
         self.next_attempt += 1;
         self.record(idx as u64 + 1, TraceKind::Expire, 1, count, 0);
@@ -2057,7 +2177,8 @@ impl World {
     /// visible from its first application, and not before its proposal).
     fn first_application(&mut self, index: Index, data: &Bytes, responses: &[tarn_kv::Response]) {
         let now = self.now();
-        let proposed_at = self.expiry_proposals.remove(&(hash_bytes(data) | 1));
+        let proposal = self.expiry_proposals.remove(&(hash_bytes(data) | 1));
+        let proposed_at = proposal.map(|(at, _)| at);
         let Ok(entry) = decode_entry(data) else { return };
         for (request, response) in entry.requests.iter().zip(responses) {
             let client = request.client_id;
@@ -2087,9 +2208,39 @@ impl World {
                 {
                     self.lock_holders.remove(key);
                 }
+                (Command::PutTemp { key, ttl_nanos, .. }, Ok(KvReply::Done))
+                | (Command::UpdateTtl { key, ttl_nanos }, Ok(KvReply::Done)) => {
+                    if let Some(invoke) = self.temp_invokes.remove(&(client, request.seq)) {
+                        self.temp_arms.insert(key.clone(), (invoke, *ttl_nanos));
+                    }
+                }
+                (Command::UpdateTtl { .. }, Err(tarn_kv::KvError::NotFound { .. })) => self.ttl_races += 1,
+                (Command::Expire { key, .. }, Ok(KvReply::Expired(false))) if key.starts_with('t') => {
+                    self.ttl_races += 1
+                }
                 (Command::Expire { key, .. }, Ok(KvReply::Expired(true))) => {
                     self.expiries += 1;
                     if let Some(n) = key.strip_prefix('t').and_then(|n| n.parse::<u64>().ok()) {
+                        let arm = self.temp_arms.remove(key);
+                        if let (Some((invoke, ttl)), Some((proposed, node))) = (arm, proposal) {
+                            let earliest = self.ttl_expiry_earliest(node, invoke, ttl, proposed);
+                            if proposed < earliest {
+                                let detail = format!(
+                                    "entry {index}: n{} proposed the expiry of {key} at {:.6}s, but it was last \
+                                     armed by an operation invoked at {:.6}s with a TTL of {:.3} ms: by n{}'s clock \
+                                     (drift {} ppm) it cannot expire before {:.6}s",
+                                    node + 1,
+                                    proposed as f64 / 1e9,
+                                    invoke as f64 / 1e9,
+                                    ttl as f64 / 1e6,
+                                    node + 1,
+                                    self.nodes[node].clock.drift_ppm,
+                                    earliest as f64 / 1e9
+                                );
+                                self.fail(FailureKind::Safety, "ttl-lower-bound", detail);
+                                return;
+                            }
+                        }
                         self.system_ops.push(Op {
                             client: 0,
                             key: workload::TEMP_KEY_BASE + n,
@@ -2214,8 +2365,44 @@ impl World {
         if op.kind == OpKind::TryLock && op.key == 1 && self.profile.short_lock_lease_ns > 0 {
             op.ttl_ns = self.profile.short_lock_lease_ns.max(NANOS_PER_MILLI);
         }
+        if op.kind == OpKind::TryLock {
+            self.vary_lock_op(c, &mut op);
+        }
+        if let Some((lock, lease, wait)) = self.clients[c].waiting {
+            // Queued: poll with the same try-lock (it answers Acquired once
+            // the lock was handed over), or give up with an unlock.
+            op = if self.rng_locks.chance(PPM * 2 / 3) {
+                ClientOp {
+                    key: lock,
+                    kind: OpKind::TryLock,
+                    path: Path::Log,
+                    batch: 1,
+                    keys,
+                    ttl_ns: lease,
+                    wait_ns: wait,
+                }
+            } else {
+                ClientOp {
+                    key: lock,
+                    kind: OpKind::Unlock,
+                    path: Path::Log,
+                    batch: 1,
+                    keys,
+                    ttl_ns: 0,
+                    wait_ns: 0,
+                }
+            };
+        }
         if let Some(lock) = self.clients[c].holding {
-            op = ClientOp { key: lock, kind: OpKind::Unlock, path: Path::Log, batch: 1, keys, ttl_ns: 0 };
+            op = ClientOp {
+                key: lock,
+                kind: OpKind::Unlock,
+                path: Path::Log,
+                batch: 1,
+                keys,
+                ttl_ns: 0,
+                wait_ns: 0,
+            };
         }
         let now = self.now();
         if self.rng_workload.chance(self.profile.client_random_target_ppm) {
@@ -2226,6 +2413,11 @@ impl World {
         // and a session starts at the client's first write with seq 1.
         if op.kind != OpKind::Read {
             client.seq += 1;
+        }
+        let temp_arming = matches!(op.kind, OpKind::Write(_) | OpKind::Refresh { own: true })
+            && workload::is_temp_key(op.key);
+        if temp_arming {
+            self.temp_invokes.insert((client.id, client.seq), now);
         }
         let history_index = self.history.len();
         let record = |key, kind| Op {
@@ -2248,6 +2440,22 @@ impl World {
         let (target, id) = (client.target as u64 + 1, client.id);
         self.record(target, TraceKind::Invoke, id, history_index as u64, 0);
         self.client_send(c);
+    }
+
+    /// Issue 15 gap 4: a drawn try-lock sometimes queues (`wait_nanos` > 0,
+    /// so holders hand the lock to waiters), and sometimes becomes an unlock
+    /// by a client that does not hold the lock (the kv's owner check must
+    /// refuse it; the lock checkers see it if it does not).
+    fn vary_lock_op(&mut self, c: usize, op: &mut ClientOp) {
+        if self.clients[c].holding.is_some() || self.clients[c].waiting.is_some() {
+            return;
+        }
+        if self.rng_locks.chance(PPM / 10) {
+            op.kind = OpKind::Unlock;
+            op.ttl_ns = 0;
+        } else if self.rng_locks.chance(PPM / 2) {
+            op.wait_ns = self.rng_locks.between(NANOS_PER_MILLI, 300 * NANOS_PER_MILLI);
+        }
     }
 
     fn client_send(&mut self, c: usize) {
@@ -2285,6 +2493,8 @@ impl World {
                 .max()
                 .unwrap_or(0);
             self.read_floor.insert(attempt, floor);
+            self.lease_probe = Some(attempt);
+            self.lease_probe_served = false;
             Input::Read { id: attempt }
         } else {
             let request = workload::request(self.clients[client as usize].id, seq, &op);
@@ -2293,6 +2503,16 @@ impl World {
             Input::Propose { id: attempt, data: Bytes::from(encode_entry(&entry)) }
         };
         self.step(idx, input);
+        if self.lease_probe.take().is_some() && self.lease_probe_served {
+            // Served within the step that brought it: no heartbeat round, so
+            // from the lease (a single voter needs none: not counted).
+            let n = &self.nodes[idx];
+            let voters = n.raw.as_ref().map_or(0, |r| r.membership().voters.len());
+            let skewed = self.profile.drift_ppm_max > 0 || self.nodes.iter().any(|n| n.clock.jumped_ns > 0);
+            if voters > 1 && skewed {
+                self.lease_reads_skewed += 1;
+            }
+        }
     }
 
     /// Sends a result back, or fails the run if the kv's answer is impossible
@@ -2327,8 +2547,20 @@ impl World {
             Reply::Result(result) => {
                 let Some(cur) = client.current.take() else { return };
                 match (cur.op.kind, result) {
-                    (OpKind::TryLock, OpResult::Lock(true)) => client.holding = Some(cur.op.key),
-                    (OpKind::Unlock, _) => client.holding = None,
+                    (OpKind::TryLock, OpResult::Lock(true)) => {
+                        if client.waiting.take().is_some() {
+                            self.handoffs += 1;
+                        }
+                        client.holding = Some(cur.op.key);
+                    }
+                    (OpKind::TryLock, OpResult::Queued) => {
+                        client.waiting = Some((cur.op.key, cur.op.ttl_ns, cur.op.wait_ns))
+                    }
+                    (OpKind::TryLock, _) => client.waiting = None,
+                    (OpKind::Unlock, _) => {
+                        client.holding = None;
+                        client.waiting = None;
+                    }
                     _ => {}
                 }
                 let count = usize::from(cur.op.batch.max(1));
@@ -2495,6 +2727,7 @@ impl World {
                 };
                 self.last_jump_ns[n] = now;
                 self.nodes[n].clock.jump(by);
+                self.jump_log[n].push((now, self.nodes[n].clock.jumped_ns));
                 self.record(n as u64 + 1, TraceKind::ClockJump, by, 0, 0);
                 if self.nodes[n].raw.is_some() && self.nodes[n].paused_until <= now {
                     self.after_step(n);
@@ -3056,17 +3289,25 @@ pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::ForgetToPersistVote => "forget-to-persist-vote",
         PlantedBug::ReadWithoutLeadershipCheck => "read-without-leadership-check",
         PlantedBug::AckAppendBeforeDurable => "ack-append-before-durable",
+        PlantedBug::KeepConflictingSuffix => "keep-conflicting-suffix",
+        PlantedBug::JointCommitByIncomingOnly => "joint-commit-by-incoming-only",
+        PlantedBug::LeaseIgnoresDrift => "lease-ignores-drift",
+        PlantedBug::TtlDeadlineFromProposerClock => "ttl-deadline-from-proposer-clock",
     }
 }
 
 /// Every planted bug, for sweeps and the CLI.
 #[cfg(feature = "planted-bugs")]
-pub const PLANTED_BUGS: [PlantedBug; 5] = [
+pub const PLANTED_BUGS: [PlantedBug; 9] = [
     PlantedBug::VoteWithoutLogCheck,
     PlantedBug::CommitPreviousTermByCounting,
     PlantedBug::ForgetToPersistVote,
     PlantedBug::ReadWithoutLeadershipCheck,
     PlantedBug::AckAppendBeforeDurable,
+    PlantedBug::KeepConflictingSuffix,
+    PlantedBug::JointCommitByIncomingOnly,
+    PlantedBug::LeaseIgnoresDrift,
+    PlantedBug::TtlDeadlineFromProposerClock,
 ];
 
 #[cfg(feature = "planted-bugs")]
@@ -3116,6 +3357,10 @@ mod tests {
         panic!("only {nodes_jumped} nodes' clocks jumped in lease-read runs");
     }
 
+    fn decode_snapshot_blob_default(blob: &[u8]) -> Result<KvStateMachine, String> {
+        decode_snapshot_blob(blob, KvConfig::default())
+    }
+
     #[test]
     fn snapshot_blobs_round_trip_and_refuse_damage() {
         let mut sm = KvStateMachine::new(KvConfig::default());
@@ -3128,13 +3373,13 @@ mod tests {
         }
         let blob = encode_snapshot_blob(&sm);
         assert!(blob.len() > 2 * KV_SNAPSHOT_CHUNK_BYTES, "several kv chunks: {} bytes", blob.len());
-        let back = decode_snapshot_blob(&blob).expect("round trip");
+        let back = decode_snapshot_blob_default(&blob).expect("round trip");
         assert_eq!(back.digest(), sm.digest());
         assert_eq!(back.applied_index(), 200);
-        assert!(decode_snapshot_blob(&blob[..blob.len() - 1]).is_err(), "truncated");
-        assert!(decode_snapshot_blob(&blob[..KV_CHUNK_HEADER_BYTES - 1]).is_err(), "short header");
+        assert!(decode_snapshot_blob_default(&blob[..blob.len() - 1]).is_err(), "truncated");
+        assert!(decode_snapshot_blob_default(&blob[..KV_CHUNK_HEADER_BYTES - 1]).is_err(), "short header");
         let mut flipped = blob.to_vec();
         flipped[blob.len() / 2] ^= 1;
-        assert!(decode_snapshot_blob(&flipped).is_err(), "bit flip");
+        assert!(decode_snapshot_blob_default(&flipped).is_err(), "bit flip");
     }
 }

@@ -51,9 +51,13 @@ fn seeds_to_find(profile: ProfileKind, bug: PlantedBug) -> Option<(u64, &'static
     None
 }
 
+/// Bugs only their own profile finds within `SEEDS_MAX` (see the tests
+/// below): swarm and chaos sweeps are not expected to.
+const PROFILE_SPECIFIC: [PlantedBug; 1] = [PlantedBug::LeaseIgnoresDrift];
+
 fn check_all(profile: ProfileKind) {
     let mut missed = Vec::new();
-    for bug in PLANTED_BUGS {
+    for bug in PLANTED_BUGS.into_iter().filter(|b| !PROFILE_SPECIFIC.contains(b)) {
         match seeds_to_find(profile, bug) {
             Some((seeds, property)) => {
                 println!("{profile} {}: found after {seeds} seed(s) by {property}", planted_bug_name(bug))
@@ -81,11 +85,44 @@ fn chaos_sweep_finds_every_planted_bug() {
 fn linearizability_checker_alone_finds_stale_reads() {
     let mut config = template(ProfileKind::Chaos, Some(PlantedBug::ReadWithoutLeadershipCheck));
     config.read_floor_check = false;
-    let found = (0..SEEDS_MAX).find_map(|seed| {
+    // Rarer than a direct check's find (about 16 seeds in 1,000 since issue
+    // 15's workload; the first was seed 346), hence a longer search.
+    const STALE_READ_SEEDS_MAX: u64 = 1_000;
+    let found = (0..STALE_READ_SEEDS_MAX).find_map(|seed| {
         let outcome = run_seed(&config, seed, false);
         outcome.report.failure.map(|f| (seed + 1, f.property))
     });
     let (seeds, property) = found.expect("stale reads not found by the linearizability checker");
     println!("chaos read-without-leadership-check (linearizability only): found after {seeds} seed(s) by {property}");
     assert_eq!(property, "linearizability");
+}
+
+/// Issue 15 gap 4: an expiry that comes too early is linearizable (the
+/// system remove may land anywhere from its proposal on), so only the TTL
+/// lower-bound checker can see it. It must name the planted bug's early
+/// expiry, and stay quiet on every seed before that one without the bug.
+#[test]
+fn ttl_lower_bound_checker_finds_early_expiries() {
+    let bug = PlantedBug::TtlDeadlineFromProposerClock;
+    for profile in [ProfileKind::Swarm, ProfileKind::Chaos] {
+        let (seeds, property) = seeds_to_find(profile, bug).expect("early expiry not found");
+        assert_eq!(property, "ttl-lower-bound", "{profile}");
+        for seed in 0..seeds {
+            let control = run_seed(&template(profile, None), seed, false);
+            assert!(!control.failed(), "{}", describe_failure(&template(profile, None), &control));
+        }
+    }
+}
+
+/// Issue 15 gap 5: a lease that ignores the drift bound is 2 % too long;
+/// only the lease profile (clocks at the bound, barely randomized election
+/// timeouts, a cut-off leader, fast network and disks) builds the few
+/// milliseconds in which a new leader commits while the old one still
+/// serves reads from its lease. Rare even there: 1 seed in 1,500 when
+/// this was written (seed 287), 0 in swarm and chaos sweeps of 300.
+#[test]
+fn lease_profile_finds_a_lease_that_ignores_drift() {
+    let (seeds, property) =
+        seeds_to_find(ProfileKind::Lease, PlantedBug::LeaseIgnoresDrift).expect("lease bug not found");
+    println!("lease lease-ignores-drift: found after {seeds} seed(s) by {property}");
 }
