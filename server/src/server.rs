@@ -104,7 +104,19 @@ pub struct ConnectionLimits {
     /// A connection with no request, no pending answer and no watch for this
     /// long is closed (also clears half-open connections of vanished clients).
     pub idle_timeout: Duration,
+    /// Bytes of large requests (frames over [`LARGE_REQUEST_BYTES`]) the
+    /// server buffers at once, over all connections. A connection whose next
+    /// frame is large waits (is not read) until the budget has room for the
+    /// whole frame, so many clients each sending 16 MiB frames cannot hold
+    /// more than this; one held at the wait for `slow_client_timeout` is
+    /// closed. At least one maximal client frame.
+    pub max_large_request_bytes: usize,
 }
+
+/// A request frame at least this large is buffered against
+/// [`ConnectionLimits::max_large_request_bytes`]; smaller ones only against
+/// their connection's bounds.
+pub const LARGE_REQUEST_BYTES: usize = 1 << 20;
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
@@ -117,6 +129,9 @@ impl Default for ConnectionLimits {
             max_pending_replies_per_connection: 8192,
             slow_client_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
+            // Eight maximal frames at once; with 2,000 connections at about
+            // 150 KiB each, within the stated 512 MiB.
+            max_large_request_bytes: 128 << 20,
         }
     }
 }
@@ -215,6 +230,13 @@ impl ServerConfig {
     /// Checks what can be checked without touching the network or the disk.
     pub fn validate(&self) -> Result<(), StartError> {
         let bad = |s: String| Err(StartError::Config(s));
+        if self.connections.max_large_request_bytes < MAX_CLIENT_FRAME_BYTES + wire::FRAME_LEN_BYTES {
+            return bad(format!(
+                "max_large_request_bytes {} is below one maximal client frame ({} bytes): such a request could never be read",
+                self.connections.max_large_request_bytes,
+                MAX_CLIENT_FRAME_BYTES + wire::FRAME_LEN_BYTES
+            ));
+        }
         if self.node_id == 0 {
             return bad("--id 0 is reserved; node ids start at 1".into());
         }
@@ -457,6 +479,11 @@ pub struct ServerCounters {
     pub client_slow_disconnects: AtomicU64,
     /// Connections closed as idle.
     pub client_idle_disconnects: AtomicU64,
+    /// Times a connection waited for room in the large-request budget
+    /// (`ConnectionLimits::max_large_request_bytes`).
+    pub client_large_request_waits: AtomicU64,
+    /// Bytes of large requests buffered now (a gauge).
+    pub client_large_request_bytes: AtomicU64,
 }
 
 struct Shared {
@@ -477,6 +504,22 @@ struct Shared {
     max_entry_bytes: usize,
     /// What an undecided first start waits for (`None` once decided).
     first_start: Mutex<Option<String>>,
+    /// The large-request budget in KiB (`ConnectionLimits::max_large_request_bytes`).
+    large_requests: Arc<tokio::sync::Semaphore>,
+}
+
+/// Room held in the large-request budget for the frame a connection is
+/// reading; given back (and the gauge lowered) when dropped.
+struct LargeRequest {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    bytes: u64,
+    shared: Arc<Shared>,
+}
+
+impl Drop for LargeRequest {
+    fn drop(&mut self) {
+        self.shared.counters.client_large_request_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// The first start of a `--cluster` node with an empty directory: decide
@@ -641,6 +684,8 @@ impl Server {
             }
         }
         tracing::info!(node = config.node_id, %client_addr, ?peer_addr, groups = groups.len(), "tarn server started");
+        let large_requests =
+            Arc::new(tokio::sync::Semaphore::new(config.connections.max_large_request_bytes.div_ceil(1024)));
         let shared = Arc::new(Shared {
             cluster_id: config.effective_cluster_id(),
             config,
@@ -652,6 +697,7 @@ impl Server {
             malformed_directory_entries: Mutex::default(),
             max_entry_bytes,
             first_start: Mutex::default(),
+            large_requests,
         });
         let (stop, stop_rx) = watch::channel(false);
         if let Some(incarnation) = probe_incarnation {
@@ -805,6 +851,8 @@ async fn serve_client(
     // Writes of one read from the socket, per group: proposed together.
     let mut writes: HashMap<GroupId, Vec<(u64, Request)>> = HashMap::new();
     let conn = Conn { tx: tx.clone(), queue: queue.clone() };
+    // Budget held for the large frame at the head of the decoder, if any.
+    let mut large: Option<LargeRequest> = None;
     'conn: loop {
         loop {
             // Backpressure: no permit, no next request. Propose what this
@@ -835,6 +883,12 @@ async fn serve_client(
             };
             match decoder.next_frame::<ClientFrame>() {
                 Ok(Some(frame)) => {
+                    // Frames decode in order: with room held, this is the
+                    // large frame it was held for. Its bytes are out of the
+                    // buffer now; give the room and the memory back.
+                    if large.take().is_some() {
+                        decoder.release_excess();
+                    }
                     // The permit now belongs to this request's answer; the
                     // writer returns it.
                     permit.forget();
@@ -871,6 +925,41 @@ async fn serve_client(
                     break 'conn;
                 }
             }
+        }
+        // A large frame is read only with room for all of it in the
+        // server-wide budget: without it, each connection could hold a
+        // partial 16 MiB frame.
+        if let (None, Some(total)) =
+            (&large, decoder.pending_frame_bytes().filter(|t| *t >= LARGE_REQUEST_BYTES))
+        {
+            // At most one maximal frame (validated against the budget).
+            let kib = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
+            let permit = match shared.large_requests.clone().try_acquire_many_owned(kib) {
+                Ok(p) => p,
+                Err(_) => {
+                    shared.counters.client_large_request_waits.fetch_add(1, Ordering::Relaxed);
+                    let wait = tokio::time::timeout(
+                        limits.slow_client_timeout,
+                        shared.large_requests.clone().acquire_many_owned(kib),
+                    );
+                    match tokio::select! { r = wait => r, _ = stop.wait_for(|s| *s) => break 'conn } {
+                        Ok(Ok(p)) => p,
+                        Ok(Err(_)) => break 'conn,
+                        Err(_) => {
+                            shared.counters.client_slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                client = %addr,
+                                frame_bytes = total,
+                                budget_bytes = limits.max_large_request_bytes,
+                                "no room for a large request within the timeout; closing the connection (raise max_large_request_bytes or send smaller requests)"
+                            );
+                            break 'conn;
+                        }
+                    }
+                }
+            };
+            shared.counters.client_large_request_bytes.fetch_add(total as u64, Ordering::Relaxed);
+            large = Some(LargeRequest { _permit: permit, bytes: total as u64, shared: shared.clone() });
         }
         let read = tokio::select! {
             r = reader.read_buf(decoder.buffer_mut()) => r,
@@ -1390,6 +1479,8 @@ async fn node_status(shared: &Shared) -> NodeStatus {
         ("client_backpressure".into(), l(&c.client_backpressure)),
         ("client_slow_disconnects".into(), l(&c.client_slow_disconnects)),
         ("client_idle_disconnects".into(), l(&c.client_idle_disconnects)),
+        ("client_large_request_waits".into(), l(&c.client_large_request_waits)),
+        ("client_large_request_bytes".into(), l(&c.client_large_request_bytes)),
     ];
     let s = shared.node.storage_counters();
     counters.push(("storage_flushes".into(), l(&s.flushes)));

@@ -281,3 +281,76 @@ fn a_client_that_pipelines_and_never_reads_stays_under_the_bound() {
         cluster.shutdown().await;
     });
 }
+
+/// Issue 13 item 4, third attack: clients that really send the bytes of
+/// large frames, many connections at once, each stopping one byte short of
+/// a complete 16 MiB frame. The server reads a large frame only with room
+/// for all of it in `max_large_request_bytes` (128 MiB by default); the
+/// other connections wait unread.
+#[test]
+fn many_connections_sending_large_frames_stay_under_the_bound() {
+    /// Growth this attack may cause: the 128 MiB budget, plus the
+    /// connections and the decoders' bounded read-ahead; without the budget
+    /// every connection holds its partial frame (48 x 16 MiB = 768 MiB).
+    const GROWTH_BOUND: u64 = 256 * MIB;
+    const CONNECTIONS: u64 = 48;
+    static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+    serial(|| async {
+        let cluster = node_with_peer_port().await;
+        let client = cluster.client();
+        warm_up(&client).await;
+        let addr = cluster.clients[&1];
+        let before = rss_bytes();
+        let budget = tarn_server::server::ConnectionLimits::default().max_large_request_bytes as u64;
+        let mut senders = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            senders.push(tokio::spawn(async move {
+                s.write_all(&header_declaring(MAX_CLIENT_FRAME_BYTES)).await?;
+                // The version byte went with the header; all but one byte of the rest.
+                let mut left = MAX_CLIENT_FRAME_BYTES - 2;
+                while left > 0 {
+                    let n = left.min(ZEROS.len());
+                    s.write_all(&ZEROS[..n]).await?;
+                    left -= n;
+                }
+                // Hold the connection open with its frame incomplete.
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(s)
+            }));
+        }
+        let holders = budget / (MAX_CLIENT_FRAME_BYTES as u64 + 4);
+        poll_until("the budget is full and the other connections wait", || async {
+            let held = counter(&client, "client_large_request_bytes").await;
+            let waits = counter(&client, "client_large_request_waits").await;
+            (held + MAX_CLIENT_FRAME_BYTES as u64 > budget && waits >= CONNECTIONS - holders).then_some(())
+        })
+        .await;
+        let held = counter(&client, "client_large_request_bytes").await;
+        assert!(held <= budget, "{held} bytes of large requests held, budget {budget}");
+        let peak = peak_rss_over(Duration::from_secs(1)).await;
+        let growth = peak.saturating_sub(before);
+        eprintln!(
+            "{CONNECTIONS} connections sending 16 MiB frames: RSS {} MiB -> {} MiB (+{} MiB)",
+            before / MIB,
+            peak / MIB,
+            growth / MIB
+        );
+        assert!(growth < GROWTH_BOUND, "RSS grew by {} MiB (bound {} MiB)", growth / MIB, GROWTH_BOUND / MIB);
+        assert!(
+            peak < STATED_RSS_BOUND,
+            "RSS {} MiB over the stated {} MiB",
+            peak / MIB,
+            STATED_RSS_BOUND / MIB
+        );
+        client.put("during", "ok").await.expect("served during the attack");
+        for s in senders {
+            s.abort();
+        }
+        poll_until("the budget is given back", || async {
+            (counter(&client, "client_large_request_bytes").await == 0).then_some(())
+        })
+        .await;
+        cluster.shutdown().await;
+    });
+}

@@ -227,6 +227,30 @@ impl FrameDecoder {
         self.buf.len()
     }
 
+    /// The whole size (length prefix included) of the frame whose start is
+    /// buffered but which is not complete yet, as its header declares it;
+    /// `None` if no header is buffered or the buffered frame is complete.
+    /// Lets a server budget the memory of large frames before reading them.
+    pub fn pending_frame_bytes(&self) -> Option<usize> {
+        let prefix = self.buf.get(..FRAME_LEN_BYTES)?;
+        let mut len_bytes = [0u8; FRAME_LEN_BYTES];
+        len_bytes.copy_from_slice(prefix);
+        let total = FRAME_LEN_BYTES.saturating_add(u32::from_le_bytes(len_bytes) as usize);
+        (self.buf.len() < total).then_some(total)
+    }
+
+    /// Gives back the memory of a large frame already decoded (call it after
+    /// one): the buffer, whose allocation still holds the whole frame, is
+    /// replaced by a small one if what remains fits, so a connection that
+    /// once sent a 16 MiB request does not keep 16 MiB while idle.
+    pub fn release_excess(&mut self) {
+        if self.buf.len() <= DECODER_INITIAL_BYTES {
+            let mut small = BytesMut::with_capacity(DECODER_INITIAL_BYTES);
+            small.extend_from_slice(&self.buf);
+            self.buf = small;
+        }
+    }
+
     /// The next whole frame, `Ok(None)` if more bytes are needed. After an
     /// error the stream is out of sync: the caller must drop the connection.
     pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
@@ -306,6 +330,23 @@ pub struct Envelope<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_large_frame_is_measured_and_its_memory_given_back() {
+        let mut d = FrameDecoder::new(MAX_FRAME_BYTES_DEFAULT);
+        assert_eq!(d.pending_frame_bytes(), None);
+        let body: Vec<u8> = vec![7; 1 << 20];
+        let frame = encode_frame_vec(&Bytes::from(body), MAX_FRAME_BYTES_DEFAULT).unwrap();
+        d.extend(&frame[..frame.len() / 2]);
+        assert_eq!(d.pending_frame_bytes(), Some(frame.len()));
+        d.extend(&frame[frame.len() / 2..]);
+        assert_eq!(d.pending_frame_bytes(), None, "complete");
+        assert!(d.next_frame::<Bytes>().unwrap().is_some());
+        d.extend(b"next");
+        d.release_excess();
+        assert!(d.buffer_mut().capacity() <= DECODER_INITIAL_BYTES);
+        assert_eq!(&d.buffer_mut()[..], b"next", "what was buffered stays");
+    }
     use bytes::Bytes;
 
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
