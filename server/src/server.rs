@@ -508,6 +508,33 @@ struct Shared {
     large_requests: Arc<tokio::sync::Semaphore>,
 }
 
+/// How a connection's wait for room (an answer slot, large-request budget) ended.
+enum Waited<P> {
+    Got(P),
+    /// The server stops, or the semaphore closed: end the connection.
+    Stopped,
+    /// `slow_client_timeout` passed (counted as a slow disconnect): the
+    /// caller says why and ends the connection.
+    TimedOut,
+}
+
+/// Waits for `room` at most `slow_client_timeout`, or until the server stops.
+async fn wait_for_room<P>(
+    room: impl std::future::Future<Output = Result<P, tokio::sync::AcquireError>>,
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+) -> Waited<P> {
+    let wait = tokio::time::timeout(shared.config.connections.slow_client_timeout, room);
+    match tokio::select! { r = wait => r, _ = stop.wait_for(|s| *s) => return Waited::Stopped } {
+        Ok(Ok(p)) => Waited::Got(p),
+        Ok(Err(_)) => Waited::Stopped,
+        Err(_) => {
+            shared.counters.client_slow_disconnects.fetch_add(1, Ordering::Relaxed);
+            Waited::TimedOut
+        }
+    }
+}
+
 /// Room held in the large-request budget for the frame a connection is
 /// reading; given back (and the gauge lowered) when dropped.
 struct LargeRequest {
@@ -864,12 +891,10 @@ async fn serve_client(
                         propose_writes(&shared, group, batch, &conn);
                     }
                     shared.counters.client_backpressure.fetch_add(1, Ordering::Relaxed);
-                    let wait = tokio::time::timeout(limits.slow_client_timeout, queue.permits.acquire());
-                    match tokio::select! { r = wait => r, _ = stop.wait_for(|s| *s) => break 'conn } {
-                        Ok(Ok(p)) => p,
-                        Ok(Err(_)) => break 'conn,
-                        Err(_) => {
-                            shared.counters.client_slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                    match wait_for_room(queue.permits.acquire(), &shared, &mut stop).await {
+                        Waited::Got(p) => p,
+                        Waited::Stopped => break 'conn,
+                        Waited::TimedOut => {
                             tracing::warn!(
                                 client = %addr,
                                 pending = limits.max_pending_replies_per_connection,
@@ -938,15 +963,11 @@ async fn serve_client(
                 Ok(p) => p,
                 Err(_) => {
                     shared.counters.client_large_request_waits.fetch_add(1, Ordering::Relaxed);
-                    let wait = tokio::time::timeout(
-                        limits.slow_client_timeout,
-                        shared.large_requests.clone().acquire_many_owned(kib),
-                    );
-                    match tokio::select! { r = wait => r, _ = stop.wait_for(|s| *s) => break 'conn } {
-                        Ok(Ok(p)) => p,
-                        Ok(Err(_)) => break 'conn,
-                        Err(_) => {
-                            shared.counters.client_slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                    let room = shared.large_requests.clone().acquire_many_owned(kib);
+                    match wait_for_room(room, &shared, &mut stop).await {
+                        Waited::Got(p) => p,
+                        Waited::Stopped => break 'conn,
+                        Waited::TimedOut => {
                             tracing::warn!(
                                 client = %addr,
                                 frame_bytes = total,
