@@ -197,6 +197,10 @@ pub struct Profile {
     /// `election_timeout_max_ns - election_timeout_min_ns` (the core's
     /// default spread is 150 ms).
     pub election_timeout_spread_ns: Nanos,
+    /// Share of isolations that cut off the leader rather than a random
+    /// node: a leader keeps accepting writes (a divergent suffix) and
+    /// serving lease reads until it notices.
+    pub isolate_leader_ppm: u32,
 }
 
 /// The core's default election timeout spread (300 ms - 150 ms).
@@ -248,6 +252,7 @@ impl Profile {
             replication: ReplicationKnobs::calm(),
             drift_at_bound: false,
             election_timeout_spread_ns: ELECTION_TIMEOUT_SPREAD_NS,
+            isolate_leader_ppm: PPM / 2,
         }
     }
 
@@ -323,6 +328,7 @@ impl Profile {
             replication: ReplicationKnobs::calm(),
             drift_at_bound: false,
             election_timeout_spread_ns: ELECTION_TIMEOUT_SPREAD_NS,
+            isolate_leader_ppm: PPM / 2,
         };
         // Drawn last so that adding them did not reshuffle the knobs above.
         profile.intervals.membership_ns = interval(rng);
@@ -374,6 +380,8 @@ impl Profile {
         p.drift_ppm_max = CORE_DRIFT_BOUND_PPM as i64;
         p.drift_at_bound = true;
         p.election_timeout_spread_ns = rng.between(500 * NANOS_PER_MICRO, 2 * NANOS_PER_MILLI);
+        // The leader is the node whose lease matters.
+        p.isolate_leader_ppm = PPM;
         let every = rng.between(150 * NANOS_PER_MILLI, 400 * NANOS_PER_MILLI);
         p.intervals.isolate_ns = every;
         p.intervals.one_way_partition_ns = every;

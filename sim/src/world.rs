@@ -2669,7 +2669,19 @@ impl World {
                         (from, to)
                     }
                     _ => {
-                        let n = self.random_node();
+                        // Some isolations cut off the leader: the clients
+                        // that found it keep writing to it until check-quorum
+                        // deposes it, so it holds a suffix of its term that
+                        // nobody else has, and the next leader must find
+                        // and cut the divergence (issue 15, gap 1).
+                        let leader = self
+                            .nodes
+                            .iter()
+                            .position(|n| n.raw.as_ref().is_some_and(|r| r.role() == Role::Leader));
+                        let n = match leader {
+                            Some(l) if self.rng_partition.chance(self.profile.isolate_leader_ppm) => l,
+                            _ => self.random_node(),
+                        };
                         self.net.isolate(n);
                         (1 << n, self.net.all() & !(1 << n))
                     }
