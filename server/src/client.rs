@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::{
     ClientFrame, Consistency, MemberChange, NodeStatus, RequestBody, ResponseBody, ServerError, ServerFrame,
-    DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES,
+    DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES, MAX_GROUPS_PER_REQUEST,
 };
 
 /// How a client behaves.
@@ -1082,34 +1082,70 @@ impl Client {
         self.on_every_endpoint(group, RequestBody::RemoveGroup).await
     }
 
+    /// Starts groups `first..=last` on every endpoint, each with `voters`,
+    /// in batches of [`MAX_GROUPS_PER_REQUEST`] sent to all endpoints at
+    /// once. Groups that already run with these voters are skipped, so a
+    /// failed call can simply be repeated.
+    pub async fn add_groups(
+        &self,
+        first: GroupId,
+        last: GroupId,
+        voters: Vec<NodeId>,
+    ) -> Result<(), ClientError> {
+        let mut start = first;
+        loop {
+            let end = last.min(start.saturating_add(MAX_GROUPS_PER_REQUEST - 1));
+            let body = RequestBody::AddGroups { first: start, last: end, voters: voters.clone() };
+            check_frame_fits(start, &body)?;
+            let calls: Vec<_> = (0..self.inner.config.endpoints.len())
+                .map(|endpoint| {
+                    let (client, body) = (self.clone(), body.clone());
+                    tokio::spawn(async move { client.admin_call(endpoint, start, body).await })
+                })
+                .collect();
+            for call in calls {
+                call.await.map_err(|e| ClientError::Protocol(format!("admin call task: {e}")))??;
+            }
+            if end >= last {
+                return Ok(());
+            }
+            start = end + 1;
+        }
+    }
+
     async fn on_every_endpoint(&self, group: GroupId, body: RequestBody) -> Result<(), ClientError> {
         check_frame_fits(group, &body)?;
         for endpoint in 0..self.inner.config.endpoints.len() {
-            let addr = self.inner.config.endpoints[endpoint];
-            let conn = self.conn(endpoint).await.map_err(|e| match e {
-                OpenError::Fatal(e) => e,
-                OpenError::Retry(last) => {
-                    ClientError::Timeout { waited_ms: 0, endpoints: addr.to_string(), last }
-                }
-            })?;
-            let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-            match tokio::time::timeout(self.inner.config.request_timeout, conn.call(id, group, body.clone()))
-                .await
-            {
-                Ok(Ok(Ok(_))) => {}
-                Ok(Ok(Err(e))) => return Err(ClientError::Server(e)),
-                Ok(Err(e)) => return Err(ClientError::Protocol(format!("{addr}: {e}"))),
-                Err(_) => {
-                    return Err(ClientError::Timeout {
-                        waited_ms: u64::try_from(self.inner.config.request_timeout.as_millis())
-                            .unwrap_or(u64::MAX),
-                        endpoints: addr.to_string(),
-                        last: "admin request".into(),
-                    })
-                }
-            }
+            self.admin_call(endpoint, group, body.clone()).await?;
         }
         Ok(())
+    }
+
+    /// One admin request to one endpoint (no leader discovery, no retry).
+    async fn admin_call(
+        &self,
+        endpoint: usize,
+        group: GroupId,
+        body: RequestBody,
+    ) -> Result<(), ClientError> {
+        let addr = self.inner.config.endpoints[endpoint];
+        let conn = self.conn(endpoint).await.map_err(|e| match e {
+            OpenError::Fatal(e) => e,
+            OpenError::Retry(last) => {
+                ClientError::Timeout { waited_ms: 0, endpoints: addr.to_string(), last }
+            }
+        })?;
+        let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.inner.config.request_timeout, conn.call(id, group, body)).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(ClientError::Server(e)),
+            Ok(Err(e)) => Err(ClientError::Protocol(format!("{addr}: {e}"))),
+            Err(_) => Err(ClientError::Timeout {
+                waited_ms: u64::try_from(self.inner.config.request_timeout.as_millis()).unwrap_or(u64::MAX),
+                endpoints: addr.to_string(),
+                last: "admin request".into(),
+            }),
+        }
     }
 }
 

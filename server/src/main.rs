@@ -179,7 +179,13 @@ enum Cmd {
         hold_ms: Option<u64>,
     },
     /// Show each endpoint's node: its groups, roles, terms, indexes, follower lag, counters.
-    Status,
+    /// A node with many groups gets a summary (counts by role, the worst lag)
+    /// unless --all-groups.
+    Status {
+        /// Print every group even when there are many.
+        #[arg(long)]
+        all_groups: bool,
+    },
     /// Ask the group's leader to hand leadership to node --to.
     TransferLeader {
         /// The node id of a voter of the group to hand leadership to.
@@ -198,10 +204,13 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum GroupCmd {
-    /// Start group ID on every endpoint with the given voters (each endpoint must be one).
+    /// Start group ID (or every group of a range FIRST..LAST, both included)
+    /// on every endpoint with the given voters (each endpoint must be one).
     Add {
-        /// The new group's id (1 is the default group every server hosts).
-        id: GroupId,
+        /// The new group's id (1 is the default group every server hosts),
+        /// or an inclusive range such as 2..10001 (created in batches).
+        #[arg(value_parser = parse_group_range)]
+        id: (GroupId, GroupId),
         /// The group's voters, comma separated node ids (e.g. 1,2,3); every
         /// endpoint given must be one of them.
         #[arg(long, value_delimiter = ',')]
@@ -353,6 +362,21 @@ struct BenchArgs {
     /// Gets read whatever the contacted node has (no leadership check).
     #[arg(long)]
     stale: bool,
+}
+
+/// `N` or `FIRST..LAST` (inclusive).
+fn parse_group_range(s: &str) -> Result<(GroupId, GroupId), String> {
+    let number = |t: &str| t.trim().parse::<GroupId>().map_err(|_| format!("{t:?} is not a group id"));
+    let (first, last) = match s.split_once("..") {
+        Some((a, b)) => (number(a)?, number(b.strip_prefix('=').unwrap_or(b))?),
+        None => (number(s)?, number(s)?),
+    };
+    if first == 0 || last < first {
+        return Err(format!(
+            "{s:?}: expected a group id >= 1 or a range FIRST..LAST with 1 <= FIRST <= LAST"
+        ));
+    }
+    Ok((first, last))
 }
 
 fn parse_member(s: &str) -> Result<(NodeId, SocketAddr), String> {
@@ -581,14 +605,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Status => {
+        Cmd::Status { all_groups } => {
             // Each unreachable endpoint is reported once, in place; the exit
             // code says whether every endpoint answered.
             let c = client();
             let mut down = 0;
             for (i, endpoint) in cli.endpoints.iter().enumerate() {
                 match c.status_of(i).await {
-                    Ok(s) => print_status(*endpoint, &s, json),
+                    Ok(s) => print_status(*endpoint, &s, json, all_groups),
                     Err(e) => {
                         down += 1;
                         if json {
@@ -615,11 +639,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             done(json);
             Ok(())
         }
-        Cmd::Group(GroupCmd::Add { id, voters }) => {
+        Cmd::Group(GroupCmd::Add { id: (first, last), voters }) => {
             if voters.is_empty() {
                 return Err(Failure::Other("--voters is required, e.g. --voters 1,2,3".into()));
             }
-            client().add_group(id, voters).await?;
+            if first == last {
+                client().add_group(first, voters).await?;
+            } else {
+                client().add_groups(first, last, voters).await?;
+            }
             done(json);
             Ok(())
         }
@@ -940,7 +968,10 @@ fn print_event(e: &WatchEvent, json: bool) {
     }
 }
 
-fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
+/// Above this many groups, `tarn status` prints a summary per node.
+const STATUS_GROUPS_LISTED_MAX: usize = 20;
+
+fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool, all_groups: bool) {
     if json {
         let groups: Vec<String> = s
             .groups
@@ -983,6 +1014,55 @@ fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
     if let Some(note) = &s.first_start {
         println!("  {note}");
     }
+    if !all_groups && s.groups.len() > STATUS_GROUPS_LISTED_MAX {
+        print_group_summary(s);
+    } else {
+        print_groups(s);
+    }
+    let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("  counters: {}", counters.join(" "));
+}
+
+/// Many groups in a few lines: how many in each role, and where it is worst.
+fn print_group_summary(s: &NodeStatus) {
+    let mut roles: BTreeMap<&str, usize> = BTreeMap::new();
+    for g in &s.groups {
+        let member = g.voters.contains(&s.node_id) || g.learners.contains(&s.node_id);
+        *roles.entry(if member { g.role.as_str() } else { "NotAMember" }).or_default() += 1;
+    }
+    let roles: Vec<String> = roles.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    println!("  {} groups: {} (--all-groups lists them)", s.groups.len(), roles.join(", "));
+    let worst = s
+        .groups
+        .iter()
+        .flat_map(|g| g.followers.iter().map(move |f| (g.group, f)))
+        .max_by_key(|(_, (_, _, lag, connected))| (!connected, *lag));
+    if let Some((g, (id, m, lag, connected))) = worst {
+        let how =
+            if *connected { format!("lag {lag} entries") } else { format!("UNREACHABLE (last match {m})") };
+        println!("  worst follower: group {g} follower {id}, {how}");
+    }
+    let no_leader: Vec<u64> = s.groups.iter().filter(|g| g.leader.is_none()).map(|g| g.group).collect();
+    if !no_leader.is_empty() {
+        println!(
+            "  without a leader: {} groups, e.g. {:?}",
+            no_leader.len(),
+            &no_leader[..no_leader.len().min(10)]
+        );
+    }
+    let troubled: Vec<String> = s
+        .groups
+        .iter()
+        .filter(|g| g.rejoining || g.error.is_some())
+        .take(10)
+        .map(|g| format!("group {}: {}", g.group, g.error.as_deref().unwrap_or("REJOINING")))
+        .collect();
+    for t in troubled {
+        println!("  {t}");
+    }
+}
+
+fn print_groups(s: &NodeStatus) {
     for g in &s.groups {
         // A node outside the configuration keeps a role (a removed voter
         // campaigns in vain as PreCandidate); what matters is that it is out.
@@ -1013,8 +1093,6 @@ fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool) {
             }
         }
     }
-    let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("  counters: {}", counters.join(" "));
 }
 
 #[cfg(test)]

@@ -89,7 +89,16 @@ pub enum RequestBody {
     /// namespace. Refused for a current member at another address (remove it
     /// first), so a typo cannot re-point a live voter.
     RecordPeer { node: NodeId, addr: Option<SocketAddr> },
+    /// Admin: start hosting groups `first..=last` (the frame's group is
+    /// ignored), each with `voters`; groups already hosted with the same
+    /// voters are skipped, so a retried batch is harmless. At most
+    /// [`MAX_GROUPS_PER_REQUEST`] groups.
+    AddGroups { first: GroupId, last: GroupId, voters: Vec<NodeId> },
 }
+
+/// The most groups one `AddGroups` request creates (the CLI sends larger
+/// ranges in batches of this size).
+pub const MAX_GROUPS_PER_REQUEST: u64 = 1_000;
 
 /// One membership change (see `tarn_core::ConfChange`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -247,3 +247,29 @@ async fn values_from_stdin_or_a_file_and_status_of_a_down_endpoint() {
     .unwrap();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_of_groups_is_created_in_one_command_and_summarized_by_status() {
+    let cluster = tokio::time::timeout(Duration::from_secs(30), TestCluster::start(1)).await.expect("start");
+    let ep = cluster.endpoints()[0].to_string();
+    tokio::task::spawn_blocking(move || {
+        let ep = ep.as_str();
+        let o = tarn(ep, &["group", "add", "2..41", "--voters", "1"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        // Again: the groups exist with these voters, so nothing to do.
+        let o = tarn(ep, &["group", "add", "2..41", "--voters", "1"]);
+        assert!(o.status.success(), "a repeated range is harmless: {}", stderr(&o));
+        let o = tarn(ep, &["group", "add", "0..3", "--voters", "1"]);
+        assert_eq!(o.status.code(), Some(2), "group 0 is refused at parsing: {}", stderr(&o));
+        // 41 groups: a summary, until every group has elected itself.
+        let out = poll_tarn("every group leads", ep, &["status"], |out| out.contains("41 groups: Leader 41"));
+        assert!(!out.contains("group 17:"), "{out}");
+        let o = tarn(ep, &["status", "--all-groups"]);
+        assert_eq!(stdout(&o).lines().filter(|l| l.trim_start().starts_with("group ")).count(), 41);
+        assert!(tarn(ep, &["--group", "41", "put", "k", "v"]).status.success());
+        assert_eq!(stdout(&tarn(ep, &["--group", "41", "get", "k"])), "v\n");
+    })
+    .await
+    .unwrap();
+    cluster.shutdown().await;
+}
