@@ -101,7 +101,7 @@ impl fmt::Display for TraceEvent {
                 write!(f, "n{n}: proposes membership change: {what} n{b}{by}")
             }
             TraceKind::Invoke => write!(f, "client {a}: invoke op #{b} at n{n}"),
-            TraceKind::Complete => write!(f, "client {a}: complete op #{b} (result code {c})"),
+            TraceKind::Complete => write!(f, "client {a}: complete op #{b}: {}", result_name(c)),
             TraceKind::Apply => write!(f, "n{n}: applied up to index {a} (term {b})"),
             TraceKind::DiskError => {
                 let what = match a {
@@ -303,9 +303,37 @@ impl Trace {
     }
 }
 
+/// A completed operation's result, as `world::result_code` packs it: the
+/// kind in the low byte, its payload above.
+fn result_name(code: u64) -> String {
+    let (kind, payload) = (code & 0xff, code >> 8);
+    let yes = payload == 1;
+    match kind {
+        0 => "unknown (no answer: it may or may not have happened)".into(),
+        1 => "ok".into(),
+        2 => "read: absent".into(),
+        3 => format!("read: {payload}"),
+        4 => format!("cas: {}", if yes { "applied" } else { "refused (value differs)" }),
+        5 => format!("removed: {}", if yes { "it existed" } else { "it was absent" }),
+        6 => format!("lock: {}", if yes { "acquired" } else { "busy" }),
+        7 => "lock: queued behind the holder".into(),
+        8 => format!("refresh: {}", if yes { "it existed" } else { "it was absent" }),
+        _ => format!("result code {code}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_are_named() {
+        assert_eq!(result_name(0), "unknown (no answer: it may or may not have happened)");
+        assert_eq!(result_name(3 | (42 << 8)), "read: 42");
+        assert_eq!(result_name(4 | (1 << 8)), "cas: applied");
+        assert_eq!(result_name(6), "lock: busy");
+        assert_eq!(result_name(99), "result code 99");
+    }
 
     fn ev(at: Nanos) -> TraceEvent {
         TraceEvent { at_ns: at, node: 1, kind: TraceKind::Note, a: 0, b: 0, c: 0 }
