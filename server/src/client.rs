@@ -652,7 +652,10 @@ impl Client {
         self.write_in(self.inner.config.group, command).await
     }
 
-    /// [`Client::write`] in group `group` (same session).
+    /// [`Client::write`] in group `group` (same session). Only for groups
+    /// where this client's session lives (its own group, or system writes):
+    /// a session is per group, so a client talks to one group
+    /// (`ClientConfig::group`); use one client per group.
     async fn write_in(&self, group: GroupId, command: Command) -> Result<Reply, ClientError> {
         // Checked here for a fast, clear error, and again on the server;
         // before taking a seq, so that a refused command never moves the

@@ -362,6 +362,13 @@ struct BenchArgs {
     /// Gets read whatever the contacted node has (no leadership check).
     #[arg(long)]
     stale: bool,
+    /// Spread the keys over groups 1..=N (with --embedded the groups are
+    /// created first, on every node; otherwise they must exist).
+    #[arg(long, default_value_t = 1)]
+    groups: u64,
+    /// Put every key once before the warm-up, so gets read present keys.
+    #[arg(long)]
+    prefill: bool,
 }
 
 /// `N` or `FIRST..LAST` (inclusive).
@@ -736,7 +743,6 @@ async fn serve(args: ServeArgs, endpoints: &[SocketAddr]) -> Result<(), Failure>
     Ok(())
 }
 
-/// Starts `nodes` servers on consecutive ports and returns them.
 /// The value of `tarn put`: the argument, stdin (`-`) or a file.
 fn put_value(value: Option<String>, file: Option<PathBuf>) -> Result<Bytes, Failure> {
     match (value, file) {
@@ -759,6 +765,7 @@ fn put_value(value: Option<String>, file: Option<PathBuf>) -> Result<Bytes, Fail
 /// the same addresses (same `--cluster` text) never shares its id.
 const LOCAL_CLUSTER_ID_SALT: u64 = 0x7461_726e_2d6c_6f63; // "tarn-loc"
 
+/// Starts `nodes` servers on consecutive ports and returns them.
 async fn start_local_cluster(
     nodes: u64,
     client_port: impl Fn(u64) -> u16,
@@ -818,6 +825,10 @@ async fn bench_cmd(args: BenchArgs, mut client_config: ClientConfig, json: bool)
             start_local_cluster(args.nodes, |_| 0, free_port, &dir, args.write_mode.write_mode()).await?;
         client_config.endpoints = servers.iter().map(|s| s.client_addr()).collect();
         _tmp = RemoveOnDrop(dir);
+        if args.groups > 1 {
+            let voters: Vec<NodeId> = (1..=args.nodes).collect();
+            Client::new(client_config.clone()).add_groups(2, args.groups, voters).await?;
+        }
     }
     let config = BenchConfig {
         connections: args.connections,
@@ -828,13 +839,17 @@ async fn bench_cmd(args: BenchArgs, mut client_config: ClientConfig, json: bool)
         duration: Duration::from_secs(args.duration_s),
         warmup: Duration::from_secs(args.warmup_s),
         consistency: if args.stale { Consistency::Stale } else { Consistency::Linearizable },
+        groups: args.groups,
+        prefill: args.prefill,
     };
     eprintln!(
-        "bench: {} connection(s), {} in flight, {:.0}% gets, {} keys, {}-byte values, {} s + {} s warm-up{}",
+        "bench: {} connection(s), {} in flight, {:.0}% gets, {} keys over {} group(s){}, {}-byte values, {} s + {} s warm-up{}",
         config.connections,
         config.in_flight,
         config.get_ratio * 100.0,
         config.keys,
+        config.groups,
+        if config.prefill { " (prefilled)" } else { "" },
         config.value_size_bytes,
         args.duration_s,
         args.warmup_s,
@@ -847,8 +862,8 @@ async fn bench_cmd(args: BenchArgs, mut client_config: ClientConfig, json: bool)
     let report = bench::run(client_config, config).await?;
     if json {
         println!(
-            "{{\"ops_per_sec\":{:.0},\"ops\":{},\"errors\":{},\"seconds\":{:.3},\"mean_us\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
-            report.ops_per_sec, report.ops, report.errors, report.seconds, report.mean_us, report.p50_us, report.p99_us, report.p999_us, report.max_us
+            "{{\"ops_per_sec\":{:.0},\"ops\":{},\"errors\":{},\"seconds\":{:.3},\"mean_us\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"cpu_seconds\":{:.3},\"ops_per_cpu_sec\":{:.0}}}",
+            report.ops_per_sec, report.ops, report.errors, report.seconds, report.mean_us, report.p50_us, report.p99_us, report.p999_us, report.max_us, report.cpu_seconds, report.ops_per_cpu_sec
         );
     } else {
         println!("{report}");

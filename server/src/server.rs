@@ -535,6 +535,16 @@ async fn wait_for_room<P>(
     }
 }
 
+/// The answer for a request to group `g`, which does not run here. Until
+/// the first start is decided no group runs yet: a passing state the client
+/// waits out (`Unavailable`), not a missing group.
+fn missing_group(shared: &Shared, g: GroupId) -> ServerError {
+    match shared.first_start.lock().ok().and_then(|w| w.clone()) {
+        Some(reason) => ServerError::Unavailable { reason },
+        None => ServerError::NoSuchGroup { node: shared.config.node_id, group: g },
+    }
+}
+
 /// Room held in the large-request budget for the frame a connection is
 /// reading; given back (and the gauge lowered) when dropped.
 struct LargeRequest {
@@ -1082,16 +1092,9 @@ fn not_leader(shared: &Shared, group: GroupId, leader: Option<NodeId>) -> Server
 fn propose_writes(shared: &Arc<Shared>, g: GroupId, batch: Vec<(u64, Request)>, conn: &Conn) {
     let tx = &conn.tx;
     shared.counters.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
-    let node_id = shared.config.node_id;
     let Some(group) = shared.node.group(g) else {
         for (id, _) in batch {
-            send_frame(
-                tx,
-                ServerFrame::Response {
-                    id,
-                    result: Err(ServerError::NoSuchGroup { node: node_id, group: g }),
-                },
-            );
+            send_frame(tx, ServerFrame::Response { id, result: Err(missing_group(shared, g)) });
         }
         return;
     };
@@ -1169,7 +1172,7 @@ fn handle_request(
         _ => match shared.node.group(g) {
             Some(h) => Some(h),
             None => {
-                tokio::spawn(respond(Err(ServerError::NoSuchGroup { node: node_id, group: g })));
+                tokio::spawn(respond(Err(missing_group(shared, g))));
                 return;
             }
         },
