@@ -932,7 +932,7 @@ fn worker_loop(
     // a time, every `sync_interval` while something is unsynced — also
     // under constant load (the wait below never exceeds the next due time).
     let sync_thread = match mode {
-        WriteMode::Async { .. } => Some(SyncThread::start()),
+        WriteMode::Async { .. } => Some(SyncThread::start(counters.clone())),
         WriteMode::Sync => None,
     };
     let mut sync_in_flight = false;
@@ -1020,6 +1020,8 @@ fn worker_loop(
             }
         }
         let mut staged = false;
+        // Entries appended by this flush (a histogram of batch sizes).
+        let mut entries_staged = 0u64;
         let mut flush_replies = Vec::new();
         for request in batch.drain(..) {
             match request {
@@ -1088,6 +1090,7 @@ fn worker_loop(
                     for w in &writes {
                         if let LogWrite::Append(entries) = w {
                             counters.entries_written.fetch_add(entries.len() as u64, Relaxed);
+                            entries_staged += entries.len() as u64;
                         }
                         if let Err(e) = store.stage(group, w) {
                             flushed.failed.push(e);
@@ -1109,9 +1112,14 @@ fn worker_loop(
             }
         }
         if staged || !flush_replies.is_empty() || owed {
+            let started = std::time::Instant::now();
             store.flush_pipelined(&mut flushed);
             counters.flushes.fetch_add(1, Relaxed);
+            if entries_staged > 0 {
+                counters.flush_entries.observe(entries_staged);
+            }
             if mode == WriteMode::Sync {
+                counters.sync_seconds.observe_duration(started.elapsed());
                 counters.syncs.fetch_add(1, Relaxed);
             } else {
                 unsynced = true;
@@ -1167,14 +1175,16 @@ struct SyncThread {
 }
 
 impl SyncThread {
-    fn start() -> SyncThread {
+    fn start(counters: Arc<StorageCounters>) -> SyncThread {
         let (jobs, job_rx) = std_mpsc::channel::<SyncJob>();
         let (result_tx, results) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("tarn-sync".into())
             .spawn(move || {
                 while let Ok(job) = job_rx.recv() {
+                    let started = std::time::Instant::now();
                     let r = job.run();
+                    counters.sync_seconds.observe_duration(started.elapsed());
                     if result_tx.send((job, r)).is_err() {
                         break;
                     }
