@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 mod admission;
 mod first_start;
@@ -844,7 +845,9 @@ async fn accept_clients(shared: Arc<Shared>, listener: TcpListener, mut stop: wa
                 shared.counters.client_connections_open.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 shared.counters.client_connections.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(serve_client(shared.clone(), stream, addr, stop.clone()));
+                // Every line a connection logs says which node and client.
+                let span = tracing::info_span!("client", node = shared.config.node_id, client = %addr);
+                tokio::spawn(serve_client(shared.clone(), stream, addr, stop.clone()).instrument(span));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept on client port failed");
@@ -1047,7 +1050,9 @@ async fn serve_client(
                     && watches.lock().map(|w| w.is_empty()).unwrap_or(true);
                 if idle {
                     shared.counters.client_idle_disconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
+                    // Debug: routine for pooled clients, and counted in
+                    // `client_idle_disconnects` (info logs nothing per client).
+                    tracing::debug!(
                         client = %addr,
                         idle_ms = limits.idle_timeout.as_millis() as u64,
                         "closing an idle client connection (no request, answer or watch)"

@@ -476,7 +476,8 @@ impl<SM: StateMachine> Node<SM> {
             }
         }
         let storage_counters = Arc::new(StorageCounters::default());
-        let storage = StorageWorker::start(store, config.write_mode, storage_counters.clone());
+        let storage =
+            StorageWorker::start(config.node_id, store, config.write_mode, storage_counters.clone());
         let routes: Routes<SM> = Arc::default();
         let dropped_inbound = Arc::new(AtomicU64::new(0));
         let transport = match peer_listener {

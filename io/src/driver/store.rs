@@ -850,6 +850,7 @@ pub(crate) struct StorageWorker {
 
 impl StorageWorker {
     pub(crate) fn start(
+        node: NodeId,
         store: Box<dyn LogStore>,
         mode: WriteMode,
         counters: Arc<StorageCounters>,
@@ -857,7 +858,10 @@ impl StorageWorker {
         let (tx, rx) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("tarn-storage".into())
-            .spawn(move || worker_loop(store, mode, rx, counters))
+            .spawn(move || {
+                let _span = tracing::info_span!("storage", node).entered();
+                worker_loop(store, mode, rx, counters)
+            })
             .expect("spawning the storage thread (out of threads?)");
         StorageWorker { tx }
     }
@@ -897,7 +901,7 @@ fn stage_chunk(
                 staging.insert(group, Staging { snapshot, sink, error: None });
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot stage a snapshot");
+                tracing::error!(group, error = %e, "cannot stage a snapshot");
                 return;
             }
         }
@@ -952,7 +956,7 @@ fn worker_loop(
             }
         }
         for e in flushed.failed.drain(..) {
-            tracing::error!(error = %e, "storage failure");
+            tracing::error!(group = e.group, error = %e, "storage failure");
             if let Some(done) = groups.get(&e.group) {
                 let _ = done.send(StorageDone::Failed(e));
             }
@@ -1061,7 +1065,7 @@ fn worker_loop(
                         Ok(None) => (None, false),
                         Err(e) => {
                             // The transfer restarts later; the node itself is fine.
-                            tracing::error!(error = %e, "reading a snapshot chunk failed");
+                            tracing::error!(group, error = %e, "reading a snapshot chunk failed");
                             (None, false)
                         }
                     };
