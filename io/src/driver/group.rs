@@ -292,6 +292,7 @@ impl<SM: StateMachine> GroupTask<SM> {
                         Action::AppendLog { entries } => writes.push(LogWrite::Append(entries)),
                         Action::PersistHardState(hs) => writes.push(LogWrite::HardState(hs)),
                         Action::Apply { entries, proposals: ids } => {
+                            let started = Instant::now();
                             let mut ids = ids.into_iter().peekable();
                             for entry in &entries {
                                 debug_assert!(
@@ -325,6 +326,7 @@ impl<SM: StateMachine> GroupTask<SM> {
                                 }
                             }
                             applied_to = Some(applied);
+                            self.counters.apply_seconds.observe_duration(started.elapsed());
                         }
                         Action::FetchEntries { from, to, max_bytes } => {
                             self.storage.submit(StorageRequest::Fetch {

@@ -137,6 +137,12 @@ pub struct GroupCounters {
     /// How long a snapshot took: encoding and writing it (taken), or
     /// decoding the staged transfer (installed), until durable and recorded.
     pub snapshot_seconds: Histogram,
+    /// How long applying one batch of committed entries took, answers to
+    /// their proposers included. The core hands entries over in the turn
+    /// that commits them once they are durable here (a follower whose own
+    /// write lags, or an entry fetched back from disk, waits first: that
+    /// wait is not counted).
+    pub apply_seconds: Histogram,
 }
 
 #[cfg(test)]

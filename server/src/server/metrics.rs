@@ -121,6 +121,7 @@ async fn groups(b: &mut Builder, shared: &Shared) {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut lag, mut leader_changes, mut taken, mut installed, mut failed, mut durations) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut apply = Vec::new();
     for g in shared.node.groups() {
         let Some(handle) = shared.node.group(g) else { continue };
         let info = handle.info();
@@ -140,6 +141,7 @@ async fn groups(b: &mut Builder, shared: &Shared) {
         installed.push((group(), Value::Counter(c.snapshots_installed.load(Relaxed))));
         failed.push((group(), Value::Counter(c.snapshot_failures.load(Relaxed))));
         durations.push((group(), Value::Histogram(c.snapshot_seconds.snapshot())));
+        apply.push((group(), Value::Histogram(c.apply_seconds.snapshot())));
         // Progress is known on the leader only.
         if info.role == Role::Leader {
             if let Some(status) = handle.status().await {
@@ -173,6 +175,12 @@ async fn groups(b: &mut Builder, shared: &Shared) {
         "Time to write (taken) or decode (installed) a snapshot until durable and recorded",
         Histogram,
         durations,
+    );
+    b.add(
+        "tarn_group_apply_duration_seconds",
+        "Time to apply one batch of committed entries, answers included",
+        Histogram,
+        apply,
     );
 }
 
