@@ -325,6 +325,24 @@ struct ServeArgs {
     /// from the log rather than a snapshot (default 10000).
     #[arg(long)]
     log_keep_tail_entries: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9100); off by default. Anyone who can reach ADDR can read
+    /// them: bind it to a private interface.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Log lines as text, or as one JSON object per line (for log
+    /// shippers). The level comes from RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How the server writes its log lines (to stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines (colored on a terminal).
+    Text,
+    /// One JSON object per line: timestamp, level, fields, target, spans.
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -394,15 +412,17 @@ fn parse_member(s: &str) -> Result<(NodeId, SocketAddr), String> {
     Ok((id, addr))
 }
 
-fn init_logging(default: &str) {
+/// Logs to stderr at `RUST_LOG`'s levels (`default` without it), as text
+/// or JSON lines.
+fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+    };
 }
 
 /// Only the binary picks the allocator: a library embedding tarn keeps its own. glibc malloc
@@ -414,7 +434,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let server_side = matches!(cli.command, Cmd::Serve(_) | Cmd::Cluster { .. });
-    init_logging(if server_side { "info" } else { "warn" });
+    let log_format = match &cli.command {
+        Cmd::Serve(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    init_logging(if server_side { "info" } else { "warn" }, log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -735,10 +759,25 @@ async fn serve(args: ServeArgs, endpoints: &[SocketAddr]) -> Result<(), Failure>
     config.snapshot_after_entries = args.snapshot_after_entries.unwrap_or(config.snapshot_after_entries);
     config.snapshot_after_bytes = args.snapshot_after_bytes.unwrap_or(config.snapshot_after_bytes);
     config.log_keep_tail_entries = args.log_keep_tail_entries.unwrap_or(config.log_keep_tail_entries);
+    config.metrics_addr = args.metrics_addr;
     let server = Server::start(config).await.map_err(|e| e.to_string())?;
-    eprintln!("tarn node {} serving clients on {} (Ctrl-C to stop)", server.node_id(), server.client_addr());
+    // JSON logs are for machines: every stderr line must be a JSON object,
+    // and the log lines already say all this.
+    let text = args.log_format == LogFormat::Text;
+    if text {
+        eprintln!(
+            "tarn node {} serving clients on {} (Ctrl-C to stop)",
+            server.node_id(),
+            server.client_addr()
+        );
+        if let Some(addr) = server.metrics_addr() {
+            eprintln!("metrics at http://{addr}/metrics");
+        }
+    }
     shutdown_signal().await;
-    eprintln!("shutting down: flushing and syncing");
+    if text {
+        eprintln!("shutting down: flushing and syncing");
+    }
     server.shutdown().await;
     Ok(())
 }

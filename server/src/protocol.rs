@@ -224,3 +224,34 @@ pub enum ServerError {
     )]
     ReplyTooLarge { size_bytes: usize, max_bytes: usize },
 }
+
+impl ServerError {
+    /// Every [`ServerError::kind`], in [`ServerError::kind_index`] order.
+    pub const KINDS: [&'static str; 7] = [
+        "not_leader",
+        "maybe_committed",
+        "no_such_group",
+        "bad_request",
+        "unavailable",
+        "peer_port",
+        "reply_too_large",
+    ];
+
+    /// The variant's name in snake case (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        Self::KINDS[self.kind_index()]
+    }
+
+    /// The variant's position in [`ServerError::KINDS`].
+    pub fn kind_index(&self) -> usize {
+        match self {
+            ServerError::NotLeader { .. } => 0,
+            ServerError::MaybeCommitted { .. } => 1,
+            ServerError::NoSuchGroup { .. } => 2,
+            ServerError::BadRequest { .. } => 3,
+            ServerError::Unavailable { .. } => 4,
+            ServerError::PeerPort { .. } => 5,
+            ServerError::ReplyTooLarge { .. } => 6,
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tarn_core::{GroupId, Membership, Nanos, NodeId, Role};
@@ -21,10 +21,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 mod admission;
 mod first_start;
 mod join;
+mod metrics;
+mod metrics_http;
 
 use crate::machine::{KvMachine, WatchDelivery};
 use crate::protocol::{
@@ -84,6 +87,9 @@ pub struct ServerConfig {
     pub max_entry_bytes: usize,
     /// Bounds on client connections (memory per connection, their number).
     pub connections: ConnectionLimits,
+    /// Where to serve `GET /metrics` (Prometheus text format); `None`: no
+    /// metrics endpoint. Port 0 picks a free port (see [`Server::metrics_addr`]).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Bounds on the client port: every per-connection buffer and queue is
@@ -183,6 +189,7 @@ impl ServerConfig {
             join: None,
             max_entry_bytes: tarn_core::MAX_ENTRY_BYTES_DEFAULT,
             connections: ConnectionLimits::default(),
+            metrics_addr: None,
         }
     }
 
@@ -457,15 +464,36 @@ fn open_store(config: &ServerConfig) -> Result<Box<dyn LogStore>, StartError> {
 
 // ----- the running server ---------------------------------------------------------------
 
-/// Counters readable while the server runs (shown by `tarn status`).
+/// Counters readable while the server runs (shown by `tarn status`,
+/// exported on `/metrics`).
 #[derive(Debug, Default)]
 pub struct ServerCounters {
+    /// Client connections accepted.
     pub client_connections: AtomicU64,
+    /// Client requests read (every kind).
     pub requests: AtomicU64,
+    /// Write requests read.
     pub writes: AtomicU64,
+    /// Read requests read.
     pub reads: AtomicU64,
+    /// Raft entries proposed for client writes (each carries one or more).
+    pub proposals: AtomicU64,
+    /// Frames that did not decode (the connection is closed).
     pub bad_frames: AtomicU64,
+    /// Requests answered `NotLeader`.
     pub not_leader: AtomicU64,
+    /// Error answers sent, by [`ServerError::kind_index`].
+    pub errors: [AtomicU64; ServerError::KINDS.len()],
+    /// Bytes read from client connections.
+    pub client_bytes_received: AtomicU64,
+    /// Bytes written to client connections.
+    pub client_bytes_sent: AtomicU64,
+    /// From reading a write request to its answer being queued (proposal,
+    /// commit and apply included), per request.
+    pub write_seconds: tarn_io::driver::Histogram,
+    /// From reading a read request to running it on the state machine
+    /// (a linearizable read includes its ReadIndex or lease check).
+    pub read_seconds: tarn_io::driver::Histogram,
     /// Client connections open now (a gauge).
     pub client_connections_open: AtomicU64,
     /// Connections closed at accept: `ConnectionLimits::max_connections` reached.
@@ -619,6 +647,7 @@ pub struct Server {
     shared: Arc<Shared>,
     client_addr: SocketAddr,
     peer_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     accept: JoinHandle<()>,
 }
@@ -671,6 +700,16 @@ impl Server {
             })?),
             None => None,
         };
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+                addr,
+                what: "metrics",
+                flag: "metrics-addr",
+                source,
+            })?),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let client_addr = client_listener.local_addr().map_err(|e| StartError::Config(e.to_string()))?;
         let peer_addr = peer_listener.as_ref().and_then(|l| l.local_addr().ok());
         let groups =
@@ -744,8 +783,23 @@ impl Server {
         } else if shared.peer_addr.is_some() {
             tokio::spawn(join::maintain_peers(shared.clone(), rejoin, stop_rx.clone()));
         }
+        if let (Some(listener), Some(addr)) = (metrics_listener, metrics_addr) {
+            tracing::info!(node = shared.config.node_id, %addr, "serving GET /metrics");
+            tokio::spawn(metrics_http::serve(shared.clone(), listener, stop_rx.clone()));
+        }
         let accept = tokio::spawn(accept_clients(shared.clone(), client_listener, stop_rx));
-        Ok(Server { shared, client_addr, peer_addr, stop, accept })
+        Ok(Server { shared, client_addr, peer_addr, metrics_addr, stop, accept })
+    }
+
+    /// Where `GET /metrics` is served, as bound (`None` without
+    /// [`ServerConfig::metrics_addr`]).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The metrics `GET /metrics` serves now, in the Prometheus text format.
+    pub async fn metrics_text(&self) -> String {
+        metrics::render(&self.shared).await
     }
 
     pub fn client_addr(&self) -> SocketAddr {
@@ -801,7 +855,9 @@ async fn accept_clients(shared: Arc<Shared>, listener: TcpListener, mut stop: wa
                 shared.counters.client_connections_open.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 shared.counters.client_connections.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(serve_client(shared.clone(), stream, addr, stop.clone()));
+                // Every line a connection logs says which node and client.
+                let span = tracing::info_span!("client", node = shared.config.node_id, client = %addr);
+                tokio::spawn(serve_client(shared.clone(), stream, addr, stop.clone()).instrument(span));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept on client port failed");
@@ -849,9 +905,12 @@ async fn serve_client(
         let (queue, shared) = (writer_queue, writer_shared);
         // Takes a frame off the queue: its permit (or watch slot) goes back.
         let taken = |f: &ServerFrame| match f {
-            ServerFrame::Response { .. } => {
+            ServerFrame::Response { result, .. } => {
                 queue.permits.add_permits(1);
                 shared.counters.client_queued_replies.fetch_sub(1, Ordering::Relaxed);
+                if let Err(e) = result {
+                    shared.counters.errors[e.kind_index()].fetch_add(1, Ordering::Relaxed);
+                }
             }
             ServerFrame::Watch { .. } | ServerFrame::WatchEnded { .. } => {
                 queue.watch_frames.fetch_sub(1, Ordering::Relaxed);
@@ -880,6 +939,7 @@ async fn serve_client(
             if writer.write_all(&buf).await.is_err() {
                 return;
             }
+            shared.counters.client_bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
         }
         let _ = writer.shutdown().await;
     });
@@ -1000,7 +1060,9 @@ async fn serve_client(
                     && watches.lock().map(|w| w.is_empty()).unwrap_or(true);
                 if idle {
                     shared.counters.client_idle_disconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
+                    // Debug: routine for pooled clients, and counted in
+                    // `client_idle_disconnects` (info logs nothing per client).
+                    tracing::debug!(
                         client = %addr,
                         idle_ms = limits.idle_timeout.as_millis() as u64,
                         "closing an idle client connection (no request, answer or watch)"
@@ -1012,7 +1074,9 @@ async fn serve_client(
         };
         match read {
             Ok(0) | Err(_) => break 'conn,
-            Ok(_) => {}
+            Ok(n) => {
+                shared.counters.client_bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
     }
     // Remove this connection's watches.
@@ -1110,6 +1174,7 @@ fn propose_writes(shared: &Arc<Shared>, g: GroupId, batch: Vec<(u64, Request)>, 
     // Entries under the core's bound, measured encoded; a request too large
     // for any entry is answered here, never proposed.
     let packed = admission::pack_entries(valid, shared.max_entry_bytes, admission::MAX_REQUESTS_PER_ENTRY);
+    let started = Instant::now();
     for (id, e) in packed.refused {
         send_frame(tx, ServerFrame::Response { id, result: Ok(ResponseBody::Kv(Err(e))) });
     }
@@ -1119,7 +1184,10 @@ fn propose_writes(shared: &Arc<Shared>, g: GroupId, batch: Vec<(u64, Request)>, 
         // No task per request: the outcome is framed on the group's task and
         // queued straight to this connection's writer.
         let (out, shared) = (tx.clone(), shared.clone());
+        shared.counters.proposals.fetch_add(1, Ordering::Relaxed);
         let reply: ProposeFn<KvMachine> = Box::new(move |r| {
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            shared.counters.write_seconds.observe_n(nanos, ids.len() as u64);
             let error = match r {
                 Ok(Ok(responses)) if responses.len() == ids.len() => {
                     for (id, response) in ids.into_iter().zip(responses) {
@@ -1195,7 +1263,10 @@ fn handle_request(
             }
             let linearizable = consistency == Consistency::Linearizable;
             let out = tx.clone();
+            let started = Instant::now();
+            let timing = shared.clone();
             let f: ReadFn<KvMachine> = Box::new(move |m| {
+                timing.counters.read_seconds.observe_duration(started.elapsed());
                 let result = match m {
                     Ok(m) => {
                         let kv = m.kv();
@@ -1566,6 +1637,9 @@ async fn node_status(shared: &Shared) -> NodeStatus {
         ("requests".into(), l(&c.requests)),
         ("writes".into(), l(&c.writes)),
         ("reads".into(), l(&c.reads)),
+        ("proposals".into(), l(&c.proposals)),
+        ("client_bytes_received".into(), l(&c.client_bytes_received)),
+        ("client_bytes_sent".into(), l(&c.client_bytes_sent)),
         ("bad_frames".into(), l(&c.bad_frames)),
         ("not_leader".into(), l(&c.not_leader)),
         ("client_connections_open".into(), l(&c.client_connections_open)),

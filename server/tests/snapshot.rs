@@ -163,6 +163,17 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
         // needs 50 applied entries after its old log): it installed it.
         let installed = info(&cluster, lagger).snapshot;
         assert!(installed.index > last_before.index + SNAPSHOT_AFTER_ENTRIES, "{installed} vs {last_before}");
+        // The metrics count both sides: the leader took, the lagger installed.
+        let counters = cluster.servers[&lagger].group(1).expect("group 1").counters().clone();
+        assert!(counters.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        assert!(counters.snapshot_seconds.snapshot().count >= 1);
+        let text = cluster.servers[&leader].metrics_text().await;
+        let taken: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tarn_group_snapshots_taken_total{group=\"1\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no snapshots_taken sample in:\n{text}"));
+        assert!(taken >= 1, "{text}");
         // Its own log was discarded and restarted after the snapshot.
         let segs = segments(&cluster, lagger);
         assert!(segs.iter().all(|&f| f > last_before.index), "{segs:?}");

@@ -9,19 +9,21 @@
 //! one request, committed entries are applied right here.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tarn_core::{
     Action, ConfChange, ConfChangeError, DropReason, EntryPayload, GroupId, Input, LogId, Membership,
-    Message, Nanos, NodeId, Proposal, RawNode, Role, SnapshotMeta, Status,
+    Message, Nanos, NodeId, Proposal, RawNode, Role, SnapshotMeta, Status, Term,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use super::state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore};
 use super::store::{LogWrite, StagedSnapshot, StorageDone, StorageRequest, StorageWorker};
-use super::{GroupInfo, ProposeError, ReadError, StateMachine};
+use super::{GroupCounters, GroupInfo, ProposeError, ReadError, StateMachine};
 use crate::transport::Transport;
 
 /// Receives a proposal's outcome, on the group's task (must not block).
@@ -80,6 +82,9 @@ pub(crate) struct GroupTask<SM: StateMachine> {
     /// Snapshot tasks still running: awaited when the group stops, so none
     /// outlives it (a restarted node must not meet a late commit).
     pub snap_tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub counters: Arc<GroupCounters>,
+    /// The last leader seen, with its term (counts leader changes).
+    pub seen_leader: Option<(Term, NodeId)>,
 }
 
 fn wall_clock_nanos() -> Nanos {
@@ -156,17 +161,20 @@ impl<SM: StateMachine> GroupTask<SM> {
             for e in snap_events {
                 match e {
                     SnapEvent::Created(Ok(meta)) => {
+                        self.counters.snapshots_taken.fetch_add(1, Relaxed);
                         tracing::info!(snapshot = %meta.last_log_id, "snapshot taken");
                         self.snapshot = self.snapshot.max(meta.last_log_id);
                         snapshotting = std::mem::take(&mut want_again) && self.take_snapshot(applied);
                         self.raw.step(t, Input::SnapshotCreated { meta }, &mut actions);
                     }
                     SnapEvent::Created(Err(e)) => {
+                        self.counters.snapshot_failures.fetch_add(1, Relaxed);
                         snapshotting = false;
                         want_again = false;
                         tracing::warn!(error = %e, "taking a snapshot failed; the log is not compacted until the next one");
                     }
                     SnapEvent::Installed(Ok((meta, install))) => {
+                        self.counters.snapshots_installed.fetch_add(1, Relaxed);
                         install(&mut self.sm);
                         applied = meta.last_log_id.index;
                         self.applied_log_id = meta.last_log_id;
@@ -181,6 +189,7 @@ impl<SM: StateMachine> GroupTask<SM> {
                         self.raw.step(t, Input::SnapshotInstalled { meta }, &mut actions);
                     }
                     SnapEvent::Installed(Err(e)) => {
+                        self.counters.snapshot_failures.fetch_add(1, Relaxed);
                         tracing::error!(error = %e, "installing a snapshot failed; stopping the group (restart the node)");
                         failed = Some(format!("installing a snapshot failed: {e}"));
                         stopped = true;
@@ -283,6 +292,7 @@ impl<SM: StateMachine> GroupTask<SM> {
                         Action::AppendLog { entries } => writes.push(LogWrite::Append(entries)),
                         Action::PersistHardState(hs) => writes.push(LogWrite::HardState(hs)),
                         Action::Apply { entries, proposals: ids } => {
+                            let started = Instant::now();
                             let mut ids = ids.into_iter().peekable();
                             for entry in &entries {
                                 debug_assert!(
@@ -316,6 +326,7 @@ impl<SM: StateMachine> GroupTask<SM> {
                                 }
                             }
                             applied_to = Some(applied);
+                            self.counters.apply_seconds.observe_duration(started.elapsed());
                         }
                         Action::FetchEntries { from, to, max_bytes } => {
                             self.storage.submit(StorageRequest::Fetch {
@@ -453,9 +464,11 @@ impl<SM: StateMachine> GroupTask<SM> {
     /// blocking thread), makes it durable and records it; reports `Created`.
     fn spawn_create(&mut self, meta: SnapshotMeta, producer: SnapshotProducer) {
         let (storage, group, tx) = (self.storage.clone(), self.group, self.snap_tx.clone());
+        let (counters, started) = (self.counters.clone(), Instant::now());
         self.snap_tasks.retain(|t| !t.is_finished());
         self.snap_tasks.push(tokio::spawn(async move {
             let r = create_snapshot(&storage, group, meta, producer).await;
+            counters.snapshot_seconds.observe_duration(started.elapsed());
             let _ = tx.send(SnapEvent::Created(r));
         }));
     }
@@ -464,14 +477,16 @@ impl<SM: StateMachine> GroupTask<SM> {
     /// records it (the log is discarded); reports `Installed`.
     fn spawn_install(&mut self, meta: SnapshotMeta, restore: Box<dyn SnapshotRestore<SM>>) {
         let (storage, group, tx) = (self.storage.clone(), self.group, self.snap_tx.clone());
+        let (counters, started) = (self.counters.clone(), Instant::now());
         self.snap_tasks.retain(|t| !t.is_finished());
         self.snap_tasks.push(tokio::spawn(async move {
             let r = install_snapshot(&storage, group, meta, restore).await;
+            counters.snapshot_seconds.observe_duration(started.elapsed());
             let _ = tx.send(SnapEvent::Installed(r));
         }));
     }
 
-    fn publish(&self, applied: u64, error: Option<String>) {
+    fn publish(&mut self, applied: u64, error: Option<String>) {
         let (role, term, leader, commit, last) = (
             self.raw.role(),
             self.raw.term(),
@@ -479,6 +494,12 @@ impl<SM: StateMachine> GroupTask<SM> {
             self.raw.commit_index(),
             self.raw.last_log_id(),
         );
+        if let Some(l) = leader {
+            if self.seen_leader != Some((term, l)) {
+                self.seen_leader = Some((term, l));
+                self.counters.leader_changes.fetch_add(1, Relaxed);
+            }
+        }
         self.info.send_if_modified(|i| {
             let next = GroupInfo {
                 group: self.group,

@@ -43,6 +43,7 @@
 //! ```
 
 mod group;
+mod metrics;
 mod state_machine;
 mod store;
 
@@ -61,6 +62,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use group::{GroupInput, GroupTask};
 pub use group::{ProposeFn, ReadFn};
+pub use metrics::{GroupCounters, Histogram, HistogramSnapshot, COUNT_BOUNDS, DURATION_BOUNDS_NANOS};
 pub use state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine};
 pub use store::{
     FileStore, Flushed, LogStore, LogWrite, MemStore, SnapshotSink, SnapshotSource, StagedSnapshot,
@@ -235,11 +237,33 @@ pub struct GroupInfo {
 }
 
 /// Storage worker counters (readable while the node runs).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StorageCounters {
+    /// Flush rounds (each one write of everything staged, for all groups).
     pub flushes: AtomicU64,
+    /// fdatasync rounds (sync mode: one per flush; async mode: background).
     pub syncs: AtomicU64,
+    /// Log entries appended.
     pub entries_written: AtomicU64,
+    /// How long one durable round took: in sync mode a flush (its writes
+    /// and the fdatasync batch they share); in async mode one background
+    /// fdatasync batch.
+    pub sync_seconds: Histogram,
+    /// Log entries appended per flush (flushes that appended none are not
+    /// recorded).
+    pub flush_entries: Histogram,
+}
+
+impl Default for StorageCounters {
+    fn default() -> Self {
+        StorageCounters {
+            flushes: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            entries_written: AtomicU64::new(0),
+            sync_seconds: Histogram::durations(),
+            flush_entries: Histogram::counts(),
+        }
+    }
 }
 
 /// Talks to one group's task. Cheap to clone.
@@ -247,17 +271,28 @@ pub struct GroupHandle<SM: StateMachine> {
     group: GroupId,
     tx: mpsc::Sender<GroupInput<SM>>,
     info: watch::Receiver<GroupInfo>,
+    counters: Arc<GroupCounters>,
 }
 
 impl<SM: StateMachine> Clone for GroupHandle<SM> {
     fn clone(&self) -> Self {
-        GroupHandle { group: self.group, tx: self.tx.clone(), info: self.info.clone() }
+        GroupHandle {
+            group: self.group,
+            tx: self.tx.clone(),
+            info: self.info.clone(),
+            counters: self.counters.clone(),
+        }
     }
 }
 
 impl<SM: StateMachine> GroupHandle<SM> {
     pub fn group(&self) -> GroupId {
         self.group
+    }
+
+    /// The group's counters on this node (leader changes, snapshots).
+    pub fn counters(&self) -> &Arc<GroupCounters> {
+        &self.counters
     }
 
     fn stopped(&self) -> String {
@@ -441,7 +476,8 @@ impl<SM: StateMachine> Node<SM> {
             }
         }
         let storage_counters = Arc::new(StorageCounters::default());
-        let storage = StorageWorker::start(store, config.write_mode, storage_counters.clone());
+        let storage =
+            StorageWorker::start(config.node_id, store, config.write_mode, storage_counters.clone());
         let routes: Routes<SM> = Arc::default();
         let dropped_inbound = Arc::new(AtomicU64::new(0));
         let transport = match peer_listener {
@@ -570,6 +606,7 @@ impl<SM: StateMachine> Node<SM> {
         };
         let (info_tx, info) = watch::channel(initial);
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
+        let counters = Arc::new(GroupCounters::default());
         let task = GroupTask {
             group,
             node_id: node,
@@ -588,8 +625,10 @@ impl<SM: StateMachine> Node<SM> {
             applied_membership,
             snapshot: recovered_snapshot,
             snap_tasks: Vec::new(),
+            counters: counters.clone(),
+            seen_leader: None,
         };
-        let handle = GroupHandle { group, tx: tx.clone(), info };
+        let handle = GroupHandle { group, tx: tx.clone(), info, counters };
         let mut handles = self.inner.handles.write().map_err(|_| DriverError::ShuttingDown { node })?;
         if handles.contains_key(&group) {
             return Err(DriverError::GroupExists { group });

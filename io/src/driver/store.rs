@@ -850,6 +850,7 @@ pub(crate) struct StorageWorker {
 
 impl StorageWorker {
     pub(crate) fn start(
+        node: NodeId,
         store: Box<dyn LogStore>,
         mode: WriteMode,
         counters: Arc<StorageCounters>,
@@ -857,7 +858,10 @@ impl StorageWorker {
         let (tx, rx) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("tarn-storage".into())
-            .spawn(move || worker_loop(store, mode, rx, counters))
+            .spawn(move || {
+                let _span = tracing::info_span!("storage", node).entered();
+                worker_loop(store, mode, rx, counters)
+            })
             .expect("spawning the storage thread (out of threads?)");
         StorageWorker { tx }
     }
@@ -897,7 +901,7 @@ fn stage_chunk(
                 staging.insert(group, Staging { snapshot, sink, error: None });
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot stage a snapshot");
+                tracing::error!(group, error = %e, "cannot stage a snapshot");
                 return;
             }
         }
@@ -932,7 +936,7 @@ fn worker_loop(
     // a time, every `sync_interval` while something is unsynced — also
     // under constant load (the wait below never exceeds the next due time).
     let sync_thread = match mode {
-        WriteMode::Async { .. } => Some(SyncThread::start()),
+        WriteMode::Async { .. } => Some(SyncThread::start(counters.clone())),
         WriteMode::Sync => None,
     };
     let mut sync_in_flight = false;
@@ -952,7 +956,7 @@ fn worker_loop(
             }
         }
         for e in flushed.failed.drain(..) {
-            tracing::error!(error = %e, "storage failure");
+            tracing::error!(group = e.group, error = %e, "storage failure");
             if let Some(done) = groups.get(&e.group) {
                 let _ = done.send(StorageDone::Failed(e));
             }
@@ -1020,6 +1024,8 @@ fn worker_loop(
             }
         }
         let mut staged = false;
+        // Entries appended by this flush (a histogram of batch sizes).
+        let mut entries_staged = 0u64;
         let mut flush_replies = Vec::new();
         for request in batch.drain(..) {
             match request {
@@ -1059,7 +1065,7 @@ fn worker_loop(
                         Ok(None) => (None, false),
                         Err(e) => {
                             // The transfer restarts later; the node itself is fine.
-                            tracing::error!(error = %e, "reading a snapshot chunk failed");
+                            tracing::error!(group, error = %e, "reading a snapshot chunk failed");
                             (None, false)
                         }
                     };
@@ -1088,6 +1094,7 @@ fn worker_loop(
                     for w in &writes {
                         if let LogWrite::Append(entries) = w {
                             counters.entries_written.fetch_add(entries.len() as u64, Relaxed);
+                            entries_staged += entries.len() as u64;
                         }
                         if let Err(e) = store.stage(group, w) {
                             flushed.failed.push(e);
@@ -1109,9 +1116,14 @@ fn worker_loop(
             }
         }
         if staged || !flush_replies.is_empty() || owed {
+            let started = std::time::Instant::now();
             store.flush_pipelined(&mut flushed);
             counters.flushes.fetch_add(1, Relaxed);
+            if entries_staged > 0 {
+                counters.flush_entries.observe(entries_staged);
+            }
             if mode == WriteMode::Sync {
+                counters.sync_seconds.observe_duration(started.elapsed());
                 counters.syncs.fetch_add(1, Relaxed);
             } else {
                 unsynced = true;
@@ -1167,14 +1179,16 @@ struct SyncThread {
 }
 
 impl SyncThread {
-    fn start() -> SyncThread {
+    fn start(counters: Arc<StorageCounters>) -> SyncThread {
         let (jobs, job_rx) = std_mpsc::channel::<SyncJob>();
         let (result_tx, results) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("tarn-sync".into())
             .spawn(move || {
                 while let Ok(job) = job_rx.recv() {
+                    let started = std::time::Instant::now();
                     let r = job.run();
+                    counters.sync_seconds.observe_duration(started.elapsed());
                     if result_tx.send((job, r)).is_err() {
                         break;
                     }
