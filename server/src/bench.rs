@@ -50,7 +50,8 @@ impl Default for BenchConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// What `tarn bench` prints (also as one JSON object with `--json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct BenchReport {
     pub ops: u64,
     pub errors: u64,

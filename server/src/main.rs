@@ -613,7 +613,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
             if json {
-                println!("{{\"lock\":{},\"held\":true,\"client_id\":{}}}", json_str(&key), c.client_id());
+                print_json(&serde_json::json!({ "lock": key, "held": true, "client_id": c.client_id() }));
             } else {
                 println!("acquired lock {key} (client {})", c.client_id());
             }
@@ -647,9 +647,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     Err(e) => {
                         down += 1;
                         if json {
-                            println!(
-                                "{{\"endpoint\":\"{endpoint}\",\"unreachable\":{}}}",
-                                json_str(&e.to_string())
+                            let endpoint = endpoint.to_string();
+                            print_json(
+                                &serde_json::json!({ "endpoint": endpoint, "unreachable": e.to_string() }),
                             );
                         } else {
                             println!("{endpoint}: UNREACHABLE ({e})");
@@ -900,10 +900,7 @@ async fn bench_cmd(args: BenchArgs, mut client_config: ClientConfig, json: bool)
     );
     let report = bench::run(client_config, config).await?;
     if json {
-        println!(
-            "{{\"ops_per_sec\":{:.0},\"ops\":{},\"errors\":{},\"seconds\":{:.3},\"mean_us\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"cpu_seconds\":{:.3},\"ops_per_cpu_sec\":{:.0}}}",
-            report.ops_per_sec, report.ops, report.errors, report.seconds, report.mean_us, report.p50_us, report.p99_us, report.p999_us, report.max_us, report.cpu_seconds, report.ops_per_cpu_sec
-        );
+        print_json(&report);
     } else {
         println!("{report}");
     }
@@ -931,29 +928,20 @@ impl Drop for RemoveOnDrop {
 
 fn done(json: bool) {
     if json {
-        println!("{{\"ok\":true}}");
+        print_json(&serde_json::json!({ "ok": true }));
     } else {
         println!("ok");
     }
 }
 
-/// A JSON string literal for `s`.
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
+/// One JSON object on one line (`--json`: one object per line).
+fn print_json<T: serde::Serialize + ?Sized>(value: &T) {
+    match serde_json::to_string(value) {
+        Ok(line) => println!("{line}"),
+        // Only a non-string map key or a failing Serialize impl can fail,
+        // and the output types here have neither.
+        Err(e) => eprintln!("error: cannot write JSON output: {e}"),
     }
-    out.push('"');
-    out
 }
 
 fn kind_name(k: NodeKind) -> &'static str {
@@ -964,21 +952,33 @@ fn kind_name(k: NodeKind) -> &'static str {
     }
 }
 
-fn node_json(key: &str, n: &NodeView) -> String {
-    format!(
-        "{{\"key\":{},\"kind\":\"{}\",\"value\":{},\"create_index\":{},\"update_index\":{},\"owner\":{}}}",
-        json_str(key),
-        kind_name(n.kind),
-        json_str(&String::from_utf8_lossy(&n.value)),
-        n.create_index,
-        n.update_index,
-        n.temp.map_or("null".to_string(), |t| t.owner.to_string())
-    )
+/// A key and its node, as `--json` prints it.
+#[derive(serde::Serialize)]
+struct NodeJson<'a> {
+    key: &'a str,
+    kind: &'static str,
+    value: std::borrow::Cow<'a, str>,
+    create_index: u64,
+    update_index: u64,
+    owner: Option<u64>,
+}
+
+impl<'a> NodeJson<'a> {
+    fn new(key: &'a str, n: &'a NodeView) -> Self {
+        NodeJson {
+            key,
+            kind: kind_name(n.kind),
+            value: String::from_utf8_lossy(&n.value),
+            create_index: n.create_index,
+            update_index: n.update_index,
+            owner: n.temp.map(|t| t.owner),
+        }
+    }
 }
 
 fn print_node(key: &str, n: &NodeView, json: bool) {
     if json {
-        println!("{}", node_json(key, n));
+        print_json(&NodeJson::new(key, n));
     } else {
         match n.kind {
             NodeKind::Value => println!("{}", String::from_utf8_lossy(&n.value)),
@@ -991,13 +991,22 @@ fn print_node(key: &str, n: &NodeView, json: bool) {
 fn print_children(children: &[ChildView], json: bool) {
     for c in children {
         if json {
-            println!("{}", node_json(&c.name, &c.node));
+            print_json(&NodeJson::new(&c.name, &c.node));
         } else if c.node.kind == NodeKind::Dir {
             println!("{}/", c.name);
         } else {
             println!("{}", c.name);
         }
     }
+}
+
+/// A watch event, as `--json` prints it.
+#[derive(serde::Serialize)]
+struct EventJson<'a> {
+    index: u64,
+    key: &'a str,
+    event: &'static str,
+    value: Option<String>,
 }
 
 fn print_event(e: &WatchEvent, json: bool) {
@@ -1008,12 +1017,7 @@ fn print_event(e: &WatchEvent, json: bool) {
         EventKind::LockHolder { holder } => ("lock-holder", Some(holder.to_string())),
     };
     if json {
-        println!(
-            "{{\"index\":{},\"key\":{},\"event\":\"{kind}\",\"value\":{}}}",
-            e.index,
-            json_str(&e.key),
-            value.as_deref().map_or("null".to_string(), json_str)
-        );
+        print_json(&EventJson { index: e.index, key: &e.key, event: kind, value });
     } else {
         match value {
             Some(v) => println!("{} {kind} {} {v}", e.index, e.key),
@@ -1022,46 +1026,77 @@ fn print_event(e: &WatchEvent, json: bool) {
     }
 }
 
+/// One node's status, as `--json` prints it.
+#[derive(serde::Serialize)]
+struct StatusJson<'a> {
+    endpoint: String,
+    node: u64,
+    cluster_id: u64,
+    first_start: Option<&'a str>,
+    groups: Vec<GroupJson<'a>>,
+    /// In the server's order (a map keyed by counter name).
+    counters: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(serde::Serialize)]
+struct GroupJson<'a> {
+    group: u64,
+    role: &'a str,
+    term: u64,
+    leader: Option<u64>,
+    commit: u64,
+    applied: u64,
+    last_index: u64,
+    voters: &'a [u64],
+    learners: &'a [u64],
+    rejoining: bool,
+    followers: Vec<FollowerJson>,
+}
+
+#[derive(serde::Serialize)]
+struct FollowerJson {
+    id: u64,
+    #[serde(rename = "match")]
+    matched: u64,
+    lag: u64,
+    reachable: bool,
+}
+
 /// Above this many groups, `tarn status` prints a summary per node.
 const STATUS_GROUPS_LISTED_MAX: usize = 20;
 
 fn print_status(endpoint: SocketAddr, s: &NodeStatus, json: bool, all_groups: bool) {
     if json {
-        let groups: Vec<String> = s
+        let groups = s
             .groups
             .iter()
-            .map(|g| {
-                format!(
-                    "{{\"group\":{},\"role\":\"{}\",\"term\":{},\"leader\":{},\"commit\":{},\"applied\":{},\"last_index\":{},\"voters\":[{}],\"learners\":[{}],\"rejoining\":{},\"followers\":[{}]}}",
-                    g.group,
-                    g.role,
-                    g.term,
-                    g.leader.map_or("null".into(), |l| l.to_string()),
-                    g.commit,
-                    g.applied,
-                    g.last_log_id.index,
-                    g.voters.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
-                    g.learners.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
-                    g.rejoining,
-                    g.followers
-                        .iter()
-                        .map(|(id, m, lag, connected)| {
-                            format!("{{\"id\":{id},\"match\":{m},\"lag\":{lag},\"reachable\":{connected}}}")
-                        })
-                        .collect::<Vec<_>>()
-                        .join(",")
-                )
+            .map(|g| GroupJson {
+                group: g.group,
+                role: &g.role,
+                term: g.term,
+                leader: g.leader,
+                commit: g.commit,
+                applied: g.applied,
+                last_index: g.last_log_id.index,
+                voters: &g.voters,
+                learners: &g.learners,
+                rejoining: g.rejoining,
+                followers: g
+                    .followers
+                    .iter()
+                    .map(|&(id, matched, lag, reachable)| FollowerJson { id, matched, lag, reachable })
+                    .collect(),
             })
             .collect();
-        let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{}:{v}", json_str(k))).collect();
-        println!(
-            "{{\"endpoint\":\"{endpoint}\",\"node\":{},\"cluster_id\":{},\"first_start\":{},\"groups\":[{}],\"counters\":{{{}}}}}",
-            s.node_id,
-            s.cluster_id,
-            s.first_start.as_deref().map_or("null".into(), json_str),
-            groups.join(","),
-            counters.join(",")
-        );
+        let counters = s.counters.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(*v))).collect();
+        print_json(&StatusJson {
+            endpoint: endpoint.to_string(),
+            node: s.node_id,
+            cluster_id: s.cluster_id,
+            first_start: s.first_start.as_deref(),
+            groups,
+            counters,
+        });
         return;
     }
     println!("node {} at {endpoint} (cluster {:#x})", s.node_id, s.cluster_id);

@@ -273,3 +273,33 @@ async fn a_range_of_groups_is_created_in_one_command_and_summarized_by_status() 
     .unwrap();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_is_valid_json_whatever_the_value() {
+    let cluster = tokio::time::timeout(Duration::from_secs(30), TestCluster::start(1)).await.expect("start");
+    let ep = cluster.endpoints()[0].to_string();
+    tokio::task::spawn_blocking(move || {
+        let ep = ep.as_str();
+        assert!(tarn(ep, &["mkdir", "j"]).status.success());
+        let tricky = "quote \" backslash \\ newline \n tab \t bell \u{7} é";
+        assert!(tarn(ep, &["put", "j.v", tricky]).status.success());
+        let parse = |o: &Output| -> Vec<serde_json::Value> {
+            stdout(o)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect()
+        };
+        let got = parse(&tarn(ep, &["--json", "get", "j.v"]));
+        assert_eq!(got[0]["value"], tricky);
+        assert_eq!(got[0]["kind"], "value");
+        let listed = parse(&tarn(ep, &["--json", "ls", "j"]));
+        assert_eq!(listed[0]["key"], "v");
+        let status = parse(&tarn(ep, &["--json", "status"]));
+        assert_eq!(status[0]["groups"][0]["role"], "Leader");
+        assert!(status[0]["counters"]["requests"].as_u64().unwrap() > 0);
+        assert_eq!(parse(&tarn(ep, &["--json", "rm", "j.v"]))[0]["ok"], true);
+    })
+    .await
+    .unwrap();
+    cluster.shutdown().await;
+}
