@@ -565,6 +565,9 @@ fn index_gap_and_term_going_backwards_are_corruption() {
     assert!(err.to_string().contains("index gap: record holds index 12, expected 11"), "{err}");
 }
 
+/// A damaged slot is survived: a term or vote lives in both slots (see
+/// `a_vote_survives_either_hard_state_slot_being_damaged`), so one damaged
+/// slot still leaves the newest vote; both damaged is corruption.
 #[test]
 fn damaged_hard_state_slot_falls_back_and_both_damaged_is_corruption() {
     let vfs = MemVfs::new();
@@ -576,10 +579,10 @@ fn damaged_hard_state_slot_falls_back_and_both_damaged_is_corruption() {
         s.flush(&mut report);
     }
     let path = Path::new("/data/group-00000000000000000001/hardstate");
-    // seq 3 is in slot 1 (offset 512); damage it: term 2 comes back.
+    // Damage slot 1 (offset 512): slot 0 holds term 3 too.
     vfs.flip_bit(path, 512 + 17, 1);
     let rec = reopen(&vfs).unwrap();
-    assert_eq!(rec.hard_state, HardState { term: 2, vote: Some(2), commit: 0 });
+    assert_eq!(rec.hard_state, HardState { term: 3, vote: Some(3), commit: 0 });
     vfs.flip_bit(path, 17, 1);
     let err = reopen(&vfs).unwrap_err();
     assert!(matches!(err, StorageError::Corruption { .. }) && err.to_string().contains("hardstate"), "{err}");
@@ -792,5 +795,32 @@ fn crash_at_every_write_each_file_kept_or_lost_independently() {
         }
         eprintln!("{write_mode:?} {kind:?}: {cases} crash images checked");
         assert!(cases > 100, "{write_mode:?} {kind:?}: {cases} crash images checked");
+    }
+}
+
+/// A new term or vote lives in both hard-state slots before it is
+/// reported: either slot damaged afterwards (a bad sector, a bit flipped on
+/// its way to the platter), recovery still finds the vote. With one copy,
+/// recovery took the damaged newest slot for a torn write and went back to
+/// the previous vote (sim seed 200183627: the node voted twice in term 51).
+#[test]
+fn a_vote_survives_either_hard_state_slot_being_damaged() {
+    let hs_path = Path::new("/data/group-00000000000000000001/hardstate");
+    let voted = HardState { term: 7, vote: Some(3), commit: 2 };
+    for damaged in [0u64, 1] {
+        let vfs = durable_log(3);
+        let mut s = Storage::open(Arc::new(vfs.clone()), config()).unwrap();
+        s.open_group(1).unwrap();
+        s.stage_hard_state(1, voted).unwrap();
+        let mut report = FlushReport::default();
+        s.flush(&mut report);
+        assert!(report.failed.is_empty());
+        assert_eq!(report.hard_states, vec![(1, voted)], "reported once durable");
+        drop(s);
+        let garbage = [0xA5u8; 64];
+        let stride = 512;
+        vfs.open(hs_path).unwrap().write_at(&garbage, damaged * stride).unwrap();
+        let rec = reopen(&vfs).unwrap_or_else(|e| panic!("slot {damaged} damaged: {e}"));
+        assert_eq!((rec.hard_state.term, rec.hard_state.vote), (7, Some(3)), "slot {damaged} damaged");
     }
 }

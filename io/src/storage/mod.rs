@@ -294,7 +294,26 @@ impl GroupStore {
             return Ok(false);
         }
         let hs = staged.unwrap_or(self.hs_written);
-        self.write_slot(hs, self.log.last_durable())?;
+        let synced = self.log.last_durable();
+        let vote_changed = hs.term != self.hs_durable.term || hs.vote != self.hs_durable.vote;
+        if sync && vote_changed {
+            // A new term or vote goes into both slots, each synced, before it
+            // is reported: one slot damaged later (a bad sector, a bit
+            // flipped on its way to the platter) must not leave recovery
+            // only the previous vote, which it would take for a torn write
+            // (sim seed 200183627: a corrupted slot, the node voted twice in
+            // one term). A crash during the second copy leaves the first.
+            // Every later slot carries this term and vote until the next
+            // change, so both slots always agree on them. Elections only:
+            // commit and watermark slots stay single.
+            for _ in 0..2 {
+                self.write_slot(hs, synced)?;
+                let (seq, result) = (self.hs_seq, self.hs_file.sync_data());
+                self.finish_hard_state_sync(seq, hs, synced, result)?;
+            }
+            return Ok(staged.is_some());
+        }
+        self.write_slot(hs, synced)?;
         Ok(staged.is_some())
     }
 
