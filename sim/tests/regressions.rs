@@ -52,7 +52,7 @@ const FAILED_SEEDS: &[(usize, ProfileKind, u64, &[u64])] = &[
     (5, ProfileKind::Chaos, 10, &[24103109]),
     // Session 4's sweep of 3664e15 (a vote lost to a damaged slot; a
     // liveness failure not analyzed, passing after the storage change).
-    (3, ProfileKind::Chaos, 40, &[200183627, 200156699]),
+    (3, ProfileKind::Chaos, 40, &[200183627, 200156699, 200215371, 200217563]),
 ];
 
 #[test]
