@@ -111,6 +111,11 @@ impl<E> EventQueue<E> {
         self.heap.len()
     }
 
+    /// Every event still scheduled, in no particular (but deterministic) order.
+    pub fn pending(&self) -> impl Iterator<Item = &E> {
+        self.slots.iter().flatten()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

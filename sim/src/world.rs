@@ -2941,6 +2941,26 @@ impl World {
         if !all_voters || self.nodes[victim].retired || !self.committed_durable_without(victim) {
             return;
         }
+        // Nor in flight: an append still on the wire may carry a
+        // configuration change into a log after the wipe, and then it needs
+        // the wiped voter (3 nodes, chaos seed 200156699: the leader proposed
+        // "remove n3", crashed, and was wiped; its delayed append then gave
+        // n2 C({1,2},{1,2,3}), which no node could ever win without n1's
+        // vote, and nobody could be elected to remove n1). Losing the disk
+        // of a voter an in-flight configuration needs is beyond what a
+        // protocol that never lets a wiped node vote can survive.
+        let change_in_flight = self.queue.pending().any(|e| match e {
+            Event::Deliver { message, .. } => match &message.body {
+                MessageBody::AppendEntries { entries, .. } => {
+                    entries.iter().any(|en| matches!(en.payload, EntryPayload::Membership(_)))
+                }
+                _ => false,
+            },
+            _ => false,
+        });
+        if change_in_flight {
+            return;
+        }
         if self.nodes[victim].raw.is_some() {
             self.crash(victim, downtime);
         } else if !self.nodes[victim].restart_scheduled {

@@ -50,8 +50,8 @@ const FAILED_SEEDS: &[(usize, ProfileKind, u64, &[u64])] = &[
     (5, ProfileKind::Chaos, 40, &[23056445]),
     (5, ProfileKind::Swarm, 40, &[24078876]),
     (5, ProfileKind::Chaos, 10, &[24103109]),
-    // Session 4's sweep of 3664e15 (a vote lost to a damaged slot; a
-    // liveness failure not analyzed, passing after the storage change).
+    // Session 4's sweep of 3664e15 (a vote lost to a damaged slot; a wipe
+    // of a voter an in-flight configuration needed).
     (3, ProfileKind::Chaos, 40, &[200183627, 200156699, 200215371, 200217563]),
 ];
 
