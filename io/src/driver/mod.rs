@@ -42,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 
+mod executor;
 mod group;
 mod metrics;
 mod state_machine;
@@ -60,8 +61,9 @@ use tarn_core::{
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use group::{GroupInput, GroupTask};
-pub use group::{ProposeFn, ReadFn};
+use executor::{GroupExecutor, GroupInput};
+pub use executor::{ProposeFn, ReadFn};
+use group::{GroupTask, TokioGroupIo};
 pub use metrics::{GroupCounters, Histogram, HistogramSnapshot, COUNT_BOUNDS, DURATION_BOUNDS_NANOS};
 pub use state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine};
 pub use store::{
@@ -384,7 +386,10 @@ impl<SM: StateMachine> GroupHandle<SM> {
     /// Changes the group's membership (leader only); resolves once the
     /// change is complete (after the joint step when voters change) or refused.
     pub async fn change_membership(&self, changes: Vec<ConfChange>) -> Result<(), ProposeError> {
-        let (reply, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
+        let reply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
         if self.tx.send(GroupInput::ChangeMembership { changes, reply }).await.is_err() {
             return Err(ProposeError::Stopped { reason: self.stopped() });
         }
@@ -393,7 +398,10 @@ impl<SM: StateMachine> GroupHandle<SM> {
 
     /// The core's full status (members, progress of followers on a leader).
     pub async fn status(&self) -> Option<Status> {
-        let (reply, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
+        let reply = Box::new(move |status| {
+            let _ = tx.send(status);
+        });
         self.tx.send(GroupInput::Status { reply }).await.ok()?;
         rx.await.ok()
     }
@@ -607,24 +615,34 @@ impl<SM: StateMachine> Node<SM> {
         let (info_tx, info) = watch::channel(initial);
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
         let counters = Arc::new(GroupCounters::default());
-        let task = GroupTask {
+        let io = TokioGroupIo {
             group,
-            node_id: node,
-            raw,
-            sm,
-            inputs,
-            done_rx,
             storage: self.inner.storage.clone(),
             transport: self.inner.transport.clone(),
             origin: self.inner.origin,
-            info: info_tx,
-            tick_interval: self.inner.config.tick_interval,
             snap_tx,
-            snap_rx,
+            snap_tasks: Vec::new(),
+            counters: counters.clone(),
+        };
+        let exec = GroupExecutor::new(
+            group,
+            raw,
+            sm,
+            io,
+            counters.clone(),
             applied_log_id,
             applied_membership,
-            snapshot: recovered_snapshot,
-            snap_tasks: Vec::new(),
+            recovered_snapshot,
+        );
+        let task = GroupTask {
+            node_id: node,
+            exec,
+            inputs,
+            done_rx,
+            snap_rx,
+            origin: self.inner.origin,
+            info: info_tx,
+            tick_interval: self.inner.config.tick_interval,
             counters: counters.clone(),
             seen_leader: None,
         };

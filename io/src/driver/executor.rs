@@ -1,0 +1,731 @@
+//! The group executor: everything between the Raft core and the outside
+//! world for one group, with no runtime in it.
+//!
+//! The core ([`RawNode`]) decides; somebody has to carry its decisions out:
+//! send its messages, hand its log writes to storage, apply committed
+//! entries to the state machine and answer their proposers, release reads
+//! once they are safe, take and install snapshots, and feed every
+//! completion back. That bookkeeping is where driver bugs have lived (a
+//! snapshot taken at the last entry wiping the kept tail, a stopped group's
+//! snapshot committing after a restart), so it lives here once, behind
+//! [`GroupIo`], and every shell drives the same code: the tokio group task
+//! (`group.rs`) collects a [`Turn`] from its channels and timers, calls
+//! [`GroupExecutor::turn`], and publishes the result. A simulated shell does
+//! the same with virtual disks, networks and clocks (issue 14).
+//!
+//! One turn takes every input already queued, folds all proposals into one
+//! `ProposeBatch` and all linearizable reads into one `Read` barrier, steps
+//! the core, and executes the resulting actions until the core is quiet.
+//! The log writes of the whole turn go to storage as one request. Nothing
+//! here blocks or awaits: storage, snapshot encoding and decoding report
+//! back through later turns, in any order.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tarn_core::{
+    Action, ConfChange, EntryPayload, GroupId, Index, Input, LogId, Membership, Message, Nanos, NodeId,
+    Proposal, RawNode, Role, SnapshotMeta, Status,
+};
+
+use super::group::{propose_error, read_error};
+use super::state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore};
+use super::store::{LogWrite, StorageDone};
+use super::{GroupCounters, ProposeError, ReadError, StateMachine};
+
+/// Receives a proposal's outcome, on the group's task (must not block).
+pub type ProposeFn<SM> = Box<dyn FnOnce(Result<<SM as StateMachine>::Response, ProposeError>) + Send>;
+
+/// A read closure: runs on the group's task with the state machine once the
+/// read is safe, or with the reason it could not be served.
+pub type ReadFn<SM> = Box<dyn FnOnce(Result<&mut SM, ReadError>) + Send>;
+
+/// Receives a one-off answer (a membership change's outcome, a status).
+pub(crate) type ReplyFn<T> = Box<dyn FnOnce(T) + Send>;
+
+/// What callers ask of a group.
+pub(crate) enum GroupInput<SM: StateMachine> {
+    Message(Message),
+    Propose { data: Bytes, reply: ProposeFn<SM> },
+    Read { linearizable: bool, f: ReadFn<SM> },
+    TransferLeader { to: NodeId },
+    ChangeMembership { changes: Vec<ConfChange>, reply: ReplyFn<Result<(), ProposeError>> },
+    Status { reply: ReplyFn<Status> },
+    Stop,
+}
+
+/// What the snapshot jobs of a group report back to it.
+pub(crate) enum SnapEvent<SM: StateMachine> {
+    /// A snapshot this node took is durable and recorded (or why not).
+    Created(Result<SnapshotMeta, String>),
+    /// A leader's snapshot is durable, decoded and recorded: install it.
+    Installed(Result<(SnapshotMeta, SnapshotInstaller<SM>), String>),
+}
+
+/// A storage request of one group that needs no answer beyond a later
+/// [`StorageDone`].
+pub(crate) enum StorageOp {
+    /// Log appends and hard states, in order; answered by `Persisted`.
+    Write(Vec<LogWrite>),
+    /// Entries `[from, to)` up to `max_bytes`; answered by `Fetched`.
+    Fetch { from: Index, to: Index, max_bytes: usize },
+    /// Drop the log up to `up_to` (covered by a durable snapshot).
+    Compact { up_to: LogId },
+    /// A chunk of the stored snapshot for `to`; answered by `SnapshotChunk`.
+    ReadSnapshotChunk { to: NodeId, snapshot: LogId, offset: u64, max_bytes: usize },
+    /// Follower: a chunk of the leader's snapshot (offset 0 starts over).
+    StageChunk { snapshot: LogId, offset: u64, data: Bytes },
+}
+
+/// The outside world of one group, as the executor sees it. Every method
+/// returns at once; results come back as [`Turn`] inputs.
+pub(crate) trait GroupIo<SM: StateMachine> {
+    /// Sends `message` to peer `to` (best effort: Raft retries).
+    fn send(&mut self, to: NodeId, message: Message);
+    /// Queues a storage request; false if storage has stopped for good.
+    fn storage(&mut self, op: StorageOp) -> bool;
+    /// Encodes `producer`'s snapshot at `meta` durably, then reports
+    /// [`SnapEvent::Created`].
+    fn create_snapshot(&mut self, meta: SnapshotMeta, producer: SnapshotProducer);
+    /// Finishes the staged snapshot `meta`, decodes it with `restore`, records
+    /// it, then reports [`SnapEvent::Installed`].
+    fn install_snapshot(&mut self, meta: SnapshotMeta, restore: Box<dyn SnapshotRestore<SM>>);
+    /// The core's clock: monotonic nanoseconds.
+    fn now(&self) -> Nanos;
+    /// The wall clock (nanoseconds since the Unix epoch), for the state
+    /// machine's own deadlines such as TTLs.
+    fn wall_clock(&self) -> Nanos;
+}
+
+/// The inputs of one turn, grouped the way the executor takes them:
+/// snapshot reports first (they change what is applied), then storage
+/// completions, then callers' inputs, then the timer.
+pub(crate) struct Turn<SM: StateMachine> {
+    pub snapshots: Vec<SnapEvent<SM>>,
+    pub storage: Vec<StorageDone>,
+    pub inputs: Vec<GroupInput<SM>>,
+    /// The core's deadline passed (or a periodic tick fired).
+    pub tick: bool,
+}
+
+impl<SM: StateMachine> Default for Turn<SM> {
+    fn default() -> Self {
+        Turn { snapshots: Vec::new(), storage: Vec::new(), inputs: Vec::new(), tick: false }
+    }
+}
+
+/// One group's core, state machine and bookkeeping. See the module docs.
+pub(crate) struct GroupExecutor<SM: StateMachine, IO: GroupIo<SM>> {
+    group: GroupId,
+    raw: RawNode,
+    sm: SM,
+    io: IO,
+    counters: Arc<GroupCounters>,
+    actions: Vec<Action>,
+    next_id: u64,
+    proposals: HashMap<u64, ProposeFn<SM>>,
+    membership_changes: HashMap<u64, ReplyFn<Result<(), ProposeError>>>,
+    /// Reads waiting on one core barrier id.
+    reads: HashMap<u64, Vec<ReadFn<SM>>>,
+    batch_proposals: Vec<Proposal>,
+    batch_reads: Vec<ReadFn<SM>>,
+    writes: Vec<LogWrite>,
+    is_leader: bool,
+    /// One snapshot of this node's own at a time; one more wanted meanwhile.
+    snapshotting: bool,
+    want_again: bool,
+    applied: Index,
+    /// The last applied entry, and the membership in force there: what a
+    /// snapshot taken now covers.
+    applied_log_id: LogId,
+    applied_membership: Membership,
+    /// The newest snapshot held.
+    snapshot: LogId,
+    stopped: bool,
+    failed: Option<String>,
+}
+
+impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
+    /// An executor for group `group`. `applied_log_id` and
+    /// `applied_membership` describe what `sm` already holds (its restored
+    /// snapshot, or zero); `snapshot` is the newest snapshot stored.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        group: GroupId,
+        raw: RawNode,
+        sm: SM,
+        io: IO,
+        counters: Arc<GroupCounters>,
+        applied_log_id: LogId,
+        applied_membership: Membership,
+        snapshot: LogId,
+    ) -> Self {
+        let applied = sm.applied_index();
+        let mut exec = GroupExecutor {
+            group,
+            raw,
+            sm,
+            io,
+            counters,
+            actions: Vec::new(),
+            next_id: 1,
+            proposals: HashMap::new(),
+            membership_changes: HashMap::new(),
+            reads: HashMap::new(),
+            batch_proposals: Vec::new(),
+            batch_reads: Vec::new(),
+            writes: Vec::new(),
+            is_leader: false,
+            snapshotting: false,
+            want_again: false,
+            applied,
+            applied_log_id,
+            applied_membership,
+            snapshot,
+            stopped: false,
+            failed: None,
+        };
+        // The state machine may already hold a prefix (its own snapshot).
+        if applied > 0 {
+            let now = exec.io.now();
+            exec.raw.step(now, Input::Applied { index: applied }, &mut exec.actions);
+        }
+        exec
+    }
+
+    /// The core (read-only).
+    pub fn raw(&self) -> &RawNode {
+        &self.raw
+    }
+
+    /// The last index applied to the state machine.
+    pub fn applied(&self) -> Index {
+        self.applied
+    }
+
+    /// The newest snapshot this node holds.
+    pub fn snapshot(&self) -> LogId {
+        self.snapshot
+    }
+
+    /// Why the group stopped on its own (storage failed, a snapshot could
+    /// not be installed), if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// The group stopped (asked to, or failed): the shell runs no more turns.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// When the core next needs a tick, on the [`GroupIo::now`] clock.
+    pub fn next_deadline(&self) -> Nanos {
+        self.raw.next_deadline()
+    }
+
+    /// Runs one turn: takes `turn`'s inputs, steps the core, and executes
+    /// what it asks until it is quiet.
+    pub fn turn(&mut self, turn: Turn<SM>) {
+        let t = self.io.now();
+        for e in turn.snapshots {
+            self.on_snapshot_event(t, e);
+        }
+        for d in turn.storage {
+            self.on_storage_done(t, d);
+        }
+        for input in turn.inputs {
+            self.on_input(t, input);
+        }
+        if turn.tick || t >= self.raw.next_deadline() {
+            self.raw.step(t, Input::Tick, &mut self.actions);
+        }
+        if self.is_leader {
+            for data in self.sm.leader_proposals(self.io.wall_clock()) {
+                // System proposals: nobody waits on them.
+                let id = self.take_id();
+                self.batch_proposals.push(Proposal { id, data });
+            }
+        }
+        match self.batch_proposals.len() {
+            0 => {}
+            1 => {
+                let p = self.batch_proposals.pop().expect("len is 1");
+                self.raw.step(t, Input::Propose { id: p.id, data: p.data }, &mut self.actions);
+            }
+            _ => {
+                let proposals = std::mem::take(&mut self.batch_proposals);
+                self.raw.step(t, Input::ProposeBatch { proposals }, &mut self.actions);
+            }
+        }
+        if !self.batch_reads.is_empty() {
+            let id = self.take_id();
+            self.reads.insert(id, std::mem::take(&mut self.batch_reads));
+            self.raw.step(t, Input::Read { id }, &mut self.actions);
+        }
+        self.execute_all();
+        if !self.writes.is_empty() {
+            let writes = std::mem::take(&mut self.writes);
+            if !self.io.storage(StorageOp::Write(writes)) {
+                self.fail("the storage worker stopped".into());
+            }
+        }
+    }
+
+    /// Ends the group: everyone still waiting learns it stopped. Returns the
+    /// shell's I/O (to wait for its snapshot jobs) and the failure, if any.
+    pub fn finish(mut self) -> (IO, Option<String>) {
+        let reason = self.failed.clone().unwrap_or_else(|| "group stopped".into());
+        for (_, reply) in self.proposals.drain() {
+            reply(Err(ProposeError::Stopped { reason: reason.clone() }));
+        }
+        for (_, reply) in self.membership_changes.drain() {
+            reply(Err(ProposeError::Stopped { reason: reason.clone() }));
+        }
+        for (_, fs) in self.reads.drain() {
+            for f in fs {
+                f(Err(ReadError::Stopped { reason: reason.clone() }));
+            }
+        }
+        for f in self.batch_reads.drain(..) {
+            f(Err(ReadError::Stopped { reason: reason.clone() }));
+        }
+        (self.io, self.failed)
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn fail(&mut self, reason: String) {
+        self.failed = Some(reason);
+        self.stopped = true;
+    }
+
+    fn on_snapshot_event(&mut self, t: Nanos, e: SnapEvent<SM>) {
+        match e {
+            SnapEvent::Created(Ok(meta)) => {
+                self.counters.snapshots_taken.fetch_add(1, Relaxed);
+                tracing::info!(snapshot = %meta.last_log_id, "snapshot taken");
+                self.snapshot = self.snapshot.max(meta.last_log_id);
+                self.snapshotting = std::mem::take(&mut self.want_again) && self.take_snapshot();
+                self.raw.step(t, Input::SnapshotCreated { meta }, &mut self.actions);
+            }
+            SnapEvent::Created(Err(e)) => {
+                self.counters.snapshot_failures.fetch_add(1, Relaxed);
+                self.snapshotting = false;
+                self.want_again = false;
+                tracing::warn!(error = %e, "taking a snapshot failed; the log is not compacted until the next one");
+            }
+            SnapEvent::Installed(Ok((meta, install))) => {
+                self.counters.snapshots_installed.fetch_add(1, Relaxed);
+                install(&mut self.sm);
+                self.applied = meta.last_log_id.index;
+                self.applied_log_id = meta.last_log_id;
+                self.applied_membership = meta.membership.clone();
+                debug_assert_eq!(
+                    self.sm.applied_index(),
+                    self.applied,
+                    "the installed state is at the snapshot"
+                );
+                tracing::info!(snapshot = %meta.last_log_id, "installed the leader's snapshot");
+                self.snapshot = meta.last_log_id;
+                self.raw.step(t, Input::SnapshotInstalled { meta }, &mut self.actions);
+            }
+            SnapEvent::Installed(Err(e)) => {
+                self.counters.snapshot_failures.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "installing a snapshot failed; stopping the group (restart the node)");
+                self.fail(format!("installing a snapshot failed: {e}"));
+            }
+        }
+    }
+
+    fn on_storage_done(&mut self, t: Nanos, d: StorageDone) {
+        match d {
+            StorageDone::Persisted { log, hard_state } => {
+                if let Some((term, vote)) = hard_state {
+                    self.raw.step(t, Input::HardStatePersisted { term, vote }, &mut self.actions);
+                }
+                if let Some(up_to) = log {
+                    self.raw.step(t, Input::LogPersisted { up_to }, &mut self.actions);
+                }
+            }
+            StorageDone::Fetched { from, entries } => {
+                self.raw.step(t, Input::EntriesFetched { from, entries }, &mut self.actions);
+            }
+            StorageDone::SnapshotChunk { to, snapshot, offset, data, done } => {
+                let input = Input::SnapshotChunkRead { to, snapshot, offset, data, done };
+                self.raw.step(t, input, &mut self.actions);
+            }
+            StorageDone::Failed(e) => {
+                tracing::error!(error = %e, "storage failed; stopping the group (restart the node to recover from disk)");
+                self.fail(e.to_string());
+            }
+        }
+    }
+
+    fn on_input(&mut self, t: Nanos, input: GroupInput<SM>) {
+        match input {
+            GroupInput::Message(m) => self.raw.step(t, Input::Message(m), &mut self.actions),
+            GroupInput::Propose { data, reply } => {
+                let id = self.take_id();
+                self.proposals.insert(id, reply);
+                self.batch_proposals.push(Proposal { id, data });
+            }
+            GroupInput::Read { linearizable: false, f } => f(Ok(&mut self.sm)),
+            GroupInput::Read { linearizable: true, f } => self.batch_reads.push(f),
+            GroupInput::TransferLeader { to } => {
+                self.raw.step(t, Input::TransferLeadership { to }, &mut self.actions)
+            }
+            GroupInput::ChangeMembership { changes, reply } => {
+                let id = self.take_id();
+                self.membership_changes.insert(id, reply);
+                self.raw.step(t, Input::ChangeMembership { id, changes }, &mut self.actions);
+            }
+            GroupInput::Status { reply } => reply(self.raw.status()),
+            GroupInput::Stop => self.stopped = true,
+        }
+    }
+
+    /// Executes actions until the core has nothing more to say (applying
+    /// produces `Applied`, which may release reads).
+    fn execute_all(&mut self) {
+        let mut rounds = 0;
+        while !self.actions.is_empty() {
+            rounds += 1;
+            debug_assert!(rounds < 1000, "the core keeps producing actions");
+            let mut applied_to = None;
+            for action in std::mem::take(&mut self.actions) {
+                if let Some(index) = self.execute(action) {
+                    applied_to = Some(index);
+                }
+            }
+            if let Some(index) = applied_to {
+                self.sm.after_apply();
+                let now = self.io.now();
+                self.raw.step(now, Input::Applied { index }, &mut self.actions);
+            }
+        }
+    }
+
+    /// Executes one action; `Some(index)` when entries up to `index` were
+    /// applied.
+    fn execute(&mut self, action: Action) -> Option<Index> {
+        match action {
+            Action::Send { to, message } => self.io.send(to, message),
+            Action::AppendLog { entries } => self.writes.push(LogWrite::Append(entries)),
+            Action::PersistHardState(hs) => self.writes.push(LogWrite::HardState(hs)),
+            Action::Apply { entries, proposals } => return Some(self.apply(entries, proposals)),
+            Action::FetchEntries { from, to, max_bytes } => {
+                self.io.storage(StorageOp::Fetch { from, to, max_bytes });
+            }
+            Action::ReadReady { id, .. } => {
+                for f in self.reads.remove(&id).unwrap_or_default() {
+                    f(Ok(&mut self.sm));
+                }
+            }
+            Action::ReadFailed { id, reason } => {
+                for f in self.reads.remove(&id).unwrap_or_default() {
+                    f(Err(read_error(reason)));
+                }
+            }
+            Action::ProposalDropped { id, reason } => {
+                if let Some(reply) = self.proposals.remove(&id) {
+                    reply(Err(propose_error(reason)));
+                } else if let Some(reply) = self.membership_changes.remove(&id) {
+                    reply(Err(propose_error(reason)));
+                }
+            }
+            Action::RoleChanged { role, term, leader } => {
+                tracing::info!(?role, term, ?leader, "role changed");
+                let now_leader = role == Role::Leader;
+                if now_leader != self.is_leader {
+                    self.is_leader = now_leader;
+                    self.sm.on_leadership(now_leader, self.io.wall_clock());
+                }
+            }
+            Action::SnapshotWanted { .. } => {
+                if self.snapshotting {
+                    // The core asks only once per interval: take it when the
+                    // one in progress is done.
+                    self.want_again = true;
+                } else {
+                    self.snapshotting = self.take_snapshot();
+                }
+            }
+            Action::CompactLog { up_to } => {
+                self.io.storage(StorageOp::Compact { up_to });
+            }
+            Action::FetchSnapshotChunk { to, snapshot, offset, max_bytes } => {
+                self.io.storage(StorageOp::ReadSnapshotChunk { to, snapshot, offset, max_bytes });
+            }
+            Action::ReceiveSnapshotChunk { snapshot, offset, data, .. } => {
+                self.io.storage(StorageOp::StageChunk { snapshot, offset, data });
+            }
+            Action::InstallSnapshot { meta } => {
+                // The writes of the actions before it go first.
+                if !self.writes.is_empty() {
+                    let writes = std::mem::take(&mut self.writes);
+                    self.io.storage(StorageOp::Write(writes));
+                }
+                match self.sm.snapshot_restore() {
+                    Some(restore) => self.io.install_snapshot(meta, restore),
+                    None => self.fail(
+                        "the leader sent a snapshot but this state machine cannot install one \
+                         (StateMachine::snapshot_restore)"
+                            .into(),
+                    ),
+                }
+            }
+        }
+        None
+    }
+
+    /// Applies committed `entries` in order and answers their proposers
+    /// (`proposals`: (index, id), ascending). Returns the last index applied.
+    fn apply(&mut self, entries: Vec<tarn_core::Entry>, proposals: Vec<(Index, u64)>) -> Index {
+        let started = Instant::now();
+        let mut ids = proposals.into_iter().peekable();
+        for entry in &entries {
+            debug_assert!(
+                entry.index > self.applied,
+                "apply goes forward one index at a time: {} after {}",
+                entry.index,
+                self.applied
+            );
+            let response = match &entry.payload {
+                EntryPayload::Normal(data) => Some(self.sm.apply(entry.index, data)),
+                _ => {
+                    self.sm.apply_noop(entry.index);
+                    None
+                }
+            };
+            self.applied = entry.index;
+            self.applied_log_id = entry.log_id();
+            if let EntryPayload::Membership(m) = &entry.payload {
+                self.applied_membership = m.clone();
+            }
+            while ids.peek().is_some_and(|(i, _)| *i < entry.index) {
+                ids.next();
+            }
+            if ids.peek().is_some_and(|(i, _)| *i == entry.index) {
+                let (_, id) = ids.next().expect("peeked");
+                if let Some(reply) = self.membership_changes.remove(&id) {
+                    // The entry that completes a membership change.
+                    reply(Ok(()));
+                } else if let (Some(reply), Some(r)) = (self.proposals.remove(&id), response) {
+                    reply(Ok(r));
+                }
+            }
+        }
+        self.counters.apply_seconds.observe_duration(started.elapsed());
+        self.applied
+    }
+
+    /// Starts a snapshot of the state as applied now (at or past what the
+    /// core asked for); false if the state machine takes none.
+    fn take_snapshot(&mut self) -> bool {
+        let at = self.applied_log_id;
+        if at.index != self.applied || self.applied <= self.snapshot.index {
+            return false;
+        }
+        let Some(producer) = self.sm.snapshot() else { return false };
+        let meta = SnapshotMeta { last_log_id: at, membership: self.applied_membership.clone() };
+        self.io.create_snapshot(meta, producer);
+        true
+    }
+
+    /// Which group this is (for the shell's logs).
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The executor runs with no runtime at all: a hand-cranked shell that
+    //! plays storage and the clock answers a single-voter group's proposal,
+    //! its read and its membership change.
+
+    use std::sync::Mutex;
+
+    use tarn_core::{Config, Recovered};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Sum {
+        total: u64,
+        applied: Index,
+    }
+
+    impl StateMachine for Sum {
+        type Response = u64;
+        fn apply(&mut self, index: Index, data: &Bytes) -> u64 {
+            self.total += data.len() as u64;
+            self.applied = index;
+            self.total
+        }
+        fn apply_noop(&mut self, index: Index) {
+            self.applied = index;
+        }
+        fn applied_index(&self) -> Index {
+            self.applied
+        }
+    }
+
+    /// Storage that records what it is asked; the test answers by hand.
+    #[derive(Default)]
+    struct FakeIo {
+        now: Nanos,
+        ops: Vec<StorageOp>,
+        sent: usize,
+    }
+
+    impl GroupIo<Sum> for FakeIo {
+        fn send(&mut self, _to: NodeId, _message: Message) {
+            self.sent += 1;
+        }
+        fn storage(&mut self, op: StorageOp) -> bool {
+            self.ops.push(op);
+            true
+        }
+        fn create_snapshot(&mut self, _meta: SnapshotMeta, _producer: SnapshotProducer) {
+            unreachable!("Sum takes no snapshots");
+        }
+        fn install_snapshot(&mut self, _meta: SnapshotMeta, _restore: Box<dyn SnapshotRestore<Sum>>) {
+            unreachable!("a single voter is never sent a snapshot");
+        }
+        fn now(&self) -> Nanos {
+            self.now
+        }
+        fn wall_clock(&self) -> Nanos {
+            self.now
+        }
+    }
+
+    /// Answers every queued write as durable, as a storage worker would.
+    fn persist_all(exec: &mut GroupExecutor<Sum, FakeIo>) -> usize {
+        let ops = std::mem::take(&mut exec.io.ops);
+        let mut turn = Turn::default();
+        for op in &ops {
+            let StorageOp::Write(writes) = op else { continue };
+            let mut done = StorageDone::Persisted { log: None, hard_state: None };
+            for w in writes {
+                match (w, &mut done) {
+                    (LogWrite::Append(entries), StorageDone::Persisted { log, .. }) => {
+                        *log = entries.last().map(|e| e.log_id()).or(*log);
+                    }
+                    (LogWrite::HardState(hs), StorageDone::Persisted { hard_state, .. }) => {
+                        *hard_state = Some((hs.term, hs.vote));
+                    }
+                    _ => unreachable!("built as Persisted"),
+                }
+            }
+            turn.storage.push(done);
+        }
+        let n = turn.storage.len();
+        exec.turn(turn);
+        n
+    }
+
+    #[test]
+    fn a_hand_cranked_single_voter_elects_itself_commits_applies_and_answers() {
+        let raw = RawNode::new(Config::new(1, 7), Recovered::new_cluster([1])).expect("valid config");
+        let counters = Arc::new(GroupCounters::default());
+        let mut exec = GroupExecutor::new(
+            1,
+            raw,
+            Sum::default(),
+            FakeIo::default(),
+            counters,
+            LogId::ZERO,
+            Membership::new_voters([1]),
+            LogId::ZERO,
+        );
+        // Time passes until the election timeout: the node campaigns, and
+        // storage must make its vote durable before it may lead.
+        for _ in 0..100 {
+            if exec.raw().role() == Role::Leader {
+                break;
+            }
+            exec.io.now = exec.next_deadline();
+            exec.turn(Turn { tick: true, ..Turn::default() });
+            persist_all(&mut exec);
+        }
+        assert_eq!(exec.raw().role(), Role::Leader, "a single voter elects itself");
+        persist_all(&mut exec);
+
+        let answer = Arc::new(Mutex::new(None));
+        let a = answer.clone();
+        let reply: ProposeFn<Sum> = Box::new(move |r| *a.lock().unwrap() = Some(r));
+        exec.turn(Turn {
+            inputs: vec![GroupInput::Propose { data: Bytes::from_static(b"abc"), reply }],
+            ..Turn::default()
+        });
+        assert!(answer.lock().unwrap().is_none(), "nothing is answered before the entry is durable");
+        assert!(persist_all(&mut exec) > 0, "the proposal was handed to storage");
+        assert_eq!(*answer.lock().unwrap(), Some(Ok(3)), "applied and answered once durable");
+        assert_eq!(exec.applied(), exec.raw().commit_index());
+
+        let seen = Arc::new(Mutex::new(None));
+        let s = seen.clone();
+        let f: ReadFn<Sum> = Box::new(move |r| *s.lock().unwrap() = Some(r.map(|sm| sm.total)));
+        exec.turn(Turn { inputs: vec![GroupInput::Read { linearizable: true, f }], ..Turn::default() });
+        persist_all(&mut exec);
+        assert_eq!(*seen.lock().unwrap(), Some(Ok(3)), "a linearizable read sees the applied write");
+
+        let changed = Arc::new(Mutex::new(None));
+        let c = changed.clone();
+        let reply: ReplyFn<Result<(), ProposeError>> = Box::new(move |r| *c.lock().unwrap() = Some(r));
+        let changes = vec![ConfChange::AddLearner(2)];
+        exec.turn(Turn { inputs: vec![GroupInput::ChangeMembership { changes, reply }], ..Turn::default() });
+        for _ in 0..4 {
+            persist_all(&mut exec);
+        }
+        assert_eq!(*changed.lock().unwrap(), Some(Ok(())), "the change completes when applied");
+        assert!(exec.raw().membership().learners.contains(&2));
+
+        exec.turn(Turn { inputs: vec![GroupInput::Stop], ..Turn::default() });
+        assert!(exec.is_stopped());
+        let (_, failed) = exec.finish();
+        assert_eq!(failed, None, "asked to stop, not failed");
+    }
+
+    #[test]
+    fn waiters_learn_the_group_stopped_and_storage_failure_stops_it() {
+        let raw = RawNode::new(Config::new(1, 7), Recovered::new_cluster([1, 2, 3])).expect("valid config");
+        let mut exec = GroupExecutor::new(
+            1,
+            raw,
+            Sum::default(),
+            FakeIo::default(),
+            Arc::new(GroupCounters::default()),
+            LogId::ZERO,
+            Membership::new_voters([1, 2, 3]),
+            LogId::ZERO,
+        );
+        let answer = Arc::new(Mutex::new(None));
+        let a = answer.clone();
+        let reply: ProposeFn<Sum> = Box::new(move |r| *a.lock().unwrap() = Some(r));
+        exec.turn(Turn {
+            inputs: vec![GroupInput::Propose { data: Bytes::from_static(b"x"), reply }],
+            ..Turn::default()
+        });
+        assert!(
+            matches!(*answer.lock().unwrap(), Some(Err(ProposeError::NotLeader { .. }))),
+            "a follower refuses at once: {:?}",
+            answer.lock().unwrap()
+        );
+        let error = crate::driver::StoreError { group: 1, reason: "disk on fire".into() };
+        exec.turn(Turn { storage: vec![StorageDone::Failed(error)], ..Turn::default() });
+        assert!(exec.is_stopped(), "a storage failure stops the group");
+        let (_, failed) = exec.finish();
+        assert!(failed.is_some_and(|f| f.contains("disk on fire")));
+    }
+}
