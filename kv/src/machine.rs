@@ -668,21 +668,22 @@ impl KvStateMachine {
     // ----- snapshots ---------------------------------------------------------------------
 
     /// A copy of the replicated state (tree, sessions, counters) without the local parts (no
-    /// watchers, no history, TTLs pending). Values and keys are shared, not copied, so this
-    /// costs one pass over the nodes; the server forks, then encodes the fork's snapshot on
-    /// another thread while this state keeps applying. The fork's digest equals this state's.
+    /// watchers, no history, TTLs pending). The tree is copied on write (see `tree`), so this
+    /// costs O(chunks + armed TTLs + sessions), not a pass over the nodes: the server forks on
+    /// the group's task, then encodes the fork's snapshot on another thread while this state
+    /// keeps applying. The fork's digest equals this state's.
     pub fn fork(&self) -> KvStateMachine {
-        let mut fork = KvStateMachine {
+        let fork = KvStateMachine {
             config: self.config.clone(),
             tree: self.tree.clone(),
             sessions: self.sessions.clone(),
             applied_index: self.applied_index,
             time_nanos: self.time_nanos,
             next_arm_id: self.next_arm_id,
-            ttl: TtlTracker::default(),
+            ttl: self.ttl.pending_copy(),
             watch: WatchHub::new(self.applied_index),
         };
-        fork.rebuild_ttl();
+        debug_assert_eq!(fork.ttl.len(), self.ttl.len());
         fork
     }
 

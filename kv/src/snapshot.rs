@@ -528,7 +528,7 @@ impl SnapshotDecoder {
                 }
                 Body::Value(node.value)
             }
-            NodeKind::Dir => Body::Dir(Vec::new()),
+            NodeKind::Dir => Body::Dir(Default::default()),
             NodeKind::Lock => {
                 if node.temp.is_none() {
                     return Err(format!("lock {:?} without a holder", node.key));

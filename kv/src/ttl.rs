@@ -121,6 +121,19 @@ impl TtlTracker {
         }
     }
 
+    /// The same armings with no deadline yet, armed in id order: what rebuilding from the
+    /// tree gives (the tracker mirrors the tree's armings), in O(armings) instead of a pass
+    /// over every node.
+    pub fn pending_copy(&self) -> TtlTracker {
+        let mut armings: Vec<(u64, &Armed)> = self.armed.iter().map(|(&id, a)| (id, a)).collect();
+        armings.sort_unstable_by_key(|&(id, _)| id);
+        let mut copy = TtlTracker::default();
+        for (arm_id, armed) in armings {
+            copy.arm(arm_id, armed.key.clone(), armed.duration_nanos);
+        }
+        copy
+    }
+
     pub fn clear(&mut self) {
         self.armed.clear();
         self.by_deadline.clear();
