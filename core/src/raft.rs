@@ -23,7 +23,7 @@ mod snapshot_stream;
 
 use crate::confchange::ConfState;
 use crate::snapshot::Outgoing;
-use snapshot_stream::SnapState;
+use snapshot_stream::{finish_transfer, SnapState};
 
 /// Is planted bug `$bug` switched on? Always false without the feature.
 macro_rules! bug {
@@ -34,6 +34,26 @@ macro_rules! bug {
         let on = false;
         on
     }};
+}
+
+/// Entries from `from` on out of the fetched run `fetched`, capped like one
+/// append message; `None` if `fetched` does not hold `from`.
+fn fetched_slice(fetched: &VecDeque<Entry>, cfg: &Config, from: Index) -> Option<Vec<Entry>> {
+    let first = fetched.front()?.index;
+    if from < first || from > fetched.back()?.index {
+        return None;
+    }
+    let start = (from - first) as usize;
+    let mut bytes = 0;
+    let mut out = Vec::new();
+    for e in fetched.range(start..).take(cfg.max_entries_per_msg) {
+        if !out.is_empty() && bytes + e.size_bytes() > cfg.max_size_per_msg_bytes {
+            break;
+        }
+        bytes += e.size_bytes();
+        out.push(e.clone());
+    }
+    Some(out)
 }
 
 /// State only the leader has.
@@ -67,6 +87,92 @@ struct LeaderState {
     conf_change_id: Option<u64>,
 }
 
+impl LeaderState {
+    /// Ends a leadership transfer whose deadline passed.
+    fn expire_transfer(&mut self, now: Nanos) {
+        if let Some((_, deadline)) = self.transfer {
+            if now >= deadline {
+                self.transfer = None;
+            }
+        }
+    }
+
+    /// Check-quorum: did a quorum (this node included) show activity since
+    /// the last check? Clears the activity marks for the next period.
+    fn quorum_active(&mut self, membership: &Membership, id: NodeId) -> bool {
+        let progress = &self.progress;
+        let result = joint_vote(membership, |v| {
+            Some(v == id || progress.get(&v).is_some_and(|p| p.recent_active && !p.rejoining))
+        });
+        for p in self.progress.values_mut() {
+            p.recent_active = false;
+        }
+        result == VoteResult::Won
+    }
+
+    /// May a read be served from the lease at `now`, without a heartbeat round?
+    fn lease_valid(&self, cfg: &Config, now: Nanos) -> bool {
+        cfg.lease_read
+            && self.committed_own_term
+            && !self.timeout_now_sent
+            && self.transfer.is_none()
+            && self.lease_start.is_some_and(|s| now < s + cfg.lease_duration_ns())
+    }
+
+    /// Reads waiting for a quorum or for an entry of this term to commit.
+    fn reads_waiting(&self) -> usize {
+        self.reads_pending.len() + self.reads_before_commit.len()
+    }
+}
+
+/// The role this node plays, with the state only that role has: a role
+/// cannot disagree with its state (`Role` is what the outside sees).
+#[derive(Debug)]
+enum RoleState {
+    Follower,
+    /// Pre-vote round: pre-votes received, our own included (it needs no
+    /// durability: nothing changes).
+    PreCandidate {
+        votes: BTreeMap<NodeId, bool>,
+    },
+    /// Election: votes received, our own once it is durable.
+    Candidate {
+        votes: BTreeMap<NodeId, bool>,
+    },
+    Leader(Box<LeaderState>),
+}
+
+impl RoleState {
+    fn role(&self) -> Role {
+        match self {
+            RoleState::Follower => Role::Follower,
+            RoleState::PreCandidate { .. } => Role::PreCandidate,
+            RoleState::Candidate { .. } => Role::Candidate,
+            RoleState::Leader(_) => Role::Leader,
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        matches!(self, RoleState::Leader(_))
+    }
+
+    /// The leader's state, for code that runs in any role.
+    fn leader(&self) -> Option<&LeaderState> {
+        match self {
+            RoleState::Leader(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// The leader's state, for code that runs in any role.
+    fn leader_mut(&mut self) -> Option<&mut LeaderState> {
+        match self {
+            RoleState::Leader(l) => Some(l),
+            _ => None,
+        }
+    }
+}
+
 /// What a follower knows about acknowledging the current leader's appends.
 #[derive(Debug, Default)]
 struct FollowerAck {
@@ -91,7 +197,7 @@ pub struct RawNode {
     vote: Option<NodeId>,
     /// The (term, vote) storage acknowledged last.
     durable_vote: (Term, Option<NodeId>),
-    role: Role,
+    state: RoleState,
     leader_id: Option<NodeId>,
     membership: Membership,
     log: RaftLog,
@@ -102,12 +208,9 @@ pub struct RawNode {
 
     election_deadline: Nanos,
     last_leader_contact: Option<Nanos>,
-    /// Candidate / pre-candidate: votes received (own vote once durable).
-    votes: BTreeMap<NodeId, bool>,
     /// A vote grant waiting for its `HardStatePersisted`.
     pending_vote_reply: Option<NodeId>,
     follower_ack: FollowerAck,
-    leader: Option<Box<LeaderState>>,
     next_session: u64,
     next_ctx: u64,
 
@@ -196,7 +299,7 @@ impl RawNode {
             term,
             vote,
             durable_vote: (hs.term, hs.vote),
-            role: Role::Follower,
+            state: RoleState::Follower,
             leader_id: None,
             membership: recovered.membership,
             applying: applied,
@@ -204,10 +307,8 @@ impl RawNode {
             log,
             election_deadline: 0,
             last_leader_contact: None,
-            votes: BTreeMap::new(),
             pending_vote_reply: None,
             follower_ack: FollowerAck::default(),
-            leader: None,
             next_session: 1,
             next_ctx: 1,
             fetched: VecDeque::new(),
@@ -264,8 +365,8 @@ impl RawNode {
         if self.started_at.is_none() {
             return 0;
         }
-        let mut d = match &self.leader {
-            Some(l) => {
+        let mut d = match &self.state {
+            RoleState::Leader(l) => {
                 let mut d = l.heartbeat_deadline;
                 if self.cfg.check_quorum {
                     d = d.min(l.check_quorum_deadline);
@@ -275,7 +376,7 @@ impl RawNode {
                 }
                 d
             }
-            None => self.election_deadline,
+            _ => self.election_deadline,
         };
         if let Some(&(t, _)) = self.forwarded_order.front() {
             d = d.min(t);
@@ -287,7 +388,7 @@ impl RawNode {
         self.id
     }
     pub fn role(&self) -> Role {
-        self.role
+        self.state.role()
     }
     pub fn term(&self) -> Term {
         self.term
@@ -307,7 +408,7 @@ impl RawNode {
     pub fn status(&self) -> Status {
         Status {
             id: self.id,
-            role: self.role,
+            role: self.state.role(),
             term: self.term,
             vote: self.vote,
             leader: self.leader_id,
@@ -317,7 +418,7 @@ impl RawNode {
             persisted: self.log.persisted(),
             membership: self.membership.clone(),
             rejoining: self.rejoining,
-            progress: self.leader.as_ref().map_or(Vec::new(), |l| {
+            progress: self.state.leader().map_or(Vec::new(), |l| {
                 l.progress
                     .iter()
                     .map(|(&id, p)| (id, p.match_index, p.next_index, p.state == ProgressState::Replicate))
@@ -344,7 +445,7 @@ impl RawNode {
         if !self.cfg.check_quorum {
             return false;
         }
-        if self.role == Role::Leader {
+        if self.state.is_leader() {
             return true;
         }
         let window = self.cfg.election_timeout_min_ns;
@@ -356,44 +457,32 @@ impl RawNode {
 
     fn tick(&mut self, actions: &mut Vec<Action>) {
         self.expire_forwarded_reads(actions);
-        if self.role == Role::Leader {
-            self.tick_leader(actions);
-        } else if self.now >= self.election_deadline {
-            self.reset_election_timer();
-            if self.may_campaign() {
-                self.campaign(false, actions);
-            }
-        }
-    }
-
-    fn tick_leader(&mut self, actions: &mut Vec<Action>) {
         let now = self.now;
-        let l = self.leader.as_mut().expect("leader state on a leader");
-        if let Some((_, deadline)) = l.transfer {
-            if now >= deadline {
-                l.transfer = None;
+        match &mut self.state {
+            RoleState::Leader(l) => {
+                l.expire_transfer(now);
+                if self.cfg.check_quorum && now >= l.check_quorum_deadline {
+                    l.check_quorum_deadline = now + self.cfg.election_timeout_min_ns;
+                    if !l.quorum_active(&self.membership, self.id) {
+                        // Lost contact with a quorum: someone else may lead by now.
+                        let term = self.term;
+                        self.become_follower(term, None, actions);
+                        return;
+                    }
+                }
+                if now >= l.heartbeat_deadline {
+                    l.heartbeat_deadline = now + self.cfg.heartbeat_interval_ns;
+                    self.broadcast_heartbeat(actions);
+                }
             }
-        }
-        if self.cfg.check_quorum && now >= l.check_quorum_deadline {
-            l.check_quorum_deadline = now + self.cfg.election_timeout_min_ns;
-            let id = self.id;
-            let result = joint_vote(&self.membership, |v| {
-                Some(v == id || l.progress.get(&v).is_some_and(|p| p.recent_active && !p.rejoining))
-            });
-            for p in l.progress.values_mut() {
-                p.recent_active = false;
+            RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
+                if now >= self.election_deadline {
+                    self.reset_election_timer();
+                    if self.may_campaign() {
+                        self.campaign(false, actions);
+                    }
+                }
             }
-            if result != VoteResult::Won {
-                // Lost contact with a quorum: someone else may lead by now.
-                let term = self.term;
-                self.become_follower(term, None, actions);
-                return;
-            }
-        }
-        let l = self.leader.as_mut().expect("leader state on a leader");
-        if now >= l.heartbeat_deadline {
-            l.heartbeat_deadline = now + self.cfg.heartbeat_interval_ns;
-            self.broadcast_heartbeat(actions);
         }
     }
 
@@ -412,7 +501,6 @@ impl RawNode {
     }
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>, actions: &mut Vec<Action>) {
-        let was_leader = self.role == Role::Leader;
         if term > self.term || self.leader_id != leader {
             self.follower_ack = FollowerAck::default();
         }
@@ -422,18 +510,15 @@ impl RawNode {
             self.pending_vote_reply = None;
             self.persist_hard_state(actions);
         }
-        if was_leader {
-            self.drop_leader_state(leader, actions);
+        if let RoleState::Leader(l) = std::mem::replace(&mut self.state, RoleState::Follower) {
+            self.drop_leader_state(*l, leader, actions);
         }
-        self.role = Role::Follower;
         self.leader_id = leader;
-        self.votes.clear();
         self.reset_election_timer();
     }
 
     /// Leadership is gone: every proposal and unconfirmed read gets an answer.
-    fn drop_leader_state(&mut self, hint: Option<NodeId>, actions: &mut Vec<Action>) {
-        let Some(l) = self.leader.take() else { return };
+    fn drop_leader_state(&mut self, l: LeaderState, hint: Option<NodeId>, actions: &mut Vec<Action>) {
         let reason = DropReason::LeadershipLost { leader_hint: hint };
         for (_, id) in l.proposals {
             actions.push(Action::ProposalDropped { id, reason });
@@ -461,16 +546,14 @@ impl RawNode {
     }
 
     fn campaign(&mut self, transfer: bool, actions: &mut Vec<Action>) {
-        if self.role == Role::Leader {
+        if self.state.is_leader() {
             return;
         }
-        self.votes.clear();
         self.leader_id = None;
         self.reset_election_timer();
         if self.cfg.pre_vote && !transfer {
-            self.role = Role::PreCandidate;
             // Our own pre-vote needs no durability: nothing changes.
-            self.votes.insert(self.id, true);
+            self.state = RoleState::PreCandidate { votes: BTreeMap::from([(self.id, true)]) };
             let body = MessageBody::PreVoteRequest { last_log_id: self.log.last() };
             self.send_to_voters(self.term + 1, body, actions);
             self.check_votes(actions);
@@ -480,11 +563,10 @@ impl RawNode {
     }
 
     fn start_election(&mut self, transfer: bool, actions: &mut Vec<Action>) {
-        self.role = Role::Candidate;
+        self.state = RoleState::Candidate { votes: BTreeMap::new() };
         self.term += 1;
         self.vote = Some(self.id);
         self.leader_id = None;
-        self.votes.clear();
         self.pending_vote_reply = None;
         self.follower_ack = FollowerAck::default();
         self.persist_hard_state(actions);
@@ -505,14 +587,16 @@ impl RawNode {
         }
     }
 
+    /// Pre-candidate or candidate: acts on the outcome of the votes so far.
     fn check_votes(&mut self, actions: &mut Vec<Action>) {
-        let votes = &self.votes;
+        let (votes, pre_vote) = match &self.state {
+            RoleState::PreCandidate { votes } => (votes, true),
+            RoleState::Candidate { votes } => (votes, false),
+            RoleState::Follower | RoleState::Leader(_) => return, // no votes to count
+        };
         match joint_vote(&self.membership, |id| votes.get(&id).copied()) {
-            VoteResult::Won => match self.role {
-                Role::PreCandidate => self.start_election(false, actions),
-                Role::Candidate => self.become_leader(actions),
-                _ => {}
-            },
+            VoteResult::Won if pre_vote => self.start_election(false, actions),
+            VoteResult::Won => self.become_leader(actions),
             VoteResult::Lost => {
                 let term = self.term;
                 self.become_follower(term, None, actions);
@@ -522,10 +606,8 @@ impl RawNode {
     }
 
     fn become_leader(&mut self, actions: &mut Vec<Action>) {
-        debug_assert_eq!(self.role, Role::Candidate);
-        self.role = Role::Leader;
+        debug_assert!(matches!(self.state, RoleState::Candidate { .. }));
         self.leader_id = Some(self.id);
-        self.votes.clear();
         let next = self.log.last().index + 1;
         let mut progress = BTreeMap::new();
         for id in self.membership.members() {
@@ -539,7 +621,7 @@ impl RawNode {
                 progress.insert(id, p);
             }
         }
-        self.leader = Some(Box::new(LeaderState {
+        self.state = RoleState::Leader(Box::new(LeaderState {
             progress,
             proposals: VecDeque::new(),
             uncommitted_bytes: 0,
@@ -630,15 +712,19 @@ impl RawNode {
                 // A grant echoes the term we would campaign in; a refusal
                 // carries the voter's term (not above ours, or we stepped down).
                 let counts = self.membership.is_voter(from) && (!granted || m.term == self.term + 1);
-                if self.role == Role::PreCandidate && counts {
-                    self.votes.insert(from, granted);
-                    self.check_votes(actions);
+                if let RoleState::PreCandidate { votes } = &mut self.state {
+                    if counts {
+                        votes.insert(from, granted);
+                        self.check_votes(actions);
+                    }
                 }
             }
             MessageBody::VoteResponse { granted } => {
-                if self.role == Role::Candidate && self.membership.is_voter(from) {
-                    self.votes.insert(from, granted);
-                    self.check_votes(actions);
+                if let RoleState::Candidate { votes } = &mut self.state {
+                    if self.membership.is_voter(from) {
+                        votes.insert(from, granted);
+                        self.check_votes(actions);
+                    }
                 }
             }
             MessageBody::AppendEntries { session, prev_log_id, entries, commit } => {
@@ -678,9 +764,9 @@ impl RawNode {
                 self.on_heartbeat_response(from, ctx, last_index, actions)
             }
             MessageBody::ReadIndexRequest { id } => {
-                let pending =
-                    self.leader.as_ref().map_or(0, |l| l.reads_pending.len() + l.reads_before_commit.len());
-                if self.role == Role::Leader && pending < self.cfg.max_pending_reads {
+                let has_room =
+                    self.state.leader().is_some_and(|l| l.reads_waiting() < self.cfg.max_pending_reads);
+                if has_room {
                     self.leader_read(Requester::Remote(from, id), actions);
                 } else {
                     self.send(from, MessageBody::ReadIndexResponse { id, result: Err(()) }, actions);
@@ -715,7 +801,7 @@ impl RawNode {
     /// followed as sent while it is a learner or not a member.
     fn note_rejoining(&mut self, from: NodeId, rejoining: bool) {
         let voter = self.membership.is_voter(from);
-        if let Some(p) = self.leader.as_mut().and_then(|l| l.progress.get_mut(&from)) {
+        if let Some(p) = self.state.leader_mut().and_then(|l| l.progress.get_mut(&from)) {
             p.rejoining = rejoining || (p.rejoining && voter);
         }
     }
@@ -745,7 +831,7 @@ impl RawNode {
     /// as a voter. See `Config::rejoin_after_data_loss` for why each part
     /// is needed.
     fn rejoin_evidence(&mut self, commit: Index, matched: Index) {
-        debug_assert!(self.rejoining && self.role == Role::Follower);
+        debug_assert!(self.rejoining && matches!(self.state, RoleState::Follower));
         // Our commit index is above `commit` only if a later append of
         // this leader overtook this one; that append was the evidence.
         if commit > matched || self.log.committed() != commit || self.log.term_at(commit) != Some(self.term) {
@@ -786,7 +872,7 @@ impl RawNode {
     }
 
     fn heard_from_leader(&mut self, from: NodeId, actions: &mut Vec<Action>) {
-        if self.role != Role::Follower || self.leader_id != Some(from) {
+        if !matches!(self.state, RoleState::Follower) || self.leader_id != Some(from) {
             let term = self.term;
             self.become_follower(term, Some(from), actions);
         }
@@ -912,11 +998,11 @@ impl RawNode {
         if !self.log.persisted_to(up_to) {
             return;
         }
-        match self.role {
-            Role::Leader => {
+        match self.state {
+            RoleState::Leader(_) => {
                 self.maybe_commit(actions);
             }
-            _ => {
+            RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
                 if let Some(leader) = self.leader_id {
                     if self.follower_ack.matched > self.follower_ack.acked {
                         self.maybe_ack(leader, false, actions);
@@ -936,9 +1022,11 @@ impl RawNode {
                 self.send(to, MessageBody::VoteResponse { granted: true }, actions);
             }
         }
-        if self.role == Role::Candidate && vote == Some(self.id) {
-            self.votes.insert(self.id, true);
-            self.check_votes(actions);
+        if let RoleState::Candidate { votes } = &mut self.state {
+            if vote == Some(self.id) {
+                votes.insert(self.id, true);
+                self.check_votes(actions);
+            }
         }
     }
 
@@ -952,14 +1040,13 @@ impl RawNode {
     }
 
     fn propose(&mut self, proposals: Vec<Proposal>, actions: &mut Vec<Action>) {
-        if self.role != Role::Leader {
+        let RoleState::Leader(l) = &mut self.state else {
             let reason = DropReason::NotLeader { leader_hint: self.leader_id };
             for p in proposals {
                 actions.push(Action::ProposalDropped { id: p.id, reason });
             }
             return;
-        }
-        let l = self.leader.as_mut().expect("leader state on a leader");
+        };
         if l.transfer.is_some() {
             for p in proposals {
                 actions.push(Action::ProposalDropped { id: p.id, reason: DropReason::TransferInProgress });
@@ -1002,7 +1089,7 @@ impl RawNode {
     fn for_each_follower(&mut self, mut f: impl FnMut(&mut Self, NodeId)) {
         let mut after = None;
         loop {
-            let Some(l) = self.leader.as_ref() else { return };
+            let Some(l) = self.state.leader() else { return };
             let next = match after {
                 None => l.progress.keys().next().copied(),
                 Some(prev) => l.progress.range(prev + 1..).next().map(|(&id, _)| id),
@@ -1018,8 +1105,9 @@ impl RawNode {
     /// carry the commit index or probe).
     fn send_appends(&mut self, to: NodeId, mut send_empty: bool, actions: &mut Vec<Action>) {
         loop {
-            let l = self.leader.as_ref().expect("leader state on a leader");
-            let Some(p) = l.progress.get(&to) else { return };
+            // On a non-leader (none calls this) there is nothing to send.
+            let RoleState::Leader(l) = &mut self.state else { return };
+            let Some(p) = l.progress.get_mut(&to) else { return };
             if p.is_paused() || l.transfers.contains_key(&to) {
                 return;
             }
@@ -1034,13 +1122,17 @@ impl RawNode {
             let prev_index = next - 1;
             let Some(prev_term) = self.log.term_at(prev_index) else {
                 // Compacted away: the follower needs a snapshot.
-                self.start_snapshot(to, actions);
+                if let Some(meta) = self.snap.meta.clone() {
+                    if l.start_snapshot(to, meta, self.now) {
+                        self.pump_snapshot(to, actions);
+                    }
+                }
                 return;
             };
             let max_bytes = self.cfg.max_size_per_msg_bytes;
             let entries = match self.log.slice(next, self.cfg.max_entries_per_msg, max_bytes) {
                 Some((entries, _)) => entries,
-                None => match self.fetched_slice(next) {
+                None => match fetched_slice(&self.fetched, &self.cfg, next) {
                     Some(entries) => entries,
                     None => {
                         self.request_fetch(next, actions);
@@ -1055,8 +1147,6 @@ impl RawNode {
             let bytes: usize = entries.iter().map(Entry::size_bytes).sum();
             let last_sent = entries.last().map(|e| e.index);
             let commit = self.log.committed();
-            let l = self.leader.as_mut().expect("leader state on a leader");
-            let p = l.progress.get_mut(&to).expect("checked above");
             let session = p.session;
             p.sent(last_sent, bytes);
             p.commit_sent = commit;
@@ -1072,24 +1162,6 @@ impl RawNode {
                 return;
             }
         }
-    }
-
-    fn fetched_slice(&self, from: Index) -> Option<Vec<Entry>> {
-        let first = self.fetched.front()?.index;
-        if from < first || from > self.fetched.back()?.index {
-            return None;
-        }
-        let start = (from - first) as usize;
-        let mut bytes = 0;
-        let mut out = Vec::new();
-        for e in self.fetched.range(start..).take(self.cfg.max_entries_per_msg) {
-            if !out.is_empty() && bytes + e.size_bytes() > self.cfg.max_size_per_msg_bytes {
-                break;
-            }
-            bytes += e.size_bytes();
-            out.push(e.clone());
-        }
-        Some(out)
     }
 
     fn request_fetch(&mut self, from: Index, actions: &mut Vec<Action>) {
@@ -1116,7 +1188,7 @@ impl RawNode {
             return;
         }
         self.fetched = good;
-        if self.role == Role::Leader {
+        if self.state.is_leader() {
             self.broadcast_append(actions);
         }
     }
@@ -1128,7 +1200,7 @@ impl RawNode {
         result: Result<Index, RejectHint>,
         actions: &mut Vec<Action>,
     ) {
-        let Some(l) = self.leader.as_mut() else { return };
+        let RoleState::Leader(l) = &mut self.state else { return };
         let Some(p) = l.progress.get_mut(&from) else { return };
         if p.session != session {
             return; // A response from another replication session.
@@ -1139,9 +1211,7 @@ impl RawNode {
                 if match_index > self.log.last().index {
                     return; // Cannot match beyond our log: corrupt or foreign.
                 }
-                self.finish_transfer(from, match_index);
-                let l = self.leader.as_mut().expect("leader state on a leader");
-                let p = l.progress.get_mut(&from).expect("checked above");
+                finish_transfer(&mut l.transfers, from, match_index);
                 let moved = p.maybe_update(match_index, self.next_ctx - 1);
                 if moved {
                     p.last_progress_ns = self.now;
@@ -1163,8 +1233,6 @@ impl RawNode {
                 } else {
                     hint.index.min(self.log.last().index)
                 };
-                let l = self.leader.as_mut().expect("leader state on a leader");
-                let p = l.progress.get_mut(&from).expect("checked above");
                 if p.maybe_decrease_to(rejected_index, retry_at) {
                     self.send_appends(from, true, actions);
                 }
@@ -1179,17 +1247,15 @@ impl RawNode {
         last_index: Index,
         actions: &mut Vec<Action>,
     ) {
-        let Some(l) = self.leader.as_mut() else { return };
+        let RoleState::Leader(l) = &mut self.state else { return };
         let Some(p) = l.progress.get_mut(&from) else { return };
         p.recent_active = true;
         p.acked_ctx = p.acked_ctx.max(ctx);
-        if self.transferring_to(from) {
+        if l.transfers.contains_key(&from) {
             self.snapshot_heartbeat(from, actions);
             self.advance_reads(actions);
             return;
         }
-        let l = self.leader.as_mut().expect("leader state on a leader");
-        let p = l.progress.get_mut(&from).expect("checked above");
         if p.lost_data(ctx, last_index) {
             // The follower lost its disk: its acknowledgements are void.
             // Replicate to it afresh (a new session ignores answers to
@@ -1229,7 +1295,7 @@ impl RawNode {
     }
 
     fn maybe_commit(&mut self, actions: &mut Vec<Action>) {
-        let Some(l) = self.leader.as_mut() else { return };
+        let RoleState::Leader(l) = &mut self.state else { return };
         let id = self.id;
         let persisted = self.log.persisted();
         let acked = |v| {
@@ -1283,11 +1349,11 @@ impl RawNode {
     // ---- leadership transfer ---------------------------------------------------
 
     fn transfer_leadership(&mut self, to: NodeId, actions: &mut Vec<Action>) {
-        if self.role != Role::Leader || to == self.id || !self.membership.is_voter(to) {
+        let RoleState::Leader(l) = &mut self.state else { return };
+        if to == self.id || !self.membership.is_voter(to) {
             return;
         }
         let deadline = self.now + self.cfg.election_timeout_min_ns;
-        let l = self.leader.as_mut().expect("leader state on a leader");
         if l.transfer.is_some_and(|(t, _)| t == to) {
             return;
         }
@@ -1298,7 +1364,7 @@ impl RawNode {
 
     fn maybe_send_timeout_now(&mut self, to: NodeId, actions: &mut Vec<Action>) {
         let last = self.log.last().index;
-        let Some(l) = self.leader.as_mut() else { return };
+        let RoleState::Leader(l) = &mut self.state else { return };
         let caught_up = l.progress.get(&to).is_some_and(|p| p.match_index == last);
         if l.transfer.is_some_and(|(t, _)| t == to) && caught_up && !l.timeout_now_sent {
             l.timeout_now_sent = true;
@@ -1317,12 +1383,14 @@ impl RawNode {
             actions.push(Action::ReadFailed { id, reason: DropReason::TooManyPendingReads });
             return;
         }
-        match self.role {
-            Role::Leader => {
+        match self.state {
+            RoleState::Leader(_) => {
                 self.local_reads.insert(id);
                 self.leader_read(Requester::Local(id), actions);
             }
-            _ => match self.leader_id {
+            RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => match self
+                .leader_id
+            {
                 Some(leader) => {
                     self.local_reads.insert(id);
                     let deadline = self.now + self.cfg.election_timeout_min_ns;
@@ -1352,28 +1420,14 @@ impl RawNode {
         }
     }
 
-    fn lease_valid(&self) -> bool {
-        let Some(l) = self.leader.as_ref() else { return false };
-        self.cfg.lease_read
-            && l.committed_own_term
-            && !l.timeout_now_sent
-            && l.transfer.is_none()
-            && l.lease_start.is_some_and(|s| self.now < s + self.cfg.lease_duration_ns())
-    }
-
-    fn single_voter(&self) -> bool {
-        self.membership.voters_outgoing.is_empty()
-            && self.membership.voters.len() == 1
-            && self.membership.voters.contains(&self.id)
-    }
-
     fn leader_read(&mut self, r: Requester, actions: &mut Vec<Action>) {
         let commit = self.log.committed();
         if bug!(self, ReadWithoutLeadershipCheck) {
             self.read_confirmed(r, commit, actions);
             return;
         }
-        let l = self.leader.as_mut().expect("leader state on a leader");
+        // On a non-leader (none calls this) there is no read to serve.
+        let RoleState::Leader(l) = &mut self.state else { return };
         if l.transfer.is_some() {
             self.fail_read(r, DropReason::TransferInProgress, actions);
             return;
@@ -1383,12 +1437,14 @@ impl RawNode {
             l.reads_before_commit.push(r);
             return;
         }
-        if self.single_voter() || self.lease_valid() {
+        let single_voter = self.membership.voters_outgoing.is_empty()
+            && self.membership.voters.len() == 1
+            && self.membership.voters.contains(&self.id);
+        if single_voter || l.lease_valid(&self.cfg, self.now) {
             self.read_confirmed(r, commit, actions);
             return;
         }
         let ctx = self.next_ctx;
-        let l = self.leader.as_mut().expect("leader state on a leader");
         l.reads_pending.push_back(PendingRead { ctx, index: commit, requester: r });
         self.broadcast_heartbeat(actions);
     }
@@ -1409,7 +1465,8 @@ impl RawNode {
         let commit = self.log.committed();
         let from = self.id;
         let term = self.term;
-        let l = self.leader.as_mut().expect("leader state on a leader");
+        // On a non-leader (none calls this) there is no one to send to.
+        let RoleState::Leader(l) = &mut self.state else { return };
         l.rounds.push(ctx, now);
         for (&to, p) in &l.progress {
             let body = MessageBody::Heartbeat { commit: commit.min(p.match_index), ctx };
@@ -1421,7 +1478,7 @@ impl RawNode {
     /// Confirms reads whose round a quorum acknowledged, and extends the lease.
     fn advance_reads(&mut self, actions: &mut Vec<Action>) {
         let id = self.id;
-        let Some(l) = self.leader.as_mut() else { return };
+        let RoleState::Leader(l) = &mut self.state else { return };
         let own = self.next_ctx - 1;
         let quorum_ctx = joint_committed(&self.membership, |v| {
             if v == id {
@@ -1461,14 +1518,14 @@ impl RawNode {
             actions.push(Action::ReadReady { id, index });
         }
         self.maybe_evict();
-        let now = (self.role, self.term, self.leader_id);
+        let now = (self.state.role(), self.term, self.leader_id);
         if now != self.last_reported {
             self.last_reported = now;
             actions.push(Action::RoleChanged { role: now.0, term: now.1, leader: now.2 });
         }
         debug_assert!(self.log.committed() <= self.log.last().index);
         debug_assert!(self.applied <= self.applying && self.applying <= self.log.committed());
-        debug_assert_eq!(self.role == Role::Leader, self.leader.is_some());
+        debug_assert!(!self.state.is_leader() || self.leader_id == Some(self.id));
     }
 
     fn maybe_apply(&mut self, actions: &mut Vec<Action>) {
@@ -1485,7 +1542,7 @@ impl RawNode {
         let max = (upto - self.applying) as usize;
         let entries = match self.log.slice(from, max, usize::MAX) {
             Some((e, _)) => e,
-            None => match self.fetched_slice(from) {
+            None => match fetched_slice(&self.fetched, &self.cfg, from) {
                 Some(mut e) => {
                     e.retain(|e| e.index <= upto);
                     e
@@ -1499,7 +1556,7 @@ impl RawNode {
         let Some(last) = entries.last().map(|e| e.index) else { return };
         debug_assert_eq!(entries[0].index, from);
         let mut proposals = Vec::new();
-        if let Some(l) = self.leader.as_mut() {
+        if let RoleState::Leader(l) = &mut self.state {
             while let Some(&(log_id, id)) = l.proposals.front() {
                 if log_id.index > last {
                     break;
