@@ -5,9 +5,9 @@
 //! node switches configuration when an entry is appended and reverts when
 //! the entry is truncated (`ConfState`).
 
-use super::RawNode;
+use super::{RawNode, RoleState};
 use crate::confchange::{self, ConfChange, ConfChangeError};
-use crate::io::{Action, DropReason, Role};
+use crate::io::{Action, DropReason};
 use crate::message::MessageBody;
 use crate::progress::Progress;
 use crate::types::{Entry, EntryPayload, NodeId};
@@ -15,10 +15,9 @@ use crate::types::{Entry, EntryPayload, NodeId};
 impl RawNode {
     pub(super) fn change_membership(&mut self, id: u64, changes: Vec<ConfChange>, actions: &mut Vec<Action>) {
         let drop = |reason, actions: &mut Vec<Action>| actions.push(Action::ProposalDropped { id, reason });
-        if self.role != Role::Leader {
+        let RoleState::Leader(l) = &mut self.state else {
             return drop(DropReason::NotLeader { leader_hint: self.leader_id }, actions);
-        }
-        let l = self.leader.as_ref().expect("leader state on a leader");
+        };
         if l.transfer.is_some() {
             return drop(DropReason::TransferInProgress, actions);
         }
@@ -58,7 +57,6 @@ impl RawNode {
             payload: EntryPayload::Membership(next),
         };
         let log_id = entry.log_id();
-        let l = self.leader.as_mut().expect("leader state on a leader");
         if joint {
             // The outcome is the entry that completes the change: C(new).
             l.conf_change_id = Some(id);
@@ -80,34 +78,24 @@ impl RawNode {
             return;
         }
         self.membership = self.conf.current().clone();
-        if self.role == Role::Leader {
-            self.sync_progress();
-        }
-    }
-
-    /// One progress (and a fresh replication session) per member; a node
-    /// removed and added again gets a new session, so stale responses from
-    /// its earlier membership are ignored.
-    pub(super) fn sync_progress(&mut self) {
+        let RoleState::Leader(l) = &mut self.state else { return };
+        // One progress (and a fresh replication session) per member; a node
+        // removed and added again gets a new session, so stale responses from
+        // its earlier membership are ignored.
         let members = self.membership.members();
         let next = self.log.last().index + 1;
-        let now = self.now;
         let (max_msgs, max_bytes) = (self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
-        let id = self.id;
-        let mut next_session = self.next_session;
-        let l = self.leader.as_mut().expect("leader state on a leader");
         l.progress.retain(|n, _| members.contains(n));
         l.transfers.retain(|n, _| members.contains(n));
         for &m in &members {
-            if m != id && !l.progress.contains_key(&m) {
-                let mut p = Progress::new(next, next_session, max_msgs, max_bytes);
-                next_session += 1;
+            if m != self.id && !l.progress.contains_key(&m) {
+                let mut p = Progress::new(next, self.next_session, max_msgs, max_bytes);
+                self.next_session += 1;
                 p.recent_active = true;
-                p.last_progress_ns = now;
+                p.last_progress_ns = self.now;
                 l.progress.insert(m, p);
             }
         }
-        self.next_session = next_session;
     }
 
     /// After every step: fold committed configurations, then (leader, with
@@ -115,7 +103,8 @@ impl RawNode {
     /// Stepping down when removed happens after `Apply` (see below).
     pub(super) fn after_step_membership(&mut self, actions: &mut Vec<Action>) {
         self.conf.commit_to(self.log.committed());
-        if self.role != Role::Leader || self.conf.has_pending() {
+        let RoleState::Leader(l) = &mut self.state else { return };
+        if self.conf.has_pending() {
             return;
         }
         if self.membership.is_joint() && self.cfg.auto_leave_joint {
@@ -126,7 +115,6 @@ impl RawNode {
                 payload: EntryPayload::Membership(next),
             };
             let log_id = entry.log_id();
-            let l = self.leader.as_mut().expect("leader state on a leader");
             if let Some(id) = l.conf_change_id.take() {
                 l.proposals.push_back((log_id, id));
             }
@@ -139,8 +127,8 @@ impl RawNode {
     /// counts as a voter steps down once it handed that entry to its state
     /// machine (so the change's outcome is delivered here first).
     pub(super) fn maybe_step_down_removed(&mut self, actions: &mut Vec<Action>) {
-        let removed = self.role == Role::Leader
-            && self.cfg.step_down_when_removed
+        let RoleState::Leader(l) = &self.state else { return };
+        let removed = self.cfg.step_down_when_removed
             && !self.conf.has_pending()
             && !self.membership.is_joint()
             && !self.membership.is_voter(self.id)
@@ -150,7 +138,6 @@ impl RawNode {
         }
         // Hand over to a voter that holds our whole log (it can win at
         // once), so the cluster does not wait for an election timeout.
-        let l = self.leader.as_ref().expect("leader state on a leader");
         let last = self.log.last().index;
         let best: Option<NodeId> = self
             .membership

@@ -9,12 +9,14 @@
 //! `Progress::STALLED_HEARTBEATS_MAX` heartbeat intervals sends everything
 //! again from the first unacknowledged byte.
 
-use super::RawNode;
-use crate::io::{Action, Role};
+use std::collections::BTreeMap;
+
+use super::{LeaderState, RawNode, RoleState};
+use crate::io::Action;
 use crate::message::MessageBody;
 use crate::progress::Progress;
 use crate::snapshot::{Incoming, Outgoing};
-use crate::types::{Index, LogId, NodeId, SnapshotMeta};
+use crate::types::{Index, LogId, Nanos, NodeId, SnapshotMeta};
 
 /// What a node knows about snapshots.
 #[derive(Debug, Default)]
@@ -42,6 +44,25 @@ impl SnapState {
 
     fn index(&self) -> Index {
         self.meta.as_ref().map_or(0, |m| m.last_log_id.index)
+    }
+}
+
+impl LeaderState {
+    /// `to` needs entries that were compacted away: replication to it pauses
+    /// while snapshot `meta` streams. False if `to` has no progress here.
+    pub(super) fn start_snapshot(&mut self, to: NodeId, meta: SnapshotMeta, now: Nanos) -> bool {
+        let Some(p) = self.progress.get_mut(&to) else { return false };
+        p.become_probe();
+        self.transfers.insert(to, Outgoing::new(p.session, meta, now));
+        true
+    }
+}
+
+/// Leader, on a successful append response: a follower that reports a
+/// match at or past the snapshot installed it; replication resumes.
+pub(super) fn finish_transfer(transfers: &mut BTreeMap<NodeId, Outgoing>, from: NodeId, match_index: Index) {
+    if transfers.get(&from).is_some_and(|t| match_index >= t.snapshot().index) {
+        transfers.remove(&from);
     }
 }
 
@@ -77,22 +98,11 @@ impl RawNode {
         }
     }
 
-    /// Leader: `to` needs entries that were compacted away.
-    pub(super) fn start_snapshot(&mut self, to: NodeId, actions: &mut Vec<Action>) {
-        let Some(meta) = self.snap.meta.clone() else { return };
-        let now = self.now;
-        let l = self.leader.as_mut().expect("leader state on a leader");
-        let Some(p) = l.progress.get_mut(&to) else { return };
-        p.become_probe();
-        l.transfers.insert(to, Outgoing::new(p.session, meta, now));
-        self.pump_snapshot(to, actions);
-    }
-
     /// Reads the next chunk if the window allows.
-    fn pump_snapshot(&mut self, to: NodeId, actions: &mut Vec<Action>) {
+    pub(super) fn pump_snapshot(&mut self, to: NodeId, actions: &mut Vec<Action>) {
         let window = self.cfg.max_snapshot_inflight_chunks;
         let max_bytes = self.cfg.max_snapshot_chunk_bytes;
-        let Some(l) = self.leader.as_mut() else { return };
+        let RoleState::Leader(l) = &mut self.state else { return };
         let Some(t) = l.transfers.get_mut(&to) else { return };
         if t.can_read(window) {
             t.reading = Some(t.next);
@@ -115,8 +125,7 @@ impl RawNode {
         done: bool,
         actions: &mut Vec<Action>,
     ) {
-        let current = self.snap.meta.as_ref().map(|m| m.last_log_id);
-        let Some(l) = self.leader.as_mut() else { return };
+        let RoleState::Leader(l) = &mut self.state else { return };
         let Some(t) = l.transfers.get_mut(&to) else { return };
         if t.snapshot() != snapshot || t.reading != Some(offset) {
             return; // An answer for an abandoned read.
@@ -128,8 +137,11 @@ impl RawNode {
                 // over with the newest one now, or at the next heartbeat
                 // response if it is the same (no tight loop with the driver).
                 l.transfers.remove(&to);
-                if current.is_some_and(|c| c != snapshot) {
-                    self.start_snapshot(to, actions);
+                let newer = self.snap.meta.as_ref().filter(|m| m.last_log_id != snapshot);
+                if let Some(meta) = newer.cloned() {
+                    if l.start_snapshot(to, meta, self.now) {
+                        self.pump_snapshot(to, actions);
+                    }
                 }
                 return;
             }
@@ -151,7 +163,7 @@ impl RawNode {
         actions: &mut Vec<Action>,
     ) {
         let now = self.now;
-        let Some(l) = self.leader.as_mut() else { return };
+        let RoleState::Leader(l) = &mut self.state else { return };
         let Some(p) = l.progress.get_mut(&from) else { return };
         if p.session != session {
             return;
@@ -179,7 +191,7 @@ impl RawNode {
     pub(super) fn snapshot_heartbeat(&mut self, from: NodeId, actions: &mut Vec<Action>) {
         let now = self.now;
         let stall = Progress::STALLED_HEARTBEATS_MAX * self.cfg.heartbeat_interval_ns;
-        let Some(l) = self.leader.as_mut() else { return };
+        let RoleState::Leader(l) = &mut self.state else { return };
         let Some(t) = l.transfers.get_mut(&from) else { return };
         if now.saturating_sub(t.last_progress_ns) < stall {
             return;
@@ -195,20 +207,6 @@ impl RawNode {
         t.rewind(now);
         t.rewound_at = None;
         self.pump_snapshot(from, actions);
-    }
-
-    /// Leader, on a successful append response: a follower that reports a
-    /// match at or past the snapshot installed it; replication resumes.
-    pub(super) fn finish_transfer(&mut self, from: NodeId, match_index: Index) {
-        let Some(l) = self.leader.as_mut() else { return };
-        if l.transfers.get(&from).is_some_and(|t| match_index >= t.snapshot().index) {
-            l.transfers.remove(&from);
-        }
-    }
-
-    /// Is replication to `to` paused by a snapshot transfer?
-    pub(super) fn transferring_to(&self, to: NodeId) -> bool {
-        self.leader.as_ref().is_some_and(|l| l.transfers.contains_key(&to))
     }
 
     /// Follower: one chunk of the leader's snapshot.
@@ -294,7 +292,7 @@ impl RawNode {
         self.snap.meta = Some(meta);
         self.snap.wanted_at = s.index;
         self.snap.applied_bytes = 0;
-        if self.role != Role::Leader && self.term == inc.term && self.leader_id == Some(inc.leader) {
+        if !self.state.is_leader() && self.term == inc.term && self.leader_id == Some(inc.leader) {
             self.follower_ack.session = inc.session;
             self.follower_ack.matched = s.index;
             self.follower_ack.acked = s.index;
