@@ -275,5 +275,13 @@ fn chaos_finds_planted_bugs() {
     assert!(missed.len() <= 1, "chaos missed planted bugs: {missed:?}");
 }
 
+/// Seeds tried per planted bug. The first find, measured: VoteWithoutLogCheck 1,
+/// CommitPreviousTermByCounting 21, ReadWithoutLeadershipCheck 4, AckAppendBeforeDurable 743
+/// (24 before f4c5108: a leader now replicates afresh to a follower whose log came back
+/// shorter, which repairs most lost acknowledgements before they matter), ForgetToPersistVote
+/// not within 1,000 (the one miss allowed). This in-memory harness is the quick check; the
+/// simulator's `planted_bugs` test, run by CI, finds every one within 300 seeds. The bound
+/// was 60 and this test failed unnoticed for two weeks, because CI did not run it:
+/// `.ci/extra` does now.
 #[cfg(feature = "planted-bugs")]
-const CHAOS_SEEDS_PER_BUG: u64 = 60;
+const CHAOS_SEEDS_PER_BUG: u64 = 1000;
