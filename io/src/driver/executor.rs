@@ -609,6 +609,24 @@ mod tests {
         }
     }
 
+    /// Node 1 of a new group of `voters`, nothing applied yet.
+    fn executor(voters: &[NodeId]) -> GroupExecutor<Sum, FakeIo> {
+        let raw = RawNode::new(Config::new(1, 7), Recovered::new_cluster(voters.iter().copied()))
+            .expect("valid config");
+        let (counters, membership) =
+            (Arc::new(GroupCounters::default()), Membership::new_voters(voters.iter().copied()));
+        GroupExecutor::new(
+            1,
+            raw,
+            Sum::default(),
+            FakeIo::default(),
+            counters,
+            LogId::ZERO,
+            membership,
+            LogId::ZERO,
+        )
+    }
+
     /// Answers every queued write as durable, as a storage worker would.
     fn persist_all(exec: &mut GroupExecutor<Sum, FakeIo>) -> usize {
         let ops = std::mem::take(&mut exec.io.ops);
@@ -636,18 +654,7 @@ mod tests {
 
     #[test]
     fn a_hand_cranked_single_voter_elects_itself_commits_applies_and_answers() {
-        let raw = RawNode::new(Config::new(1, 7), Recovered::new_cluster([1])).expect("valid config");
-        let counters = Arc::new(GroupCounters::default());
-        let mut exec = GroupExecutor::new(
-            1,
-            raw,
-            Sum::default(),
-            FakeIo::default(),
-            counters,
-            LogId::ZERO,
-            Membership::new_voters([1]),
-            LogId::ZERO,
-        );
+        let mut exec = executor(&[1]);
         // Time passes until the election timeout: the node campaigns, and
         // storage must make its vote durable before it may lead.
         for _ in 0..100 {
@@ -699,17 +706,7 @@ mod tests {
 
     #[test]
     fn waiters_learn_the_group_stopped_and_storage_failure_stops_it() {
-        let raw = RawNode::new(Config::new(1, 7), Recovered::new_cluster([1, 2, 3])).expect("valid config");
-        let mut exec = GroupExecutor::new(
-            1,
-            raw,
-            Sum::default(),
-            FakeIo::default(),
-            Arc::new(GroupCounters::default()),
-            LogId::ZERO,
-            Membership::new_voters([1, 2, 3]),
-            LogId::ZERO,
-        );
+        let mut exec = executor(&[1, 2, 3]);
         let answer = Arc::new(Mutex::new(None));
         let a = answer.clone();
         let reply: ProposeFn<Sum> = Box::new(move |r| *a.lock().unwrap() = Some(r));

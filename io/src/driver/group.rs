@@ -68,27 +68,19 @@ impl<SM: StateMachine> GroupIo<SM> for TokioGroupIo<SM> {
     /// Writes the snapshot `producer` encodes off the group's task (a
     /// blocking thread), makes it durable and records it; reports `Created`.
     fn create_snapshot(&mut self, meta: SnapshotMeta, producer: SnapshotProducer) {
-        let (storage, group, tx) = (self.storage.clone(), self.group, self.snap_tx.clone());
-        let (counters, started) = (self.counters.clone(), Instant::now());
-        self.snap_tasks.retain(|t| !t.is_finished());
-        self.snap_tasks.push(tokio::spawn(async move {
-            let r = create_snapshot(&storage, group, meta, producer).await;
-            counters.snapshot_seconds.observe_duration(started.elapsed());
-            let _ = tx.send(SnapEvent::Created(r));
-        }));
+        let (storage, group) = (self.storage.clone(), self.group);
+        self.spawn_snapshot_job(async move {
+            SnapEvent::Created(create_snapshot(&storage, group, meta, producer).await)
+        });
     }
 
     /// Finishes the staged snapshot, decodes it off the group's task and
     /// records it (the log is discarded); reports `Installed`.
     fn install_snapshot(&mut self, meta: SnapshotMeta, restore: Box<dyn SnapshotRestore<SM>>) {
-        let (storage, group, tx) = (self.storage.clone(), self.group, self.snap_tx.clone());
-        let (counters, started) = (self.counters.clone(), Instant::now());
-        self.snap_tasks.retain(|t| !t.is_finished());
-        self.snap_tasks.push(tokio::spawn(async move {
-            let r = install_snapshot(&storage, group, meta, restore).await;
-            counters.snapshot_seconds.observe_duration(started.elapsed());
-            let _ = tx.send(SnapEvent::Installed(r));
-        }));
+        let (storage, group) = (self.storage.clone(), self.group);
+        self.spawn_snapshot_job(async move {
+            SnapEvent::Installed(install_snapshot(&storage, group, meta, restore).await)
+        });
     }
 
     fn now(&self) -> Nanos {
@@ -97,6 +89,20 @@ impl<SM: StateMachine> GroupIo<SM> for TokioGroupIo<SM> {
 
     fn wall_clock(&self) -> Nanos {
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as Nanos).unwrap_or(0)
+    }
+}
+
+impl<SM: StateMachine> TokioGroupIo<SM> {
+    /// Runs a snapshot job as a task the group waits for when it stops,
+    /// times it, and reports its outcome to the group.
+    fn spawn_snapshot_job(&mut self, job: impl std::future::Future<Output = SnapEvent<SM>> + Send + 'static) {
+        let (tx, counters, started) = (self.snap_tx.clone(), self.counters.clone(), Instant::now());
+        self.snap_tasks.retain(|t| !t.is_finished());
+        self.snap_tasks.push(tokio::spawn(async move {
+            let event = job.await;
+            counters.snapshot_seconds.observe_duration(started.elapsed());
+            let _ = tx.send(event);
+        }));
     }
 }
 
