@@ -387,6 +387,12 @@ struct BenchArgs {
     /// Put every key once before the warm-up, so gets read present keys.
     #[arg(long)]
     prefill: bool,
+    /// With --embedded: the servers snapshot after this many applied
+    /// entries (the server default is 100000); a large value such as
+    /// 1000000000 runs without snapshots, to compare tail latency with and
+    /// without them.
+    #[arg(long)]
+    snapshot_after_entries: Option<u64>,
 }
 
 /// `N` or `FIRST..LAST` (inclusive).
@@ -811,6 +817,7 @@ async fn start_local_cluster(
     peer_port: impl Fn(u64) -> u16,
     data_dir: &std::path::Path,
     write_mode: WriteMode,
+    tweak: impl Fn(&mut ServerConfig),
 ) -> Result<Vec<Server>, Failure> {
     if nodes == 0 {
         return Err(Failure::Other("--nodes must be at least 1".into()));
@@ -828,6 +835,7 @@ async fn start_local_cluster(
         };
         config.cluster_id = Some(config.effective_cluster_id() ^ LOCAL_CLUSTER_ID_SALT);
         config.write_mode = write_mode;
+        tweak(&mut config);
         servers.push(Server::start(config).await.map_err(|e| e.to_string())?);
     }
     Ok(servers)
@@ -840,6 +848,7 @@ async fn cluster(nodes: u64, base_port: u16, data_dir: PathBuf) -> Result<(), Fa
         |i| base_port + 100 + i as u16,
         &data_dir,
         WriteMode::Sync,
+        |_| {},
     )
     .await?;
     let endpoints: Vec<String> = servers.iter().map(|s| s.client_addr().to_string()).collect();
@@ -857,11 +866,28 @@ async fn cluster(nodes: u64, base_port: u16, data_dir: PathBuf) -> Result<(), Fa
 async fn bench_cmd(args: BenchArgs, mut client_config: ClientConfig, json: bool) -> Result<(), Failure> {
     let mut servers = Vec::new();
     let _tmp;
+    if args.snapshot_after_entries.is_some() && !args.embedded {
+        return Err(Failure::Other(
+            "--snapshot-after-entries sets the servers that --embedded starts; for a running cluster use `tarn serve --snapshot-after-entries`".into(),
+        ));
+    }
     if args.embedded {
         let dir = std::env::temp_dir().join(format!("tarn-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        servers =
-            start_local_cluster(args.nodes, |_| 0, free_port, &dir, args.write_mode.write_mode()).await?;
+        let snapshot_after = args.snapshot_after_entries;
+        servers = start_local_cluster(
+            args.nodes,
+            |_| 0,
+            free_port,
+            &dir,
+            args.write_mode.write_mode(),
+            |c| {
+                if let Some(n) = snapshot_after {
+                    c.snapshot_after_entries = n;
+                }
+            },
+        )
+        .await?;
         client_config.endpoints = servers.iter().map(|s| s.client_addr()).collect();
         _tmp = RemoveOnDrop(dir);
         if args.groups > 1 {
@@ -893,7 +919,8 @@ async fn bench_cmd(args: BenchArgs, mut client_config: ClientConfig, json: bool)
         args.duration_s,
         args.warmup_s,
         if args.embedded {
-            format!(", embedded {} node(s), {:?} writes", args.nodes, args.write_mode)
+            let snapshots = args.snapshot_after_entries.map_or(String::new(), |n| format!(", snapshot every {n} entries"));
+            format!(", embedded {} node(s), {:?} writes{snapshots}", args.nodes, args.write_mode)
         } else {
             String::new()
         }
