@@ -183,7 +183,10 @@ async fn cli_refuses_operator_mistakes_in_one_line() {
         assert_eq!(tarn(&all, &["get", "t"]).status.code(), Some(3), "nothing written");
         fails(&tarn(&all, &["mkdir", "_tarn"]), "reserved namespace _tarn");
         // A bench flag that only --embedded servers take is refused, not ignored.
-        fails(&tarn(&all, &["bench", "--snapshot-after-entries", "5"]), "tarn serve --snapshot-after-entries");
+        fails(
+            &tarn(&all, &["bench", "--snapshot-after-entries", "5"]),
+            "tarn serve --snapshot-after-entries",
+        );
         // A peer port instead of a client port: at once, not after --timeout-ms.
         let started = std::time::Instant::now();
         fails(&tarn(&peer1, &["get", "k"]), &format!("{peer1} is a peer port"));

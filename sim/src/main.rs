@@ -46,7 +46,7 @@ struct Args {
     start: u64,
     /// Sweep for this many minutes of wall time (fractions allowed), seeds
     /// from --start on. Each seed's profile, node count and run length follow
-    /// from the seed alone: seed % 16 picks profile (swarm, chaos) fastest,
+    /// from the seed alone: seed % 24 picks profile (swarm, chaos, lease) fastest,
     /// then nodes (1, 3, 5, 7), then simulated seconds (10, 40). Prints a
     /// progress line at least once a minute and every failure, with its replay
     /// command, on stdout as soon as it is found; seeds running when time is
@@ -228,7 +228,7 @@ fn timed_sweep(args: &Args, template: &tarn_sim::world::RunConfig, minutes: f64)
     let progress_every = (budget / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
     println!(
         "timed sweep: minutes={minutes} jobs={jobs} start={} storage={} check_determinism={} \
-         rotation=seed%{ROTATION_CONFIGS}->profile(swarm,chaos)/nodes(1,3,5,7)/sim_seconds(10,40)",
+         rotation=seed%{ROTATION_CONFIGS}->profile(swarm,chaos,lease)/nodes(1,3,5,7)/sim_seconds(10,40)",
         args.start, template.storage, args.check_determinism
     );
     let mut reports: BTreeMap<&'static str, u64> = BTreeMap::new();

@@ -155,8 +155,11 @@ pub fn kind_name(kind: FailureKind) -> &'static str {
     }
 }
 
-/// The fault profiles a timed sweep rotates through.
-pub const ROTATION_PROFILES: [ProfileKind; 2] = [ProfileKind::Swarm, ProfileKind::Chaos];
+/// The fault profiles a timed sweep rotates through: random faults, every
+/// fault often, and lease reads under the worst clocks the core allows
+/// (issue 15: without it, long sweeps rarely combined skewed clocks, leader
+/// isolation and lease reads).
+pub const ROTATION_PROFILES: [ProfileKind; 3] = [ProfileKind::Swarm, ProfileKind::Chaos, ProfileKind::Lease];
 /// The cluster sizes a timed sweep rotates through.
 pub const ROTATION_NODES: [usize; 4] = [1, 3, 5, 7];
 /// The run lengths (simulated seconds of faults and load) a timed sweep rotates through.
@@ -422,15 +425,17 @@ mod tests {
         let labels: std::collections::BTreeSet<String> =
             (1000..1000 + ROTATION_CONFIGS).map(|s| config_label(&rotation(&template, s))).collect();
         assert_eq!(labels.len() as u64, ROTATION_CONFIGS);
-        assert_eq!(ROTATION_CONFIGS, 16);
+        assert_eq!(ROTATION_CONFIGS, 24);
         for seed in [0, 5, 13, 123_456_789] {
             let a = rotation(&template, seed);
             let b = rotation(&template, seed + ROTATION_CONFIGS);
             assert_eq!((a.seed, a.profile, a.nodes, a.sim_ns), (seed, b.profile, b.nodes, b.sim_ns));
         }
-        let c = rotation(&template, 13); // 13 = 1 + 2*2 + 8: chaos, 5 nodes, 40 s
+        let c = rotation(&template, 19); // 19 = 1 + 3*2 + 12: chaos, 5 nodes, 40 s
         assert_eq!(config_label(&c), "chaos/5n/40s");
-        assert!(replay_command(&c, 13)
-            .contains("--seed 13 --nodes 5 --profile chaos --storage engine --sim-seconds 40"));
+        assert!(replay_command(&c, 19)
+            .contains("--seed 19 --nodes 5 --profile chaos --storage engine --sim-seconds 40"));
+        let l = rotation(&template, 5); // 5 = 2 + 3*1: lease, 3 nodes, 10 s
+        assert_eq!(config_label(&l), "lease/3n/10s");
     }
 }

@@ -61,7 +61,7 @@ fn a_timed_sweep_rotates_configurations_and_ends_with_the_summary_line() {
         let parts: Vec<&str> = label.split('/').collect();
         assert!(
             parts.len() == 3
-                && ["swarm", "chaos"].contains(&parts[0])
+                && ["swarm", "chaos", "lease"].contains(&parts[0])
                 && ["1n", "3n", "5n", "7n"].contains(&parts[1])
                 && ["10s", "40s"].contains(&parts[2]),
             "{label} in {summary}"
