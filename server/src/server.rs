@@ -1557,7 +1557,7 @@ async fn change_membership(
     match group.change_membership(changes.into_iter().map(Into::into).collect()).await {
         Ok(()) => Ok(ResponseBody::Done),
         Err(ProposeError::NotLeader { leader_hint }) => Err(not_leader(shared, g, leader_hint)),
-        Err(ProposeError::Refused { reason }) => Err(ServerError::BadRequest { reason }),
+        Err(ProposeError::Refused { reason }) => Err(ServerError::BadRequest { reason: reason.to_string() }),
         Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),
     }
 }

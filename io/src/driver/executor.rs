@@ -31,9 +31,9 @@ use tarn_core::{
     Proposal, RawNode, Role, SnapshotMeta, Status,
 };
 
-use super::group::{propose_error, read_error};
+use super::errors::{propose_error, read_error};
 use super::state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore};
-use super::store::{LogWrite, StorageDone};
+use super::store::{LogWrite, StorageDone, StoreError};
 use super::{GroupCounters, ProposeError, ReadError, StateMachine};
 
 /// Receives a proposal's outcome, on the group's task (must not block).
@@ -57,12 +57,35 @@ pub(crate) enum GroupInput<SM: StateMachine> {
     Stop,
 }
 
+/// Why a snapshot job (taking this node's snapshot, installing a leader's)
+/// failed. Taking one that fails leaves the log uncompacted until the next;
+/// installing one that fails stops the group.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotJobError {
+    /// The node's storage worker has stopped (the node is shutting down).
+    #[error("the storage worker stopped")]
+    StorageStopped,
+    /// Storage refused or failed to write, finish or record the snapshot.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The state machine's producer, or the sink it wrote to, failed.
+    #[error("encoding the state machine's snapshot failed: {0}")]
+    Encode(String),
+    /// The leader's snapshot did not decode into a state (damaged, or from
+    /// an incompatible state machine).
+    #[error("decoding the leader's snapshot failed: {0}")]
+    Decode(String),
+    /// The thread encoding or decoding it panicked.
+    #[error("the snapshot thread panicked: {0}")]
+    Panicked(String),
+}
+
 /// What the snapshot jobs of a group report back to it.
 pub(crate) enum SnapEvent<SM: StateMachine> {
     /// A snapshot this node took is durable and recorded (or why not).
-    Created(Result<SnapshotMeta, String>),
+    Created(Result<SnapshotMeta, SnapshotJobError>),
     /// A leader's snapshot is durable, decoded and recorded: install it.
-    Installed(Result<(SnapshotMeta, SnapshotInstaller<SM>), String>),
+    Installed(Result<(SnapshotMeta, SnapshotInstaller<SM>), SnapshotJobError>),
 }
 
 /// A storage request of one group that needs no answer beyond a later

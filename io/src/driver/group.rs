@@ -11,14 +11,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tarn_core::{ConfChangeError, DropReason, GroupId, Message, Nanos, NodeId, SnapshotMeta, Term};
+use tarn_core::{GroupId, Message, Nanos, NodeId, SnapshotMeta, Term};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use super::executor::{GroupExecutor, GroupInput, GroupIo, SnapEvent, StorageOp, Turn};
+use super::executor::{GroupExecutor, GroupInput, GroupIo, SnapEvent, SnapshotJobError, StorageOp, Turn};
 use super::state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore};
 use super::store::{StagedSnapshot, StorageDone, StorageRequest, StorageWorker};
-use super::{GroupCounters, GroupInfo, ProposeError, ReadError, StateMachine};
+use super::{GroupCounters, GroupInfo, StateMachine};
 use crate::transport::Transport;
 
 /// Bytes read at a time when decoding a stored snapshot.
@@ -213,18 +213,24 @@ impl<SM: StateMachine> GroupTask<SM> {
 async fn ask<T>(
     storage: &StorageWorker,
     request: impl FnOnce(oneshot::Sender<T>) -> StorageRequest,
-) -> Result<T, String> {
+) -> Result<T, SnapshotJobError> {
     let (reply, rx) = oneshot::channel();
     if !storage.submit(request(reply)) {
-        return Err("the storage worker stopped".into());
+        return Err(SnapshotJobError::StorageStopped);
     }
-    rx.await.map_err(|_| "the storage worker stopped".to_string())
+    rx.await.map_err(|_| SnapshotJobError::StorageStopped)
 }
 
-async fn commit(storage: &StorageWorker, group: GroupId, staged: StagedSnapshot) -> Result<(), String> {
-    ask(storage, |reply| StorageRequest::CommitSnapshot { group, staged, reply })
-        .await?
-        .map_err(|e| e.to_string())
+async fn commit(
+    storage: &StorageWorker,
+    group: GroupId,
+    staged: StagedSnapshot,
+) -> Result<(), SnapshotJobError> {
+    Ok(ask(storage, |reply| StorageRequest::CommitSnapshot { group, staged, reply }).await??)
+}
+
+fn panicked(e: tokio::task::JoinError) -> SnapshotJobError {
+    SnapshotJobError::Panicked(e.to_string())
 }
 
 async fn create_snapshot(
@@ -232,18 +238,17 @@ async fn create_snapshot(
     group: GroupId,
     meta: SnapshotMeta,
     producer: SnapshotProducer,
-) -> Result<SnapshotMeta, String> {
+) -> Result<SnapshotMeta, SnapshotJobError> {
     let snapshot = meta.last_log_id;
-    let mut sink = ask(storage, |reply| StorageRequest::SnapshotWriter { group, snapshot, reply })
-        .await?
-        .map_err(|e| e.to_string())?;
+    let mut sink = ask(storage, |reply| StorageRequest::SnapshotWriter { group, snapshot, reply }).await??;
     let m = meta.clone();
     let staged = tokio::task::spawn_blocking(move || {
-        producer(&mut |bytes: &[u8]| sink.write(bytes).map_err(|e| e.to_string()))?;
-        sink.finish(&m).map_err(|e| e.to_string())
+        producer(&mut |bytes: &[u8]| sink.write(bytes).map_err(|e| e.to_string()))
+            .map_err(SnapshotJobError::Encode)?;
+        Ok::<_, SnapshotJobError>(sink.finish(&m)?)
     })
     .await
-    .map_err(|e| format!("snapshot task panicked: {e}"))??;
+    .map_err(panicked)??;
     commit(storage, group, staged).await?;
     Ok(meta)
 }
@@ -253,129 +258,21 @@ async fn install_snapshot<SM: StateMachine>(
     group: GroupId,
     meta: SnapshotMeta,
     mut restore: Box<dyn SnapshotRestore<SM>>,
-) -> Result<(SnapshotMeta, SnapshotInstaller<SM>), String> {
+) -> Result<(SnapshotMeta, SnapshotInstaller<SM>), SnapshotJobError> {
     let snapshot = meta.last_log_id;
-    let sink = ask(storage, |reply| StorageRequest::TakeStaged { group, snapshot, reply })
-        .await?
-        .map_err(|e| e.to_string())?;
+    let sink = ask(storage, |reply| StorageRequest::TakeStaged { group, snapshot, reply }).await??;
     let m = meta.clone();
     let (staged, installer) = tokio::task::spawn_blocking(move || {
-        let staged = sink.finish(&m).map_err(|e| e.to_string())?;
-        let mut source = staged.open().map_err(|e| e.to_string())?;
-        while let Some((chunk, _)) = source.next_chunk(RESTORE_READ_BYTES).map_err(|e| e.to_string())? {
-            restore.push(&chunk)?;
+        let staged = sink.finish(&m)?;
+        let mut source = staged.open()?;
+        while let Some((chunk, _)) = source.next_chunk(RESTORE_READ_BYTES)? {
+            restore.push(&chunk).map_err(SnapshotJobError::Decode)?;
         }
-        let installer = restore.finish()?;
-        Ok::<_, String>((staged, installer))
+        let installer = restore.finish().map_err(SnapshotJobError::Decode)?;
+        Ok::<_, SnapshotJobError>((staged, installer))
     })
     .await
-    .map_err(|e| format!("snapshot task panicked: {e}"))??;
+    .map_err(panicked)??;
     commit(storage, group, staged).await?;
     Ok((meta, installer))
-}
-
-pub(crate) fn propose_error(reason: DropReason) -> ProposeError {
-    match reason {
-        DropReason::NotLeader { leader_hint } => ProposeError::NotLeader { leader_hint },
-        DropReason::LeadershipLost { leader_hint } => ProposeError::MaybeCommitted { leader_hint },
-        other => ProposeError::Refused { reason: describe_drop(&other) },
-    }
-}
-
-pub(crate) fn read_error(reason: DropReason) -> ReadError {
-    match reason {
-        DropReason::NotLeader { leader_hint } | DropReason::LeadershipLost { leader_hint } => {
-            ReadError::NotLeader { leader_hint }
-        }
-        other => ReadError::Refused { reason: describe_drop(&other) },
-    }
-}
-
-/// Why the core dropped a proposal or read, in a sentence an operator can act
-/// on (the `Debug` form, e.g. `InvalidConfChange(NoVoters)`, is not one).
-pub(crate) fn describe_drop(reason: &DropReason) -> String {
-    let hint = |l: &Option<NodeId>| l.map_or_else(|| "unknown".to_string(), |l| format!("node {l}"));
-    match reason {
-        DropReason::NotLeader { leader_hint } => {
-            format!("this node is not the leader (leader: {}); send it to the leader", hint(leader_hint))
-        }
-        DropReason::LeadershipLost { leader_hint } => format!(
-            "leadership was lost before the request finished (leader now: {}); it may still take effect, retry at the leader",
-            hint(leader_hint)
-        ),
-        DropReason::TransferInProgress => {
-            "a leadership transfer is in progress; retry at the new leader in a moment".into()
-        }
-        DropReason::UncommittedLimit => {
-            "too many uncommitted writes are queued on the leader; back off and retry".into()
-        }
-        DropReason::TooManyPendingReads => "too many reads are waiting on this node; back off and retry".into(),
-        DropReason::DuplicateReadId => "a read with this id is already pending (a driver bug; retry)".into(),
-        DropReason::Timeout => {
-            "the leader did not confirm the read within an election timeout; retry".into()
-        }
-        DropReason::ConfChangeInProgress => "a membership change is still in progress (or the new leader has not committed an entry of its term yet); retry once it completes".into(),
-        DropReason::InvalidConfChange(e) => describe_conf_change_error(e),
-        DropReason::EntryTooLarge { size_bytes, max_bytes } => format!(
-            "the proposal is {size_bytes} bytes, more than max_entry_bytes {max_bytes} (the largest Raft entry); split it"
-        ),
-    }
-}
-
-/// A refused membership change in words: what is wrong and what to do.
-pub(crate) fn describe_conf_change_error(e: &ConfChangeError) -> String {
-    match e {
-        ConfChangeError::Empty => "the membership change lists no change; name at least one node".into(),
-        ConfChangeError::InvalidNodeId => "node id 0 is reserved; node ids start at 1".into(),
-        ConfChangeError::DuplicateNode(id) => {
-            format!("node {id} appears twice in one membership change; list each node once")
-        }
-        ConfChangeError::AlreadyMember(id) => format!(
-            "node {id} is already a member; use `member promote {id}` to make a learner a voter, or `member remove {id}` first"
-        ),
-        ConfChangeError::NotMember(id) => format!("node {id} is not a member of this group; nothing to remove"),
-        ConfChangeError::NotLearner(id) => {
-            format!("node {id} is not a learner, so it cannot be promoted (add it with `member add {id} --learner` first)")
-        }
-        ConfChangeError::NoVoters => {
-            "the change would leave the group without a voter, and a group without voters can never elect a leader; add another voter first, or remove the group with `group remove`".into()
-        }
-        ConfChangeError::LearnerBehind { id, match_index, last_index } => format!(
-            "learner {id} has replicated up to index {match_index} of {last_index}; promoting it now could stall commits, retry once it caught up"
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refused_membership_changes_are_sentences_not_debug_output() {
-        let errors = [
-            ConfChangeError::Empty,
-            ConfChangeError::InvalidNodeId,
-            ConfChangeError::DuplicateNode(3),
-            ConfChangeError::AlreadyMember(3),
-            ConfChangeError::NotMember(3),
-            ConfChangeError::NotLearner(3),
-            ConfChangeError::NoVoters,
-            ConfChangeError::LearnerBehind { id: 3, match_index: 5, last_index: 9 },
-        ];
-        for e in errors {
-            let debug = format!("{e:?}");
-            let ProposeError::Refused { reason } = propose_error(DropReason::InvalidConfChange(e)) else {
-                panic!("an invalid change is a refusal");
-            };
-            let variant = debug.split(['(', ' ']).next().unwrap_or_default();
-            assert!(!reason.contains(variant), "{reason:?} repeats the Debug name {variant}");
-            assert!(reason.contains(' ') && reason.len() > 30, "{reason:?}");
-        }
-        let ProposeError::Refused { reason } =
-            propose_error(DropReason::InvalidConfChange(ConfChangeError::NoVoters))
-        else {
-            panic!("refusal");
-        };
-        assert!(reason.contains("without a voter"), "{reason}");
-    }
 }

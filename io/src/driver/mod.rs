@@ -42,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 
+mod errors;
 mod executor;
 mod group;
 mod metrics;
@@ -61,8 +62,9 @@ use tarn_core::{
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use errors::Refusal;
 use executor::{GroupExecutor, GroupInput};
-pub use executor::{ProposeFn, ReadFn};
+pub use executor::{ProposeFn, ReadFn, SnapshotJobError};
 use group::{GroupTask, TokioGroupIo};
 pub use metrics::{GroupCounters, Histogram, HistogramSnapshot, COUNT_BOUNDS, DURATION_BOUNDS_NANOS};
 pub use state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine};
@@ -204,7 +206,7 @@ pub enum ProposeError {
     )]
     MaybeCommitted { leader_hint: Option<NodeId> },
     #[error("proposal refused: {reason}")]
-    Refused { reason: String },
+    Refused { reason: Refusal },
     #[error("group stopped: {reason}")]
     Stopped { reason: String },
 }
@@ -215,7 +217,7 @@ pub enum ReadError {
     #[error("this node cannot confirm a linearizable read (leader: {leader_hint:?})")]
     NotLeader { leader_hint: Option<NodeId> },
     #[error("read refused: {reason}")]
-    Refused { reason: String },
+    Refused { reason: Refusal },
     #[error("group stopped: {reason}")]
     Stopped { reason: String },
 }
