@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod disk;
+mod exec;
 pub mod linearizability;
 pub mod net;
 pub mod profile;

@@ -9,8 +9,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tarn_core::{
-    Action, ConfChange, Config, DropReason, Entry, EntryPayload, HardState, Index, Input, LogId, Membership,
-    Message, MessageBody, Nanos, NodeId, RawNode, Recovered, Role, SnapshotMeta, Term,
+    ConfChange, Config, Entry, EntryPayload, HardState, Index, LogId, Membership, Message, MessageBody,
+    Nanos, NodeId, RawNode, Recovered, Role, SnapshotMeta, Term,
+};
+use tarn_io::driver::{
+    GroupCounters, GroupExecutor, GroupInput, LogWrite, ProposeError, ReadError, SnapEvent, SnapshotProducer,
+    StorageDone, StorageOp, Turn,
 };
 use tarn_kv::{
     decode_entry, encode_entry, Command, EventKind, KvConfig, KvEntry, KvStateMachine, LockOutcome,
@@ -21,6 +25,7 @@ use tarn_io::storage::{FlushReport, Storage, StorageConfig, StorageError};
 
 use crate::clock::NodeClock;
 use crate::disk::{DiskFaults, SimVfs};
+use crate::exec::{payload_hash, KvResult, Mailbox, SimEvent, SimIo, SimSm, SnapshotDigests};
 use crate::linearizability::{self, Key, Op, OpKind, OpResult, Verdict};
 use crate::net::{DropReason as NetDrop, Network, SendOutcome, NODES_MAX};
 use crate::profile::{Profile, ProfileKind, CORE_DRIFT_BOUND_PPM};
@@ -99,13 +104,8 @@ const MAX_ENTRY_SIZE_BYTES: u32 = 32 * 1024;
 /// In lease-read runs, two clock jumps of one node are at least this far
 /// apart (more than two election timeouts), so no timeout window sees two.
 const LEASE_JUMP_SPACING_NS: Nanos = NANOS_PER_SECOND;
-/// The most TTL expiries a leader proposes per tick (like the server's).
-const EXPIRE_PER_TICK_MAX: usize = 1024;
 /// A node whose disk failed at startup tries again after this long.
 const RESTART_RETRY_NS: Nanos = 50 * NANOS_PER_MILLI;
-/// The kv closes a snapshot chunk (its own checksummed unit) at about this
-/// size: small, so even a small state spans several of them.
-const KV_SNAPSHOT_CHUNK_BYTES: usize = 2 * 1024;
 /// A kv snapshot chunk header: magic, version, flags, chunk number, payload
 /// length (see tarn-kv's snapshot.rs); the payload and a crc32c follow.
 const KV_CHUNK_HEADER_BYTES: usize = 4 + 1 + 1 + 4 + 4;
@@ -136,9 +136,10 @@ struct NodeSnapshot {
 }
 
 /// The kv snapshot of `sm` as one blob of concatenated kv chunks.
+#[cfg(test)]
 fn encode_snapshot_blob(sm: &KvStateMachine) -> Bytes {
     let mut blob = Vec::new();
-    for chunk in sm.snapshot_chunks(KV_SNAPSHOT_CHUNK_BYTES) {
+    for chunk in sm.snapshot_chunks(crate::exec::KV_SNAPSHOT_CHUNK_BYTES) {
         blob.extend_from_slice(&chunk);
     }
     Bytes::from(blob)
@@ -146,7 +147,7 @@ fn encode_snapshot_blob(sm: &KvStateMachine) -> Bytes {
 
 /// Splits a blob of concatenated kv chunks (by each chunk's length field)
 /// and decodes it with the real `SnapshotDecoder`.
-fn decode_snapshot_blob(blob: &[u8], config: KvConfig) -> Result<KvStateMachine, String> {
+pub(crate) fn decode_snapshot_blob(blob: &[u8], config: KvConfig) -> Result<KvStateMachine, String> {
     let mut decoder = SnapshotDecoder::new(config);
     let mut at = 0usize;
     while at < blob.len() {
@@ -401,20 +402,27 @@ enum Event {
     Operator,
 }
 
+/// The production group executor, with the simulator's state machine and I/O.
+type Exec = GroupExecutor<SimSm, SimIo>;
+
 struct Node {
     id: NodeId,
-    raw: Option<RawNode>,
+    /// The running group (`None` while the node is down).
+    exec: Option<Exec>,
+    /// What the executor's turns did, for `World::drain`.
+    mailbox: Mailbox,
+    /// The digest the state machine reported for the snapshot being taken.
+    snapshot_digest: Option<u64>,
+    /// Entries handed over for applying and not yet applied (id, payload hash).
+    applying: VecDeque<(LogId, u64)>,
     incarnation: u32,
     clock: NodeClock,
     last_local_ns: Nanos,
     paused_until: Nanos,
     storage: ModelStorage,
-    sm: KvStateMachine,
     applied: Index,
     /// World time of the live scheduled tick (`Nanos::MAX`: none).
     tick_at: Nanos,
-    /// Proposals and reads in flight on this node, by id (= client attempt).
-    pending: HashMap<u64, (u32, u64, ClientOp)>,
     restart_scheduled: bool,
     /// The last vote this node granted, as `(term, candidate)`: it must
     /// survive any crash while the node is still in that term.
@@ -445,6 +453,20 @@ struct Node {
 }
 
 impl Node {
+    /// The core, if the node is up.
+    fn raw(&self) -> Option<&RawNode> {
+        self.exec.as_ref().map(|e| e.raw())
+    }
+
+    /// The kv state machine, if the node is up.
+    fn kv(&self) -> Option<&KvStateMachine> {
+        self.exec.as_ref().map(|e| &e.sm().kv)
+    }
+
+    fn kv_mut(&mut self) -> Option<&mut KvStateMachine> {
+        self.exec.as_mut().map(|e| &mut e.sm_mut().kv)
+    }
+
     /// The core is told `up_to` is durable; remember it if it is still in
     /// the log (a late acknowledgement of a replaced suffix is not).
     fn note_persisted(&mut self, up_to: LogId) {
@@ -518,13 +540,10 @@ pub struct World {
     votes: HashMap<(NodeId, u64, Term), NodeId>,
     /// Per node: how many times it came back as a new member after a wipe.
     incarnations: Vec<u64>,
-    /// For each read in flight: the highest commit index any node knew when
-    /// the read reached its node. The read must be served at or above it.
-    read_floor: HashMap<u64, Index>,
     /// The kv digest after applying each index at which some node took,
     /// installed or restarted from a snapshot: every node applying that index
     /// (or installing a snapshot of it) must reach the same digest.
-    snapshot_digests: HashMap<Index, u64>,
+    snapshot_digests: SnapshotDigests,
     snapshots: u64,
     installs: u64,
     compactions: u64,
@@ -540,9 +559,12 @@ pub struct World {
     handoffs: u64,
     lease_reads_skewed: u64,
     /// The read being stepped in `client_arrive`, and whether its node
-    /// served it in that same step (from the lease).
+    /// served it in that same turn (from the lease).
     lease_probe: Option<u64>,
     lease_probe_served: bool,
+    /// The index the latest released read barrier was confirmed at (reads
+    /// answered after it in the mailbox were released by it).
+    read_ready_index: Index,
     /// Invocation time of each temporary write or own refresh, by (client
     /// id, seq), until its first application.
     temp_invokes: HashMap<(u64, u64), Nanos>,
@@ -567,21 +589,6 @@ pub struct World {
     /// World time of each node's last clock jump (lease runs space them).
     last_jump_ns: Vec<Nanos>,
     failure: Option<Failure>,
-    // Reused buffers (no per-step allocation).
-    actions: Vec<Action>,
-    inputs: VecDeque<Input>,
-}
-
-fn payload_hash(payload: &EntryPayload) -> u64 {
-    match payload {
-        EntryPayload::Blank => 0,
-        EntryPayload::Normal(data) => hash_bytes(data) | 1,
-        EntryPayload::Membership(m) => {
-            let mut s = String::new();
-            let _ = write!(s, "{m:?}");
-            hash_bytes(s.as_bytes()) | 2
-        }
-    }
 }
 
 /// A small stable code per message kind (for the trace and digest).
@@ -662,16 +669,17 @@ impl World {
                 };
                 Node {
                     id: i as NodeId + 1,
-                    raw: None,
+                    exec: None,
+                    mailbox: Mailbox::default(),
+                    snapshot_digest: None,
+                    applying: VecDeque::new(),
                     incarnation: 0,
                     clock: NodeClock::new(offset, drift),
                     last_local_ns: 0,
                     paused_until: 0,
                     storage: ModelStorage::new(),
-                    sm: KvStateMachine::new(kv_config(&config)),
                     applied: 0,
                     tick_at: Nanos::MAX,
-                    pending: HashMap::new(),
                     restart_scheduled: false,
                     granted_vote: None,
                     acked_log: LogId::ZERO,
@@ -751,8 +759,7 @@ impl World {
             voters_min: config.nodes,
             votes: HashMap::new(),
             incarnations: vec![0; config.nodes],
-            read_floor: HashMap::new(),
-            snapshot_digests: HashMap::new(),
+            snapshot_digests: SnapshotDigests::default(),
             snapshots: 0,
             installs: 0,
             compactions: 0,
@@ -768,6 +775,7 @@ impl World {
             lease_reads_skewed: 0,
             lease_probe: None,
             lease_probe_served: false,
+            read_ready_index: 0,
             temp_invokes: HashMap::new(),
             temp_arms: HashMap::new(),
             jump_log: vec![Vec::new(); config.nodes],
@@ -779,8 +787,6 @@ impl World {
             executed_seq: HashMap::new(),
             last_jump_ns: vec![0; config.nodes],
             failure: None,
-            actions: Vec::with_capacity(64),
-            inputs: VecDeque::with_capacity(16),
             config,
         }
     }
@@ -890,7 +896,7 @@ impl World {
             }
         }
         for n in &self.nodes {
-            match &n.raw {
+            match n.raw() {
                 Some(raw) => {
                     let _ = write!(
                         detail,
@@ -977,7 +983,7 @@ impl World {
                     self.record(u64::from(from) + 1, TraceKind::Drop, u64::from(to) + 1, 1, 0);
                     return;
                 }
-                if self.nodes[t].raw.is_none() {
+                if self.nodes[t].exec.is_none() {
                     return;
                 }
                 let code = message_code(&message.body);
@@ -996,11 +1002,11 @@ impl World {
                     let rejoining = if message.rejoining { " (rejoining)" } else { "" };
                     println!("{:>30}{rejoining} {}", "", message_detail(&message));
                 }
-                self.step(t, Input::Message(message));
+                self.step(t, GroupInput::Message(message));
             }
             Event::Tick { node, incarnation } => {
                 let n = &mut self.nodes[node as usize];
-                if n.incarnation != incarnation || n.tick_at != now || n.raw.is_none() {
+                if n.incarnation != incarnation || n.tick_at != now || n.exec.is_none() {
                     return;
                 }
                 if n.paused_until > now {
@@ -1010,12 +1016,13 @@ impl World {
                     return;
                 }
                 n.tick_at = Nanos::MAX;
-                self.step(node as usize, Input::Tick);
-                self.leader_expiry(node as usize);
+                // A leader's TTL expiry proposals ride on its turns (the
+                // state machine's `leader_proposals`, as in the server).
+                self.turn(node as usize, Turn { tick: true, ..Turn::default() });
             }
             Event::Disk { node, incarnation, done } => {
                 let n = &mut self.nodes[node as usize];
-                if n.incarnation != incarnation || n.raw.is_none() {
+                if n.incarnation != incarnation || n.exec.is_none() {
                     return;
                 }
                 if n.paused_until > now {
@@ -1023,7 +1030,7 @@ impl World {
                     self.queue.push(at, Event::Disk { node, incarnation, done });
                     return;
                 }
-                let input = match done {
+                let done = match done {
                     DiskDone::Flush => {
                         self.flush(node as usize);
                         return;
@@ -1031,14 +1038,14 @@ impl World {
                     DiskDone::Log(up_to) => {
                         n.storage.sync();
                         n.note_persisted(up_to);
-                        Input::LogPersisted { up_to }
+                        StorageDone::Persisted { log: Some(up_to), hard_state: None }
                     }
                     DiskDone::HardState { term, vote } => {
                         n.storage.sync();
-                        Input::HardStatePersisted { term, vote }
+                        StorageDone::Persisted { log: None, hard_state: Some((term, vote)) }
                     }
                 };
-                self.step(node as usize, input);
+                self.persisted(node as usize, vec![done]);
             }
             Event::ClientWake { client } => self.client_start(client as usize),
             Event::ClientArrive { node, client, attempt, seq, op } => {
@@ -1078,6 +1085,7 @@ impl World {
     // ----- nodes -----------------------------------------------------------------------
 
     fn start_node(&mut self, idx: usize) {
+        let now = self.now();
         let config = self.raft_config(idx);
         let membership = self.membership();
         let Some(rec) = self.open_storage(idx) else { return };
@@ -1104,30 +1112,52 @@ impl World {
                 r
             }
         };
+        let kv_config = kv_config(&self.config);
+        let digests = self.snapshot_digests.clone();
         let n = &mut self.nodes[idx];
         n.snap.clone_from(&snapshot);
         match RawNode::new(config, recovered) {
             Ok(raw) => {
-                n.raw = Some(raw);
                 n.staged = None;
-                match (sm, &snapshot) {
+                n.mailbox.clear();
+                n.applying.clear();
+                n.snapshot_digest = None;
+                let (kv, snapshot_at) = match (sm, &snapshot) {
                     (Some(sm), Some(s)) => {
-                        n.sm = sm;
                         n.applied = s.meta.last_log_id.index;
                         n.applied_membership = s.meta.membership.clone();
+                        (sm, s.meta.last_log_id)
                     }
                     _ => {
-                        n.sm = KvStateMachine::new(kv_config(&self.config));
                         n.applied = 0;
                         n.applied_membership = membership;
+                        (KvStateMachine::new(kv_config), LogId::ZERO)
                     }
-                }
+                };
+                let sm = SimSm::new(kv, n.mailbox.clone(), digests);
+                // The executor steps the core once as it is built: at the
+                // node's clock, never at zero.
+                let mut io = SimIo::new(n.mailbox.clone());
+                io.now = n.clock.local(now).max(n.last_local_ns);
+                n.last_local_ns = io.now;
+                let counters = Arc::new(GroupCounters::default());
+                let membership = n.applied_membership.clone();
+                n.exec = Some(GroupExecutor::new(
+                    GROUP,
+                    raw,
+                    sm,
+                    io,
+                    counters,
+                    snapshot_at,
+                    membership,
+                    snapshot_at,
+                ));
                 n.tick_at = Nanos::MAX;
                 n.restart_scheduled = false;
                 if !self.rewatch(idx) {
                     return;
                 }
-                self.step(idx, Input::Tick);
+                self.turn(idx, Turn { tick: true, ..Turn::default() });
             }
             Err(error) => {
                 let id = n.id;
@@ -1145,12 +1175,15 @@ impl World {
     /// positions it in the global stream after the events up to that index.
     fn rewatch(&mut self, idx: usize) -> bool {
         let n = &mut self.nodes[idx];
-        if let Some(old) = n.watch.take() {
-            n.sm.unwatch(old);
+        let old = n.watch.take();
+        let Some(kv) = n.kv_mut() else { return true };
+        if let Some(old) = old {
+            kv.unwatch(old);
         }
-        let applied = n.sm.applied_index();
+        let applied = kv.applied_index();
+        let registered = kv.watch("", true, None);
         n.watch_pos = self.watch_stream.partition_point(|&(index, _, _)| index <= applied);
-        match n.sm.watch("", true, None) {
+        match registered {
             Ok(id) => {
                 n.watch = Some(id);
                 true
@@ -1342,7 +1375,12 @@ impl World {
             self.fail(FailureKind::Safety, "snapshot-committed", detail);
             return false;
         }
-        let known = *self.snapshot_digests.entry(last.index).or_insert(digest);
+        let known = *self
+            .snapshot_digests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(last.index)
+            .or_insert(digest);
         if known != digest {
             let detail = format!(
                 "n{id} {what} a snapshot at {last} with kv digest {digest:016x}, but another node's state at index \
@@ -1387,25 +1425,23 @@ impl World {
             return;
         }
         n.storage.sync();
-        let mut inputs = std::mem::take(&mut self.inputs);
         let report = &n.engine.as_ref().expect("engine present").report;
+        let mut done = Vec::new();
         for p in &report.log {
-            inputs.push_back(Input::LogPersisted { up_to: p.up_to });
+            done.push(StorageDone::Persisted { log: Some(p.up_to), hard_state: None });
         }
         for (_, hs) in &report.hard_states {
-            inputs.push_back(Input::HardStatePersisted { term: hs.term, vote: hs.vote });
+            done.push(StorageDone::Persisted { log: None, hard_state: Some((hs.term, hs.vote)) });
         }
-        for input in inputs.drain(..) {
-            if let Input::LogPersisted { up_to } = input {
-                self.nodes[idx].note_persisted(up_to);
-            }
-            self.step(idx, input);
-            if self.nodes[idx].raw.is_none() {
-                break;
+        for p in &done {
+            if let StorageDone::Persisted { log: Some(up_to), .. } = p {
+                self.nodes[idx].note_persisted(*up_to);
             }
         }
-        self.inputs = inputs;
-        if owed && self.nodes[idx].raw.is_some() {
+        if !done.is_empty() {
+            self.persisted(idx, done);
+        }
+        if owed && self.nodes[idx].exec.is_some() {
             self.schedule_flush(idx);
         }
     }
@@ -1458,14 +1494,18 @@ impl World {
     fn crash(&mut self, idx: usize, downtime_ns: Nanos) {
         let now = self.now();
         let n = &mut self.nodes[idx];
-        if n.raw.is_none() {
+        if n.exec.is_none() {
             return;
         }
-        n.raw = None;
+        // Waiting proposers and readers are never answered (their closures
+        // die with the executor): clients time out, as with a real crash.
+        n.exec = None;
+        n.mailbox.clear();
+        n.applying.clear();
+        n.snapshot_digest = None;
         n.incarnation += 1;
         n.storage.crash();
         n.staged = None;
-        n.pending.clear();
         n.tick_at = Nanos::MAX;
         n.paused_until = 0;
         n.restart_scheduled = true;
@@ -1482,7 +1522,7 @@ impl World {
     }
 
     fn restart(&mut self, idx: usize) {
-        if self.nodes[idx].raw.is_some() || self.nodes[idx].retired {
+        if self.nodes[idx].exec.is_some() || self.nodes[idx].retired {
             return;
         }
         let hs = self.nodes[idx].storage.hard_state();
@@ -1491,35 +1531,60 @@ impl World {
         self.start_node(idx);
     }
 
-    /// Feeds one input to a node, executes the resulting actions (and the
-    /// inputs they produce, like `Applied`), then checks the per-step invariants.
-    fn step(&mut self, idx: usize, input: Input) {
-        let before = self.nodes[idx].raw.as_ref().map(|r| (r.role(), r.term(), r.commit_index()));
-        let mut actions = std::mem::take(&mut self.actions);
-        let mut inputs = std::mem::take(&mut self.inputs);
-        inputs.push_back(input);
-        while let Some(input) = inputs.pop_front() {
+    /// Runs one turn of node `idx`'s executor with `turn`'s inputs, plays
+    /// what it did against the world (`drain`), runs the turns that answers
+    /// produced (fetched entries, snapshot chunks, snapshot jobs) at the same
+    /// instant, then checks the per-step invariants.
+    fn turn(&mut self, idx: usize, mut turn: Turn<SimSm>) {
+        let before = self.nodes[idx].raw().map(|r| (r.role(), r.term(), r.commit_index()));
+        let mut rounds = 0;
+        loop {
             let now = self.now();
             let n = &mut self.nodes[idx];
-            let Some(raw) = n.raw.as_mut() else { break };
             let local = n.clock.local(now).max(n.last_local_ns);
             n.last_local_ns = local;
-            raw.step(local, input, &mut actions);
-            for action in actions.drain(..) {
-                self.execute(idx, action, &mut inputs);
-                if self.nodes[idx].raw.is_none() {
-                    break;
-                }
+            let Some(exec) = n.exec.as_mut() else { break };
+            exec.io_mut().now = local;
+            let installs = turn.snapshots.iter().any(|e| matches!(e, SnapEvent::Installed(Ok(_))));
+            exec.turn(turn);
+            // The installer cut the node's watch off: watch again from the
+            // snapshot before the entries applied after it are checked.
+            if installs && !self.rewatch(idx) {
+                break;
             }
-            actions.clear();
+            turn = self.drain(idx);
+            if self.nodes[idx].exec.is_none() || self.failure.is_some() {
+                break;
+            }
+            if self.nodes[idx].exec.as_ref().is_some_and(|e| e.is_stopped()) {
+                let detail = format!(
+                    "n{}: the group executor stopped: {}",
+                    idx + 1,
+                    self.nodes[idx].exec.as_ref().and_then(|e| e.failure()).unwrap_or("asked to stop")
+                );
+                self.fail(FailureKind::Safety, "executor-stopped", detail);
+                break;
+            }
+            if turn.snapshots.is_empty() && turn.storage.is_empty() && turn.inputs.is_empty() {
+                break;
+            }
+            rounds += 1;
+            assert!(rounds < 10_000, "n{}: turns keep producing answers", idx + 1);
         }
-        inputs.clear();
-        self.actions = actions;
-        self.inputs = inputs;
         if let Some((Role::Leader, term, commit_before)) = before {
             self.check_commit_rule(idx, term, commit_before);
         }
         self.after_step(idx);
+    }
+
+    /// One input as a turn.
+    fn step(&mut self, idx: usize, input: GroupInput<SimSm>) {
+        self.turn(idx, Turn { inputs: vec![input], ..Turn::default() });
+    }
+
+    /// Storage completions as a turn.
+    fn persisted(&mut self, idx: usize, done: Vec<StorageDone>) {
+        self.turn(idx, Turn { storage: done, ..Turn::default() });
     }
 
     /// Raft §5.4.2: a leader advances its commit index only to an entry of
@@ -1527,7 +1592,7 @@ impl World {
     /// an older entry is the bug of the paper's Figure 8.
     fn check_commit_rule(&mut self, idx: usize, term: Term, commit_before: Index) {
         let n = &self.nodes[idx];
-        let Some(raw) = n.raw.as_ref() else { return };
+        let Some(raw) = n.raw() else { return };
         let commit = raw.commit_index();
         if raw.role() != Role::Leader || raw.term() != term || commit <= commit_before {
             return;
@@ -1573,7 +1638,7 @@ impl World {
     fn after_step(&mut self, idx: usize) {
         let now = self.now();
         let n = &self.nodes[idx];
-        let Some(raw) = n.raw.as_ref() else { return };
+        let Some(raw) = n.raw() else { return };
         let (role, term, id) = (raw.role(), raw.term(), n.id);
         let deadline_local = raw.next_deadline();
         if n.rejoining && !raw.status().rejoining {
@@ -1622,409 +1687,498 @@ impl World {
         }
     }
 
-    fn execute(&mut self, idx: usize, action: Action, inputs: &mut VecDeque<Input>) {
+    /// Plays what node `idx`'s executor did in its last turn, in order,
+    /// against the network, the disks and the checkers. Returns the answers
+    /// that make the next turn (fetched entries, snapshot chunks, finished
+    /// snapshot jobs). Stops early if the node crashed or the run failed.
+    fn drain(&mut self, idx: usize) -> Turn<SimSm> {
+        let mut next = Turn::default();
+        let mut applied: Option<LogId> = None;
+        for event in self.nodes[idx].mailbox.take() {
+            if self.nodes[idx].exec.is_none() || self.failure.is_some() {
+                break;
+            }
+            match event {
+                SimEvent::Send { to, message } => self.on_send(idx, to, message),
+                SimEvent::Storage(StorageOp::Write(writes)) => {
+                    for w in writes {
+                        if self.nodes[idx].exec.is_none() || self.failure.is_some() {
+                            break;
+                        }
+                        match w {
+                            LogWrite::Append(entries) => self.on_append(idx, entries),
+                            LogWrite::HardState(hs) => self.on_hard_state(idx, hs),
+                        }
+                    }
+                }
+                SimEvent::Storage(StorageOp::Fetch { from, to, max_bytes }) => {
+                    if let Some(entries) = self.fetch(idx, from, to, max_bytes) {
+                        next.storage.push(StorageDone::Fetched { from, entries });
+                    }
+                }
+                SimEvent::Storage(StorageOp::Compact { up_to }) => self.compact(idx, up_to),
+                SimEvent::Storage(StorageOp::ReadSnapshotChunk { to, snapshot, offset, max_bytes }) => {
+                    if let Some(done) = self.read_snapshot_chunk(idx, to, snapshot, offset, max_bytes) {
+                        next.storage.push(done);
+                    }
+                }
+                SimEvent::Storage(StorageOp::StageChunk { snapshot, offset, data }) => {
+                    self.stage_chunk(idx, snapshot, offset, &data)
+                }
+                SimEvent::SnapshotDigest { digest } => self.nodes[idx].snapshot_digest = Some(digest),
+                SimEvent::CreateSnapshot { meta, producer } => {
+                    if let Some(meta) = self.take_snapshot(idx, meta, producer) {
+                        next.snapshots.push(SnapEvent::Created(Ok(meta)));
+                    }
+                }
+                SimEvent::InstallSnapshot { meta } => {
+                    if let Some(event) = self.install_snapshot(idx, meta) {
+                        next.snapshots.push(event);
+                    }
+                }
+                SimEvent::ReadReady { index } => self.read_ready_index = index,
+                SimEvent::Apply { entries } => {
+                    for (id, hash, m) in entries {
+                        if let Some(m) = m {
+                            self.nodes[idx].applied_membership = m;
+                        }
+                        self.nodes[idx].applying.push_back((id, hash));
+                    }
+                }
+                SimEvent::Applied { index, data, responses, digest } => {
+                    applied = self.on_applied(idx, index, data, responses, digest).or(applied);
+                }
+                SimEvent::RoleChanged { role, term, leader } => {
+                    self.record(
+                        idx as u64 + 1,
+                        TraceKind::RoleChanged,
+                        role_code(role),
+                        term,
+                        leader.unwrap_or(0),
+                    );
+                }
+                SimEvent::Expiry { data_hash, count } => {
+                    let now = self.now();
+                    self.expiry_proposals.entry(data_hash).or_insert((now, idx));
+                    self.record(idx as u64 + 1, TraceKind::Expire, 1, count, 0);
+                }
+                SimEvent::Proposal { client, seq, attempt, op, outcome } => {
+                    self.on_proposal_answered(client, seq, attempt, &op, outcome)
+                }
+                SimEvent::Read { client, seq, attempt, outcome, floor } => {
+                    self.on_read_answered(idx, client, seq, attempt, outcome, floor)
+                }
+            }
+        }
+        if let Some(last) = applied.filter(|_| self.nodes[idx].exec.is_some() && self.failure.is_none()) {
+            self.record(idx as u64 + 1, TraceKind::Apply, last.index, last.term, 0);
+            self.check_watch(idx);
+        }
+        next
+    }
+
+    fn on_send(&mut self, idx: usize, to: NodeId, message: Message) {
         let now = self.now();
-        match action {
-            Action::Send { to, message } => {
-                let to_idx = (to as usize).wrapping_sub(1);
-                assert!(
-                    to_idx < self.nodes.len() && to_idx != idx,
-                    "n{} sends to unknown node {to}",
-                    idx + 1
-                );
-                let granted = matches!(message.body, MessageBody::VoteResponse { granted: true });
-                if granted {
-                    self.check_vote(idx, message.term, to);
-                }
-                match self.net.send(now, idx, to_idx) {
-                    SendOutcome::Dropped(reason) => {
-                        self.record(idx as u64 + 1, TraceKind::Drop, to, net_drop_code(reason), 0);
-                    }
-                    SendOutcome::Deliver { at, duplicate_at } => {
-                        let (from, to) = (idx as u8, to_idx as u8);
-                        if let Some(dup) = duplicate_at {
-                            self.queue.push(dup, Event::Deliver { from, to, message: message.clone() });
-                        }
-                        self.queue.push(at, Event::Deliver { from, to, message });
-                    }
-                }
-                if granted {
-                    self.maybe_wipe_voter(idx);
-                }
+        let to_idx = (to as usize).wrapping_sub(1);
+        assert!(to_idx < self.nodes.len() && to_idx != idx, "n{} sends to unknown node {to}", idx + 1);
+        let granted = matches!(message.body, MessageBody::VoteResponse { granted: true });
+        if granted {
+            self.check_vote(idx, message.term, to);
+        }
+        match self.net.send(now, idx, to_idx) {
+            SendOutcome::Dropped(reason) => {
+                self.record(idx as u64 + 1, TraceKind::Drop, to, net_drop_code(reason), 0);
             }
-            Action::AppendLog { entries } => {
-                for e in &entries {
-                    let h = payload_hash(&e.payload);
-                    let known = *self.entry_ids.entry((e.term, e.index)).or_insert(h);
-                    if known != h {
-                        self.fail(
-                            FailureKind::Safety,
-                            "log-matching",
-                            format!(
-                                "two different entries at {}@{} (n{} appends the second)",
-                                e.term,
-                                e.index,
-                                idx + 1
-                            ),
-                        );
-                    }
+            SendOutcome::Deliver { at, duplicate_at } => {
+                let (from, to) = (idx as u8, to_idx as u8);
+                if let Some(dup) = duplicate_at {
+                    self.queue.push(dup, Event::Deliver { from, to, message: message.clone() });
                 }
-                let Some(last) = entries.last().map(Entry::log_id) else { return };
-                for e in &entries {
-                    if let EntryPayload::Membership(m) = &e.payload {
-                        let smallest = if m.is_joint() {
-                            m.voters.len().min(m.voters_outgoing.len())
-                        } else {
-                            m.voters.len()
-                        };
-                        self.voters_min = self.voters_min.min(smallest.max(1));
-                        let leader = self.nodes[idx].raw.as_ref().is_some_and(|r| r.role() == Role::Leader);
-                        if m.is_joint() && leader {
-                            self.joints += 1;
-                        }
-                    }
-                }
-                let n = &mut self.nodes[idx];
-                let first = entries[0].index;
-                if first <= n.acked_log.index {
-                    // A suffix is replaced: the acknowledgement now covers the kept prefix.
-                    let index = first - 1;
-                    let term = n.storage.term_at(index).unwrap_or(0);
-                    n.acked_log = LogId::new(term, index);
-                }
-                let stored_last = n.storage.last_index();
-                if first <= stored_last {
-                    // A divergent suffix is cut (coverage: how long they get).
-                    self.truncations += 1;
-                    self.truncated_max = self.truncated_max.max(stored_last - first + 1);
-                }
-                let n = &mut self.nodes[idx];
-                n.storage.append(&entries);
-                if let Some(engine) = n.engine.as_mut() {
-                    let Some(storage) = engine.storage.as_mut() else { return };
-                    if let Err(error) = storage.stage(GROUP, &entries) {
-                        self.storage_error(idx, 4, error);
-                        return;
-                    }
-                    self.schedule_flush(idx);
-                    return;
-                }
-                let at = now + self.disk_latency();
-                let incarnation = self.nodes[idx].incarnation;
-                self.queue.push(at, Event::Disk { node: idx as u8, incarnation, done: DiskDone::Log(last) });
+                self.queue.push(at, Event::Deliver { from, to, message });
             }
-            Action::PersistHardState(hs) => {
-                self.nodes[idx].storage.set_hard_state(hs);
-                if let Some(engine) = self.nodes[idx].engine.as_mut() {
-                    let Some(storage) = engine.storage.as_mut() else { return };
-                    if let Err(error) = storage.stage_hard_state(GROUP, hs) {
-                        self.storage_error(idx, 5, error);
-                        return;
-                    }
-                    self.schedule_flush(idx);
-                    return;
-                }
-                let at = now + self.disk_latency();
-                let incarnation = self.nodes[idx].incarnation;
-                let done = DiskDone::HardState { term: hs.term, vote: hs.vote };
-                self.queue.push(at, Event::Disk { node: idx as u8, incarnation, done });
-            }
-            Action::Apply { entries, proposals } => self.apply(idx, entries, &proposals, inputs),
-            Action::FetchEntries { from, to, max_bytes } => {
-                let n = &self.nodes[idx];
-                let entries = match n.engine.as_ref() {
-                    None => n.storage.entries(from, to, max_bytes),
-                    Some(engine) => {
-                        let mut out = Vec::new();
-                        let Some(storage) = engine.storage.as_ref() else { return };
-                        if let Err(error) = storage.entries(GROUP, from, to, max_bytes as u64, &mut out) {
-                            self.storage_error(idx, 6, error);
-                            return;
-                        }
-                        out
-                    }
-                };
-                inputs.push_back(Input::EntriesFetched { from, entries });
-            }
-            Action::ReadReady { id, index } => {
-                let applied = self.nodes[idx].sm.applied_index();
-                if applied < index {
-                    self.fail(
-                        FailureKind::Safety,
-                        "read-index",
-                        format!("n{}: read {id} ready at index {index} but only {applied} applied", idx + 1),
-                    );
-                    return;
-                }
-                if self.lease_probe == Some(id) {
-                    self.lease_probe_served = true;
-                }
-                let floor = self.read_floor.remove(&id).unwrap_or(0);
-                if index < floor && self.config.read_floor_check {
-                    let detail = format!(
-                        "n{}: read {id} served at index {index}, but index {floor} was already committed when the read arrived",
-                        idx + 1
-                    );
-                    self.fail(FailureKind::Safety, "read-index-stale", detail);
-                    return;
-                }
-                let Some((client, seq, op)) = self.nodes[idx].pending.remove(&id) else { return };
-                let value = self.nodes[idx].sm.get(&workload::key_path(op.key));
-                let result = workload::interpret_local_read(&op, value);
-                self.deliver_result(client, seq, id, result);
-            }
-            Action::ReadFailed { id, reason } | Action::ProposalDropped { id, reason } => {
-                self.read_floor.remove(&id);
-                if let Some((client, _, _)) = self.nodes[idx].pending.remove(&id) {
-                    let reply = match reason {
-                        DropReason::NotLeader { leader_hint }
-                        | DropReason::LeadershipLost { leader_hint } => Reply::Redirect(leader_hint),
-                        _ => Reply::Retry,
-                    };
-                    self.reply(client, id, reply);
-                }
-            }
-            Action::RoleChanged { role, term, leader } => {
-                if role == Role::Leader {
-                    // Like the server: deadlines restart from this leader's
-                    // clock (they never shrink).
-                    let n = &mut self.nodes[idx];
-                    n.sm.rearm_ttls(n.last_local_ns);
-                }
-                self.record(
-                    idx as u64 + 1,
-                    TraceKind::RoleChanged,
-                    role_code(role),
-                    term,
-                    leader.unwrap_or(0),
-                );
-            }
-            Action::SnapshotWanted { up_to: _ } => self.take_snapshot(idx, inputs),
-            Action::CompactLog { up_to } => {
-                let n = &mut self.nodes[idx];
-                if up_to.index > n.storage.snapshot().index {
-                    let detail = format!(
-                        "n{}: asked to compact up to {up_to}, past its durable snapshot {}",
-                        n.id,
-                        n.storage.snapshot()
-                    );
-                    self.fail(FailureKind::Safety, "compaction", detail);
-                    return;
-                }
-                let first = match n.engine.as_mut() {
-                    None => up_to.index + 1,
-                    Some(engine) => {
-                        let Some(storage) = engine.storage.as_mut() else { return };
-                        match storage.compact(GROUP, up_to).and_then(|()| storage.log_state(GROUP)) {
-                            Ok(state) => state.first_index,
-                            Err(error) => {
-                                self.storage_error(idx, 7, error);
-                                return;
-                            }
-                        }
-                    }
-                };
-                n.storage.compact_below(first.min(up_to.index + 1));
-                self.compactions += 1;
-                self.record(idx as u64 + 1, TraceKind::Snapshot, 2, up_to.index, up_to.term);
-            }
-            Action::FetchSnapshotChunk { to, snapshot, offset, max_bytes } => {
-                if offset == 0 && !self.reread_snapshot(idx, snapshot) {
-                    return;
-                }
-                let n = &self.nodes[idx];
-                let data = n.snap.as_ref().filter(|s| s.meta.last_log_id == snapshot).and_then(|s| {
-                    let start = usize::try_from(offset).ok().filter(|&o| o <= s.data.len())?;
-                    let end = start.saturating_add(max_bytes.max(1)).min(s.data.len());
-                    Some((s.data.slice(start..end), end == s.data.len()))
-                });
-                let input = match data {
-                    Some((data, done)) => {
-                        Input::SnapshotChunkRead { to, snapshot, offset, data: Some(data), done }
-                    }
-                    None => Input::SnapshotChunkRead { to, snapshot, offset, data: None, done: false },
-                };
-                inputs.push_back(input);
-            }
-            Action::ReceiveSnapshotChunk { snapshot, offset, data, done: _ } => {
-                let n = &mut self.nodes[idx];
-                if offset == 0 {
-                    n.staged = Some((snapshot, data.to_vec()));
-                    return;
-                }
-                match n.staged.as_mut() {
-                    Some((id, bytes)) if *id == snapshot && bytes.len() as u64 == offset => {
-                        bytes.extend_from_slice(&data);
-                    }
-                    other => {
-                        let had = other.map(|(id, bytes)| (*id, bytes.len()));
-                        let detail = format!(
-                            "n{}: snapshot chunk of {snapshot} at offset {offset}, but staged is {had:?}: chunks \
-                             must arrive in order without gaps",
-                            n.id
-                        );
-                        self.fail(FailureKind::Safety, "snapshot-transfer", detail);
-                    }
-                }
-            }
-            Action::InstallSnapshot { meta } => self.install_snapshot(idx, meta, inputs),
+        }
+        if granted {
+            self.maybe_wipe_voter(idx);
         }
     }
 
-    fn apply(
-        &mut self,
-        idx: usize,
-        entries: Vec<Entry>,
-        proposals: &[(Index, u64)],
-        inputs: &mut VecDeque<Input>,
-    ) {
-        let mut proposals = proposals.iter().peekable();
-        let mut last = None;
+    fn on_append(&mut self, idx: usize, entries: Vec<Entry>) {
+        let now = self.now();
         for e in &entries {
-            let mut first = false;
-            let n = &mut self.nodes[idx];
-            if e.index != n.applied + 1 {
-                let detail = format!("n{} applies index {} after {}", n.id, e.index, n.applied);
-                self.fail(FailureKind::Safety, "apply-order", detail);
-                return;
-            }
-            n.applied = e.index;
             let h = payload_hash(&e.payload);
-            let i = (e.index - 1) as usize;
-            if let Some(&(term, known)) = self.applied_log.get(i) {
-                if (term, known) != (e.term, h) {
-                    let detail = format!(
-                        "n{} applies {}@{} but index {} was applied elsewhere as term {term} (different entry)",
-                        idx + 1,
+            let known = *self.entry_ids.entry((e.term, e.index)).or_insert(h);
+            if known != h {
+                self.fail(
+                    FailureKind::Safety,
+                    "log-matching",
+                    format!(
+                        "two different entries at {}@{} (n{} appends the second)",
                         e.term,
                         e.index,
-                        e.index
-                    );
-                    self.fail(FailureKind::Safety, "state-machine-safety", detail);
-                    return;
-                }
-            } else if i == self.applied_log.len() {
-                self.applied_log.push((e.term, h));
-                first = true;
-            } else {
-                let detail = format!(
-                    "n{} applies {} but only {} entries are known committed (it skipped some)",
-                    idx + 1,
-                    e.log_id(),
-                    self.applied_log.len()
+                        idx + 1
+                    ),
                 );
-                self.fail(FailureKind::Safety, "state-machine-safety", detail);
+            }
+        }
+        let Some(last) = entries.last().map(Entry::log_id) else { return };
+        for e in &entries {
+            if let EntryPayload::Membership(m) = &e.payload {
+                let smallest =
+                    if m.is_joint() { m.voters.len().min(m.voters_outgoing.len()) } else { m.voters.len() };
+                self.voters_min = self.voters_min.min(smallest.max(1));
+                let leader = self.nodes[idx].raw().is_some_and(|r| r.role() == Role::Leader);
+                if m.is_joint() && leader {
+                    self.joints += 1;
+                }
+            }
+        }
+        let n = &mut self.nodes[idx];
+        let first = entries[0].index;
+        if first <= n.acked_log.index {
+            // A suffix is replaced: the acknowledgement now covers the kept prefix.
+            let index = first - 1;
+            let term = n.storage.term_at(index).unwrap_or(0);
+            n.acked_log = LogId::new(term, index);
+        }
+        let stored_last = n.storage.last_index();
+        if first <= stored_last {
+            // A divergent suffix is cut (coverage: how long they get).
+            self.truncations += 1;
+            self.truncated_max = self.truncated_max.max(stored_last - first + 1);
+        }
+        let n = &mut self.nodes[idx];
+        n.storage.append(&entries);
+        if let Some(engine) = n.engine.as_mut() {
+            let Some(storage) = engine.storage.as_mut() else { return };
+            if let Err(error) = storage.stage(GROUP, &entries) {
+                self.storage_error(idx, 4, error);
                 return;
             }
-            let n = &mut self.nodes[idx];
-            let responses = match &e.payload {
-                EntryPayload::Normal(data) => match n.sm.apply_entry_bytes(e.index, data) {
-                    Ok(r) => r,
+            self.schedule_flush(idx);
+            return;
+        }
+        let at = now + self.disk_latency();
+        let incarnation = self.nodes[idx].incarnation;
+        self.queue.push(at, Event::Disk { node: idx as u8, incarnation, done: DiskDone::Log(last) });
+    }
+
+    fn on_hard_state(&mut self, idx: usize, hs: HardState) {
+        let now = self.now();
+        self.nodes[idx].storage.set_hard_state(hs);
+        if let Some(engine) = self.nodes[idx].engine.as_mut() {
+            let Some(storage) = engine.storage.as_mut() else { return };
+            if let Err(error) = storage.stage_hard_state(GROUP, hs) {
+                self.storage_error(idx, 5, error);
+                return;
+            }
+            self.schedule_flush(idx);
+            return;
+        }
+        let at = now + self.disk_latency();
+        let incarnation = self.nodes[idx].incarnation;
+        let done = DiskDone::HardState { term: hs.term, vote: hs.vote };
+        self.queue.push(at, Event::Disk { node: idx as u8, incarnation, done });
+    }
+
+    fn fetch(&mut self, idx: usize, from: Index, to: Index, max_bytes: usize) -> Option<Vec<Entry>> {
+        let n = &self.nodes[idx];
+        match n.engine.as_ref() {
+            None => Some(n.storage.entries(from, to, max_bytes)),
+            Some(engine) => {
+                let mut out = Vec::new();
+                let storage = engine.storage.as_ref()?;
+                if let Err(error) = storage.entries(GROUP, from, to, max_bytes as u64, &mut out) {
+                    self.storage_error(idx, 6, error);
+                    return None;
+                }
+                Some(out)
+            }
+        }
+    }
+
+    fn compact(&mut self, idx: usize, up_to: LogId) {
+        let n = &mut self.nodes[idx];
+        if up_to.index > n.storage.snapshot().index {
+            let detail = format!(
+                "n{}: asked to compact up to {up_to}, past its durable snapshot {}",
+                n.id,
+                n.storage.snapshot()
+            );
+            self.fail(FailureKind::Safety, "compaction", detail);
+            return;
+        }
+        let first = match n.engine.as_mut() {
+            None => up_to.index + 1,
+            Some(engine) => {
+                let Some(storage) = engine.storage.as_mut() else { return };
+                match storage.compact(GROUP, up_to).and_then(|()| storage.log_state(GROUP)) {
+                    Ok(state) => state.first_index,
                     Err(error) => {
-                        self.fail(FailureKind::Safety, "kv-decode", format!("entry {}: {error}", e.log_id()));
-                        return;
-                    }
-                },
-                EntryPayload::Membership(m) => {
-                    n.applied_membership = m.clone();
-                    n.sm.advance_to(e.index);
-                    Vec::new()
-                }
-                EntryPayload::Blank => {
-                    n.sm.advance_to(e.index);
-                    Vec::new()
-                }
-            };
-            if first {
-                if let EntryPayload::Normal(data) = &e.payload {
-                    self.first_application(e.index, data, &responses);
-                    if self.failure.is_some() {
+                        self.storage_error(idx, 7, error);
                         return;
                     }
                 }
             }
-            if let Some(&known) = self.snapshot_digests.get(&e.index) {
-                let digest = self.nodes[idx].sm.digest();
-                if digest != known {
-                    let detail = format!(
-                        "n{} applied up to {} and its kv digest is {digest:016x}, but a snapshot of index {} has                          digest {known:016x}",
-                        idx + 1,
-                        e.log_id(),
-                        e.index
-                    );
-                    self.fail(FailureKind::Safety, "state-machine-safety", detail);
-                    return;
+        };
+        n.storage.compact_below(first.min(up_to.index + 1));
+        self.compactions += 1;
+        self.record(idx as u64 + 1, TraceKind::Snapshot, 2, up_to.index, up_to.term);
+    }
+
+    fn read_snapshot_chunk(
+        &mut self,
+        idx: usize,
+        to: NodeId,
+        snapshot: LogId,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Option<StorageDone> {
+        if offset == 0 && !self.reread_snapshot(idx, snapshot) {
+            return None;
+        }
+        let n = &self.nodes[idx];
+        let data = n.snap.as_ref().filter(|s| s.meta.last_log_id == snapshot).and_then(|s| {
+            let start = usize::try_from(offset).ok().filter(|&o| o <= s.data.len())?;
+            let end = start.saturating_add(max_bytes.max(1)).min(s.data.len());
+            Some((s.data.slice(start..end), end == s.data.len()))
+        });
+        Some(match data {
+            Some((data, done)) => StorageDone::SnapshotChunk { to, snapshot, offset, data: Some(data), done },
+            None => StorageDone::SnapshotChunk { to, snapshot, offset, data: None, done: false },
+        })
+    }
+
+    fn stage_chunk(&mut self, idx: usize, snapshot: LogId, offset: u64, data: &Bytes) {
+        let n = &mut self.nodes[idx];
+        if offset == 0 {
+            n.staged = Some((snapshot, data.to_vec()));
+            return;
+        }
+        match n.staged.as_mut() {
+            Some((id, bytes)) if *id == snapshot && bytes.len() as u64 == offset => {
+                bytes.extend_from_slice(data);
+            }
+            other => {
+                let had = other.map(|(id, bytes)| (*id, bytes.len()));
+                let detail = format!(
+                    "n{}: snapshot chunk of {snapshot} at offset {offset}, but staged is {had:?}: chunks \
+                     must arrive in order without gaps",
+                    n.id
+                );
+                self.fail(FailureKind::Safety, "snapshot-transfer", detail);
+            }
+        }
+    }
+
+    /// The state machine applied `index`: apply order, state machine safety
+    /// against every other node, the first application's effects (locks,
+    /// expiries), and the digest of a snapshot of that index.
+    fn on_applied(
+        &mut self,
+        idx: usize,
+        index: Index,
+        data: Option<Bytes>,
+        responses: KvResult,
+        digest: Option<u64>,
+    ) -> Option<LogId> {
+        let n = &mut self.nodes[idx];
+        let Some((id, h)) = n.applying.pop_front() else {
+            let detail = format!("n{} applied index {index} that the core never handed over", n.id);
+            self.fail(FailureKind::Safety, "apply-order", detail);
+            return None;
+        };
+        if id.index != index || index != n.applied + 1 {
+            let detail = format!("n{} applies index {index} ({id} handed over) after {}", n.id, n.applied);
+            self.fail(FailureKind::Safety, "apply-order", detail);
+            return None;
+        }
+        n.applied = index;
+        let mut first = false;
+        let i = (index - 1) as usize;
+        if let Some(&(term, known)) = self.applied_log.get(i) {
+            if (term, known) != (id.term, h) {
+                let detail = format!(
+                    "n{} applies {id} but index {index} was applied elsewhere as term {term} (different entry)",
+                    idx + 1
+                );
+                self.fail(FailureKind::Safety, "state-machine-safety", detail);
+                return None;
+            }
+        } else if i == self.applied_log.len() {
+            self.applied_log.push((id.term, h));
+            first = true;
+        } else {
+            let detail = format!(
+                "n{} applies {id} but only {} entries are known committed (it skipped some)",
+                idx + 1,
+                self.applied_log.len()
+            );
+            self.fail(FailureKind::Safety, "state-machine-safety", detail);
+            return None;
+        }
+        let responses = match responses {
+            Ok(r) => r,
+            Err(error) => {
+                self.fail(FailureKind::Safety, "kv-decode", format!("entry {id}: {error}"));
+                return None;
+            }
+        };
+        if first {
+            if let Some(data) = &data {
+                self.first_application(index, data, &responses);
+                if self.failure.is_some() {
+                    return None;
                 }
             }
-            while let Some(&&(index, id)) = proposals.peek() {
-                if index > e.index {
-                    break;
-                }
-                proposals.next();
-                if index < e.index {
-                    continue;
-                }
-                let Some((client, seq, op)) = self.nodes[idx].pending.remove(&id) else { continue };
+        }
+        let known = self.snapshot_digests.lock().unwrap_or_else(|p| p.into_inner()).get(&index).copied();
+        if let (Some(known), Some(digest)) = (known, digest) {
+            if digest != known {
+                let detail = format!(
+                    "n{} applied up to {id} and its kv digest is {digest:016x}, but a snapshot of index {index} has \
+                     digest {known:016x}",
+                    idx + 1
+                );
+                self.fail(FailureKind::Safety, "state-machine-safety", detail);
+            }
+        }
+        Some(id)
+    }
+
+    /// A client's proposal was answered by the executor: applied (the kv's
+    /// answer, which must fit the operation), or refused.
+    fn on_proposal_answered(
+        &mut self,
+        client: u32,
+        seq: u64,
+        attempt: u64,
+        op: &ClientOp,
+        outcome: Result<KvResult, ProposeError>,
+    ) {
+        match outcome {
+            Ok(Ok(responses)) => {
                 let Some(response) = responses.first() else {
-                    let detail = format!("proposal {id} resolved by {} which carries no request", e.log_id());
+                    let detail =
+                        format!("proposal {attempt} was answered by an entry that carries no request");
                     self.fail(FailureKind::Safety, "proposal-routing", detail);
                     return;
                 };
-                let result = workload::interpret(&op, response);
-                self.deliver_result(client, seq, id, result);
+                let result = workload::interpret(op, response);
+                self.deliver_result(client, seq, attempt, result);
             }
-            last = Some(e.log_id());
-        }
-        if let Some(last) = last {
-            self.record(idx as u64 + 1, TraceKind::Apply, last.index, last.term, 0);
-            self.check_watch(idx);
-            inputs.push_back(Input::Applied { index: last.index });
+            Ok(Err(error)) => {
+                self.fail(FailureKind::Safety, "kv-decode", format!("proposal {attempt}: {error}"));
+            }
+            Err(error) => self.reply(client, attempt, refused(&error)),
         }
     }
 
-    /// `SnapshotWanted`: encode the kv at its applied index with the real
-    /// encoder, write it durably with the real engine, report it.
-    fn take_snapshot(&mut self, idx: usize, inputs: &mut VecDeque<Input>) {
-        let n = &self.nodes[idx];
-        let applied = n.sm.applied_index();
-        if applied == 0 || n.snap.as_ref().is_some_and(|s| s.meta.last_log_id.index >= applied) {
+    /// A client's linearizable read was answered by the executor.
+    fn on_read_answered(
+        &mut self,
+        idx: usize,
+        client: u32,
+        seq: u64,
+        attempt: u64,
+        outcome: Result<(Result<OpResult, String>, Index), ReadError>,
+        floor: Index,
+    ) {
+        let (result, applied) = match outcome {
+            Ok(ok) => ok,
+            Err(error) => {
+                let reply = match error {
+                    ReadError::NotLeader { leader_hint } => Reply::Redirect(leader_hint),
+                    _ => Reply::Retry,
+                };
+                self.reply(client, attempt, reply);
+                return;
+            }
+        };
+        let index = self.read_ready_index;
+        if applied < index {
+            let detail =
+                format!("n{}: read {attempt} ready at index {index} but only {applied} applied", idx + 1);
+            self.fail(FailureKind::Safety, "read-index", detail);
             return;
         }
-        let Some(term) = n.storage.term_at(applied) else {
+        if self.lease_probe == Some(attempt) {
+            self.lease_probe_served = true;
+        }
+        if index < floor && self.config.read_floor_check {
             let detail = format!(
-                "n{}: applied index {applied} is not in its log (first {})",
+                "n{}: read {attempt} served at index {index}, but index {floor} was already committed when the read arrived",
+                idx + 1
+            );
+            self.fail(FailureKind::Safety, "read-index-stale", detail);
+            return;
+        }
+        self.deliver_result(client, seq, attempt, result);
+    }
+
+    /// `SnapshotWanted`, as the executor carried it out: encode the kv's fork
+    /// with the real encoder, write it durably with the real engine, report
+    /// it. `None` if the node stopped or the run failed.
+    fn take_snapshot(
+        &mut self,
+        idx: usize,
+        meta: SnapshotMeta,
+        producer: SnapshotProducer,
+    ) -> Option<SnapshotMeta> {
+        let n = &mut self.nodes[idx];
+        let applied = meta.last_log_id.index;
+        let Some(digest) = n.snapshot_digest.take() else {
+            let detail =
+                format!("n{}: a snapshot at {} without the state machine's digest", n.id, meta.last_log_id);
+            self.fail(FailureKind::Safety, "snapshot-take", detail);
+            return None;
+        };
+        if n.storage.term_at(applied) != Some(meta.last_log_id.term) {
+            let detail = format!(
+                "n{}: snapshot at {} but the log holds term {:?} there (first {})",
                 n.id,
+                meta.last_log_id,
+                n.storage.term_at(applied),
                 n.storage.first_index()
             );
             self.fail(FailureKind::Safety, "snapshot-take", detail);
-            return;
-        };
-        let data = encode_snapshot_blob(&n.sm);
-        let digest = n.sm.digest();
-        let meta =
-            SnapshotMeta { last_log_id: LogId::new(term, applied), membership: n.applied_membership.clone() };
+            return None;
+        }
+        let mut blob = Vec::new();
+        if let Err(error) = producer(&mut |bytes: &[u8]| {
+            blob.extend_from_slice(bytes);
+            Ok(())
+        }) {
+            self.fail(
+                FailureKind::Safety,
+                "snapshot-take",
+                format!("n{}: encoding failed: {error}", idx + 1),
+            );
+            return None;
+        }
+        let data = Bytes::from(blob);
         if !self.check_snapshot_state(idx, meta.last_log_id, digest, "takes") {
-            return;
+            return None;
         }
         let n = &mut self.nodes[idx];
         let mut first = 0;
         if let Some(engine) = n.engine.as_mut() {
-            let Some(storage) = engine.storage.as_mut() else { return };
+            let storage = engine.storage.as_mut()?;
             match storage.write_snapshot(GROUP, &meta, &data).and_then(|()| storage.log_state(GROUP)) {
                 Ok(state) => first = state.first_index,
                 Err(error) => {
                     self.storage_error(idx, 7, error);
-                    return;
+                    return None;
                 }
             }
         }
+        let n = &mut self.nodes[idx];
         n.storage.set_snapshot(meta.last_log_id);
         // The engine discards the whole log when the snapshot reaches its end.
         n.storage.compact_below(first.min(applied + 1));
         n.snap = Some(Arc::new(NodeSnapshot { meta: meta.clone(), data, digest }));
         self.snapshots += 1;
-        self.record(idx as u64 + 1, TraceKind::Snapshot, 1, applied, term);
-        inputs.push_back(Input::SnapshotCreated { meta });
+        self.record(idx as u64 + 1, TraceKind::Snapshot, 1, applied, meta.last_log_id.term);
+        Some(meta)
     }
 
     /// At the start of a transfer, the leader reads its snapshot back through
@@ -2056,9 +2210,10 @@ impl World {
         }
     }
 
-    /// `InstallSnapshot`: decode the staged chunks with the real decoder,
-    /// write the snapshot durably, replace the state machine, drop the log.
-    fn install_snapshot(&mut self, idx: usize, meta: SnapshotMeta, inputs: &mut VecDeque<Input>) {
+    /// `InstallSnapshot`, as the executor asked for it: decode the staged
+    /// chunks with the real decoder, write the snapshot durably, and hand
+    /// the executor what replaces its state. `None` if the run failed.
+    fn install_snapshot(&mut self, idx: usize, meta: SnapshotMeta) -> Option<SnapEvent<SimSm>> {
         let n = &mut self.nodes[idx];
         let id = n.id;
         let last = meta.last_log_id;
@@ -2069,7 +2224,7 @@ impl World {
                 let had = other.map(|(s, b)| (s, b.len()));
                 let detail = format!("n{id}: asked to install {last}, but the staged snapshot is {had:?}");
                 self.fail(FailureKind::Safety, "snapshot-transfer", detail);
-                return;
+                return None;
             }
         };
         let sm = match decode_snapshot_blob(&blob, kv_config(&self.config)) {
@@ -2078,38 +2233,37 @@ impl World {
                 let detail =
                     format!("n{id}: snapshot {last} holds the state at index {}", sm.applied_index());
                 self.fail(FailureKind::Safety, "snapshot-transfer", detail);
-                return;
+                return None;
             }
             Err(error) => {
                 let detail = format!("n{id}: the chunks received for snapshot {last} do not decode: {error}");
                 self.fail(FailureKind::Safety, "snapshot-transfer", detail);
-                return;
+                return None;
             }
         };
         let digest = sm.digest();
         if !self.check_snapshot_state(idx, last, digest, "installs") {
-            return;
+            return None;
         }
         let data = Bytes::from(blob);
         let n = &mut self.nodes[idx];
         if let Some(engine) = n.engine.as_mut() {
-            let Some(storage) = engine.storage.as_mut() else { return };
+            let storage = engine.storage.as_mut()?;
             if let Err(error) = storage.write_snapshot(GROUP, &meta, &data) {
                 self.storage_error(idx, 7, error);
-                return;
+                return None;
             }
         }
+        let n = &mut self.nodes[idx];
         n.storage.install(last);
         n.acked_log = last;
-        n.sm.install(sm);
         n.applied = last.index;
+        n.applying.clear();
         n.applied_membership = meta.membership.clone();
         n.snap = Some(Arc::new(NodeSnapshot { meta: meta.clone(), data, digest }));
         self.installs += 1;
         self.record(idx as u64 + 1, TraceKind::Snapshot, 3, last.index, last.term);
-        if self.rewatch(idx) {
-            inputs.push_back(Input::SnapshotInstalled { meta });
-        }
+        Some(SnapEvent::Installed(Ok((meta, crate::exec::installer(sm)))))
     }
 
     /// The largest clock jump node `n` may take in a lease-read run: a
@@ -2144,29 +2298,6 @@ impl World {
         // Minus a microsecond for the clock's integer rounding.
         let elapsed = (usable * i128::from(PPM) / rate) as Nanos;
         invoke.saturating_add(elapsed.saturating_sub(NANOS_PER_MICRO))
-    }
-
-    /// Like the server's `leader_proposals`: a leader proposes the expiry of
-    /// every TTL (temporary node, lock lease) whose deadline passed by its
-    /// own clock, as one system entry nobody waits for.
-    fn leader_expiry(&mut self, idx: usize) {
-        let now = self.now();
-        let n = &mut self.nodes[idx];
-        if n.paused_until > now || n.raw.as_ref().is_none_or(|r| r.role() != Role::Leader) {
-            return;
-        }
-        let local = n.clock.local(now).max(n.last_local_ns);
-        let requests = n.sm.expired(local, EXPIRE_PER_TICK_MAX);
-        if requests.is_empty() {
-            return;
-        }
-        let count = requests.len() as u64;
-        let data = Bytes::from(encode_entry(&KvEntry { leader_time_nanos: local, requests }));
-        self.expiry_proposals.entry(hash_bytes(&data) | 1).or_insert((now, idx));
-        let id = self.next_attempt;
-        self.next_attempt += 1;
-        self.record(idx as u64 + 1, TraceKind::Expire, 1, count, 0);
-        self.step(idx, Input::Propose { id, data });
     }
 
     /// At the first application of a committed entry anywhere: lock holders
@@ -2266,7 +2397,8 @@ impl World {
         const WATCH_POLL_EVENTS_MAX: usize = 1 << 20;
         let n = &mut self.nodes[idx];
         let Some(id) = n.watch else { return };
-        let events = match n.sm.poll_watch(id, WATCH_POLL_EVENTS_MAX) {
+        let Some(kv) = n.kv_mut() else { return };
+        let events = match kv.poll_watch(id, WATCH_POLL_EVENTS_MAX) {
             WatchPoll::Events(events) => events,
             other => {
                 let detail = format!("n{}: whole-tree watch ended: {other:?}", n.id);
@@ -2275,7 +2407,7 @@ impl World {
             }
         };
         let node_id = n.id;
-        let applied = n.sm.applied_index();
+        let applied = n.kv().map_or(0, KvStateMachine::applied_index);
         let mut last_index = 0;
         let mut last_by_key: Vec<(&str, Option<Bytes>)> = Vec::new();
         for ev in &events {
@@ -2322,7 +2454,7 @@ impl World {
                 None => last_by_key.push((&ev.key, value)),
             }
         }
-        let sm = &self.nodes[idx].sm;
+        let Some(sm) = self.nodes[idx].kv() else { return };
         for (key, value) in last_by_key {
             let now = sm.get(key).ok().flatten().map(|v| v.value);
             if now != value {
@@ -2475,7 +2607,7 @@ impl World {
     fn client_arrive(&mut self, idx: usize, client: u32, attempt: u64, seq: u64, op: ClientOp) {
         let now = self.now();
         let n = &mut self.nodes[idx];
-        if n.raw.is_none() {
+        if n.exec.is_none() {
             return;
         }
         if n.paused_until > now {
@@ -2483,31 +2615,38 @@ impl World {
             self.queue.push(at, Event::ClientArrive { node: idx as u8, client, attempt, seq, op });
             return;
         }
-        n.pending.insert(attempt, (client, seq, op));
+        // The answer closures run inside the executor's turn; they only
+        // write to the node's mailbox, which `drain` reads back in order.
+        let mailbox = n.mailbox.clone();
         let input = if op.path == Path::ReadIndex {
             debug_assert_eq!(op.kind, OpKind::Read);
-            let floor = self
-                .nodes
-                .iter()
-                .filter_map(|n| n.raw.as_ref().map(RawNode::commit_index))
-                .max()
-                .unwrap_or(0);
-            self.read_floor.insert(attempt, floor);
+            let floor =
+                self.nodes.iter().filter_map(|n| n.raw().map(RawNode::commit_index)).max().unwrap_or(0);
             self.lease_probe = Some(attempt);
             self.lease_probe_served = false;
-            Input::Read { id: attempt }
+            let f: tarn_io::driver::ReadFn<SimSm> = Box::new(move |sm| {
+                let outcome = sm.map(|sm| {
+                    let value = sm.kv.get(&workload::key_path(op.key));
+                    (workload::interpret_local_read(&op, value), sm.kv.applied_index())
+                });
+                mailbox.push(SimEvent::Read { client, seq, attempt, outcome, floor });
+            });
+            GroupInput::Read { linearizable: true, f }
         } else {
             let request = workload::request(self.clients[client as usize].id, seq, &op);
             let local = n.clock.local(now).max(n.last_local_ns);
             let entry = KvEntry { leader_time_nanos: local, requests: vec![request] };
-            Input::Propose { id: attempt, data: Bytes::from(encode_entry(&entry)) }
+            let reply: tarn_io::driver::ProposeFn<SimSm> = Box::new(move |outcome| {
+                mailbox.push(SimEvent::Proposal { client, seq, attempt, op, outcome });
+            });
+            GroupInput::Propose { data: Bytes::from(encode_entry(&entry)), reply }
         };
         self.step(idx, input);
         if self.lease_probe.take().is_some() && self.lease_probe_served {
-            // Served within the step that brought it: no heartbeat round, so
+            // Served within the turn that brought it: no heartbeat round, so
             // from the lease (a single voter needs none: not counted).
             let n = &self.nodes[idx];
-            let voters = n.raw.as_ref().map_or(0, |r| r.membership().voters.len());
+            let voters = n.raw().map_or(0, |r| r.membership().voters.len());
             let skewed = self.profile.drift_ppm_max > 0 || self.nodes.iter().any(|n| n.clock.jumped_ns > 0);
             if voters > 1 && skewed {
                 self.lease_reads_skewed += 1;
@@ -2674,10 +2813,8 @@ impl World {
                         // deposes it, so it holds a suffix of its term that
                         // nobody else has, and the next leader must find
                         // and cut the divergence (issue 15, gap 1).
-                        let leader = self
-                            .nodes
-                            .iter()
-                            .position(|n| n.raw.as_ref().is_some_and(|r| r.role() == Role::Leader));
+                        let leader =
+                            self.nodes.iter().position(|n| n.raw().is_some_and(|r| r.role() == Role::Leader));
                         let n = match leader {
                             Some(l) if self.rng_partition.chance(self.profile.isolate_leader_ppm) => l,
                             _ => self.random_node(),
@@ -2718,7 +2855,7 @@ impl World {
             }
             Fault::Pause => {
                 let n = self.random_node();
-                if self.nodes[n].raw.is_some() {
+                if self.nodes[n].exec.is_some() {
                     self.nodes[n].paused_until = now + duration;
                     self.record(n as u64 + 1, TraceKind::Pause, duration, 0, 0);
                 }
@@ -2741,18 +2878,19 @@ impl World {
                 self.nodes[n].clock.jump(by);
                 self.jump_log[n].push((now, self.nodes[n].clock.jumped_ns));
                 self.record(n as u64 + 1, TraceKind::ClockJump, by, 0, 0);
-                if self.nodes[n].raw.is_some() && self.nodes[n].paused_until <= now {
+                if self.nodes[n].exec.is_some() && self.nodes[n].paused_until <= now {
                     self.after_step(n);
                 }
             }
             Fault::TransferLeader => {
-                let leader = self.nodes.iter().position(|n| {
-                    n.raw.as_ref().is_some_and(|r| r.role() == Role::Leader) && n.paused_until <= now
-                });
+                let leader = self
+                    .nodes
+                    .iter()
+                    .position(|n| n.raw().is_some_and(|r| r.role() == Role::Leader) && n.paused_until <= now);
                 if let Some(l) = leader {
                     let to = (l + 1 + self.rng_ops.below(nodes as u64 - 1) as usize) % nodes;
                     self.record(l as u64 + 1, TraceKind::Transfer, to as u64 + 1, 0, 0);
-                    self.step(l, Input::TransferLeadership { to: to as NodeId + 1 });
+                    self.step(l, GroupInput::TransferLeader { to: to as NodeId + 1 });
                 }
             }
             Fault::Membership => {
@@ -2772,11 +2910,11 @@ impl World {
         let Some(l) = self
             .nodes
             .iter()
-            .position(|n| n.raw.as_ref().is_some_and(|r| r.role() == Role::Leader) && n.paused_until <= now)
+            .position(|n| n.raw().is_some_and(|r| r.role() == Role::Leader) && n.paused_until <= now)
         else {
             return;
         };
-        let Some(raw) = self.nodes[l].raw.as_ref() else { return };
+        let Some(raw) = self.nodes[l].raw() else { return };
         let m = raw.membership().clone();
         if m.is_joint() {
             return;
@@ -2790,13 +2928,11 @@ impl World {
             let changes = self.multi_voter_change(&m, &all);
             if changes.len() >= 2 {
                 self.multi_changes += 1;
-                let id = self.next_attempt;
-                self.next_attempt += 1;
                 for c in &changes {
                     let (kind, node) = conf_change_code(c);
                     self.record(l as u64 + 1, TraceKind::Membership, kind, node, 0);
                 }
-                self.step(l, Input::ChangeMembership { id, changes });
+                self.step(l, change_membership(changes));
                 return;
             }
         }
@@ -2808,11 +2944,9 @@ impl World {
             let victim = *self.rng_ops.pick(&all);
             ConfChange::RemoveNode(victim)
         };
-        let id = self.next_attempt;
-        self.next_attempt += 1;
         let (kind, node) = conf_change_code(&change);
         self.record(l as u64 + 1, TraceKind::Membership, kind, node, 0);
-        self.step(l, Input::ChangeMembership { id, changes: vec![change] });
+        self.step(l, change_membership(vec![change]));
     }
 
     /// A change of several voters at once from `m` (not joint):
@@ -2861,10 +2995,11 @@ impl World {
     /// The configuration of a live, unpaused leader, if there is one.
     fn leader_membership(&self) -> Option<(usize, Membership)> {
         let now = self.now();
-        let l = self.nodes.iter().position(|n| {
-            n.raw.as_ref().is_some_and(|r| r.role() == Role::Leader) && n.paused_until <= now
-        })?;
-        Some((l, self.nodes[l].raw.as_ref()?.membership().clone()))
+        let l = self
+            .nodes
+            .iter()
+            .position(|n| n.raw().is_some_and(|r| r.role() == Role::Leader) && n.paused_until <= now)?;
+        Some((l, self.nodes[l].raw()?.membership().clone()))
     }
 
     /// True if every committed entry, and every entry durable on node
@@ -2933,7 +3068,7 @@ impl World {
         // configuration that needs the wiped voter, and then nobody could
         // ever be elected to remove it — 3 nodes, chaos seed 1002).
         let all_voters = self.nodes.iter().all(|n| {
-            n.raw.as_ref().is_some_and(|r| {
+            n.raw().is_some_and(|r| {
                 let m = r.membership();
                 !m.is_joint() && m.learners.is_empty() && m.voters.len() == nodes
             })
@@ -2961,7 +3096,7 @@ impl World {
         if change_in_flight {
             return;
         }
-        if self.nodes[victim].raw.is_some() {
+        if self.nodes[victim].exec.is_some() {
             self.crash(victim, downtime);
         } else if !self.nodes[victim].restart_scheduled {
             let at = self.now() + downtime;
@@ -3016,10 +3151,8 @@ impl World {
         };
         if let Some(change) = change {
             let (kind, _) = conf_change_code(&change);
-            let request = self.next_attempt;
-            self.next_attempt += 1;
             self.record(l as u64 + 1, TraceKind::Membership, kind, id, 1);
-            self.step(l, Input::ChangeMembership { id: request, changes: vec![change] });
+            self.step(l, change_membership(vec![change]));
         }
         self.queue.push(next, Event::Operator);
     }
@@ -3034,7 +3167,7 @@ impl World {
                 engine.vfs.set_faults(DiskFaults::default());
             }
             self.nodes[idx].paused_until = self.nodes[idx].paused_until.min(now);
-            if self.nodes[idx].raw.is_none() {
+            if self.nodes[idx].exec.is_none() {
                 self.restart(idx);
             }
         }
@@ -3249,6 +3382,23 @@ impl World {
     }
 }
 
+/// What a client is told when its request was refused: go to the leader
+/// named, or try again.
+fn refused(error: &ProposeError) -> Reply {
+    match error {
+        ProposeError::NotLeader { leader_hint } | ProposeError::MaybeCommitted { leader_hint } => {
+            Reply::Redirect(*leader_hint)
+        }
+        _ => Reply::Retry,
+    }
+}
+
+/// A membership change nobody waits for (the operator and the fault
+/// schedule only look at the configuration the leader reports).
+fn change_membership(changes: Vec<ConfChange>) -> GroupInput<SimSm> {
+    GroupInput::ChangeMembership { changes, reply: Box::new(|_| {}) }
+}
+
 /// `voters=[1, 2] outgoing=[3] learners=[4]` (empty parts left out).
 fn describe_membership(m: &Membership) -> String {
     let mut out = format!("voters={:?}", m.voters.iter().collect::<Vec<_>>());
@@ -3404,7 +3554,11 @@ mod tests {
             sm.apply_entry(i, &entry);
         }
         let blob = encode_snapshot_blob(&sm);
-        assert!(blob.len() > 2 * KV_SNAPSHOT_CHUNK_BYTES, "several kv chunks: {} bytes", blob.len());
+        assert!(
+            blob.len() > 2 * crate::exec::KV_SNAPSHOT_CHUNK_BYTES,
+            "several kv chunks: {} bytes",
+            blob.len()
+        );
         let back = decode_snapshot_blob_default(&blob).expect("round trip");
         assert_eq!(back.digest(), sm.digest());
         assert_eq!(back.applied_index(), 200);

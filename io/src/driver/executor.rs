@@ -44,16 +44,25 @@ pub type ProposeFn<SM> = Box<dyn FnOnce(Result<<SM as StateMachine>::Response, P
 pub type ReadFn<SM> = Box<dyn FnOnce(Result<&mut SM, ReadError>) + Send>;
 
 /// Receives a one-off answer (a membership change's outcome, a status).
-pub(crate) type ReplyFn<T> = Box<dyn FnOnce(T) + Send>;
+pub type ReplyFn<T> = Box<dyn FnOnce(T) + Send>;
 
 /// What callers ask of a group.
-pub(crate) enum GroupInput<SM: StateMachine> {
+pub enum GroupInput<SM: StateMachine> {
+    /// A message from a peer.
     Message(Message),
+    /// Propose `data`; `reply` gets the state machine's response once the
+    /// entry is applied here, or why it never will be.
     Propose { data: Bytes, reply: ProposeFn<SM> },
+    /// Run `f` on the state machine: at once (`linearizable: false`), or once
+    /// the core confirmed the read and the state machine caught up.
     Read { linearizable: bool, f: ReadFn<SM> },
+    /// Hand leadership to `to` (leader only).
     TransferLeader { to: NodeId },
+    /// Change the membership; `reply` gets the outcome once complete.
     ChangeMembership { changes: Vec<ConfChange>, reply: ReplyFn<Result<(), ProposeError>> },
+    /// The core's full status.
     Status { reply: ReplyFn<Status> },
+    /// Stop the group.
     Stop,
 }
 
@@ -81,7 +90,7 @@ pub enum SnapshotJobError {
 }
 
 /// What the snapshot jobs of a group report back to it.
-pub(crate) enum SnapEvent<SM: StateMachine> {
+pub enum SnapEvent<SM: StateMachine> {
     /// A snapshot this node took is durable and recorded (or why not).
     Created(Result<SnapshotMeta, SnapshotJobError>),
     /// A leader's snapshot is durable, decoded and recorded: install it.
@@ -90,7 +99,8 @@ pub(crate) enum SnapEvent<SM: StateMachine> {
 
 /// A storage request of one group that needs no answer beyond a later
 /// [`StorageDone`].
-pub(crate) enum StorageOp {
+#[derive(Debug)]
+pub enum StorageOp {
     /// Log appends and hard states, in order; answered by `Persisted`.
     Write(Vec<LogWrite>),
     /// Entries `[from, to)` up to `max_bytes`; answered by `Fetched`.
@@ -105,7 +115,13 @@ pub(crate) enum StorageOp {
 
 /// The outside world of one group, as the executor sees it. Every method
 /// returns at once; results come back as [`Turn`] inputs.
-pub(crate) trait GroupIo<SM: StateMachine> {
+pub trait GroupIo<SM: StateMachine> {
+    /// Sees every action of the core just before the executor carries it
+    /// out. The tokio shell ignores them; the simulator's checkers judge
+    /// them (a vote granted, an entry applied, a read released).
+    fn observe(&mut self, action: &Action) {
+        let _ = action;
+    }
     /// Sends `message` to peer `to` (best effort: Raft retries).
     fn send(&mut self, to: NodeId, message: Message);
     /// Queues a storage request; false if storage has stopped for good.
@@ -126,9 +142,12 @@ pub(crate) trait GroupIo<SM: StateMachine> {
 /// The inputs of one turn, grouped the way the executor takes them:
 /// snapshot reports first (they change what is applied), then storage
 /// completions, then callers' inputs, then the timer.
-pub(crate) struct Turn<SM: StateMachine> {
+pub struct Turn<SM: StateMachine> {
+    /// Snapshot jobs that finished.
     pub snapshots: Vec<SnapEvent<SM>>,
+    /// Storage requests that finished.
     pub storage: Vec<StorageDone>,
+    /// What callers and peers asked.
     pub inputs: Vec<GroupInput<SM>>,
     /// The core's deadline passed (or a periodic tick fired).
     pub tick: bool,
@@ -141,7 +160,7 @@ impl<SM: StateMachine> Default for Turn<SM> {
 }
 
 /// One group's core, state machine and bookkeeping. See the module docs.
-pub(crate) struct GroupExecutor<SM: StateMachine, IO: GroupIo<SM>> {
+pub struct GroupExecutor<SM: StateMachine, IO: GroupIo<SM>> {
     group: GroupId,
     raw: RawNode,
     sm: SM,
@@ -222,6 +241,22 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
     /// The core (read-only).
     pub fn raw(&self) -> &RawNode {
         &self.raw
+    }
+
+    /// The state machine.
+    pub fn sm(&self) -> &SM {
+        &self.sm
+    }
+
+    /// The state machine, for the shell's own reads and registrations
+    /// (watches) between turns.
+    pub fn sm_mut(&mut self) -> &mut SM {
+        &mut self.sm
+    }
+
+    /// The shell's I/O (to set what it reports between turns).
+    pub fn io_mut(&mut self) -> &mut IO {
+        &mut self.io
     }
 
     /// The last index applied to the state machine.
@@ -439,6 +474,7 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
     /// Executes one action; `Some(index)` when entries up to `index` were
     /// applied.
     fn execute(&mut self, action: Action) -> Option<Index> {
+        self.io.observe(&action);
         match action {
             Action::Send { to, message } => self.io.send(to, message),
             Action::AppendLog { entries } => self.writes.push(LogWrite::Append(entries)),

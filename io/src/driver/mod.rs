@@ -63,14 +63,16 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use errors::Refusal;
-use executor::{GroupExecutor, GroupInput};
-pub use executor::{ProposeFn, ReadFn, SnapshotJobError};
+pub use executor::{
+    GroupExecutor, GroupInput, GroupIo, ProposeFn, ReadFn, ReplyFn, SnapEvent, SnapshotJobError, StorageOp,
+    Turn,
+};
 use group::{GroupTask, TokioGroupIo};
 pub use metrics::{GroupCounters, Histogram, HistogramSnapshot, COUNT_BOUNDS, DURATION_BOUNDS_NANOS};
 pub use state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine};
 pub use store::{
     FileStore, Flushed, LogStore, LogWrite, MemStore, SnapshotSink, SnapshotSource, StagedSnapshot,
-    StoreError, WriteMode,
+    StorageDone, StoreError, WriteMode,
 };
 use store::{StorageRequest, StorageWorker};
 

@@ -748,25 +748,37 @@ pub enum WriteMode {
     Async { sync_interval: Duration },
 }
 
-/// What a group hears back from the storage worker.
+/// What a group hears back from storage.
 #[derive(Debug)]
-pub(crate) enum StorageDone {
+pub enum StorageDone {
+    /// Writes are durable: the log up to `log`, the term and vote `hard_state`.
     Persisted {
+        /// The last log entry now durable, if the log advanced.
         log: Option<LogId>,
+        /// The (term, vote) now durable, if it changed.
         hard_state: Option<(Term, Option<NodeId>)>,
     },
+    /// The answer to a `Fetch`.
     Fetched {
+        /// The first index asked for.
         from: Index,
+        /// The entries read, in order.
         entries: Vec<Entry>,
     },
     /// The answer to a `ReadSnapshotChunk` (`data: None`: not available).
     SnapshotChunk {
+        /// The follower the chunk is for.
         to: NodeId,
+        /// The snapshot read.
         snapshot: LogId,
+        /// Where the chunk starts.
         offset: u64,
+        /// The bytes, or `None` if that snapshot is gone.
         data: Option<Bytes>,
+        /// The chunk ends the snapshot.
         done: bool,
     },
+    /// Storage failed: the group stops.
     Failed(StoreError),
 }
 
