@@ -37,6 +37,13 @@ pub enum PlantedBug {
     /// replicated time (the proposing leader's clock) plus the TTL, and a new
     /// leader keeps those deadlines instead of re-arming from its own clock.
     TtlDeadlineFromProposerClock,
+    /// Issue 14 (planted in tarn-io's group executor, which reads it from
+    /// [`RawNode::planted_bug`](crate::RawNode::planted_bug)): the executor
+    /// answers the proposers of a batch of applied entries by position (the
+    /// k-th application entry answers the k-th proposal handed over) instead
+    /// of by index, so an entry it did not propose (a previous leader's, not
+    /// yet committed when it took over) shifts every answer after it.
+    ExecutorAnswersByPosition,
 }
 
 /// Default of [`Config::max_entry_bytes`]: four of kv's largest values (1 MiB)

@@ -357,6 +357,13 @@ impl RawNode {
     pub fn last_log_id(&self) -> LogId {
         self.log.last()
     }
+    /// The bug planted in this node's configuration, for the layers above
+    /// the core that plant their own (the driver's executor, the kv).
+    #[cfg(feature = "planted-bugs")]
+    pub fn planted_bug(&self) -> Option<crate::PlantedBug> {
+        self.cfg.planted_bug
+    }
+
     pub fn membership(&self) -> &Membership {
         &self.membership
     }

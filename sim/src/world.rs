@@ -3475,12 +3475,13 @@ pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::JointCommitByIncomingOnly => "joint-commit-by-incoming-only",
         PlantedBug::LeaseIgnoresDrift => "lease-ignores-drift",
         PlantedBug::TtlDeadlineFromProposerClock => "ttl-deadline-from-proposer-clock",
+        PlantedBug::ExecutorAnswersByPosition => "executor-answers-by-position",
     }
 }
 
 /// Every planted bug, for sweeps and the CLI.
 #[cfg(feature = "planted-bugs")]
-pub const PLANTED_BUGS: [PlantedBug; 9] = [
+pub const PLANTED_BUGS: [PlantedBug; 10] = [
     PlantedBug::VoteWithoutLogCheck,
     PlantedBug::CommitPreviousTermByCounting,
     PlantedBug::ForgetToPersistVote,
@@ -3490,6 +3491,7 @@ pub const PLANTED_BUGS: [PlantedBug; 9] = [
     PlantedBug::JointCommitByIncomingOnly,
     PlantedBug::LeaseIgnoresDrift,
     PlantedBug::TtlDeadlineFromProposerClock,
+    PlantedBug::ExecutorAnswersByPosition,
 ];
 
 #[cfg(feature = "planted-bugs")]

@@ -549,6 +549,8 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
     /// (`proposals`: (index, id), ascending). Returns the last index applied.
     fn apply(&mut self, entries: Vec<tarn_core::Entry>, proposals: Vec<(Index, u64)>) -> Index {
         let started = Instant::now();
+        #[cfg(feature = "planted-bugs")]
+        let by_position = self.raw.planted_bug() == Some(tarn_core::PlantedBug::ExecutorAnswersByPosition);
         let mut ids = proposals.into_iter().peekable();
         for entry in &entries {
             debug_assert!(
@@ -568,6 +570,15 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
             self.applied_log_id = entry.log_id();
             if let EntryPayload::Membership(m) = &entry.payload {
                 self.applied_membership = m.clone();
+            }
+            #[cfg(feature = "planted-bugs")]
+            if by_position && response.is_some() {
+                if let Some((_, id)) = ids.next() {
+                    if let (Some(reply), Some(r)) = (self.proposals.remove(&id), response) {
+                        reply(Ok(r));
+                    }
+                }
+                continue;
             }
             while ids.peek().is_some_and(|(i, _)| *i < entry.index) {
                 ids.next();
