@@ -74,6 +74,8 @@ async fn a_scrape_shows_groups_requests_latencies_and_storage() {
         assert!(must(&text, "tarn_write_duration_seconds_bucket{le=\"+Inf\"}") >= writes);
         assert!(must(&text, "tarn_read_duration_seconds_count") >= 5.0);
         assert!(must(&text, "tarn_group_apply_duration_seconds_count{group=\"1\"}") >= 1.0);
+        // Every write this test made was proposed on this node and answered.
+        assert!(must(&text, "tarn_group_propose_duration_seconds_count{group=\"1\"}") >= 1.0);
         assert!(must(&text, "tarn_storage_fsync_duration_seconds_count") >= 1.0);
         assert!(must(&text, "tarn_storage_flush_entries_count") >= 1.0);
         assert!(must(&text, "tarn_storage_entries_written_total") >= writes);

@@ -168,7 +168,8 @@ pub struct GroupExecutor<SM: StateMachine, IO: GroupIo<SM>> {
     counters: Arc<GroupCounters>,
     actions: Vec<Action>,
     next_id: u64,
-    proposals: HashMap<u64, ProposeFn<SM>>,
+    /// Waiting proposers, with when their proposal reached the group.
+    proposals: HashMap<u64, (ProposeFn<SM>, Instant)>,
     membership_changes: HashMap<u64, ReplyFn<Result<(), ProposeError>>>,
     /// Reads waiting on one core barrier id.
     reads: HashMap<u64, Vec<ReadFn<SM>>>,
@@ -337,7 +338,7 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
     /// shell's I/O (to wait for its snapshot jobs) and the failure, if any.
     pub fn finish(mut self) -> (IO, Option<String>) {
         let reason = self.failed.clone().unwrap_or_else(|| "group stopped".into());
-        for (_, reply) in self.proposals.drain() {
+        for (_, (reply, _)) in self.proposals.drain() {
             reply(Err(ProposeError::Stopped { reason: reason.clone() }));
         }
         for (_, reply) in self.membership_changes.drain() {
@@ -432,7 +433,7 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
             GroupInput::Message(m) => self.raw.step(t, Input::Message(m), &mut self.actions),
             GroupInput::Propose { data, reply } => {
                 let id = self.take_id();
-                self.proposals.insert(id, reply);
+                self.proposals.insert(id, (reply, Instant::now()));
                 self.batch_proposals.push(Proposal { id, data });
             }
             GroupInput::Read { linearizable: false, f } => f(Ok(&mut self.sm)),
@@ -494,7 +495,7 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
                 }
             }
             Action::ProposalDropped { id, reason } => {
-                if let Some(reply) = self.proposals.remove(&id) {
+                if let Some((reply, _)) = self.proposals.remove(&id) {
                     reply(Err(propose_error(reason)));
                 } else if let Some(reply) = self.membership_changes.remove(&id) {
                     reply(Err(propose_error(reason)));
@@ -574,7 +575,7 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
             #[cfg(feature = "planted-bugs")]
             if by_position && response.is_some() {
                 if let Some((_, id)) = ids.next() {
-                    if let (Some(reply), Some(r)) = (self.proposals.remove(&id), response) {
+                    if let (Some((reply, _)), Some(r)) = (self.proposals.remove(&id), response) {
                         reply(Ok(r));
                     }
                 }
@@ -588,7 +589,8 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
                 if let Some(reply) = self.membership_changes.remove(&id) {
                     // The entry that completes a membership change.
                     reply(Ok(()));
-                } else if let (Some(reply), Some(r)) = (self.proposals.remove(&id), response) {
+                } else if let (Some((reply, since)), Some(r)) = (self.proposals.remove(&id), response) {
+                    self.counters.propose_seconds.observe_duration(since.elapsed());
                     reply(Ok(r));
                 }
             }
@@ -748,6 +750,7 @@ mod tests {
         assert!(answer.lock().unwrap().is_none(), "nothing is answered before the entry is durable");
         assert!(persist_all(&mut exec) > 0, "the proposal was handed to storage");
         assert_eq!(*answer.lock().unwrap(), Some(Ok(3)), "applied and answered once durable");
+        assert_eq!(exec.counters.propose_seconds.snapshot().count, 1, "its latency was recorded");
         assert_eq!(exec.applied(), exec.raw().commit_index());
 
         let seen = Arc::new(Mutex::new(None));

@@ -143,6 +143,11 @@ pub struct GroupCounters {
     /// write lags, or an entry fetched back from disk, waits first: that
     /// wait is not counted).
     pub apply_seconds: Histogram,
+    /// How long a proposal made on this node took from reaching the group
+    /// to its answer (appended, replicated to a quorum, durable, applied):
+    /// what a client's write costs inside the server. Refused proposals are
+    /// not counted.
+    pub propose_seconds: Histogram,
 }
 
 #[cfg(test)]

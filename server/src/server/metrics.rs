@@ -121,7 +121,7 @@ async fn groups(b: &mut Builder, shared: &Shared) {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut lag, mut leader_changes, mut taken, mut installed, mut failed, mut durations) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut apply = Vec::new();
+    let (mut apply, mut propose) = (Vec::new(), Vec::new());
     for g in shared.node.groups() {
         let Some(handle) = shared.node.group(g) else { continue };
         let info = handle.info();
@@ -142,6 +142,7 @@ async fn groups(b: &mut Builder, shared: &Shared) {
         failed.push((group(), Value::Counter(c.snapshot_failures.load(Relaxed))));
         durations.push((group(), Value::Histogram(c.snapshot_seconds.snapshot())));
         apply.push((group(), Value::Histogram(c.apply_seconds.snapshot())));
+        propose.push((group(), Value::Histogram(c.propose_seconds.snapshot())));
         // Progress is known on the leader only.
         if info.role == Role::Leader {
             if let Some(status) = handle.status().await {
@@ -181,6 +182,12 @@ async fn groups(b: &mut Builder, shared: &Shared) {
         "Time to apply one batch of committed entries, answers included",
         Histogram,
         apply,
+    );
+    b.add(
+        "tarn_group_propose_duration_seconds",
+        "Time from a proposal reaching its group on this node to its answer (replicated, durable, applied)",
+        Histogram,
+        propose,
     );
 }
 
