@@ -53,5 +53,5 @@ pub use key::{
 };
 pub use machine::{KvStateMachine, WatchRegisterError};
 pub use response::{ChildView, LockOutcome, NodeKind, NodeView, Reply, Response, TempInfo};
-pub use snapshot::{decode_snapshot, SnapshotDecoder, SnapshotEncoder};
+pub use snapshot::{decode_snapshot, SnapshotDecoder, SnapshotEncoder, SnapshotStreamDecoder};
 pub use watch::{CutOffReason, EventKind, WatchError, WatchEvent, WatchId, WatchPoll};

@@ -599,6 +599,20 @@ impl KvStateMachine {
             .collect()
     }
 
+    /// The leader's expiry proposal at `now` (its local clock): up to `max` expired armings
+    /// as one encoded [`KvEntry`] nobody waits for, and how many; `None` if none expired.
+    pub fn expiry_entry(&mut self, now: Nanos, max: usize) -> Option<(Vec<u8>, usize)> {
+        let requests = self.expired(now, max);
+        if requests.is_empty() {
+            return None;
+        }
+        let count = requests.len();
+        Some((
+            crate::command::encode_entry(&crate::command::KvEntry { leader_time_nanos: now, requests }),
+            count,
+        ))
+    }
+
     /// The earliest TTL deadline by the local clock (`now` starts the deadlines of armings
     /// applied since the last call), for the leader's timer.
     pub fn next_ttl_deadline(&mut self, now: Nanos) -> Option<Nanos> {

@@ -617,6 +617,80 @@ impl SnapshotDecoder {
     }
 }
 
+/// Decodes a snapshot from its byte stream cut anywhere (by storage reads and network
+/// chunks): finds each chunk's end from its header, bounds it, and feeds whole chunks to a
+/// [`SnapshotDecoder`]. The server's restore and the simulator's both use it, so the code
+/// that splits a leader's stream is the code the simulator runs.
+pub struct SnapshotStreamDecoder {
+    decoder: SnapshotDecoder,
+    pending: Vec<u8>,
+    max_chunk_bytes: usize,
+}
+
+impl SnapshotStreamDecoder {
+    /// A decoder for a snapshot of a state machine configured as `config`.
+    pub fn new(config: KvConfig) -> Self {
+        let max_chunk_bytes = CHUNK_HEADER_BYTES + max_chunk_payload_bytes(&config) + CHUNK_TRAILER_BYTES;
+        SnapshotStreamDecoder { decoder: SnapshotDecoder::new(config), pending: Vec::new(), max_chunk_bytes }
+    }
+
+    /// The length of the chunk starting `pending`, once its header is in.
+    fn chunk_len(&self) -> Result<Option<usize>, String> {
+        if self.pending.len() < CHUNK_HEADER_BYTES {
+            return Ok(None);
+        }
+        let payload = u32::from_le_bytes(self.pending[10..14].try_into().expect("4 bytes")) as usize;
+        let len = CHUNK_HEADER_BYTES + payload + CHUNK_TRAILER_BYTES;
+        if len > self.max_chunk_bytes {
+            return Err(format!(
+                "kv snapshot chunk of {len} bytes exceeds the bound of {} bytes (damaged snapshot?)",
+                self.max_chunk_bytes
+            ));
+        }
+        Ok(Some(len))
+    }
+
+    /// The next bytes of the stream, in order (pieces of any size).
+    pub fn push(&mut self, mut data: &[u8]) -> Result<(), String> {
+        while !data.is_empty() {
+            let want = self.chunk_len()?.unwrap_or(CHUNK_HEADER_BYTES);
+            let take = want.saturating_sub(self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if let Some(len) = self.chunk_len()? {
+                if self.pending.len() == len {
+                    self.decoder.push_chunk(&self.pending).map_err(|e| format!("kv snapshot: {e}"))?;
+                    self.pending.clear();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The decoded state, once every byte was pushed (checked whole: digest included).
+    pub fn finish(self) -> Result<KvStateMachine, String> {
+        if !self.pending.is_empty() {
+            return Err(format!("kv snapshot ends inside a chunk ({} bytes left over)", self.pending.len()));
+        }
+        self.decoder.finish().map_err(|e| format!("kv snapshot: {e}"))
+    }
+}
+
+impl KvStateMachine {
+    /// Writes this state's snapshot (normally a [`KvStateMachine::fork`]'s, on another thread)
+    /// to `sink` as chunks of about `chunk_target_bytes`; an error from the sink is returned.
+    pub fn write_snapshot(
+        &self,
+        chunk_target_bytes: usize,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        for chunk in self.snapshot_chunks(chunk_target_bytes) {
+            sink(&chunk)?;
+        }
+        Ok(())
+    }
+}
+
 /// Decodes a whole snapshot from its chunks.
 pub fn decode_snapshot<'c>(
     config: KvConfig,

@@ -187,3 +187,28 @@ fn a_fork_has_the_same_digest_and_lives_on_its_own() {
     let decoded = decode_snapshot(support::config(), chunks.iter().map(|c| &c[..])).unwrap();
     assert_eq!(decoded.get("app.k001").unwrap().unwrap().value, support::b("value-1"));
 }
+
+/// The stream a leader sends (and storage reads back) is cut anywhere: the
+/// stream decoder rebuilds the same state whatever the piece sizes, refuses
+/// a stream that ends inside a chunk, and bounds a chunk's claimed length
+/// before buffering it.
+#[test]
+fn the_stream_decoder_takes_pieces_of_any_size_and_bounds_chunks() {
+    use tarn_kv::SnapshotStreamDecoder;
+    let h = populated();
+    let stream: Vec<u8> = chunks(&h, 256).concat();
+    for piece in [1, 7, 13, 256, 4096, stream.len()] {
+        let mut d = SnapshotStreamDecoder::new(support::config());
+        for p in stream.chunks(piece) {
+            d.push(p).unwrap();
+        }
+        assert_eq!(d.finish().unwrap().digest(), h.kv.digest(), "pieces of {piece} bytes");
+    }
+    let mut cut = SnapshotStreamDecoder::new(support::config());
+    cut.push(&stream[..stream.len() - 3]).unwrap();
+    assert!(cut.finish().unwrap_err().contains("ends inside a chunk"));
+    let mut huge = stream[..14].to_vec();
+    huge[10..14].copy_from_slice(&u32::MAX.to_le_bytes());
+    let err = SnapshotStreamDecoder::new(support::config()).push(&huge).unwrap_err();
+    assert!(err.contains("exceeds the bound"), "{err}");
+}

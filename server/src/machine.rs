@@ -7,10 +7,9 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use tarn_core::{Index, Nanos};
 use tarn_io::driver::{SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine};
-use tarn_kv::snapshot::{max_chunk_payload_bytes, SNAPSHOT_CHUNK_TARGET_BYTES};
+use tarn_kv::snapshot::SNAPSHOT_CHUNK_TARGET_BYTES;
 use tarn_kv::{
-    encode_entry, CutOffReason, KvConfig, KvEntry, KvStateMachine, SnapshotDecoder, WatchEvent, WatchId,
-    WatchPoll,
+    CutOffReason, KvConfig, KvStateMachine, SnapshotStreamDecoder, WatchEvent, WatchId, WatchPoll,
 };
 
 /// What a watcher's sink receives.
@@ -121,23 +120,18 @@ impl StateMachine for KvMachine {
     }
 
     fn leader_proposals(&mut self, wall_clock_nanos: Nanos) -> Vec<Bytes> {
-        let requests = self.kv.expired(wall_clock_nanos, MAX_EXPIRE_PER_TICK);
-        if requests.is_empty() {
-            return Vec::new();
-        }
-        vec![Bytes::from(encode_entry(&KvEntry { leader_time_nanos: wall_clock_nanos, requests }))]
+        self.kv
+            .expiry_entry(wall_clock_nanos, MAX_EXPIRE_PER_TICK)
+            .map(|(data, _)| Bytes::from(data))
+            .into_iter()
+            .collect()
     }
 
     /// A fork (keys and values shared, one pass over the nodes) encoded as
     /// kv's checksummed chunks on the blocking thread.
     fn snapshot(&mut self) -> Option<SnapshotProducer> {
         let fork = self.kv.fork();
-        Some(Box::new(move |sink| {
-            for chunk in fork.snapshot_chunks(SNAPSHOT_CHUNK_TARGET_BYTES) {
-                sink(&chunk)?;
-            }
-            Ok(())
-        }))
+        Some(Box::new(move |sink| fork.write_snapshot(SNAPSHOT_CHUNK_TARGET_BYTES, sink)))
     }
 
     fn snapshot_restore(&mut self) -> Option<Box<dyn SnapshotRestore<Self>>> {
@@ -145,66 +139,26 @@ impl StateMachine for KvMachine {
     }
 }
 
-/// kv chunk framing (see `tarn_kv::snapshot`): a 14-byte header whose bytes
-/// 10..14 hold the payload length, the payload, a 4-byte CRC.
-const KV_CHUNK_HEADER_BYTES: usize = 14;
-const KV_CHUNK_TRAILER_BYTES: usize = 4;
-
-/// Splits the snapshot's byte stream (cut anywhere by storage and the
-/// network) back into kv chunks and decodes them; nothing of the running
-/// state changes until the installer runs.
+/// Decodes the snapshot's byte stream (cut anywhere by storage and the
+/// network) with kv's stream decoder; nothing of the running state changes
+/// until the installer runs.
 struct KvRestore {
-    decoder: SnapshotDecoder,
-    pending: Vec<u8>,
-    max_chunk_bytes: usize,
+    decoder: SnapshotStreamDecoder,
 }
 
 impl KvRestore {
     fn new(config: KvConfig) -> Self {
-        let max_chunk_bytes =
-            KV_CHUNK_HEADER_BYTES + max_chunk_payload_bytes(&config) + KV_CHUNK_TRAILER_BYTES;
-        KvRestore { decoder: SnapshotDecoder::new(config), pending: Vec::new(), max_chunk_bytes }
-    }
-
-    /// The length of the chunk starting `pending`, once its header is in.
-    fn chunk_len(&self) -> Result<Option<usize>, String> {
-        if self.pending.len() < KV_CHUNK_HEADER_BYTES {
-            return Ok(None);
-        }
-        let payload = u32::from_le_bytes(self.pending[10..14].try_into().expect("4 bytes")) as usize;
-        let len = KV_CHUNK_HEADER_BYTES + payload + KV_CHUNK_TRAILER_BYTES;
-        if len > self.max_chunk_bytes {
-            return Err(format!(
-                "kv snapshot chunk of {len} bytes exceeds the bound of {} bytes (damaged snapshot?)",
-                self.max_chunk_bytes
-            ));
-        }
-        Ok(Some(len))
+        KvRestore { decoder: SnapshotStreamDecoder::new(config) }
     }
 }
 
 impl SnapshotRestore<KvMachine> for KvRestore {
-    fn push(&mut self, mut data: &[u8]) -> Result<(), String> {
-        while !data.is_empty() {
-            let want = self.chunk_len()?.unwrap_or(KV_CHUNK_HEADER_BYTES);
-            let take = want.saturating_sub(self.pending.len()).min(data.len());
-            self.pending.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if let Some(len) = self.chunk_len()? {
-                if self.pending.len() == len {
-                    self.decoder.push_chunk(&self.pending).map_err(|e| format!("kv snapshot: {e}"))?;
-                    self.pending.clear();
-                }
-            }
-        }
-        Ok(())
+    fn push(&mut self, data: &[u8]) -> Result<(), String> {
+        self.decoder.push(data)
     }
 
     fn finish(self: Box<Self>) -> Result<SnapshotInstaller<KvMachine>, String> {
-        if !self.pending.is_empty() {
-            return Err(format!("kv snapshot ends inside a chunk ({} bytes left over)", self.pending.len()));
-        }
-        let decoded = self.decoder.finish().map_err(|e| format!("kv snapshot: {e}"))?;
+        let decoded = self.decoder.finish()?;
         Ok(Box::new(move |m: &mut KvMachine| {
             m.kv.install(decoded);
             // Every watcher is cut off with a resumable reason.
@@ -219,7 +173,7 @@ impl SnapshotRestore<KvMachine> for KvRestore {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use tarn_kv::{Command, Request};
+    use tarn_kv::{encode_entry, Command, KvEntry, Request};
 
     use super::*;
 

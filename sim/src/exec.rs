@@ -24,7 +24,7 @@ use tarn_io::driver::{
     GroupIo, ProposeError, ReadError, SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine,
     StorageOp,
 };
-use tarn_kv::{encode_entry, KvConfig, KvEntry, KvStateMachine};
+use tarn_kv::{KvStateMachine, SnapshotStreamDecoder};
 
 use crate::linearizability::OpResult;
 use crate::trace::hash_bytes;
@@ -160,49 +160,37 @@ impl StateMachine for SimSm {
     }
 
     fn leader_proposals(&mut self, wall_clock_nanos: Nanos) -> Vec<Bytes> {
-        let requests = self.kv.expired(wall_clock_nanos, EXPIRE_PER_TURN_MAX);
-        if requests.is_empty() {
+        let Some((data, count)) = self.kv.expiry_entry(wall_clock_nanos, EXPIRE_PER_TURN_MAX) else {
             return Vec::new();
-        }
-        let count = requests.len() as u64;
-        let data = Bytes::from(encode_entry(&KvEntry { leader_time_nanos: wall_clock_nanos, requests }));
-        self.mailbox.push(SimEvent::Expiry { data_hash: hash_bytes(&data) | 1, count });
+        };
+        let data = Bytes::from(data);
+        self.mailbox.push(SimEvent::Expiry { data_hash: hash_bytes(&data) | 1, count: count as u64 });
         vec![data]
     }
 
     fn snapshot(&mut self) -> Option<SnapshotProducer> {
         self.mailbox.push(SimEvent::SnapshotDigest { digest: self.kv.digest() });
         let fork = self.kv.fork();
-        Some(Box::new(move |sink| {
-            for chunk in fork.snapshot_chunks(KV_SNAPSHOT_CHUNK_BYTES) {
-                sink(&chunk)?;
-            }
-            Ok(())
-        }))
+        Some(Box::new(move |sink| fork.write_snapshot(KV_SNAPSHOT_CHUNK_BYTES, sink)))
     }
 
     fn snapshot_restore(&mut self) -> Option<Box<dyn SnapshotRestore<Self>>> {
-        Some(Box::new(BlobRestore { blob: Vec::new(), config: self.kv.config().clone() }))
+        Some(Box::new(StreamRestore(SnapshotStreamDecoder::new(self.kv.config().clone()))))
     }
 }
 
-/// Collects a snapshot's bytes and decodes them at the end with the real
-/// decoder. (The world decodes the staged blob itself, to check it before
-/// it installs; this is what the executor is given for the same purpose.)
-struct BlobRestore {
-    blob: Vec<u8>,
-    config: KvConfig,
-}
+/// kv's stream decoder as the executor's restore. (The world decodes the
+/// staged blob with the same decoder itself, to check it before it
+/// installs; this is what the executor is given for the same purpose.)
+struct StreamRestore(SnapshotStreamDecoder);
 
-impl SnapshotRestore<SimSm> for BlobRestore {
+impl SnapshotRestore<SimSm> for StreamRestore {
     fn push(&mut self, data: &[u8]) -> Result<(), String> {
-        self.blob.extend_from_slice(data);
-        Ok(())
+        self.0.push(data)
     }
 
     fn finish(self: Box<Self>) -> Result<SnapshotInstaller<SimSm>, String> {
-        let decoded = crate::world::decode_snapshot_blob(&self.blob, self.config)?;
-        Ok(installer(decoded))
+        Ok(installer(self.0.finish()?))
     }
 }
 

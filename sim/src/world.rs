@@ -18,7 +18,7 @@ use tarn_io::driver::{
 };
 use tarn_kv::{
     decode_entry, encode_entry, Command, EventKind, KvConfig, KvEntry, KvStateMachine, LockOutcome,
-    Reply as KvReply, SnapshotDecoder, WatchId, WatchPoll,
+    Reply as KvReply, SnapshotStreamDecoder, WatchId, WatchPoll,
 };
 
 use tarn_io::storage::{FlushReport, Storage, StorageConfig, StorageError};
@@ -106,10 +106,6 @@ const MAX_ENTRY_SIZE_BYTES: u32 = 32 * 1024;
 const LEASE_JUMP_SPACING_NS: Nanos = NANOS_PER_SECOND;
 /// A node whose disk failed at startup tries again after this long.
 const RESTART_RETRY_NS: Nanos = 50 * NANOS_PER_MILLI;
-/// A kv snapshot chunk header: magic, version, flags, chunk number, payload
-/// length (see tarn-kv's snapshot.rs); the payload and a crc32c follow.
-const KV_CHUNK_HEADER_BYTES: usize = 4 + 1 + 1 + 4 + 4;
-const KV_CHUNK_TRAILER_BYTES: usize = 4;
 
 /// The kv's configuration: the defaults, plus the planted bug (the kv's
 /// bugs are variants of the core's `PlantedBug`).
@@ -145,24 +141,12 @@ fn encode_snapshot_blob(sm: &KvStateMachine) -> Bytes {
     Bytes::from(blob)
 }
 
-/// Splits a blob of concatenated kv chunks (by each chunk's length field)
-/// and decodes it with the real `SnapshotDecoder`.
+/// Decodes a blob of concatenated kv chunks with kv's stream decoder (the
+/// server's restore path).
 pub(crate) fn decode_snapshot_blob(blob: &[u8], config: KvConfig) -> Result<KvStateMachine, String> {
-    let mut decoder = SnapshotDecoder::new(config);
-    let mut at = 0usize;
-    while at < blob.len() {
-        let header = blob
-            .get(at..at + KV_CHUNK_HEADER_BYTES)
-            .ok_or_else(|| format!("truncated chunk header at byte {at} of {}", blob.len()))?;
-        let payload = u32::from_le_bytes(header[10..14].try_into().expect("4 bytes")) as usize;
-        let end = at
-            .checked_add(KV_CHUNK_HEADER_BYTES + payload + KV_CHUNK_TRAILER_BYTES)
-            .filter(|&e| e <= blob.len())
-            .ok_or_else(|| format!("chunk at byte {at} claims {payload} payload bytes past the end"))?;
-        decoder.push_chunk(&blob[at..end]).map_err(|e| format!("chunk at byte {at}: {e}"))?;
-        at = end;
-    }
-    decoder.finish().map_err(|e| e.to_string())
+    let mut decoder = SnapshotStreamDecoder::new(config);
+    decoder.push(blob)?;
+    decoder.finish()
 }
 
 /// What a node recovered from its storage.
@@ -3565,7 +3549,10 @@ mod tests {
         assert_eq!(back.digest(), sm.digest());
         assert_eq!(back.applied_index(), 200);
         assert!(decode_snapshot_blob_default(&blob[..blob.len() - 1]).is_err(), "truncated");
-        assert!(decode_snapshot_blob_default(&blob[..KV_CHUNK_HEADER_BYTES - 1]).is_err(), "short header");
+        assert!(
+            decode_snapshot_blob_default(&blob[..13]).is_err(),
+            "short header (a chunk header is 14 bytes)"
+        );
         let mut flipped = blob.to_vec();
         flipped[blob.len() / 2] ^= 1;
         assert!(decode_snapshot_blob_default(&flipped).is_err(), "bit flip");
