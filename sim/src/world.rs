@@ -1126,16 +1126,12 @@ impl World {
                 n.last_local_ns = io.now;
                 let counters = Arc::new(GroupCounters::default());
                 let membership = n.applied_membership.clone();
-                n.exec = Some(GroupExecutor::new(
-                    GROUP,
-                    raw,
-                    sm,
-                    io,
-                    counters,
-                    snapshot_at,
-                    membership,
-                    snapshot_at,
-                ));
+                // Ids unique per incarnation (seed 950024272).
+                let id_base = u64::from(n.incarnation) << 40;
+                n.exec = Some(
+                    GroupExecutor::new(GROUP, raw, sm, io, counters, snapshot_at, membership, snapshot_at)
+                        .with_id_base(id_base),
+                );
                 n.tick_at = Nanos::MAX;
                 n.restart_scheduled = false;
                 if !self.rewatch(idx) {

@@ -58,6 +58,9 @@ const FAILED_SEEDS: &[(usize, ProfileKind, u64, &[u64])] = &[
     // reported yet).
     (7, ProfileKind::Swarm, 40, &[900042453]),
     (3, ProfileKind::Swarm, 10, &[900045171]),
+    // Forwarded read ids reused after a restart (a stale ReadIndexResponse
+    // released a new read).
+    (3, ProfileKind::Chaos, 40, &[950024272]),
 ];
 
 #[test]

@@ -628,6 +628,10 @@ impl<SM: StateMachine> Node<SM> {
             snap_tasks: Vec::new(),
             counters: counters.clone(),
         };
+        // Ids unique per boot (sim seed 950024272): the wall clock in the high bits.
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
         let exec = GroupExecutor::new(
             group,
             raw,
@@ -637,7 +641,8 @@ impl<SM: StateMachine> Node<SM> {
             applied_log_id,
             applied_membership,
             recovered_snapshot,
-        );
+        )
+        .with_id_base(boot << 20);
         let task = GroupTask {
             node_id: node,
             exec,
