@@ -191,6 +191,17 @@ pub struct GroupExecutor<SM: StateMachine, IO: GroupIo<SM>> {
     failed: Option<String>,
 }
 
+/// The id base of a boot whose wall clock reads `since_epoch`: milliseconds
+/// in the high bits, 2^22 ids a millisecond below them. A node issues far
+/// fewer than 4M ids per millisecond it has been up, so a later boot's ids
+/// start above every id an earlier boot used, as long as the wall clock did
+/// not step back across the restart (etcd's request ids rest on the same
+/// assumption). Fits in a u64 until the year 2248.
+pub fn boot_id_base(since_epoch: std::time::Duration) -> u64 {
+    let millis = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX >> 22);
+    millis.min(u64::MAX >> 22) << 22
+}
+
 impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
     /// An executor for group `group`. `applied_log_id` and
     /// `applied_membership` describe what `sm` already holds (its restored
@@ -638,6 +649,10 @@ mod tests {
 
     use tarn_core::{Config, Recovered};
 
+    use std::time::Duration;
+
+    use tarn_core::MessageBody;
+
     use super::*;
 
     #[derive(Default)]
@@ -666,12 +681,12 @@ mod tests {
     struct FakeIo {
         now: Nanos,
         ops: Vec<StorageOp>,
-        sent: usize,
+        sent: Vec<(NodeId, Message)>,
     }
 
     impl GroupIo<Sum> for FakeIo {
-        fn send(&mut self, _to: NodeId, _message: Message) {
-            self.sent += 1;
+        fn send(&mut self, to: NodeId, message: Message) {
+            self.sent.push((to, message));
         }
         fn storage(&mut self, op: StorageOp) -> bool {
             self.ops.push(op);
@@ -807,5 +822,86 @@ mod tests {
         assert!(exec.is_stopped(), "a storage failure stops the group");
         let (_, failed) = exec.finish();
         assert!(failed.is_some_and(|f| f.contains("disk on fire")));
+    }
+
+    /// Where a read's answer lands.
+    type Seen = Arc<Mutex<Option<Result<u64, ReadError>>>>;
+
+    /// Node 1 of `voters`, booted with `id_base`, following node 2 in term 1
+    /// (it heard a heartbeat), with one linearizable read forwarded to node 2.
+    /// Returns the executor, the forwarded read's id and where its answer lands.
+    fn follower_with_a_forwarded_read(
+        voters: &[NodeId],
+        id_base: Option<u64>,
+    ) -> (GroupExecutor<Sum, FakeIo>, u64, Seen) {
+        let mut exec = executor(voters);
+        if let Some(base) = id_base {
+            exec = exec.with_id_base(base);
+        }
+        let heartbeat = Message {
+            from: 2,
+            term: 1,
+            rejoining: false,
+            body: MessageBody::Heartbeat { commit: 0, ctx: 1 },
+        };
+        exec.turn(Turn { inputs: vec![GroupInput::Message(heartbeat)], ..Turn::default() });
+        persist_all(&mut exec);
+        assert_eq!(exec.raw().leader(), Some(2), "the heartbeat made node 2 the known leader");
+        let seen = Arc::new(Mutex::new(None));
+        let s = seen.clone();
+        let f: ReadFn<Sum> = Box::new(move |r| *s.lock().unwrap() = Some(r.map(|sm| sm.total)));
+        exec.turn(Turn { inputs: vec![GroupInput::Read { linearizable: true, f }], ..Turn::default() });
+        let id = exec
+            .io
+            .sent
+            .iter()
+            .rev()
+            .find_map(|(to, m)| match m.body {
+                MessageBody::ReadIndexRequest { id } if *to == 2 => Some(id),
+                _ => None,
+            })
+            .expect("a follower forwards a linearizable read to its leader");
+        assert!(seen.lock().unwrap().is_none(), "nothing is answered before the leader confirms");
+        (exec, id, seen)
+    }
+
+    fn answer(exec: &mut GroupExecutor<Sum, FakeIo>, id: u64) {
+        let body = MessageBody::ReadIndexResponse { id, result: Ok(0) };
+        let m = Message { from: 2, term: 1, rejoining: false, body };
+        exec.turn(Turn { inputs: vec![GroupInput::Message(m)], ..Turn::default() });
+    }
+
+    #[test]
+    fn a_previous_boots_late_read_index_answer_releases_no_read_of_this_boot() {
+        // Sim seed 950024272: a follower forwarded a read, crashed and came
+        // back; the leader's answer to the old read arrived after the new boot
+        // forwarded a read of its own, and released it at a stale index.
+        let voters = [1, 2, 3];
+        let (_, old_id, _) = follower_with_a_forwarded_read(&voters, Some(1 << 40));
+        let (mut exec, new_id, seen) = follower_with_a_forwarded_read(&voters, Some(2 << 40));
+        assert_ne!(old_id, new_id, "each boot draws its read ids from its own range");
+        answer(&mut exec, old_id);
+        assert!(seen.lock().unwrap().is_none(), "the previous boot's answer released this boot's read");
+        answer(&mut exec, new_id);
+        assert_eq!(*seen.lock().unwrap(), Some(Ok(0)), "the leader's answer to this read releases it");
+
+        // Without a per-boot base the ids repeat, and the stale answer is
+        // taken for the new read's: the hazard the base exists for.
+        let (_, old_id, _) = follower_with_a_forwarded_read(&voters, None);
+        let (mut exec, new_id, seen) = follower_with_a_forwarded_read(&voters, None);
+        assert_eq!(old_id, new_id);
+        answer(&mut exec, old_id);
+        assert!(seen.lock().unwrap().is_some());
+    }
+
+    #[test]
+    fn boot_id_bases_grow_with_the_clock_and_leave_room_for_each_boots_ids() {
+        let a = boot_id_base(Duration::from_millis(1_700_000_000_000));
+        let b = boot_id_base(Duration::from_millis(1_700_000_000_001));
+        assert!(b > a, "a later boot starts above an earlier one");
+        assert!(b - a >= 1 << 22, "a millisecond apart leaves room for 4M ids");
+        // Year 2200 still fits without wrapping.
+        let far = boot_id_base(Duration::from_secs(7_258_118_400));
+        assert!(far > b);
     }
 }

@@ -64,8 +64,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use errors::Refusal;
 pub use executor::{
-    GroupExecutor, GroupInput, GroupIo, ProposeFn, ReadFn, ReplyFn, SnapEvent, SnapshotJobError, StorageOp,
-    Turn,
+    boot_id_base, GroupExecutor, GroupInput, GroupIo, ProposeFn, ReadFn, ReplyFn, SnapEvent,
+    SnapshotJobError, StorageOp, Turn,
 };
 use group::{GroupTask, TokioGroupIo};
 pub use metrics::{GroupCounters, Histogram, HistogramSnapshot, COUNT_BOUNDS, DURATION_BOUNDS_NANOS};
@@ -629,9 +629,7 @@ impl<SM: StateMachine> Node<SM> {
             counters: counters.clone(),
         };
         // Ids unique per boot (sim seed 950024272): the wall clock in the high bits.
-        let boot = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
+        let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let exec = GroupExecutor::new(
             group,
             raw,
@@ -642,7 +640,7 @@ impl<SM: StateMachine> Node<SM> {
             applied_membership,
             recovered_snapshot,
         )
-        .with_id_base(boot << 20);
+        .with_id_base(executor::boot_id_base(boot));
         let task = GroupTask {
             node_id: node,
             exec,
