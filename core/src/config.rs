@@ -44,6 +44,12 @@ pub enum PlantedBug {
     /// of by index, so an entry it did not propose (a previous leader's, not
     /// yet committed when it took over) shifts every answer after it.
     ExecutorAnswersByPosition,
+    /// Issue 14 (planted in tarn-io's storage engine, which reads it from
+    /// `StorageConfig::planted_bug`): committing a snapshot of the log's last
+    /// entry discards the log, as one past its end does, so the entries the
+    /// core keeps before a snapshot for slow followers are gone when it
+    /// fetches them (the driver bug fixed in d61a6d0).
+    SnapshotAtLastEntryDropsLog,
 }
 
 /// Default of [`Config::max_entry_bytes`]: four of kv's largest values (1 MiB)

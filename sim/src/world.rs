@@ -167,10 +167,14 @@ struct EngineDisk {
     report: FlushReport,
 }
 
-fn storage_config(id: NodeId) -> StorageConfig {
+fn storage_config(id: NodeId, _planted_bug: Option<PlantedBug>) -> StorageConfig {
     let mut c = StorageConfig::new(format!("/node-{id}"), CLUSTER_ID, id);
     c.segment_size_bytes = SEGMENT_SIZE_BYTES;
     c.max_entry_size_bytes = MAX_ENTRY_SIZE_BYTES;
+    #[cfg(feature = "planted-bugs")]
+    {
+        c.planted_bug = _planted_bug;
+    }
     c
 }
 
@@ -1180,6 +1184,7 @@ impl World {
     /// log. `None` if the node cannot start now (retired, retrying, or failed).
     fn open_storage(&mut self, idx: usize) -> Option<Recovery> {
         let now = self.now();
+        let planted_bug = self.config.planted_bug;
         let n = &mut self.nodes[idx];
         let id = n.id;
         let Some(engine) = n.engine.as_mut() else {
@@ -1204,7 +1209,7 @@ impl World {
         let vfs = engine.vfs.clone();
         type Opened = (Storage, HardState, Option<(SnapshotMeta, Vec<u8>)>, Vec<Entry>);
         let opened = (|| -> Result<Opened, StorageError> {
-            let mut storage = Storage::open(Arc::new(vfs), storage_config(id))?;
+            let mut storage = Storage::open(Arc::new(vfs), storage_config(id, planted_bug))?;
             let rec = storage.open_group(GROUP)?;
             let snap = storage.read_snapshot(GROUP)?;
             let after = snap.as_ref().map_or(0, |(m, _)| m.last_log_id.index);
@@ -3475,12 +3480,13 @@ pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::LeaseIgnoresDrift => "lease-ignores-drift",
         PlantedBug::TtlDeadlineFromProposerClock => "ttl-deadline-from-proposer-clock",
         PlantedBug::ExecutorAnswersByPosition => "executor-answers-by-position",
+        PlantedBug::SnapshotAtLastEntryDropsLog => "snapshot-at-last-entry-drops-log",
     }
 }
 
 /// Every planted bug, for sweeps and the CLI.
 #[cfg(feature = "planted-bugs")]
-pub const PLANTED_BUGS: [PlantedBug; 10] = [
+pub const PLANTED_BUGS: [PlantedBug; 11] = [
     PlantedBug::VoteWithoutLogCheck,
     PlantedBug::CommitPreviousTermByCounting,
     PlantedBug::ForgetToPersistVote,
@@ -3491,6 +3497,7 @@ pub const PLANTED_BUGS: [PlantedBug; 10] = [
     PlantedBug::LeaseIgnoresDrift,
     PlantedBug::TtlDeadlineFromProposerClock,
     PlantedBug::ExecutorAnswersByPosition,
+    PlantedBug::SnapshotAtLastEntryDropsLog,
 ];
 
 #[cfg(feature = "planted-bugs")]

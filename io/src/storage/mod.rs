@@ -107,6 +107,9 @@ pub struct StorageConfig {
     /// it off; sync mode never pads. A multiple of [`RECORD_ALIGNMENT_BYTES`], at most
     /// [`MAX_WRITE_ALIGNMENT_BYTES`].
     pub write_alignment_bytes: u64,
+    /// A bug to plant in the engine (tests of the simulator only).
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bug: Option<tarn_core::PlantedBug>,
 }
 
 /// Upper bound on [`StorageConfig::write_alignment_bytes`].
@@ -124,6 +127,8 @@ impl StorageConfig {
             async_sync_interval_ms: 10,
             max_snapshot_size_bytes: 4 << 30,
             write_alignment_bytes: 4096,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: None,
         }
     }
 
@@ -1127,6 +1132,11 @@ impl Storage {
     /// are left for [`Storage::compact`]. A snapshot older than the current
     /// one is refused and its file removed.
     pub fn commit_snapshot(&mut self, group: GroupId, file: SnapshotFile) -> Result<()> {
+        #[cfg(feature = "planted-bugs")]
+        let drop_at_last =
+            self.config.planted_bug == Some(tarn_core::PlantedBug::SnapshotAtLastEntryDropsLog);
+        #[cfg(not(feature = "planted-bugs"))]
+        let drop_at_last = false;
         let vfs = self.vfs.clone();
         let store = self.group_mut(group)?;
         store.log.check_poison()?;
@@ -1167,7 +1177,9 @@ impl Storage {
         // Past the log's end or disagreeing with it: the log goes (Raft §7).
         // A snapshot of the last entry keeps the log: the core may still
         // fetch the entries it keeps before the snapshot for slow followers.
-        if last.index > store.log.last_staged().index || store.log.term(last.index) != Some(last.term) {
+        let past_end = last.index > store.log.last_staged().index
+            || (drop_at_last && last.index == store.log.last_staged().index);
+        if past_end || store.log.term(last.index) != Some(last.term) {
             // The watermark must not outlive the entries it vouches for.
             store.lower_watermark(last)?;
             store.log.compact(last)?;
