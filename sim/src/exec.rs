@@ -17,12 +17,10 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tarn_core::{
-    Action, EntryPayload, Index, LogId, Membership, Message, Nanos, NodeId, Role, SnapshotMeta, Term,
-};
+use tarn_core::{EntryPayload, Index, LogId, Membership, Message, Nanos, NodeId, Role, SnapshotMeta, Term};
 use tarn_io::driver::{
-    GroupIo, ProposeError, ReadError, SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine,
-    StorageOp,
+    GroupIo, Observed, ProposeError, ReadError, SnapshotInstaller, SnapshotProducer, SnapshotRestore,
+    StateMachine, StorageOp,
 };
 use tarn_kv::{KvStateMachine, SnapshotStreamDecoder};
 
@@ -213,10 +211,10 @@ impl SimIo {
 }
 
 impl GroupIo<SimSm> for SimIo {
-    fn observe(&mut self, action: &Action) {
-        match action {
-            Action::ReadReady { index, .. } => self.mailbox.push(SimEvent::ReadReady { index: *index }),
-            Action::Apply { entries, .. } => {
+    fn observe(&mut self, event: Observed<'_>) {
+        match event {
+            Observed::ReadReleased { index } => self.mailbox.push(SimEvent::ReadReady { index }),
+            Observed::Applying(entries) => {
                 let entries = entries
                     .iter()
                     .map(|e| {
@@ -229,10 +227,9 @@ impl GroupIo<SimSm> for SimIo {
                     .collect();
                 self.mailbox.push(SimEvent::Apply { entries });
             }
-            Action::RoleChanged { role, term, leader } => {
-                self.mailbox.push(SimEvent::RoleChanged { role: *role, term: *term, leader: *leader })
+            Observed::RoleChanged { role, term, leader } => {
+                self.mailbox.push(SimEvent::RoleChanged { role, term, leader })
             }
-            _ => {}
         }
     }
 

@@ -167,14 +167,16 @@ struct EngineDisk {
     report: FlushReport,
 }
 
-fn storage_config(id: NodeId, _planted_bug: Option<PlantedBug>) -> StorageConfig {
+fn storage_config(id: NodeId, config: &RunConfig) -> StorageConfig {
     let mut c = StorageConfig::new(format!("/node-{id}"), CLUSTER_ID, id);
     c.segment_size_bytes = SEGMENT_SIZE_BYTES;
     c.max_entry_size_bytes = MAX_ENTRY_SIZE_BYTES;
     #[cfg(feature = "planted-bugs")]
     {
-        c.planted_bug = _planted_bug;
+        c.planted_bug = config.planted_bug;
     }
+    #[cfg(not(feature = "planted-bugs"))]
+    let _ = config;
     c
 }
 
@@ -1184,7 +1186,7 @@ impl World {
     /// log. `None` if the node cannot start now (retired, retrying, or failed).
     fn open_storage(&mut self, idx: usize) -> Option<Recovery> {
         let now = self.now();
-        let planted_bug = self.config.planted_bug;
+        let storage_config = storage_config(self.nodes[idx].id, &self.config);
         let n = &mut self.nodes[idx];
         let id = n.id;
         let Some(engine) = n.engine.as_mut() else {
@@ -1209,7 +1211,7 @@ impl World {
         let vfs = engine.vfs.clone();
         type Opened = (Storage, HardState, Option<(SnapshotMeta, Vec<u8>)>, Vec<Entry>);
         let opened = (|| -> Result<Opened, StorageError> {
-            let mut storage = Storage::open(Arc::new(vfs), storage_config(id, planted_bug))?;
+            let mut storage = Storage::open(Arc::new(vfs), storage_config)?;
             let rec = storage.open_group(GROUP)?;
             let snap = storage.read_snapshot(GROUP)?;
             let after = snap.as_ref().map_or(0, |(m, _)| m.last_log_id.index);

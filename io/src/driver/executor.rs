@@ -27,8 +27,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tarn_core::{
-    Action, ConfChange, EntryPayload, GroupId, Index, Input, LogId, Membership, Message, Nanos, NodeId,
-    Proposal, RawNode, Role, SnapshotMeta, Status,
+    Action, ConfChange, Entry, EntryPayload, GroupId, Index, Input, LogId, Membership, Message, Nanos,
+    NodeId, Proposal, RawNode, Role, SnapshotMeta, Status, Term,
 };
 
 use super::errors::{propose_error, read_error};
@@ -97,6 +97,17 @@ pub enum SnapEvent<SM: StateMachine> {
     Installed(Result<(SnapshotMeta, SnapshotInstaller<SM>), SnapshotJobError>),
 }
 
+/// What the executor shows [`GroupIo::observe`], just before it happens.
+#[derive(Debug)]
+pub enum Observed<'a> {
+    /// These committed entries are applied next, in order.
+    Applying(&'a [Entry]),
+    /// Linearizable reads confirmed at `index` run once it is applied.
+    ReadReleased { index: Index },
+    /// The node took `role` in `term`; `leader` is the leader it knows.
+    RoleChanged { role: Role, term: Term, leader: Option<NodeId> },
+}
+
 /// A storage request of one group that needs no answer beyond a later
 /// [`StorageDone`].
 #[derive(Debug)]
@@ -116,11 +127,12 @@ pub enum StorageOp {
 /// The outside world of one group, as the executor sees it. Every method
 /// returns at once; results come back as [`Turn`] inputs.
 pub trait GroupIo<SM: StateMachine> {
-    /// Sees every action of the core just before the executor carries it
-    /// out. The tokio shell ignores them; the simulator's checkers judge
-    /// them (a vote granted, an entry applied, a read released).
-    fn observe(&mut self, action: &Action) {
-        let _ = action;
+    /// Sees what the executor is about to do that an outside judge may want
+    /// to check (an entry applied, a read released, a role taken), in the
+    /// executor's terms rather than the core's actions. The tokio shell
+    /// ignores it; the simulator's checkers judge it.
+    fn observe(&mut self, event: Observed<'_>) {
+        let _ = event;
     }
     /// Sends `message` to peer `to` (best effort: Raft retries).
     fn send(&mut self, to: NodeId, message: Message);
@@ -496,16 +508,19 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
     /// Executes one action; `Some(index)` when entries up to `index` were
     /// applied.
     fn execute(&mut self, action: Action) -> Option<Index> {
-        self.io.observe(&action);
         match action {
             Action::Send { to, message } => self.io.send(to, message),
             Action::AppendLog { entries } => self.writes.push(LogWrite::Append(entries)),
             Action::PersistHardState(hs) => self.writes.push(LogWrite::HardState(hs)),
-            Action::Apply { entries, proposals } => return Some(self.apply(entries, proposals)),
+            Action::Apply { entries, proposals } => {
+                self.io.observe(Observed::Applying(&entries));
+                return Some(self.apply(entries, proposals));
+            }
             Action::FetchEntries { from, to, max_bytes } => {
                 self.io.storage(StorageOp::Fetch { from, to, max_bytes });
             }
-            Action::ReadReady { id, .. } => {
+            Action::ReadReady { id, index } => {
+                self.io.observe(Observed::ReadReleased { index });
                 for f in self.reads.remove(&id).unwrap_or_default() {
                     f(Ok(&mut self.sm));
                 }
@@ -523,6 +538,7 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
                 }
             }
             Action::RoleChanged { role, term, leader } => {
+                self.io.observe(Observed::RoleChanged { role, term, leader });
                 tracing::info!(?role, term, ?leader, "role changed");
                 let now_leader = role == Role::Leader;
                 if now_leader != self.is_leader {

@@ -64,7 +64,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use errors::Refusal;
 pub use executor::{
-    boot_id_base, GroupExecutor, GroupInput, GroupIo, ProposeFn, ReadFn, ReplyFn, SnapEvent,
+    boot_id_base, GroupExecutor, GroupInput, GroupIo, Observed, ProposeFn, ReadFn, ReplyFn, SnapEvent,
     SnapshotJobError, StorageOp, Turn,
 };
 use group::{GroupTask, TokioGroupIo};
