@@ -457,7 +457,7 @@ fn open_store(config: &ServerConfig) -> Result<Box<dyn LogStore>, StartError> {
         config.node_config().raft.max_log_tail_entries,
         config.segment_size_bytes,
     )
-    .map_err(|e| StartError::DataDir { dir: config.data_dir.clone(), reason: e.reason })?
+    .map_err(|e| StartError::DataDir { dir: config.data_dir.clone(), reason: e.kind.to_string() })?
     .with_max_tail_bytes(config.node_config().raft.max_log_tail_bytes);
     Ok(Box::new(store))
 }

@@ -833,7 +833,9 @@ mod tests {
             "a follower refuses at once: {:?}",
             answer.lock().unwrap()
         );
-        let error = crate::driver::StoreError { group: 1, reason: "disk on fire".into() };
+        let fire = std::io::Error::other("disk on fire");
+        let engine = crate::storage::StorageError::Io { op: "write", path: "/log".into(), source: fire };
+        let error = crate::driver::StoreError::engine(1, engine);
         exec.turn(Turn { storage: vec![StorageDone::Failed(error)], ..Turn::default() });
         assert!(exec.is_stopped(), "a storage failure stops the group");
         let (_, failed) = exec.finish();

@@ -72,7 +72,7 @@ pub use metrics::{GroupCounters, Histogram, HistogramSnapshot, COUNT_BOUNDS, DUR
 pub use state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine};
 pub use store::{
     FileStore, Flushed, LogStore, LogWrite, MemStore, SnapshotSink, SnapshotSource, StagedSnapshot,
-    StorageDone, StoreError, WriteMode,
+    StorageDone, StoreError, StoreErrorKind, WriteMode,
 };
 use store::{StorageRequest, StorageWorker};
 

@@ -22,17 +22,98 @@ use tokio::sync::mpsc;
 
 use super::StorageCounters;
 use crate::storage::{
-    FlushReport, SnapshotFile, SnapshotReader, SnapshotWriter, Storage, StorageConfig, SyncJob,
+    FlushReport, SnapshotFile, SnapshotReader, SnapshotWriter, Storage, StorageConfig, StorageError, SyncJob,
 };
 use crate::vfs::{StdVfs, Vfs};
 
 /// A failed storage operation: the group that hit it stops (no blind retry:
 /// after a failed sync the page cache may have dropped the data).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("storage of group {group}: {reason}")]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("storage of group {group}: {kind}")]
 pub struct StoreError {
+    /// The group whose storage failed.
     pub group: GroupId,
-    pub reason: String,
+    /// What failed.
+    pub kind: StoreErrorKind,
+}
+
+impl StoreError {
+    /// The storage engine's error `e`, for `group`.
+    pub fn engine(group: GroupId, e: StorageError) -> StoreError {
+        StoreError { group, kind: StoreErrorKind::Engine(Arc::new(e)) }
+    }
+}
+
+/// Why a [`LogStore`] call failed. An engine error says itself what to do;
+/// the others are requests that contradict what the store holds (a driver
+/// or protocol bug, never a disk fault).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The storage engine failed or refused (I/O error, corruption, a
+    /// request that contradicts the log). Shared: one failed flush stops
+    /// every group it carried.
+    #[error(transparent)]
+    Engine(Arc<StorageError>),
+    /// The group was never opened on this store.
+    #[error("the group is not open in this store; open it first")]
+    NotOpen,
+    /// A thread panicked while holding the in-memory store's lock.
+    #[error("the in-memory store's lock is poisoned (a thread panicked holding it); restart the node")]
+    Poisoned,
+    /// Recovery read nothing where the log says entries are.
+    #[error("log read at index {index} returned nothing (the log's end says entries are there)")]
+    EmptyRead {
+        /// The first index asked for.
+        index: Index,
+    },
+    /// An append would replace entries covered by the snapshot.
+    #[error("append at {at} overwrites the snapshot at {snapshot}")]
+    AppendOverSnapshot {
+        /// The first appended index.
+        at: Index,
+        /// The snapshot's last entry.
+        snapshot: LogId,
+    },
+    /// An append does not start right after the log's last entry.
+    #[error("append at {at} leaves a gap after {last}")]
+    AppendGap {
+        /// The first appended index.
+        at: Index,
+        /// The log's last entry.
+        last: LogId,
+    },
+    /// A staged snapshot of another kind of store (a file given to the
+    /// in-memory store).
+    #[error("{path} is not a snapshot of this store")]
+    ForeignSnapshot {
+        /// The staged file.
+        path: PathBuf,
+    },
+    /// A snapshot older than the stored one.
+    #[error("snapshot at {snapshot} is older than the stored one")]
+    OlderSnapshot {
+        /// The refused snapshot's last entry.
+        snapshot: LogId,
+    },
+    /// A leader's snapshot chunk that does not continue the staged bytes.
+    #[error("snapshot chunk {snapshot}@{offset} does not follow {staged}@{staged_bytes}")]
+    ChunkOutOfOrder {
+        /// The chunk's snapshot.
+        snapshot: LogId,
+        /// The chunk's byte offset.
+        offset: u64,
+        /// The snapshot being staged.
+        staged: LogId,
+        /// How many of its bytes are staged.
+        staged_bytes: u64,
+    },
+    /// An install of a snapshot whose chunks were not all staged.
+    #[error("no complete staged snapshot {snapshot} to install")]
+    NoStagedSnapshot {
+        /// The snapshot to install.
+        snapshot: LogId,
+    },
 }
 
 /// One ordered write of a group.
@@ -100,8 +181,8 @@ impl StagedSnapshot {
     pub fn open(&self) -> Result<Box<dyn SnapshotSource>, StoreError> {
         match &self.inner {
             Staged::File(f) => {
-                let reader = SnapshotReader::open(&StdVfs, &f.path)
-                    .map_err(|e| StoreError { group: self.group, reason: e.to_string() })?;
+                let reader =
+                    SnapshotReader::open(&StdVfs, &f.path).map_err(|e| StoreError::engine(self.group, e))?;
                 Ok(Box::new(FileSource { group: self.group, reader }))
             }
             Staged::Memory(meta, data) => Ok(Box::new(MemSource::new(meta.clone(), data.clone()))),
@@ -116,7 +197,7 @@ struct FileSink {
 
 impl SnapshotSink for FileSink {
     fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        self.writer.write_chunk(data).map_err(|e| StoreError { group: self.group, reason: e.to_string() })
+        self.writer.write_chunk(data).map_err(|e| StoreError::engine(self.group, e))
     }
 
     fn len(&self) -> u64 {
@@ -125,7 +206,7 @@ impl SnapshotSink for FileSink {
 
     fn finish(self: Box<Self>, meta: &SnapshotMeta) -> Result<StagedSnapshot, StoreError> {
         let group = self.group;
-        let file = self.writer.finish(meta).map_err(|e| StoreError { group, reason: e.to_string() })?;
+        let file = self.writer.finish(meta).map_err(|e| StoreError::engine(group, e))?;
         Ok(StagedSnapshot { group, inner: Staged::File(file) })
     }
 }
@@ -141,7 +222,7 @@ impl SnapshotSource for FileSource {
     }
 
     fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<(Vec<u8>, bool)>, StoreError> {
-        self.reader.next_chunk(max_bytes).map_err(|e| StoreError { group: self.group, reason: e.to_string() })
+        self.reader.next_chunk(max_bytes).map_err(|e| StoreError::engine(self.group, e))
     }
 }
 
@@ -322,8 +403,7 @@ impl FileStore {
                 u64::try_from(sync_interval.as_millis()).unwrap_or(u64::MAX).max(1);
         }
         let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
-        let storage =
-            Storage::open(vfs, config).map_err(|e| StoreError { group: 0, reason: e.to_string() })?;
+        let storage = Storage::open(vfs, config).map_err(|e| StoreError::engine(0, e))?;
         let max_tail_bytes = tarn_core::Config::new(1, 0).max_log_tail_bytes;
         Ok(FileStore { storage, report: FlushReport::default(), max_tail_entries, max_tail_bytes })
     }
@@ -341,7 +421,7 @@ impl FileStore {
         }
         out.hard_states.append(&mut self.report.hard_states);
         for (group, e) in self.report.failed.drain(..) {
-            out.failed.push(StoreError { group, reason: e.to_string() });
+            out.failed.push(StoreError::engine(group, e));
         }
     }
 }
@@ -355,7 +435,7 @@ impl LogStore for FileStore {
     }
 
     fn open_group(&mut self, group: GroupId, initial: &Membership) -> Result<Recovered, StoreError> {
-        let err = |e: crate::storage::StorageError| StoreError { group, reason: e.to_string() };
+        let err = |e: StorageError| StoreError::engine(group, e);
         let r = self.storage.open_group(group).map_err(err)?;
         if let Some((path, offset)) = &r.truncated_tail {
             tracing::warn!(group, path = %path.display(), offset, "recovery cut a torn tail");
@@ -376,10 +456,7 @@ impl LogStore for FileStore {
                 .entries(group, next, r.last_log_id.index + 1, RECOVERY_READ_BYTES, &mut buf)
                 .map_err(err)?;
             if buf.is_empty() {
-                return Err(StoreError {
-                    group,
-                    reason: format!("log read at index {next} returned nothing"),
-                });
+                return Err(StoreError { group, kind: StoreErrorKind::EmptyRead { index: next } });
             }
             for e in buf.drain(..) {
                 if term_starts.last().is_none_or(|l| l.term != e.term) {
@@ -415,7 +492,7 @@ impl LogStore for FileStore {
     }
 
     fn close_group(&mut self, group: GroupId) -> Result<(), StoreError> {
-        self.storage.remove_group(group).map_err(|e| StoreError { group, reason: e.to_string() })
+        self.storage.remove_group(group).map_err(|e| StoreError::engine(group, e))
     }
 
     fn stage(&mut self, group: GroupId, write: &LogWrite) -> Result<(), StoreError> {
@@ -423,7 +500,7 @@ impl LogStore for FileStore {
             LogWrite::Append(entries) => self.storage.stage(group, entries),
             LogWrite::HardState(hs) => self.storage.stage_hard_state(group, *hs),
         };
-        r.map_err(|e| StoreError { group, reason: e.to_string() })
+        r.map_err(|e| StoreError::engine(group, e))
     }
 
     fn flush(&mut self, out: &mut Flushed) {
@@ -472,7 +549,7 @@ impl LogStore for FileStore {
         let mut out = Vec::new();
         self.storage
             .entries(group, from, to, max_bytes as u64, &mut out)
-            .map_err(|e| StoreError { group, reason: e.to_string() })?;
+            .map_err(|e| StoreError::engine(group, e))?;
         Ok(out)
     }
 
@@ -481,15 +558,13 @@ impl LogStore for FileStore {
         group: GroupId,
         snapshot: LogId,
     ) -> Result<Box<dyn SnapshotSink>, StoreError> {
-        let writer = self
-            .storage
-            .snapshot_writer(group, snapshot)
-            .map_err(|e| StoreError { group, reason: e.to_string() })?;
+        let writer =
+            self.storage.snapshot_writer(group, snapshot).map_err(|e| StoreError::engine(group, e))?;
         Ok(Box::new(FileSink { group, writer }))
     }
 
     fn commit_snapshot(&mut self, group: GroupId, staged: StagedSnapshot) -> Result<(), StoreError> {
-        let err = |e: crate::storage::StorageError| StoreError { group, reason: e.to_string() };
+        let err = |e: StorageError| StoreError::engine(group, e);
         match staged.inner {
             Staged::File(file) => self.storage.commit_snapshot(group, file).map_err(err),
             Staged::Memory(meta, data) => self.storage.write_snapshot(group, &meta, &data).map_err(err),
@@ -497,7 +572,7 @@ impl LogStore for FileStore {
     }
 
     fn compact(&mut self, group: GroupId, up_to: LogId) -> Result<(), StoreError> {
-        self.storage.compact(group, up_to).map_err(|e| StoreError { group, reason: e.to_string() })
+        self.storage.compact(group, up_to).map_err(|e| StoreError::engine(group, e))
     }
 
     fn read_snapshot_chunk(
@@ -509,12 +584,11 @@ impl LogStore for FileStore {
     ) -> Result<Option<(Bytes, bool)>, StoreError> {
         self.storage
             .read_snapshot_chunk(group, snapshot, offset, max_bytes)
-            .map_err(|e| StoreError { group, reason: e.to_string() })
+            .map_err(|e| StoreError::engine(group, e))
     }
 
     fn snapshot_source(&mut self, group: GroupId) -> Result<Option<Box<dyn SnapshotSource>>, StoreError> {
-        let reader =
-            self.storage.snapshot_reader(group).map_err(|e| StoreError { group, reason: e.to_string() })?;
+        let reader = self.storage.snapshot_reader(group).map_err(|e| StoreError::engine(group, e))?;
         Ok(reader.map(|reader| Box::new(FileSource { group, reader }) as Box<dyn SnapshotSource>))
     }
 }
@@ -561,16 +635,17 @@ impl MemStore {
     }
 
     fn with_group<T>(&self, group: GroupId, f: impl FnOnce(&mut MemGroup) -> T) -> Result<T, StoreError> {
-        let mut groups = self.groups.lock().map_err(|_| StoreError { group, reason: "poisoned".into() })?;
-        let g =
-            groups.get_mut(&group).ok_or_else(|| StoreError { group, reason: "group not open".into() })?;
+        let mut groups =
+            self.groups.lock().map_err(|_| StoreError { group, kind: StoreErrorKind::Poisoned })?;
+        let g = groups.get_mut(&group).ok_or(StoreError { group, kind: StoreErrorKind::NotOpen })?;
         Ok(f(g))
     }
 }
 
 impl LogStore for MemStore {
     fn open_group(&mut self, group: GroupId, initial: &Membership) -> Result<Recovered, StoreError> {
-        let mut groups = self.groups.lock().map_err(|_| StoreError { group, reason: "poisoned".into() })?;
+        let mut groups =
+            self.groups.lock().map_err(|_| StoreError { group, kind: StoreErrorKind::Poisoned })?;
         let g = groups
             .entry(group)
             .or_insert_with(|| MemGroup { membership: initial.clone(), ..Default::default() });
@@ -609,7 +684,7 @@ impl LogStore for MemStore {
         let mut hs: HashMap<GroupId, HardState> = HashMap::new();
         for (group, write) in self.staged.drain(..) {
             let Some(g) = groups.get_mut(&group) else {
-                out.failed.push(StoreError { group, reason: "group not open".into() });
+                out.failed.push(StoreError { group, kind: StoreErrorKind::NotOpen });
                 continue;
             };
             match write {
@@ -622,10 +697,7 @@ impl LogStore for MemStore {
                     if first.index <= g.base.index {
                         out.failed.push(StoreError {
                             group,
-                            reason: format!(
-                                "append at {} overwrites the snapshot at {}",
-                                first.index, g.base
-                            ),
+                            kind: StoreErrorKind::AppendOverSnapshot { at: first.index, snapshot: g.base },
                         });
                         continue;
                     }
@@ -634,7 +706,7 @@ impl LogStore for MemStore {
                     if g.last().index + 1 != first.index {
                         out.failed.push(StoreError {
                             group,
-                            reason: format!("append at {} leaves a gap after {}", first.index, g.last()),
+                            kind: StoreErrorKind::AppendGap { at: first.index, last: g.last() },
                         });
                         continue;
                     }
@@ -684,17 +756,14 @@ impl LogStore for MemStore {
         let (meta, data) = match staged.inner {
             Staged::Memory(meta, data) => (meta, data),
             Staged::File(f) => {
-                return Err(StoreError {
-                    group,
-                    reason: format!("{} is not a snapshot of this store", f.path.display()),
-                })
+                return Err(StoreError { group, kind: StoreErrorKind::ForeignSnapshot { path: f.path } })
             }
         };
         self.with_group(group, |g| {
             if g.snapshot.as_ref().is_some_and(|(m, _)| m.last_log_id.index > meta.last_log_id.index) {
                 return Err(StoreError {
                     group,
-                    reason: format!("snapshot at {} is older than the stored one", meta.last_log_id),
+                    kind: StoreErrorKind::OlderSnapshot { snapshot: meta.last_log_id },
                 });
             }
             let s = meta.last_log_id;
@@ -923,9 +992,13 @@ fn stage_chunk(
         return;
     }
     if st.snapshot != snapshot || st.sink.len() != offset {
-        let reason =
-            format!("snapshot chunk {snapshot}@{offset} does not follow {}@{}", st.snapshot, st.sink.len());
-        st.error = Some(StoreError { group, reason });
+        let kind = StoreErrorKind::ChunkOutOfOrder {
+            snapshot,
+            offset,
+            staged: st.snapshot,
+            staged_bytes: st.sink.len(),
+        };
+        st.error = Some(StoreError { group, kind });
         return;
     }
     if let Err(e) = st.sink.write(data) {
@@ -1092,10 +1165,7 @@ fn worker_loop(
                     let r = match staging.remove(&group) {
                         Some(Staging { snapshot: s, sink, error: None }) if s == snapshot => Ok(sink),
                         Some(Staging { error: Some(e), .. }) => Err(e),
-                        _ => Err(StoreError {
-                            group,
-                            reason: format!("no complete staged snapshot {snapshot} to install"),
-                        }),
+                        _ => Err(StoreError { group, kind: StoreErrorKind::NoStagedSnapshot { snapshot } }),
                     };
                     let _ = reply.send(r);
                 }
