@@ -50,6 +50,11 @@ pub enum PlantedBug {
     /// core keeps before a snapshot for slow followers are gone when it
     /// fetches them (the driver bug fixed in d61a6d0).
     SnapshotAtLastEntryDropsLog,
+    /// Issue 14 (planted in tarn-io's `SyncPacer`, which the storage worker
+    /// and the simulator's async write mode share): the background sync of
+    /// async write mode waits for an interval without writes, so under
+    /// steady load it never runs (the driver bug fixed in e541d96).
+    AsyncSyncWaitsForQuiet,
 }
 
 /// Default of [`Config::max_entry_bytes`]: four of kv's largest values (1 MiB)

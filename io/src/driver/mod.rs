@@ -48,6 +48,7 @@ mod group;
 mod metrics;
 mod state_machine;
 mod store;
+mod sync_pacer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -75,6 +76,7 @@ pub use store::{
     StorageDone, StoreError, StoreErrorKind, WriteMode,
 };
 use store::{StorageRequest, StorageWorker};
+pub use sync_pacer::SyncPacer;
 
 use crate::transport::probe::ProbeState;
 use crate::transport::{InboundSink, Transport, TransportConfig, TransportError, TransportStats};

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use tarn_core::{Entry, GroupId, HardState, Index, LogId, Membership, NodeId, Recovered, SnapshotMeta, Term};
 use tokio::sync::mpsc;
 
+use super::sync_pacer::SyncPacer;
 use super::StorageCounters;
 use crate::storage::{
     FlushReport, SnapshotFile, SnapshotReader, SnapshotWriter, Storage, StorageConfig, StorageError, SyncJob,
@@ -1016,16 +1017,17 @@ fn worker_loop(
     // Follower snapshot transfers being staged, per group.
     let mut staging: HashMap<GroupId, Staging> = HashMap::new();
     let mut flushed = Flushed::default();
-    let mut unsynced = false;
     // Async mode: background fdatasyncs run on the sync thread, one job at
     // a time, every `sync_interval` while something is unsynced — also
     // under constant load (the wait below never exceeds the next due time).
-    let sync_thread = match mode {
-        WriteMode::Async { .. } => Some(SyncThread::start(counters.clone())),
-        WriteMode::Sync => None,
+    let (sync_thread, mut pacer) = match mode {
+        WriteMode::Async { sync_interval } => {
+            (Some(SyncThread::start(counters.clone())), SyncPacer::new(sync_interval))
+        }
+        WriteMode::Sync => (None, SyncPacer::new(Duration::ZERO)),
     };
-    let mut sync_in_flight = false;
-    let mut next_sync_at = std::time::Instant::now();
+    let epoch = std::time::Instant::now();
+    let now = || u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
     let mut batch = Vec::new();
     let deliver = |groups: &HashMap<GroupId, mpsc::UnboundedSender<StorageDone>>, flushed: &mut Flushed| {
         let mut per_group: HashMap<GroupId, PersistedPair> = HashMap::new();
@@ -1048,35 +1050,38 @@ fn worker_loop(
         }
     };
     loop {
-        if let (Some(st), WriteMode::Async { sync_interval }) = (&sync_thread, mode) {
-            if sync_in_flight {
+        if let Some(st) = &sync_thread {
+            if pacer.in_flight() {
                 if let Ok((job, results)) = st.results.try_recv() {
                     store.finish_sync(job, results, &mut flushed);
                     deliver(&groups, &mut flushed);
-                    sync_in_flight = false;
                     // What this job made durable goes into the watermark by
                     // the next one.
-                    unsynced |= store.needs_sync();
+                    pacer.finished(store.needs_sync());
                 }
             }
-            let now = std::time::Instant::now();
-            if unsynced && !sync_in_flight && now >= next_sync_at {
-                next_sync_at = now + sync_interval;
-                unsynced = false;
+            if pacer.start(now()) {
                 counters.syncs.fetch_add(1, Relaxed);
                 match store.begin_sync(&mut flushed) {
-                    Some(job) if !job.is_empty() => sync_in_flight = st.jobs.send(job).is_ok(),
-                    Some(_) => {}
-                    None => store.sync(&mut flushed),
+                    Some(job) if !job.is_empty() => {
+                        if st.jobs.send(job).is_err() {
+                            pacer.finished(false);
+                        }
+                    }
+                    Some(_) => pacer.finished(false),
+                    None => {
+                        store.sync(&mut flushed);
+                        pacer.finished(false);
+                    }
                 }
                 deliver(&groups, &mut flushed);
             }
         }
         let wait = match mode {
             // Poll for the running job's end; else sleep until the next sync is due.
-            WriteMode::Async { .. } if sync_in_flight => Some(SYNC_POLL_INTERVAL),
-            WriteMode::Async { .. } if unsynced => {
-                Some(next_sync_at.saturating_duration_since(std::time::Instant::now()))
+            WriteMode::Async { .. } if pacer.in_flight() => Some(SYNC_POLL_INTERVAL),
+            WriteMode::Async { .. } => {
+                pacer.due_at().map(|at| Duration::from_nanos(at.saturating_sub(now())))
             }
             _ => None,
         };
@@ -1135,7 +1140,9 @@ fn worker_loop(
                         store.flush(&mut flushed);
                         counters.flushes.fetch_add(1, Relaxed);
                         staged = false;
-                        unsynced |= mode != WriteMode::Sync;
+                        if mode != WriteMode::Sync {
+                            pacer.wrote(now());
+                        }
                     }
                     let _ = reply.send(store.commit_snapshot(group, snapshot));
                 }
@@ -1208,7 +1215,7 @@ fn worker_loop(
                 counters.sync_seconds.observe_duration(started.elapsed());
                 counters.syncs.fetch_add(1, Relaxed);
             } else {
-                unsynced = true;
+                pacer.wrote(now());
             }
         }
         if !flush_replies.is_empty() && mode == WriteMode::Sync && store.needs_flush() {
@@ -1217,31 +1224,32 @@ fn worker_loop(
             counters.flushes.fetch_add(1, Relaxed);
             counters.syncs.fetch_add(1, Relaxed);
         }
-        if !flush_replies.is_empty() && sync_in_flight {
+        if !flush_replies.is_empty() && pacer.in_flight() {
             // Shutdown: what the running job covers must be durable too.
             if let Some(Ok((job, results))) = sync_thread.as_ref().map(|st| st.results.recv()) {
                 store.finish_sync(job, results, &mut flushed);
             }
-            sync_in_flight = false;
+            pacer.finished(false);
         }
-        if !flush_replies.is_empty() && unsynced {
+        if !flush_replies.is_empty() && pacer.unsynced() {
             store.sync(&mut flushed);
             counters.syncs.fetch_add(1, Relaxed);
-            unsynced = false;
+            pacer.synced_all();
         }
         deliver(&groups, &mut flushed);
         for reply in flush_replies {
             let _ = reply.send(());
         }
     }
+    let in_flight = pacer.in_flight();
     if let Some(st) = &sync_thread {
-        if sync_in_flight {
+        if in_flight {
             if let Ok((job, results)) = st.results.recv() {
                 store.finish_sync(job, results, &mut flushed);
             }
         }
     }
-    if unsynced || sync_in_flight || store.needs_sync() {
+    if pacer.unsynced() || in_flight || store.needs_sync() {
         store.sync(&mut flushed);
     }
     if store.needs_flush() {
