@@ -78,6 +78,12 @@ struct Args {
     /// double vote it prevents).
     #[arg(long)]
     no_rejoin_flag: bool,
+    /// Run the storage engine in async write mode with a background sync
+    /// every MS milliseconds (1..=1000), paced as the driver paces it. Such
+    /// runs inject no crashes, wipes or disk faults (async mode does not
+    /// survive a power loss) and check that every write is synced in time.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    async_writes_ms: Option<u64>,
     /// Print every event of the run (use with --seed).
     #[arg(long)]
     trace: bool,
@@ -118,6 +124,13 @@ fn main() -> ExitCode {
     config.storage = args.storage;
     config.read_floor_check = !args.no_read_floor_check;
     config.rejoin_flag = !args.no_rejoin_flag;
+    if let Some(ms) = args.async_writes_ms {
+        if config.storage != tarn_sim::world::StorageKind::Engine {
+            eprintln!("tarn-sim: --async-writes-ms needs --storage engine (the model has no write modes)");
+            return ExitCode::from(2);
+        }
+        config.async_sync_ns = Some(ms * tarn_sim::queue::NANOS_PER_MILLI);
+    }
     #[cfg(feature = "planted-bugs")]
     {
         config.planted_bug = args.planted_bug;

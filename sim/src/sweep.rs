@@ -115,6 +115,9 @@ pub fn replay_command(config: &RunConfig, seed: u64) -> String {
     if !config.rejoin_flag {
         cmd.push_str(" --no-rejoin-flag");
     }
+    if let Some(ns) = config.async_sync_ns {
+        cmd.push_str(&format!(" --async-writes-ms {}", ns / crate::queue::NANOS_PER_MILLI));
+    }
     cmd.push_str(" --trace");
     cmd
 }

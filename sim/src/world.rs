@@ -14,14 +14,14 @@ use tarn_core::{
 };
 use tarn_io::driver::{
     GroupCounters, GroupExecutor, GroupInput, LogWrite, ProposeError, ReadError, SnapEvent, SnapshotProducer,
-    StorageDone, StorageOp, Turn,
+    StorageDone, StorageOp, SyncPacer, Turn,
 };
 use tarn_kv::{
     decode_entry, encode_entry, Command, EventKind, KvConfig, KvEntry, KvStateMachine, LockOutcome,
     Reply as KvReply, SnapshotStreamDecoder, WatchId, WatchPoll,
 };
 
-use tarn_io::storage::{FlushReport, Storage, StorageConfig, StorageError};
+use tarn_io::storage::{FlushReport, Storage, StorageConfig, StorageError, SyncJob};
 
 use crate::clock::NodeClock;
 use crate::disk::{DiskFaults, SimVfs};
@@ -62,6 +62,13 @@ pub struct RunConfig {
     /// Restart a wiped node with `Config::rejoin_after_data_loss` (off only
     /// to show that the simulator finds the double vote it prevents).
     pub rejoin_flag: bool,
+    /// Run the storage engine in async write mode, syncing in the background
+    /// every this many nanoseconds, paced by the driver's `SyncPacer`
+    /// (`None`: sync mode). Async mode promises durability against a process
+    /// crash, not a power loss, and the simulated crash is a power loss: such
+    /// runs inject no crashes, wipes or disk faults, and check instead that
+    /// every write is synced within the pacing bound (`async-sync-lag`).
+    pub async_sync_ns: Option<Nanos>,
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<PlantedBug>,
 }
@@ -165,6 +172,41 @@ struct EngineDisk {
     storage: Option<Storage>,
     flush_scheduled: bool,
     report: FlushReport,
+    /// Async write mode only: the background sync's pacing and progress.
+    background: Option<BackgroundSync>,
+}
+
+/// The async write mode's background sync on one node, paced by the
+/// driver's own [`SyncPacer`].
+struct BackgroundSync {
+    pacer: SyncPacer,
+    /// A `SyncDue` event is queued.
+    scheduled: bool,
+    /// The running sync's job (it completes after a disk latency).
+    job: Option<SyncJob>,
+    /// When the oldest write no started sync covers was flushed.
+    oldest_uncovered: Option<Nanos>,
+    /// When the oldest write the running sync covers was flushed.
+    oldest_in_flight: Option<Nanos>,
+}
+
+impl BackgroundSync {
+    fn new(config: &RunConfig, interval_ns: Nanos) -> BackgroundSync {
+        let pacer = SyncPacer::new(std::time::Duration::from_nanos(interval_ns));
+        #[cfg(feature = "planted-bugs")]
+        let pacer = pacer.with_planted_bug(config.planted_bug);
+        #[cfg(not(feature = "planted-bugs"))]
+        let _ = config;
+        BackgroundSync { pacer, scheduled: false, job: None, oldest_uncovered: None, oldest_in_flight: None }
+    }
+
+    /// The oldest flushed write no finished sync covers.
+    fn oldest_unsynced(&self) -> Option<Nanos> {
+        match (self.oldest_in_flight, self.oldest_uncovered) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 fn storage_config(id: NodeId, config: &RunConfig) -> StorageConfig {
@@ -177,6 +219,9 @@ fn storage_config(id: NodeId, config: &RunConfig) -> StorageConfig {
     }
     #[cfg(not(feature = "planted-bugs"))]
     let _ = config;
+    if config.async_sync_ns.is_some() {
+        c.write_mode = tarn_io::storage::WriteMode::Async;
+    }
     c
 }
 
@@ -193,6 +238,7 @@ impl RunConfig {
             storage: StorageKind::Engine,
             read_floor_check: true,
             rejoin_flag: true,
+            async_sync_ns: None,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
@@ -300,6 +346,10 @@ const CLOCK_OFFSET_MAX_NS: Nanos = 50 * NANOS_PER_MILLI;
 enum DiskDone {
     /// The storage engine's group commit: write and fdatasync everything staged.
     Flush,
+    /// Async write mode: the background sync may be due.
+    SyncDue,
+    /// Async write mode: the running background sync's fdatasyncs returned.
+    SyncDone,
     Log(LogId),
     HardState {
         term: Term,
@@ -409,6 +459,9 @@ struct Node {
     clock: NodeClock,
     last_local_ns: Nanos,
     paused_until: Nanos,
+    /// The latest wake time any pause scheduled (a heal may wake the node
+    /// earlier, but events it held back still come at that time).
+    held_until: Nanos,
     storage: ModelStorage,
     applied: Index,
     /// World time of the live scheduled tick (`Nanos::MAX`: none).
@@ -636,7 +689,18 @@ impl World {
     pub fn new(config: RunConfig) -> World {
         assert!((1..=NODES_MAX).contains(&config.nodes), "--nodes {}: want 1..={NODES_MAX}", config.nodes);
         let seed = config.seed;
-        let profile = Profile::new(config.profile, &mut SimRng::new(seed, Stream::Profile));
+        let mut profile = Profile::new(config.profile, &mut SimRng::new(seed, Stream::Profile));
+        if config.async_sync_ns.is_some() {
+            // Async mode does not survive a power loss, which is what a
+            // simulated crash is (see `RunConfig::async_sync_ns`).
+            profile.intervals.crash_ns = 0;
+            profile.intervals.wipe_ns = 0;
+            profile.crash_mid_flush_ppm = 0;
+            profile.disk_read_error_ppm = 0;
+            profile.disk_write_error_ppm = 0;
+            profile.disk_sync_error_ppm = 0;
+            profile.disk_corruption_ppm = 0;
+        }
         let net = Network::new(config.nodes, profile.net.clone(), SimRng::new(seed, Stream::Network));
         let mut rng_clock = SimRng::new(seed, Stream::Clock);
         let nodes = (0..config.nodes)
@@ -667,6 +731,7 @@ impl World {
                     clock: NodeClock::new(offset, drift),
                     last_local_ns: 0,
                     paused_until: 0,
+                    held_until: 0,
                     storage: ModelStorage::new(),
                     applied: 0,
                     tick_at: Nanos::MAX,
@@ -718,6 +783,7 @@ impl World {
                     storage: None,
                     flush_scheduled: false,
                     report: FlushReport::default(),
+                    background: config.async_sync_ns.map(|ns| BackgroundSync::new(&config, ns)),
                 });
             }
         }
@@ -1023,6 +1089,14 @@ impl World {
                 let done = match done {
                     DiskDone::Flush => {
                         self.flush(node as usize);
+                        return;
+                    }
+                    DiskDone::SyncDue => {
+                        self.background_sync_due(node as usize);
+                        return;
+                    }
+                    DiskDone::SyncDone => {
+                        self.background_sync_done(node as usize);
                         return;
                     }
                     DiskDone::Log(up_to) => {
@@ -1386,6 +1460,7 @@ impl World {
     /// watermark. While one is owed, another flush is scheduled (it carries
     /// whatever was staged meanwhile, or only the watermark).
     fn flush(&mut self, idx: usize) {
+        let now = self.now();
         let mid_flush_crash = self.profile.crash_mid_flush_ppm;
         let crash_now = self.phase == Phase::Faulty && self.rng_process.chance(mid_flush_crash);
         let die_at = self.rng_process.below(3);
@@ -1411,7 +1486,13 @@ impl World {
             self.crash(idx, downtime);
             return;
         }
+        // The model's durable view is what survives the faults this run
+        // injects: in async mode (no power loss) that is what was written.
         n.storage.sync();
+        if let Some(bg) = n.engine.as_mut().and_then(|e| e.background.as_mut()) {
+            bg.pacer.wrote(now);
+            bg.oldest_uncovered.get_or_insert(now);
+        }
         let report = &n.engine.as_ref().expect("engine present").report;
         let mut done = Vec::new();
         for p in &report.log {
@@ -1430,6 +1511,121 @@ impl World {
         }
         if owed && self.nodes[idx].exec.is_some() {
             self.schedule_flush(idx);
+        }
+        self.schedule_background_sync(idx);
+        self.check_sync_lag(idx);
+    }
+
+    /// Async write mode: queues a `SyncDue` for when the pacer says the next
+    /// background sync is due.
+    fn schedule_background_sync(&mut self, idx: usize) {
+        let now = self.now();
+        let n = &mut self.nodes[idx];
+        let incarnation = n.incarnation;
+        let Some(bg) = n.engine.as_mut().and_then(|e| e.background.as_mut()) else { return };
+        if bg.scheduled {
+            return;
+        }
+        if let Some(at) = bg.pacer.due_at() {
+            bg.scheduled = true;
+            let done = DiskDone::SyncDue;
+            self.queue.push(at.max(now), Event::Disk { node: idx as u8, incarnation, done });
+        }
+    }
+
+    /// Async write mode: starts the background sync if the pacer says so;
+    /// its fdatasyncs return after a disk latency.
+    fn background_sync_due(&mut self, idx: usize) {
+        let now = self.now();
+        let latency = self.disk_latency();
+        let n = &mut self.nodes[idx];
+        let incarnation = n.incarnation;
+        let Some(engine) = n.engine.as_mut() else { return };
+        let Some(bg) = engine.background.as_mut() else { return };
+        bg.scheduled = false;
+        let Some(storage) = engine.storage.as_mut() else { return };
+        if bg.pacer.start(now) {
+            let job = storage.begin_sync(&mut engine.report);
+            if job.is_empty() {
+                bg.pacer.finished(false);
+                bg.oldest_uncovered = None;
+            } else {
+                bg.job = Some(job);
+                bg.oldest_in_flight = bg.oldest_uncovered.take();
+                let done = DiskDone::SyncDone;
+                self.queue.push(now + latency, Event::Disk { node: idx as u8, incarnation, done });
+            }
+        }
+        self.schedule_background_sync(idx);
+        self.check_sync_lag(idx);
+    }
+
+    /// Async write mode: the running background sync returned; what it made
+    /// durable is reported (hard states) and recorded by the next one
+    /// (the watermark).
+    fn background_sync_done(&mut self, idx: usize) {
+        let n = &mut self.nodes[idx];
+        let Some(engine) = n.engine.as_mut() else { return };
+        let Some(bg) = engine.background.as_mut() else { return };
+        let Some(storage) = engine.storage.as_mut() else { return };
+        let Some(job) = bg.job.take() else { return };
+        let results = job.run();
+        engine.report.clear();
+        storage.finish_sync(job, results, &mut engine.report);
+        bg.pacer.finished(storage.needs_sync());
+        bg.oldest_in_flight = None;
+        if let Some((_, error)) = engine.report.failed.pop() {
+            // No disk faults are injected in async runs: a failed sync is the
+            // engine's doing.
+            self.storage_error(idx, 3, error);
+            return;
+        }
+        let done: Vec<StorageDone> = engine
+            .report
+            .hard_states
+            .iter()
+            .map(|(_, hs)| StorageDone::Persisted { log: None, hard_state: Some((hs.term, hs.vote)) })
+            .collect();
+        if !done.is_empty() {
+            self.persisted(idx, done);
+        }
+        if self.nodes[idx].exec.is_some() && self.failure.is_none() {
+            self.schedule_background_sync(idx);
+        }
+    }
+
+    /// Async write mode promises that a flushed write is synced within one
+    /// pacing interval plus the syncs' own time: a pacer that lets writes
+    /// sit unsynced longer (under steady load, say) fails the run. Time a
+    /// node spent paused does not count: the check skips writes made before
+    /// the end of the node's latest pause.
+    fn check_sync_lag(&mut self, idx: usize) {
+        let Some(interval) = self.config.async_sync_ns else { return };
+        let now = self.now();
+        let latency_max = self.profile.disk_latency_max_ns.max(self.profile.disk_slow_max_ns);
+        let n = &self.nodes[idx];
+        let Some(oldest) =
+            n.engine.as_ref().and_then(|e| e.background.as_ref()).and_then(|b| b.oldest_unsynced())
+        else {
+            return;
+        };
+        if n.held_until + PAUSE_WAKE_JITTER_NS > oldest || n.exec.is_none() {
+            return;
+        }
+        // A write waits for the running sync (one latency), then for the
+        // next start (at most one interval after the last), then for that
+        // sync (one more latency); a millisecond covers event scheduling.
+        let bound = interval + 2 * latency_max + NANOS_PER_MILLI;
+        if now - oldest > bound {
+            let detail = format!(
+                "n{}: a write flushed at {} ms is still unsynced at {} ms (async mode syncs every {} ms; bound {} ms)",
+                idx + 1,
+                oldest / NANOS_PER_MILLI,
+                now / NANOS_PER_MILLI,
+                interval / NANOS_PER_MILLI,
+                bound / NANOS_PER_MILLI
+            );
+            self.fail(FailureKind::Safety, "async-sync-lag", detail);
         }
     }
 
@@ -1502,6 +1698,15 @@ impl World {
             engine.vfs.crash();
             engine.storage = None;
             engine.flush_scheduled = false;
+            if let Some(bg) = engine.background.as_mut() {
+                // The restarted node's pacer starts over with nothing written.
+                bg.job = None;
+                bg.scheduled = false;
+                bg.pacer.finished(false);
+                bg.pacer.synced_all();
+                bg.oldest_uncovered = None;
+                bg.oldest_in_flight = None;
+            }
         }
         self.record(idx as u64 + 1, TraceKind::Crash, 0, 0, 0);
         self.queue.push(now + downtime_ns, Event::Restart { node: idx as u8 });
@@ -2863,6 +3068,7 @@ impl World {
                 let n = self.random_node();
                 if self.nodes[n].exec.is_some() {
                     self.nodes[n].paused_until = now + duration;
+                    self.nodes[n].held_until = self.nodes[n].held_until.max(now + duration);
                     self.record(n as u64 + 1, TraceKind::Pause, duration, 0, 0);
                 }
             }
@@ -3483,12 +3689,13 @@ pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::TtlDeadlineFromProposerClock => "ttl-deadline-from-proposer-clock",
         PlantedBug::ExecutorAnswersByPosition => "executor-answers-by-position",
         PlantedBug::SnapshotAtLastEntryDropsLog => "snapshot-at-last-entry-drops-log",
+        PlantedBug::AsyncSyncWaitsForQuiet => "async-sync-waits-for-quiet",
     }
 }
 
 /// Every planted bug, for sweeps and the CLI.
 #[cfg(feature = "planted-bugs")]
-pub const PLANTED_BUGS: [PlantedBug; 11] = [
+pub const PLANTED_BUGS: [PlantedBug; 12] = [
     PlantedBug::VoteWithoutLogCheck,
     PlantedBug::CommitPreviousTermByCounting,
     PlantedBug::ForgetToPersistVote,
@@ -3500,6 +3707,7 @@ pub const PLANTED_BUGS: [PlantedBug; 11] = [
     PlantedBug::TtlDeadlineFromProposerClock,
     PlantedBug::ExecutorAnswersByPosition,
     PlantedBug::SnapshotAtLastEntryDropsLog,
+    PlantedBug::AsyncSyncWaitsForQuiet,
 ];
 
 #[cfg(feature = "planted-bugs")]

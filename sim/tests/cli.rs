@@ -116,6 +116,19 @@ fn bad_arguments_are_refused_with_a_clear_message() {
     assert!(stderr.contains("swarm"), "{stderr}");
     let (code, _, stderr) = tarn_sim(&["--sim-seconds", "-1"]);
     assert_eq!(code, 2, "{stderr}");
+    let (code, _, stderr) = tarn_sim(&["--async-writes-ms", "20", "--storage", "model"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--storage engine"), "{stderr}");
+    let (code, _, stderr) = tarn_sim(&["--async-writes-ms", "0"]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
+fn async_write_mode_runs_and_replays_with_its_flag() {
+    let (code, out, stderr) =
+        tarn_sim(&["--seed", "7", "--nodes", "3", "--sim-seconds", "2", "--async-writes-ms", "20"]);
+    assert_eq!(code, 0, "{out}{stderr}");
+    assert!(out.lines().any(|l| l.starts_with("seed=7 ok")), "{out}");
 }
 
 #[test]

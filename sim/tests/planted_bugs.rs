@@ -7,7 +7,7 @@
 #![cfg(feature = "planted-bugs")]
 
 use tarn_sim::profile::ProfileKind;
-use tarn_sim::queue::NANOS_PER_SECOND;
+use tarn_sim::queue::{NANOS_PER_MILLI, NANOS_PER_SECOND};
 use tarn_sim::sweep::{describe_failure, run_seed};
 use tarn_sim::world::{planted_bug_name, FailureKind, PlantedBug, RunConfig, PLANTED_BUGS};
 
@@ -65,9 +65,9 @@ fn seeds_to_find_within(profile: ProfileKind, bug: PlantedBug, max: u64) -> Opti
     None
 }
 
-/// Bugs only their own profile finds within `SEEDS_MAX` (see the tests
-/// below): swarm and chaos sweeps are not expected to.
-const PROFILE_SPECIFIC: [PlantedBug; 1] = [PlantedBug::LeaseIgnoresDrift];
+/// Bugs only their own profile or mode finds within `SEEDS_MAX` (see the
+/// tests below): swarm and chaos sweeps in sync write mode are not expected to.
+const PROFILE_SPECIFIC: [PlantedBug; 2] = [PlantedBug::LeaseIgnoresDrift, PlantedBug::AsyncSyncWaitsForQuiet];
 
 fn check_all(profile: ProfileKind) {
     let mut missed = Vec::new();
@@ -141,4 +141,35 @@ fn lease_profile_finds_a_lease_that_ignores_drift() {
         seeds_to_find_within(ProfileKind::Lease, PlantedBug::LeaseIgnoresDrift, LEASE_SEEDS_MAX)
             .expect("lease bug not found");
     println!("lease lease-ignores-drift: found after {seeds} seed(s) by {property}");
+}
+
+/// The async write mode's background sync (paced by the driver's
+/// `SyncPacer`): a pacer that waits for a quiet interval never syncs under
+/// steady load, and the sync-lag check catches it; the correct pacer passes
+/// the same seeds.
+#[test]
+fn async_writes_find_a_sync_that_waits_for_a_quiet_moment() {
+    let bug = PlantedBug::AsyncSyncWaitsForQuiet;
+    for profile in [ProfileKind::Swarm, ProfileKind::Chaos] {
+        let async_template = |bug| {
+            let mut c = template(profile, bug);
+            c.async_sync_ns = Some(20 * NANOS_PER_MILLI);
+            c
+        };
+        let config = async_template(Some(bug));
+        let found = (0..SEEDS_MAX).find_map(|seed| {
+            let outcome = run_seed(&config, seed, false);
+            let failure = outcome.report.failure.as_ref()?;
+            assert_eq!(failure.property, "async-sync-lag", "{}", describe_failure(&config, &outcome));
+            let control = run_seed(&async_template(None), seed, false);
+            assert!(!control.failed(), "{}", describe_failure(&async_template(None), &control));
+            Some(seed + 1)
+        });
+        let seeds = found
+            .unwrap_or_else(|| panic!("{profile}: {} not found in {SEEDS_MAX} seeds", planted_bug_name(bug)));
+        println!(
+            "{profile} (async writes) {}: found after {seeds} seed(s) by async-sync-lag",
+            planted_bug_name(bug)
+        );
+    }
 }
