@@ -120,14 +120,32 @@ fn snapshot_compaction_and_reset() {
     let mut report = FlushReport::default();
     s.stage(1, &entries(1, 1..=100, 100)).unwrap();
     s.flush(&mut report);
-    let segments_before = vfs.list(&PathBuf::from("/data/group-00000000000000000001")).unwrap().len();
+    let dir = PathBuf::from("/data/group-00000000000000000001");
+    let files = |vfs: &MemVfs, suffix: &str| {
+        vfs.list(&dir).unwrap().into_iter().filter(|n| n.ends_with(suffix)).count()
+    };
+    let segments_before = files(&vfs, ".seg");
     let meta = SnapshotMeta { last_log_id: LogId::new(1, 70), membership: Membership::new_voters([1]) };
     s.write_snapshot(1, &meta, b"kv state at 70").unwrap();
     s.compact(1, meta.last_log_id).unwrap();
     let st = s.log_state(1).unwrap();
     assert!(st.first_index > 1 && st.first_index <= 71, "first index {}", st.first_index);
-    let segments_after = vfs.list(&PathBuf::from("/data/group-00000000000000000001")).unwrap().len();
-    assert!(segments_after < segments_before);
+    assert!(files(&vfs, ".seg") < segments_before);
+    // Compaction only renamed the covered segments: a crash now leaves them
+    // for the next open to remove.
+    let doomed = files(&vfs, ".seg.deleted");
+    assert_eq!(doomed, segments_before - files(&vfs, ".seg"));
+    let crashed_vfs = vfs.crash(CrashMode::KeepUnsynced);
+    let mut crashed = open(&crashed_vfs, &cfg);
+    let rec = crashed.open_group(1).unwrap();
+    assert_eq!((rec.first_index, rec.last_log_id), (st.first_index, LogId::new(1, 100)));
+    assert_eq!(files(&crashed_vfs, ".seg.deleted"), 0, "the open removed them");
+    // The deletion job unlinks them, on any thread, once.
+    let job = s.take_deletions().expect("compaction left segments to delete");
+    assert_eq!(job.files().len(), doomed);
+    assert!(job.run().is_empty());
+    assert_eq!(files(&vfs, ".seg.deleted"), 0);
+    assert!(s.take_deletions().is_none(), "handed out once");
     assert_eq!(s.read_snapshot(1).unwrap(), Some((meta.clone(), b"kv state at 70".to_vec())));
     let vfs = vfs.crash(CrashMode::DropUnsynced);
     let mut s2 = open(&vfs, &cfg);

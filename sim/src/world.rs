@@ -21,7 +21,7 @@ use tarn_kv::{
     Reply as KvReply, SnapshotStreamDecoder, WatchId, WatchPoll,
 };
 
-use tarn_io::storage::{FlushReport, Storage, StorageConfig, StorageError, SyncJob};
+use tarn_io::storage::{DeletionJob, FlushReport, Storage, StorageConfig, StorageError, SyncJob};
 
 use crate::clock::NodeClock;
 use crate::disk::{DiskFaults, SimVfs};
@@ -350,6 +350,9 @@ enum DiskDone {
     SyncDue,
     /// Async write mode: the running background sync's fdatasyncs returned.
     SyncDone,
+    /// The storage worker's janitor deletes the segments a compaction
+    /// renamed away (a crash before it leaves them to the next open).
+    Delete(DeletionJob),
     Log(LogId),
     HardState {
         term: Term,
@@ -1097,6 +1100,12 @@ impl World {
                     }
                     DiskDone::SyncDone => {
                         self.background_sync_done(node as usize);
+                        return;
+                    }
+                    DiskDone::Delete(job) => {
+                        // A failed unlink leaves a file the next open removes,
+                        // as the driver's janitor only logs it.
+                        job.run();
                         return;
                     }
                     DiskDone::Log(up_to) => {
@@ -2118,12 +2127,16 @@ impl World {
             self.fail(FailureKind::Safety, "compaction", detail);
             return;
         }
+        let mut deletions = None;
         let first = match n.engine.as_mut() {
             None => up_to.index + 1,
             Some(engine) => {
                 let Some(storage) = engine.storage.as_mut() else { return };
                 match storage.compact(GROUP, up_to).and_then(|()| storage.log_state(GROUP)) {
-                    Ok(state) => state.first_index,
+                    Ok(state) => {
+                        deletions = storage.take_deletions();
+                        state.first_index
+                    }
                     Err(error) => {
                         self.storage_error(idx, 7, error);
                         return;
@@ -2132,6 +2145,11 @@ impl World {
             }
         };
         n.storage.compact_below(first.min(up_to.index + 1));
+        let incarnation = n.incarnation;
+        if let Some(job) = deletions {
+            let at = self.now() + self.disk_latency();
+            self.queue.push(at, Event::Disk { node: idx as u8, incarnation, done: DiskDone::Delete(job) });
+        }
         self.compactions += 1;
         self.record(idx as u64 + 1, TraceKind::Snapshot, 2, up_to.index, up_to.term);
     }

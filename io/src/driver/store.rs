@@ -23,7 +23,8 @@ use tokio::sync::mpsc;
 use super::sync_pacer::SyncPacer;
 use super::StorageCounters;
 use crate::storage::{
-    FlushReport, SnapshotFile, SnapshotReader, SnapshotWriter, Storage, StorageConfig, StorageError, SyncJob,
+    DeletionJob, FlushReport, SnapshotFile, SnapshotReader, SnapshotWriter, Storage, StorageConfig,
+    StorageError, SyncJob,
 };
 use crate::vfs::{StdVfs, Vfs};
 
@@ -346,6 +347,11 @@ pub trait LogStore: Send + 'static {
     fn commit_snapshot(&mut self, group: GroupId, staged: StagedSnapshot) -> Result<(), StoreError>;
     /// Entries up to `up_to` are covered by a durable snapshot: they may go.
     fn compact(&mut self, group: GroupId, up_to: LogId) -> Result<(), StoreError>;
+    /// Files compaction left to delete, as a job the worker runs on its
+    /// janitor thread (see `Storage::take_deletions`).
+    fn take_deletions(&mut self) -> Option<DeletionJob> {
+        None
+    }
     /// The chunk at `offset` of the group's current snapshot `snapshot` and
     /// whether it is the last; `None` if `snapshot` is not current any more.
     fn read_snapshot_chunk(
@@ -574,6 +580,10 @@ impl LogStore for FileStore {
 
     fn compact(&mut self, group: GroupId, up_to: LogId) -> Result<(), StoreError> {
         self.storage.compact(group, up_to).map_err(|e| StoreError::engine(group, e))
+    }
+
+    fn take_deletions(&mut self) -> Option<DeletionJob> {
+        self.storage.take_deletions()
     }
 
     fn read_snapshot_chunk(
@@ -1028,6 +1038,7 @@ fn worker_loop(
     };
     let epoch = std::time::Instant::now();
     let now = || u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let mut janitor = Janitor::default();
     let mut batch = Vec::new();
     let deliver = |groups: &HashMap<GroupId, mpsc::UnboundedSender<StorageDone>>, flushed: &mut Flushed| {
         let mut per_group: HashMap<GroupId, PersistedPair> = HashMap::new();
@@ -1150,6 +1161,9 @@ fn worker_loop(
                     if let Err(e) = store.compact(group, up_to) {
                         flushed.failed.push(e);
                     }
+                    if let Some(job) = store.take_deletions() {
+                        janitor.delete(job);
+                    }
                 }
                 StorageRequest::ReadSnapshotChunk { group, to, snapshot, offset, max_bytes } => {
                     let (data, done) = match store.read_snapshot_chunk(group, snapshot, offset, max_bytes) {
@@ -1254,6 +1268,55 @@ fn worker_loop(
     }
     if store.needs_flush() {
         store.flush(&mut flushed);
+    }
+}
+
+/// Deletes compacted segments on a thread of its own (started at the first
+/// job), so an unlink of a large file and a directory fsync never stall the
+/// group commit. Jobs still queued when the worker stops are finished
+/// before it returns.
+#[derive(Default)]
+struct Janitor {
+    jobs: Option<(std_mpsc::Sender<DeletionJob>, std::thread::JoinHandle<()>)>,
+}
+
+impl Janitor {
+    fn delete(&mut self, job: DeletionJob) {
+        if self.jobs.is_none() {
+            let (tx, rx) = std_mpsc::channel::<DeletionJob>();
+            let spawned = std::thread::Builder::new().name("tarn-janitor".into()).spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    for e in job.run() {
+                        tracing::warn!(error = %e, "deleting a compacted segment failed; the next start removes it");
+                    }
+                }
+            });
+            match spawned {
+                Ok(handle) => self.jobs = Some((tx, handle)),
+                Err(e) => {
+                    // Out of threads: delete in line rather than keep the files.
+                    tracing::warn!(error = %e, "no janitor thread; deleting compacted segments in line");
+                    for e in job.run() {
+                        tracing::warn!(error = %e, "deleting a compacted segment failed; the next start removes it");
+                    }
+                    return;
+                }
+            }
+        }
+        if let Some((tx, _)) = &self.jobs {
+            if let Err(std_mpsc::SendError(job)) = tx.send(job) {
+                job.run();
+            }
+        }
+    }
+}
+
+impl Drop for Janitor {
+    fn drop(&mut self) {
+        if let Some((tx, handle)) = self.jobs.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use tarn_core::{Entry, EntryPayload, GroupId, Index, LogId, Membership, Term};
 
 use super::error::{io_err, Result, StorageError};
 use super::record::{self, RECORD_ALIGNMENT_BYTES, RECORD_HEADER_BYTES};
-use super::segment::{self, SEGMENT_HEADER_BYTES, SEGMENT_TMP_SUFFIX};
+use super::segment::{self, SEGMENT_DELETED_SUFFIX, SEGMENT_HEADER_BYTES, SEGMENT_TMP_SUFFIX};
 use crate::vfs::{Vfs, VfsFile};
 
 /// Zeroing writes are at most this big (a static buffer, no allocation).
@@ -128,6 +128,9 @@ pub struct GroupLog {
     /// The segment a background sync job is syncing, until it finishes.
     in_flight_sync: Option<Index>,
     poison: Option<Poison>,
+    /// Compacted segments renamed for deletion and not yet handed out by
+    /// [`GroupLog::take_deletions`].
+    doomed: Vec<PathBuf>,
 }
 
 /// One segment fdatasync that can run on any thread (see
@@ -160,6 +163,7 @@ impl GroupLog {
             generation: 0,
             in_flight_sync: None,
             poison: None,
+            doomed: Vec::new(),
         }
     }
 
@@ -702,6 +706,16 @@ impl GroupLog {
     /// Drops whole segments whose entries are all at or below `upto.index`
     /// (covered by a durable snapshot). If the snapshot reaches past the
     /// log's end, the log restarts empty after it.
+    ///
+    /// A prefix's segments are only renamed here (a metadata update, no
+    /// fsync): unlinking them and syncing the directory is left to
+    /// [`GroupLog::take_deletions`], off the storage thread, so a snapshot
+    /// does not stall every group's group commit. The rename keeps a later
+    /// segment of the same first index out of the deletion's way. Should a
+    /// crash undo the rename, recovery drops a segment the snapshot covers
+    /// anyway. A reset (the log replaced by a snapshot past its end) still
+    /// removes and syncs in line: old segments past the snapshot must not
+    /// come back.
     pub fn compact(&mut self, upto: LogId) -> Result<()> {
         self.check_poison()?;
         self.write_staged()?;
@@ -721,8 +735,14 @@ impl GroupLog {
             let next_first = seg.next_index();
             let base_term = self.term(next_first - 1).unwrap_or(0);
             if seg.file.is_some() {
-                self.vfs.remove(&path).map_err(io_err("remove", &path))?;
-                removed_any = true;
+                if reset {
+                    self.vfs.remove(&path).map_err(io_err("remove", &path))?;
+                    removed_any = true;
+                } else {
+                    let doomed = self.dir.join(format!("{first_index:020}{SEGMENT_DELETED_SUFFIX}"));
+                    self.vfs.rename(&path, &doomed).map_err(io_err("rename", &path))?;
+                    self.doomed.push(doomed);
+                }
             }
             self.segments.pop_front();
             self.unsynced.retain(|&f| f != first_index);
@@ -749,6 +769,17 @@ impl GroupLog {
             }
         }
         Ok(())
+    }
+
+    /// The compacted segments to unlink (see [`GroupLog::compact`]), handed
+    /// out once.
+    pub fn take_deletions(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.doomed)
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     // ----- reads --------------------------------------------------------
@@ -858,7 +889,7 @@ impl GroupLog {
         let mut info = LogRecovery::default();
         let mut firsts = Vec::new();
         for name in &names {
-            if name.ends_with(SEGMENT_TMP_SUFFIX) {
+            if name.ends_with(SEGMENT_TMP_SUFFIX) || name.ends_with(SEGMENT_DELETED_SUFFIX) {
                 let path = dir.join(name);
                 vfs.remove(&path).map_err(io_err("remove", &path))?;
                 info.removed_segments.push(path);

@@ -420,6 +420,47 @@ impl SyncJob {
     }
 }
 
+/// Unlinks compacted segments and syncs their directories, on any thread
+/// (see [`Storage::take_deletions`]).
+pub struct DeletionJob {
+    vfs: Arc<dyn Vfs>,
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for DeletionJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeletionJob").field("files", &self.files).field("dirs", &self.dirs).finish()
+    }
+}
+
+impl DeletionJob {
+    /// The files it unlinks.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Unlinks the files, then syncs their directories. A file or directory
+    /// already gone (its group was removed meanwhile) is not an error; the
+    /// others are returned, for the log: what a failure leaves behind is
+    /// removed at the next open.
+    pub fn run(&self) -> Vec<StorageError> {
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let mut failed = Vec::new();
+        for path in &self.files {
+            if let Err(e) = self.vfs.remove(path).or_else(|e| if gone(&e) { Ok(()) } else { Err(e) }) {
+                failed.push(io_err("remove", path)(e));
+            }
+        }
+        for dir in &self.dirs {
+            if let Err(e) = self.vfs.sync_dir(dir).or_else(|e| if gone(&e) { Ok(()) } else { Err(e) }) {
+                failed.push(io_err("fsync directory", dir)(e));
+            }
+        }
+        failed
+    }
+}
+
 const NODE_ID_FILE: &str = "tarn.id";
 const GROUP_ID_FILE: &str = "group.id";
 const HARD_STATE_FILE: &str = "hardstate";
@@ -1055,6 +1096,23 @@ impl Storage {
         // also covers a log compacted whole (see `report_flushed`).
         store.log.compact(upto)?;
         Ok(())
+    }
+
+    /// The compacted segments of every group still to unlink, with the
+    /// directories to sync after, as a job for any thread (`None`: nothing
+    /// to delete). Compaction only renamed them (see [`GroupLog::compact`]);
+    /// a job never run, or cut short by a crash, leaves files that the next
+    /// open removes.
+    pub fn take_deletions(&mut self) -> Option<DeletionJob> {
+        let mut job = DeletionJob { vfs: self.vfs.clone(), files: Vec::new(), dirs: Vec::new() };
+        for store in self.groups.values_mut() {
+            let files = store.log.take_deletions();
+            if !files.is_empty() {
+                job.files.extend(files);
+                job.dirs.push(store.log.dir().to_path_buf());
+            }
+        }
+        (!job.files.is_empty()).then_some(job)
     }
 
     /// Appends entries `lo..hi` to `out`, stopping after `max_bytes` of

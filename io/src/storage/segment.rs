@@ -17,6 +17,10 @@ const MAGIC: &[u8; 8] = b"TARNSEG1";
 const VERSION: u32 = 1;
 pub const SEGMENT_SUFFIX: &str = ".seg";
 pub const SEGMENT_TMP_SUFFIX: &str = ".seg.tmp";
+/// Suffix of a compacted segment renamed out of the log's way, to be
+/// unlinked off the storage thread (see `Storage::take_deletions`); removed
+/// at open if a crash came first.
+pub const SEGMENT_DELETED_SUFFIX: &str = ".seg.deleted";
 
 pub fn file_name(first_index: Index) -> String {
     format!("{first_index:020}{SEGMENT_SUFFIX}")
