@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tarn_core::{GroupId, NodeId};
 use tarn_io::driver::WriteMode;
 use tarn_kv::{ChildView, EventKind, LockOutcome, NodeKind, NodeView, WatchEvent};
@@ -50,21 +50,89 @@ const EXIT_ERROR: u8 = 1;
 #[derive(Parser, Debug)]
 #[command(name = "tarn", version, verbatim_doc_comment)]
 struct Cli {
-    /// Client addresses of the cluster's nodes, comma separated. Any subset
-    /// works: the client finds the leader itself.
-    #[arg(long, global = true, value_delimiter = ',', default_value = DEFAULT_CLIENT_ADDR)]
-    endpoints: Vec<SocketAddr>,
-    /// The Raft group to talk to (a server hosts group 1 by default; see `tarn group`).
-    #[arg(long, global = true, default_value_t = DEFAULT_GROUP)]
-    group: GroupId,
-    /// Print results as JSON (one object per line) instead of plain text.
-    #[arg(long, global = true)]
-    json: bool,
-    /// Give up on a request after this many milliseconds (retries included).
-    #[arg(long, global = true, default_value_t = 10_000)]
-    timeout_ms: u64,
+    /// The client flags, also accepted before the command (`tarn --endpoints
+    /// A get k`); a flag given after the command wins.
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// The flags of every client command: where the cluster is, which group,
+/// how to print, how long to wait. Servers (`serve`, `cluster`) take none of
+/// them (`serve --join` has `--join-endpoints`).
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+#[command(next_help_heading = "Client options (before or after the command)")]
+struct ClientArgs {
+    /// Client addresses of the cluster's nodes, comma separated (default
+    /// 127.0.0.1:7700). Any subset works: the client finds the leader itself.
+    #[arg(long, value_delimiter = ',', value_name = "ADDRS")]
+    endpoints: Option<Vec<SocketAddr>>,
+    /// The Raft group to talk to (default 1, the group every server hosts;
+    /// see `tarn group`).
+    #[arg(long, value_name = "ID")]
+    group: Option<GroupId>,
+    /// Print results as JSON (one object per line) instead of plain text.
+    #[arg(long)]
+    json: bool,
+    /// Give up on a request after this many milliseconds, retries included
+    /// (default 10000).
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+}
+
+/// Default of `--timeout-ms`.
+const CLIENT_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+impl ClientArgs {
+    /// Whether any flag was given.
+    fn any(&self) -> bool {
+        *self != ClientArgs::default()
+    }
+
+    /// Fills what this one lacks from `outer` (the flags given before the command).
+    fn fill_from(&mut self, outer: &ClientArgs) {
+        if self.endpoints.is_none() {
+            self.endpoints.clone_from(&outer.endpoints);
+        }
+        self.group = self.group.or(outer.group);
+        self.json |= outer.json;
+        self.timeout_ms = self.timeout_ms.or(outer.timeout_ms);
+    }
+
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        self.endpoints.clone().unwrap_or_else(|| vec![default_client_addr()])
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(self.endpoints());
+        config.group = self.group.unwrap_or(DEFAULT_GROUP);
+        config.request_timeout = Duration::from_millis(self.timeout_ms.unwrap_or(CLIENT_TIMEOUT_MS_DEFAULT));
+        config
+    }
+
+    /// The flags given, as the user would type them (for error messages).
+    fn given(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        if self.endpoints.is_some() {
+            given.push("--endpoints");
+        }
+        if self.group.is_some() {
+            given.push("--group");
+        }
+        if self.json {
+            given.push("--json");
+        }
+        if self.timeout_ms.is_some() {
+            given.push("--timeout-ms");
+        }
+        given
+    }
+}
+
+fn default_client_addr() -> SocketAddr {
+    // Invariant: DEFAULT_CLIENT_ADDR is a literal `IP:PORT`, checked by a unit test.
+    DEFAULT_CLIENT_ADDR.parse().expect("DEFAULT_CLIENT_ADDR parses")
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,17 +142,7 @@ enum Cmd {
     /// Run a local cluster of N nodes in this process (for trying things out).
     /// Its cluster id differs from that of hand-started nodes on the same
     /// addresses, so neither can take the other's data directories.
-    Cluster {
-        /// How many nodes (1 to 7 make sense; each is a voter of group 1).
-        #[arg(long, default_value_t = 3)]
-        nodes: u64,
-        /// Client ports are base+1..base+N, peer ports base+101..base+100+N.
-        #[arg(long, default_value_t = 7700)]
-        base_port: u16,
-        /// Where the nodes keep their data: one subdirectory per node (n1, n2, ...).
-        #[arg(long, default_value = "./tarn-cluster")]
-        data_dir: PathBuf,
-    },
+    Cluster(ClusterArgs),
     /// Print the value of KEY (exit code 3 if it does not exist).
     Get {
         /// The key, a path with `.` between segments (`app.db.url`).
@@ -92,6 +150,8 @@ enum Cmd {
         /// Read from whichever node answers, possibly stale (no leader round trip).
         #[arg(long)]
         stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Set KEY to VALUE (the parent directory must exist).
     Put {
@@ -108,11 +168,15 @@ enum Cmd {
         /// update by the client that created it (this command's process).
         #[arg(long)]
         ttl_ms: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Remove KEY (a value or an empty directory). A missing key is success.
     Rm {
         /// The key to remove.
         key: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Create directory KEY.
     Mkdir {
@@ -121,6 +185,8 @@ enum Cmd {
         /// Make it a temporary directory (whole subtree removed when the TTL passes).
         #[arg(long)]
         ttl_ms: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// List the children of directory KEY (the root if omitted). A listing
     /// larger than a reply frame (16 MiB) is refused: page it with --limit and
@@ -136,6 +202,8 @@ enum Cmd {
         /// Start after this child (its name, or its full key).
         #[arg(long, value_name = "CHILD")]
         after: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Compare-and-set: change KEY only if its value is the expected one.
     Cas {
@@ -147,6 +215,8 @@ enum Cmd {
         /// The new value; omit to delete KEY.
         #[arg(long)]
         new: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Print every change to KEY (or, with --subtree, below it) as it happens.
     Watch {
@@ -162,6 +232,8 @@ enum Cmd {
         /// Exit after this many events.
         #[arg(long)]
         count: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Take the lock KEY, hold it (renewing the lease) for --hold-ms or until Ctrl-C, release it.
     Lock {
@@ -177,6 +249,8 @@ enum Cmd {
         /// Release after this long (default: hold until Ctrl-C).
         #[arg(long)]
         hold_ms: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Show each endpoint's node: its groups, roles, terms, indexes, follower lag, counters.
     /// A node with many groups gets a summary (counts by role, the worst lag)
@@ -185,12 +259,16 @@ enum Cmd {
         /// Print every group even when there are many.
         #[arg(long)]
         all_groups: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Ask the group's leader to hand leadership to node --to.
     TransferLeader {
         /// The node id of a voter of the group to hand leadership to.
         #[arg(long)]
         to: NodeId,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Add or remove Raft groups at runtime (multi-raft).
     #[command(subcommand)]
@@ -215,6 +293,8 @@ enum GroupCmd {
         /// endpoint given must be one of them.
         #[arg(long, value_delimiter = ',')]
         voters: Vec<NodeId>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Stop group ID and delete its data on every endpoint (cannot be
     /// undone; needs --yes).
@@ -224,6 +304,8 @@ enum GroupCmd {
         /// Confirm: the group's data is deleted on every endpoint.
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -240,22 +322,30 @@ enum MemberCmd {
         /// Add it as a learner: it replicates but does not vote until promoted.
         #[arg(long)]
         learner: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Remove node ID (voter or learner) from the group.
     Remove {
         /// The node to remove.
         id: NodeId,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Make learner ID a voter (refused while it lags too far behind).
     Promote {
         /// The learner to promote.
         id: NodeId,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Drop node ID's address from the replicated peer directory (written by
     /// `member add ID PEER_ADDR`), so nodes stop dialing a node removed for good.
     Forget {
         /// The node removed for good.
         id: NodeId,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -297,12 +387,17 @@ struct ServeArgs {
     /// Override the cluster id derived from --cluster.
     #[arg(long)]
     cluster_id: Option<u64>,
-    /// Join the running cluster at --endpoints (its nodes' client addresses)
-    /// instead of starting one: the node starts empty, waits until
-    /// `tarn member add <id> <its --peer> --learner` and catches up; promote
-    /// it afterwards. Pass --join on every start of this node.
+    /// Join the running cluster at --join-endpoints instead of starting one:
+    /// the node starts empty, waits until `tarn member add <id> <its --peer>
+    /// --learner` and catches up; promote it afterwards. Pass --join on every
+    /// start of this node.
     #[arg(long)]
     join: bool,
+    /// With --join: client addresses of the running cluster's nodes, comma
+    /// separated (default 127.0.0.1:7700); any one that answers will do.
+    // `--endpoints`, a hidden alias, is what this flag was called before.
+    #[arg(long, value_delimiter = ',', value_name = "ADDRS", alias = "endpoints", requires = "join")]
+    join_endpoints: Option<Vec<SocketAddr>>,
     /// When a write is acknowledged: after fdatasync (sync), or once the
     /// OS has it, with a sync every 100 ms (async).
     #[arg(long, value_enum, default_value_t = Mode::Sync)]
@@ -343,6 +438,20 @@ enum LogFormat {
     Text,
     /// One JSON object per line: timestamp, level, fields, target, spans.
     Json,
+}
+
+#[derive(Args, Debug)]
+struct ClusterArgs {
+    /// How many nodes (1 to 7 make sense; each is a voter of group 1).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Client ports are base+1..base+N, peer ports base+101..base+100+N;
+    /// 0 lets the OS pick free ports (printed at start).
+    #[arg(long, default_value_t = 7700)]
+    base_port: u16,
+    /// Where the nodes keep their data: one subdirectory per node (n1, n2, ...).
+    #[arg(long, default_value = "./tarn-cluster")]
+    data_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -393,6 +502,8 @@ struct BenchArgs {
     /// without them.
     #[arg(long)]
     snapshot_after_entries: Option<u64>,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 /// `N` or `FIRST..LAST` (inclusive).
@@ -431,6 +542,80 @@ fn init_logging(default: &str, format: LogFormat) {
     };
 }
 
+impl Cmd {
+    /// The client flags of a client command; `None` for the servers.
+    fn client_args_mut(&mut self) -> Option<&mut ClientArgs> {
+        match self {
+            Cmd::Serve(_) | Cmd::Cluster(_) => None,
+            Cmd::Get { client, .. }
+            | Cmd::Put { client, .. }
+            | Cmd::Rm { client, .. }
+            | Cmd::Mkdir { client, .. }
+            | Cmd::Ls { client, .. }
+            | Cmd::Cas { client, .. }
+            | Cmd::Watch { client, .. }
+            | Cmd::Lock { client, .. }
+            | Cmd::Status { client, .. }
+            | Cmd::TransferLeader { client, .. }
+            | Cmd::Group(GroupCmd::Add { client, .. } | GroupCmd::Remove { client, .. })
+            | Cmd::Member(
+                MemberCmd::Add { client, .. }
+                | MemberCmd::Remove { client, .. }
+                | MemberCmd::Promote { client, .. }
+                | MemberCmd::Forget { client, .. },
+            ) => Some(client),
+            Cmd::Bench(args) => Some(&mut args.client),
+        }
+    }
+}
+
+/// Places the client flags given before the command. A client command takes
+/// each one it was not given itself. `serve --join` takes `--endpoints` as
+/// the cluster to join (`tarn --endpoints A serve --join` predates
+/// `--join-endpoints`). Any other client flag before `serve` or `cluster` is
+/// a usage error, not silently ignored.
+fn resolve(cli: Cli) -> Result<Cmd, clap::Error> {
+    let Cli { client: outer, mut command } = cli;
+    if let Some(inner) = command.client_args_mut() {
+        inner.fill_from(&outer);
+        return Ok(command);
+    }
+    let usage = |message: String| Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message);
+    match &mut command {
+        Cmd::Serve(args) => {
+            let not_endpoints = ClientArgs { endpoints: None, ..outer.clone() };
+            if not_endpoints.any() {
+                return Err(usage(format!(
+                    "{} is a client flag; `tarn serve` does not take it",
+                    not_endpoints.given().join(", ")
+                )));
+            }
+            if let Some(endpoints) = outer.endpoints {
+                if !args.join {
+                    return Err(usage(
+                        "--endpoints before `serve` names the cluster to join: add --join, or drop --endpoints"
+                            .into(),
+                    ));
+                }
+                if args.join_endpoints.is_some() {
+                    return Err(usage(
+                        "the cluster to join is given twice: keep --join-endpoints, drop --endpoints".into(),
+                    ));
+                }
+                args.join_endpoints = Some(endpoints);
+            }
+        }
+        Cmd::Cluster(_) if outer.any() => {
+            return Err(usage(format!(
+                "{} is a client flag; `tarn cluster` does not take it (it prints its nodes' endpoints)",
+                outer.given().join(", ")
+            )));
+        }
+        _ => {}
+    }
+    Ok(command)
+}
+
 /// Only the binary picks the allocator: a library embedding tarn keeps its own. glibc malloc
 /// and free were about a fifth of the CPU in a 1-node `tarn bench` profile (many small
 /// short-lived buffers per request); mimalloc measured +24% throughput at equal CPU time.
@@ -438,9 +623,12 @@ fn init_logging(default: &str, format: LogFormat) {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let server_side = matches!(cli.command, Cmd::Serve(_) | Cmd::Cluster { .. });
-    let log_format = match &cli.command {
+    let command = match resolve(Cli::parse()) {
+        Ok(command) => command,
+        Err(e) => e.exit(),
+    };
+    let server_side = matches!(command, Cmd::Serve(_) | Cmd::Cluster(_));
+    let log_format = match &command {
         Cmd::Serve(args) => args.log_format,
         _ => LogFormat::Text,
     };
@@ -452,7 +640,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::NotFound(msg)) => {
             eprintln!("error: {msg}");
@@ -515,16 +703,16 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let mut client_config = ClientConfig::new(cli.endpoints.clone());
-    client_config.group = cli.group;
-    client_config.request_timeout = Duration::from_millis(cli.timeout_ms);
-    let json = cli.json;
+async fn run(mut command: Cmd) -> Result<(), Failure> {
+    let client_args = command.client_args_mut().map(|a| a.clone()).unwrap_or_default();
+    let client_config = client_args.config();
+    let endpoints = client_args.endpoints();
+    let json = client_args.json;
     let client = || Client::new(client_config.clone());
-    match cli.command {
-        Cmd::Serve(args) => serve(args, &cli.endpoints).await,
-        Cmd::Cluster { nodes, base_port, data_dir } => cluster(nodes, base_port, data_dir).await,
-        Cmd::Get { key, stale } => {
+    match command {
+        Cmd::Serve(args) => serve(args).await,
+        Cmd::Cluster(args) => cluster(args).await,
+        Cmd::Get { key, stale, .. } => {
             let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
             match client().get_with(&key, consistency).await? {
                 Some(node) => {
@@ -534,7 +722,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 None => Err(Failure::NotFound(format!("key {key:?} does not exist"))),
             }
         }
-        Cmd::Put { key, value, file, ttl_ms } => {
+        Cmd::Put { key, value, file, ttl_ms, .. } => {
             let value = put_value(value, file)?;
             let c = client();
             match ttl_ms {
@@ -544,12 +732,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             done(json);
             Ok(())
         }
-        Cmd::Rm { key } => {
+        Cmd::Rm { key, .. } => {
             client().remove(&key).await?;
             done(json);
             Ok(())
         }
-        Cmd::Mkdir { key, ttl_ms } => {
+        Cmd::Mkdir { key, ttl_ms, .. } => {
             let c = client();
             match ttl_ms {
                 Some(ms) => c.mkdir_temp(&key, Duration::from_millis(ms)).await?,
@@ -558,7 +746,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             done(json);
             Ok(())
         }
-        Cmd::Ls { key, limit, after } => {
+        Cmd::Ls { key, limit, after, .. } => {
             // `--after app.x` and `--after x` name the same child of `app`.
             let prefix = format!("{key}.");
             let after = after.map(|a| a.strip_prefix(&prefix).map(str::to_owned).unwrap_or(a));
@@ -571,12 +759,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Cas { key, expect, new } => {
+        Cmd::Cas { key, expect, new, .. } => {
             client().compare_and_set(&key, expect.map(Bytes::from), new.map(Bytes::from)).await?;
             done(json);
             Ok(())
         }
-        Cmd::Watch { key, subtree, after, count } => {
+        Cmd::Watch { key, subtree, after, count, .. } => {
             let mut stream = client().watch(&key, subtree, after);
             let mut seen = 0u64;
             loop {
@@ -595,7 +783,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Cmd::Lock { key, lease_ms, wait_ms, hold_ms } => {
+        Cmd::Lock { key, lease_ms, wait_ms, hold_ms, .. } => {
             let c = client();
             let lease = Duration::from_millis(lease_ms);
             match c.try_lock(&key, lease, Duration::from_millis(wait_ms)).await? {
@@ -642,12 +830,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Status { all_groups } => {
+        Cmd::Status { all_groups, .. } => {
             // Each unreachable endpoint is reported once, in place; the exit
             // code says whether every endpoint answered.
             let c = client();
             let mut down = 0;
-            for (i, endpoint) in cli.endpoints.iter().enumerate() {
+            for (i, endpoint) in endpoints.iter().enumerate() {
                 match c.status_of(i).await {
                     Ok(s) => print_status(*endpoint, &s, json, all_groups),
                     Err(e) => {
@@ -664,19 +852,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
             if down > 0 {
-                return Err(Failure::Quiet(format!(
-                    "{down} of {} endpoints unreachable",
-                    cli.endpoints.len()
-                )));
+                return Err(Failure::Quiet(format!("{down} of {} endpoints unreachable", endpoints.len())));
             }
             Ok(())
         }
-        Cmd::TransferLeader { to } => {
+        Cmd::TransferLeader { to, .. } => {
             client().transfer_leader(to).await?;
             done(json);
             Ok(())
         }
-        Cmd::Group(GroupCmd::Add { id: (first, last), voters }) => {
+        Cmd::Group(GroupCmd::Add { id: (first, last), voters, .. }) => {
             if voters.is_empty() {
                 return Err(Failure::Other("--voters is required, e.g. --voters 1,2,3".into()));
             }
@@ -688,13 +873,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             done(json);
             Ok(())
         }
-        Cmd::Group(GroupCmd::Remove { id, yes }) => {
+        Cmd::Group(GroupCmd::Remove { id, yes, .. }) => {
             if !yes {
                 let default =
                     if id == DEFAULT_GROUP { " (the default group, where `tarn put` writes)" } else { "" };
                 return Err(Failure::Other(format!(
                     "`group remove {id}` deletes group {id}{default} and all its data on every endpoint ({}); it cannot be undone. Add --yes to confirm",
-                    cli.endpoints.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
+                    endpoints.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
                 )));
             }
             client().remove_group(id).await?;
@@ -703,18 +888,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Member(cmd) => {
             let change = match cmd {
-                MemberCmd::Add { id, peer_addr, learner } => {
+                MemberCmd::Add { id, peer_addr, learner, .. } => {
                     client().add_member(id, peer_addr, learner).await?;
                     done(json);
                     return Ok(());
                 }
-                MemberCmd::Forget { id } => {
+                MemberCmd::Forget { id, .. } => {
                     client().forget_peer(id).await?;
                     done(json);
                     return Ok(());
                 }
-                MemberCmd::Remove { id } => MemberChange::Remove(id),
-                MemberCmd::Promote { id } => MemberChange::Promote(id),
+                MemberCmd::Remove { id, .. } => MemberChange::Remove(id),
+                MemberCmd::Promote { id, .. } => MemberChange::Promote(id),
             };
             client().change_membership(vec![change]).await?;
             done(json);
@@ -724,7 +909,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-async fn serve(args: ServeArgs, endpoints: &[SocketAddr]) -> Result<(), Failure> {
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let cluster: BTreeMap<NodeId, SocketAddr> = args.cluster.iter().copied().collect();
     if cluster.len() != args.cluster.len() {
         return Err(Failure::Other("--cluster lists a node id twice".into()));
@@ -732,7 +917,7 @@ async fn serve(args: ServeArgs, endpoints: &[SocketAddr]) -> Result<(), Failure>
     let mut config = if args.join {
         if !cluster.is_empty() {
             return Err(Failure::Other(
-                "--join and --cluster exclude each other: a joining node learns the cluster from --endpoints"
+                "--join and --cluster exclude each other: a joining node learns the cluster from --join-endpoints"
                     .into(),
             ));
         }
@@ -741,7 +926,7 @@ async fn serve(args: ServeArgs, endpoints: &[SocketAddr]) -> Result<(), Failure>
         };
         let mut c = ServerConfig::single(&args.data_dir, args.client);
         c.peer_addr = Some(peer);
-        c.join = Some(endpoints.to_vec());
+        c.join = Some(args.join_endpoints.clone().unwrap_or_else(|| vec![default_client_addr()]));
         c
     } else if cluster.is_empty() {
         if args.peer.is_some() {
@@ -841,7 +1026,8 @@ async fn start_local_cluster(
     Ok(servers)
 }
 
-async fn cluster(nodes: u64, base_port: u16, data_dir: PathBuf) -> Result<(), Failure> {
+async fn cluster(args: ClusterArgs) -> Result<(), Failure> {
+    let ClusterArgs { nodes, base_port, data_dir } = args;
     let servers = start_local_cluster(
         nodes,
         |i| base_port + i as u16,
@@ -1214,7 +1400,6 @@ fn print_groups(s: &NodeStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     /// Every flag and argument of every subcommand says what it is for.
     #[test]
@@ -1241,5 +1426,75 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+        assert_eq!(default_client_addr().to_string(), DEFAULT_CLIENT_ADDR);
+    }
+
+    fn parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        resolve(Cli::try_parse_from(std::iter::once("tarn").chain(args.iter().copied()))?)
+    }
+
+    fn addrs(s: &str) -> Option<Vec<SocketAddr>> {
+        Some(s.split(',').map(|a| a.parse().expect("test address")).collect())
+    }
+
+    fn client_of(cmd: Cmd) -> ClientArgs {
+        let mut cmd = cmd;
+        cmd.client_args_mut().expect("a client command").clone()
+    }
+
+    #[test]
+    fn client_flags_go_before_or_after_the_command_and_after_wins() {
+        let before = client_of(parse(&["--endpoints", "127.0.0.1:1", "--json", "get", "k"]).unwrap());
+        let after = client_of(parse(&["get", "k", "--endpoints", "127.0.0.1:1", "--json"]).unwrap());
+        assert_eq!(before, after);
+        assert_eq!(before.endpoints, addrs("127.0.0.1:1"));
+        let both = client_of(
+            parse(&["--endpoints", "127.0.0.1:1", "--group", "2", "get", "k", "--endpoints", "127.0.0.1:2"])
+                .unwrap(),
+        );
+        assert_eq!((both.endpoints, both.group), (addrs("127.0.0.1:2"), Some(2)));
+        let nested = client_of(parse(&["group", "add", "3", "--voters", "1", "--timeout-ms", "5"]).unwrap());
+        assert_eq!(nested.timeout_ms, Some(5));
+        let defaults = client_of(parse(&["status"]).unwrap());
+        assert_eq!(defaults.endpoints(), vec![default_client_addr()]);
+        assert_eq!(defaults.config().request_timeout, Duration::from_millis(CLIENT_TIMEOUT_MS_DEFAULT));
+    }
+
+    fn join_endpoints(cmd: Cmd) -> Option<Vec<SocketAddr>> {
+        match cmd {
+            Cmd::Serve(args) => args.join_endpoints,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_takes_the_cluster_to_join_in_every_documented_form() {
+        let a = addrs("127.0.0.1:1,127.0.0.1:2");
+        let forms: [&[&str]; 3] = [
+            &["serve", "--join", "--join-endpoints", "127.0.0.1:1,127.0.0.1:2"],
+            &["serve", "--join", "--endpoints", "127.0.0.1:1,127.0.0.1:2"],
+            &["--endpoints", "127.0.0.1:1,127.0.0.1:2", "serve", "--join"],
+        ];
+        for form in forms {
+            assert_eq!(join_endpoints(parse(form).unwrap()), a, "{form:?}");
+        }
+        assert_eq!(join_endpoints(parse(&["serve"]).unwrap()), None);
+    }
+
+    #[test]
+    fn client_flags_with_a_server_command_are_usage_errors() {
+        let refused: [&[&str]; 7] = [
+            &["--json", "serve"],
+            &["serve", "--json"],
+            &["--endpoints", "127.0.0.1:1", "serve"],
+            &["serve", "--join-endpoints", "127.0.0.1:1"],
+            &["--endpoints", "127.0.0.1:1", "serve", "--join", "--join-endpoints", "127.0.0.1:2"],
+            &["--timeout-ms", "5", "cluster"],
+            &["cluster", "--group", "2"],
+        ];
+        for args in refused {
+            let e = parse(args).expect_err(&format!("{args:?} must be refused"));
+            assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+        }
     }
 }

@@ -132,7 +132,7 @@ async fn serve_join_then_member_add_and_promote_from_the_cli() {
         // The README's commands: a fourth node joins, is added, then promoted.
         let _node4 = Child(
             std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
-                .args(["--endpoints", &all, "serve", "--join", "--id", "4"])
+                .args(["serve", "--join", "--join-endpoints", &all, "--id", "4"])
                 .args(["--client", &client4, "--peer", &peer4, "--election-timeout-ms", "150"])
                 .arg("--data-dir")
                 .arg(&data4)
@@ -306,5 +306,63 @@ async fn json_output_is_valid_json_whatever_the_value() {
     })
     .await
     .unwrap();
+    cluster.shutdown().await;
+}
+
+/// Runs `tarn` with exactly `args` (no endpoint added).
+fn tarn_bare(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tarn")).args(args).output().expect("run the tarn binary")
+}
+
+const CLIENT_FLAGS: [&str; 4] = ["--endpoints", "--group", "--json", "--timeout-ms"];
+
+/// Issue 18: the servers' help lists no client flag, every client command's
+/// does, and the flags work after the command as well as before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_flags_belong_to_client_commands_only() {
+    for server in [&["serve", "--help"][..], &["cluster", "--help"]] {
+        let o = tarn_bare(server);
+        assert!(o.status.success(), "{}", stderr(&o));
+        for flag in CLIENT_FLAGS {
+            assert!(!stdout(&o).contains(flag), "`tarn {server:?}` lists {flag}:\n{}", stdout(&o));
+        }
+    }
+    assert!(stdout(&tarn_bare(&["serve", "--help"])).contains("--join-endpoints <ADDRS>"));
+    for client in
+        [&["get", "--help"][..], &["status", "--help"], &["group", "add", "--help"], &["bench", "--help"]]
+    {
+        let help = stdout(&tarn_bare(client));
+        for flag in CLIENT_FLAGS {
+            assert!(help.contains(flag), "`tarn {client:?}` lacks {flag}:\n{help}");
+        }
+    }
+    // A client flag given to a server is bad usage (exit 2), not ignored.
+    let o = tarn_bare(&["--json", "serve"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--json is a client flag"), "{}", stderr(&o));
+    assert_eq!(tarn_bare(&["cluster", "--endpoints", "127.0.0.1:1"]).status.code(), Some(2));
+    assert_eq!(
+        tarn_bare(&["serve", "--join-endpoints", "127.0.0.1:1"]).status.code(),
+        Some(2),
+        "needs --join"
+    );
+
+    let cluster = tokio::time::timeout(Duration::from_secs(30), TestCluster::start(1)).await.expect("start");
+    let ep = cluster.endpoints()[0].to_string();
+    tokio::task::spawn_blocking(move || {
+        let ep = ep.as_str();
+        let dead = common::free_addr().to_string();
+        assert!(tarn_bare(&["put", "k", "v", "--endpoints", ep]).status.success());
+        let o = tarn_bare(&["get", "k", "--endpoints", ep, "--json"]);
+        assert!(stdout(&o).starts_with("{\"key\":\"k\""), "{}{}", stdout(&o), stderr(&o));
+        // After the command wins over before it: the dead endpoint is never used.
+        let o = tarn_bare(&["--endpoints", &dead, "--timeout-ms", "300", "get", "k", "--endpoints", ep]);
+        assert_eq!((o.status.code(), stdout(&o)), (Some(0), "v\n".to_string()), "{}", stderr(&o));
+        // Before the command still works, and so do both halves mixed.
+        let o = tarn_bare(&["--endpoints", ep, "get", "k", "--json"]);
+        assert!(stdout(&o).contains("\"value\":\"v\""), "{}", stdout(&o));
+    })
+    .await
+    .expect("client flag checks");
     cluster.shutdown().await;
 }
