@@ -164,10 +164,22 @@ enum Cmd {
         /// Read the value from file F instead.
         #[arg(long, value_name = "F", conflicts_with = "value")]
         file: Option<PathBuf>,
-        /// Make it a temporary node, removed this many ms after its last
-        /// update by the client that created it (this command's process).
-        #[arg(long)]
+        /// Make it a temporary node, removed this many ms after it was
+        /// written unless renewed (`tarn ttl KEY --ttl-ms N`).
+        #[arg(long, value_name = "N")]
         ttl_ms: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Renew the TTL of temporary node KEY (made with `--ttl-ms`): it is
+    /// removed N ms from now unless renewed again. Any client may renew a
+    /// node; its value and owner stay. Exit code 3 if KEY does not exist.
+    Ttl {
+        /// The temporary node (value or directory) to renew.
+        key: String,
+        /// The new TTL, from now (1 ms to 30 days).
+        #[arg(long, value_name = "N")]
+        ttl_ms: u64,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -182,8 +194,9 @@ enum Cmd {
     Mkdir {
         /// The directory's key; its parent must exist (the root always does).
         key: String,
-        /// Make it a temporary directory (whole subtree removed when the TTL passes).
-        #[arg(long)]
+        /// Make it a temporary directory, removed with its whole subtree this
+        /// many ms after it was made unless renewed (`tarn ttl KEY --ttl-ms N`).
+        #[arg(long, value_name = "N")]
         ttl_ms: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
@@ -549,6 +562,7 @@ impl Cmd {
             Cmd::Serve(_) | Cmd::Cluster(_) => None,
             Cmd::Get { client, .. }
             | Cmd::Put { client, .. }
+            | Cmd::Ttl { client, .. }
             | Cmd::Rm { client, .. }
             | Cmd::Mkdir { client, .. }
             | Cmd::Ls { client, .. }
@@ -729,6 +743,11 @@ async fn run(mut command: Cmd) -> Result<(), Failure> {
                 Some(ms) => c.put_temp(&key, value, Duration::from_millis(ms)).await?,
                 None => c.put(&key, value).await?,
             }
+            done(json);
+            Ok(())
+        }
+        Cmd::Ttl { key, ttl_ms, .. } => {
+            client().renew_ttl(&key, Duration::from_millis(ttl_ms)).await?;
             done(json);
             Ok(())
         }

@@ -366,3 +366,75 @@ async fn client_flags_belong_to_client_commands_only() {
     .expect("client flag checks");
     cluster.shutdown().await;
 }
+
+/// Runs `tarn` until `key` no longer exists, or panics after the test deadline.
+fn wait_until_gone(endpoint: &str, key: &str) {
+    let deadline = std::time::Instant::now() + common::TEST_DEADLINE;
+    loop {
+        let o = tarn(endpoint, &["get", key]);
+        if o.status.code() == Some(3) {
+            return;
+        }
+        assert!(o.status.success(), "get {key}: {}", stderr(&o));
+        assert!(std::time::Instant::now() < deadline, "{key} never expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 18: `tarn ttl KEY --ttl-ms N` renews a temporary node from another
+/// process than the one that wrote it; the README's "removed 5 s after its
+/// last update" holds for a renewal, in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_renews_a_temporary_node_from_another_process() {
+    let cluster = tokio::time::timeout(Duration::from_secs(30), TestCluster::start(1)).await.expect("start");
+    let ep = cluster.endpoints()[0].to_string();
+    tokio::task::spawn_blocking(move || {
+        let ep = ep.as_str();
+        let owner_of = |key: &str| -> serde_json::Value {
+            let o = tarn(ep, &["--json", "get", key]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            let node: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+            node["owner"].clone()
+        };
+        assert!(tarn(ep, &["mkdir", "app"]).status.success());
+        assert!(tarn(ep, &["put", "app.s", "alive", "--ttl-ms", "2000"]).status.success());
+        let owner = owner_of("app.s");
+        assert!(owner.as_u64().is_some(), "a temporary node has an owner: {owner}");
+        // Longer: renewed by this (other) process before its 2 s pass...
+        let o = tarn(ep, &["ttl", "app.s", "--ttl-ms", "60000"]);
+        assert_eq!((o.status.code(), stdout(&o)), (Some(0), "ok\n".to_string()), "{}", stderr(&o));
+        // ...it outlives a node written after the renewal with a longer TTL
+        // than the original: had the renewal not taken, the leader would have
+        // expired app.s (earlier deadline) no later than the marker.
+        assert!(tarn(ep, &["put", "app.marker", "m", "--ttl-ms", "2500"]).status.success());
+        wait_until_gone(ep, "app.marker");
+        assert_eq!(stdout(&tarn(ep, &["get", "app.s"])), "alive\n", "renewed: still there");
+        assert_eq!(owner_of("app.s"), owner, "a renewal keeps the owner");
+        // Shorter: the expiry moves to N ms from the renewal, never earlier.
+        let renewed = std::time::Instant::now();
+        assert!(tarn(ep, &["ttl", "app.s", "--ttl-ms", "1000"]).status.success());
+        wait_until_gone(ep, "app.s");
+        assert!(renewed.elapsed() >= Duration::from_millis(1000), "expired early: {:?}", renewed.elapsed());
+
+        let fails = |o: &Output, code: i32, says: &str| {
+            assert_eq!(o.status.code(), Some(code), "{}", stderr(o));
+            assert_eq!(stderr(o).lines().count(), 1, "{}", stderr(o));
+            assert!(stderr(o).contains(says), "expected {says:?} in: {}", stderr(o));
+        };
+        fails(&tarn(ep, &["ttl", "app.s", "--ttl-ms", "1000"]), 3, "app.s");
+        assert!(tarn(ep, &["put", "app.p", "v"]).status.success());
+        fails(&tarn(ep, &["ttl", "app.p", "--ttl-ms", "1000"]), 1, "\"app.p\" is not a temporary node");
+        assert!(tarn(ep, &["put", "app.t", "v", "--ttl-ms", "60000"]).status.success());
+        // Errors in the user's units: milliseconds.
+        fails(
+            &tarn(ep, &["ttl", "app.t", "--ttl-ms", "0"]),
+            1,
+            "TTL of 0 ms for key \"app.t\" is outside [1 ms,",
+        );
+        fails(&tarn(ep, &["ttl", "app.t", "--ttl-ms", "18446744073711"]), 1, "out of range");
+        assert_eq!(tarn(ep, &["ttl", "app.t"]).status.code(), Some(2), "--ttl-ms is required");
+    })
+    .await
+    .expect("ttl checks");
+    cluster.shutdown().await;
+}
