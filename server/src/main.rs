@@ -465,6 +465,11 @@ struct ClusterArgs {
     /// Where the nodes keep their data: one subdirectory per node (n1, n2, ...).
     #[arg(long, default_value = "./tarn-cluster")]
     data_dir: PathBuf,
+    /// Serve each node's Prometheus metrics at http://ADDR/metrics, node i
+    /// on ADDR's port + i - 1 (port 0: a free port each); the addresses are
+    /// printed at start. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -1045,19 +1050,62 @@ async fn start_local_cluster(
     Ok(servers)
 }
 
+/// Where node `node` (1-based) of `tarn cluster --metrics-addr ADDR` serves
+/// its metrics: ADDR's port + node - 1, or ADDR itself for port 0 (each node
+/// binds a free port). `None` past port 65535.
+fn node_metrics_addr(addr: SocketAddr, node: NodeId) -> Option<SocketAddr> {
+    if addr.port() == 0 {
+        return Some(addr);
+    }
+    let port = u64::from(addr.port()).checked_add(node.checked_sub(1)?)?;
+    Some(SocketAddr::new(addr.ip(), u16::try_from(port).ok()?))
+}
+
+/// Client port, peer port: base+i and base+100+i, or free ports for base 0.
+fn local_cluster_ports(
+    base_port: u16,
+    nodes: u64,
+) -> Result<(impl Fn(u64) -> u16, impl Fn(u64) -> u16), Failure> {
+    let last_peer_port = u64::from(base_port) + 100 + nodes;
+    if base_port != 0 && last_peer_port > u64::from(u16::MAX) {
+        return Err(Failure::Other(format!(
+            "--base-port {base_port} with {nodes} nodes needs peer ports up to {last_peer_port}, past 65535"
+        )));
+    }
+    // Both fit a u16 for i <= nodes: checked just above.
+    let port = move |offset: u64, i: u64| {
+        if base_port == 0 {
+            0
+        } else {
+            (u64::from(base_port) + offset + i) as u16
+        }
+    };
+    let peer = move |i: u64| if base_port == 0 { free_port(i) } else { port(100, i) };
+    Ok((move |i| port(0, i), peer))
+}
+
 async fn cluster(args: ClusterArgs) -> Result<(), Failure> {
-    let ClusterArgs { nodes, base_port, data_dir } = args;
-    let servers = start_local_cluster(
-        nodes,
-        |i| base_port + i as u16,
-        |i| base_port + 100 + i as u16,
-        &data_dir,
-        WriteMode::Sync,
-        |_| {},
-    )
+    let ClusterArgs { nodes, base_port, data_dir, metrics_addr } = args;
+    if let Some(addr) = metrics_addr {
+        if node_metrics_addr(addr, nodes.max(1)).is_none() {
+            return Err(Failure::Other(format!(
+                "--metrics-addr {addr} with {nodes} nodes needs ports {}..{}, past 65535",
+                addr.port(),
+                u64::from(addr.port()) + nodes.saturating_sub(1)
+            )));
+        }
+    }
+    let (client_port, peer_port) = local_cluster_ports(base_port, nodes)?;
+    let servers = start_local_cluster(nodes, client_port, peer_port, &data_dir, WriteMode::Sync, |c| {
+        c.metrics_addr = metrics_addr.and_then(|addr| node_metrics_addr(addr, c.node_id));
+    })
     .await?;
     let endpoints: Vec<String> = servers.iter().map(|s| s.client_addr().to_string()).collect();
     println!("tarn cluster of {nodes} nodes, data in {}", data_dir.display());
+    for s in &servers {
+        let metrics = s.metrics_addr().map_or(String::new(), |a| format!(", metrics http://{a}/metrics"));
+        println!("node {}: client {}{metrics}", s.node_id(), s.client_addr());
+    }
     println!("endpoints: {}", endpoints.join(","));
     println!("try: tarn --endpoints {} status", endpoints.join(","));
     shutdown_signal().await;
@@ -1498,6 +1546,22 @@ mod tests {
             assert_eq!(join_endpoints(parse(form).unwrap()), a, "{form:?}");
         }
         assert_eq!(join_endpoints(parse(&["serve"]).unwrap()), None);
+    }
+
+    #[test]
+    fn local_cluster_nodes_get_consecutive_metrics_ports_or_free_ones() {
+        let at = |s: &str| -> SocketAddr { s.parse().expect("test address") };
+        assert_eq!(node_metrics_addr(at("127.0.0.1:9100"), 1), Some(at("127.0.0.1:9100")));
+        assert_eq!(node_metrics_addr(at("127.0.0.1:9100"), 3), Some(at("127.0.0.1:9102")));
+        assert_eq!(node_metrics_addr(at("0.0.0.0:0"), 3), Some(at("0.0.0.0:0")));
+        assert_eq!(node_metrics_addr(at("127.0.0.1:65535"), 1), Some(at("127.0.0.1:65535")));
+        assert_eq!(node_metrics_addr(at("127.0.0.1:65535"), 2), None);
+        let Ok((client, peer)) = local_cluster_ports(7700, 3) else { panic!("7700 fits") };
+        assert_eq!((client(1), client(3), peer(1), peer(3)), (7701, 7703, 7801, 7803));
+        let Ok((client, peer)) = local_cluster_ports(0, 3) else { panic!("0 fits") };
+        assert_eq!(client(2), 0, "the OS picks the client port");
+        assert_ne!(peer(2), 0, "a free peer port, known before the nodes start");
+        assert!(local_cluster_ports(65500, 3).is_err());
     }
 
     #[test]
