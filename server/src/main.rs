@@ -16,6 +16,8 @@ use tarn_server::client::{Client, ClientConfig, ClientError};
 use tarn_server::protocol::{Consistency, MemberChange, NodeStatus, DEFAULT_GROUP};
 use tarn_server::server::{Server, ServerConfig, DEFAULT_CLIENT_ADDR, DEFAULT_DATA_DIR};
 
+mod top;
+
 /// Exit code for "the key does not exist".
 const EXIT_NOT_FOUND: u8 = 3;
 /// Exit code for every other failure.
@@ -272,6 +274,28 @@ enum Cmd {
         /// Print every group even when there are many.
         #[arg(long)]
         all_groups: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A live view of the cluster, refreshed every --interval-ms until
+    /// Ctrl-C: per group the leader, term, commits per second, the slowest
+    /// applied index, the worst follower lag and unreachable followers; per
+    /// endpoint its groups, leaderships and requests per second. Built on
+    /// `tarn status`; rates start with the second frame.
+    Top {
+        /// Milliseconds between refreshes.
+        #[arg(long, value_name = "MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+        interval_ms: u64,
+        /// Stop after N frames (the exit code then says, like `tarn status`,
+        /// whether every endpoint answered the last one).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        iterations: Option<u64>,
+        /// Print one frame and exit: --iterations 1 (a single frame has no rates).
+        #[arg(long, conflicts_with = "iterations")]
+        once: bool,
+        /// Show at most N groups, the busiest first.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        rows: usize,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -575,6 +599,7 @@ impl Cmd {
             | Cmd::Watch { client, .. }
             | Cmd::Lock { client, .. }
             | Cmd::Status { client, .. }
+            | Cmd::Top { client, .. }
             | Cmd::TransferLeader { client, .. }
             | Cmd::Group(GroupCmd::Add { client, .. } | GroupCmd::Remove { client, .. })
             | Cmd::Member(
@@ -879,6 +904,10 @@ async fn run(mut command: Cmd) -> Result<(), Failure> {
                 return Err(Failure::Quiet(format!("{down} of {} endpoints unreachable", endpoints.len())));
             }
             Ok(())
+        }
+        Cmd::Top { interval_ms, iterations, once, rows, .. } => {
+            let iterations = if once { Some(1) } else { iterations };
+            top_cmd(client(), &endpoints, Duration::from_millis(interval_ms), iterations, rows, json).await
         }
         Cmd::TransferLeader { to, .. } => {
             client().transfer_leader(to).await?;
@@ -1188,6 +1217,61 @@ async fn bench_cmd(args: BenchArgs, mut client_config: ClientConfig, json: bool)
         s.shutdown().await;
     }
     Ok(())
+}
+
+/// `tarn top`: samples every endpoint's status each `interval` (all at
+/// once), prints a frame, until `iterations` frames or Ctrl-C.
+async fn top_cmd(
+    client: Client,
+    endpoints: &[SocketAddr],
+    interval: Duration,
+    iterations: Option<u64>,
+    rows: usize,
+    json: bool,
+) -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    let clear_screen = !json && std::io::stdout().is_terminal();
+    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    let mut before: Option<top::Sample> = None;
+    let mut shown = 0u64;
+    loop {
+        let at = tokio::time::Instant::now();
+        let asks: Vec<_> = (0..endpoints.len())
+            .map(|i| {
+                let c = client.clone();
+                tokio::spawn(async move { c.status_of(i).await.map_err(|e| e.to_string()) })
+            })
+            .collect();
+        let mut nodes = Vec::with_capacity(endpoints.len());
+        for (endpoint, ask) in endpoints.iter().zip(asks) {
+            nodes.push((*endpoint, ask.await.unwrap_or_else(|e| Err(format!("status request failed: {e}")))));
+        }
+        let sample = top::Sample { at: at.into_std(), nodes };
+        let frame = top::frame(before.as_ref(), &sample, rows);
+        if json {
+            print_json(&frame);
+        } else {
+            if clear_screen {
+                print!("\x1b[H\x1b[2J");
+            } else if shown > 0 {
+                println!();
+            }
+            print!("{}", top::render(&frame, interval_ms));
+        }
+        shown += 1;
+        if iterations.is_some_and(|n| shown >= n) {
+            let down = frame.nodes.iter().filter(|n| !n.up).count();
+            if down > 0 {
+                return Err(Failure::Quiet(format!("{down} of {} endpoints unreachable", endpoints.len())));
+            }
+            return Ok(());
+        }
+        before = Some(sample);
+        tokio::select! {
+            _ = tokio::time::sleep_until(at + interval) => {}
+            _ = shutdown_signal() => return Ok(()),
+        }
+    }
 }
 
 /// A free peer port for embedded clusters: the OS picks one and we release

@@ -438,3 +438,86 @@ async fn ttl_renews_a_temporary_node_from_another_process() {
     .expect("ttl checks");
     cluster.shutdown().await;
 }
+
+/// Issue 18: `tarn top` shows each group's leader and commit rate, and which
+/// endpoints and followers are down; `--iterations`/`--once` end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_leaders_commit_rates_and_what_is_down() {
+    let mut cluster =
+        tokio::time::timeout(Duration::from_secs(30), TestCluster::start(3)).await.expect("start");
+    let leader = cluster.leader().await;
+    let live: Vec<String> = cluster.endpoints().iter().map(|a| a.to_string()).collect();
+    let dead = common::free_addr().to_string();
+    // Writes run from before the first sample until after the last one.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (client, writing) = (cluster.client(), writing.clone());
+        tokio::spawn(async move {
+            let mut writes = 0u64;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                client.put("w", writes.to_string()).await.expect("write");
+                writes += 1;
+            }
+            writes
+        })
+    };
+    let with_dead = format!("{},{dead}", live.join(","));
+    let o = tokio::task::spawn_blocking(move || {
+        tarn(&with_dead, &["--json", "top", "--iterations", "2", "--interval-ms", "1000"])
+    })
+    .await
+    .expect("tarn top");
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.await.expect("writer") > 0);
+    assert_eq!(o.status.code(), Some(1), "an endpoint is down: {}", stderr(&o));
+    assert!(stderr(&o).contains("1 of 4 endpoints unreachable"), "{}", stderr(&o));
+    let frames: Vec<serde_json::Value> =
+        stdout(&o).lines().map(|l| serde_json::from_str(l).expect("a JSON frame")).collect();
+    assert_eq!(frames.len(), 2, "{}", stdout(&o));
+    for f in &frames {
+        assert_eq!(f["groups"][0]["group"], 1);
+        assert_eq!(f["groups"][0]["leader"], leader, "{f}");
+        let nodes = f["nodes"].as_array().expect("nodes");
+        let leading: Vec<&serde_json::Value> = nodes.iter().filter(|n| n["leading"] == 1).collect();
+        assert_eq!(leading.len(), 1, "{f}");
+        assert_eq!(leading[0]["node"], leader);
+        assert_eq!(nodes[3]["endpoint"], dead.as_str());
+        assert_eq!(nodes[3]["up"], false);
+    }
+    assert!(frames[0]["groups"][0]["commits_per_s"].is_null(), "no rate from one sample");
+    let rate = frames[1]["groups"][0]["commits_per_s"].as_f64().expect("a rate in the second frame");
+    assert!(rate > 0.0, "writes ran between the samples: {}", frames[1]);
+
+    // A stopped follower: the leader reports it unreachable, in plain text.
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    cluster.stop_node(follower).await;
+    let up: Vec<String> = cluster.servers.keys().map(|id| cluster.clients[id].to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let up = up.join(",");
+        let deadline = std::time::Instant::now() + common::TEST_DEADLINE;
+        loop {
+            let o = tarn(&up, &["top", "--once"]);
+            assert_eq!(o.status.code(), Some(0), "every endpoint given is up: {}", stderr(&o));
+            let out = stdout(&o);
+            assert!(out.starts_with("tarn top: 2 of 2 endpoints up, 1 group"), "{out}");
+            // GROUP LEADER TERM COMMIT COMMITS/S APPLIED-MIN MAX-LAG UNREACHABLE
+            let row: Vec<&str> = out
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|cols| cols.first() == Some(&"1") && cols.get(1).is_some_and(|c| !c.contains(':')))
+                .unwrap_or_else(|| panic!("no row for group 1: {out}"));
+            assert_eq!(row[1], leader.to_string(), "{out}");
+            if row.get(7) == Some(&follower.to_string().as_str()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "follower {follower} never shown unreachable: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .expect("top after a follower stopped");
+    cluster.shutdown().await;
+}
