@@ -91,6 +91,12 @@ pub enum Command {
     Expire { key: String, arm_id: u64 },
     /// Does nothing but keep the session alive (and the de-duplication window moving).
     KeepAlive,
+    /// Re-arms the TTL of a temporary node (value or directory, not a lock) to `ttl_nanos`
+    /// from now, whoever owns it: an operator keeps a node alive (`tarn ttl`), or a process
+    /// takes over renewing what its predecessor wrote. It changes neither the value nor the
+    /// owner, so it needs no ownership; [`Command::UpdateTtl`] is the owner's own renewal.
+    /// Last in the enum: the encoding of the variants before it is unchanged.
+    RenewTtl { key: String, ttl_nanos: Nanos },
 }
 
 impl Command {
@@ -147,7 +153,9 @@ impl Command {
                 validate_value(key, value, config)?;
                 ttl(key, *ttl_nanos)
             }
-            Command::MkdirTemp { key, ttl_nanos } | Command::UpdateTtl { key, ttl_nanos } => {
+            Command::MkdirTemp { key, ttl_nanos }
+            | Command::UpdateTtl { key, ttl_nanos }
+            | Command::RenewTtl { key, ttl_nanos } => {
                 validate_key(key, config)?;
                 ttl(key, *ttl_nanos)
             }
@@ -183,6 +191,7 @@ impl Command {
             | Command::PutTemp { key, .. }
             | Command::MkdirTemp { key, .. }
             | Command::UpdateTtl { key, .. }
+            | Command::RenewTtl { key, .. }
             | Command::TryLock { key, .. }
             | Command::Unlock { key }
             | Command::UpdateLease { key, .. } => Some(key.as_str()).filter(|k| is_reserved(k)),
@@ -215,6 +224,7 @@ impl Command {
             Command::PutTemp { .. } => "put-temp",
             Command::MkdirTemp { .. } => "mkdir-temp",
             Command::UpdateTtl { .. } => "update-ttl",
+            Command::RenewTtl { .. } => "renew-ttl",
             Command::TryLock { .. } => "try-lock",
             Command::Unlock { .. } => "unlock",
             Command::UpdateLease { .. } => "update-lease",
@@ -423,6 +433,7 @@ mod tests {
             Command::PutTemp { key: k("_tarn.peers.3"), value: v(), ttl_nanos: 1_000_000_000 },
             Command::MkdirTemp { key: k("_tarn.x"), ttl_nanos: 1_000_000_000 },
             Command::UpdateTtl { key: k("_tarn.x"), ttl_nanos: 1_000_000_000 },
+            Command::RenewTtl { key: k("_tarn.x"), ttl_nanos: 1_000_000_000 },
             Command::TryLock { key: k("_tarn.lock"), lease_nanos: 1_000_000_000, wait_nanos: 0 },
             Command::Unlock { key: k("_tarn.lock") },
             Command::UpdateLease { key: k("_tarn.lock"), lease_nanos: 1_000_000_000 },

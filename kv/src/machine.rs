@@ -59,6 +59,15 @@ pub(crate) struct Ctx {
     pub client: ClientId,
 }
 
+/// Who may re-arm a temporary node's TTL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Renewer {
+    /// Only its owner (`UpdateTtl`).
+    Owner,
+    /// Any client (`RenewTtl`): the value and the owner stay as they are.
+    Anyone,
+}
+
 impl KvStateMachine {
     /// An empty tree (just the root directory) at index 0.
     ///
@@ -209,7 +218,10 @@ impl KvStateMachine {
                 self.mkdir_temp(ctx, key, *ttl_nanos).map(|()| Reply::Done)
             }
             Command::UpdateTtl { key, ttl_nanos } => {
-                self.update_ttl(ctx, key, *ttl_nanos).map(|()| Reply::Done)
+                self.update_ttl(ctx, key, *ttl_nanos, Renewer::Owner).map(|()| Reply::Done)
+            }
+            Command::RenewTtl { key, ttl_nanos } => {
+                self.update_ttl(ctx, key, *ttl_nanos, Renewer::Anyone).map(|()| Reply::Done)
             }
             Command::TryLock { key, lease_nanos, wait_nanos } => {
                 self.try_lock(ctx, key, *lease_nanos, *wait_nanos).map(Reply::Lock)
@@ -552,7 +564,7 @@ impl KvStateMachine {
         Ok(())
     }
 
-    fn update_ttl(&mut self, ctx: Ctx, key: &str, ttl_nanos: Nanos) -> Result<(), KvError> {
+    fn update_ttl(&mut self, ctx: Ctx, key: &str, ttl_nanos: Nanos, renewer: Renewer) -> Result<(), KvError> {
         validate_key(key, &self.config)?;
         self.check_ttl(key, ttl_nanos)?;
         let id = self.tree.lookup(key).ok_or_else(|| KvError::NotFound { key: key.to_owned() })?;
@@ -563,7 +575,9 @@ impl KvStateMachine {
         if node.temp.is_none() {
             return Err(KvError::NotTemporary { key: key.to_owned() });
         }
-        self.check_owner(key, node.temp, ctx.client)?;
+        if renewer == Renewer::Owner {
+            self.check_owner(key, node.temp, ctx.client)?;
+        }
         self.rearm_node(id, ttl_nanos);
         Ok(())
     }

@@ -257,7 +257,8 @@ impl Model {
             Command::CompareAndSet { key, expected, new } => done(self.cas(ctx, key, expected, new)),
             Command::PutTemp { key, value, ttl_nanos } => done(self.put_temp(ctx, key, value, *ttl_nanos)),
             Command::MkdirTemp { key, ttl_nanos } => done(self.mkdir_temp(ctx, key, *ttl_nanos)),
-            Command::UpdateTtl { key, ttl_nanos } => done(self.update_ttl(ctx, key, *ttl_nanos)),
+            Command::UpdateTtl { key, ttl_nanos } => done(self.update_ttl(ctx, key, *ttl_nanos, true)),
+            Command::RenewTtl { key, ttl_nanos } => done(self.update_ttl(ctx, key, *ttl_nanos, false)),
             Command::TryLock { key, lease_nanos, wait_nanos } => {
                 self.try_lock(ctx, key, *lease_nanos, *wait_nanos).map(Reply::Lock)
             }
@@ -489,7 +490,8 @@ impl Model {
         }
     }
 
-    fn update_ttl(&mut self, ctx: Ctx, key: &str, ttl: Nanos) -> Result<(), KvError> {
+    /// `UpdateTtl` (`owner_only`) and `RenewTtl` (anyone).
+    fn update_ttl(&mut self, ctx: Ctx, key: &str, ttl: Nanos, owner_only: bool) -> Result<(), KvError> {
         validate_key(key, &self.config)?;
         self.ttl(key, ttl)?;
         match self.nodes.get(key) {
@@ -497,7 +499,9 @@ impl Model {
             Some(node) if node.kind == NodeKind::Lock => Err(KvError::IsALock { key: key.to_owned() }),
             Some(node) if node.temp.is_none() => Err(KvError::NotTemporary { key: key.to_owned() }),
             Some(_) => {
-                self.owner_ok(key, ctx.client)?;
+                if owner_only {
+                    self.owner_ok(key, ctx.client)?;
+                }
                 self.rearm(key, ttl);
                 Ok(())
             }

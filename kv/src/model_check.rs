@@ -113,7 +113,11 @@ impl Gen {
             62..=65 => Command::MkdirTemp { key: self.key(), ttl_nanos: self.ttl() },
             66..=68 => {
                 let key = if self.rng.gen_ratio(1, 4) { self.lock_key() } else { self.key() };
-                Command::UpdateTtl { key, ttl_nanos: self.ttl() }
+                if self.rng.gen_ratio(1, 3) {
+                    Command::RenewTtl { key, ttl_nanos: self.ttl() }
+                } else {
+                    Command::UpdateTtl { key, ttl_nanos: self.ttl() }
+                }
             }
             69..=75 => {
                 let wait_nanos = if self.rng.gen_ratio(1, 3) { 0 } else { self.ttl() };

@@ -87,6 +87,49 @@ fn update_ttl_rearms_and_a_stale_expire_is_a_no_op() {
 }
 
 #[test]
+fn renew_ttl_rearms_any_clients_temp_node_and_keeps_value_and_owner() {
+    let mut h = Harness::new();
+    h.run(1, put_temp("t", "v", 100)).unwrap();
+    h.run(1, Command::MkdirTemp { key: "d".into(), ttl_nanos: 100 }).unwrap();
+    assert_eq!(h.kv.next_ttl_deadline(0), Some(100));
+    let stale = h.kv.expired(100, 10);
+    assert_eq!(stale.len(), 2);
+    // Client 2 owns neither node: it may renew them, not change them.
+    let renew = |key: &str, ttl_nanos| Command::RenewTtl { key: key.into(), ttl_nanos };
+    h.run(2, renew("t", 300)).unwrap();
+    h.run(2, renew("d", 300)).unwrap();
+    for expiry in &stale {
+        assert_eq!(h.send(expiry), Ok(Reply::Expired(false)), "the renewal disarmed the old deadline");
+    }
+    let node = h.kv.get("t").unwrap().unwrap();
+    let temp = node.temp.unwrap();
+    assert_eq!((node.value, temp.owner, temp.ttl_nanos), (b("v"), 1, 300));
+    assert_eq!(h.run(2, put("t", "x")), Err(KvError::NotOwner { key: "t".into(), owner: 1 }));
+    assert_eq!(h.kv.next_ttl_deadline(150), Some(450));
+    assert!(h.expire_at(449).is_empty());
+    assert_eq!(h.expire_at(450).len(), 2);
+    assert!(!h.exists("t") && !h.exists("d"));
+}
+
+#[test]
+fn renew_ttl_refuses_missing_permanent_and_lock_nodes_and_bad_ttls() {
+    let mut h = Harness::new();
+    let renew = |key: &str, ttl_nanos| Command::RenewTtl { key: key.into(), ttl_nanos };
+    assert_eq!(h.run(2, renew("nope", 100)), Err(KvError::NotFound { key: "nope".into() }));
+    h.run(1, put("p", "v")).unwrap();
+    assert_eq!(h.run(2, renew("p", 100)), Err(KvError::NotTemporary { key: "p".into() }));
+    assert_eq!(h.run(1, try_lock("l", 100, 0)), Ok(Reply::Lock(LockOutcome::Acquired)));
+    assert_eq!(h.run(2, renew("l", 100)), Err(KvError::IsALock { key: "l".into() }));
+    h.run(1, put_temp("t", "v", 100)).unwrap();
+    assert!(matches!(h.run(2, renew("t", 1)), Err(KvError::InvalidTtl { ttl_nanos: 1, .. })));
+    assert_eq!(
+        h.kv.get("t").unwrap().unwrap().temp.unwrap().ttl_nanos,
+        100,
+        "a refused renewal changes nothing"
+    );
+}
+
+#[test]
 fn children_of_a_temp_dir_expire_with_it() {
     let mut h = Harness::new();
     h.run(1, Command::MkdirTemp { key: "session".into(), ttl_nanos: 100 }).unwrap();

@@ -808,9 +808,21 @@ impl Client {
         self.write(Command::MkdirTemp { key: key.into(), ttl_nanos }).await.map(drop)
     }
 
+    /// Re-arms this client's temporary node `key`: it expires `ttl` from now
+    /// unless renewed again.
     pub async fn update_ttl(&self, key: &str, ttl: Duration) -> Result<(), ClientError> {
         let ttl_nanos = checked_nanos("TTL", key, ttl)?;
         self.write(Command::UpdateTtl { key: key.into(), ttl_nanos }).await.map(drop)
+    }
+
+    /// Re-arms the temporary node `key` whoever owns it (`tarn ttl`): it
+    /// expires `ttl` from now unless renewed again; its value and owner stay.
+    /// Fails with [`KvError::NotFound`] if `key` is missing,
+    /// [`KvError::NotTemporary`] if it has no TTL, [`KvError::IsALock`] for a
+    /// lock (renew a lock's lease with [`Client::update_lease`]).
+    pub async fn renew_ttl(&self, key: &str, ttl: Duration) -> Result<(), ClientError> {
+        let ttl_nanos = checked_nanos("TTL", key, ttl)?;
+        self.write(Command::RenewTtl { key: key.into(), ttl_nanos }).await.map(drop)
     }
 
     /// Tries to take the lock at `key` for `lease`; queues for up to `wait`

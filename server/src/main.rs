@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tarn_core::{GroupId, NodeId};
 use tarn_io::driver::WriteMode;
 use tarn_kv::{ChildView, EventKind, LockOutcome, NodeKind, NodeView, WatchEvent};
@@ -15,6 +15,8 @@ use tarn_server::bench::{self, BenchConfig};
 use tarn_server::client::{Client, ClientConfig, ClientError};
 use tarn_server::protocol::{Consistency, MemberChange, NodeStatus, DEFAULT_GROUP};
 use tarn_server::server::{Server, ServerConfig, DEFAULT_CLIENT_ADDR, DEFAULT_DATA_DIR};
+
+mod top;
 
 /// Exit code for "the key does not exist".
 const EXIT_NOT_FOUND: u8 = 3;
@@ -50,21 +52,89 @@ const EXIT_ERROR: u8 = 1;
 #[derive(Parser, Debug)]
 #[command(name = "tarn", version, verbatim_doc_comment)]
 struct Cli {
-    /// Client addresses of the cluster's nodes, comma separated. Any subset
-    /// works: the client finds the leader itself.
-    #[arg(long, global = true, value_delimiter = ',', default_value = DEFAULT_CLIENT_ADDR)]
-    endpoints: Vec<SocketAddr>,
-    /// The Raft group to talk to (a server hosts group 1 by default; see `tarn group`).
-    #[arg(long, global = true, default_value_t = DEFAULT_GROUP)]
-    group: GroupId,
-    /// Print results as JSON (one object per line) instead of plain text.
-    #[arg(long, global = true)]
-    json: bool,
-    /// Give up on a request after this many milliseconds (retries included).
-    #[arg(long, global = true, default_value_t = 10_000)]
-    timeout_ms: u64,
+    /// The client flags, also accepted before the command (`tarn --endpoints
+    /// A get k`); a flag given after the command wins.
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// The flags of every client command: where the cluster is, which group,
+/// how to print, how long to wait. Servers (`serve`, `cluster`) take none of
+/// them (`serve --join` has `--join-endpoints`).
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+#[command(next_help_heading = "Client options (before or after the command)")]
+struct ClientArgs {
+    /// Client addresses of the cluster's nodes, comma separated (default
+    /// 127.0.0.1:7700). Any subset works: the client finds the leader itself.
+    #[arg(long, value_delimiter = ',', value_name = "ADDRS")]
+    endpoints: Option<Vec<SocketAddr>>,
+    /// The Raft group to talk to (default 1, the group every server hosts;
+    /// see `tarn group`).
+    #[arg(long, value_name = "ID")]
+    group: Option<GroupId>,
+    /// Print results as JSON (one object per line) instead of plain text.
+    #[arg(long)]
+    json: bool,
+    /// Give up on a request after this many milliseconds, retries included
+    /// (default 10000).
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+}
+
+/// Default of `--timeout-ms`.
+const CLIENT_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+impl ClientArgs {
+    /// Whether any flag was given.
+    fn any(&self) -> bool {
+        *self != ClientArgs::default()
+    }
+
+    /// Fills what this one lacks from `outer` (the flags given before the command).
+    fn fill_from(&mut self, outer: &ClientArgs) {
+        if self.endpoints.is_none() {
+            self.endpoints.clone_from(&outer.endpoints);
+        }
+        self.group = self.group.or(outer.group);
+        self.json |= outer.json;
+        self.timeout_ms = self.timeout_ms.or(outer.timeout_ms);
+    }
+
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        self.endpoints.clone().unwrap_or_else(|| vec![default_client_addr()])
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(self.endpoints());
+        config.group = self.group.unwrap_or(DEFAULT_GROUP);
+        config.request_timeout = Duration::from_millis(self.timeout_ms.unwrap_or(CLIENT_TIMEOUT_MS_DEFAULT));
+        config
+    }
+
+    /// The flags given, as the user would type them (for error messages).
+    fn given(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        if self.endpoints.is_some() {
+            given.push("--endpoints");
+        }
+        if self.group.is_some() {
+            given.push("--group");
+        }
+        if self.json {
+            given.push("--json");
+        }
+        if self.timeout_ms.is_some() {
+            given.push("--timeout-ms");
+        }
+        given
+    }
+}
+
+fn default_client_addr() -> SocketAddr {
+    // Invariant: DEFAULT_CLIENT_ADDR is a literal `IP:PORT`, checked by a unit test.
+    DEFAULT_CLIENT_ADDR.parse().expect("DEFAULT_CLIENT_ADDR parses")
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,17 +144,7 @@ enum Cmd {
     /// Run a local cluster of N nodes in this process (for trying things out).
     /// Its cluster id differs from that of hand-started nodes on the same
     /// addresses, so neither can take the other's data directories.
-    Cluster {
-        /// How many nodes (1 to 7 make sense; each is a voter of group 1).
-        #[arg(long, default_value_t = 3)]
-        nodes: u64,
-        /// Client ports are base+1..base+N, peer ports base+101..base+100+N.
-        #[arg(long, default_value_t = 7700)]
-        base_port: u16,
-        /// Where the nodes keep their data: one subdirectory per node (n1, n2, ...).
-        #[arg(long, default_value = "./tarn-cluster")]
-        data_dir: PathBuf,
-    },
+    Cluster(ClusterArgs),
     /// Print the value of KEY (exit code 3 if it does not exist).
     Get {
         /// The key, a path with `.` between segments (`app.db.url`).
@@ -92,6 +152,8 @@ enum Cmd {
         /// Read from whichever node answers, possibly stale (no leader round trip).
         #[arg(long)]
         stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Set KEY to VALUE (the parent directory must exist).
     Put {
@@ -104,23 +166,42 @@ enum Cmd {
         /// Read the value from file F instead.
         #[arg(long, value_name = "F", conflicts_with = "value")]
         file: Option<PathBuf>,
-        /// Make it a temporary node, removed this many ms after its last
-        /// update by the client that created it (this command's process).
-        #[arg(long)]
+        /// Make it a temporary node, removed this many ms after it was
+        /// written unless renewed (`tarn ttl KEY --ttl-ms N`).
+        #[arg(long, value_name = "N")]
         ttl_ms: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Renew the TTL of temporary node KEY (made with `--ttl-ms`): it is
+    /// removed N ms from now unless renewed again. Any client may renew a
+    /// node; its value and owner stay. Exit code 3 if KEY does not exist.
+    Ttl {
+        /// The temporary node (value or directory) to renew.
+        key: String,
+        /// The new TTL, from now (1 ms to 30 days).
+        #[arg(long, value_name = "N")]
+        ttl_ms: u64,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Remove KEY (a value or an empty directory). A missing key is success.
     Rm {
         /// The key to remove.
         key: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Create directory KEY.
     Mkdir {
         /// The directory's key; its parent must exist (the root always does).
         key: String,
-        /// Make it a temporary directory (whole subtree removed when the TTL passes).
-        #[arg(long)]
+        /// Make it a temporary directory, removed with its whole subtree this
+        /// many ms after it was made unless renewed (`tarn ttl KEY --ttl-ms N`).
+        #[arg(long, value_name = "N")]
         ttl_ms: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// List the children of directory KEY (the root if omitted). A listing
     /// larger than a reply frame (16 MiB) is refused: page it with --limit and
@@ -136,6 +217,8 @@ enum Cmd {
         /// Start after this child (its name, or its full key).
         #[arg(long, value_name = "CHILD")]
         after: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Compare-and-set: change KEY only if its value is the expected one.
     Cas {
@@ -147,6 +230,8 @@ enum Cmd {
         /// The new value; omit to delete KEY.
         #[arg(long)]
         new: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Print every change to KEY (or, with --subtree, below it) as it happens.
     Watch {
@@ -162,6 +247,8 @@ enum Cmd {
         /// Exit after this many events.
         #[arg(long)]
         count: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Take the lock KEY, hold it (renewing the lease) for --hold-ms or until Ctrl-C, release it.
     Lock {
@@ -177,6 +264,8 @@ enum Cmd {
         /// Release after this long (default: hold until Ctrl-C).
         #[arg(long)]
         hold_ms: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Show each endpoint's node: its groups, roles, terms, indexes, follower lag, counters.
     /// A node with many groups gets a summary (counts by role, the worst lag)
@@ -185,12 +274,38 @@ enum Cmd {
         /// Print every group even when there are many.
         #[arg(long)]
         all_groups: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A live view of the cluster, refreshed every --interval-ms until
+    /// Ctrl-C: per group the leader, term, commits per second, the slowest
+    /// applied index, the worst follower lag and unreachable followers; per
+    /// endpoint its groups, leaderships and requests per second. Built on
+    /// `tarn status`; rates start with the second frame.
+    Top {
+        /// Milliseconds between refreshes.
+        #[arg(long, value_name = "MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+        interval_ms: u64,
+        /// Stop after N frames (the exit code then says, like `tarn status`,
+        /// whether every endpoint answered the last one).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        iterations: Option<u64>,
+        /// Print one frame and exit: --iterations 1 (a single frame has no rates).
+        #[arg(long, conflicts_with = "iterations")]
+        once: bool,
+        /// Show at most N groups, the busiest first.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        rows: usize,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Ask the group's leader to hand leadership to node --to.
     TransferLeader {
         /// The node id of a voter of the group to hand leadership to.
         #[arg(long)]
         to: NodeId,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Add or remove Raft groups at runtime (multi-raft).
     #[command(subcommand)]
@@ -215,6 +330,8 @@ enum GroupCmd {
         /// endpoint given must be one of them.
         #[arg(long, value_delimiter = ',')]
         voters: Vec<NodeId>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Stop group ID and delete its data on every endpoint (cannot be
     /// undone; needs --yes).
@@ -224,6 +341,8 @@ enum GroupCmd {
         /// Confirm: the group's data is deleted on every endpoint.
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -240,22 +359,30 @@ enum MemberCmd {
         /// Add it as a learner: it replicates but does not vote until promoted.
         #[arg(long)]
         learner: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Remove node ID (voter or learner) from the group.
     Remove {
         /// The node to remove.
         id: NodeId,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Make learner ID a voter (refused while it lags too far behind).
     Promote {
         /// The learner to promote.
         id: NodeId,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Drop node ID's address from the replicated peer directory (written by
     /// `member add ID PEER_ADDR`), so nodes stop dialing a node removed for good.
     Forget {
         /// The node removed for good.
         id: NodeId,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -297,12 +424,17 @@ struct ServeArgs {
     /// Override the cluster id derived from --cluster.
     #[arg(long)]
     cluster_id: Option<u64>,
-    /// Join the running cluster at --endpoints (its nodes' client addresses)
-    /// instead of starting one: the node starts empty, waits until
-    /// `tarn member add <id> <its --peer> --learner` and catches up; promote
-    /// it afterwards. Pass --join on every start of this node.
+    /// Join the running cluster at --join-endpoints instead of starting one:
+    /// the node starts empty, waits until `tarn member add <id> <its --peer>
+    /// --learner` and catches up; promote it afterwards. Pass --join on every
+    /// start of this node.
     #[arg(long)]
     join: bool,
+    /// With --join: client addresses of the running cluster's nodes, comma
+    /// separated (default 127.0.0.1:7700); any one that answers will do.
+    // `--endpoints`, a hidden alias, is what this flag was called before.
+    #[arg(long, value_delimiter = ',', value_name = "ADDRS", alias = "endpoints", requires = "join")]
+    join_endpoints: Option<Vec<SocketAddr>>,
     /// When a write is acknowledged: after fdatasync (sync), or once the
     /// OS has it, with a sync every 100 ms (async).
     #[arg(long, value_enum, default_value_t = Mode::Sync)]
@@ -343,6 +475,25 @@ enum LogFormat {
     Text,
     /// One JSON object per line: timestamp, level, fields, target, spans.
     Json,
+}
+
+#[derive(Args, Debug)]
+struct ClusterArgs {
+    /// How many nodes (1 to 7 make sense; each is a voter of group 1).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Client ports are base+1..base+N, peer ports base+101..base+100+N;
+    /// 0 lets the OS pick free ports (printed at start).
+    #[arg(long, default_value_t = 7700)]
+    base_port: u16,
+    /// Where the nodes keep their data: one subdirectory per node (n1, n2, ...).
+    #[arg(long, default_value = "./tarn-cluster")]
+    data_dir: PathBuf,
+    /// Serve each node's Prometheus metrics at http://ADDR/metrics, node i
+    /// on ADDR's port + i - 1 (port 0: a free port each); the addresses are
+    /// printed at start. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -393,6 +544,8 @@ struct BenchArgs {
     /// without them.
     #[arg(long)]
     snapshot_after_entries: Option<u64>,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 /// `N` or `FIRST..LAST` (inclusive).
@@ -431,6 +584,82 @@ fn init_logging(default: &str, format: LogFormat) {
     };
 }
 
+impl Cmd {
+    /// The client flags of a client command; `None` for the servers.
+    fn client_args_mut(&mut self) -> Option<&mut ClientArgs> {
+        match self {
+            Cmd::Serve(_) | Cmd::Cluster(_) => None,
+            Cmd::Get { client, .. }
+            | Cmd::Put { client, .. }
+            | Cmd::Ttl { client, .. }
+            | Cmd::Rm { client, .. }
+            | Cmd::Mkdir { client, .. }
+            | Cmd::Ls { client, .. }
+            | Cmd::Cas { client, .. }
+            | Cmd::Watch { client, .. }
+            | Cmd::Lock { client, .. }
+            | Cmd::Status { client, .. }
+            | Cmd::Top { client, .. }
+            | Cmd::TransferLeader { client, .. }
+            | Cmd::Group(GroupCmd::Add { client, .. } | GroupCmd::Remove { client, .. })
+            | Cmd::Member(
+                MemberCmd::Add { client, .. }
+                | MemberCmd::Remove { client, .. }
+                | MemberCmd::Promote { client, .. }
+                | MemberCmd::Forget { client, .. },
+            ) => Some(client),
+            Cmd::Bench(args) => Some(&mut args.client),
+        }
+    }
+}
+
+/// Places the client flags given before the command. A client command takes
+/// each one it was not given itself. `serve --join` takes `--endpoints` as
+/// the cluster to join (`tarn --endpoints A serve --join` predates
+/// `--join-endpoints`). Any other client flag before `serve` or `cluster` is
+/// a usage error, not silently ignored.
+fn resolve(cli: Cli) -> Result<Cmd, clap::Error> {
+    let Cli { client: outer, mut command } = cli;
+    if let Some(inner) = command.client_args_mut() {
+        inner.fill_from(&outer);
+        return Ok(command);
+    }
+    let usage = |message: String| Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message);
+    match &mut command {
+        Cmd::Serve(args) => {
+            let not_endpoints = ClientArgs { endpoints: None, ..outer.clone() };
+            if not_endpoints.any() {
+                return Err(usage(format!(
+                    "{} is a client flag; `tarn serve` does not take it",
+                    not_endpoints.given().join(", ")
+                )));
+            }
+            if let Some(endpoints) = outer.endpoints {
+                if !args.join {
+                    return Err(usage(
+                        "--endpoints before `serve` names the cluster to join: add --join, or drop --endpoints"
+                            .into(),
+                    ));
+                }
+                if args.join_endpoints.is_some() {
+                    return Err(usage(
+                        "the cluster to join is given twice: keep --join-endpoints, drop --endpoints".into(),
+                    ));
+                }
+                args.join_endpoints = Some(endpoints);
+            }
+        }
+        Cmd::Cluster(_) if outer.any() => {
+            return Err(usage(format!(
+                "{} is a client flag; `tarn cluster` does not take it (it prints its nodes' endpoints)",
+                outer.given().join(", ")
+            )));
+        }
+        _ => {}
+    }
+    Ok(command)
+}
+
 /// Only the binary picks the allocator: a library embedding tarn keeps its own. glibc malloc
 /// and free were about a fifth of the CPU in a 1-node `tarn bench` profile (many small
 /// short-lived buffers per request); mimalloc measured +24% throughput at equal CPU time.
@@ -438,9 +667,12 @@ fn init_logging(default: &str, format: LogFormat) {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let server_side = matches!(cli.command, Cmd::Serve(_) | Cmd::Cluster { .. });
-    let log_format = match &cli.command {
+    let command = match resolve(Cli::parse()) {
+        Ok(command) => command,
+        Err(e) => e.exit(),
+    };
+    let server_side = matches!(command, Cmd::Serve(_) | Cmd::Cluster(_));
+    let log_format = match &command {
         Cmd::Serve(args) => args.log_format,
         _ => LogFormat::Text,
     };
@@ -452,7 +684,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::NotFound(msg)) => {
             eprintln!("error: {msg}");
@@ -515,16 +747,16 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let mut client_config = ClientConfig::new(cli.endpoints.clone());
-    client_config.group = cli.group;
-    client_config.request_timeout = Duration::from_millis(cli.timeout_ms);
-    let json = cli.json;
+async fn run(mut command: Cmd) -> Result<(), Failure> {
+    let client_args = command.client_args_mut().map(|a| a.clone()).unwrap_or_default();
+    let client_config = client_args.config();
+    let endpoints = client_args.endpoints();
+    let json = client_args.json;
     let client = || Client::new(client_config.clone());
-    match cli.command {
-        Cmd::Serve(args) => serve(args, &cli.endpoints).await,
-        Cmd::Cluster { nodes, base_port, data_dir } => cluster(nodes, base_port, data_dir).await,
-        Cmd::Get { key, stale } => {
+    match command {
+        Cmd::Serve(args) => serve(args).await,
+        Cmd::Cluster(args) => cluster(args).await,
+        Cmd::Get { key, stale, .. } => {
             let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
             match client().get_with(&key, consistency).await? {
                 Some(node) => {
@@ -534,7 +766,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 None => Err(Failure::NotFound(format!("key {key:?} does not exist"))),
             }
         }
-        Cmd::Put { key, value, file, ttl_ms } => {
+        Cmd::Put { key, value, file, ttl_ms, .. } => {
             let value = put_value(value, file)?;
             let c = client();
             match ttl_ms {
@@ -544,12 +776,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             done(json);
             Ok(())
         }
-        Cmd::Rm { key } => {
+        Cmd::Ttl { key, ttl_ms, .. } => {
+            client().renew_ttl(&key, Duration::from_millis(ttl_ms)).await?;
+            done(json);
+            Ok(())
+        }
+        Cmd::Rm { key, .. } => {
             client().remove(&key).await?;
             done(json);
             Ok(())
         }
-        Cmd::Mkdir { key, ttl_ms } => {
+        Cmd::Mkdir { key, ttl_ms, .. } => {
             let c = client();
             match ttl_ms {
                 Some(ms) => c.mkdir_temp(&key, Duration::from_millis(ms)).await?,
@@ -558,7 +795,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             done(json);
             Ok(())
         }
-        Cmd::Ls { key, limit, after } => {
+        Cmd::Ls { key, limit, after, .. } => {
             // `--after app.x` and `--after x` name the same child of `app`.
             let prefix = format!("{key}.");
             let after = after.map(|a| a.strip_prefix(&prefix).map(str::to_owned).unwrap_or(a));
@@ -571,12 +808,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Cas { key, expect, new } => {
+        Cmd::Cas { key, expect, new, .. } => {
             client().compare_and_set(&key, expect.map(Bytes::from), new.map(Bytes::from)).await?;
             done(json);
             Ok(())
         }
-        Cmd::Watch { key, subtree, after, count } => {
+        Cmd::Watch { key, subtree, after, count, .. } => {
             let mut stream = client().watch(&key, subtree, after);
             let mut seen = 0u64;
             loop {
@@ -595,7 +832,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Cmd::Lock { key, lease_ms, wait_ms, hold_ms } => {
+        Cmd::Lock { key, lease_ms, wait_ms, hold_ms, .. } => {
             let c = client();
             let lease = Duration::from_millis(lease_ms);
             match c.try_lock(&key, lease, Duration::from_millis(wait_ms)).await? {
@@ -642,12 +879,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Status { all_groups } => {
+        Cmd::Status { all_groups, .. } => {
             // Each unreachable endpoint is reported once, in place; the exit
             // code says whether every endpoint answered.
             let c = client();
             let mut down = 0;
-            for (i, endpoint) in cli.endpoints.iter().enumerate() {
+            for (i, endpoint) in endpoints.iter().enumerate() {
                 match c.status_of(i).await {
                     Ok(s) => print_status(*endpoint, &s, json, all_groups),
                     Err(e) => {
@@ -664,19 +901,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
             if down > 0 {
-                return Err(Failure::Quiet(format!(
-                    "{down} of {} endpoints unreachable",
-                    cli.endpoints.len()
-                )));
+                return Err(Failure::Quiet(format!("{down} of {} endpoints unreachable", endpoints.len())));
             }
             Ok(())
         }
-        Cmd::TransferLeader { to } => {
+        Cmd::Top { interval_ms, iterations, once, rows, .. } => {
+            let iterations = if once { Some(1) } else { iterations };
+            top_cmd(client(), &endpoints, Duration::from_millis(interval_ms), iterations, rows, json).await
+        }
+        Cmd::TransferLeader { to, .. } => {
             client().transfer_leader(to).await?;
             done(json);
             Ok(())
         }
-        Cmd::Group(GroupCmd::Add { id: (first, last), voters }) => {
+        Cmd::Group(GroupCmd::Add { id: (first, last), voters, .. }) => {
             if voters.is_empty() {
                 return Err(Failure::Other("--voters is required, e.g. --voters 1,2,3".into()));
             }
@@ -688,13 +926,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             done(json);
             Ok(())
         }
-        Cmd::Group(GroupCmd::Remove { id, yes }) => {
+        Cmd::Group(GroupCmd::Remove { id, yes, .. }) => {
             if !yes {
                 let default =
                     if id == DEFAULT_GROUP { " (the default group, where `tarn put` writes)" } else { "" };
                 return Err(Failure::Other(format!(
                     "`group remove {id}` deletes group {id}{default} and all its data on every endpoint ({}); it cannot be undone. Add --yes to confirm",
-                    cli.endpoints.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
+                    endpoints.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
                 )));
             }
             client().remove_group(id).await?;
@@ -703,18 +941,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Member(cmd) => {
             let change = match cmd {
-                MemberCmd::Add { id, peer_addr, learner } => {
+                MemberCmd::Add { id, peer_addr, learner, .. } => {
                     client().add_member(id, peer_addr, learner).await?;
                     done(json);
                     return Ok(());
                 }
-                MemberCmd::Forget { id } => {
+                MemberCmd::Forget { id, .. } => {
                     client().forget_peer(id).await?;
                     done(json);
                     return Ok(());
                 }
-                MemberCmd::Remove { id } => MemberChange::Remove(id),
-                MemberCmd::Promote { id } => MemberChange::Promote(id),
+                MemberCmd::Remove { id, .. } => MemberChange::Remove(id),
+                MemberCmd::Promote { id, .. } => MemberChange::Promote(id),
             };
             client().change_membership(vec![change]).await?;
             done(json);
@@ -724,7 +962,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-async fn serve(args: ServeArgs, endpoints: &[SocketAddr]) -> Result<(), Failure> {
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let cluster: BTreeMap<NodeId, SocketAddr> = args.cluster.iter().copied().collect();
     if cluster.len() != args.cluster.len() {
         return Err(Failure::Other("--cluster lists a node id twice".into()));
@@ -732,7 +970,7 @@ async fn serve(args: ServeArgs, endpoints: &[SocketAddr]) -> Result<(), Failure>
     let mut config = if args.join {
         if !cluster.is_empty() {
             return Err(Failure::Other(
-                "--join and --cluster exclude each other: a joining node learns the cluster from --endpoints"
+                "--join and --cluster exclude each other: a joining node learns the cluster from --join-endpoints"
                     .into(),
             ));
         }
@@ -741,7 +979,7 @@ async fn serve(args: ServeArgs, endpoints: &[SocketAddr]) -> Result<(), Failure>
         };
         let mut c = ServerConfig::single(&args.data_dir, args.client);
         c.peer_addr = Some(peer);
-        c.join = Some(endpoints.to_vec());
+        c.join = Some(args.join_endpoints.clone().unwrap_or_else(|| vec![default_client_addr()]));
         c
     } else if cluster.is_empty() {
         if args.peer.is_some() {
@@ -841,18 +1079,62 @@ async fn start_local_cluster(
     Ok(servers)
 }
 
-async fn cluster(nodes: u64, base_port: u16, data_dir: PathBuf) -> Result<(), Failure> {
-    let servers = start_local_cluster(
-        nodes,
-        |i| base_port + i as u16,
-        |i| base_port + 100 + i as u16,
-        &data_dir,
-        WriteMode::Sync,
-        |_| {},
-    )
+/// Where node `node` (1-based) of `tarn cluster --metrics-addr ADDR` serves
+/// its metrics: ADDR's port + node - 1, or ADDR itself for port 0 (each node
+/// binds a free port). `None` past port 65535.
+fn node_metrics_addr(addr: SocketAddr, node: NodeId) -> Option<SocketAddr> {
+    if addr.port() == 0 {
+        return Some(addr);
+    }
+    let port = u64::from(addr.port()).checked_add(node.checked_sub(1)?)?;
+    Some(SocketAddr::new(addr.ip(), u16::try_from(port).ok()?))
+}
+
+/// Client port, peer port: base+i and base+100+i, or free ports for base 0.
+fn local_cluster_ports(
+    base_port: u16,
+    nodes: u64,
+) -> Result<(impl Fn(u64) -> u16, impl Fn(u64) -> u16), Failure> {
+    let last_peer_port = u64::from(base_port) + 100 + nodes;
+    if base_port != 0 && last_peer_port > u64::from(u16::MAX) {
+        return Err(Failure::Other(format!(
+            "--base-port {base_port} with {nodes} nodes needs peer ports up to {last_peer_port}, past 65535"
+        )));
+    }
+    // Both fit a u16 for i <= nodes: checked just above.
+    let port = move |offset: u64, i: u64| {
+        if base_port == 0 {
+            0
+        } else {
+            (u64::from(base_port) + offset + i) as u16
+        }
+    };
+    let peer = move |i: u64| if base_port == 0 { free_port(i) } else { port(100, i) };
+    Ok((move |i| port(0, i), peer))
+}
+
+async fn cluster(args: ClusterArgs) -> Result<(), Failure> {
+    let ClusterArgs { nodes, base_port, data_dir, metrics_addr } = args;
+    if let Some(addr) = metrics_addr {
+        if node_metrics_addr(addr, nodes.max(1)).is_none() {
+            return Err(Failure::Other(format!(
+                "--metrics-addr {addr} with {nodes} nodes needs ports {}..{}, past 65535",
+                addr.port(),
+                u64::from(addr.port()) + nodes.saturating_sub(1)
+            )));
+        }
+    }
+    let (client_port, peer_port) = local_cluster_ports(base_port, nodes)?;
+    let servers = start_local_cluster(nodes, client_port, peer_port, &data_dir, WriteMode::Sync, |c| {
+        c.metrics_addr = metrics_addr.and_then(|addr| node_metrics_addr(addr, c.node_id));
+    })
     .await?;
     let endpoints: Vec<String> = servers.iter().map(|s| s.client_addr().to_string()).collect();
     println!("tarn cluster of {nodes} nodes, data in {}", data_dir.display());
+    for s in &servers {
+        let metrics = s.metrics_addr().map_or(String::new(), |a| format!(", metrics http://{a}/metrics"));
+        println!("node {}: client {}{metrics}", s.node_id(), s.client_addr());
+    }
     println!("endpoints: {}", endpoints.join(","));
     println!("try: tarn --endpoints {} status", endpoints.join(","));
     shutdown_signal().await;
@@ -935,6 +1217,61 @@ async fn bench_cmd(args: BenchArgs, mut client_config: ClientConfig, json: bool)
         s.shutdown().await;
     }
     Ok(())
+}
+
+/// `tarn top`: samples every endpoint's status each `interval` (all at
+/// once), prints a frame, until `iterations` frames or Ctrl-C.
+async fn top_cmd(
+    client: Client,
+    endpoints: &[SocketAddr],
+    interval: Duration,
+    iterations: Option<u64>,
+    rows: usize,
+    json: bool,
+) -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    let clear_screen = !json && std::io::stdout().is_terminal();
+    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    let mut before: Option<top::Sample> = None;
+    let mut shown = 0u64;
+    loop {
+        let at = tokio::time::Instant::now();
+        let asks: Vec<_> = (0..endpoints.len())
+            .map(|i| {
+                let c = client.clone();
+                tokio::spawn(async move { c.status_of(i).await.map_err(|e| e.to_string()) })
+            })
+            .collect();
+        let mut nodes = Vec::with_capacity(endpoints.len());
+        for (endpoint, ask) in endpoints.iter().zip(asks) {
+            nodes.push((*endpoint, ask.await.unwrap_or_else(|e| Err(format!("status request failed: {e}")))));
+        }
+        let sample = top::Sample { at: at.into_std(), nodes };
+        let frame = top::frame(before.as_ref(), &sample, rows);
+        if json {
+            print_json(&frame);
+        } else {
+            if clear_screen {
+                print!("\x1b[H\x1b[2J");
+            } else if shown > 0 {
+                println!();
+            }
+            print!("{}", top::render(&frame, interval_ms));
+        }
+        shown += 1;
+        if iterations.is_some_and(|n| shown >= n) {
+            let down = frame.nodes.iter().filter(|n| !n.up).count();
+            if down > 0 {
+                return Err(Failure::Quiet(format!("{down} of {} endpoints unreachable", endpoints.len())));
+            }
+            return Ok(());
+        }
+        before = Some(sample);
+        tokio::select! {
+            _ = tokio::time::sleep_until(at + interval) => {}
+            _ = shutdown_signal() => return Ok(()),
+        }
+    }
 }
 
 /// A free peer port for embedded clusters: the OS picks one and we release
@@ -1214,7 +1551,6 @@ fn print_groups(s: &NodeStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     /// Every flag and argument of every subcommand says what it is for.
     #[test]
@@ -1241,5 +1577,91 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+        assert_eq!(default_client_addr().to_string(), DEFAULT_CLIENT_ADDR);
+    }
+
+    fn parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        resolve(Cli::try_parse_from(std::iter::once("tarn").chain(args.iter().copied()))?)
+    }
+
+    fn addrs(s: &str) -> Option<Vec<SocketAddr>> {
+        Some(s.split(',').map(|a| a.parse().expect("test address")).collect())
+    }
+
+    fn client_of(cmd: Cmd) -> ClientArgs {
+        let mut cmd = cmd;
+        cmd.client_args_mut().expect("a client command").clone()
+    }
+
+    #[test]
+    fn client_flags_go_before_or_after_the_command_and_after_wins() {
+        let before = client_of(parse(&["--endpoints", "127.0.0.1:1", "--json", "get", "k"]).unwrap());
+        let after = client_of(parse(&["get", "k", "--endpoints", "127.0.0.1:1", "--json"]).unwrap());
+        assert_eq!(before, after);
+        assert_eq!(before.endpoints, addrs("127.0.0.1:1"));
+        let both = client_of(
+            parse(&["--endpoints", "127.0.0.1:1", "--group", "2", "get", "k", "--endpoints", "127.0.0.1:2"])
+                .unwrap(),
+        );
+        assert_eq!((both.endpoints, both.group), (addrs("127.0.0.1:2"), Some(2)));
+        let nested = client_of(parse(&["group", "add", "3", "--voters", "1", "--timeout-ms", "5"]).unwrap());
+        assert_eq!(nested.timeout_ms, Some(5));
+        let defaults = client_of(parse(&["status"]).unwrap());
+        assert_eq!(defaults.endpoints(), vec![default_client_addr()]);
+        assert_eq!(defaults.config().request_timeout, Duration::from_millis(CLIENT_TIMEOUT_MS_DEFAULT));
+    }
+
+    fn join_endpoints(cmd: Cmd) -> Option<Vec<SocketAddr>> {
+        match cmd {
+            Cmd::Serve(args) => args.join_endpoints,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_takes_the_cluster_to_join_in_every_documented_form() {
+        let a = addrs("127.0.0.1:1,127.0.0.1:2");
+        let forms: [&[&str]; 3] = [
+            &["serve", "--join", "--join-endpoints", "127.0.0.1:1,127.0.0.1:2"],
+            &["serve", "--join", "--endpoints", "127.0.0.1:1,127.0.0.1:2"],
+            &["--endpoints", "127.0.0.1:1,127.0.0.1:2", "serve", "--join"],
+        ];
+        for form in forms {
+            assert_eq!(join_endpoints(parse(form).unwrap()), a, "{form:?}");
+        }
+        assert_eq!(join_endpoints(parse(&["serve"]).unwrap()), None);
+    }
+
+    #[test]
+    fn local_cluster_nodes_get_consecutive_metrics_ports_or_free_ones() {
+        let at = |s: &str| -> SocketAddr { s.parse().expect("test address") };
+        assert_eq!(node_metrics_addr(at("127.0.0.1:9100"), 1), Some(at("127.0.0.1:9100")));
+        assert_eq!(node_metrics_addr(at("127.0.0.1:9100"), 3), Some(at("127.0.0.1:9102")));
+        assert_eq!(node_metrics_addr(at("0.0.0.0:0"), 3), Some(at("0.0.0.0:0")));
+        assert_eq!(node_metrics_addr(at("127.0.0.1:65535"), 1), Some(at("127.0.0.1:65535")));
+        assert_eq!(node_metrics_addr(at("127.0.0.1:65535"), 2), None);
+        let Ok((client, peer)) = local_cluster_ports(7700, 3) else { panic!("7700 fits") };
+        assert_eq!((client(1), client(3), peer(1), peer(3)), (7701, 7703, 7801, 7803));
+        let Ok((client, peer)) = local_cluster_ports(0, 3) else { panic!("0 fits") };
+        assert_eq!(client(2), 0, "the OS picks the client port");
+        assert_ne!(peer(2), 0, "a free peer port, known before the nodes start");
+        assert!(local_cluster_ports(65500, 3).is_err());
+    }
+
+    #[test]
+    fn client_flags_with_a_server_command_are_usage_errors() {
+        let refused: [&[&str]; 7] = [
+            &["--json", "serve"],
+            &["serve", "--json"],
+            &["--endpoints", "127.0.0.1:1", "serve"],
+            &["serve", "--join-endpoints", "127.0.0.1:1"],
+            &["--endpoints", "127.0.0.1:1", "serve", "--join", "--join-endpoints", "127.0.0.1:2"],
+            &["--timeout-ms", "5", "cluster"],
+            &["cluster", "--group", "2"],
+        ];
+        for args in refused {
+            let e = parse(args).expect_err(&format!("{args:?} must be refused"));
+            assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+        }
     }
 }

@@ -132,7 +132,7 @@ async fn serve_join_then_member_add_and_promote_from_the_cli() {
         // The README's commands: a fourth node joins, is added, then promoted.
         let _node4 = Child(
             std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
-                .args(["--endpoints", &all, "serve", "--join", "--id", "4"])
+                .args(["serve", "--join", "--join-endpoints", &all, "--id", "4"])
                 .args(["--client", &client4, "--peer", &peer4, "--election-timeout-ms", "150"])
                 .arg("--data-dir")
                 .arg(&data4)
@@ -306,5 +306,218 @@ async fn json_output_is_valid_json_whatever_the_value() {
     })
     .await
     .unwrap();
+    cluster.shutdown().await;
+}
+
+/// Runs `tarn` with exactly `args` (no endpoint added).
+fn tarn_bare(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tarn")).args(args).output().expect("run the tarn binary")
+}
+
+const CLIENT_FLAGS: [&str; 4] = ["--endpoints", "--group", "--json", "--timeout-ms"];
+
+/// Issue 18: the servers' help lists no client flag, every client command's
+/// does, and the flags work after the command as well as before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_flags_belong_to_client_commands_only() {
+    for server in [&["serve", "--help"][..], &["cluster", "--help"]] {
+        let o = tarn_bare(server);
+        assert!(o.status.success(), "{}", stderr(&o));
+        for flag in CLIENT_FLAGS {
+            assert!(!stdout(&o).contains(flag), "`tarn {server:?}` lists {flag}:\n{}", stdout(&o));
+        }
+    }
+    assert!(stdout(&tarn_bare(&["serve", "--help"])).contains("--join-endpoints <ADDRS>"));
+    for client in
+        [&["get", "--help"][..], &["status", "--help"], &["group", "add", "--help"], &["bench", "--help"]]
+    {
+        let help = stdout(&tarn_bare(client));
+        for flag in CLIENT_FLAGS {
+            assert!(help.contains(flag), "`tarn {client:?}` lacks {flag}:\n{help}");
+        }
+    }
+    // A client flag given to a server is bad usage (exit 2), not ignored.
+    let o = tarn_bare(&["--json", "serve"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--json is a client flag"), "{}", stderr(&o));
+    assert_eq!(tarn_bare(&["cluster", "--endpoints", "127.0.0.1:1"]).status.code(), Some(2));
+    assert_eq!(
+        tarn_bare(&["serve", "--join-endpoints", "127.0.0.1:1"]).status.code(),
+        Some(2),
+        "needs --join"
+    );
+
+    let cluster = tokio::time::timeout(Duration::from_secs(30), TestCluster::start(1)).await.expect("start");
+    let ep = cluster.endpoints()[0].to_string();
+    tokio::task::spawn_blocking(move || {
+        let ep = ep.as_str();
+        let dead = common::free_addr().to_string();
+        assert!(tarn_bare(&["put", "k", "v", "--endpoints", ep]).status.success());
+        let o = tarn_bare(&["get", "k", "--endpoints", ep, "--json"]);
+        assert!(stdout(&o).starts_with("{\"key\":\"k\""), "{}{}", stdout(&o), stderr(&o));
+        // After the command wins over before it: the dead endpoint is never used.
+        let o = tarn_bare(&["--endpoints", &dead, "--timeout-ms", "300", "get", "k", "--endpoints", ep]);
+        assert_eq!((o.status.code(), stdout(&o)), (Some(0), "v\n".to_string()), "{}", stderr(&o));
+        // Before the command still works, and so do both halves mixed.
+        let o = tarn_bare(&["--endpoints", ep, "get", "k", "--json"]);
+        assert!(stdout(&o).contains("\"value\":\"v\""), "{}", stdout(&o));
+    })
+    .await
+    .expect("client flag checks");
+    cluster.shutdown().await;
+}
+
+/// Runs `tarn` until `key` no longer exists, or panics after the test deadline.
+fn wait_until_gone(endpoint: &str, key: &str) {
+    let deadline = std::time::Instant::now() + common::TEST_DEADLINE;
+    loop {
+        let o = tarn(endpoint, &["get", key]);
+        if o.status.code() == Some(3) {
+            return;
+        }
+        assert!(o.status.success(), "get {key}: {}", stderr(&o));
+        assert!(std::time::Instant::now() < deadline, "{key} never expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 18: `tarn ttl KEY --ttl-ms N` renews a temporary node from another
+/// process than the one that wrote it; the README's "removed 5 s after its
+/// last update" holds for a renewal, in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_renews_a_temporary_node_from_another_process() {
+    let cluster = tokio::time::timeout(Duration::from_secs(30), TestCluster::start(1)).await.expect("start");
+    let ep = cluster.endpoints()[0].to_string();
+    tokio::task::spawn_blocking(move || {
+        let ep = ep.as_str();
+        let owner_of = |key: &str| -> serde_json::Value {
+            let o = tarn(ep, &["--json", "get", key]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            let node: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+            node["owner"].clone()
+        };
+        assert!(tarn(ep, &["mkdir", "app"]).status.success());
+        assert!(tarn(ep, &["put", "app.s", "alive", "--ttl-ms", "2000"]).status.success());
+        let owner = owner_of("app.s");
+        assert!(owner.as_u64().is_some(), "a temporary node has an owner: {owner}");
+        // Longer: renewed by this (other) process before its 2 s pass...
+        let o = tarn(ep, &["ttl", "app.s", "--ttl-ms", "60000"]);
+        assert_eq!((o.status.code(), stdout(&o)), (Some(0), "ok\n".to_string()), "{}", stderr(&o));
+        // ...it outlives a node written after the renewal with a longer TTL
+        // than the original: had the renewal not taken, the leader would have
+        // expired app.s (earlier deadline) no later than the marker.
+        assert!(tarn(ep, &["put", "app.marker", "m", "--ttl-ms", "2500"]).status.success());
+        wait_until_gone(ep, "app.marker");
+        assert_eq!(stdout(&tarn(ep, &["get", "app.s"])), "alive\n", "renewed: still there");
+        assert_eq!(owner_of("app.s"), owner, "a renewal keeps the owner");
+        // Shorter: the expiry moves to N ms from the renewal, never earlier.
+        let renewed = std::time::Instant::now();
+        assert!(tarn(ep, &["ttl", "app.s", "--ttl-ms", "1000"]).status.success());
+        wait_until_gone(ep, "app.s");
+        assert!(renewed.elapsed() >= Duration::from_millis(1000), "expired early: {:?}", renewed.elapsed());
+
+        let fails = |o: &Output, code: i32, says: &str| {
+            assert_eq!(o.status.code(), Some(code), "{}", stderr(o));
+            assert_eq!(stderr(o).lines().count(), 1, "{}", stderr(o));
+            assert!(stderr(o).contains(says), "expected {says:?} in: {}", stderr(o));
+        };
+        fails(&tarn(ep, &["ttl", "app.s", "--ttl-ms", "1000"]), 3, "app.s");
+        assert!(tarn(ep, &["put", "app.p", "v"]).status.success());
+        fails(&tarn(ep, &["ttl", "app.p", "--ttl-ms", "1000"]), 1, "\"app.p\" is not a temporary node");
+        assert!(tarn(ep, &["put", "app.t", "v", "--ttl-ms", "60000"]).status.success());
+        // Errors in the user's units: milliseconds.
+        fails(
+            &tarn(ep, &["ttl", "app.t", "--ttl-ms", "0"]),
+            1,
+            "TTL of 0 ms for key \"app.t\" is outside [1 ms,",
+        );
+        fails(&tarn(ep, &["ttl", "app.t", "--ttl-ms", "18446744073711"]), 1, "out of range");
+        assert_eq!(tarn(ep, &["ttl", "app.t"]).status.code(), Some(2), "--ttl-ms is required");
+    })
+    .await
+    .expect("ttl checks");
+    cluster.shutdown().await;
+}
+
+/// Issue 18: `tarn top` shows each group's leader and commit rate, and which
+/// endpoints and followers are down; `--iterations`/`--once` end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_leaders_commit_rates_and_what_is_down() {
+    let mut cluster =
+        tokio::time::timeout(Duration::from_secs(30), TestCluster::start(3)).await.expect("start");
+    let leader = cluster.leader().await;
+    let live: Vec<String> = cluster.endpoints().iter().map(|a| a.to_string()).collect();
+    let dead = common::free_addr().to_string();
+    // Writes run from before the first sample until after the last one.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (client, writing) = (cluster.client(), writing.clone());
+        tokio::spawn(async move {
+            let mut writes = 0u64;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                client.put("w", writes.to_string()).await.expect("write");
+                writes += 1;
+            }
+            writes
+        })
+    };
+    let with_dead = format!("{},{dead}", live.join(","));
+    let o = tokio::task::spawn_blocking(move || {
+        tarn(&with_dead, &["--json", "top", "--iterations", "2", "--interval-ms", "1000"])
+    })
+    .await
+    .expect("tarn top");
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.await.expect("writer") > 0);
+    assert_eq!(o.status.code(), Some(1), "an endpoint is down: {}", stderr(&o));
+    assert!(stderr(&o).contains("1 of 4 endpoints unreachable"), "{}", stderr(&o));
+    let frames: Vec<serde_json::Value> =
+        stdout(&o).lines().map(|l| serde_json::from_str(l).expect("a JSON frame")).collect();
+    assert_eq!(frames.len(), 2, "{}", stdout(&o));
+    for f in &frames {
+        assert_eq!(f["groups"][0]["group"], 1);
+        assert_eq!(f["groups"][0]["leader"], leader, "{f}");
+        let nodes = f["nodes"].as_array().expect("nodes");
+        let leading: Vec<&serde_json::Value> = nodes.iter().filter(|n| n["leading"] == 1).collect();
+        assert_eq!(leading.len(), 1, "{f}");
+        assert_eq!(leading[0]["node"], leader);
+        assert_eq!(nodes[3]["endpoint"], dead.as_str());
+        assert_eq!(nodes[3]["up"], false);
+    }
+    assert!(frames[0]["groups"][0]["commits_per_s"].is_null(), "no rate from one sample");
+    let rate = frames[1]["groups"][0]["commits_per_s"].as_f64().expect("a rate in the second frame");
+    assert!(rate > 0.0, "writes ran between the samples: {}", frames[1]);
+
+    // A stopped follower: the leader reports it unreachable, in plain text.
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    cluster.stop_node(follower).await;
+    let up: Vec<String> = cluster.servers.keys().map(|id| cluster.clients[id].to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let up = up.join(",");
+        let deadline = std::time::Instant::now() + common::TEST_DEADLINE;
+        loop {
+            let o = tarn(&up, &["top", "--once"]);
+            assert_eq!(o.status.code(), Some(0), "every endpoint given is up: {}", stderr(&o));
+            let out = stdout(&o);
+            assert!(out.starts_with("tarn top: 2 of 2 endpoints up, 1 group"), "{out}");
+            // GROUP LEADER TERM COMMIT COMMITS/S APPLIED-MIN MAX-LAG UNREACHABLE
+            let row: Vec<&str> = out
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|cols| cols.first() == Some(&"1") && cols.get(1).is_some_and(|c| !c.contains(':')))
+                .unwrap_or_else(|| panic!("no row for group 1: {out}"));
+            assert_eq!(row[1], leader.to_string(), "{out}");
+            if row.get(7) == Some(&follower.to_string().as_str()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "follower {follower} never shown unreachable: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .expect("top after a follower stopped");
     cluster.shutdown().await;
 }

@@ -163,3 +163,86 @@ async fn the_metrics_port_refuses_other_paths_large_heads_and_silence() {
     .await
     .expect("test deadline");
 }
+
+/// Kills the child process it holds when dropped (also on a failed assertion).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 18: `tarn cluster --metrics-addr` serves every node's metrics on a
+/// port of its own and prints which node is where.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_cluster_serves_each_nodes_metrics_and_says_where() {
+    use std::io::BufRead;
+    const NODES: u64 = 3;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
+            .args(["cluster", "--nodes", &NODES.to_string(), "--base-port", "0"])
+            .args(["--metrics-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tarn cluster"),
+    );
+    let out = child.0.stdout.take().expect("piped stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // "node I: client ADDR, metrics http://ADDR/metrics", one per node, before "try:".
+    let printed = tokio::task::spawn_blocking(move || {
+        let mut metrics = Vec::new();
+        loop {
+            let line =
+                lines.recv_timeout(TEST_DEADLINE).expect("tarn cluster prints its nodes").expect("utf-8");
+            if line.starts_with("try:") {
+                return metrics;
+            }
+            if let Some((node, rest)) = line.strip_prefix("node ").and_then(|l| l.split_once(':')) {
+                let addr = rest.split("metrics http://").nth(1).expect("a metrics address");
+                let addr: SocketAddr = addr.trim_end_matches("/metrics").parse().expect("HOST:PORT");
+                metrics.push((node.parse::<u64>().expect("node id"), addr));
+            }
+        }
+    })
+    .await
+    .expect("read tarn cluster's output");
+    let ids: Vec<u64> = printed.iter().map(|&(id, _)| id).collect();
+    assert_eq!(ids, (1..=NODES).collect::<Vec<_>>());
+    let mut ports: Vec<u16> = printed.iter().map(|(_, a)| a.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), NODES as usize, "a port per node: {printed:?}");
+    assert!(!ports.contains(&0), "the bound ports are printed, not port 0: {printed:?}");
+    // Each port is the node it is printed as: it reports a connection to
+    // every other node and none to itself. Together they elect one leader.
+    poll_until("every node connected, one leader", || {
+        let printed = printed.clone();
+        async move {
+            let mut leaders = 0.0;
+            for &(id, addr) in &printed {
+                let text = scrape(addr).await;
+                assert!(sample(&text, &format!("tarn_peer_connected{{peer=\"{id}\"}}")).is_none(), "{text}");
+                for peer in (1..=NODES).filter(|&p| p != id) {
+                    if sample(&text, &format!("tarn_peer_connected{{peer=\"{peer}\"}}")) != Some(1.0) {
+                        return None;
+                    }
+                }
+                leaders += sample(&text, "tarn_group_role{group=\"1\",role=\"leader\"}")?;
+            }
+            (leaders == 1.0).then_some(())
+        }
+    })
+    .await;
+}
