@@ -14,7 +14,10 @@ use tarn_kv::{ChildView, EventKind, LockOutcome, NodeKind, NodeView, WatchEvent}
 use tarn_server::bench::{self, BenchConfig};
 use tarn_server::client::{Client, ClientConfig, ClientError};
 use tarn_server::protocol::{Consistency, MemberChange, NodeStatus, DEFAULT_GROUP};
+use tarn_server::security::ClientSecurity;
 use tarn_server::server::{Server, ServerConfig, DEFAULT_CLIENT_ADDR, DEFAULT_DATA_DIR};
+
+mod cli_security;
 
 /// Exit code for "the key does not exist".
 const EXIT_NOT_FOUND: u8 = 3;
@@ -63,6 +66,8 @@ struct Cli {
     /// Give up on a request after this many milliseconds (retries included).
     #[arg(long, global = true, default_value_t = 10_000)]
     timeout_ms: u64,
+    #[command(flatten)]
+    security: cli_security::ClientSecurityArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -200,6 +205,12 @@ enum Cmd {
     Member(MemberCmd),
     /// Load generator: throughput and latency percentiles (defaults mirror Dongting's benchmark).
     Bench(BenchArgs),
+    /// Development certificates for TLS: a CA, node and client certificates.
+    #[command(subcommand)]
+    Cert(cli_security::CertCmd),
+    /// Client tokens and roles of an auth file (`tarn serve --auth-file`).
+    #[command(subcommand)]
+    Auth(cli_security::AuthCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -334,6 +345,8 @@ struct ServeArgs {
     /// shippers). The level comes from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    security: Box<cli_security::ServeSecurityArgs>,
 }
 
 /// How the server writes its log lines (to stderr).
@@ -519,10 +532,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let mut client_config = ClientConfig::new(cli.endpoints.clone());
     client_config.group = cli.group;
     client_config.request_timeout = Duration::from_millis(cli.timeout_ms);
+    client_config.security = cli.security.client()?;
     let json = cli.json;
     let client = || Client::new(client_config.clone());
     match cli.command {
-        Cmd::Serve(args) => serve(args, &cli.endpoints).await,
+        Cmd::Serve(args) => serve(args, &cli.endpoints, client_config.security.clone()).await,
+        Cmd::Cert(cmd) => Ok(cli_security::cert_cmd(cmd)?),
+        Cmd::Auth(cmd) => Ok(cli_security::auth_cmd(cmd)?),
         Cmd::Cluster { nodes, base_port, data_dir } => cluster(nodes, base_port, data_dir).await,
         Cmd::Get { key, stale } => {
             let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
@@ -724,7 +740,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-async fn serve(args: ServeArgs, endpoints: &[SocketAddr]) -> Result<(), Failure> {
+async fn serve(args: ServeArgs, endpoints: &[SocketAddr], client: ClientSecurity) -> Result<(), Failure> {
     let cluster: BTreeMap<NodeId, SocketAddr> = args.cluster.iter().copied().collect();
     if cluster.len() != args.cluster.len() {
         return Err(Failure::Other("--cluster lists a node id twice".into()));
@@ -766,6 +782,10 @@ async fn serve(args: ServeArgs, endpoints: &[SocketAddr]) -> Result<(), Failure>
     config.snapshot_after_bytes = args.snapshot_after_bytes.unwrap_or(config.snapshot_after_bytes);
     config.log_keep_tail_entries = args.log_keep_tail_entries.unwrap_or(config.log_keep_tail_entries);
     config.metrics_addr = args.metrics_addr;
+    config.security = cli_security::server_security(&args.security, client, &config)?;
+    if let Some(table) = &config.security.auth {
+        cli_security::reload_auth_on_sighup(table.clone());
+    }
     let server = Server::start(config).await.map_err(|e| e.to_string())?;
     // JSON logs are for machines: every stderr line must be a JSON object,
     // and the log lines already say all this.
