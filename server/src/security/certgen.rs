@@ -59,18 +59,11 @@ impl Validity {
     pub const LEAF: Validity = Validity { days_before: 1, days_after: 730 };
 
     fn apply(self, params: &mut CertificateParams) {
-        let now = rcgen_now();
-        params.not_before = now - time_days(self.days_before);
-        params.not_after = now + time_days(self.days_after);
+        let now = time::OffsetDateTime::now_utc();
+        // Signed: a negative `days_after` makes an expired certificate (tests).
+        params.not_before = now - time::Duration::days(self.days_before);
+        params.not_after = now + time::Duration::days(self.days_after);
     }
-}
-
-fn rcgen_now() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc()
-}
-
-fn time_days(days: i64) -> std::time::Duration {
-    std::time::Duration::from_secs(days.unsigned_abs() * 24 * 3600)
 }
 
 /// A certificate and its key, PEM encoded.
