@@ -1590,4 +1590,74 @@ mod tests {
         c.idle_timeout_ms = 0;
         assert!(c.validate().unwrap_err().to_string().contains("idle_timeout_ms"));
     }
+
+    /// A `PeerSecurity` that wraps streams without changing their bytes and
+    /// accepts only the dialer ids in `allowed`.
+    #[derive(Debug)]
+    struct FakeSecurity {
+        allowed: Vec<NodeId>,
+    }
+
+    struct AllowList(Vec<NodeId>);
+
+    impl stream::PeerIdentity for AllowList {
+        fn check(&self, claimed: NodeId) -> Result<(), String> {
+            if self.0.contains(&claimed) {
+                Ok(())
+            } else {
+                Err(format!("node {claimed} is not allowed"))
+            }
+        }
+    }
+
+    impl PeerSecurity for FakeSecurity {
+        fn dial(&self, tcp: TcpStream, _peer: NodeId) -> stream::BoxFuture<'_, Result<Stream, String>> {
+            Box::pin(async move { Ok(Stream::Wrapped(Box::new(tcp))) })
+        }
+
+        fn accept(&self, tcp: TcpStream) -> stream::BoxFuture<'_, Result<stream::Accepted, String>> {
+            let identity: Box<dyn stream::PeerIdentity> = Box::new(AllowList(self.allowed.clone()));
+            Box::pin(async move { Ok((Stream::Wrapped(Box::new(tcp)), identity)) })
+        }
+    }
+
+    async fn secured_node(
+        id: NodeId,
+        listener: TcpListener,
+        peers: BTreeMap<NodeId, SocketAddr>,
+        allowed: Vec<NodeId>,
+    ) -> (Transport<String>, Got) {
+        let got: Got = Arc::default();
+        let g = got.clone();
+        let sink: InboundSink<String> =
+            Arc::new(move |from, group, m| g.lock().unwrap().push((from, group, m)));
+        let mut config = TransportConfig::new(id, 42, peers);
+        config.reconnect_backoff_min_ms = 5;
+        config.reconnect_backoff_max_ms = 50;
+        config.security = Some(Arc::new(FakeSecurity { allowed }));
+        (Transport::start(config, listener, sink).unwrap(), got)
+    }
+
+    #[tokio::test]
+    async fn wrapped_streams_carry_messages_and_a_refused_identity_is_counted() {
+        // Allowed: messages flow both ways over wrapped (split) streams.
+        let ([l1, l2], [a1, a2]) = listeners().await;
+        let (t1, got1) = secured_node(1, l1, [(2, a2)].into(), vec![]).await;
+        let (t2, got2) = secured_node(2, l2, [(1, a1)].into(), vec![1]).await;
+        until_delivered(&t1, 2, &got2, "ping").await;
+        until_delivered(&t2, 1, &got1, "pong").await;
+        assert_eq!(t2.stats().snapshot().security_refusals, 0);
+        t1.shutdown();
+        t2.shutdown();
+        // Node 2 does not accept node 1's identity: refused, counted, no connection.
+        let ([l1, l2], [a1, a2]) = listeners().await;
+        let (t1, _) = secured_node(1, l1, [(2, a2)].into(), vec![]).await;
+        let (t2, got2) = secured_node(2, l2, [(1, a1)].into(), vec![3]).await;
+        wait_for(10_000, || t2.stats().snapshot().security_refusals >= 2).await;
+        t1.send(2, 1, "never".into());
+        assert_eq!(open(&t2), 0, "{:?}", t2.stats().snapshot());
+        assert!(got2.lock().unwrap().is_empty(), "nothing delivered from a refused peer");
+        t1.shutdown();
+        t2.shutdown();
+    }
 }
