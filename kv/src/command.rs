@@ -198,6 +198,32 @@ impl Command {
         }
     }
 
+    /// Every key this command reads or writes (what a server checks a
+    /// client's key permissions against); none for `KeepAlive`.
+    pub fn keys(&self) -> Vec<&str> {
+        match self {
+            Command::KeepAlive => Vec::new(),
+            Command::BatchGet { keys } | Command::BatchRemove { keys } => {
+                keys.iter().map(String::as_str).collect()
+            }
+            Command::BatchPut { items } => items.iter().map(|(k, _)| k.as_str()).collect(),
+            Command::Get { key }
+            | Command::List { key, .. }
+            | Command::Put { key, .. }
+            | Command::Remove { key }
+            | Command::Mkdir { key }
+            | Command::CompareAndSet { key, .. }
+            | Command::PutTemp { key, .. }
+            | Command::MkdirTemp { key, .. }
+            | Command::UpdateTtl { key, .. }
+            | Command::TryLock { key, .. }
+            | Command::Unlock { key }
+            | Command::UpdateLease { key, .. }
+            | Command::RenewTtl { key, .. }
+            | Command::Expire { key, .. } => vec![key.as_str()],
+        }
+    }
+
     /// Whether this is a write a system request (client id 0, proposed by a server itself,
     /// never admitted from a client) may make besides `Expire` and `KeepAlive`: a plain put,
     /// mkdir or remove in the reserved namespace (the server's peer directory). Applied with

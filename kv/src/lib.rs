@@ -49,7 +49,8 @@ pub use command::{
 pub use config::KvConfig;
 pub use error::{DecodeError, KvError, SnapshotError};
 pub use key::{
-    is_reserved, validate_key, validate_key_or_root, validate_value, KeyProblem, RESERVED_NAMESPACE,
+    is_in_subtree, is_reserved, validate_key, validate_key_or_root, validate_value, KeyProblem,
+    RESERVED_NAMESPACE,
 };
 pub use machine::{KvStateMachine, WatchRegisterError};
 pub use response::{ChildView, LockOutcome, NodeKind, NodeView, Reply, Response, TempInfo};

@@ -20,6 +20,10 @@
 //! assert_eq!(&node.value[..], b"hello");
 //! # Ok(()) }
 //! ```
+//!
+//! Against a server with TLS and an auth file, set
+//! [`ClientConfig::security`]: a CA (and, where the server asks for one, a
+//! client certificate) and a token.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -39,6 +43,7 @@ use crate::protocol::{
     ClientFrame, Consistency, MemberChange, NodeStatus, RequestBody, ResponseBody, ServerError, ServerFrame,
     DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES, MAX_GROUPS_PER_REQUEST,
 };
+use crate::security::ClientSecurity;
 
 /// How a client behaves.
 #[derive(Debug, Clone)]
@@ -79,6 +84,10 @@ pub struct ClientConfig {
     /// (the server refuses it too, but a refused first write would leave the
     /// session unborn and the next write "session expired").
     pub max_entry_bytes: usize,
+    /// TLS to the client port and the bearer token (default: plaintext, no
+    /// token). A certificate or token the server refuses fails the request
+    /// at once (no retries): retrying cannot fix it.
+    pub security: ClientSecurity,
 }
 
 /// Default [`ClientConfig::keep_alive_interval`]: a tenth of the server's
@@ -151,6 +160,7 @@ impl ClientConfig {
             client_id: None,
             keep_alive_interval: Some(DEFAULT_KEEP_ALIVE_INTERVAL),
             max_entry_bytes: tarn_core::MAX_ENTRY_BYTES_DEFAULT,
+            security: ClientSecurity::default(),
         }
     }
 }
@@ -183,6 +193,11 @@ pub enum ClientError {
     /// took a session seq).
     #[error("request encodes to {bytes} bytes, more than the {max}-byte client frame limit; nothing was sent: split it into smaller requests (fewer keys per batch, smaller values)")]
     RequestTooLarge { bytes: usize, max: usize },
+    /// TLS with an endpoint failed for a reason retrying cannot fix: its
+    /// certificate does not chain to the CA given, names another host, has
+    /// expired, or the server refused this client's certificate.
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls { addr: SocketAddr, reason: String },
 }
 
 impl ClientError {
@@ -229,6 +244,40 @@ enum WatchMsg {
     Ended(String),
 }
 
+/// What to tell the user about a TLS refusal.
+fn tls_advice(e: &rustls::Error) -> String {
+    use rustls::{AlertDescription, CertificateError, Error};
+    let advice = match e {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+            "the server's certificate does not chain to --cacert (is it the cluster's CA?)"
+        }
+        Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            "the server's certificate has expired"
+        }
+        Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
+            "the server's certificate does not name the address dialed (add it when making the certificate, or pass --tls-server-name)"
+        }
+        Error::AlertReceived(AlertDescription::CertificateRequired) => {
+            "the server requires a client certificate: pass --cert and --key"
+        }
+        Error::AlertReceived(
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateExpired
+            | AlertDescription::DecryptError,
+        ) => "the server refused this client's certificate (expired, or not from its --tls-ca)",
+        Error::AlertReceived(AlertDescription::NoApplicationProtocol) => {
+            "the server does not speak the client protocol here (a peer port?)"
+        }
+        _ => "",
+    };
+    if advice.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e}: {advice}")
+    }
+}
+
 /// Why no connection to an endpoint could be used.
 #[derive(Debug)]
 enum OpenError {
@@ -252,13 +301,27 @@ impl Conn {
         addr: SocketAddr,
         connect_timeout: Duration,
         next_id: &AtomicU64,
+        security: &ClientSecurity,
     ) -> Result<Conn, OpenError> {
         let retry = OpenError::Retry;
-        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| retry(format!("connect to {addr} timed out")))?
             .map_err(|e| retry(format!("connect to {addr}: {e}")))?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let stream = match &security.tls {
+            None => tarn_io::transport::stream::Stream::Tcp(tcp),
+            Some(tls) => match tokio::time::timeout(connect_timeout, tls.connect(tcp, addr)).await {
+                Err(_) => return Err(retry(format!("TLS handshake with {addr} timed out"))),
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => match crate::security::tls::tls_refusal(&e) {
+                    Some(refusal) => {
+                        return Err(OpenError::Fatal(ClientError::Tls { addr, reason: tls_advice(refusal) }))
+                    }
+                    None => return Err(retry(format!("TLS handshake with {addr}: {e}"))),
+                },
+            },
+        };
         let (mut reader, mut writer) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<ClientFrame>();
         let pending: Pending = Arc::default();
@@ -290,14 +353,19 @@ impl Conn {
                         next = rx.try_recv().ok();
                     }
                 }
-                if writer.write_all(&buf).await.is_err() {
+                // A TLS stream may hold back what `write_all` took until flushed.
+                if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
                     break;
                 }
             }
             c.store(true, Ordering::Relaxed);
         });
+        // Why TLS ended the connection, if it did.
+        let tls_failure: Arc<Mutex<Option<String>>> = Arc::default();
+        let tls_failure_slot = tls_failure.clone();
         let (p, w, c, f) = (pending.clone(), watches.clone(), closed.clone(), farewell.clone());
         tokio::spawn(async move {
+            let tls_failure = tls_failure_slot;
             let mut decoder = FrameDecoder::new(MAX_CLIENT_FRAME_BYTES);
             'read: loop {
                 loop {
@@ -336,7 +404,17 @@ impl Conn {
                     _ = &mut writer_gone => break,
                 };
                 match read {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) => break,
+                    Err(e) => {
+                        // TLS refusing this client after the handshake (TLS
+                        // 1.3 checks the client's certificate then): say why.
+                        if let Some(refusal) = crate::security::tls::tls_refusal(&e) {
+                            if let Ok(mut t) = tls_failure.lock() {
+                                *t = Some(tls_advice(refusal));
+                            }
+                        }
+                        break;
+                    }
                     Ok(_) => {}
                 }
             }
@@ -352,15 +430,48 @@ impl Conn {
             }
         });
         let mut conn = Conn { tx, pending, watches, closed, node_id: 0 };
+        let tls_refused = || {
+            let reason = tls_failure.lock().ok().and_then(|t| t.clone())?;
+            Some(OpenError::Fatal(ClientError::Tls { addr, reason }))
+        };
+        if let Some(token) = &security.token {
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            let body = RequestBody::Authenticate { token: token.clone() };
+            match tokio::time::timeout(connect_timeout, conn.call(id, 0, body)).await {
+                Ok(Ok(Ok(ResponseBody::Authenticated { enabled, .. }))) => {
+                    if !enabled {
+                        tracing::warn!(%addr, "the server checks no tokens (started without --auth-file); the token was ignored");
+                    }
+                }
+                Ok(Ok(Err(e))) => return Err(OpenError::Fatal(ClientError::Server(e))),
+                Ok(Ok(Ok(other))) => {
+                    return Err(retry(format!("{addr} answered authenticate with {other:?}")))
+                }
+                Ok(Err(e)) => return Err(tls_refused().unwrap_or_else(|| retry(format!("{addr}: {e}")))),
+                Err(_) => return Err(retry(format!("{addr} did not answer authenticate in time"))),
+            }
+        }
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let hello = tokio::time::timeout(connect_timeout, conn.call(id, 0, RequestBody::Hello)).await;
-        if let Some(ServerError::PeerPort { node }) = farewell.lock().ok().and_then(|f| f.clone()) {
-            return Err(OpenError::Fatal(ClientError::PeerPort { addr, node }));
+        match farewell.lock().ok().and_then(|f| f.clone()) {
+            Some(ServerError::PeerPort { node }) => {
+                return Err(OpenError::Fatal(ClientError::PeerPort { addr, node }))
+            }
+            Some(e @ ServerError::Unauthenticated { .. }) => {
+                return Err(OpenError::Fatal(ClientError::Server(e)))
+            }
+            _ => {}
+        }
+        if let Some(refused) = tls_refused() {
+            return Err(refused);
         }
         match hello {
             Ok(Ok(Ok(ResponseBody::Hello { node_id, .. }))) => conn.node_id = node_id,
             Ok(Ok(Err(ServerError::PeerPort { node }))) => {
                 return Err(OpenError::Fatal(ClientError::PeerPort { addr, node }))
+            }
+            Ok(Ok(Err(e @ (ServerError::Unauthenticated { .. } | ServerError::PermissionDenied { .. })))) => {
+                return Err(OpenError::Fatal(ClientError::Server(e)))
             }
             Ok(Ok(other)) => return Err(retry(format!("{addr} answered hello with {other:?}"))),
             Ok(Err(e)) => return Err(retry(format!("{addr}: {e}"))),
@@ -474,8 +585,10 @@ impl Client {
                 return Ok(c);
             }
         }
-        let conn =
-            Arc::new(Conn::open(addr, self.inner.config.connect_timeout, &self.inner.next_request_id).await?);
+        let config = &self.inner.config;
+        let conn = Arc::new(
+            Conn::open(addr, config.connect_timeout, &self.inner.next_request_id, &config.security).await?,
+        );
         if let Ok(mut n) = self.inner.node_endpoints.lock() {
             n.insert(conn.node_id, endpoint);
         }

@@ -6,11 +6,13 @@
 //! - [`protocol`]: the client wire protocol.
 //! - [`machine`]: the kv state machine with watch delivery and TTL expiry.
 //! - [`bench`]: the load generator behind `tarn bench`.
+//! - [`security`]: TLS on the client and peer ports, tokens and roles.
 
 pub mod bench;
 pub mod client;
 pub mod machine;
 pub mod protocol;
+pub mod security;
 pub mod server;
 
 pub use client::{Client, ClientConfig, ClientError};

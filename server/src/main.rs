@@ -16,6 +16,7 @@ use tarn_server::client::{Client, ClientConfig, ClientError};
 use tarn_server::protocol::{Consistency, MemberChange, NodeStatus, DEFAULT_GROUP};
 use tarn_server::server::{Server, ServerConfig, DEFAULT_CLIENT_ADDR, DEFAULT_DATA_DIR};
 
+mod cli_security;
 mod top;
 
 /// Exit code for "the key does not exist".
@@ -81,6 +82,8 @@ struct ClientArgs {
     /// (default 10000).
     #[arg(long, value_name = "MS")]
     timeout_ms: Option<u64>,
+    #[command(flatten)]
+    security: cli_security::ClientSecurityArgs,
 }
 
 /// Default of `--timeout-ms`.
@@ -100,6 +103,7 @@ impl ClientArgs {
         self.group = self.group.or(outer.group);
         self.json |= outer.json;
         self.timeout_ms = self.timeout_ms.or(outer.timeout_ms);
+        self.security.fill_from(&outer.security);
     }
 
     fn endpoints(&self) -> Vec<SocketAddr> {
@@ -128,6 +132,7 @@ impl ClientArgs {
         if self.timeout_ms.is_some() {
             given.push("--timeout-ms");
         }
+        given.extend(self.security.given());
         given
     }
 }
@@ -315,6 +320,12 @@ enum Cmd {
     Member(MemberCmd),
     /// Load generator: throughput and latency percentiles (defaults mirror Dongting's benchmark).
     Bench(BenchArgs),
+    /// Development certificates for TLS: a CA, node and client certificates.
+    #[command(subcommand)]
+    Cert(cli_security::CertCmd),
+    /// Client tokens and roles of an auth file (`tarn serve --auth-file`).
+    #[command(subcommand)]
+    Auth(cli_security::AuthCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -466,6 +477,12 @@ struct ServeArgs {
     /// shippers). The level comes from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    security: Box<cli_security::ServeSecurityArgs>,
+    /// With --join: how to reach a cluster that serves clients over TLS or
+    /// with tokens (the client flags, also accepted before `serve`).
+    #[command(flatten)]
+    join_security: cli_security::ClientSecurityArgs,
 }
 
 /// How the server writes its log lines (to stderr).
@@ -588,7 +605,7 @@ impl Cmd {
     /// The client flags of a client command; `None` for the servers.
     fn client_args_mut(&mut self) -> Option<&mut ClientArgs> {
         match self {
-            Cmd::Serve(_) | Cmd::Cluster(_) => None,
+            Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::Cert(_) | Cmd::Auth(_) => None,
             Cmd::Get { client, .. }
             | Cmd::Put { client, .. }
             | Cmd::Ttl { client, .. }
@@ -627,7 +644,7 @@ fn resolve(cli: Cli) -> Result<Cmd, clap::Error> {
     let usage = |message: String| Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message);
     match &mut command {
         Cmd::Serve(args) => {
-            let not_endpoints = ClientArgs { endpoints: None, ..outer.clone() };
+            let not_endpoints = ClientArgs { endpoints: None, security: Default::default(), ..outer.clone() };
             if not_endpoints.any() {
                 return Err(usage(format!(
                     "{} is a client flag; `tarn serve` does not take it",
@@ -648,6 +665,22 @@ fn resolve(cli: Cli) -> Result<Cmd, clap::Error> {
                 }
                 args.join_endpoints = Some(endpoints);
             }
+            if outer.security != cli_security::ClientSecurityArgs::default() {
+                if !args.join {
+                    return Err(usage(format!(
+                        "{} before `serve` is how to reach the cluster to join: add --join, or drop it \
+                         (the server's own TLS flags are --tls-* and --peer-tls-*)",
+                        outer.security.given().join(", ")
+                    )));
+                }
+                args.join_security.fill_from(&outer.security);
+            }
+        }
+        Cmd::Cert(_) | Cmd::Auth(_) if outer.any() => {
+            return Err(usage(format!(
+                "{} is a client flag; `tarn cert` and `tarn auth` work on local files and take none",
+                outer.given().join(", ")
+            )));
         }
         Cmd::Cluster(_) if outer.any() => {
             return Err(usage(format!(
@@ -749,13 +782,16 @@ async fn shutdown_signal() {
 
 async fn run(mut command: Cmd) -> Result<(), Failure> {
     let client_args = command.client_args_mut().map(|a| a.clone()).unwrap_or_default();
-    let client_config = client_args.config();
+    let mut client_config = client_args.config();
+    client_config.security = client_args.security.client().map_err(Failure::Other)?;
     let endpoints = client_args.endpoints();
     let json = client_args.json;
     let client = || Client::new(client_config.clone());
     match command {
         Cmd::Serve(args) => serve(args).await,
         Cmd::Cluster(args) => cluster(args).await,
+        Cmd::Cert(cmd) => Ok(cli_security::cert_cmd(cmd)?),
+        Cmd::Auth(cmd) => Ok(cli_security::auth_cmd(cmd)?),
         Cmd::Get { key, stale, .. } => {
             let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
             match client().get_with(&key, consistency).await? {
@@ -1004,6 +1040,11 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     config.snapshot_after_bytes = args.snapshot_after_bytes.unwrap_or(config.snapshot_after_bytes);
     config.log_keep_tail_entries = args.log_keep_tail_entries.unwrap_or(config.log_keep_tail_entries);
     config.metrics_addr = args.metrics_addr;
+    let client = args.join_security.client().map_err(Failure::Other)?;
+    config.security = cli_security::server_security(&args.security, client, &config)?;
+    if let Some(table) = &config.security.auth {
+        cli_security::reload_auth_on_sighup(table.clone());
+    }
     let server = Server::start(config).await.map_err(|e| e.to_string())?;
     // JSON logs are for machines: every stderr line must be a JSON object,
     // and the log lines already say all this.
@@ -1662,6 +1703,34 @@ mod tests {
         for args in refused {
             let e = parse(args).expect_err(&format!("{args:?} must be refused"));
             assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn tls_and_token_flags_go_before_or_after_a_client_command_and_reach_serve_join_only() {
+        let security = |cmd: Cmd| match cmd {
+            Cmd::Get { client, .. } => client.security,
+            Cmd::Serve(args) => args.join_security,
+            other => panic!("unexpected command {other:?}"),
+        };
+        for form in [
+            &["--cacert", "ca.crt", "--token", "t", "get", "k"][..],
+            &["get", "k", "--cacert", "ca.crt", "--token", "t"],
+            &["--token", "old", "get", "k", "--cacert", "ca.crt", "--token", "t"],
+            &["--cacert", "ca.crt", "--token", "t", "serve", "--join"],
+            &["serve", "--join", "--cacert", "ca.crt", "--token", "t"],
+        ] {
+            let s = security(parse(form).unwrap_or_else(|e| panic!("{form:?}: {e}")));
+            assert_eq!(s.cacert.as_deref(), Some(std::path::Path::new("ca.crt")), "{form:?}");
+            assert_eq!(s.token.as_deref(), Some("t"), "{form:?}: the flag after the command wins");
+        }
+        for refused in [
+            &["--token", "t", "serve"][..],
+            &["--cacert", "ca.crt", "cluster"],
+            &["--token", "t", "cert", "init", "dir"],
+        ] {
+            let e = parse(refused).expect_err(&format!("{refused:?} must be refused"));
+            assert_eq!(e.exit_code(), 2, "{refused:?}: {e}");
         }
     }
 }

@@ -94,6 +94,11 @@ pub enum RequestBody {
     /// voters are skipped, so a retried batch is harmless. At most
     /// [`MAX_GROUPS_PER_REQUEST`] groups.
     AddGroups { first: GroupId, last: GroupId, voters: Vec<NodeId> },
+    /// Authenticates this connection with a bearer token (see
+    /// `security::auth`); later requests act as the token's principal.
+    /// Answered with [`ResponseBody::Authenticated`], or
+    /// [`ServerError::Unauthenticated`] for an unknown token.
+    Authenticate { token: String },
 }
 
 /// The most groups one `AddGroups` request creates (the CLI sends larger
@@ -160,6 +165,13 @@ pub enum ResponseBody {
     },
     Status(NodeStatus),
     Done,
+    /// The connection now acts as `name` with `role`. `enabled` false: the
+    /// server checks no credentials (no `--auth-file`); everyone may do everything.
+    Authenticated {
+        name: String,
+        role: String,
+        enabled: bool,
+    },
 }
 
 /// What `tarn status` shows.
@@ -223,11 +235,19 @@ pub enum ServerError {
         "reply of {size_bytes} bytes exceeds the frame limit {max_bytes}; use ls --limit/--after to page"
     )]
     ReplyTooLarge { size_bytes: usize, max_bytes: usize },
+    /// The connection's principal lacks a permission this request needs
+    /// (the connection stays open).
+    #[error("permission denied: {principal} lacks the {permission} permission ({detail})")]
+    PermissionDenied { principal: String, permission: String, detail: String },
+    /// The server requires credentials and this connection has none that
+    /// it accepts (the connection stays open).
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated { reason: String },
 }
 
 impl ServerError {
     /// Every [`ServerError::kind`], in [`ServerError::kind_index`] order.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 9] = [
         "not_leader",
         "maybe_committed",
         "no_such_group",
@@ -235,6 +255,8 @@ impl ServerError {
         "unavailable",
         "peer_port",
         "reply_too_large",
+        "permission_denied",
+        "unauthenticated",
     ];
 
     /// The variant's name in snake case (a metrics label).
@@ -252,6 +274,8 @@ impl ServerError {
             ServerError::Unavailable { .. } => 4,
             ServerError::PeerPort { .. } => 5,
             ServerError::ReplyTooLarge { .. } => 6,
+            ServerError::PermissionDenied { .. } => 7,
+            ServerError::Unauthenticated { .. } => 8,
         }
     }
 }

@@ -34,6 +34,8 @@ use crate::protocol::{
     ClientFrame, Consistency, GroupStatus, MemberChange, NodeStatus, RequestBody, ResponseBody, ServerError,
     ServerFrame, DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES, MAX_GROUPS_PER_REQUEST,
 };
+use crate::security::auth::ConnAuth;
+use crate::security::ServerSecurity;
 
 /// Default client address of `tarn serve`.
 pub const DEFAULT_CLIENT_ADDR: &str = "127.0.0.1:7700";
@@ -90,6 +92,9 @@ pub struct ServerConfig {
     /// Where to serve `GET /metrics` (Prometheus text format); `None`: no
     /// metrics endpoint. Port 0 picks a free port (see [`Server::metrics_addr`]).
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS on the client and peer ports, client authentication and roles
+    /// (default: none, for the loopback quick start).
+    pub security: ServerSecurity,
 }
 
 /// Bounds on the client port: every per-connection buffer and queue is
@@ -190,6 +195,7 @@ impl ServerConfig {
             max_entry_bytes: tarn_core::MAX_ENTRY_BYTES_DEFAULT,
             connections: ConnectionLimits::default(),
             metrics_addr: None,
+            security: ServerSecurity::default(),
         }
     }
 
@@ -498,6 +504,11 @@ pub struct ServerCounters {
     pub client_connections_open: AtomicU64,
     /// Connections closed at accept: `ConnectionLimits::max_connections` reached.
     pub client_connections_refused: AtomicU64,
+    /// Client connections whose TLS handshake failed (plaintext client,
+    /// wrong CA, missing client certificate).
+    pub client_tls_refusals: AtomicU64,
+    /// `Authenticate` requests with an unknown or revoked token.
+    pub client_auth_refusals: AtomicU64,
     /// Answers queued for clients now, over all connections (a gauge; each
     /// connection holds at most `max_pending_replies_per_connection`).
     pub client_queued_replies: AtomicU64,
@@ -730,6 +741,7 @@ impl Server {
             (config.join.is_some() || first_start::rejoin_required(&config)) && !join::rejoined(&config);
         node_config.raft.rejoin_after_data_loss = rejoin;
         node_config.probe_state = probe_state.clone();
+        node_config.peer_security = config.security.peer.clone();
         // A client pointed at the peer port reads this and gives up at once.
         let stranger =
             ServerFrame::Response { id: 0, result: Err(ServerError::PeerPort { node: config.node_id }) };
@@ -857,7 +869,19 @@ async fn accept_clients(shared: Arc<Shared>, listener: TcpListener, mut stop: wa
                 shared.counters.client_connections.fetch_add(1, Ordering::Relaxed);
                 // Every line a connection logs says which node and client.
                 let span = tracing::info_span!("client", node = shared.config.node_id, client = %addr);
-                tokio::spawn(serve_client(shared.clone(), stream, addr, stop.clone()).instrument(span));
+                let (shared, stop) = (shared.clone(), stop.clone());
+                // The TLS handshake runs on the connection's task, never in
+                // the accept loop: a slow or silent client holds only itself.
+                tokio::spawn(
+                    async move {
+                        let Some((stream, cert)) = secure_client(&shared, stream, addr).await else {
+                            shared.counters.client_connections_open.fetch_sub(1, Ordering::Relaxed);
+                            return;
+                        };
+                        serve_client(shared, stream, cert, addr, stop).await
+                    }
+                    .instrument(span),
+                );
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept on client port failed");
@@ -865,6 +889,63 @@ async fn accept_clients(shared: Arc<Shared>, listener: TcpListener, mut stop: wa
             }
         }
     }
+}
+
+/// A client's TLS handshake must finish within this time.
+const CLIENT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the client port's TLS handshake when it has TLS; `None` when the
+/// handshake failed (counted; logged at most once per 1,000 failures).
+async fn secure_client(
+    shared: &Shared,
+    tcp: TcpStream,
+    addr: SocketAddr,
+) -> Option<(tarn_io::transport::stream::Stream, Option<rustls_pki_types::CertificateDer<'static>>)> {
+    let Some(config) = &shared.config.security.client_tls else {
+        return Some((tarn_io::transport::stream::Stream::Tcp(tcp), None));
+    };
+    // A TLS connection opens with a handshake record (0x16); anything else
+    // is a plaintext client: tell it, in its own protocol, instead of just
+    // closing (it would retry until its timeout).
+    let mut first = [0u8; 1];
+    if let Ok(Ok(1)) = tokio::time::timeout(CLIENT_TLS_HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+        if first[0] != 0x16 {
+            shared.counters.client_tls_refusals.fetch_add(1, Ordering::Relaxed);
+            let farewell = ServerFrame::Response {
+                id: 0,
+                result: Err(ServerError::Unauthenticated {
+                    reason: "this client port requires TLS: pass --cacert (the cluster's CA certificate)"
+                        .into(),
+                }),
+            };
+            if let Ok(bytes) = wire::encode_frame_vec(&farewell, MAX_CLIENT_FRAME_BYTES) {
+                let mut tcp = tcp;
+                let _ = tcp.write_all(&bytes).await;
+                let _ = tcp.shutdown().await;
+            }
+            tracing::debug!(client = %addr, "a plaintext client on the TLS client port; told it to use TLS");
+            return None;
+        }
+    }
+    let error = match tokio::time::timeout(
+        CLIENT_TLS_HANDSHAKE_TIMEOUT,
+        crate::security::tls::accept_client(config, tcp),
+    )
+    .await
+    {
+        Ok(Ok(secured)) => return Some(secured),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no TLS handshake within {} s", CLIENT_TLS_HANDSHAKE_TIMEOUT.as_secs()),
+    };
+    let refused = shared.counters.client_tls_refusals.fetch_add(1, Ordering::Relaxed);
+    // One line per 1,000 refusals: a scan or a misconfigured client must not flood the log.
+    if refused.is_multiple_of(1000) {
+        tracing::warn!(client = %addr, error = %error, refused = refused + 1,
+            "refusing a client connection: TLS handshake failed (a plaintext client, a wrong CA, or no client certificate where --tls-ca requires one); further ones are counted in tarn_client_tls_refusals");
+    } else {
+        tracing::debug!(client = %addr, error = %error, "client TLS handshake failed");
+    }
+    None
 }
 
 /// One flush to a client stops adding frames past this many bytes.
@@ -888,10 +969,12 @@ struct ConnQueue {
 
 async fn serve_client(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: tarn_io::transport::stream::Stream,
+    client_cert: Option<rustls_pki_types::CertificateDer<'static>>,
     addr: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut auth = ConnAuth::new(shared.config.security.auth.clone(), client_cert);
     let limits = shared.config.connections.clone();
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerFrame>();
@@ -936,7 +1019,8 @@ async fn serve_client(
                     next = rx.try_recv().ok();
                 }
             }
-            if writer.write_all(&buf).await.is_err() {
+            // A TLS stream may hold back what `write_all` took until flushed.
+            if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
             shared.counters.client_bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
@@ -989,6 +1073,18 @@ async fn serve_client(
                     permit.forget();
                     shared.counters.client_queued_replies.fetch_add(1, Ordering::Relaxed);
                     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+                    if let RequestBody::Authenticate { token } = &frame.body {
+                        let result = authenticate(&shared, &mut auth, token, addr);
+                        send_frame(&conn.tx, ServerFrame::Response { id: frame.id, result });
+                        continue;
+                    }
+                    // Refused requests are answered in order with the rest;
+                    // the connection keeps serving.
+                    if let Err(e) = auth.authorize(&frame.body) {
+                        tracing::debug!(client = %addr, error = %e, "refused a request");
+                        send_frame(&conn.tx, ServerFrame::Response { id: frame.id, result: Err(e) });
+                        continue;
+                    }
                     match frame {
                         ClientFrame { id, group, body: RequestBody::Write(request) } => {
                             writes.entry(group).or_default().push((id, request));
@@ -1100,6 +1196,34 @@ async fn serve_client(
     shared.counters.client_queued_replies.fetch_sub(unanswered, Ordering::Relaxed);
     queue.permits.close();
     shared.counters.client_connections_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// `RequestBody::Authenticate`: the connection's principal from now on.
+fn authenticate(
+    shared: &Shared,
+    auth: &mut ConnAuth,
+    token: &str,
+    addr: SocketAddr,
+) -> Result<ResponseBody, ServerError> {
+    match auth.authenticate(token) {
+        Ok(Some(p)) => Ok(ResponseBody::Authenticated {
+            name: p.name.clone(),
+            role: p.role.name().into(),
+            enabled: true,
+        }),
+        Ok(None) => {
+            Ok(ResponseBody::Authenticated { name: String::new(), role: "admin".into(), enabled: false })
+        }
+        Err(e) => {
+            let refused = shared.counters.client_auth_refusals.fetch_add(1, Ordering::Relaxed);
+            // One line per 1,000 refusals: a token guesser must not flood the log.
+            if refused.is_multiple_of(1000) {
+                tracing::warn!(client = %addr, refused = refused + 1,
+                    "refused a client token (unknown or revoked); further ones are counted in tarn_client_auth_refusals");
+            }
+            Err(e)
+        }
+    }
 }
 
 /// One connection as the request path sees it: where answers go, and the
@@ -1378,6 +1502,13 @@ fn handle_request(
                 respond(add_groups(&shared, first, last, voters).await).await;
             });
         }
+        RequestBody::Authenticate { .. } => {
+            // The connection's reader answers it itself: its principal is
+            // connection state, in order with the requests around it.
+            tokio::spawn(respond(Err(ServerError::BadRequest {
+                reason: "authenticate is answered by the connection".into(),
+            })));
+        }
     }
 }
 
@@ -1644,6 +1775,8 @@ async fn node_status(shared: &Shared) -> NodeStatus {
         ("not_leader".into(), l(&c.not_leader)),
         ("client_connections_open".into(), l(&c.client_connections_open)),
         ("client_connections_refused".into(), l(&c.client_connections_refused)),
+        ("client_tls_refusals".into(), l(&c.client_tls_refusals)),
+        ("client_auth_refusals".into(), l(&c.client_auth_refusals)),
         ("client_queued_replies".into(), l(&c.client_queued_replies)),
         ("client_backpressure".into(), l(&c.client_backpressure)),
         ("client_slow_disconnects".into(), l(&c.client_slow_disconnects)),
@@ -1671,6 +1804,7 @@ async fn node_status(shared: &Shared) -> NodeStatus {
         counters.push(("peer_handshakes_pending".into(), t.handshakes_pending));
         counters.push(("peer_handshakes_evicted".into(), t.handshakes_evicted));
         counters.push(("peer_idle_disconnects".into(), t.idle_disconnects));
+        counters.push(("peer_security_refusals".into(), t.security_refusals));
     }
     let mut peers: Vec<(NodeId, SocketAddr)> = known_peers(shared).into_iter().collect();
     if let Some(addr) = shared.peer_addr {

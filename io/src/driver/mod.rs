@@ -104,6 +104,10 @@ pub struct NodeConfig {
     /// What the peer port answers to a first-start probe
     /// (`transport::probe`): the embedding server decides.
     pub probe_state: Arc<ProbeState>,
+    /// Wraps every peer connection (the tarn server's mutual TLS; see
+    /// `transport::stream`). `None`, the default: plain TCP, for
+    /// applications that bring their own transport security.
+    pub peer_security: Option<Arc<dyn crate::transport::stream::PeerSecurity>>,
 }
 
 impl NodeConfig {
@@ -122,6 +126,7 @@ impl NodeConfig {
             tick_interval: Duration::from_millis(50),
             peer_port_stranger_reply: None,
             probe_state: Arc::default(),
+            peer_security: None,
         }
     }
 }
@@ -515,6 +520,7 @@ impl<SM: StateMachine> Node<SM> {
                 let mut tc = TransportConfig::new(config.node_id, config.cluster_id, peers);
                 tc.stranger_reply = config.peer_port_stranger_reply.clone();
                 tc.probe_state = config.probe_state.clone();
+                tc.security = config.peer_security.clone();
                 // Heartbeats keep a healthy pair busy: never time a
                 // connection out within a few of them, however slow they are.
                 let heartbeat_ms = probe.heartbeat_interval_ns / 1_000_000;

@@ -54,6 +54,18 @@
 //! has a leader its heartbeats cross every connection many times a second,
 //! so only a dead or truly silent pair reaches the timeout; the dialer then
 //! dials again, one handshake per timeout at most.
+//!
+//! # Security
+//!
+//! With [`TransportConfig::security`] set (the tarn server's mutual TLS),
+//! every dialed and accepted connection, probes included, is wrapped by it
+//! before the handshake above, which then runs inside the wrapped stream;
+//! the acceptor also checks that the dialer proved to be the node its Hello
+//! names ([`stream::PeerIdentity`]). A refused connection is counted in
+//! `security_refusals` and logged at most once per [`SECURITY_LOG_INTERVAL`]
+//! (with the count refused meanwhile), so a misconfigured peer that redials
+//! every second does not flood the log. Without it, connections are plain
+//! TCP (the embedding API's default).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -64,15 +76,16 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tarn_core::{GroupId, NodeId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::wire::{self, Envelope, FrameDecoder, PeerFrame, ProbeAnswer, WireError};
 
 pub mod probe;
+pub mod stream;
 use probe::ProbeState;
+use stream::{PeerSecurity, ReadHalf, Stream};
 
 /// Bounds and identities of one node's transport.
 #[derive(Debug, Clone)]
@@ -112,7 +125,14 @@ pub struct TransportConfig {
     /// again. Clears half-open connections. Keep it many heartbeat
     /// intervals long: heartbeats are what keeps a healthy pair busy.
     pub idle_timeout_ms: u64,
+    /// Wraps every peer connection (mutual TLS in the tarn server; see
+    /// [`stream`]). `None`: plain TCP.
+    pub security: Option<Arc<dyn PeerSecurity>>,
 }
+
+/// A refused peer connection (security) is logged at most once per this
+/// interval, with the number refused since the last line.
+pub const SECURITY_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The largest frame accepted on an inbound connection before its Hello:
 /// far above any Hello, far below the frame bound, so a stranger cannot make
@@ -145,6 +165,7 @@ impl TransportConfig {
             stranger_reply: None,
             probe_state: Arc::default(),
             max_pending_handshakes: MAX_PENDING_HANDSHAKES_DEFAULT,
+            security: None,
             idle_timeout_ms: PEER_IDLE_TIMEOUT_MS_DEFAULT,
         }
     }
@@ -210,6 +231,11 @@ pub enum TransportError {
     /// the wrong port, a port scanner): not a peer failing, so not an error.
     #[error("connection from {addr} to the peer port is not a peer ({reason}); closed it (a client pointed at the peer port instead of the client port?)")]
     NotAPeer { addr: String, reason: String },
+    /// The connection's security (TLS) refused the other side, or the other
+    /// side refused this node: a wrong CA, an expired certificate, a
+    /// certificate naming another node.
+    #[error("peer connection {addr} refused: {reason} (check the cluster CA and the node certificates; a node certificate names its node as node-<id>.tarn)")]
+    Security { addr: String, reason: String },
 }
 
 /// Counters a user can read while the node runs (`tarn status`).
@@ -240,6 +266,9 @@ pub struct TransportStats {
     /// Established connections closed because nothing arrived, or a write
     /// made no progress, for `idle_timeout_ms` (half-open or stalled).
     pub idle_disconnects: AtomicU64,
+    /// Connections refused by the transport's security (TLS handshake or
+    /// certificate identity), dialed or accepted.
+    pub security_refusals: AtomicU64,
 }
 
 /// A snapshot of [`TransportStats`].
@@ -258,6 +287,7 @@ pub struct TransportStatsSnapshot {
     pub handshakes_pending: u64,
     pub handshakes_evicted: u64,
     pub idle_disconnects: u64,
+    pub security_refusals: u64,
 }
 
 impl TransportStats {
@@ -277,6 +307,7 @@ impl TransportStats {
             handshakes_pending: l(&self.handshakes_pending),
             handshakes_evicted: l(&self.handshakes_evicted),
             idle_disconnects: l(&self.idle_disconnects),
+            security_refusals: l(&self.security_refusals),
         }
     }
 }
@@ -302,6 +333,37 @@ struct Shared<M> {
     config: TransportConfig,
     stats: Arc<TransportStats>,
     sink: InboundSink<M>,
+    security_log: SecurityLog,
+}
+
+/// Logs refused connections at most once per [`SECURITY_LOG_INTERVAL`].
+#[derive(Default)]
+struct SecurityLog {
+    /// When the last line was logged, and how many were refused since.
+    last: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl SecurityLog {
+    /// Counts a refusal; logs it unless a line went out within the interval.
+    fn refused(&self, stats: &TransportStats, node: NodeId, error: &TransportError) {
+        stats.security_refusals.fetch_add(1, Ordering::Relaxed);
+        // Nothing panics while holding it; a poisoned pair is still consistent.
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match last.0 {
+            Some(at) if now.duration_since(at) < SECURITY_LOG_INTERVAL => {
+                last.1 += 1;
+                tracing::debug!(node, error = %error, "refused a peer connection");
+            }
+            _ => {
+                let suppressed = std::mem::take(&mut last.1);
+                last.0 = Some(now);
+                tracing::warn!(node, error = %error, refused_since_last_line = suppressed,
+                    interval_s = SECURITY_LOG_INTERVAL.as_secs(),
+                    "refused a peer connection; further refusals within the interval are logged at debug level");
+            }
+        }
+    }
 }
 
 type Peers<M> = Arc<RwLock<HashMap<NodeId, PeerSlot<M>>>>;
@@ -326,7 +388,7 @@ struct PeerSlot<M> {
 
 /// A connection that completed the handshake.
 struct Live {
-    stream: TcpStream,
+    stream: Stream,
     /// Holds whatever arrived after the Hello.
     decoder: FrameDecoder,
     remote: SocketAddr,
@@ -359,7 +421,7 @@ where
         let initial = config.peers.clone();
         let stats = Arc::new(TransportStats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared { config, stats, sink });
+        let shared = Arc::new(Shared { config, stats, sink, security_log: SecurityLog::default() });
         let peers: Peers<M> = Arc::default();
         let runtime = tokio::runtime::Handle::current();
         let accept = accept_task(shared.clone(), peers.clone(), listener, shutdown_rx);
@@ -534,6 +596,13 @@ where
                         Ok(live) => live,
                         Err(e) => {
                             self.shared.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                            if let TransportError::Security { .. } = e {
+                                self.shared.security_log.refused(
+                                    &self.shared.stats,
+                                    self.shared.config.node_id,
+                                    &e,
+                                );
+                            }
                             tracing::debug!(node = self.shared.config.node_id, peer = self.peer, %addr, error = %e, backoff_ms, "connect to peer failed");
                             if !self.wait_before_redial(backoff_ms).await {
                                 return;
@@ -637,7 +706,13 @@ where
                     if self.buf.is_empty() {
                         continue;
                     }
-                    match tokio::time::timeout(idle, write_half.write_all(&self.buf)).await {
+                    // A wrapped (TLS) stream may hold back what `write_all`
+                    // took until flushed; for TCP the flush is free.
+                    let write = async {
+                        write_half.write_all(&self.buf).await?;
+                        write_half.flush().await
+                    };
+                    match tokio::time::timeout(idle, write).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             stats.messages_dropped.fetch_add(count, Ordering::Relaxed);
@@ -684,7 +759,7 @@ where
 async fn read_loop<M: DeserializeOwned>(
     shared: Arc<Shared<M>>,
     peer: NodeId,
-    mut read_half: OwnedReadHalf,
+    mut read_half: ReadHalf,
     mut decoder: FrameDecoder,
     remote: SocketAddr,
 ) {
@@ -738,8 +813,8 @@ enum First {
 
 /// Reads frames until the first one, which must be a handshake frame.
 /// `Ok(None)`: the other side closed before saying anything.
-async fn read_first<M: DeserializeOwned>(
-    stream: &mut TcpStream,
+async fn read_first<M: DeserializeOwned, S: AsyncRead + Unpin>(
+    stream: &mut S,
     decoder: &mut FrameDecoder,
     addr: &str,
 ) -> Result<Option<First>, TransportError> {
@@ -797,16 +872,24 @@ async fn dial<M: Serialize + DeserializeOwned>(
     let addr_s = addr.to_string();
     let attempt = async {
         let io = |source| TransportError::Io { addr: addr_s.clone(), source };
-        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
-        let _ = stream.set_nodelay(true);
+        let tcp = TcpStream::connect(addr).await.map_err(io)?;
+        let _ = tcp.set_nodelay(true);
+        let mut stream = match &config.security {
+            None => Stream::Tcp(tcp),
+            Some(security) => security
+                .dial(tcp, peer)
+                .await
+                .map_err(|reason| TransportError::Security { addr: addr_s.clone(), reason })?,
+        };
         buf.clear();
         let hello: PeerFrame<M> =
             PeerFrame::Hello { cluster_id: config.cluster_id, from: config.node_id, to: peer };
         wire::encode_frame(&hello, config.max_frame_bytes, buf)
             .map_err(|source| TransportError::Wire { addr: addr_s.clone(), source })?;
         stream.write_all(buf).await.map_err(io)?;
+        stream.flush().await.map_err(io)?;
         let mut decoder = FrameDecoder::new(config.max_frame_bytes);
-        let (cluster_id, from, to) = match read_first::<M>(&mut stream, &mut decoder, &addr_s).await? {
+        let (cluster_id, from, to) = match read_first::<M, _>(&mut stream, &mut decoder, &addr_s).await? {
             Some(First::Hello { cluster_id, from, to }) => (cluster_id, from, to),
             Some(_) => {
                 return Err(TransportError::Handshake {
@@ -979,6 +1062,10 @@ async fn accept_one<M: Serialize + DeserializeOwned>(
         }
     };
     shared.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+    if let TransportError::Security { .. } = error {
+        shared.security_log.refused(&shared.stats, node, &error);
+        return;
+    }
     if let TransportError::NotAPeer { .. } = error {
         // A misdirected client retries: say it once, loudly
         // enough to be seen, then only at debug level.
@@ -996,17 +1083,38 @@ async fn accept_one<M: Serialize + DeserializeOwned>(
 async fn accept_handshake<M: Serialize + DeserializeOwned>(
     shared: &Shared<M>,
     peers: &RwLock<HashMap<NodeId, PeerSlot<M>>>,
-    mut stream: TcpStream,
+    tcp: TcpStream,
     remote: SocketAddr,
 ) -> Result<(), TransportError> {
     let config = &shared.config;
     let addr_s = remote.to_string();
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let (mut stream, identity) = match &config.security {
+        None => (Stream::Tcp(tcp), None),
+        Some(security) => {
+            let (stream, identity) = security
+                .accept(tcp)
+                .await
+                .map_err(|reason| TransportError::Security { addr: addr_s.clone(), reason })?;
+            (stream, Some(identity))
+        }
+    };
+    // The node id a Hello or probe claims must be the one the other side
+    // proved (its certificate), or anyone with a cluster certificate could
+    // pose as any node.
+    let check_identity = |from: NodeId| match &identity {
+        Some(identity) => identity.check(from).map_err(|reason| TransportError::Security {
+            addr: addr_s.clone(),
+            reason: format!("it says it is node {from}, but {reason}"),
+        }),
+        None => Ok(()),
+    };
     let mut decoder = FrameDecoder::new(config.max_frame_bytes.min(MAX_HELLO_FRAME_BYTES));
     // A connection closed before saying anything (a port probe) is not an error.
-    let (cluster_id, from, to) = match read_first::<M>(&mut stream, &mut decoder, &addr_s).await {
+    let (cluster_id, from, to) = match read_first::<M, _>(&mut stream, &mut decoder, &addr_s).await {
         Ok(Some(First::Hello { cluster_id, from, to })) => (cluster_id, from, to),
         Ok(Some(First::Probe { cluster_id, from, to, incarnation })) => {
+            check_identity(from)?;
             return answer_probe(config, stream, &addr_s, (cluster_id, from, to, incarnation)).await;
         }
         Ok(Some(First::ProbeReply { .. })) => {
@@ -1022,6 +1130,7 @@ async fn accept_handshake<M: Serialize + DeserializeOwned>(
         Err(e @ (TransportError::Wire { .. } | TransportError::Handshake { .. })) => {
             if let Some(reply) = &config.stranger_reply {
                 let _ = stream.write_all(reply).await;
+                let _ = stream.flush().await;
                 let _ = stream.shutdown().await;
             }
             let reason = match e {
@@ -1033,6 +1142,7 @@ async fn accept_handshake<M: Serialize + DeserializeOwned>(
         Err(e) => return Err(e),
     };
     let refuse = |reason: String| Err(TransportError::Handshake { addr: addr_s.clone(), reason });
+    check_identity(from)?;
     check_cluster(config, cluster_id, &addr_s)?;
     if to != config.node_id {
         return refuse(format!("peer dialed node {to}, but this is node {}", config.node_id));
@@ -1054,7 +1164,9 @@ async fn accept_handshake<M: Serialize + DeserializeOwned>(
         PeerFrame::Hello { cluster_id: config.cluster_id, from: config.node_id, to: from };
     wire::encode_frame(&hello, config.max_frame_bytes, &mut buf)
         .map_err(|source| TransportError::Wire { addr: addr_s.clone(), source })?;
-    stream.write_all(&buf).await.map_err(|source| TransportError::Io { addr: addr_s.clone(), source })?;
+    let io = |source| TransportError::Io { addr: addr_s.clone(), source };
+    stream.write_all(&buf).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
     if handover.try_send(Live { stream, decoder, remote }).is_err() {
         // The peer was removed meanwhile, or dials faster than we hand over:
         // it will dial again.
@@ -1066,7 +1178,7 @@ async fn accept_handshake<M: Serialize + DeserializeOwned>(
 /// Answers a first-start probe (see [`probe`]) and closes the connection.
 async fn answer_probe(
     config: &TransportConfig,
-    mut stream: TcpStream,
+    mut stream: Stream,
     addr: &str,
     (cluster_id, from, to, incarnation): (u64, NodeId, NodeId, u64),
 ) -> Result<(), TransportError> {
@@ -1085,6 +1197,7 @@ async fn answer_probe(
         .map_err(|source| TransportError::Wire { addr: addr.into(), source })?;
     let io = |source| TransportError::Io { addr: addr.into(), source };
     stream.write_all(&bytes).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
     stream.shutdown().await.map_err(io)
 }
 
@@ -1476,5 +1589,75 @@ mod tests {
         c.max_pending_handshakes = 1;
         c.idle_timeout_ms = 0;
         assert!(c.validate().unwrap_err().to_string().contains("idle_timeout_ms"));
+    }
+
+    /// A `PeerSecurity` that wraps streams without changing their bytes and
+    /// accepts only the dialer ids in `allowed`.
+    #[derive(Debug)]
+    struct FakeSecurity {
+        allowed: Vec<NodeId>,
+    }
+
+    struct AllowList(Vec<NodeId>);
+
+    impl stream::PeerIdentity for AllowList {
+        fn check(&self, claimed: NodeId) -> Result<(), String> {
+            if self.0.contains(&claimed) {
+                Ok(())
+            } else {
+                Err(format!("node {claimed} is not allowed"))
+            }
+        }
+    }
+
+    impl PeerSecurity for FakeSecurity {
+        fn dial(&self, tcp: TcpStream, _peer: NodeId) -> stream::BoxFuture<'_, Result<Stream, String>> {
+            Box::pin(async move { Ok(Stream::Wrapped(Box::new(tcp))) })
+        }
+
+        fn accept(&self, tcp: TcpStream) -> stream::BoxFuture<'_, Result<stream::Accepted, String>> {
+            let identity: Box<dyn stream::PeerIdentity> = Box::new(AllowList(self.allowed.clone()));
+            Box::pin(async move { Ok((Stream::Wrapped(Box::new(tcp)), identity)) })
+        }
+    }
+
+    async fn secured_node(
+        id: NodeId,
+        listener: TcpListener,
+        peers: BTreeMap<NodeId, SocketAddr>,
+        allowed: Vec<NodeId>,
+    ) -> (Transport<String>, Got) {
+        let got: Got = Arc::default();
+        let g = got.clone();
+        let sink: InboundSink<String> =
+            Arc::new(move |from, group, m| g.lock().unwrap().push((from, group, m)));
+        let mut config = TransportConfig::new(id, 42, peers);
+        config.reconnect_backoff_min_ms = 5;
+        config.reconnect_backoff_max_ms = 50;
+        config.security = Some(Arc::new(FakeSecurity { allowed }));
+        (Transport::start(config, listener, sink).unwrap(), got)
+    }
+
+    #[tokio::test]
+    async fn wrapped_streams_carry_messages_and_a_refused_identity_is_counted() {
+        // Allowed: messages flow both ways over wrapped (split) streams.
+        let ([l1, l2], [a1, a2]) = listeners().await;
+        let (t1, got1) = secured_node(1, l1, [(2, a2)].into(), vec![]).await;
+        let (t2, got2) = secured_node(2, l2, [(1, a1)].into(), vec![1]).await;
+        until_delivered(&t1, 2, &got2, "ping").await;
+        until_delivered(&t2, 1, &got1, "pong").await;
+        assert_eq!(t2.stats().snapshot().security_refusals, 0);
+        t1.shutdown();
+        t2.shutdown();
+        // Node 2 does not accept node 1's identity: refused, counted, no connection.
+        let ([l1, l2], [a1, a2]) = listeners().await;
+        let (t1, _) = secured_node(1, l1, [(2, a2)].into(), vec![]).await;
+        let (t2, got2) = secured_node(2, l2, [(1, a1)].into(), vec![3]).await;
+        wait_for(10_000, || t2.stats().snapshot().security_refusals >= 2).await;
+        t1.send(2, 1, "never".into());
+        assert_eq!(open(&t2), 0, "{:?}", t2.stats().snapshot());
+        assert!(got2.lock().unwrap().is_empty(), "nothing delivered from a refused peer");
+        t1.shutdown();
+        t2.shutdown();
     }
 }

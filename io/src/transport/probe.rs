@@ -97,7 +97,7 @@ impl ProbeState {
 }
 
 /// Who is asking: this node's identity and directory incarnation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Prober {
     /// The cluster both nodes must belong to.
     pub cluster_id: u64,
@@ -105,6 +105,9 @@ pub struct Prober {
     pub node_id: NodeId,
     /// This data directory's incarnation.
     pub incarnation: u64,
+    /// Wraps the probe's connection as the transport wraps its own (the
+    /// peer port expects it); `None`: plain TCP.
+    pub security: Option<std::sync::Arc<dyn super::stream::PeerSecurity>>,
 }
 
 /// Asks the node `peer` at peer address `addr` what it knows (see the
@@ -118,7 +121,14 @@ pub async fn probe(
     let addr_s = addr.to_string();
     let attempt = async {
         let io = |source| TransportError::Io { addr: addr_s.clone(), source };
-        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
+        let tcp = TcpStream::connect(addr).await.map_err(io)?;
+        let mut stream = match &prober.security {
+            None => super::stream::Stream::Tcp(tcp),
+            Some(security) => security
+                .dial(tcp, peer)
+                .await
+                .map_err(|reason| TransportError::Security { addr: addr_s.clone(), reason })?,
+        };
         let frame: PeerFrame<()> = PeerFrame::Probe {
             cluster_id: prober.cluster_id,
             from: prober.node_id,
@@ -128,9 +138,10 @@ pub async fn probe(
         let bytes = wire::encode_frame_vec(&frame, PROBE_FRAME_BYTES)
             .map_err(|source| TransportError::Wire { addr: addr_s.clone(), source })?;
         stream.write_all(&bytes).await.map_err(io)?;
+        stream.flush().await.map_err(io)?;
         let mut decoder = FrameDecoder::new(PROBE_FRAME_BYTES);
         let handshake = |reason: String| TransportError::Handshake { addr: addr_s.clone(), reason };
-        match read_first::<()>(&mut stream, &mut decoder, &addr_s).await? {
+        match read_first::<(), _>(&mut stream, &mut decoder, &addr_s).await? {
             Some(First::ProbeReply { cluster_id, from, answer }) => {
                 if cluster_id != prober.cluster_id {
                     return Err(handshake(format!(
@@ -185,7 +196,7 @@ mod tests {
     }
 
     fn prober(incarnation: u64) -> Prober {
-        Prober { cluster_id: CLUSTER, node_id: 1, incarnation }
+        Prober { cluster_id: CLUSTER, node_id: 1, incarnation, security: None }
     }
 
     #[tokio::test]

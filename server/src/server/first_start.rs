@@ -157,7 +157,12 @@ pub(super) async fn decide(
     waiting: &std::sync::Mutex<Option<String>>,
 ) -> Decision {
     let me = config.node_id;
-    let prober = Prober { cluster_id: config.effective_cluster_id(), node_id: me, incarnation };
+    let prober = Prober {
+        cluster_id: config.effective_cluster_id(),
+        node_id: me,
+        incarnation,
+        security: config.security.peer.clone(),
+    };
     let peers: BTreeMap<NodeId, std::net::SocketAddr> =
         config.cluster.iter().filter(|(id, _)| **id != me).map(|(i, a)| (*i, *a)).collect();
     // Fresh answers of the last complete round: "new" needs two complete
@@ -172,7 +177,8 @@ pub(super) async fn decide(
     let mut next_log = started + WAITING_LOG_EVERY;
     loop {
         let answers =
-            futures_join(peers.iter().map(|(id, addr)| probe(prober, *id, *addr, PROBE_TIMEOUT))).await;
+            futures_join(peers.iter().map(|(id, addr)| probe(prober.clone(), *id, *addr, PROBE_TIMEOUT)))
+                .await;
         let mut fresh: BTreeMap<NodeId, u64> = BTreeMap::new();
         let mut unknown_to: Option<NodeId> = None;
         for (id, answer) in peers.keys().zip(answers) {

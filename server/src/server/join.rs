@@ -50,6 +50,7 @@ pub(super) async fn learn_cluster(
     let mut cc = ClientConfig::new(endpoints.to_vec());
     cc.request_timeout = Duration::from_secs(2);
     cc.connect_timeout = Duration::from_secs(1);
+    cc.security = config.security.join_client.clone();
     let client = Client::new(cc);
     let deadline =
         Instant::now() + if known.is_some() { REJOIN_CONTACT_TIMEOUT } else { JOIN_CONTACT_TIMEOUT };

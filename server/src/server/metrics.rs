@@ -230,6 +230,16 @@ fn clients(b: &mut Builder, shared: &Shared) {
         "Client connections closed at accept: max_connections reached",
         &c.client_connections_refused,
     );
+    b.counter(
+        "tarn_client_tls_refusals",
+        "Client connections whose TLS handshake failed (plaintext client, wrong CA, no client certificate)",
+        &c.client_tls_refusals,
+    );
+    b.counter(
+        "tarn_client_auth_refusals",
+        "Client authentications refused (unknown or revoked token)",
+        &c.client_auth_refusals,
+    );
     b.counter("tarn_client_received_bytes", "Bytes read from client connections", &c.client_bytes_received);
     b.counter("tarn_client_sent_bytes", "Bytes written to client connections", &c.client_bytes_sent);
     b.gauge(
@@ -331,5 +341,10 @@ fn peers(b: &mut Builder, shared: &Shared) {
         "tarn_peer_idle_disconnects",
         "Peer connections closed as idle or stalled",
         &n(t.idle_disconnects),
+    );
+    b.counter(
+        "tarn_peer_security_refusals",
+        "Peer connections refused by TLS (wrong CA, expired certificate, certificate of another node)",
+        &n(t.security_refusals),
     );
 }
