@@ -80,6 +80,11 @@ async fn operator_mistakes_are_refused_in_words() {
     tokio::time::timeout(TEST_DEADLINE, async {
         let cluster = TestCluster::start(1).await;
         let client = cluster.client();
+        // A write answered means the leader committed an entry of its term;
+        // until then it refuses every membership change as "in progress"
+        // (Raft's rule), whatever the change, and on a loaded machine the
+        // checks below could meet that answer instead of the one they test.
+        client.put("ready", "1").await.unwrap();
         let err = client.transfer_leader(9).await.expect_err("no such node");
         assert!(err.to_string().contains("node 9 is not a voter of group 1"), "{err}");
         let err = client.change_membership(vec![MemberChange::Remove(1)]).await.expect_err("last voter");
