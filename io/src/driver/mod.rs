@@ -503,7 +503,25 @@ impl<SM: StateMachine> Node<SM> {
             None => None,
             Some(listener) => {
                 let (r, dropped) = (routes.clone(), dropped_inbound.clone());
-                let sink: InboundSink<Message> = Arc::new(move |_from, group, message| {
+                let spoofed = Arc::new(AtomicU64::new(0));
+                let sink: InboundSink<Message> = Arc::new(move |from, group, message| {
+                    // A connection speaks for the node it authenticated as
+                    // (its Hello, checked against its certificate under
+                    // TLS): a message claiming another sender would let one
+                    // node's key forge another's votes and acknowledgements.
+                    if message.from != from {
+                        let n = spoofed.fetch_add(1, Ordering::Relaxed) + 1;
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                        if n.is_power_of_two() {
+                            tracing::warn!(
+                                peer = from,
+                                claimed = message.from,
+                                dropped = n,
+                                "dropped a peer message that claims another sender"
+                            );
+                        }
+                        return;
+                    }
                     // Never blocks the connection reader: a full or unknown
                     // group drops the message and Raft retransmits.
                     let delivered = r
