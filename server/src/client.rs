@@ -198,6 +198,13 @@ pub enum ClientError {
     /// expired, or the server refused this client's certificate.
     #[error("TLS with {addr} failed: {reason}")]
     Tls { addr: SocketAddr, reason: String },
+    /// A token would cross the network in plaintext: refused before
+    /// connecting, so that no one on the path can capture it.
+    #[error(
+        "refusing to send a token to {addr} without TLS: pass --cacert (the server needs --tls-cert), \
+         or reach the server on a loopback address"
+    )]
+    PlaintextToken { addr: SocketAddr },
 }
 
 impl ClientError {
@@ -304,6 +311,13 @@ impl Conn {
         security: &ClientSecurity,
     ) -> Result<Conn, OpenError> {
         let retry = OpenError::Retry;
+        let loopback = match addr.ip() {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+            ip => ip.is_loopback(),
+        };
+        if security.token.is_some() && security.tls.is_none() && !loopback {
+            return Err(OpenError::Fatal(ClientError::PlaintextToken { addr }));
+        }
         let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| retry(format!("connect to {addr} timed out")))?

@@ -460,3 +460,20 @@ async fn cli_serves_tls_with_tokens_and_reloads_on_sighup() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// A token never crosses the network in plaintext: without TLS the client
+/// refuses, before connecting, to send it anywhere but a loopback address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_not_sent_in_plaintext_beyond_loopback() {
+    let plaintext = ClientSecurity { tls: None, token: Some("tarn-secret".into()) };
+    // TEST-NET-1: nothing answers there, and nothing is dialed.
+    let far: SocketAddr = "192.0.2.1:7700".parse().unwrap();
+    let client = Client::new(client_config(vec![far], plaintext.clone()));
+    let r = tokio::time::timeout(Duration::from_secs(5), client.get("k")).await.expect("refused at once");
+    assert!(matches!(r, Err(ClientError::PlaintextToken { addr }) if addr == far), "{r:?}");
+    // On loopback the token goes (a server without --auth-file ignores it).
+    let server = single_node(ServerSecurity::default()).await;
+    let client = Client::new(client_config(vec![server.client_addr()], plaintext));
+    client.put("k", "v").await.unwrap();
+    server.shutdown().await;
+}

@@ -301,6 +301,15 @@ fn parse(path: &Path, text: &str) -> Result<Tables, AuthError> {
                 tables.tokens.insert(hash, principal);
             }
             "cert" => {
+                // The credential column must be `-`: a prefix written there
+                // by mistake would otherwise leave the line with no prefix,
+                // granting every key instead of the subtree meant.
+                if *credential != "-" {
+                    return Err(bad(format!(
+                        "a cert line's credential column is `-` (the certificate is the credential), not \
+                         {credential:?}: write `cert {name} ROLE - [PREFIX...]`"
+                    )));
+                }
                 rustls_pki_types::ServerName::try_from(*name)
                     .map_err(|_| bad(format!("cert name {name:?} is not a DNS name")))?;
                 tables.certs.push(principal);
@@ -610,5 +619,9 @@ mod tests {
         assert!(e.to_string().contains("line 1"), "{e}");
         let e = parse(Path::new("f"), "# c\ntoken a boss sha256:00\n").unwrap_err();
         assert!(e.to_string().contains("line 2") && e.to_string().contains("unknown role"), "{e}");
+        // A prefix in the credential column would have granted every key.
+        let e = parse(Path::new("f"), "cert deployer readwrite app\n").unwrap_err();
+        assert!(e.to_string().contains("line 1") && e.to_string().contains("`-`"), "{e}");
+        assert!(parse(Path::new("f"), "cert deployer readwrite - app\n").is_ok());
     }
 }

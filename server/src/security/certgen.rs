@@ -224,6 +224,15 @@ pub fn node_in_dir(dir: &Path, id: NodeId, hosts: &[String]) -> Result<[PathBuf;
 /// client certificate for the DNS name `name` (what a `cert` line of the
 /// auth file matches).
 pub fn client_in_dir(dir: &Path, name: &str) -> Result<[PathBuf; 2], CertError> {
+    // The peer port knows a node by the name `node-<id>.tarn`, and with one
+    // CA for both ports a client certificate carrying such a name (or a
+    // wildcard covering it) would pass there as that node.
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with(".tarn") || lower == "tarn" || name.contains('*') {
+        return Err(CertError::Invalid(format!(
+            "client name {name:?} is refused: names under .tarn belong to nodes, and wildcards are never issued"
+        )));
+    }
     issue(dir, &format!("client-{name}"), |ca_key| {
         new_leaf(ca_key, name, &[name.to_owned()], false, Validity::LEAF)
     })
@@ -254,4 +263,21 @@ fn check_chains(ca_path: &Path, leaf_pem: &str) -> Result<(), CertError> {
         )
         .map(|_| ())
         .map_err(|_| foreign())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_certificates_never_carry_node_names_or_wildcards() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init_dir(dir.path()).expect("a dev CA");
+        for name in ["node-2.tarn", "NODE-2.TARN", "*.tarn", "*"] {
+            let e = client_in_dir(dir.path(), name).expect_err(name);
+            assert!(matches!(e, CertError::Invalid(_)), "{name}: {e}");
+        }
+        let [crt, key] = client_in_dir(dir.path(), "deployer").expect("an ordinary client name");
+        assert!(crt.exists() && key.exists());
+    }
 }
