@@ -1090,7 +1090,12 @@ impl Client {
                         after = Some(after.map_or(after_index, |a| a.max(after_index)));
                         backoff.reset();
                     }
-                    Ok(Ok(Err(e @ ServerError::BadRequest { .. }))) => {
+                    Ok(Ok(Err(
+                        e @ (ServerError::BadRequest { .. }
+                        | ServerError::PermissionDenied { .. }
+                        | ServerError::Unauthenticated { .. }),
+                    ))) => {
+                        // Retrying cannot help: the request or the credential is refused.
                         let _ = tx.send(Err(ClientError::Server(e)));
                         return;
                     }

@@ -975,6 +975,7 @@ async fn serve_client(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut auth = ConnAuth::new(shared.config.security.auth.clone(), client_cert);
+    let mut reloads = auth.reloads();
     let limits = shared.config.connections.clone();
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerFrame>();
@@ -1148,9 +1149,26 @@ async fn serve_client(
             shared.counters.client_large_request_bytes.fetch_add(total as u64, Ordering::Relaxed);
             large = Some(LargeRequest { _permit: permit, bytes: total as u64, shared: shared.clone() });
         }
+        let reloaded = async {
+            let changed = match reloads.as_mut() {
+                Some(r) => r.changed().await.is_ok(),
+                None => false,
+            };
+            if !changed {
+                std::future::pending::<()>().await;
+            }
+        };
         let read = tokio::select! {
             r = reader.read_buf(decoder.buffer_mut()) => r,
             _ = stop.wait_for(|s| *s) => break 'conn,
+            () = reloaded => {
+                if !auth.unchanged_after_reload() {
+                    // Its watches were authorized under the old rights.
+                    tracing::info!(client = %addr, "closing a client connection: the reloaded auth file revoked or changed its credential");
+                    break 'conn;
+                }
+                continue 'conn;
+            }
             _ = tokio::time::sleep(limits.idle_timeout) => {
                 let idle = queue.permits.available_permits() == limits.max_pending_replies_per_connection
                     && watches.lock().map(|w| w.is_empty()).unwrap_or(true);

@@ -351,6 +351,32 @@ async fn roles_tokens_and_revocation() {
         other => panic!("expected a client without a token refused, got {other:?}"),
     }
 
+    // A revoked credential's watch ends at the reload, though its connection
+    // sends nothing: the server closes it, and the client's re-watch is
+    // refused.
+    let watcher = as_token(&auth::add_token(&auth_path, "tail", Role::ReadOnly, &[]).unwrap());
+    table.reload().unwrap();
+    let mut watch = watcher.watch("app", true, Some(0));
+    admin.put("app.w", "1").await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("an event");
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    assert!(auth::remove(&auth_path, "tail").unwrap());
+    table.reload().unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the watch ends after the revocation");
+    assert!(
+        matches!(&ended, Some(Err(ClientError::Server(ServerError::Unauthenticated { .. })))),
+        "{ended:?}"
+    );
+
     // Revocation: the readwrite token's line removed and the file reloaded
     // (SIGHUP in `tarn serve`); its open connection is refused at its next
     // request, and so is a new one.

@@ -328,6 +328,9 @@ pub struct AuthTable {
     /// Bumped by every reload: connections re-check their principal when it
     /// moved (one atomic load per request otherwise).
     generation: AtomicU64,
+    /// Tells connections of a reload at once, so one that only receives
+    /// (watches) cannot outlive its revoked or narrowed credential.
+    reloaded: tokio::sync::watch::Sender<u64>,
 }
 
 impl AuthTable {
@@ -338,6 +341,7 @@ impl AuthTable {
             path: path.to_owned(),
             tables: RwLock::new(Arc::new(tables)),
             generation: AtomicU64::new(0),
+            reloaded: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -353,7 +357,8 @@ impl AuthTable {
         let tables = Self::read(&self.path)?;
         let count = tables.tokens.len() + tables.certs.len();
         *self.tables.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tables);
-        self.generation.fetch_add(1, Ordering::Release);
+        let generation = self.generation.fetch_add(1, Ordering::Release) + 1;
+        self.reloaded.send_replace(generation);
         Ok(count)
     }
 
@@ -422,6 +427,32 @@ impl ConnAuth {
     /// Whether the server checks credentials at all.
     pub fn enabled(&self) -> bool {
         self.table.is_some()
+    }
+
+    /// Changes at every reload of the auth file (`None`: no auth file).
+    pub fn reloads(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.table.as_ref().map(|t| t.reloaded.subscribe())
+    }
+
+    /// After a reload: whether this connection still holds exactly the
+    /// rights it had. False when its credential was revoked or its role or
+    /// prefixes changed: the server then closes the connection, so watches
+    /// authorized under the old rights end (a client re-watches, authorized
+    /// afresh). A connection not yet authenticated keeps nothing to lose.
+    pub fn unchanged_after_reload(&mut self) -> bool {
+        let Some(table) = &self.table else { return true };
+        let Some(credential) = &self.credential else { return true };
+        let now = table.lookup(credential);
+        let unchanged = match (&self.principal, &now) {
+            (Some(before), Some(after)) => before == after,
+            _ => false,
+        };
+        self.generation = table.generation.load(Ordering::Acquire);
+        self.principal = now;
+        if self.principal.is_none() {
+            self.credential = None;
+        }
+        unchanged
     }
 
     /// `Authenticate { token }`: the principal, or why not.
