@@ -1087,7 +1087,8 @@ async fn serve_client(
                         continue;
                     }
                     match frame {
-                        ClientFrame { id, group, body: RequestBody::Write(request) } => {
+                        ClientFrame { id, group, body: RequestBody::Write(mut request) } => {
+                            request.client_id = auth.session_id(request.client_id);
                             writes.entry(group).or_default().push((id, request));
                         }
                         other => handle_request(&shared, other, &conn, &watches),

@@ -503,3 +503,43 @@ async fn a_token_is_not_sent_in_plaintext_beyond_loopback() {
     client.put("k", "v").await.unwrap();
     server.shutdown().await;
 }
+
+/// Sessions are namespaced by principal: one that learned another's session
+/// id (a temporary node's owner is visible to every reader) and wrote under
+/// it used to record answers for that session's next sequence numbers, so
+/// the victim's next write was answered as a duplicate and never applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_cannot_write_under_another_principals_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "cluster");
+    let auth_path = dir.path().join("auth");
+    let victim = auth::add_token(&auth_path, "victim", Role::ReadWrite, &[]).unwrap();
+    let mallory = auth::add_token(&auth_path, "mallory", Role::ReadWrite, &[]).unwrap();
+    let server = single_node(ServerSecurity {
+        client_tls: Some(tls::client_port_config(&TlsFiles { ca: None, ..pki.node(1, false) }).unwrap()),
+        auth: Some(AuthTable::load(&auth_path).unwrap()),
+        ..ServerSecurity::default()
+    })
+    .await;
+    let as_token = |token: &str, client_id: Option<u64>| {
+        let mut c = client_config(vec![server.client_addr()], tls_client(&pki, None, Some(token)));
+        c.client_id = client_id;
+        Client::new(c)
+    };
+    let victim = as_token(&victim, None);
+    victim.mkdir("app").await.unwrap(); // the victim's seq 1
+    victim.put_temp("app.t", "mine", Duration::from_secs(60)).await.unwrap(); // seq 2
+    let owner = victim.get("app.t").await.unwrap().and_then(|n| n.temp).expect("a temporary node").owner;
+    // Mallory writes as that session, at the victim's next numbers.
+    let mallory = as_token(&mallory, Some(owner));
+    for i in 0..4 {
+        mallory.put(&format!("app.m{i}"), "x").await.unwrap();
+    }
+    victim.put("app.v", "applied").await.unwrap(); // the victim's seq 3
+    let v = victim.get("app.v").await.unwrap().map(|n| n.value);
+    assert_eq!(v.as_deref(), Some(&b"applied"[..]), "the victim's write was taken for a duplicate");
+    for i in 0..4 {
+        assert!(victim.get(&format!("app.m{i}")).await.unwrap().is_some(), "mallory's own writes apply");
+    }
+    server.shutdown().await;
+}

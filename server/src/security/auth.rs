@@ -429,6 +429,30 @@ impl ConnAuth {
         self.table.is_some()
     }
 
+    /// The session id a write of this connection runs under, for the id
+    /// `client_id` its client chose. With an auth file, sessions are
+    /// namespaced by principal (a hash of its name and the client's id): a
+    /// principal that learned another's session id (lock and temporary
+    /// node owners are visible to readers) and wrote under it would
+    /// otherwise record answers for that session's next sequence numbers,
+    /// so the other's later writes were answered as duplicates and never
+    /// applied, or refused after a forged keep-alive. Every server computes
+    /// the same id, so a client's retries through any node stay one session.
+    /// Without an auth file the id is the client's own.
+    pub fn session_id(&self, client_id: u64) -> u64 {
+        let Some(principal) = self.table.as_ref().and(self.principal.as_ref()) else { return client_id };
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"tarn-session\0");
+        ctx.update(principal.name.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(&client_id.to_le_bytes());
+        let digest = ctx.finish();
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&digest.as_ref()[..8]);
+        // 0 is the leader's own session (expiry), never a client's.
+        u64::from_le_bytes(id).max(1)
+    }
+
     /// Changes at every reload of the auth file (`None`: no auth file).
     pub fn reloads(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.table.as_ref().map(|t| t.reloaded.subscribe())
