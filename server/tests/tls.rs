@@ -213,6 +213,19 @@ async fn peer_whose_certificate_names_another_node_is_refused() {
     still_serving_without_peers(one, two).await;
 }
 
+/// A client certificate of the cluster CA that carries a node's name is not
+/// a node certificate: it allows client use only, and the peer port refuses it.
+#[tokio::test]
+async fn peer_with_a_client_certificate_naming_it_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "cluster");
+    let (cert, key) = pki.client_cert("node-1.tarn");
+    let impostor = pki.peer_security(&TlsFiles { cert, key, ca: Some(pki.ca()) });
+    let two = pki.peer_security(&pki.node(2, false));
+    let (one, two) = two_peers(impostor, two, 2).await;
+    still_serving_without_peers(one, two).await;
+}
+
 /// A peer with an expired certificate is refused.
 #[tokio::test]
 async fn peer_with_expired_certificate_is_refused() {

@@ -215,6 +215,8 @@ pub async fn accept_client(
 pub struct PeerTls {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
+    /// The cluster CA, for the usage check of an accepted peer's certificate.
+    anchors: Arc<Vec<rustls_pki_types::TrustAnchor<'static>>>,
 }
 
 impl PeerTls {
@@ -229,6 +231,7 @@ impl PeerTls {
         };
         let server = server_config(files, PEER_ALPN, what)?;
         let roots = load_roots(ca, "CA")?;
+        let anchors = Arc::new(roots.roots.clone());
         let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
             .build()
             .map_err(|e| TlsError::Config { what, reason: e.to_string() })?;
@@ -242,7 +245,7 @@ impl PeerTls {
             )
             .map_err(|e| TlsError::Config { what, reason: e.to_string() })?;
         client.alpn_protocols = vec![PEER_ALPN.to_vec()];
-        Ok(PeerTls { server: Arc::new(server), client: Arc::new(client) })
+        Ok(PeerTls { server: Arc::new(server), client: Arc::new(client), anchors })
     }
 }
 
@@ -250,6 +253,7 @@ impl PeerTls {
 /// against the cluster CA by the handshake).
 struct CertIdentity {
     cert: CertificateDer<'static>,
+    anchors: Arc<Vec<rustls_pki_types::TrustAnchor<'static>>>,
 }
 
 impl PeerIdentity for CertIdentity {
@@ -260,7 +264,21 @@ impl PeerIdentity for CertIdentity {
         let cert = webpki::EndEntityCert::try_from(&self.cert)
             .map_err(|e| format!("its certificate does not parse: {e}"))?;
         cert.verify_is_valid_for_subject_name(&server_name)
-            .map_err(|_| format!("its certificate does not name {name}"))
+            .map_err(|_| format!("its certificate does not name {name}"))?;
+        // A node's certificate serves its peer port too: it must allow
+        // server use. A client certificate (client use only) from the same
+        // CA that carries a node's name is refused, not taken for the node.
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &self.anchors,
+            &[],
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| format!("its certificate is not a node certificate (it does not allow server use: {e})"))
     }
 }
 
@@ -295,7 +313,8 @@ impl PeerSecurity for PeerTls {
                 .and_then(|chain| chain.first())
                 .cloned()
                 .ok_or_else(|| "no client certificate".to_string())?;
-            let identity: Box<dyn PeerIdentity> = Box::new(CertIdentity { cert });
+            let identity: Box<dyn PeerIdentity> =
+                Box::new(CertIdentity { cert, anchors: self.anchors.clone() });
             Ok((Stream::Wrapped(Box::new(tls)), identity))
         })
     }
