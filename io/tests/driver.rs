@@ -178,6 +178,44 @@ async fn async_mode_syncs_in_the_background_under_constant_load_and_keeps_everyt
     node.shutdown().await;
 }
 
+/// Compaction behind snapshots deletes old segments through the storage
+/// worker's janitor: covered segments leave the log at once (renamed), and
+/// the renamed files are unlinked off the storage thread soon after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_segments_are_deleted_by_the_janitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open_sized(dir.path(), 99, 1, WriteMode::Sync, 1024, 16 << 10).unwrap();
+    let mut c = config(WriteMode::Sync);
+    c.raft.max_entry_bytes = 4 << 10; // what 16 KiB segments can hold
+    let node = Node::start(c, Box::new(store), None, Default::default()).unwrap();
+    let group = node.add_group(1, Membership::new_voters([1]), Sum::default()).await.unwrap();
+    group.wait_for_leader(DEADLINE).await.unwrap();
+    let group_dir = dir.path().join("group-00000000000000000001");
+    let files = |suffix: &str| {
+        std::fs::read_dir(&group_dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(suffix))
+            .count()
+    };
+    // About 170 of these entries fill a 16 KiB segment: 1,000 make several,
+    // and snapshots every 20 entries cover all but the newest.
+    add(&group, 0, 1_000).await;
+    let snapshot = wait_snapshot_past(&group, 900).await;
+    let started = std::time::Instant::now();
+    while files(".seg.deleted") > 0 || files(".seg") > 2 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{} segments and {} renamed ones left behind snapshot {snapshot}",
+            files(".seg"),
+            files(".seg.deleted")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(group.read(true, |s| s.sum).await.unwrap(), triangle(1_000));
+    node.shutdown().await;
+}
+
 /// Recovery hands the core an in-memory tail bounded in bytes as well as in
 /// entries, so a log of large (batched) entries is not loaded whole.
 #[test]
