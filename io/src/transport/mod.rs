@@ -1213,6 +1213,17 @@ mod tests {
         listener: TcpListener,
         peers: BTreeMap<NodeId, SocketAddr>,
     ) -> (Transport<String>, Got) {
+        node_with(id, listener, peers, None)
+    }
+
+    /// A transport whose inbound messages land in the returned list, with
+    /// fast reconnects and an optional security hook.
+    fn node_with(
+        id: NodeId,
+        listener: TcpListener,
+        peers: BTreeMap<NodeId, SocketAddr>,
+        security: Option<Arc<dyn stream::PeerSecurity>>,
+    ) -> (Transport<String>, Got) {
         let got: Got = Arc::default();
         let g = got.clone();
         let sink: InboundSink<String> =
@@ -1220,6 +1231,7 @@ mod tests {
         let mut config = TransportConfig::new(id, 42, peers);
         config.reconnect_backoff_min_ms = 5;
         config.reconnect_backoff_max_ms = 50;
+        config.security = security;
         (Transport::start(config, listener, sink).unwrap(), got)
     }
 
@@ -1627,15 +1639,7 @@ mod tests {
         peers: BTreeMap<NodeId, SocketAddr>,
         allowed: Vec<NodeId>,
     ) -> (Transport<String>, Got) {
-        let got: Got = Arc::default();
-        let g = got.clone();
-        let sink: InboundSink<String> =
-            Arc::new(move |from, group, m| g.lock().unwrap().push((from, group, m)));
-        let mut config = TransportConfig::new(id, 42, peers);
-        config.reconnect_backoff_min_ms = 5;
-        config.reconnect_backoff_max_ms = 50;
-        config.security = Some(Arc::new(FakeSecurity { allowed }));
-        (Transport::start(config, listener, sink).unwrap(), got)
+        node_with(id, listener, peers, Some(Arc::new(FakeSecurity { allowed })))
     }
 
     #[tokio::test]
