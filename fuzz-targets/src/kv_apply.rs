@@ -123,6 +123,8 @@ pub struct Reached {
     pub ok_writes: u64,
     pub expiries: u64,
     pub snapshots: u64,
+    /// `RenewTtl`s that re-armed a temporary node (any client may).
+    pub renewals: u64,
     pub nodes: usize,
 }
 
@@ -177,6 +179,12 @@ fn command(cmd: &Cmd) -> Command {
             Command::PutTemp { key: key(*k), value: value(*v), ttl_nanos: ttl(*t) }
         }
         Cmd::MkdirTemp { key: k, ttl: t } => Command::MkdirTemp { key: key(*k), ttl_nanos: ttl(*t) },
+        // The TTL byte's high bit picks `RenewTtl` (anyone may re-arm) over
+        // the owner-only `UpdateTtl`: no new variant, so the corpus decodes as
+        // before and keeps its depth.
+        Cmd::UpdateTtl { key: k, ttl: t } if *t >= 0x80 => {
+            Command::RenewTtl { key: key(*k), ttl_nanos: ttl(*t) }
+        }
         Cmd::UpdateTtl { key: k, ttl: t } => Command::UpdateTtl { key: key(*k), ttl_nanos: ttl(*t) },
         Cmd::TryLock { key: k, lease, wait } => {
             Command::TryLock { key: key(*k), lease_nanos: ttl(*lease), wait_nanos: ttl(*wait) }
@@ -214,6 +222,9 @@ impl Harness {
             }
             if response.is_ok() && !request.command.is_read_only() {
                 self.reached.ok_writes += 1;
+                if matches!(request.command, Command::RenewTtl { .. }) {
+                    self.reached.renewals += 1;
+                }
             }
             let Some(at) = *client else { continue };
             if let Err(KvError::SessionExpired { .. }) = response {
@@ -322,4 +333,33 @@ pub fn run(input: &KvInput) -> Reached {
     }
     h.reached.nodes = h.pair.machine.node_count();
     h.reached
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(client: u8, cmd: Cmd) -> Req {
+        Req { client, retry: false, ack: true, cmd }
+    }
+
+    /// The high bit of `UpdateTtl`'s TTL byte reaches `RenewTtl`, and another
+    /// client's renewal of a temporary node succeeds where its owner-only
+    /// update is refused (machine and model agree on both).
+    #[test]
+    fn another_clients_renewal_re_arms_a_temporary_node() {
+        // KEYS[0] = "a", VALUES[1] = "v0", TTLS[7] = 1_000 ns; the renewal's
+        // byte 0x83 = 131 picks TTLS[131 % 9] = 120 ns, inside the bounds.
+        let renew = Cmd::UpdateTtl { key: 0, ttl: 0x80 + 3 };
+        let update = Cmd::UpdateTtl { key: 0, ttl: 3 };
+        let input = KvInput {
+            steps: vec![
+                Step::Entry { advance: 1, requests: vec![req(0, Cmd::PutTemp { key: 0, value: 1, ttl: 7 })] },
+                Step::Entry { advance: 1, requests: vec![req(1, update), req(1, renew)] },
+            ],
+        };
+        let reached = run(&input);
+        assert_eq!(reached.renewals, 1, "{reached:?}");
+        assert_eq!(reached.ok_writes, 2, "only the put and the renewal succeed: {reached:?}");
+    }
 }

@@ -105,6 +105,7 @@ fn kv_apply_corpus_writes_expires_and_snapshots() {
         .collect();
     assert!(reached.iter().any(|r| r.ok_writes >= 5 && r.nodes >= 3), "no file builds a tree: {reached:?}");
     assert!(reached.iter().any(|r| r.expiries >= 1), "no expiry: {reached:?}");
+    assert!(reached.iter().any(|r| r.renewals >= 1), "no RenewTtl re-armed a temporary node: {reached:?}");
     assert!(
         reached.iter().any(|r| r.snapshots >= 1 && r.ok_writes >= 1),
         "no snapshot of a state: {reached:?}"
