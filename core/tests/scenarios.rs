@@ -1073,3 +1073,35 @@ fn a_follower_refuses_malformed_appends_and_keeps_its_log() {
     c.step(2, append(vec![entry(term, last.index + 1), entry(term, last.index + 2)]));
     assert_eq!(c.last_log_id(2), LogId::new(term, last.index + 2), "a well-formed append is taken");
 }
+
+/// The leader bounds the reads followers forward to it, not only its own:
+/// while no heartbeat round can confirm anything, forwarded reads past
+/// `max_pending_reads` are refused at once (the follower's read fails with
+/// `LeadershipLost`), so followers cannot pile up unbounded work on it.
+/// (Mutation testing: `reads_waiting` returning 0 or 1, or multiplying,
+/// passed every other test.)
+#[test]
+fn the_leader_bounds_reads_forwarded_by_followers() {
+    let mut c = Cluster::with_config(3, 43, |cfg| {
+        cfg.max_pending_reads = 3;
+        cfg.lease_read = false;
+    });
+    c.elect(1);
+    c.run_for(100 * MS);
+    // Heartbeat answers are lost: no read round can complete.
+    c.lose = Some(Box::new(|_, m: &Message| matches!(m.body, MessageBody::HeartbeatResponse { .. })));
+    c.read(2, 1);
+    c.read(2, 2);
+    c.read(3, 3);
+    c.read(3, 4);
+    c.stabilize();
+    let failed: Vec<_> = [(2, 1), (2, 2), (3, 3), (3, 4)]
+        .into_iter()
+        .filter(|&(node, id)| matches!(c.outcome(node, id), Some(Outcome::ReadFailed(_))))
+        .collect();
+    assert_eq!(failed, vec![(3, 4)], "only the read past the leader's bound fails");
+    assert_eq!(
+        c.outcome(3, 4),
+        Some(&Outcome::ReadFailed(DropReason::LeadershipLost { leader_hint: Some(1) }))
+    );
+}
