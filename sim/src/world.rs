@@ -3708,6 +3708,7 @@ pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::ExecutorAnswersByPosition => "executor-answers-by-position",
         PlantedBug::SnapshotAtLastEntryDropsLog => "snapshot-at-last-entry-drops-log",
         PlantedBug::AsyncSyncWaitsForQuiet => "async-sync-waits-for-quiet",
+        PlantedBug::AdmissionIgnoresEntryBound => "admission-ignores-entry-bound",
     }
 }
 
