@@ -388,3 +388,254 @@ impl ReadQuery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tarn_io::driver::{SnapshotProducer, SnapshotRestore};
+    use tarn_kv::KvError;
+
+    use super::*;
+    use crate::watch::WatchSinks;
+
+    /// A kv without a group: proposals are applied at once (or refused),
+    /// reads run at once (or fail), as the executor would answer them.
+    struct Kv {
+        kv: KvStateMachine,
+        sinks: WatchSinks,
+    }
+
+    impl StateMachine for Kv {
+        type Response = KvResponses;
+        fn apply(&mut self, index: Index, data: &Bytes) -> KvResponses {
+            self.kv.apply_entry_bytes(index, data).map_err(|e| e.to_string())
+        }
+        fn apply_noop(&mut self, index: Index) {
+            self.kv.advance_to(index);
+        }
+        fn applied_index(&self) -> Index {
+            self.kv.applied_index()
+        }
+        fn after_apply(&mut self) {
+            self.sinks.deliver_ready(&mut self.kv);
+        }
+        fn snapshot(&mut self) -> Option<SnapshotProducer> {
+            None
+        }
+        fn snapshot_restore(&mut self) -> Option<Box<dyn SnapshotRestore<Self>>> {
+            None
+        }
+    }
+
+    impl KvHost for Kv {
+        fn kv(&self) -> &KvStateMachine {
+            &self.kv
+        }
+        fn watch(
+            &mut self,
+            key: &str,
+            subtree: bool,
+            after_index: Option<Index>,
+            sink: WatchSink,
+        ) -> Result<WatchId, WatchRegisterError> {
+            self.sinks.watch(&mut self.kv, key, subtree, after_index, sink)
+        }
+        fn unwatch(&mut self, id: WatchId) {
+            self.sinks.unwatch(&mut self.kv, id);
+        }
+    }
+
+    /// The group: a leader that applies what it is given, or a follower
+    /// that refuses everything naming `leader`.
+    struct Group {
+        sm: Kv,
+        follower_of: Option<NodeId>,
+        entries_proposed: Vec<usize>,
+    }
+
+    impl GroupPort<Kv> for Group {
+        fn propose(&mut self, data: Bytes, reply: ProposeFn<Kv>) {
+            if let Some(leader) = self.follower_of {
+                return reply(Err(ProposeError::NotLeader { leader_hint: Some(leader) }));
+            }
+            self.entries_proposed.push(data.len());
+            let index = self.sm.applied_index() + 1;
+            let response = self.sm.apply(index, &data);
+            self.sm.after_apply();
+            reply(Ok(response));
+        }
+        fn read(&mut self, linearizable: bool, f: ReadFn<Kv>) {
+            match self.follower_of {
+                Some(leader) if linearizable => f(Err(ReadError::NotLeader { leader_hint: Some(leader) })),
+                _ => f(Ok(&mut self.sm)),
+            }
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Frames(Arc<Mutex<Vec<ServerFrame>>>);
+
+    impl FrameSink for Frames {
+        fn send(&self, frame: ServerFrame) {
+            self.0.lock().unwrap().push(frame);
+        }
+        fn send_watch(&self, frame: ServerFrame) -> bool {
+            self.send(frame);
+            true
+        }
+    }
+
+    impl Frames {
+        fn take(&self) -> Vec<ServerFrame> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    const MAX_ENTRY: usize = 4096;
+
+    fn setup(follower_of: Option<NodeId>) -> (RequestPath, Group, Frames, ConnWatches) {
+        let path =
+            RequestPath::new(1, KvConfig::default(), AdmissionLimits::new(MAX_ENTRY), Arc::new(NoMetrics));
+        let sm = Kv { kv: KvStateMachine::new(KvConfig::default()), sinks: WatchSinks::default() };
+        (
+            path,
+            Group { sm, follower_of, entries_proposed: Vec::new() },
+            Frames::default(),
+            ConnWatches::default(),
+        )
+    }
+
+    fn put(seq: u64, key: &str, value_bytes: usize) -> Request {
+        let command = Command::Put { key: key.into(), value: Bytes::from(vec![b'v'; value_bytes]) };
+        Request { client_id: 7, seq, first_unacked_seq: 1, command }
+    }
+
+    fn write(id: u64, request: Request) -> ClientFrame {
+        ClientFrame { id, group: 1, body: RequestBody::Write(request) }
+    }
+
+    fn get(id: u64, key: &str, consistency: Consistency) -> ClientFrame {
+        let command = Command::Get { key: key.into() };
+        ClientFrame { id, group: 1, body: RequestBody::Read { command, consistency } }
+    }
+
+    fn answer(frame: &ServerFrame) -> (u64, &Result<ResponseBody, ServerError>) {
+        match frame {
+            ServerFrame::Response { id, result } => (*id, result),
+            other => panic!("not an answer: {other:?}"),
+        }
+    }
+
+    /// Fails if the path proposes a request larger than an entry (the
+    /// planted `AdmissionIgnoresEntryBound`), or answers it with anything
+    /// but `RequestTooLarge`, or drops the writes around it.
+    #[test]
+    fn writes_pack_under_the_entry_bound_and_a_too_large_one_is_refused_unproposed() {
+        let (path, mut group, frames, _) = setup(None);
+        let batch = vec![(1, put(1, "a", 10)), (2, put(2, "big", MAX_ENTRY)), (3, put(3, "c", 10))];
+        path.writes(1, &mut group, batch, 5, &frames);
+        assert_eq!(group.entries_proposed.len(), 1, "the two small writes share one entry");
+        assert!(group.entries_proposed.iter().all(|&bytes| bytes <= MAX_ENTRY));
+        let frames = frames.take();
+        let answers: Vec<_> = frames.iter().map(answer).collect();
+        assert!(
+            matches!(answers[0], (2, Ok(ResponseBody::Kv(Err(KvError::RequestTooLarge { .. }))))),
+            "{answers:?}"
+        );
+        assert!(matches!(answers[1], (1, Ok(ResponseBody::Kv(Ok(Reply::Done))))), "{answers:?}");
+        assert!(matches!(answers[2], (3, Ok(ResponseBody::Kv(Ok(Reply::Done))))), "{answers:?}");
+        assert!(group.sm.kv.get("big").unwrap().is_none());
+    }
+
+    /// Fails if a follower's refusal loses the leader hint (the client
+    /// could not find the leader) or a client may write as the leader.
+    #[test]
+    fn refusals_map_to_the_errors_the_client_acts_on() {
+        let (path, mut group, frames, watches) = setup(Some(3));
+        path.serve(write(1, put(1, "a", 1)), &mut group, &watches, 5, &frames).unwrap();
+        path.serve(get(2, "a", Consistency::Linearizable), &mut group, &watches, 5, &frames).unwrap();
+        path.serve(get(3, "a", Consistency::Stale), &mut group, &watches, 5, &frames).unwrap();
+        let mut leaderish = put(4, "a", 1);
+        leaderish.client_id = 0;
+        path.serve(write(4, leaderish), &mut group, &watches, 5, &frames).unwrap();
+        let not_a_read = ClientFrame {
+            id: 5,
+            group: 1,
+            body: RequestBody::Read {
+                command: Command::Remove { key: "a".into() },
+                consistency: Consistency::Stale,
+            },
+        };
+        path.serve(not_a_read, &mut group, &watches, 5, &frames).unwrap();
+        let frames = frames.take();
+        let answers: Vec<_> = frames.iter().map(answer).collect();
+        let not_leader = ServerError::NotLeader { node: 1, group: 1, leader: Some(3) };
+        assert_eq!(answers[0], (1, &Err(not_leader.clone())));
+        assert_eq!(answers[1], (2, &Err(not_leader)));
+        assert_eq!(answers[2], (3, &Ok(ResponseBody::Kv(Ok(Reply::Node(None))))));
+        assert_eq!(answers[3], (4, &Ok(ResponseBody::Kv(Err(KvError::ReservedClientId)))));
+        assert!(
+            matches!(answers[4], (5, Err(ServerError::BadRequest { reason })) if reason.contains("not a read"))
+        );
+        // Admin requests are the shell's.
+        let hello = ClientFrame { id: 6, group: 1, body: RequestBody::Hello };
+        assert!(path.serve(hello, &mut group, &watches, 5, &ConnWatchesSink).is_err());
+    }
+
+    /// The planted bug proposes the too-large request: the proof that the
+    /// simulator's find is this bug.
+    #[cfg(feature = "planted-bugs")]
+    #[test]
+    fn the_planted_bug_proposes_a_request_larger_than_an_entry() {
+        let (mut path, mut group, frames, _) = setup(None);
+        path.limits.planted_bug = Some(tarn_core::PlantedBug::AdmissionIgnoresEntryBound);
+        path.writes(1, &mut group, vec![(1, put(1, "big", MAX_ENTRY))], 5, &frames);
+        assert!(group.entries_proposed.iter().any(|&bytes| bytes > MAX_ENTRY));
+    }
+
+    /// A sink for requests that must not be answered by the path.
+    #[derive(Clone)]
+    struct ConnWatchesSink;
+
+    impl FrameSink for ConnWatchesSink {
+        fn send(&self, frame: ServerFrame) {
+            panic!("the path answered a request it does not own: {frame:?}");
+        }
+        fn send_watch(&self, frame: ServerFrame) -> bool {
+            panic!("the path sent a watch frame for a request it does not own: {frame:?}");
+        }
+    }
+
+    /// Fails if a watch misses history before it started (resume), events
+    /// after it, or keeps delivering after `Unwatch`.
+    #[test]
+    fn a_watch_resumes_from_an_index_and_stops_at_unwatch() {
+        let (path, mut group, frames, watches) = setup(None);
+        path.serve(write(1, put(1, "w", 1)), &mut group, &watches, 5, &frames).unwrap();
+        let watch = RequestBody::Watch { key: "w".into(), subtree: false, after_index: Some(0) };
+        path.serve(ClientFrame { id: 2, group: 1, body: watch }, &mut group, &watches, 5, &frames).unwrap();
+        path.serve(write(3, put(2, "w", 2)), &mut group, &watches, 5, &frames).unwrap();
+        let unwatch = RequestBody::Unwatch { watch_request_id: 2 };
+        path.serve(ClientFrame { id: 4, group: 1, body: unwatch }, &mut group, &watches, 5, &frames).unwrap();
+        assert!(watches.is_empty());
+        path.serve(write(5, put(3, "w", 3)), &mut group, &watches, 5, &frames).unwrap();
+        let frames = frames.take();
+        let watched: Vec<Index> = frames
+            .iter()
+            .filter_map(|f| match f {
+                ServerFrame::Watch { id: 2, events } => Some(events.iter().map(|e| e.index)),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(watched, [1, 2], "history from index 0, then live, then nothing after unwatch");
+        assert!(frames.iter().any(|f| matches!(
+            f,
+            ServerFrame::Response { id: 2, result: Ok(ResponseBody::Watching { after_index: 0 }) }
+        )));
+        assert!(frames
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Response { id: 4, result: Ok(ResponseBody::Done) })));
+    }
+}

@@ -3796,7 +3796,7 @@ pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
 
 /// Every planted bug, for sweeps and the CLI.
 #[cfg(feature = "planted-bugs")]
-pub const PLANTED_BUGS: [PlantedBug; 12] = [
+pub const PLANTED_BUGS: [PlantedBug; 13] = [
     PlantedBug::VoteWithoutLogCheck,
     PlantedBug::CommitPreviousTermByCounting,
     PlantedBug::ForgetToPersistVote,
@@ -3809,6 +3809,7 @@ pub const PLANTED_BUGS: [PlantedBug; 12] = [
     PlantedBug::ExecutorAnswersByPosition,
     PlantedBug::SnapshotAtLastEntryDropsLog,
     PlantedBug::AsyncSyncWaitsForQuiet,
+    PlantedBug::AdmissionIgnoresEntryBound,
 ];
 
 #[cfg(feature = "planted-bugs")]
