@@ -55,6 +55,14 @@ pub enum PlantedBug {
     /// async write mode waits for an interval without writes, so under
     /// steady load it never runs (the driver bug fixed in e541d96).
     AsyncSyncWaitsForQuiet,
+    /// Issue 14 (planted in tarn-service's admission, which reads it from
+    /// `AdmissionLimits::planted_bug`): packing ignores the per-entry byte
+    /// bound, so a request too large for any entry is proposed instead of
+    /// refused with `RequestTooLarge`, reaches the core, and is refused there
+    /// on every leader it is retried at: the client never gets an answer
+    /// (the oversized batch that stopped a group on every node before the
+    /// chain of limits).
+    AdmissionIgnoresEntryBound,
 }
 
 /// Default of [`Config::max_entry_bytes`]: four of kv's largest values (1 MiB)

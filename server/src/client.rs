@@ -39,6 +39,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use tarn_service::retry::{self, Next};
+
 use crate::protocol::{
     ClientFrame, Consistency, MemberChange, NodeStatus, RequestBody, ResponseBody, ServerError, ServerFrame,
     DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES, MAX_GROUPS_PER_REQUEST,
@@ -734,9 +736,14 @@ impl Client {
                     if suspect == Some(endpoint) {
                         suspect = None;
                     }
-                    match answer {
+                    // The decision is the shared one (`tarn_service::retry`),
+                    // so the simulator's clients decide the same way.
+                    let error = match answer {
                         Ok(body) => return Ok(body),
-                        Err(ServerError::NotLeader { leader, .. }) if !any_node => {
+                        Err(error) => error,
+                    };
+                    match retry::after_error(&error) {
+                        Next::Redirect(leader) if !any_node => {
                             last = format!("node {} is not the leader", conn.node_id);
                             let hinted =
                                 leader.and_then(|l| self.inner.node_endpoints.lock().ok()?.get(&l).copied());
@@ -751,18 +758,25 @@ impl Client {
                                 _ => try_next(&self.inner.leader),
                             }
                         }
-                        Err(ServerError::MaybeCommitted { .. }) => {
+                        Next::RetrySame => {
                             // Retry with the same seq: applied once either way.
                             last = "leadership changed during the request".into();
                         }
-                        Err(ServerError::Unavailable { reason }) => {
-                            last = reason;
+                        Next::RetryElsewhere => {
+                            last = match error {
+                                ServerError::Unavailable { reason } => reason,
+                                other => other.to_string(),
+                            };
                             try_next(&self.inner.leader);
                         }
-                        Err(ServerError::PeerPort { node }) => {
-                            return Err(ClientError::PeerPort { addr: config.endpoints[endpoint], node })
+                        Next::Redirect(_) | Next::Fail => {
+                            return Err(match error {
+                                ServerError::PeerPort { node } => {
+                                    ClientError::PeerPort { addr: config.endpoints[endpoint], node }
+                                }
+                                e => ClientError::Server(e),
+                            })
                         }
-                        Err(e) => return Err(ClientError::Server(e)),
                     }
                 }
             }

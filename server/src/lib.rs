@@ -3,7 +3,7 @@
 //!
 //! - [`server`]: a node hosting DtKV groups on the tokio driver.
 //! - [`client`]: the async client library.
-//! - [`protocol`]: the client wire protocol.
+//! - [`protocol`]: the client wire protocol (from `tarn-service`, shared with the simulator).
 //! - [`machine`]: the kv state machine with watch delivery and TTL expiry.
 //! - [`bench`]: the load generator behind `tarn bench`.
 //! - [`security`]: TLS on the client and peer ports, tokens and roles.
@@ -11,9 +11,10 @@
 pub mod bench;
 pub mod client;
 pub mod machine;
-pub mod protocol;
 pub mod security;
 pub mod server;
+
+pub use tarn_service::protocol;
 
 pub use client::{Client, ClientConfig, ClientError};
 pub use server::{Server, ServerConfig, StartError};

@@ -2,43 +2,31 @@
 //! the server-local parts (watch delivery to connections, TTL expiry on the
 //! leader).
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use tarn_core::{Index, Nanos};
 use tarn_io::driver::{SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine};
 use tarn_kv::snapshot::SNAPSHOT_CHUNK_TARGET_BYTES;
-use tarn_kv::{
-    CutOffReason, KvConfig, KvStateMachine, SnapshotStreamDecoder, WatchEvent, WatchId, WatchPoll,
-};
+use tarn_kv::{KvConfig, KvStateMachine, SnapshotStreamDecoder, WatchId, WatchRegisterError};
+use tarn_service::watch::WatchSinks;
+pub use tarn_service::watch::{WatchDelivery, WatchSink};
+use tarn_service::KvHost;
 
-/// What a watcher's sink receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchDelivery {
-    Events(Vec<WatchEvent>),
-    /// The watch is over (cut off); the client resumes after its last index.
-    Ended(String),
-}
-
-/// Delivers to one watcher; returns false once nobody listens (the watch is
-/// then removed).
-pub type WatchSink = Box<dyn FnMut(WatchDelivery) -> bool + Send>;
-
-/// Events taken from one watcher per poll (whole indexes are never split).
-const MAX_WATCH_EVENTS_PER_POLL: usize = 1024;
 /// Expiry requests the leader proposes per driver tick.
 const MAX_EXPIRE_PER_TICK: usize = 1024;
 
+/// The kv and the sinks of the watches connections started on it.
 pub struct KvMachine {
     kv: KvStateMachine,
-    sinks: HashMap<WatchId, WatchSink>,
+    sinks: WatchSinks,
 }
 
 impl KvMachine {
+    /// An empty tree under `config`.
     pub fn new(config: KvConfig) -> Self {
-        KvMachine { kv: KvStateMachine::new(config), sinks: HashMap::new() }
+        KvMachine { kv: KvStateMachine::new(config), sinks: WatchSinks::default() }
     }
 
+    /// The kv, for reads.
     pub fn kv(&self) -> &KvStateMachine {
         &self.kv
     }
@@ -50,43 +38,33 @@ impl KvMachine {
         subtree: bool,
         after_index: Option<Index>,
         sink: WatchSink,
-    ) -> Result<WatchId, String> {
-        let id = self.kv.watch(key, subtree, after_index).map_err(|e| e.to_string())?;
-        self.sinks.insert(id, sink);
-        self.deliver(id);
-        Ok(id)
+    ) -> Result<WatchId, WatchRegisterError> {
+        self.sinks.watch(&mut self.kv, key, subtree, after_index, sink)
     }
 
+    /// Ends a watch.
     pub fn unwatch(&mut self, id: WatchId) {
-        self.kv.unwatch(id);
-        self.sinks.remove(&id);
+        self.sinks.unwatch(&mut self.kv, id);
+    }
+}
+
+impl KvHost for KvMachine {
+    fn kv(&self) -> &KvStateMachine {
+        &self.kv
     }
 
-    fn deliver(&mut self, id: WatchId) {
-        let Some(sink) = self.sinks.get_mut(&id) else {
-            self.kv.unwatch(id);
-            return;
-        };
-        let alive = match self.kv.poll_watch(id, MAX_WATCH_EVENTS_PER_POLL) {
-            WatchPoll::Events(events) if events.is_empty() => true,
-            WatchPoll::Events(events) => sink(WatchDelivery::Events(events)),
-            WatchPoll::CutOff(reason) => {
-                let text = match reason {
-                    CutOffReason::QueueFull { max_events, last_delivered_index } => format!(
-                        "watcher fell {max_events} events behind; resume after index {last_delivered_index}"
-                    ),
-                    CutOffReason::SnapshotInstalled { snapshot_index } => {
-                        format!("node installed a snapshot at {snapshot_index}; re-read and watch again")
-                    }
-                };
-                sink(WatchDelivery::Ended(text));
-                false
-            }
-            WatchPoll::Unknown => false,
-        };
-        if !alive {
-            self.unwatch(id);
-        }
+    fn watch(
+        &mut self,
+        key: &str,
+        subtree: bool,
+        after_index: Option<Index>,
+        sink: WatchSink,
+    ) -> Result<WatchId, WatchRegisterError> {
+        KvMachine::watch(self, key, subtree, after_index, sink)
+    }
+
+    fn unwatch(&mut self, id: WatchId) {
+        KvMachine::unwatch(self, id);
     }
 }
 
@@ -107,9 +85,7 @@ impl StateMachine for KvMachine {
     }
 
     fn after_apply(&mut self) {
-        for id in self.kv.ready_watches() {
-            self.deliver(id);
-        }
+        self.sinks.deliver_ready(&mut self.kv);
     }
 
     fn on_leadership(&mut self, is_leader: bool, wall_clock_nanos: Nanos) {
@@ -162,9 +138,7 @@ impl SnapshotRestore<KvMachine> for KvRestore {
         Ok(Box::new(move |m: &mut KvMachine| {
             m.kv.install(decoded);
             // Every watcher is cut off with a resumable reason.
-            for id in m.kv.ready_watches() {
-                m.deliver(id);
-            }
+            m.sinks.deliver_ready(&mut m.kv);
         }))
     }
 }

@@ -11,28 +11,28 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tarn_core::{GroupId, Membership, Nanos, NodeId, Role};
 use tarn_io::driver::{
-    FileStore, GroupHandle, LogStore, MemStore, Node, NodeConfig, ProposeError, ProposeFn, ReadError, ReadFn,
-    WriteMode,
+    FileStore, GroupHandle, LogStore, MemStore, Node, NodeConfig, ProposeError, ProposeFn, ReadFn, WriteMode,
 };
 use tarn_io::transport::probe::ProbeState;
 use tarn_io::wire::{self, FrameDecoder};
-use tarn_kv::{encode_entry, Command, KvConfig, KvEntry, Reply, Request};
+use tarn_kv::{KvConfig, Request};
+use tarn_service::admission::AdmissionLimits;
+use tarn_service::{ConnWatches, FrameSink, GroupPort, PathMetrics, RequestPath};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-mod admission;
 mod first_start;
 mod join;
 mod metrics;
 mod metrics_http;
 
-use crate::machine::{KvMachine, WatchDelivery};
+use crate::machine::KvMachine;
 use crate::protocol::{
-    ClientFrame, Consistency, GroupStatus, MemberChange, NodeStatus, RequestBody, ResponseBody, ServerError,
-    ServerFrame, DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES, MAX_GROUPS_PER_REQUEST,
+    ClientFrame, GroupStatus, MemberChange, NodeStatus, RequestBody, ResponseBody, ServerError, ServerFrame,
+    DEFAULT_GROUP, MAX_CLIENT_FRAME_BYTES, MAX_GROUPS_PER_REQUEST,
 };
 use crate::security::auth::ConnAuth;
 use crate::security::ServerSecurity;
@@ -530,7 +530,9 @@ struct Shared {
     cluster_id: u64,
     node: Node<KvMachine>,
     groups: Mutex<BTreeMap<GroupId, Vec<NodeId>>>,
-    counters: ServerCounters,
+    counters: Arc<ServerCounters>,
+    /// The request path (writes, reads, watches) this node's connections feed.
+    path: RequestPath<ServerCounters>,
     /// This node's peer address as bound (port 0 resolved).
     peer_addr: Option<SocketAddr>,
     /// Peers from `--cluster` or learned when joining: never forgotten by
@@ -539,8 +541,6 @@ struct Shared {
     /// Peer directory entries already warned about as malformed (each is
     /// logged once, not at every poll).
     malformed_directory_entries: Mutex<BTreeSet<String>>,
-    /// The core's `max_entry_bytes` as started (see [`ServerConfig::max_entry_bytes`]).
-    max_entry_bytes: usize,
     /// What an undecided first start waits for (`None` once decided).
     first_start: Mutex<Option<String>>,
     /// The large-request budget in KiB (`ConnectionLimits::max_large_request_bytes`).
@@ -774,16 +774,24 @@ impl Server {
         tracing::info!(node = config.node_id, %client_addr, ?peer_addr, groups = groups.len(), "tarn server started");
         let large_requests =
             Arc::new(tokio::sync::Semaphore::new(config.connections.max_large_request_bytes.div_ceil(1024)));
+        let counters = Arc::new(ServerCounters::default());
+        // Admission packs under the core's `max_entry_bytes` as started.
+        let path = RequestPath::new(
+            config.node_id,
+            config.kv.clone(),
+            AdmissionLimits::new(max_entry_bytes),
+            counters.clone(),
+        );
         let shared = Arc::new(Shared {
             cluster_id: config.effective_cluster_id(),
             config,
             node,
             groups: Mutex::new(groups),
-            counters: ServerCounters::default(),
+            counters,
+            path,
             peer_addr,
             base_peers,
             malformed_directory_entries: Mutex::default(),
-            max_entry_bytes,
             first_start: Mutex::default(),
             large_requests,
         });
@@ -1028,7 +1036,7 @@ async fn serve_client(
         }
         let _ = writer.shutdown().await;
     });
-    let watches: Arc<Mutex<HashMap<u64, (GroupId, u64)>>> = Arc::default();
+    let watches = ConnWatches::default();
     let mut decoder = FrameDecoder::new(MAX_CLIENT_FRAME_BYTES);
     // Writes of one read from the socket, per group: proposed together.
     let mut writes: HashMap<GroupId, Vec<(u64, Request)>> = HashMap::new();
@@ -1172,7 +1180,7 @@ async fn serve_client(
             }
             _ = tokio::time::sleep(limits.idle_timeout) => {
                 let idle = queue.permits.available_permits() == limits.max_pending_replies_per_connection
-                    && watches.lock().map(|w| w.is_empty()).unwrap_or(true);
+                    && watches.is_empty();
                 if idle {
                     shared.counters.client_idle_disconnects.fetch_add(1, Ordering::Relaxed);
                     // Debug: routine for pooled clients, and counted in
@@ -1195,9 +1203,7 @@ async fn serve_client(
         }
     }
     // Remove this connection's watches.
-    let list: Vec<(GroupId, u64)> =
-        watches.lock().map(|mut w| w.drain().map(|(_, v)| v).collect()).unwrap_or_default();
-    for (g, watch_id) in list {
+    for (g, watch_id) in watches.drain() {
         if let Some(group) = shared.node.group(g) {
             let _ = group.read(false, move |m: &mut KvMachine| m.unwatch(watch_id)).await;
         }
@@ -1293,81 +1299,85 @@ fn not_leader(shared: &Shared, group: GroupId, leader: Option<NodeId>) -> Server
     ServerError::NotLeader { node: shared.config.node_id, group, leader }
 }
 
-/// Proposes the writes `(request id, request)` for group `g`, many requests
-/// per Raft entry (one log record, one apply, one decode for the lot); each
-/// answer goes back under its own request id.
+/// Proposes the writes `(request id, request)` for group `g` through the
+/// request path, many requests per Raft entry; each answer goes back under
+/// its own request id.
 fn propose_writes(shared: &Arc<Shared>, g: GroupId, batch: Vec<(u64, Request)>, conn: &Conn) {
-    let tx = &conn.tx;
     shared.counters.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
     let Some(group) = shared.node.group(g) else {
         for (id, _) in batch {
-            send_frame(tx, ServerFrame::Response { id, result: Err(missing_group(shared, g)) });
+            send_frame(&conn.tx, ServerFrame::Response { id, result: Err(missing_group(shared, g)) });
         }
         return;
     };
-    let mut valid: Vec<(u64, Request)> = Vec::with_capacity(batch.len());
-    for (id, request) in batch {
-        // A client may not pose as the leader (client id 0, expiry) nor send
-        // what the state machine would refuse: answered without a log entry.
-        match request.validate_from_client(&shared.config.kv) {
-            Ok(()) => valid.push((id, request)),
-            Err(e) => send_frame(tx, ServerFrame::Response { id, result: Ok(ResponseBody::Kv(Err(e))) }),
+    shared.path.writes(g, &mut Port(group), batch, wall_clock_nanos(), conn);
+}
+
+/// A tokio group as the request path sees it: an input is queued without
+/// waiting, or by a task that waits for room when the queue is full.
+struct Port(GroupHandle<KvMachine>);
+
+impl GroupPort<KvMachine> for Port {
+    fn propose(&mut self, data: Bytes, reply: ProposeFn<KvMachine>) {
+        if let Err((data, reply)) = self.0.try_propose(data, reply) {
+            let group = self.0.clone();
+            tokio::spawn(async move { group.propose_with(data, reply).await });
         }
     }
-    // Entries under the core's bound, measured encoded; a request too large
-    // for any entry is answered here, never proposed.
-    let packed = admission::pack_entries(valid, shared.max_entry_bytes, admission::MAX_REQUESTS_PER_ENTRY);
-    let started = Instant::now();
-    for (id, e) in packed.refused {
-        send_frame(tx, ServerFrame::Response { id, result: Ok(ResponseBody::Kv(Err(e))) });
-    }
-    for entry in packed.entries {
-        let (ids, requests): (Vec<u64>, Vec<Request>) = entry.into_iter().unzip();
-        let data = Bytes::from(encode_entry(&KvEntry { leader_time_nanos: wall_clock_nanos(), requests }));
-        // No task per request: the outcome is framed on the group's task and
-        // queued straight to this connection's writer.
-        let (out, shared) = (tx.clone(), shared.clone());
-        shared.counters.proposals.fetch_add(1, Ordering::Relaxed);
-        let reply: ProposeFn<KvMachine> = Box::new(move |r| {
-            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            shared.counters.write_seconds.observe_n(nanos, ids.len() as u64);
-            let error = match r {
-                Ok(Ok(responses)) if responses.len() == ids.len() => {
-                    for (id, response) in ids.into_iter().zip(responses) {
-                        send_frame(
-                            &out,
-                            ServerFrame::Response { id, result: Ok(ResponseBody::Kv(response)) },
-                        );
-                    }
-                    return;
-                }
-                Ok(Ok(r)) => ServerError::Unavailable {
-                    reason: format!("expected {} responses, got {}", ids.len(), r.len()),
-                },
-                Ok(Err(e)) => ServerError::BadRequest { reason: e },
-                Err(ProposeError::NotLeader { leader_hint }) => not_leader(&shared, g, leader_hint),
-                Err(ProposeError::MaybeCommitted { leader_hint }) => {
-                    ServerError::MaybeCommitted { leader: leader_hint }
-                }
-                Err(e) => ServerError::Unavailable { reason: e.to_string() },
-            };
-            for id in ids {
-                send_frame(&out, ServerFrame::Response { id, result: Err(error.clone()) });
-            }
-        });
-        if let Err((data, reply)) = group.try_propose(data, reply) {
-            let group = group.clone();
-            tokio::spawn(async move { group.propose_with(data, reply).await });
+
+    fn read(&mut self, linearizable: bool, f: ReadFn<KvMachine>) {
+        if let Err(f) = self.0.try_read(linearizable, f) {
+            let group = self.0.clone();
+            tokio::spawn(async move { group.read_with(linearizable, f).await });
         }
     }
 }
 
-fn handle_request(
-    shared: &Arc<Shared>,
-    frame: ClientFrame,
-    conn: &Conn,
-    watches: &Arc<Mutex<HashMap<u64, (GroupId, u64)>>>,
-) {
+/// The request path's answers go to the connection's writer.
+impl FrameSink for Conn {
+    fn send(&self, frame: ServerFrame) {
+        send_frame(&self.tx, frame);
+    }
+
+    fn send_watch(&self, frame: ServerFrame) -> bool {
+        // A client too slow to take its frames loses the watch (it resumes
+        // from its last index), never the server's memory.
+        let queued = self.queue.watch_frames.fetch_add(1, Ordering::Relaxed);
+        if queued >= MAX_QUEUED_WATCH_FRAMES_PER_CLIENT as u64 {
+            self.queue.watch_frames.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        self.tx.send(frame).is_ok()
+    }
+}
+
+/// The request path's counters and timings are the server's.
+impl PathMetrics for ServerCounters {
+    type Timer = Instant;
+
+    fn start(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn proposal(&self) {
+        self.proposals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn write_answered(&self, started: Instant, count: u64) {
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.write_seconds.observe_n(nanos, count);
+    }
+
+    fn read_answered(&self, started: Instant) {
+        self.read_seconds.observe_duration(started.elapsed());
+    }
+
+    fn not_leader(&self) {
+        self.not_leader.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn handle_request(shared: &Arc<Shared>, frame: ClientFrame, conn: &Conn, watches: &ConnWatches) {
     let ClientFrame { id, group: g, body } = frame;
     let tx = &conn.tx;
     let reply = tx.clone();
@@ -1398,88 +1408,15 @@ fn handle_request(
         RequestBody::Read { command, consistency } => {
             shared.counters.reads.fetch_add(1, Ordering::Relaxed);
             let group = group.expect("checked above");
-            if !command.is_read_only() {
-                tokio::spawn(respond(Err(ServerError::BadRequest {
-                    reason: format!("{} is not a read; send it as a write", command.name()),
-                })));
-                return;
-            }
-            let linearizable = consistency == Consistency::Linearizable;
-            let out = tx.clone();
-            let started = Instant::now();
-            let timing = shared.clone();
-            let f: ReadFn<KvMachine> = Box::new(move |m| {
-                timing.counters.read_seconds.observe_duration(started.elapsed());
-                let result = match m {
-                    Ok(m) => {
-                        let kv = m.kv();
-                        let response = match command {
-                            Command::Get { key } => kv.get(&key).map(Reply::Node),
-                            Command::BatchGet { keys } => kv.batch_get(&keys).map(Reply::Nodes),
-                            Command::List { key, limit, after } => kv
-                                .list_page(&key, limit, after.as_deref())
-                                .map(|(children, more)| Reply::Children { children, more }),
-                            _ => unreachable!("checked is_read_only above"),
-                        };
-                        Ok(ResponseBody::Kv(response))
-                    }
-                    Err(ReadError::NotLeader { leader_hint }) => Err(not_leader(&shared, g, leader_hint)),
-                    Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),
-                };
-                send_frame(&out, ServerFrame::Response { id, result });
-            });
-            if let Err(f) = group.try_read(linearizable, f) {
-                tokio::spawn(async move { group.read_with(linearizable, f).await });
-            }
+            shared.path.read(id, g, &mut Port(group), command, consistency, conn);
         }
         RequestBody::Watch { key, subtree, after_index } => {
             let group = group.expect("checked above");
-            let events_tx = tx.clone();
-            let queue = conn.queue.clone();
-            let watches = watches.clone();
-            tokio::spawn(async move {
-                let sink = Box::new(move |d: WatchDelivery| {
-                    let frame = match d {
-                        WatchDelivery::Events(events) => ServerFrame::Watch { id, events },
-                        WatchDelivery::Ended(reason) => ServerFrame::WatchEnded { id, reason },
-                    };
-                    // A client too slow to take its frames loses the watch
-                    // (it resumes from its last index), never the server's memory.
-                    let queued = queue.watch_frames.fetch_add(1, Ordering::Relaxed);
-                    if queued >= MAX_QUEUED_WATCH_FRAMES_PER_CLIENT as u64 {
-                        queue.watch_frames.fetch_sub(1, Ordering::Relaxed);
-                        return false;
-                    }
-                    events_tx.send(frame).is_ok()
-                });
-                let r = group
-                    .read(false, move |m: &mut KvMachine| {
-                        let from = after_index.unwrap_or(m.kv().applied_index());
-                        m.watch(&key, subtree, Some(from), sink).map(|w| (w, from))
-                    })
-                    .await;
-                let result = match r {
-                    Ok(Ok((watch_id, after_index))) => {
-                        if let Ok(mut w) = watches.lock() {
-                            w.insert(id, (g, watch_id));
-                        }
-                        Ok(ResponseBody::Watching { after_index })
-                    }
-                    Ok(Err(reason)) => Err(ServerError::BadRequest { reason }),
-                    Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),
-                };
-                respond(result).await;
-            });
+            shared.path.watch(id, g, &mut Port(group), key, subtree, after_index, watches, conn);
         }
         RequestBody::Unwatch { watch_request_id } => {
             let group = group.expect("checked above");
-            let entry = watches.lock().ok().and_then(|mut w| w.remove(&watch_request_id));
-            tokio::spawn(async move {
-                if let Some((_, watch_id)) = entry {
-                    let _ = group.read(false, move |m: &mut KvMachine| m.unwatch(watch_id)).await;
-                }
-                respond(Ok(ResponseBody::Done)).await;
-            });
+            shared.path.unwatch(id, &mut Port(group), watch_request_id, watches, conn);
         }
         RequestBody::Status => {
             tokio::spawn(async move {

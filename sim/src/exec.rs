@@ -19,14 +19,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tarn_core::{EntryPayload, Index, LogId, Membership, Message, Nanos, NodeId, Role, SnapshotMeta, Term};
 use tarn_io::driver::{
-    GroupIo, Observed, ProposeError, ReadError, SnapshotInstaller, SnapshotProducer, SnapshotRestore,
-    StateMachine, StorageOp,
+    GroupIo, Observed, SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine, StorageOp,
 };
-use tarn_kv::{KvStateMachine, SnapshotStreamDecoder};
+use tarn_kv::{KvStateMachine, SnapshotStreamDecoder, WatchId, WatchRegisterError};
+use tarn_service::protocol::ServerFrame;
+use tarn_service::watch::{WatchSink, WatchSinks};
+use tarn_service::KvHost;
 
-use crate::linearizability::OpResult;
 use crate::trace::hash_bytes;
-use crate::workload::ClientOp;
 
 /// Expiry requests a leader proposes per turn (as the server's machine).
 pub(crate) const EXPIRE_PER_TURN_MAX: usize = 1024;
@@ -63,18 +63,13 @@ pub(crate) enum SimEvent {
     SnapshotDigest { digest: u64 },
     /// The leader proposes the expiry of `count` armings as `data`.
     Expiry { data_hash: u64, count: u64 },
-    /// A client's proposal was answered.
-    Proposal { client: u32, seq: u64, attempt: u64, op: ClientOp, outcome: Result<KvResult, ProposeError> },
-    /// A client's linearizable read was answered: the result, the state
-    /// machine's applied index when it ran, and the commit floor when it
-    /// arrived.
-    Read {
-        client: u32,
-        seq: u64,
-        attempt: u64,
-        outcome: Result<(Result<OpResult, String>, Index), ReadError>,
-        floor: Index,
-    },
+    /// The request path answered `client` (see `crate::client_path`).
+    Frame { client: u32, frame: ServerFrame },
+    /// A client's read (request `attempt`) ran on the state machine at
+    /// `applied`; `floor` was the highest commit index when it arrived.
+    ReadServed { attempt: u64, applied: Index, floor: Index },
+    /// An answer no request path may give (a bug): fail the run.
+    BadAnswer { property: &'static str, detail: String },
 }
 
 /// The state machine's answer to one entry.
@@ -112,13 +107,16 @@ pub(crate) type SnapshotDigests = Arc<Mutex<BTreeMap<Index, u64>>>;
 /// simulator's eyes on every application.
 pub(crate) struct SimSm {
     pub kv: KvStateMachine,
+    /// The sinks of watches clients started through the request path (the
+    /// world's own whole-tree watches have none: it polls them itself).
+    sinks: WatchSinks,
     mailbox: Mailbox,
     digests: SnapshotDigests,
 }
 
 impl SimSm {
     pub fn new(kv: KvStateMachine, mailbox: Mailbox, digests: SnapshotDigests) -> Self {
-        SimSm { kv, mailbox, digests }
+        SimSm { kv, sinks: WatchSinks::default(), mailbox, digests }
     }
 
     fn digest_if_snapshotted(&self, index: Index) -> Option<u64> {
@@ -149,6 +147,10 @@ impl StateMachine for SimSm {
         self.kv.applied_index()
     }
 
+    fn after_apply(&mut self) {
+        self.sinks.deliver_ready(&mut self.kv);
+    }
+
     fn on_leadership(&mut self, is_leader: bool, wall_clock_nanos: Nanos) {
         if is_leader {
             // Like the server: deadlines restart from this leader's clock
@@ -177,6 +179,26 @@ impl StateMachine for SimSm {
     }
 }
 
+impl KvHost for SimSm {
+    fn kv(&self) -> &KvStateMachine {
+        &self.kv
+    }
+
+    fn watch(
+        &mut self,
+        key: &str,
+        subtree: bool,
+        after_index: Option<Index>,
+        sink: WatchSink,
+    ) -> Result<WatchId, WatchRegisterError> {
+        self.sinks.watch(&mut self.kv, key, subtree, after_index, sink)
+    }
+
+    fn unwatch(&mut self, id: WatchId) {
+        self.sinks.unwatch(&mut self.kv, id);
+    }
+}
+
 /// kv's stream decoder as the executor's restore. (The world decodes the
 /// staged blob with the same decoder itself, to check it before it
 /// installs; this is what the executor is given for the same purpose.)
@@ -194,7 +216,11 @@ impl SnapshotRestore<SimSm> for StreamRestore {
 
 /// What replaces a node's state with a decoded snapshot.
 pub(crate) fn installer(decoded: KvStateMachine) -> SnapshotInstaller<SimSm> {
-    Box::new(move |sm: &mut SimSm| sm.kv.install(decoded))
+    Box::new(move |sm: &mut SimSm| {
+        sm.kv.install(decoded);
+        // Client watches are cut off with a resumable reason, as on a server.
+        sm.sinks.deliver_ready(&mut sm.kv);
+    })
 }
 
 /// The executor's I/O in the simulator: everything goes to the mailbox.

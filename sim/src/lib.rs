@@ -4,6 +4,7 @@
 //! per-subsystem streams) drives virtual time, the network, disks, clocks,
 //! crashes and the client workload; no threads, no tokio, no wall clock.
 
+mod client_path;
 pub mod clock;
 pub mod disk;
 mod exec;

@@ -41,7 +41,26 @@ pub struct ClientOp {
     /// the client behind the holder for that long (it then polls with the
     /// same try-lock until it holds the lock, or leaves with an unlock).
     pub wait_ns: Nanos,
+    /// A batch put's padding: one more item, on key [`PAD_KEY`] (never
+    /// read), with a value of this many bytes, so the batch's entry nears
+    /// or passes [`ENTRY_BYTES_MAX`]; admission must refuse one that passes
+    /// it (`KvError::RequestTooLarge`) before it reaches the core. 0: none.
+    pub pad_bytes: u32,
 }
+
+/// The core's entry bound (`Config::max_entry_bytes`) in simulated
+/// clusters: small, so the workload's padded batches reach it, and small
+/// enough that the padding (the last one stays in the tree) costs snapshots
+/// little: at 16 KiB, runs with 64-byte snapshot chunks sent it as hundreds
+/// of chunks per transfer and the sweep ran at half speed.
+pub const ENTRY_BYTES_MAX: usize = 2 * 1024;
+/// The key a padded batch writes its padding to.
+pub const PAD_KEY: &str = "pad";
+/// Share of batch puts that are padded to about [`ENTRY_BYTES_MAX`] (half
+/// fit, half do not).
+const PADDED_BATCH_PPM: u32 = 50_000;
+/// Padding sizes are drawn this far on either side of [`ENTRY_BYTES_MAX`].
+const PAD_SPREAD_BYTES: u64 = 256;
 
 /// Keys at and above this are temporary registers `t<key - TEMP_KEY_BASE>`.
 pub const TEMP_KEY_BASE: Key = 1 << 32;
@@ -94,11 +113,21 @@ pub fn next_op(
             keys,
             ttl_ns: LOCK_LEASE_NS,
             wait_ns: 0,
+            pad_bytes: 0,
         };
     }
     if rng.chance(read_ppm) {
         let path = if rng.chance(log_read_ppm) { Path::Log } else { Path::ReadIndex };
-        return ClientOp { key, kind: OpKind::Read, path, batch: 1, keys, ttl_ns: 0, wait_ns: 0 };
+        return ClientOp {
+            key,
+            kind: OpKind::Read,
+            path,
+            batch: 1,
+            keys,
+            ttl_ns: 0,
+            wait_ns: 0,
+            pad_bytes: 0,
+        };
     }
     *next_value += 1;
     let value = *next_value;
@@ -106,6 +135,12 @@ pub fn next_op(
     if roll < BATCH_PPM && keys >= 2 {
         let batch = rng.between(2, keys.min(BATCH_KEYS_MAX)) as u8;
         *next_value += u64::from(batch) - 1;
+        let pad_bytes = if rng.chance(PADDED_BATCH_PPM) {
+            let target = ENTRY_BYTES_MAX as u64;
+            rng.between(target - PAD_SPREAD_BYTES, target + PAD_SPREAD_BYTES) as u32
+        } else {
+            0
+        };
         return ClientOp {
             key,
             kind: OpKind::Write(value),
@@ -114,6 +149,7 @@ pub fn next_op(
             keys,
             ttl_ns: 0,
             wait_ns: 0,
+            pad_bytes,
         };
     }
     let kind = if roll < 600_000 {
@@ -126,7 +162,7 @@ pub fn next_op(
     } else {
         OpKind::Remove
     };
-    ClientOp { key, kind, path: Path::Log, batch: 1, keys, ttl_ns: 0, wait_ns: 0 }
+    ClientOp { key, kind, path: Path::Log, batch: 1, keys, ttl_ns: 0, wait_ns: 0, pad_bytes: 0 }
 }
 
 /// Turns `op` into an operation on the temporary registers: client `own`
@@ -149,6 +185,7 @@ pub fn temp_op(
         keys: 1,
         ttl_ns,
         wait_ns: 0,
+        pad_bytes: 0,
     };
     if roll < u64::from(PPM) * 3 / 10 {
         *next_value += 1;
@@ -161,7 +198,16 @@ pub fn temp_op(
         // Someone else's register: the kv's owner check must refuse it.
         let of = (own + 1 + rng.below(clients - 1)) % clients;
         let kind = OpKind::Refresh { own: false };
-        ClientOp { key: TEMP_KEY_BASE + of, kind, path: Path::Log, batch: 1, keys: 1, ttl_ns, wait_ns: 0 }
+        ClientOp {
+            key: TEMP_KEY_BASE + of,
+            kind,
+            path: Path::Log,
+            batch: 1,
+            keys: 1,
+            ttl_ns,
+            wait_ns: 0,
+            pad_bytes: 0,
+        }
     } else {
         let of = rng.below(clients.max(1));
         let path = if rng.chance(log_read_ppm) { Path::Log } else { Path::ReadIndex };
@@ -173,6 +219,7 @@ pub fn temp_op(
             keys: 1,
             ttl_ns: 0,
             wait_ns: 0,
+            pad_bytes: 0,
         }
     }
 }
@@ -197,9 +244,14 @@ const BATCH_KEYS_MAX: u64 = 3;
 pub fn request(client_id: ClientId, seq: u64, op: &ClientOp) -> Request {
     let key = key_path(op.key);
     let command = match op.kind {
-        OpKind::Write(_) if op.batch > 1 => Command::BatchPut {
-            items: op.batch_items().map(|(k, v)| (key_path(k), encode_value(v))).collect(),
-        },
+        OpKind::Write(_) if op.batch > 1 => {
+            let mut items: Vec<(String, Bytes)> =
+                op.batch_items().map(|(k, v)| (key_path(k), encode_value(v))).collect();
+            if op.pad_bytes > 0 {
+                items.push((PAD_KEY.to_owned(), Bytes::from(vec![b'p'; op.pad_bytes as usize])));
+            }
+            Command::BatchPut { items }
+        }
         OpKind::Write(v) if is_temp_key(op.key) => {
             Command::PutTemp { key, value: encode_value(v), ttl_nanos: op.ttl_ns }
         }
@@ -236,11 +288,14 @@ pub fn interpret(op: &ClientOp, response: &Response) -> Result<OpResult, String>
         }
         (OpKind::Write(_), Ok(Reply::Batch(results)))
             if op.batch > 1
-                && results.len() == usize::from(op.batch)
+                && results.len() == usize::from(op.batch) + usize::from(op.pad_bytes > 0)
                 && results.iter().all(Result::is_ok) =>
         {
             Ok(OpResult::Ok)
         }
+        // Too large for any entry: refused by admission, never proposed. It
+        // did not happen; `Unknown` allows that (its values are never seen).
+        (OpKind::Write(_), Err(KvError::RequestTooLarge { .. })) if op.pad_bytes > 0 => Ok(OpResult::Unknown),
         (OpKind::Read, Ok(Reply::Node(node))) => Ok(OpResult::Read(node_value(node)?)),
         (OpKind::Cas { .. }, Ok(Reply::Done)) => Ok(OpResult::Cas(true)),
         (OpKind::Cas { .. }, Err(KvError::CasMismatch { .. })) => Ok(OpResult::Cas(false)),
@@ -292,6 +347,7 @@ mod tests {
             keys: 8,
             ttl_ns: 0,
             wait_ns: 0,
+            pad_bytes: 0,
         };
         assert_eq!(interpret(&put, &apply(1, request(1, 1, &put))), Ok(OpResult::Ok));
         let get = ClientOp {
@@ -302,6 +358,7 @@ mod tests {
             keys: 8,
             ttl_ns: 0,
             wait_ns: 0,
+            pad_bytes: 0,
         };
         assert_eq!(interpret(&get, &apply(2, request(1, 2, &get))), Ok(OpResult::Read(Some(7))));
         let cas_bad = ClientOp {
@@ -312,6 +369,7 @@ mod tests {
             keys: 8,
             ttl_ns: 0,
             wait_ns: 0,
+            pad_bytes: 0,
         };
         assert_eq!(interpret(&cas_bad, &apply(3, request(1, 3, &cas_bad))), Ok(OpResult::Cas(false)));
         let cas = ClientOp {
@@ -322,6 +380,7 @@ mod tests {
             keys: 8,
             ttl_ns: 0,
             wait_ns: 0,
+            pad_bytes: 0,
         };
         assert_eq!(interpret(&cas, &apply(4, request(1, 4, &cas))), Ok(OpResult::Cas(true)));
         // A retry of the same seq is answered from the session, not re-applied.
@@ -334,6 +393,7 @@ mod tests {
             keys: 8,
             ttl_ns: 0,
             wait_ns: 0,
+            pad_bytes: 0,
         };
         assert_eq!(interpret(&rm, &apply(6, request(1, 5, &rm))), Ok(OpResult::Ok));
         assert_eq!(interpret(&get, &apply(7, request(1, 6, &get))), Ok(OpResult::Read(None)));
@@ -345,6 +405,7 @@ mod tests {
             keys: 8,
             ttl_ns: 0,
             wait_ns: 0,
+            pad_bytes: 0,
         };
         assert_eq!(batch.batch_items().collect::<Vec<_>>(), vec![(7, 20), (0, 21), (1, 22)]);
         assert_eq!(interpret(&batch, &apply(9, request(1, 8, &batch))), Ok(OpResult::Ok));
@@ -356,6 +417,7 @@ mod tests {
             keys: 8,
             ttl_ns: 0,
             wait_ns: 0,
+            pad_bytes: 0,
         };
         assert_eq!(interpret(&get0, &apply(10, request(1, 9, &get0))), Ok(OpResult::Read(Some(21))));
         let create = ClientOp {
@@ -366,6 +428,7 @@ mod tests {
             keys: 8,
             ttl_ns: 0,
             wait_ns: 0,
+            pad_bytes: 0,
         };
         assert_eq!(interpret(&create, &apply(11, request(1, 10, &create))), Ok(OpResult::Cas(true)));
     }

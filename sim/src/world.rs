@@ -13,15 +13,23 @@ use tarn_core::{
     Nanos, NodeId, RawNode, Recovered, Role, SnapshotMeta, Term,
 };
 use tarn_io::driver::{
-    GroupCounters, GroupExecutor, GroupInput, LogWrite, ProposeError, ReadError, SnapEvent, SnapshotProducer,
-    StorageDone, StorageOp, SyncPacer, Turn,
+    GroupCounters, GroupExecutor, GroupInput, LogWrite, SnapEvent, SnapshotProducer, StorageDone, StorageOp,
+    SyncPacer, Turn,
 };
 use tarn_kv::{
-    decode_entry, encode_entry, Command, EventKind, KvConfig, KvEntry, KvStateMachine, LockOutcome,
-    Reply as KvReply, SnapshotStreamDecoder, WatchId, WatchPoll,
+    decode_entry, Command, EventKind, KvConfig, KvStateMachine, LockOutcome, Reply as KvReply,
+    SnapshotStreamDecoder, WatchId, WatchPoll,
 };
 
 use tarn_io::storage::{DeletionJob, FlushReport, Storage, StorageConfig, StorageError, SyncJob};
+use tarn_service::admission::AdmissionLimits;
+use tarn_service::protocol::{
+    ClientFrame, Consistency, RequestBody, ResponseBody, ServerFrame, DEFAULT_GROUP,
+};
+use tarn_service::retry::{self, Next};
+use tarn_service::{ConnWatches, RequestPath};
+
+use crate::client_path::{decode_answer, decode_request, encode_answer, encode_request, ClientSink, SimPort};
 
 use crate::clock::NodeClock;
 use crate::disk::{DiskFaults, SimVfs};
@@ -108,6 +116,11 @@ const CLUSTER_ID: u64 = 0x7a_726e;
 /// Small segments so runs roll over many of them (and sync directories).
 const SEGMENT_SIZE_BYTES: u64 = 64 * 1024;
 const MAX_ENTRY_SIZE_BYTES: u32 = 32 * 1024;
+/// The core's entry bound (`Config::max_entry_bytes`), which the request
+/// path packs under: small, so the workload's large batches reach it. Under
+/// the storage's record bound, as a server's startup check requires.
+const MAX_ENTRY_BYTES: usize = workload::ENTRY_BYTES_MAX;
+const _: () = assert!(MAX_ENTRY_BYTES < MAX_ENTRY_SIZE_BYTES as usize);
 /// In lease-read runs, two clock jumps of one node are at least this far
 /// apart (more than two election timeouts), so no timeout window sees two.
 const LEASE_JUMP_SPACING_NS: Nanos = NANOS_PER_SECOND;
@@ -126,6 +139,20 @@ fn kv_config(config: &RunConfig) -> KvConfig {
         let _ = config;
         KvConfig::default()
     }
+}
+
+/// The request path's admission bounds: the core's entry bound, plus the
+/// planted bug.
+fn admission_limits(config: &RunConfig) -> AdmissionLimits {
+    #[cfg_attr(not(feature = "planted-bugs"), allow(unused_mut))]
+    let mut limits = AdmissionLimits::new(MAX_ENTRY_BYTES);
+    #[cfg(feature = "planted-bugs")]
+    {
+        limits.planted_bug = config.planted_bug;
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    let _ = config;
+    limits
 }
 
 /// A node's durable snapshot: what it serves to followers and restarts from.
@@ -363,7 +390,12 @@ enum DiskDone {
 #[derive(Debug)]
 enum Reply {
     Result(OpResult),
+    /// Follow the leader hint (`tarn_service::retry::Next::Redirect`).
     Redirect(Option<NodeId>),
+    /// Retry the same request at the same node after a pause
+    /// (`Next::RetrySame`: the write may have committed).
+    RetrySame,
+    /// Retry at another node after a pause (`Next::RetryElsewhere`).
     Retry,
 }
 
@@ -415,17 +447,16 @@ enum Event {
     ClientWake {
         client: u32,
     },
+    /// A client's request frame reaches a node.
     ClientArrive {
         node: u8,
         client: u32,
-        attempt: u64,
-        seq: u64,
-        op: ClientOp,
+        bytes: Bytes,
     },
+    /// A node's answer frame reaches a client.
     ClientReply {
         client: u32,
-        attempt: u64,
-        reply: Reply,
+        bytes: Bytes,
     },
     ClientTimeout {
         client: u32,
@@ -496,6 +527,10 @@ struct Node {
     /// `rejoin_after_data_loss` until the core's status says it is done
     /// (what a driver persists).
     rejoining: bool,
+    /// The server's request path, which the clients' frames go through.
+    path: RequestPath,
+    /// The watches clients started here (none yet: the world watches itself).
+    watches: ConnWatches,
 }
 
 impl Node {
@@ -527,6 +562,9 @@ struct CurrentOp {
     op: ClientOp,
     seq: u64,
     history_index: usize,
+    /// The first request id (attempt) of this operation: answers to ids from
+    /// here to `attempt` are about it.
+    first_attempt: u64,
     attempt: u64,
 }
 
@@ -749,6 +787,13 @@ impl World {
                     staged: None,
                     applied_membership: Membership::default(),
                     rejoining: false,
+                    path: RequestPath::new(
+                        i as NodeId + 1,
+                        kv_config(&config),
+                        admission_limits(&config),
+                        Arc::new(tarn_service::NoMetrics),
+                    ),
+                    watches: ConnWatches::default(),
                 }
             })
             .collect();
@@ -889,6 +934,7 @@ impl World {
         c.max_log_tail_entries = s.log_tail_entries;
         c.max_entries_per_msg = self.profile.replication.entries_per_msg;
         c.max_inflight_msgs = self.profile.replication.inflight_msgs;
+        c.max_entry_bytes = MAX_ENTRY_BYTES;
         c.rejoin_after_data_loss = self.nodes[idx].rejoining && self.config.rejoin_flag;
         #[cfg(feature = "planted-bugs")]
         {
@@ -1121,12 +1167,8 @@ impl World {
                 self.persisted(node as usize, vec![done]);
             }
             Event::ClientWake { client } => self.client_start(client as usize),
-            Event::ClientArrive { node, client, attempt, seq, op } => {
-                self.client_arrive(node as usize, client, attempt, seq, op)
-            }
-            Event::ClientReply { client, attempt, reply } => {
-                self.client_reply(client as usize, attempt, reply)
-            }
+            Event::ClientArrive { node, client, bytes } => self.client_arrive(node as usize, client, bytes),
+            Event::ClientReply { client, bytes } => self.client_reply(client as usize, bytes),
             Event::ClientTimeout { client, attempt } => {
                 let c = &mut self.clients[client as usize];
                 if c.current.as_ref().is_some_and(|cur| cur.attempt == attempt) {
@@ -1976,11 +2018,12 @@ impl World {
                     self.expiry_proposals.entry(data_hash).or_insert((now, idx));
                     self.record(idx as u64 + 1, TraceKind::Expire, 1, count, 0);
                 }
-                SimEvent::Proposal { client, seq, attempt, op, outcome } => {
-                    self.on_proposal_answered(client, seq, attempt, &op, outcome)
+                SimEvent::Frame { client, frame } => self.on_frame(idx, client, frame),
+                SimEvent::ReadServed { attempt, applied, floor } => {
+                    self.on_read_served(idx, attempt, applied, floor)
                 }
-                SimEvent::Read { client, seq, attempt, outcome, floor } => {
-                    self.on_read_answered(idx, client, seq, attempt, outcome, floor)
+                SimEvent::BadAnswer { property, detail } => {
+                    self.fail(FailureKind::Safety, property, format!("n{}: {detail}", idx + 1))
                 }
             }
         }
@@ -2272,76 +2315,6 @@ impl World {
             }
         }
         Some(id)
-    }
-
-    /// A client's proposal was answered by the executor: applied (the kv's
-    /// answer, which must fit the operation), or refused.
-    fn on_proposal_answered(
-        &mut self,
-        client: u32,
-        seq: u64,
-        attempt: u64,
-        op: &ClientOp,
-        outcome: Result<KvResult, ProposeError>,
-    ) {
-        match outcome {
-            Ok(Ok(responses)) => {
-                let Some(response) = responses.first() else {
-                    let detail =
-                        format!("proposal {attempt} was answered by an entry that carries no request");
-                    self.fail(FailureKind::Safety, "proposal-routing", detail);
-                    return;
-                };
-                let result = workload::interpret(op, response);
-                self.deliver_result(client, seq, attempt, result);
-            }
-            Ok(Err(error)) => {
-                self.fail(FailureKind::Safety, "kv-decode", format!("proposal {attempt}: {error}"));
-            }
-            Err(error) => self.reply(client, attempt, refused(&error)),
-        }
-    }
-
-    /// A client's linearizable read was answered by the executor.
-    fn on_read_answered(
-        &mut self,
-        idx: usize,
-        client: u32,
-        seq: u64,
-        attempt: u64,
-        outcome: Result<(Result<OpResult, String>, Index), ReadError>,
-        floor: Index,
-    ) {
-        let (result, applied) = match outcome {
-            Ok(ok) => ok,
-            Err(error) => {
-                let reply = match error {
-                    ReadError::NotLeader { leader_hint } => Reply::Redirect(leader_hint),
-                    _ => Reply::Retry,
-                };
-                self.reply(client, attempt, reply);
-                return;
-            }
-        };
-        let index = self.read_ready_index;
-        if applied < index {
-            let detail =
-                format!("n{}: read {attempt} ready at index {index} but only {applied} applied", idx + 1);
-            self.fail(FailureKind::Safety, "read-index", detail);
-            return;
-        }
-        if self.lease_probe == Some(attempt) {
-            self.lease_probe_served = true;
-        }
-        if index < floor && self.config.read_floor_check {
-            let detail = format!(
-                "n{}: read {attempt} served at index {index}, but index {floor} was already committed when the read arrived",
-                idx + 1
-            );
-            self.fail(FailureKind::Safety, "read-index-stale", detail);
-            return;
-        }
-        self.deliver_result(client, seq, attempt, result);
     }
 
     /// `SnapshotWanted`, as the executor carried it out: encode the kv's fork
@@ -2741,6 +2714,7 @@ impl World {
                     keys,
                     ttl_ns: lease,
                     wait_ns: wait,
+                    pad_bytes: 0,
                 }
             } else {
                 ClientOp {
@@ -2751,6 +2725,7 @@ impl World {
                     keys,
                     ttl_ns: 0,
                     wait_ns: 0,
+                    pad_bytes: 0,
                 }
             };
         }
@@ -2763,6 +2738,7 @@ impl World {
                 keys,
                 ttl_ns: 0,
                 wait_ns: 0,
+                pad_bytes: 0,
             };
         }
         let now = self.now();
@@ -2797,7 +2773,8 @@ impl World {
         } else {
             self.history.push(record(op.key, op.kind));
         }
-        client.current = Some(CurrentOp { op, seq: client.seq, history_index, attempt: 0 });
+        let first_attempt = self.next_attempt;
+        client.current = Some(CurrentOp { op, seq: client.seq, history_index, first_attempt, attempt: 0 });
         let (target, id) = (client.target as u64 + 1, client.id);
         self.record(target, TraceKind::Invoke, id, history_index as u64, 0);
         self.client_send(c);
@@ -2825,15 +2802,37 @@ impl World {
         let now = self.now();
         let latency = self.client_latency();
         let client = &mut self.clients[c];
+        let client_id = client.id;
         let Some(cur) = client.current.as_mut() else { return };
         cur.attempt = attempt;
         let (node, seq, op) = (client.target as u8, cur.seq, cur.op);
-        self.queue.push(now + latency, Event::ClientArrive { node, client: c as u32, attempt, seq, op });
+        // What the client library sends: a write through the log (reads too,
+        // when the workload says so), or a linearizable read.
+        let body = if op.path == Path::ReadIndex {
+            debug_assert_eq!(op.kind, OpKind::Read);
+            let command = Command::Get { key: workload::key_path(op.key) };
+            RequestBody::Read { command, consistency: Consistency::Linearizable }
+        } else {
+            RequestBody::Write(workload::request(client_id, seq, &op))
+        };
+        let frame = ClientFrame { id: attempt, group: DEFAULT_GROUP, body };
+        match encode_request(&frame) {
+            Ok(bytes) => {
+                self.queue.push(now + latency, Event::ClientArrive { node, client: c as u32, bytes });
+            }
+            Err(error) => {
+                let detail = format!("client {client_id}: request {attempt} does not frame: {error}");
+                self.fail(FailureKind::Safety, "client-frame", detail);
+                return;
+            }
+        }
         let timeout = self.profile.client_timeout_ns;
         self.queue.push(now + timeout, Event::ClientTimeout { client: c as u32, attempt });
     }
 
-    fn client_arrive(&mut self, idx: usize, client: u32, attempt: u64, seq: u64, op: ClientOp) {
+    /// A client's frame reaches node `idx`: decoded as the server decodes
+    /// it and served by the node's request path.
+    fn client_arrive(&mut self, idx: usize, client: u32, bytes: Bytes) {
         let now = self.now();
         let n = &mut self.nodes[idx];
         if n.exec.is_none() {
@@ -2841,36 +2840,45 @@ impl World {
         }
         if n.paused_until > now {
             let at = self.wake_time(idx);
-            self.queue.push(at, Event::ClientArrive { node: idx as u8, client, attempt, seq, op });
+            self.queue.push(at, Event::ClientArrive { node: idx as u8, client, bytes });
             return;
         }
-        // The answer closures run inside the executor's turn; they only
-        // write to the node's mailbox, which `drain` reads back in order.
-        let mailbox = n.mailbox.clone();
-        let input = if op.path == Path::ReadIndex {
-            debug_assert_eq!(op.kind, OpKind::Read);
-            let floor =
-                self.nodes.iter().filter_map(|n| n.raw().map(RawNode::commit_index)).max().unwrap_or(0);
+        let frame = match decode_request(&bytes) {
+            Ok(frame) => frame,
+            Err(error) => {
+                let detail = format!("n{}: a request of client {client} does not decode: {error}", idx + 1);
+                self.fail(FailureKind::Safety, "client-frame", detail);
+                return;
+            }
+        };
+        let attempt = frame.id;
+        let is_read = matches!(frame.body, RequestBody::Read { .. });
+        let floor = if is_read {
             self.lease_probe = Some(attempt);
             self.lease_probe_served = false;
-            let f: tarn_io::driver::ReadFn<SimSm> = Box::new(move |sm| {
-                let outcome = sm.map(|sm| {
-                    let value = sm.kv.get(&workload::key_path(op.key));
-                    (workload::interpret_local_read(&op, value), sm.kv.applied_index())
-                });
-                mailbox.push(SimEvent::Read { client, seq, attempt, outcome, floor });
-            });
-            GroupInput::Read { linearizable: true, f }
+            self.nodes.iter().filter_map(|n| n.raw().map(RawNode::commit_index)).max().unwrap_or(0)
         } else {
-            let request = workload::request(self.clients[client as usize].id, seq, &op);
-            let local = n.clock.local(now).max(n.last_local_ns);
-            let entry = KvEntry { leader_time_nanos: local, requests: vec![request] };
-            let reply: tarn_io::driver::ProposeFn<SimSm> = Box::new(move |outcome| {
-                mailbox.push(SimEvent::Proposal { client, seq, attempt, op, outcome });
-            });
-            GroupInput::Propose { data: Bytes::from(encode_entry(&entry)), reply }
+            0
         };
-        self.step(idx, input);
+        let n = &mut self.nodes[idx];
+        // The proposer's wall clock, as a server reads its own.
+        let local = n.clock.local(now).max(n.last_local_ns);
+        let mailbox = n.mailbox.clone();
+        let sink = ClientSink { client, mailbox: mailbox.clone() };
+        let mut port = SimPort { inputs: Vec::new(), mailbox, attempt, floor };
+        if let Err(other) = n.path.serve(frame, &mut port, &n.watches, local, &sink) {
+            let detail =
+                format!("n{}: client {client} sent a request the path does not serve: {other:?}", idx + 1);
+            self.fail(FailureKind::Safety, "client-frame", detail);
+            return;
+        }
+        if port.inputs.is_empty() {
+            // Answered by admission alone: play the answer.
+            let next = self.drain(idx);
+            debug_assert!(next.inputs.is_empty() && next.storage.is_empty() && next.snapshots.is_empty());
+        } else {
+            self.turn(idx, Turn { inputs: port.inputs, ..Turn::default() });
+        }
         if self.lease_probe.take().is_some() && self.lease_probe_served {
             // Served within the turn that brought it: no heartbeat round, so
             // from the lease (a single voter needs none: not counted).
@@ -2883,34 +2891,103 @@ impl World {
         }
     }
 
-    /// Sends a result back, or fails the run if the kv's answer is impossible
-    /// for the operation. A duplicate of an operation the client has already
-    /// finished may legitimately be refused by the session table
-    /// (`SessionSeqTooOld`): nobody waits for it, so it is ignored.
-    fn deliver_result(&mut self, client: u32, seq: u64, attempt: u64, result: Result<OpResult, String>) {
-        match result {
-            Ok(result) => self.reply(client, attempt, Reply::Result(result)),
-            Err(detail) => {
-                let waiting =
-                    self.clients[client as usize].current.as_ref().is_some_and(|cur| cur.seq == seq);
-                if waiting {
-                    self.fail(FailureKind::Safety, "kv-response", detail);
-                }
+    /// A client's read (request `attempt`) ran on node `idx`'s state
+    /// machine at `applied`: it must have waited for the index the core
+    /// released it at, and that index must cover everything committed
+    /// anywhere when the read arrived.
+    fn on_read_served(&mut self, idx: usize, attempt: u64, applied: Index, floor: Index) {
+        let index = self.read_ready_index;
+        if applied < index {
+            let detail =
+                format!("n{}: read {attempt} ready at index {index} but only {applied} applied", idx + 1);
+            self.fail(FailureKind::Safety, "read-index", detail);
+            return;
+        }
+        if self.lease_probe == Some(attempt) {
+            self.lease_probe_served = true;
+        }
+        if index < floor && self.config.read_floor_check {
+            let detail = format!(
+                "n{}: read {attempt} served at index {index}, but index {floor} was already committed when the read arrived",
+                idx + 1
+            );
+            self.fail(FailureKind::Safety, "read-index-stale", detail);
+        }
+    }
+
+    /// Node `idx`'s request path answered `client`: the frame travels back
+    /// encoded, as a server's writer sends it.
+    fn on_frame(&mut self, idx: usize, client: u32, frame: ServerFrame) {
+        match encode_answer(&frame) {
+            Ok(bytes) => {
+                let at = self.now() + self.client_latency();
+                self.queue.push(at, Event::ClientReply { client, bytes });
+            }
+            Err(error) => {
+                let detail = format!("n{}: an answer to client {client} does not frame: {error}", idx + 1);
+                self.fail(FailureKind::Safety, "client-frame", detail);
             }
         }
     }
 
-    fn reply(&mut self, client: u32, attempt: u64, reply: Reply) {
-        let at = self.now() + self.client_latency();
-        self.queue.push(at, Event::ClientReply { client, attempt, reply });
-    }
-
-    fn client_reply(&mut self, c: usize, attempt: u64, reply: Reply) {
-        let now = self.now();
-        let client = &mut self.clients[c];
-        if client.current.as_ref().is_none_or(|cur| cur.attempt != attempt) {
+    /// An answer frame reaches client `c`: decoded, matched to its
+    /// operation, and acted on as the client library decides
+    /// (`tarn_service::retry`). An answer to an earlier attempt of the same
+    /// operation must still make sense for it; one to an earlier operation
+    /// is ignored (nobody waits for it).
+    fn client_reply(&mut self, c: usize, bytes: Bytes) {
+        let id = self.clients[c].id;
+        let frame = match decode_answer(&bytes) {
+            Ok(frame) => frame,
+            Err(error) => {
+                let detail = format!("client {id}: an answer does not decode: {error}");
+                self.fail(FailureKind::Safety, "client-frame", detail);
+                return;
+            }
+        };
+        let ServerFrame::Response { id: attempt, result } = frame else {
+            let detail = format!("client {id} started no watch but got {frame:?}");
+            self.fail(FailureKind::Safety, "client-answer", detail);
+            return;
+        };
+        let Some(cur) = self.clients[c].current.as_ref() else { return };
+        if attempt < cur.first_attempt || attempt > cur.attempt {
             return;
         }
+        let (op, latest) = (cur.op, attempt == cur.attempt);
+        let reply = match result {
+            Ok(ResponseBody::Kv(response)) => match workload::interpret(&op, &response) {
+                Ok(result) => Reply::Result(result),
+                Err(detail) => {
+                    self.fail(FailureKind::Safety, "kv-response", detail);
+                    return;
+                }
+            },
+            Ok(other) => {
+                let detail = format!("client {id}: request {attempt} was answered {other:?}");
+                self.fail(FailureKind::Safety, "client-answer", detail);
+                return;
+            }
+            Err(error) => match retry::after_error(&error) {
+                Next::Redirect(leader) => Reply::Redirect(leader),
+                Next::RetrySame => Reply::RetrySame,
+                Next::RetryElsewhere => Reply::Retry,
+                // The workload sends only requests a server accepts.
+                Next::Fail => {
+                    let detail = format!("client {id}: request {attempt} of {op:?} was refused: {error}");
+                    self.fail(FailureKind::Safety, "client-answer", detail);
+                    return;
+                }
+            },
+        };
+        if latest {
+            self.client_act(c, attempt, reply);
+        }
+    }
+
+    fn client_act(&mut self, c: usize, attempt: u64, reply: Reply) {
+        let now = self.now();
+        let client = &mut self.clients[c];
         match reply {
             Reply::Result(result) => {
                 let Some(cur) = client.current.take() else { return };
@@ -2932,9 +3009,21 @@ impl World {
                     _ => {}
                 }
                 let count = usize::from(cur.op.batch.max(1));
+                // A refused write (`Unknown`: it did not happen) stays open
+                // in the history: the checker may place it after everything,
+                // where it changes nothing anyone read.
+                let return_ns = if result == OpResult::Unknown { Nanos::MAX } else { now };
+                if result == OpResult::Unknown {
+                    // Refused by admission, so its seq never reached the log:
+                    // the next write takes it (a session starts at the first
+                    // write that applies, with seq 1; the client library takes
+                    // a seq only for a request that fits).
+                    debug_assert_eq!(cur.seq, client.seq);
+                    client.seq -= 1;
+                }
                 for op in &mut self.history[cur.history_index..cur.history_index + count] {
                     op.result = result;
-                    op.return_ns = now;
+                    op.return_ns = return_ns;
                 }
                 self.ops_completed += count as u64;
                 let id = client.id;
@@ -2945,6 +3034,10 @@ impl World {
             Reply::Redirect(Some(hint)) if (1..=self.nodes.len() as NodeId).contains(&hint) => {
                 client.target = hint as usize - 1;
                 let delay = self.rng_workload.between(NANOS_PER_MILLI, 5 * NANOS_PER_MILLI);
+                self.queue.push(now + delay, Event::ClientRetry { client: c as u32, attempt });
+            }
+            Reply::RetrySame => {
+                let delay = self.rng_workload.between(10 * NANOS_PER_MILLI, 50 * NANOS_PER_MILLI);
                 self.queue.push(now + delay, Event::ClientRetry { client: c as u32, attempt });
             }
             Reply::Redirect(_) | Reply::Retry => {
@@ -3612,17 +3705,6 @@ impl World {
     }
 }
 
-/// What a client is told when its request was refused: go to the leader
-/// named, or try again.
-fn refused(error: &ProposeError) -> Reply {
-    match error {
-        ProposeError::NotLeader { leader_hint } | ProposeError::MaybeCommitted { leader_hint } => {
-            Reply::Redirect(*leader_hint)
-        }
-        _ => Reply::Retry,
-    }
-}
-
 /// A membership change nobody waits for (the operator and the fault
 /// schedule only look at the configuration the leader reports).
 fn change_membership(changes: Vec<ConfChange>) -> GroupInput<SimSm> {
@@ -3708,12 +3790,13 @@ pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::ExecutorAnswersByPosition => "executor-answers-by-position",
         PlantedBug::SnapshotAtLastEntryDropsLog => "snapshot-at-last-entry-drops-log",
         PlantedBug::AsyncSyncWaitsForQuiet => "async-sync-waits-for-quiet",
+        PlantedBug::AdmissionIgnoresEntryBound => "admission-ignores-entry-bound",
     }
 }
 
 /// Every planted bug, for sweeps and the CLI.
 #[cfg(feature = "planted-bugs")]
-pub const PLANTED_BUGS: [PlantedBug; 12] = [
+pub const PLANTED_BUGS: [PlantedBug; 13] = [
     PlantedBug::VoteWithoutLogCheck,
     PlantedBug::CommitPreviousTermByCounting,
     PlantedBug::ForgetToPersistVote,
@@ -3726,6 +3809,7 @@ pub const PLANTED_BUGS: [PlantedBug; 12] = [
     PlantedBug::ExecutorAnswersByPosition,
     PlantedBug::SnapshotAtLastEntryDropsLog,
     PlantedBug::AsyncSyncWaitsForQuiet,
+    PlantedBug::AdmissionIgnoresEntryBound,
 ];
 
 #[cfg(feature = "planted-bugs")]
@@ -3739,7 +3823,7 @@ pub fn parse_planted_bug(name: &str) -> Result<PlantedBug, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tarn_kv::{Command, Request};
+    use tarn_kv::{Command, KvEntry, Request};
 
     #[test]
     fn lease_read_runs_jump_clocks_only_within_the_drift_bound() {

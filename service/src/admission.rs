@@ -1,5 +1,5 @@
 //! Admission: packing the client writes of one read from a socket into Raft
-//! entries. I/O-free, so it is unit-tested here.
+//! entries. I/O-free, so it is unit-tested here and simulated.
 //!
 //! The chain of limits ends here: an entry must stay under the core's
 //! `max_entry_bytes` (which storage and peer frames are sized for), so a
@@ -12,11 +12,47 @@ use tarn_kv::{KvError, Request, ENTRY_ENVELOPE_MAX_BYTES};
 
 /// Requests folded into one Raft entry at most: one apply stays short even
 /// for tiny requests.
-pub(crate) const MAX_REQUESTS_PER_ENTRY: usize = 1024;
+pub const MAX_REQUESTS_PER_ENTRY: usize = 1024;
+
+/// The bounds admission packs under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdmissionLimits {
+    /// The core's `max_entry_bytes`: no packed entry encodes to more.
+    pub max_entry_bytes: usize,
+    /// Requests per entry at most ([`MAX_REQUESTS_PER_ENTRY`] on a server).
+    pub max_requests_per_entry: usize,
+    /// A bug planted for the simulator to find (never in production).
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bug: Option<tarn_core::PlantedBug>,
+}
+
+impl AdmissionLimits {
+    /// Entries of at most `max_entry_bytes`, [`MAX_REQUESTS_PER_ENTRY`] requests each.
+    pub fn new(max_entry_bytes: usize) -> Self {
+        AdmissionLimits {
+            max_entry_bytes,
+            max_requests_per_entry: MAX_REQUESTS_PER_ENTRY,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: None,
+        }
+    }
+
+    /// Whether the planted bug that ignores the entry bound is on.
+    fn ignores_entry_bound(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.planted_bug == Some(tarn_core::PlantedBug::AdmissionIgnoresEntryBound)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+}
 
 /// Client writes packed into entries, and those refused outright.
 #[derive(Debug, Default)]
-pub(crate) struct Packed {
+pub struct Packed {
     /// Each inner list becomes one Raft entry, in arrival order.
     pub entries: Vec<Vec<(u64, Request)>>,
     /// `(request id, why)`: requests too large for any entry.
@@ -26,17 +62,28 @@ pub(crate) struct Packed {
 /// Packs `batch` (request id, request) into entries whose encoded size is at
 /// most `max_entry_bytes` and which hold at most `max_requests` requests.
 /// Order is kept: the entries, concatenated, are `batch` minus the refused.
-pub(crate) fn pack_entries(
+pub fn pack_entries(
     batch: impl IntoIterator<Item = (u64, Request)>,
     max_entry_bytes: usize,
     max_requests: usize,
 ) -> Packed {
+    let mut limits = AdmissionLimits::new(max_entry_bytes);
+    limits.max_requests_per_entry = max_requests;
+    pack(batch, &limits)
+}
+
+/// [`pack_entries`] under `limits`.
+pub fn pack(batch: impl IntoIterator<Item = (u64, Request)>, limits: &AdmissionLimits) -> Packed {
+    let (max_entry_bytes, max_requests) = (limits.max_entry_bytes, limits.max_requests_per_entry);
+    let ignores_bound = limits.ignores_entry_bound();
     let mut packed = Packed::default();
     let mut current: Vec<(u64, Request)> = Vec::new();
     let mut current_bytes = ENTRY_ENVELOPE_MAX_BYTES;
     for (id, request) in batch {
         let size = match request.check_fits_entry(max_entry_bytes) {
             Ok(size) => size,
+            // Planted: measured as if it fit, so it is proposed whole.
+            Err(_) if ignores_bound => max_entry_bytes,
             Err(error) => {
                 packed.refused.push((id, error));
                 continue;

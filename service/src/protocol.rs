@@ -51,10 +51,14 @@ pub enum Consistency {
 pub struct ClientFrame {
     /// Chosen by the client, echoed in the answer.
     pub id: u64,
+    /// The Raft group the request is for.
     pub group: GroupId,
+    /// The request.
     pub body: RequestBody,
 }
 
+/// What a client asks (each variant's doc names its fields).
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RequestBody {
     /// Who are you? Answered with `ResponseBody::Hello` (also works on followers).
@@ -130,6 +134,7 @@ impl From<MemberChange> for tarn_core::ConfChange {
 }
 
 impl MemberChange {
+    /// The node the change is about.
     pub fn node(&self) -> NodeId {
         match *self {
             MemberChange::AddVoter(id)
@@ -144,32 +149,46 @@ impl MemberChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerFrame {
     /// The answer to request `id`.
+    #[allow(missing_docs)]
     Response { id: u64, result: Result<ResponseBody, ServerError> },
     /// Events for the watch started by request `id`.
+    #[allow(missing_docs)]
     Watch { id: u64, events: Vec<WatchEvent> },
     /// The watch started by request `id` ended; resume after `last_index`.
+    #[allow(missing_docs)]
     WatchEnded { id: u64, reason: String },
 }
 
+/// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResponseBody {
+    /// Who answered.
     Hello {
+        /// The answering node.
         node_id: NodeId,
+        /// Its cluster.
         cluster_id: u64,
     },
+    /// The kv's answer to a write or a read.
     Kv(Response),
     /// The watch runs: events with an index above `after_index` follow
     /// (for a watch "from now", the node's applied index at registration).
     Watching {
+        /// Events above this index follow.
         after_index: Index,
     },
+    /// `tarn status`.
     Status(NodeStatus),
+    /// Done, nothing to say.
     Done,
     /// The connection now acts as `name` with `role`. `enabled` false: the
     /// server checks no credentials (no `--auth-file`); everyone may do everything.
     Authenticated {
+        /// The principal's name.
         name: String,
+        /// Its role.
         role: String,
+        /// Whether the server checks credentials at all.
         enabled: bool,
     },
 }
@@ -177,12 +196,16 @@ pub enum ResponseBody {
 /// What `tarn status` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
+    /// This node.
     pub node_id: NodeId,
+    /// Its cluster.
     pub cluster_id: u64,
     /// Every node this one can reach and its peer address, itself included
     /// (a joining node learns the cluster from it).
     pub peers: Vec<(NodeId, SocketAddr)>,
+    /// Every group this node hosts.
     pub groups: Vec<GroupStatus>,
+    /// The server's counters, by name.
     pub counters: Vec<(String, u64)>,
     /// Set while an empty data directory waits for its peers' answers
     /// before its groups start (first start of a `--cluster` node): says
@@ -190,16 +213,26 @@ pub struct NodeStatus {
     pub first_start: Option<String>,
 }
 
+/// One group as `tarn status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupStatus {
+    /// The group.
     pub group: GroupId,
+    /// This node's role in it.
     pub role: String,
+    /// Its current term.
     pub term: Term,
+    /// The leader this node knows.
     pub leader: Option<NodeId>,
+    /// The commit index.
     pub commit: Index,
+    /// The applied index.
     pub applied: Index,
+    /// The last log entry.
     pub last_log_id: LogId,
+    /// The voters.
     pub voters: Vec<NodeId>,
+    /// The learners.
     pub learners: Vec<NodeId>,
     /// On the leader: (follower, match index, lag in entries, connected):
     /// `connected` is false while this node has no connection to it, so its
@@ -209,20 +242,27 @@ pub struct GroupStatus {
     /// listing it as a non-voter: it does not vote. Promote it only after
     /// this turns false.
     pub rejoining: bool,
+    /// Why the group stopped, if it did.
     pub error: Option<String>,
 }
 
 /// Why a request failed on the server side (kv errors travel inside `Kv`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[allow(missing_docs)] // the fields say what the messages say
 pub enum ServerError {
+    /// Ask the leader instead (`leader`: the one this node knows).
     #[error("node {node} is not the leader of group {group} (leader: {leader:?})")]
     NotLeader { node: NodeId, group: GroupId, leader: Option<NodeId> },
+    /// The write may have applied: retry it under the same seq.
     #[error("leadership changed after the write was appended; it may or may not have applied (retry with the same seq)")]
     MaybeCommitted { leader: Option<NodeId> },
+    /// The node does not host the group.
     #[error("group {group} is not hosted on node {node}")]
     NoSuchGroup { node: NodeId, group: GroupId },
+    /// The request is malformed; retrying cannot help.
     #[error("bad request: {reason}")]
     BadRequest { reason: String },
+    /// The node cannot serve now; try again or elsewhere.
     #[error("unavailable: {reason}")]
     Unavailable { reason: String },
     /// Sent by a node's *peer* port to a client that connected there by

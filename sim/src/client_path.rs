@@ -1,0 +1,117 @@
+//! The simulated connection between a client and a node's request path
+//! (`tarn_service::RequestPath`, the code the server runs): a client's
+//! request travels as an encoded `ClientFrame`, the node decodes it and
+//! feeds it to the path, and the path's `ServerFrame`s come back encoded.
+//!
+//! The path hands its inputs to a [`SimPort`], which passes them to the
+//! node's executor with two looks of the simulator's own: a read records
+//! the applied index it ran at and the commit floor when it arrived (the
+//! read-index checks), and a proposal's answer must be one kv response per
+//! request (each simulated write travels alone in its frame, and the path
+//! packs a frame's write alone into its entry). Answers go to the node's
+//! mailbox through a [`ClientSink`], so the world plays them in order.
+
+use bytes::Bytes;
+use tarn_core::Index;
+use tarn_io::driver::{GroupInput, ProposeFn, ReadFn};
+use tarn_io::wire::{self, WireError};
+use tarn_service::protocol::{ClientFrame, ServerFrame, MAX_CLIENT_FRAME_BYTES};
+use tarn_service::{FrameSink, GroupPort};
+
+use crate::exec::{Mailbox, SimEvent, SimSm};
+
+/// Where one client's answers from one node go: the node's mailbox.
+#[derive(Clone)]
+pub(crate) struct ClientSink {
+    pub client: u32,
+    pub mailbox: Mailbox,
+}
+
+impl FrameSink for ClientSink {
+    fn send(&self, frame: ServerFrame) {
+        self.mailbox.push(SimEvent::Frame { client: self.client, frame });
+    }
+
+    fn send_watch(&self, frame: ServerFrame) -> bool {
+        self.send(frame);
+        true
+    }
+}
+
+/// The executor's inputs for one request, with the simulator's looks.
+pub(crate) struct SimPort {
+    pub inputs: Vec<GroupInput<SimSm>>,
+    pub mailbox: Mailbox,
+    /// The request's id (the client's attempt).
+    pub attempt: u64,
+    /// The highest commit index of any node when the request arrived.
+    pub floor: Index,
+}
+
+impl GroupPort<SimSm> for SimPort {
+    fn propose(&mut self, data: Bytes, reply: ProposeFn<SimSm>) {
+        let (mailbox, attempt) = (self.mailbox.clone(), self.attempt);
+        let reply: ProposeFn<SimSm> = Box::new(move |outcome| {
+            match &outcome {
+                Ok(Err(error)) => mailbox.push(SimEvent::BadAnswer {
+                    property: "kv-decode",
+                    detail: format!("proposal {attempt}: {error}"),
+                }),
+                Ok(Ok(responses)) if responses.len() != 1 => mailbox.push(SimEvent::BadAnswer {
+                    property: "proposal-routing",
+                    detail: format!(
+                        "proposal {attempt} of one request was answered with {} responses",
+                        responses.len()
+                    ),
+                }),
+                _ => {}
+            }
+            reply(outcome);
+        });
+        self.inputs.push(GroupInput::Propose { data, reply });
+    }
+
+    fn read(&mut self, linearizable: bool, f: ReadFn<SimSm>) {
+        let (mailbox, attempt, floor) = (self.mailbox.clone(), self.attempt, self.floor);
+        let f: ReadFn<SimSm> = Box::new(move |sm| match sm {
+            Ok(sm) => {
+                let applied = sm.kv.applied_index();
+                mailbox.push(SimEvent::ReadServed { attempt, applied, floor });
+                f(Ok(sm))
+            }
+            Err(e) => f(Err(e)),
+        });
+        self.inputs.push(GroupInput::Read { linearizable, f });
+    }
+}
+
+/// A client's request as it travels: one encoded frame.
+pub(crate) fn encode_request(frame: &ClientFrame) -> Result<Bytes, WireError> {
+    wire::encode_frame_vec(frame, MAX_CLIENT_FRAME_BYTES).map(Bytes::from)
+}
+
+/// A node's answer as it travels: one encoded frame.
+pub(crate) fn encode_answer(frame: &ServerFrame) -> Result<Bytes, WireError> {
+    wire::encode_frame_vec(frame, MAX_CLIENT_FRAME_BYTES).map(Bytes::from)
+}
+
+/// Decodes a client's request (one whole frame), or says why it does not decode.
+pub(crate) fn decode_request(bytes: &[u8]) -> Result<ClientFrame, String> {
+    let decoded = wire::decode_frame::<ClientFrame>(bytes, MAX_CLIENT_FRAME_BYTES);
+    whole(decoded.map_err(|e| e.to_string())?, bytes.len())
+}
+
+/// Decodes a node's answer (one whole frame), or says why it does not decode.
+pub(crate) fn decode_answer(bytes: &[u8]) -> Result<ServerFrame, String> {
+    let decoded = wire::decode_frame::<ServerFrame>(bytes, MAX_CLIENT_FRAME_BYTES);
+    whole(decoded.map_err(|e| e.to_string())?, bytes.len())
+}
+
+/// What travelled is one whole frame: no more, no less.
+fn whole<T>(decoded: Option<(T, usize)>, len: usize) -> Result<T, String> {
+    match decoded {
+        Some((frame, used)) if used == len => Ok(frame),
+        Some((_, used)) => Err(format!("{} bytes after a frame of {used}", len - used)),
+        None => Err(format!("an incomplete frame of {len} bytes")),
+    }
+}
