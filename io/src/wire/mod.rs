@@ -295,6 +295,11 @@ pub enum PeerFrame<M> {
     Probe { cluster_id: u64, from: NodeId, to: NodeId, incarnation: u64 },
     /// The answer to a `Probe`, then the connection closes.
     ProbeReply { cluster_id: u64, from: NodeId, answer: ProbeAnswer },
+    /// Node-level liveness (issue 17): sent on an established connection
+    /// every `TransportConfig::ping_interval_ms`, so a pair whose groups are
+    /// all quiescent still hears from each other, and a silent peer is
+    /// suspected down within `suspect_after_ms` whatever its groups do.
+    Ping,
 }
 
 /// What a node answers to a [`PeerFrame::Probe`].
