@@ -467,6 +467,11 @@ impl RawNode {
             match &m.body {
                 MessageBody::PreVoteRequest { .. } | MessageBody::VoteRequest { .. } => {
                     let transfer = matches!(m.body, MessageBody::VoteRequest { transfer: true, .. });
+                    if self.quiet && Some(m.from) == self.leader_id {
+                        // Our own leader campaigns: it restarted (faster than
+                        // node-level liveness noticed) and leads no more.
+                        self.wake_follower(false);
+                    }
                     if !transfer && self.in_lease() {
                         // Stickiness: a leader we heard from recently is alive.
                         return;

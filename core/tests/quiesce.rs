@@ -133,3 +133,17 @@ fn a_quiet_follower_refuses_pre_votes_and_stays_quiet() {
     assert_eq!(c.raft(2).term(), c.raft(1).term());
     c.check_invariants();
 }
+
+/// A leader that crashes and restarts faster than node-level liveness
+/// notices finds quiet followers: its own pre-vote wakes them (it leads no
+/// more), so it is not refused forever by its own stickiness. Fails if a
+/// quiet follower refuses its own leader's campaign.
+#[test]
+fn a_leader_restarted_before_anyone_suspected_it_is_elected_again() {
+    let mut c = quiet_cluster(7);
+    c.crash(1);
+    c.restart(1);
+    c.run_for(3_000 * MS);
+    assert!(c.leader().is_some(), "{:?}", (1..=3).map(|i| c.raft(i).status()).collect::<Vec<_>>());
+    c.check_invariants();
+}

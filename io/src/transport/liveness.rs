@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tarn_core::NodeId;
@@ -39,11 +39,13 @@ pub type LivenessSink = Arc<dyn Fn(NodeId, bool) + Send + Sync>;
 pub(super) struct Liveness {
     origin: Instant,
     sink: RwLock<Option<LivenessSink>>,
+    /// What was last reported per peer (absent: alive, never reported).
+    suspected: Mutex<BTreeMap<NodeId, bool>>,
 }
 
 impl Default for Liveness {
     fn default() -> Self {
-        Liveness { origin: Instant::now(), sink: RwLock::new(None) }
+        Liveness { origin: Instant::now(), sink: RwLock::new(None), suspected: Mutex::default() }
     }
 }
 
@@ -51,6 +53,25 @@ impl Liveness {
     /// Milliseconds since the transport started.
     pub(super) fn now_ms(&self) -> u64 {
         self.origin.elapsed().as_millis() as u64
+    }
+
+    /// Records `peer`'s state and tells the sink if it changed.
+    pub(super) fn set<M>(&self, shared: &Shared<M>, peer: NodeId, down: bool) {
+        let changed = {
+            let mut suspected = self.suspected.lock().unwrap_or_else(|e| e.into_inner());
+            suspected.insert(peer, down).unwrap_or(false) != down
+        };
+        if !changed {
+            return;
+        }
+        let node = shared.config.node_id;
+        if down {
+            shared.stats.peer_suspicions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(node, peer, "peer suspected down (node-level liveness)");
+        } else {
+            tracing::info!(node, peer, "peer reachable again");
+        }
+        self.report(peer, !down);
     }
 
     fn report(&self, peer: NodeId, alive: bool) {
@@ -89,14 +110,15 @@ fn alive(connected: bool, last_heard_ms: u64, now_ms: u64, suspect_after_ms: u64
     connected && now_ms.saturating_sub(last_heard_ms) < suspect_after_ms
 }
 
-/// Checks every peer each ping interval and reports changes. Every peer
+/// Checks every peer each ping interval and reports changes (a lost
+/// connection is reported at once by its peer task: a peer that restarts
+/// faster than the timeout still breaks its connection). Every peer
 /// starts as alive (nothing is suspected before the first check), so a
 /// peer that never connects is reported down once, after the timeout.
 pub(super) async fn monitor<M>(shared: Arc<Shared<M>>, peers: Peers<M>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(shared.config.ping_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = shared.liveness.now_ms();
-    let mut suspected: BTreeMap<NodeId, bool> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -114,18 +136,8 @@ pub(super) async fn monitor<M>(shared: Arc<Shared<M>>, peers: Peers<M>, mut shut
                 (id, !alive(connected, heard, now, shared.config.suspect_after_ms))
             })
             .collect();
-        suspected.retain(|id, _| states.iter().any(|(s, _)| s == id));
         for (peer, down) in states {
-            let was = suspected.insert(peer, down).unwrap_or(false);
-            if was != down {
-                if down {
-                    shared.stats.peer_suspicions.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(node = shared.config.node_id, peer, "peer suspected down (node-level liveness)");
-                } else {
-                    tracing::info!(node = shared.config.node_id, peer, "peer reachable again");
-                }
-                shared.liveness.report(peer, !down);
-            }
+            shared.liveness.set(&shared, peer, down);
         }
     }
 }

@@ -667,7 +667,14 @@ where
                 }
             };
             backoff_ms = min_ms;
-            match self.run_connection(live).await {
+            let ended = self.run_connection(live).await;
+            if !matches!(ended, Ended::Stop) {
+                // The connection died (or the peer dialed anew: it may have
+                // restarted). Suspect it now; the monitor clears it once a
+                // connection is up and heard from again.
+                self.shared.liveness.set(&self.shared, self.peer, true);
+            }
+            match ended {
                 Ended::Stop => return,
                 Ended::Replaced(live) => next = Some(live),
                 Ended::Lost => {
