@@ -55,9 +55,11 @@ pub enum PlantedBug {
     /// async write mode waits for an interval without writes, so under
     /// steady load it never runs (the driver bug fixed in e541d96).
     AsyncSyncWaitsForQuiet,
-    /// Issue 17: a quiescent follower ignores `Input::PeerDown` of its
-    /// leader, so a crashed leader of a quiet group is never replaced.
-    QuietFollowerIgnoresPeerDown,
+    /// Issue 17: a quiescent follower wakes only when its leader speaks as
+    /// leader: it ignores `Input::PeerDown` of its leader and its leader's
+    /// own campaign after a restart, so a quiet group whose leader crashed
+    /// never elects anyone again.
+    QuietFollowerNeverSuspectsItsLeader,
 }
 
 /// Default of [`Config::max_entry_bytes`]: four of kv's largest values (1 MiB)

@@ -63,7 +63,7 @@
 //! - **Elections.** A quiet follower with a dead leader would wait forever:
 //!   that is liveness, and `PeerDown` restores it. The simulator runs
 //!   quiescent groups with crashed and cut-off leaders, and plants
-//!   `QuietFollowerIgnoresPeerDown` to show the liveness check catches a
+//!   `QuietFollowerNeverSuspectsItsLeader` to show the liveness check catches a
 //!   follower that never wakes.
 
 use super::{RawNode, RoleState};
@@ -184,7 +184,7 @@ impl RawNode {
     pub(super) fn on_peer_down(&mut self, node: NodeId) {
         self.suspected.insert(node);
         let follows_it = !self.state.is_leader() && self.leader_id == Some(node);
-        if self.quiet && follows_it && !bug!(self, QuietFollowerIgnoresPeerDown) {
+        if self.quiet && follows_it && !bug!(self, QuietFollowerNeverSuspectsItsLeader) {
             self.wake_follower(false);
         }
     }
@@ -208,7 +208,7 @@ impl RawNode {
                 debug_assert!(!self.rejoining);
                 let leader = self.leader_id.unwrap_or(0);
                 debug_assert!(
-                    !self.suspected.contains(&leader) || bug!(self, QuietFollowerIgnoresPeerDown),
+                    !self.suspected.contains(&leader) || bug!(self, QuietFollowerNeverSuspectsItsLeader),
                     "a quiet follower of a suspected leader"
                 );
             }
