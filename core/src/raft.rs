@@ -467,7 +467,10 @@ impl RawNode {
             match &m.body {
                 MessageBody::PreVoteRequest { .. } | MessageBody::VoteRequest { .. } => {
                     let transfer = matches!(m.body, MessageBody::VoteRequest { transfer: true, .. });
-                    if self.quiet && Some(m.from) == self.leader_id && !bug!(self, QuietFollowerNeverSuspectsItsLeader) {
+                    if self.quiet
+                        && Some(m.from) == self.leader_id
+                        && !bug!(self, QuietFollowerNeverSuspectsItsLeader)
+                    {
                         // Our own leader campaigns: it restarted (faster than
                         // node-level liveness noticed) and leads no more.
                         self.wake_follower(false);

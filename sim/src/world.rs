@@ -671,6 +671,9 @@ struct QuietWorld {
     last_heard: Vec<Vec<Nanos>>,
     /// `suspected[i][j]`: what node `i` last told its group about `j`.
     suspected: Vec<Vec<bool>>,
+    /// `reset[i][j]`: `j` restarted while `i` was paused; `i` suspects it
+    /// at its next liveness round.
+    reset: Vec<Vec<bool>>,
     /// No client starts an operation before this world time.
     idle_until: Nanos,
     /// Quiet leaders crashed or cut off (coverage).
@@ -892,6 +895,7 @@ impl World {
                 rng: rng_quiesce,
                 last_heard: vec![vec![0; config.nodes]; config.nodes],
                 suspected: vec![vec![false; config.nodes]; config.nodes],
+                reset: vec![vec![false; config.nodes]; config.nodes],
                 idle_until: 0,
                 leader_faults: 0,
             },
@@ -1236,6 +1240,7 @@ impl World {
         // A fresh process has heard from everyone just now and suspects nobody.
         self.quiet.last_heard[idx].iter_mut().for_each(|t| *t = now);
         self.quiet.suspected[idx].iter_mut().for_each(|s| *s = false);
+        self.quiet.reset[idx].iter_mut().for_each(|r| *r = false);
         let config = self.raft_config(idx);
         let membership = self.membership();
         let Some(rec) = self.open_storage(idx) else { return };
@@ -1783,7 +1788,8 @@ impl World {
                 continue;
             }
             for peer in (0..count).filter(|&p| p != idx) {
-                let down = now.saturating_sub(self.quiet.last_heard[idx][peer]) >= SUSPECT_AFTER_NS;
+                let reset = std::mem::take(&mut self.quiet.reset[idx][peer]);
+                let down = reset || now.saturating_sub(self.quiet.last_heard[idx][peer]) >= SUSPECT_AFTER_NS;
                 if self.quiet.suspected[idx][peer] != down && self.nodes[idx].exec.is_some() {
                     self.quiet.suspected[idx][peer] = down;
                     let node = peer as NodeId + 1;
@@ -1825,7 +1831,8 @@ impl World {
             return;
         }
         let now = self.now();
-        let Some(l) = self.nodes.iter().position(|n| n.raw().is_some_and(|r| r.role() == Role::Leader)) else {
+        let Some(l) = self.nodes.iter().position(|n| n.raw().is_some_and(|r| r.role() == Role::Leader))
+        else {
             return;
         };
         self.quiet.leader_faults += 1;
@@ -1887,6 +1894,34 @@ impl World {
         let last = self.nodes[idx].storage.last_index();
         self.record(idx as u64 + 1, TraceKind::Restart, hs.term, last, hs.commit);
         self.start_node(idx);
+        if self.profile.quiesce.is_some() && self.nodes[idx].exec.is_some() {
+            self.connection_reset(idx);
+        }
+    }
+
+    /// Node-level liveness: a restarted process dials its peers anew, and
+    /// each peer's transport reports the old connection's end as a
+    /// suspicion at once (however short the downtime; pings clear it).
+    fn connection_reset(&mut self, idx: usize) {
+        let now = self.now();
+        for peer in (0..self.nodes.len()).filter(|&p| p != idx) {
+            let n = &self.nodes[peer];
+            if n.exec.is_none() || self.quiet.suspected[peer][idx] {
+                continue;
+            }
+            if n.paused_until > now {
+                // A paused process learns of it when it runs again.
+                self.quiet.reset[peer][idx] = true;
+                continue;
+            }
+            self.quiet.suspected[peer][idx] = true;
+            let node = idx as NodeId + 1;
+            self.record(peer as u64 + 1, TraceKind::Liveness, node, 1, 0);
+            self.step(peer, GroupInput::PeerDown(node));
+            if self.failure.is_some() {
+                return;
+            }
+        }
     }
 
     /// Runs one turn of node `idx`'s executor with `turn`'s inputs, plays

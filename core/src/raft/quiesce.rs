@@ -158,7 +158,12 @@ impl RawNode {
     /// to `commit`. Goes quiet too if it holds exactly that log and nothing
     /// of its own is in flight; otherwise it stays awake (and times out
     /// into a pre-vote that wakes the leader if it is still behind).
-    pub(super) fn on_quiesce(&mut self, from: NodeId, commit: crate::types::Index, actions: &mut Vec<Action>) {
+    pub(super) fn on_quiesce(
+        &mut self,
+        from: NodeId,
+        commit: crate::types::Index,
+        actions: &mut Vec<Action>,
+    ) {
         if self.state.is_leader() {
             return; // Another leader of our term cannot exist.
         }

@@ -568,7 +568,8 @@ impl<SM: StateMachine> Node<SM> {
                 transport.set_liveness_sink(Arc::new(move |peer, alive| {
                     if let Ok(routes) = r.read() {
                         for tx in routes.values() {
-                            let input = if alive { GroupInput::PeerUp(peer) } else { GroupInput::PeerDown(peer) };
+                            let input =
+                                if alive { GroupInput::PeerUp(peer) } else { GroupInput::PeerDown(peer) };
                             let _ = tx.try_send(input);
                         }
                     }

@@ -724,7 +724,8 @@ where
         decoder.set_max_frame_bytes(max_frame);
         self.last_heard_ms.store(self.shared.liveness.now_ms(), Ordering::Relaxed);
         let heard = self.last_heard_ms.clone();
-        let mut reader = tokio::spawn(read_loop(self.shared.clone(), peer, read_half, decoder, remote, heard));
+        let mut reader =
+            tokio::spawn(read_loop(self.shared.clone(), peer, read_half, decoder, remote, heard));
         let mut ping = tokio::time::interval(Duration::from_millis(self.shared.config.ping_interval_ms));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {

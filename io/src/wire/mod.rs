@@ -394,6 +394,20 @@ mod tests {
         assert_eq!(n + m, buf.len());
     }
 
+    /// The liveness ping (issue 17) is appended to the enum: the frames
+    /// before it keep their encodings, and it round-trips in a few bytes.
+    #[test]
+    fn a_ping_is_a_tiny_frame_and_older_frames_keep_their_bytes() {
+        let ping = encode_frame_vec(&PeerFrame::<Sample>::Ping, MAX).unwrap();
+        assert!(ping.len() <= 8, "{} bytes", ping.len());
+        let (back, n) = decode_frame::<PeerFrame<Sample>>(&ping, MAX).unwrap().unwrap();
+        assert_eq!((back, n), (PeerFrame::Ping, ping.len()));
+        let hello =
+            encode_frame_vec(&PeerFrame::<Sample>::Hello { cluster_id: 9, from: 1, to: 2 }, MAX).unwrap();
+        assert_eq!(hello[FRAME_LEN_BYTES + 1], 0, "Hello is still variant 0");
+        assert_eq!(ping[FRAME_LEN_BYTES + 1], 4, "Ping is variant 4, after ProbeReply");
+    }
+
     #[test]
     fn incremental_decoding_byte_by_byte() {
         let mut stream = Vec::new();
