@@ -1189,9 +1189,8 @@ impl World {
             }
             Event::LivenessRound => self.liveness_round(),
             Event::Ping { from, to } => {
-                // Every scheduled message leaves its link's queue, heard or not.
                 let t = to as usize;
-                let arrived = self.net.arrive(now, from as usize, t);
+                let arrived = self.net.ping_arrives(now, from as usize, t);
                 let n = &self.nodes[t];
                 if arrived && n.exec.is_some() && n.paused_until <= now {
                     self.quiet.last_heard[t][from as usize] = now;
@@ -1777,7 +1776,7 @@ impl World {
                 continue;
             }
             for to in (0..count).filter(|&t| t != from) {
-                if let SendOutcome::Deliver { at, .. } = self.net.send(now, from, to) {
+                if let Some(at) = self.net.send_ping(now, from, to) {
                     self.queue.push(at, Event::Ping { from: from as u8, to: to as u8 });
                 }
             }
