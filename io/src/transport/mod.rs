@@ -1420,6 +1420,33 @@ mod tests {
         t2b.shutdown();
     }
 
+    /// Node-level liveness (issue 17): pings keep an otherwise silent pair
+    /// from being suspected; a peer that stops is reported down once, and
+    /// up once it is back. Fails without pings (the quiet pair is suspected)
+    /// or without the report of a lost connection.
+    #[tokio::test]
+    async fn a_silent_pair_stays_alive_and_a_stopped_peer_is_reported_down_then_up() {
+        let ([l1, l2], [a1, a2]) = listeners().await;
+        let (t1, _got1) = node(1, l1, [(2, a2)].into()).await;
+        let (t2, got2) = node(2, l2, [(1, a1)].into()).await;
+        let seen: Arc<Mutex<Vec<(NodeId, bool)>>> = Arc::default();
+        let s = seen.clone();
+        t1.set_liveness_sink(Arc::new(move |peer, alive| s.lock().unwrap().push((peer, alive))));
+        until_delivered(&t1, 2, &got2, "a").await;
+        // Four suspicion timeouts of silence from the groups: pings carry it.
+        tokio::time::sleep(Duration::from_millis(4 * liveness::SUSPECT_AFTER_MS_DEFAULT)).await;
+        assert_eq!(t1.suspects(2), Some(false));
+        assert!(seen.lock().unwrap().is_empty(), "{:?}", seen.lock().unwrap());
+        assert!(t1.stats().pings_sent.load(Ordering::Relaxed) > 0);
+        t2.shutdown();
+        wait_for(5_000, || seen.lock().unwrap().contains(&(2, false))).await;
+        let (t2b, _) = node(2, rebind(a2).await, [(1, a1)].into()).await;
+        wait_for(5_000, || seen.lock().unwrap().contains(&(2, true))).await;
+        assert_eq!(*seen.lock().unwrap(), vec![(2, false), (2, true)]);
+        t1.shutdown();
+        t2b.shutdown();
+    }
+
     #[tokio::test]
     async fn peers_are_added_moved_and_removed_at_runtime() {
         let ([l1, l2], [a1, a2]) = listeners().await;
@@ -1601,6 +1628,9 @@ mod tests {
             config.reconnect_backoff_min_ms = 5;
             config.reconnect_backoff_max_ms = 50;
             config.idle_timeout_ms = 300;
+            // Liveness pings would keep the pair busy: this is the silent case.
+            config.ping_interval_ms = 60_000;
+            config.suspect_after_ms = 120_000;
             Transport::<String>::start(config, l, sink(got)).unwrap()
         };
         let t1 = start(1, l1, [(2, a2)].into(), &got1);
