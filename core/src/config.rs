@@ -63,6 +63,11 @@ pub enum PlantedBug {
     /// (the oversized batch that stopped a group on every node before the
     /// chain of limits).
     AdmissionIgnoresEntryBound,
+    /// Issue 17: a quiescent follower wakes only when its leader speaks as
+    /// leader: it ignores `Input::PeerDown` of its leader and its leader's
+    /// own campaign after a restart, so a quiet group whose leader crashed
+    /// never elects anyone again.
+    QuietFollowerNeverSuspectsItsLeader,
 }
 
 /// Default of [`Config::max_entry_bytes`]: four of kv's largest values (1 MiB)
@@ -217,6 +222,18 @@ pub struct Config {
     /// from voting until it is removed or demoted again. A group whose only
     /// voter lost its disk cannot rejoin (`RawNode::new` refuses).
     pub rejoin_after_data_loss: bool,
+    /// Quiescence (issue 17): an idle group stops ticking and heartbeating.
+    /// A leader with nothing pending and every follower caught up sends
+    /// `MessageBody::Quiesce` instead of its next heartbeat and stops its
+    /// timers; a follower that hears it from its leader, with nothing to
+    /// catch up, stops its election timer. A proposal, a read or a message
+    /// wakes the group; so does `Input::PeerDown` of a quiet follower's
+    /// leader, which the driver derives from node-level liveness shared by
+    /// all groups. Only turn it on where the driver reports `PeerDown`:
+    /// without it a crashed leader of a quiet group is never replaced. See
+    /// `raft/quiesce.rs` for the safety argument (check-quorum, stickiness
+    /// and lease reads).
+    pub quiesce: bool,
     /// A bug to plant (tests and simulator only).
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<PlantedBug>,
@@ -255,6 +272,7 @@ impl Config {
             step_down_when_removed: true,
             auto_leave_joint: true,
             rejoin_after_data_loss: false,
+            quiesce: false,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }

@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use crate::confchange::{ConfChange, ConfChangeError};
 use crate::message::Message;
-use crate::types::{Entry, HardState, Index, LogId, Membership, NodeId, SnapshotMeta, Term};
+use crate::types::{Entry, HardState, Index, LogId, Membership, Nanos, NodeId, SnapshotMeta, Term};
 
 /// One proposal: opaque data plus the caller's id, used to route the outcome
 /// back (see [`Action::Apply`] and [`Action::ProposalDropped`]).
@@ -77,7 +77,19 @@ pub enum Input {
     /// durable, the state machine holds it, the log was discarded. Ignored
     /// unless it matches the install the core asked for.
     SnapshotInstalled { meta: SnapshotMeta },
+    /// Node-level liveness (shared by all groups of a node): the driver
+    /// suspects `node` is down (its connection broke, or nothing arrived from
+    /// it for the suspicion timeout). A quiescent follower whose leader is
+    /// `node` resumes its election timer. Harmless when wrong: it only wakes.
+    PeerDown { node: NodeId },
+    /// `node` is reachable again. A quiescent leader wakes (the peer may have
+    /// restarted and need its heartbeat).
+    PeerUp { node: NodeId },
 }
+
+/// No timer: what [`RawNode::next_deadline`](crate::RawNode::next_deadline)
+/// returns while a quiescent node needs no tick.
+pub const NO_DEADLINE: Nanos = Nanos::MAX;
 
 /// Everything the core wants done. Execute in order; the storage engine must
 /// apply `AppendLog` and `PersistHardState` in the order they were emitted.
@@ -275,4 +287,6 @@ pub struct Status {
     /// grants no votes and never campaigns. Drivers persist the moment this
     /// turns false and stop passing the flag from then on.
     pub rejoining: bool,
+    /// Quiescent (`Config::quiesce`): no timer runs until something wakes it.
+    pub quiescent: bool,
 }

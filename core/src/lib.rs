@@ -56,7 +56,7 @@ pub use confchange::{ConfChange, ConfChangeError};
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
 pub use config::{Config, ConfigError, MAX_ENTRY_BYTES_DEFAULT, MAX_ENTRY_BYTES_LIMIT};
-pub use io::{Action, DropReason, Input, Proposal, Recovered, Role, Status};
+pub use io::{Action, DropReason, Input, Proposal, Recovered, Role, Status, NO_DEADLINE};
 pub use message::{Message, MessageBody, RejectHint};
 pub use raft::RawNode;
 pub use types::*;

@@ -119,6 +119,13 @@ pub enum MessageBody {
         snapshot: LogId,
         next_offset: u64,
     },
+    /// The leader is going quiet (`Config::quiesce`): a heartbeat that says
+    /// every member holds the log up to `commit`, which is committed, and
+    /// that no heartbeat follows until something happens. A follower whose
+    /// log ends at `commit` stops its election timer. Not answered.
+    Quiesce {
+        commit: Index,
+    },
 }
 
 impl MessageBody {
@@ -138,6 +145,7 @@ impl MessageBody {
             MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",
             MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
             MessageBody::SnapshotResponse { .. } => "SnapshotResponse",
+            MessageBody::Quiesce { .. } => "Quiesce",
         }
     }
 }

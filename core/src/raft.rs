@@ -43,6 +43,7 @@ mod append;
 mod apply;
 mod election;
 mod membership;
+mod quiesce;
 mod read_index;
 mod replication;
 mod role;
@@ -191,6 +192,13 @@ pub struct RawNode {
     /// configuration without this node as a voter is seen
     /// (`Config::rejoin_after_data_loss`).
     rejoining: bool,
+    /// Quiescent (`Config::quiesce`, see `quiesce.rs`): a leader that told
+    /// its followers it went quiet, or a follower that heard so from its
+    /// leader. No heartbeat, check-quorum or election timer runs.
+    quiet: bool,
+    /// Peers the driver's node-level liveness suspects are down
+    /// (`Input::PeerDown` until `Input::PeerUp`).
+    suspected: BTreeSet<NodeId>,
 }
 
 impl RawNode {
@@ -274,6 +282,8 @@ impl RawNode {
             forwarded_order: VecDeque::new(),
             last_reported: (Role::Follower, term, None),
             rejoining: config.rejoin_after_data_loss,
+            quiet: false,
+            suspected: BTreeSet::new(),
             cfg: config,
             conf,
             snap,
@@ -291,8 +301,15 @@ impl RawNode {
             self.started_at = Some(self.now);
             self.reset_election_timer();
         }
+        if self.quiet && self.state.is_leader() && Self::wakes_leader(&input) {
+            self.wake_leader();
+        }
         match input {
             Input::Tick => self.tick(actions),
+            Input::PeerDown { node } => self.on_peer_down(node),
+            Input::PeerUp { node } => {
+                self.suspected.remove(&node);
+            }
             Input::Message(m) => self.on_message(m, actions),
             Input::Propose { id, data } => self.propose(vec![Proposal { id, data }], actions),
             Input::ProposeBatch { proposals } => self.propose(proposals, actions),
@@ -315,10 +332,14 @@ impl RawNode {
     }
 
     /// The local time at which the core next needs an `Input::Tick` (0 before
-    /// the first step).
+    /// the first step; [`NO_DEADLINE`](crate::NO_DEADLINE) while quiescent
+    /// with nothing to time out).
     pub fn next_deadline(&self) -> Nanos {
         if self.started_at.is_none() {
             return 0;
+        }
+        if self.quiet {
+            return self.forwarded_order.front().map_or(crate::io::NO_DEADLINE, |&(t, _)| t);
         }
         let mut d = match &self.state {
             RoleState::Leader(l) => {
@@ -341,6 +362,10 @@ impl RawNode {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+    /// Quiescent (`Config::quiesce`): no timer runs until an input wakes it.
+    pub fn is_quiescent(&self) -> bool {
+        self.quiet
     }
     pub fn role(&self) -> Role {
         self.state.role()
@@ -380,6 +405,7 @@ impl RawNode {
             persisted: self.log.persisted(),
             membership: self.membership.clone(),
             rejoining: self.rejoining,
+            quiescent: self.quiet,
             progress: self.state.leader().map_or(Vec::new(), |l| {
                 l.progress
                     .iter()
@@ -395,6 +421,7 @@ impl RawNode {
         self.expire_forwarded_reads(actions);
         let now = self.now;
         match &mut self.state {
+            RoleState::Leader(_) if self.quiet => {}
             RoleState::Leader(l) => {
                 l.expire_transfer(now);
                 if self.cfg.check_quorum && now >= l.check_quorum_deadline {
@@ -408,9 +435,14 @@ impl RawNode {
                 }
                 if now >= l.heartbeat_deadline {
                     l.heartbeat_deadline = now + self.cfg.heartbeat_interval_ns;
-                    self.broadcast_heartbeat(actions);
+                    if self.leader_may_quiesce() {
+                        self.quiesce_leader(actions);
+                    } else {
+                        self.broadcast_heartbeat(actions);
+                    }
                 }
             }
+            RoleState::Follower if self.quiet => {}
             RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
                 if now >= self.election_deadline {
                     self.reset_election_timer();
@@ -435,6 +467,14 @@ impl RawNode {
             match &m.body {
                 MessageBody::PreVoteRequest { .. } | MessageBody::VoteRequest { .. } => {
                     let transfer = matches!(m.body, MessageBody::VoteRequest { transfer: true, .. });
+                    if self.quiet
+                        && Some(m.from) == self.leader_id
+                        && !bug!(self, QuietFollowerNeverSuspectsItsLeader)
+                    {
+                        // Our own leader campaigns: it restarted (faster than
+                        // node-level liveness noticed) and leads no more.
+                        self.wake_follower(false);
+                    }
                     if !transfer && self.in_lease() {
                         // Stickiness: a leader we heard from recently is alive.
                         return;
@@ -448,6 +488,7 @@ impl RawNode {
                 MessageBody::PreVoteResponse { granted: true } => {}
                 MessageBody::AppendEntries { .. }
                 | MessageBody::Heartbeat { .. }
+                | MessageBody::Quiesce { .. }
                 | MessageBody::TimeoutNow
                 | MessageBody::InstallSnapshot { .. } => {
                     self.become_follower(m.term, Some(m.from), actions);
@@ -458,6 +499,7 @@ impl RawNode {
             match m.body {
                 MessageBody::AppendEntries { .. }
                 | MessageBody::Heartbeat { .. }
+                | MessageBody::Quiesce { .. }
                 | MessageBody::InstallSnapshot { .. } => {
                     // Tell a stale leader about the newer term so it steps down.
                     let last_index = self.log.last().index;
@@ -474,6 +516,12 @@ impl RawNode {
             return;
         }
         let from = m.from;
+        if self.quiet && !self.state.is_leader() && Some(from) == self.leader_id {
+            // Our leader speaks: it is awake, so we are (a `Quiesce` keeps us quiet).
+            if !matches!(m.body, MessageBody::Quiesce { .. }) {
+                self.wake_follower(true);
+            }
+        }
         self.note_rejoining(from, m.rejoining);
         match m.body {
             // Any role answers a (pre-)vote request.
@@ -491,6 +539,7 @@ impl RawNode {
                 self.on_append(from, session, prev_log_id, entries, commit, actions)
             }
             MessageBody::Heartbeat { commit, ctx } => self.on_heartbeat(from, commit, ctx, actions),
+            MessageBody::Quiesce { commit } => self.on_quiesce(from, commit, actions),
             MessageBody::TimeoutNow => self.on_timeout_now(from, actions),
             MessageBody::InstallSnapshot { session, meta, offset, data, done } => {
                 self.on_install_snapshot(from, session, meta, offset, data, done, actions)
@@ -535,5 +584,6 @@ impl RawNode {
         debug_assert!(self.log.committed() <= self.log.last().index);
         debug_assert!(self.applied <= self.applying && self.applying <= self.log.committed());
         debug_assert!(!self.state.is_leader() || self.leader_id == Some(self.id));
+        self.check_quiet_invariants();
     }
 }

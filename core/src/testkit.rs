@@ -139,7 +139,11 @@ impl Node {
 
     /// When, in cluster time, this node next wants a tick.
     pub fn next_deadline_global(&self) -> Nanos {
-        self.global_time(self.raft.next_deadline())
+        let local = self.raft.next_deadline();
+        if local == crate::io::NO_DEADLINE {
+            return local; // Quiescent: no tick wanted.
+        }
+        self.global_time(local)
     }
 
     /// The log as storage holds it right now (durable plus pending writes).

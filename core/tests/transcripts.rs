@@ -62,6 +62,7 @@ fn fmt_message(to: NodeId, m: &Message) -> String {
         MessageBody::SnapshotResponse { snapshot, next_offset, .. } => {
             format!("SnapResp {snapshot} next={next_offset}")
         }
+        MessageBody::Quiesce { commit } => format!("Quiesce commit={commit}"),
     };
     format!("{}->{to} t{} {body}", m.from, m.term)
 }

@@ -132,6 +132,14 @@ fn wire_seeds() -> Vec<Seed> {
         encode_frame(&frame, FUZZ_MAX_FRAME_BYTES, &mut stream).expect("sample encodes");
     }
     out.push(("wire_frame", "stream-5-frames".into(), stream));
+    // Issue 17: the node-level liveness ping and a quiet leader's Quiesce.
+    let quiet: [(&str, Frame); 2] =
+        [("ping", PeerFrame::Ping), ("quiesce", message(MessageBody::Quiesce { commit: 12 }))];
+    for (name, frame) in quiet {
+        let mut bytes = vec![0u8];
+        bytes.extend(encode_frame_vec(&frame, FUZZ_MAX_FRAME_BYTES).expect("sample encodes"));
+        out.push(("wire_frame", format!("peer-{name}"), bytes));
+    }
     let mut request = vec![2u8];
     request.extend(encode_request(&sample_requests()[4]));
     out.push(("wire_frame", "kv-request-cas".into(), request));

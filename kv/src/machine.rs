@@ -613,6 +613,12 @@ impl KvStateMachine {
             .collect()
     }
 
+    /// Armed TTL deadlines (temporary nodes, lock holders and waiters): while
+    /// there are any, a leader must keep looking at its clock for expiries.
+    pub fn ttl_armed(&self) -> usize {
+        self.ttl.len()
+    }
+
     /// The leader's expiry proposal at `now` (its local clock): up to `max` expired armings
     /// as one encoded [`KvEntry`] nobody waits for, and how many; `None` if none expired.
     pub fn expiry_entry(&mut self, now: Nanos, max: usize) -> Option<(Vec<u8>, usize)> {

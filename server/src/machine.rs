@@ -95,6 +95,10 @@ impl StateMachine for KvMachine {
         }
     }
 
+    fn wants_leader_ticks(&self) -> bool {
+        self.kv.ttl_armed() > 0
+    }
+
     fn leader_proposals(&mut self, wall_clock_nanos: Nanos) -> Vec<Bytes> {
         self.kv
             .expiry_entry(wall_clock_nanos, MAX_EXPIRE_PER_TICK)

@@ -457,6 +457,11 @@ struct ServeArgs {
     /// How often a leader sends heartbeats; well below the election timeout.
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
+    /// Keep every idle group ticking and heartbeating (no quiescence): each
+    /// idle group then costs CPU on every node. Default: idle groups go
+    /// quiet and node-level liveness on the peer port watches their leaders.
+    #[arg(long)]
+    no_quiesce: bool,
     /// Snapshot the state and compact the log after this many applied
     /// entries (default 100000)...
     #[arg(long)]
@@ -511,6 +516,10 @@ struct ClusterArgs {
     /// printed at start. Off by default.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// Keep idle groups ticking and heartbeating (no quiescence), e.g. to
+    /// compare what idle groups cost with and without it.
+    #[arg(long)]
+    no_quiesce: bool,
 }
 
 #[derive(Args, Debug)]
@@ -1036,6 +1045,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     config.write_mode = args.write_mode.write_mode();
     config.election_timeout_ms = args.election_timeout_ms;
     config.heartbeat_interval_ms = args.heartbeat_ms;
+    config.quiesce = !args.no_quiesce;
     config.snapshot_after_entries = args.snapshot_after_entries.unwrap_or(config.snapshot_after_entries);
     config.snapshot_after_bytes = args.snapshot_after_bytes.unwrap_or(config.snapshot_after_bytes);
     config.log_keep_tail_entries = args.log_keep_tail_entries.unwrap_or(config.log_keep_tail_entries);
@@ -1155,7 +1165,7 @@ fn local_cluster_ports(
 }
 
 async fn cluster(args: ClusterArgs) -> Result<(), Failure> {
-    let ClusterArgs { nodes, base_port, data_dir, metrics_addr } = args;
+    let ClusterArgs { nodes, base_port, data_dir, metrics_addr, no_quiesce } = args;
     if let Some(addr) = metrics_addr {
         if node_metrics_addr(addr, nodes.max(1)).is_none() {
             return Err(Failure::Other(format!(
@@ -1168,6 +1178,7 @@ async fn cluster(args: ClusterArgs) -> Result<(), Failure> {
     let (client_port, peer_port) = local_cluster_ports(base_port, nodes)?;
     let servers = start_local_cluster(nodes, client_port, peer_port, &data_dir, WriteMode::Sync, |c| {
         c.metrics_addr = metrics_addr.and_then(|addr| node_metrics_addr(addr, c.node_id));
+        c.quiesce = !no_quiesce;
     })
     .await?;
     let endpoints: Vec<String> = servers.iter().map(|s| s.client_addr().to_string()).collect();

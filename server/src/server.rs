@@ -61,6 +61,10 @@ pub struct ServerConfig {
     /// Election timeout lower bound; the upper bound is twice this.
     pub election_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
+    /// Quiescence (issue 17, the core's `Config::quiesce`): idle groups stop
+    /// ticking and heartbeating; the peer transport's node-level liveness
+    /// wakes the followers of a dead leader. On by default.
+    pub quiesce: bool,
     pub kv: KvConfig,
     /// Use an in-memory log store instead of the data directory (tests and
     /// `--embedded` benchmarks only: nothing survives a restart).
@@ -185,6 +189,7 @@ impl ServerConfig {
             write_mode: WriteMode::Sync,
             election_timeout_ms: 300,
             heartbeat_interval_ms: 50,
+            quiesce: true,
             kv: KvConfig::default(),
             in_memory: false,
             snapshot_after_entries: 100_000,
@@ -338,6 +343,7 @@ impl ServerConfig {
         c.raft.election_timeout_min_ns = self.election_timeout_ms.saturating_mul(MS_NANOS);
         c.raft.election_timeout_max_ns = self.election_timeout_ms.saturating_mul(2 * MS_NANOS);
         c.raft.heartbeat_interval_ns = self.heartbeat_interval_ms.saturating_mul(MS_NANOS);
+        c.raft.quiesce = self.quiesce;
         c.raft.snapshot_after_entries = self.snapshot_after_entries;
         c.raft.snapshot_after_bytes = self.snapshot_after_bytes;
         c.raft.log_keep_tail_entries = self.log_keep_tail_entries;

@@ -159,6 +159,10 @@ impl StateMachine for SimSm {
         }
     }
 
+    fn wants_leader_ticks(&self) -> bool {
+        self.kv.ttl_armed() > 0
+    }
+
     fn leader_proposals(&mut self, wall_clock_nanos: Nanos) -> Vec<Bytes> {
         let Some((data, count)) = self.kv.expiry_entry(wall_clock_nanos, EXPIRE_PER_TURN_MAX) else {
             return Vec::new();

@@ -165,6 +165,24 @@ impl Network {
         SendOutcome::Deliver { at, duplicate_at }
     }
 
+    /// A node-level liveness ping (quiescence runs): a few bytes on the same
+    /// connection, so partitions, flapping, loss, latency and clogs apply,
+    /// but it takes no slot of the link's message queue (a real ping does
+    /// not displace Raft messages). `None`: lost.
+    pub fn send_ping(&mut self, now: Nanos, from: usize, to: usize) -> Option<Nanos> {
+        let link = *self.link(from, to);
+        if link.blocked || Self::is_flapping_down(&link, now) || self.rng.chance(self.config.drop_ppm) {
+            return None;
+        }
+        Some((now + self.latency()).max(link.clogged_until))
+    }
+
+    /// A ping reaches the end of its link at `now`: false if the link is cut.
+    pub fn ping_arrives(&self, now: Nanos, from: usize, to: usize) -> bool {
+        let link = &self.links[from * self.nodes + to];
+        !(link.blocked || Self::is_flapping_down(link, now))
+    }
+
     /// A scheduled message reaches the end of its link at `now`; false if a
     /// partition that started meanwhile swallows it.
     pub fn arrive(&mut self, now: Nanos, from: usize, to: usize) -> bool {

@@ -201,6 +201,38 @@ pub struct Profile {
     /// node: a leader keeps accepting writes (a divergent suffix) and
     /// serving lease reads until it notices.
     pub isolate_leader_ppm: u32,
+    /// Quiescence (issue 17): the core's `Config::quiesce`, node-level
+    /// liveness pings between every pair of nodes, client-free idle windows
+    /// in which the group goes quiet, and crashed or cut-off leaders of a
+    /// quiet group. Drawn from its own stream (`Profile::draw_quiesce`).
+    pub quiesce: Option<QuiesceKnobs>,
+}
+
+/// How a quiescent run idles and what strikes its quiet leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuiesceKnobs {
+    /// A client-free idle window starts every this long on average.
+    pub idle_every_ns: Nanos,
+    /// ... and lasts up to this long.
+    pub idle_max_ns: Nanos,
+    /// Share of idle windows in which the (by then quiet) leader crashes
+    /// or is cut off.
+    pub leader_fault_ppm: u32,
+}
+
+impl Profile {
+    /// Half the runs of every profile but `calm` quiesce. From the
+    /// `Quiesce` stream only: the other knobs are the same with or without.
+    pub fn draw_quiesce(&mut self, rng: &mut SimRng) {
+        if self.kind == ProfileKind::Calm || !rng.chance(PPM / 2) {
+            return;
+        }
+        self.quiesce = Some(QuiesceKnobs {
+            idle_every_ns: rng.between(500 * NANOS_PER_MILLI, 3 * NANOS_PER_SECOND),
+            idle_max_ns: rng.between(300 * NANOS_PER_MILLI, 1500 * NANOS_PER_MILLI),
+            leader_fault_ppm: rng.between(u64::from(PPM / 4), u64::from(PPM)) as u32,
+        });
+    }
 }
 
 /// The core's default election timeout spread (300 ms - 150 ms).
@@ -253,6 +285,7 @@ impl Profile {
             drift_at_bound: false,
             election_timeout_spread_ns: ELECTION_TIMEOUT_SPREAD_NS,
             isolate_leader_ppm: PPM / 2,
+            quiesce: None,
         }
     }
 
@@ -329,6 +362,7 @@ impl Profile {
             drift_at_bound: false,
             election_timeout_spread_ns: ELECTION_TIMEOUT_SPREAD_NS,
             isolate_leader_ppm: PPM / 2,
+            quiesce: None,
         };
         // Drawn last so that adding them did not reshuffle the knobs above.
         profile.intervals.membership_ns = interval(rng);
@@ -463,7 +497,17 @@ impl fmt::Display for Profile {
             self.replication.inflight_msgs,
             self.drift_at_bound,
             self.election_timeout_spread_ns / NANOS_PER_MICRO,
-        )
+        )?;
+        if let Some(q) = self.quiesce {
+            write!(
+                f,
+                " quiesce[idle_every={}ms idle_max={}ms leader_faults={}ppm]",
+                ms(q.idle_every_ns),
+                ms(q.idle_max_ns),
+                q.leader_fault_ppm
+            )?;
+        }
+        Ok(())
     }
 }
 

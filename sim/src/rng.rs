@@ -27,6 +27,10 @@ pub enum Stream {
     Ttl = 10,
     /// Lock waiters, polls, renewals and non-holder operations (issue 15 gap 4).
     Locks = 11,
+    /// Quiescence (issue 17): whether a run quiesces, its idle windows and
+    /// the faults of quiet leaders (drawn apart, so runs without it are
+    /// what they were before).
+    Quiesce = 12,
 }
 
 /// Parts per million: the unit of every probability in the simulator.

@@ -39,6 +39,9 @@ pub enum TraceKind {
     /// A TTL expiry proposed by leader `node`: `a` = 1 proposed (`b` requests).
     Expire,
     Note,
+    /// Node-level liveness on `node` (quiescence runs): peer `a` suspected
+    /// down (`b` = 1) or reachable again (`b` = 0).
+    Liveness,
 }
 
 /// One event: the world time, the node it happened on (0 = the world), and
@@ -128,6 +131,8 @@ impl fmt::Display for TraceEvent {
             }
             TraceKind::Expire => write!(f, "n{n}: proposes {b} TTL expiries"),
             TraceKind::Note => write!(f, "n{n}: note {a} {b} {c}"),
+            TraceKind::Liveness if b == 1 => write!(f, "n{n}: suspects n{a} is down"),
+            TraceKind::Liveness => write!(f, "n{n}: hears n{a} again"),
         }
     }
 }
@@ -155,7 +160,7 @@ pub fn drop_reason_name(code: u64) -> &'static str {
 
 /// Message kind names by code (see `world::message_code`).
 pub fn message_kind_name(code: u64) -> &'static str {
-    const NAMES: [&str; 13] = [
+    const NAMES: [&str; 14] = [
         "PreVoteRequest",
         "PreVoteResponse",
         "VoteRequest",
@@ -169,6 +174,7 @@ pub fn message_kind_name(code: u64) -> &'static str {
         "ReadIndexResponse",
         "InstallSnapshot",
         "SnapshotResponse",
+        "Quiesce",
     ];
     NAMES.get(code as usize).copied().unwrap_or("Other")
 }

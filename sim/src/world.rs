@@ -474,6 +474,17 @@ enum Event {
     EndOfFaults,
     /// The simulated operator's next step for a wiped node.
     Operator,
+    /// Quiescence runs: every node pings every other and judges liveness.
+    LivenessRound,
+    /// A node-level liveness ping arrives.
+    Ping {
+        from: u8,
+        to: u8,
+    },
+    /// Quiescence runs: clients stop starting operations for a while.
+    IdleStart,
+    /// Quiescence runs: the leader of a (by now quiet) group crashes or is cut off.
+    QuietLeaderFault,
 }
 
 /// The production group executor, with the simulator's state machine and I/O.
@@ -672,7 +683,39 @@ pub struct World {
     executed_seq: HashMap<u64, u64>,
     /// World time of each node's last clock jump (lease runs space them).
     last_jump_ns: Vec<Nanos>,
+    /// Quiescence runs: node-level liveness and idle windows.
+    quiet: QuietWorld,
     failure: Option<Failure>,
+}
+
+/// Node-level liveness pings go out this often (the transport's default).
+const PING_INTERVAL_NS: Nanos = 25 * NANOS_PER_MILLI;
+/// A peer silent this long is suspected down (under the 150 ms minimum
+/// election timeout, as the driver configures it).
+const SUSPECT_AFTER_NS: Nanos = 100 * NANOS_PER_MILLI;
+/// A quiescent leader with armed TTLs is still ticked this often (the
+/// driver's periodic tick) so its expiry proposals go out.
+const QUIET_LEADER_TICK_NS: Nanos = 50 * NANOS_PER_MILLI;
+
+/// What quiescence runs add to the world (issue 17): every pair of nodes
+/// pings each other through the simulated network (so partitions, drops,
+/// pauses and crashes silence them), each node suspects a peer it has not
+/// heard from for `SUSPECT_AFTER_NS` and tells its group (`PeerDown`,
+/// `PeerUp`), as the tokio transport does; and clients go idle in windows
+/// during which the group quiesces and its leader may crash or be cut off.
+struct QuietWorld {
+    rng: SimRng,
+    /// `last_heard[i][j]`: world time node `i` last heard a ping of `j`.
+    last_heard: Vec<Vec<Nanos>>,
+    /// `suspected[i][j]`: what node `i` last told its group about `j`.
+    suspected: Vec<Vec<bool>>,
+    /// `reset[i][j]`: `j` restarted while `i` was paused; `i` suspects it
+    /// at its next liveness round.
+    reset: Vec<Vec<bool>>,
+    /// No client starts an operation before this world time.
+    idle_until: Nanos,
+    /// Quiet leaders crashed or cut off (coverage).
+    leader_faults: u64,
 }
 
 /// A small stable code per message kind (for the trace and digest).
@@ -691,6 +734,7 @@ pub fn message_code(body: &MessageBody) -> u64 {
         MessageBody::ReadIndexResponse { .. } => 10,
         MessageBody::InstallSnapshot { .. } => 11,
         MessageBody::SnapshotResponse { .. } => 12,
+        MessageBody::Quiesce { .. } => 13,
     }
 }
 
@@ -731,6 +775,8 @@ impl World {
         assert!((1..=NODES_MAX).contains(&config.nodes), "--nodes {}: want 1..={NODES_MAX}", config.nodes);
         let seed = config.seed;
         let mut profile = Profile::new(config.profile, &mut SimRng::new(seed, Stream::Profile));
+        let mut rng_quiesce = SimRng::new(seed, Stream::Quiesce);
+        profile.draw_quiesce(&mut rng_quiesce);
         if config.async_sync_ns.is_some() {
             // Async mode does not survive a power loss, which is what a
             // simulated crash is (see `RunConfig::async_sync_ns`).
@@ -890,6 +936,14 @@ impl World {
             lock_holders: HashMap::new(),
             executed_seq: HashMap::new(),
             last_jump_ns: vec![0; config.nodes],
+            quiet: QuietWorld {
+                rng: rng_quiesce,
+                last_heard: vec![vec![0; config.nodes]; config.nodes],
+                suspected: vec![vec![false; config.nodes]; config.nodes],
+                reset: vec![vec![false; config.nodes]; config.nodes],
+                idle_until: 0,
+                leader_faults: 0,
+            },
             failure: None,
             config,
         }
@@ -936,6 +990,7 @@ impl World {
         c.max_inflight_msgs = self.profile.replication.inflight_msgs;
         c.max_entry_bytes = MAX_ENTRY_BYTES;
         c.rejoin_after_data_loss = self.nodes[idx].rejoining && self.config.rejoin_flag;
+        c.quiesce = self.profile.quiesce.is_some();
         #[cfg(feature = "planted-bugs")]
         {
             c.planted_bug = self.config.planted_bug;
@@ -964,6 +1019,11 @@ impl World {
             self.schedule_fault(fault);
         }
         self.queue.push(self.config.sim_ns, Event::EndOfFaults);
+        if let Some(q) = self.profile.quiesce {
+            self.queue.push(PING_INTERVAL_NS, Event::LivenessRound);
+            let at = self.quiet.rng.between(0, q.idle_every_ns);
+            self.queue.push(at, Event::IdleStart);
+        }
         while self.failure.is_none() {
             if let Phase::Healing { deadline } = self.phase {
                 if self.clients.iter().all(|c| c.current.is_none()) {
@@ -1166,7 +1226,24 @@ impl World {
                 };
                 self.persisted(node as usize, vec![done]);
             }
-            Event::ClientWake { client } => self.client_start(client as usize),
+            Event::ClientWake { client } => {
+                if now < self.quiet.idle_until {
+                    self.queue.push(self.quiet.idle_until, Event::ClientWake { client });
+                    return;
+                }
+                self.client_start(client as usize)
+            }
+            Event::LivenessRound => self.liveness_round(),
+            Event::Ping { from, to } => {
+                let t = to as usize;
+                let arrived = self.net.ping_arrives(now, from as usize, t);
+                let n = &self.nodes[t];
+                if arrived && n.exec.is_some() && n.paused_until <= now {
+                    self.quiet.last_heard[t][from as usize] = now;
+                }
+            }
+            Event::IdleStart => self.idle_start(),
+            Event::QuietLeaderFault => self.quiet_leader_fault(),
             Event::ClientArrive { node, client, bytes } => self.client_arrive(node as usize, client, bytes),
             Event::ClientReply { client, bytes } => self.client_reply(client as usize, bytes),
             Event::ClientTimeout { client, attempt } => {
@@ -1201,6 +1278,10 @@ impl World {
 
     fn start_node(&mut self, idx: usize) {
         let now = self.now();
+        // A fresh process has heard from everyone just now and suspects nobody.
+        self.quiet.last_heard[idx].iter_mut().for_each(|t| *t = now);
+        self.quiet.suspected[idx].iter_mut().for_each(|s| *s = false);
+        self.quiet.reset[idx].iter_mut().for_each(|r| *r = false);
         let config = self.raft_config(idx);
         let membership = self.membership();
         let Some(rec) = self.open_storage(idx) else { return };
@@ -1725,6 +1806,88 @@ impl World {
         self.crash(idx, downtime);
     }
 
+    /// Node-level liveness (quiescence runs): every running, unpaused node
+    /// pings every other through the network, then each judges its peers
+    /// and tells its group what changed (the transport's monitor).
+    fn liveness_round(&mut self) {
+        let now = self.now();
+        let count = self.nodes.len();
+        for from in 0..count {
+            let n = &self.nodes[from];
+            if n.exec.is_none() || n.paused_until > now {
+                continue;
+            }
+            for to in (0..count).filter(|&t| t != from) {
+                if let Some(at) = self.net.send_ping(now, from, to) {
+                    self.queue.push(at, Event::Ping { from: from as u8, to: to as u8 });
+                }
+            }
+        }
+        for idx in 0..count {
+            let n = &self.nodes[idx];
+            if n.exec.is_none() || n.paused_until > now {
+                continue;
+            }
+            for peer in (0..count).filter(|&p| p != idx) {
+                let reset = std::mem::take(&mut self.quiet.reset[idx][peer]);
+                let down = reset || now.saturating_sub(self.quiet.last_heard[idx][peer]) >= SUSPECT_AFTER_NS;
+                if self.quiet.suspected[idx][peer] != down && self.nodes[idx].exec.is_some() {
+                    self.quiet.suspected[idx][peer] = down;
+                    let node = peer as NodeId + 1;
+                    self.record(idx as u64 + 1, TraceKind::Liveness, node, u64::from(down), 0);
+                    let input = if down { GroupInput::PeerDown(node) } else { GroupInput::PeerUp(node) };
+                    self.step(idx, input);
+                    if self.failure.is_some() {
+                        return;
+                    }
+                }
+            }
+        }
+        self.queue.push(now + PING_INTERVAL_NS, Event::LivenessRound);
+    }
+
+    /// Quiescence runs: clients start nothing for a while, so the group goes
+    /// quiet; in some windows its quiet leader then crashes or is cut off.
+    fn idle_start(&mut self) {
+        let Some(q) = self.profile.quiesce else { return };
+        if self.phase != Phase::Faulty {
+            return;
+        }
+        let now = self.now();
+        let length = self.quiet.rng.between(q.idle_max_ns / 3, q.idle_max_ns);
+        self.quiet.idle_until = now + length;
+        if self.nodes.len() > 1 && self.quiet.rng.chance(q.leader_fault_ppm) {
+            // Late enough that the group quiesced (a few heartbeats after
+            // the last operation), early enough to fall in the window.
+            let after = self.quiet.rng.between(length / 3, length * 2 / 3);
+            self.queue.push(now + after, Event::QuietLeaderFault);
+        }
+        let next = now + length + self.quiet.rng.between(q.idle_every_ns / 2, q.idle_every_ns * 3 / 2);
+        self.queue.push(next, Event::IdleStart);
+    }
+
+    /// Crashes (for a while) or isolates the current leader, quiet or not.
+    fn quiet_leader_fault(&mut self) {
+        if self.phase != Phase::Faulty {
+            return;
+        }
+        let now = self.now();
+        let Some(l) = self.nodes.iter().position(|n| n.raw().is_some_and(|r| r.role() == Role::Leader))
+        else {
+            return;
+        };
+        self.quiet.leader_faults += 1;
+        let duration = self.quiet.rng.between(100 * NANOS_PER_MILLI, NANOS_PER_SECOND);
+        if self.quiet.rng.chance(PPM / 2) {
+            self.crash(l, duration);
+        } else {
+            self.net.isolate(l);
+            let (a, b) = (1u64 << l, self.net.all() & !(1 << l));
+            self.record(0, TraceKind::Partition, a, b, Fault::Isolate as u64 | (duration << 8));
+            self.queue.push(now + duration, Event::HealNetwork);
+        }
+    }
+
     fn crash(&mut self, idx: usize, downtime_ns: Nanos) {
         let now = self.now();
         let n = &mut self.nodes[idx];
@@ -1772,6 +1935,34 @@ impl World {
         let last = self.nodes[idx].storage.last_index();
         self.record(idx as u64 + 1, TraceKind::Restart, hs.term, last, hs.commit);
         self.start_node(idx);
+        if self.profile.quiesce.is_some() && self.nodes[idx].exec.is_some() {
+            self.connection_reset(idx);
+        }
+    }
+
+    /// Node-level liveness: a restarted process dials its peers anew, and
+    /// each peer's transport reports the old connection's end as a
+    /// suspicion at once (however short the downtime; pings clear it).
+    fn connection_reset(&mut self, idx: usize) {
+        let now = self.now();
+        for peer in (0..self.nodes.len()).filter(|&p| p != idx) {
+            let n = &self.nodes[peer];
+            if n.exec.is_none() || self.quiet.suspected[peer][idx] {
+                continue;
+            }
+            if n.paused_until > now {
+                // A paused process learns of it when it runs again.
+                self.quiet.reset[peer][idx] = true;
+                continue;
+            }
+            self.quiet.suspected[peer][idx] = true;
+            let node = idx as NodeId + 1;
+            self.record(peer as u64 + 1, TraceKind::Liveness, node, 1, 0);
+            self.step(peer, GroupInput::PeerDown(node));
+            if self.failure.is_some() {
+                return;
+            }
+        }
     }
 
     /// Runs one turn of node `idx`'s executor with `turn`'s inputs, plays
@@ -1906,6 +2097,15 @@ impl World {
             }
         }
         let n = &mut self.nodes[idx];
+        let deadline_local = if deadline_local != tarn_core::NO_DEADLINE {
+            deadline_local
+        } else if n.exec.as_ref().is_some_and(|e| e.wants_periodic_turns()) {
+            // Quiet, but the state machine has timed leader proposals: the
+            // driver's periodic tick.
+            n.clock.local(now).max(n.last_local_ns) + QUIET_LEADER_TICK_NS
+        } else {
+            return; // Quiescent: no tick until something wakes it.
+        };
         let at = n.clock.world_time_of(now, deadline_local).max(now + TICK_MIN_STEP_NS);
         if at < n.tick_at || n.tick_at < now {
             n.tick_at = at;
@@ -3791,12 +3991,13 @@ pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::SnapshotAtLastEntryDropsLog => "snapshot-at-last-entry-drops-log",
         PlantedBug::AsyncSyncWaitsForQuiet => "async-sync-waits-for-quiet",
         PlantedBug::AdmissionIgnoresEntryBound => "admission-ignores-entry-bound",
+        PlantedBug::QuietFollowerNeverSuspectsItsLeader => "quiet-follower-never-suspects-its-leader",
     }
 }
 
 /// Every planted bug, for sweeps and the CLI.
 #[cfg(feature = "planted-bugs")]
-pub const PLANTED_BUGS: [PlantedBug; 13] = [
+pub const PLANTED_BUGS: [PlantedBug; 14] = [
     PlantedBug::VoteWithoutLogCheck,
     PlantedBug::CommitPreviousTermByCounting,
     PlantedBug::ForgetToPersistVote,
@@ -3810,6 +4011,7 @@ pub const PLANTED_BUGS: [PlantedBug; 13] = [
     PlantedBug::SnapshotAtLastEntryDropsLog,
     PlantedBug::AsyncSyncWaitsForQuiet,
     PlantedBug::AdmissionIgnoresEntryBound,
+    PlantedBug::QuietFollowerNeverSuspectsItsLeader,
 ];
 
 #[cfg(feature = "planted-bugs")]

@@ -61,6 +61,13 @@ const FAILED_SEEDS: &[(usize, ProfileKind, u64, &[u64])] = &[
     // Forwarded read ids reused after a restart (a stale ReadIndexResponse
     // released a new read).
     (3, ProfileKind::Chaos, 40, &[950024272]),
+    // Issue 17 (quiescence): followers of a wiped leader that restarted
+    // before anyone suspected it; pings starving 16-message link queues.
+    (3, ProfileKind::Swarm, 10, &[7002302]),
+    (3, ProfileKind::Chaos, 10, &[7000165]),
+    (5, ProfileKind::Chaos, 10, &[7000165, 7002194]),
+    (5, ProfileKind::Swarm, 10, &[7002112]),
+    (7, ProfileKind::Swarm, 10, &[7000033, 7000038, 7000165, 7000694, 7001477]),
 ];
 
 #[test]

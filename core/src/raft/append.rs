@@ -128,6 +128,14 @@ impl RawNode {
     /// Follower: a heartbeat of the leader `from` carries its commit index.
     pub(super) fn on_heartbeat(&mut self, from: NodeId, commit: Index, ctx: u64, actions: &mut Vec<Action>) {
         self.heard_from_leader(from, actions);
+        self.commit_from_leader(commit);
+        let last_index = self.log.last().index;
+        self.send(from, MessageBody::HeartbeatResponse { ctx, last_index }, actions);
+    }
+
+    /// Follower: takes the commit index a heartbeat (or `Quiesce`) of the
+    /// current leader carries.
+    pub(super) fn commit_from_leader(&mut self, commit: Index) {
         // The leader caps `commit` at the match index it keeps for
         // us, which holds across our restarts (we acknowledge only
         // what is durable) but not across a lost disk: a wiped node
@@ -140,8 +148,6 @@ impl RawNode {
             if self.rejoining { self.follower_ack.matched.max(self.log.committed()) } else { Index::MAX };
         let commit = commit.min(self.log.last().index).min(verified);
         self.log.commit_to(commit);
-        let last_index = self.log.last().index;
-        self.send(from, MessageBody::HeartbeatResponse { ctx, last_index }, actions);
     }
 
     /// Rejoining: an append of the current leader told us its commit index

@@ -47,6 +47,11 @@ impl RawNode {
         if self.state.is_leader() {
             return true;
         }
+        if self.quiet {
+            // Quiescence: node-level liveness vouches for the leader until
+            // a `PeerDown` wakes us (see `quiesce.rs`).
+            return true;
+        }
         let window = self.cfg.election_timeout_min_ns;
         let heard =
             self.leader_id.is_some() && self.last_leader_contact.is_some_and(|t| self.now < t + window);

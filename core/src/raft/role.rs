@@ -28,6 +28,9 @@ impl RawNode {
         if let RoleState::Leader(l) = std::mem::replace(&mut self.state, RoleState::Follower) {
             self.drop_leader_state(*l, leader, actions);
         }
+        // The election timer runs again (a `Quiesce` of the new leader may
+        // stop it once more).
+        self.quiet = false;
         self.leader_id = leader;
         self.reset_election_timer();
     }
@@ -54,6 +57,7 @@ impl RawNode {
             return;
         }
         self.leader_id = None;
+        self.quiet = false;
         self.reset_election_timer();
         if self.cfg.pre_vote && !transfer {
             // Our own pre-vote needs no durability: nothing changes.
@@ -69,6 +73,7 @@ impl RawNode {
     /// Becomes candidate in the next term and votes for itself (counted once durable).
     pub(super) fn start_election(&mut self, transfer: bool, actions: &mut Vec<Action>) {
         self.state = RoleState::Candidate { votes: BTreeMap::new() };
+        self.quiet = false;
         self.term += 1;
         self.vote = Some(self.id);
         self.leader_id = None;
@@ -83,7 +88,7 @@ impl RawNode {
 
     /// Won the election: fresh progress per member, then a blank entry of this term.
     pub(super) fn become_leader(&mut self, actions: &mut Vec<Action>) {
-        debug_assert!(matches!(self.state, RoleState::Candidate { .. }));
+        debug_assert!(matches!(self.state, RoleState::Candidate { .. }) && !self.quiet);
         self.leader_id = Some(self.id);
         let next = self.log.last().index + 1;
         let mut progress = BTreeMap::new();

@@ -62,6 +62,11 @@ pub enum GroupInput<SM: StateMachine> {
     ChangeMembership { changes: Vec<ConfChange>, reply: ReplyFn<Result<(), ProposeError>> },
     /// The core's full status.
     Status { reply: ReplyFn<Status> },
+    /// Node-level liveness suspects peer node `node` is down (shared by all
+    /// groups; wakes a quiescent follower of it).
+    PeerDown(NodeId),
+    /// Peer node `node` is reachable again (wakes a quiescent leader).
+    PeerUp(NodeId),
     /// Stop the group.
     Stop,
 }
@@ -314,9 +319,18 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
         self.stopped
     }
 
-    /// When the core next needs a tick, on the [`GroupIo::now`] clock.
+    /// When the core next needs a tick, on the [`GroupIo::now`] clock
+    /// ([`tarn_core::NO_DEADLINE`] while the core is quiescent).
     pub fn next_deadline(&self) -> Nanos {
         self.raw.next_deadline()
+    }
+
+    /// Does the shell need to run turns on its periodic driver tick? Not
+    /// while the core is quiescent, unless the state machine has leader
+    /// proposals that time alone can make due (TTL expiry): so an idle
+    /// group costs no wake-ups at all.
+    pub fn wants_periodic_turns(&self) -> bool {
+        !self.raw.is_quiescent() || (self.is_leader && self.sm.wants_leader_ticks())
     }
 
     /// Runs one turn: takes `turn`'s inputs, steps the core, and executes
@@ -480,6 +494,8 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
                 self.raw.step(t, Input::ChangeMembership { id, changes }, &mut self.actions);
             }
             GroupInput::Status { reply } => reply(self.raw.status()),
+            GroupInput::PeerDown(node) => self.raw.step(t, Input::PeerDown { node }, &mut self.actions),
+            GroupInput::PeerUp(node) => self.raw.step(t, Input::PeerUp { node }, &mut self.actions),
             GroupInput::Stop => self.stopped = true,
         }
     }

@@ -131,7 +131,12 @@ impl<SM: StateMachine> GroupTask<SM> {
         let mut ticker = tokio::time::interval(self.tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.exec.is_stopped() {
-            let deadline = self.origin + Duration::from_nanos(self.exec.next_deadline());
+            // Quiescent (no deadline): no timer at all, and the periodic
+            // tick only while the state machine has timed leader proposals.
+            let next = self.exec.next_deadline();
+            let timed = next != tarn_core::NO_DEADLINE;
+            let deadline = if timed { self.origin + Duration::from_nanos(next) } else { Instant::now() };
+            let periodic = self.exec.wants_periodic_turns();
             let mut turn = Turn::default();
             tokio::select! {
                 biased;
@@ -141,8 +146,8 @@ impl<SM: StateMachine> GroupTask<SM> {
                     Some(i) => turn.inputs.push(i),
                     None => turn.inputs.push(GroupInput::Stop),
                 },
-                _ = tokio::time::sleep_until(deadline.into()) => turn.tick = true,
-                _ = ticker.tick() => {}
+                _ = tokio::time::sleep_until(deadline.into()), if timed => turn.tick = true,
+                _ = ticker.tick(), if periodic => {}
             }
             while turn.storage.len() < MAX_INPUTS_PER_TURN {
                 match self.done_rx.try_recv() {

@@ -544,6 +544,12 @@ impl<SM: StateMachine> Node<SM> {
                 let heartbeat_ms = probe.heartbeat_interval_ns / 1_000_000;
                 tc.idle_timeout_ms =
                     tc.idle_timeout_ms.max(heartbeat_ms.saturating_mul(PEER_IDLE_TIMEOUT_HEARTBEATS));
+                // Node-level liveness must suspect a dead peer well within
+                // an election timeout (a quiescent group's failover waits
+                // for it): at most two thirds of it, pinged four times.
+                let election_ms = probe.election_timeout_min_ns / 1_000_000;
+                tc.suspect_after_ms = tc.suspect_after_ms.min((election_ms * 2 / 3).max(4));
+                tc.ping_interval_ms = tc.ping_interval_ms.min(tc.suspect_after_ms / 4).max(1);
                 let needed = max_peer_message_bytes_of(&probe);
                 if needed > tc.max_frame_bytes {
                     return Err(DriverError::Config {
@@ -554,7 +560,21 @@ impl<SM: StateMachine> Node<SM> {
                         ),
                     });
                 }
-                Some(Transport::start(tc, listener, sink)?)
+                let transport = Transport::start(tc, listener, sink)?;
+                // Node-level liveness, shared by all groups: a change goes to
+                // every group (only quiescent ones act on it). A full queue
+                // has work queued, so its group is awake anyway.
+                let r = routes.clone();
+                transport.set_liveness_sink(Arc::new(move |peer, alive| {
+                    if let Ok(routes) = r.read() {
+                        for tx in routes.values() {
+                            let input =
+                                if alive { GroupInput::PeerUp(peer) } else { GroupInput::PeerDown(peer) };
+                            let _ = tx.try_send(input);
+                        }
+                    }
+                }));
+                Some(transport)
             }
         };
         Ok(Node {

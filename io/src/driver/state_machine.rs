@@ -76,6 +76,14 @@ pub trait StateMachine: Send + 'static {
         Vec::new()
     }
 
+    /// True while [`StateMachine::leader_proposals`] may return something
+    /// on a later tick with no new input (e.g. TTL deadlines are armed). A
+    /// quiescent group's driver ticks only then, so the default (nothing
+    /// timed) lets an idle group sleep.
+    fn wants_leader_ticks(&self) -> bool {
+        false
+    }
+
     /// A snapshot of the state as applied now, to be encoded off the group's
     /// task (on a blocking thread) while this state keeps applying: return
     /// an owned, cheap copy (e.g. a persistent or copy-on-write structure)

@@ -82,6 +82,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::wire::{self, Envelope, FrameDecoder, PeerFrame, ProbeAnswer, WireError};
 
+pub mod liveness;
 pub mod probe;
 pub mod stream;
 use probe::ProbeState;
@@ -128,6 +129,14 @@ pub struct TransportConfig {
     /// Wraps every peer connection (mutual TLS in the tarn server; see
     /// [`stream`]). `None`: plain TCP.
     pub security: Option<Arc<dyn PeerSecurity>>,
+    /// Node-level liveness (issue 17): every established connection carries
+    /// a `PeerFrame::Ping` this often, however idle its groups are.
+    pub ping_interval_ms: u64,
+    /// A peer whose connection is down, or from which nothing arrived for
+    /// this long, is suspected down and reported to the liveness sink
+    /// ([`Transport::set_liveness_sink`]). Keep it well under the election
+    /// timeout: a quiescent group's failover waits for it.
+    pub suspect_after_ms: u64,
 }
 
 /// A refused peer connection (security) is logged at most once per this
@@ -167,6 +176,8 @@ impl TransportConfig {
             max_pending_handshakes: MAX_PENDING_HANDSHAKES_DEFAULT,
             security: None,
             idle_timeout_ms: PEER_IDLE_TIMEOUT_MS_DEFAULT,
+            ping_interval_ms: liveness::PING_INTERVAL_MS_DEFAULT,
+            suspect_after_ms: liveness::SUSPECT_AFTER_MS_DEFAULT,
         }
     }
 
@@ -196,6 +207,12 @@ impl TransportConfig {
         }
         if self.max_pending_handshakes == 0 {
             return bad("max_pending_handshakes must be positive (peers could never connect)".into());
+        }
+        if self.ping_interval_ms == 0 || self.suspect_after_ms < 2 * self.ping_interval_ms {
+            return bad(format!(
+                "suspect_after_ms ({}) must be at least two ping_interval_ms ({}), and pings must be on",
+                self.suspect_after_ms, self.ping_interval_ms
+            ));
         }
         if self.idle_timeout_ms == 0 {
             return bad(format!(
@@ -266,6 +283,10 @@ pub struct TransportStats {
     /// Established connections closed because nothing arrived, or a write
     /// made no progress, for `idle_timeout_ms` (half-open or stalled).
     pub idle_disconnects: AtomicU64,
+    /// Node-level liveness pings written (`PeerFrame::Ping`).
+    pub pings_sent: AtomicU64,
+    /// Times a peer became suspected down (node-level liveness).
+    pub peer_suspicions: AtomicU64,
     /// Connections refused by the transport's security (TLS handshake or
     /// certificate identity), dialed or accepted.
     pub security_refusals: AtomicU64,
@@ -334,6 +355,7 @@ struct Shared<M> {
     stats: Arc<TransportStats>,
     sink: InboundSink<M>,
     security_log: SecurityLog,
+    liveness: liveness::Liveness,
 }
 
 /// Logs refused connections at most once per [`SECURITY_LOG_INTERVAL`].
@@ -384,6 +406,8 @@ struct PeerSlot<M> {
     accepted: mpsc::Sender<Live>,
     /// A connection to the peer is up (set by its task).
     connected: Arc<AtomicBool>,
+    /// When a frame last arrived from the peer (`liveness::Liveness` clock).
+    last_heard_ms: Arc<AtomicU64>,
 }
 
 /// A connection that completed the handshake.
@@ -421,7 +445,8 @@ where
         let initial = config.peers.clone();
         let stats = Arc::new(TransportStats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared { config, stats, sink, security_log: SecurityLog::default() });
+        let liveness = liveness::Liveness::default();
+        let shared = Arc::new(Shared { config, stats, sink, security_log: SecurityLog::default(), liveness });
         let peers: Peers<M> = Arc::default();
         let runtime = tokio::runtime::Handle::current();
         let accept = accept_task(shared.clone(), peers.clone(), listener, shutdown_rx);
@@ -432,6 +457,12 @@ where
         // Accept only once the initial peers are known, or an early dialer
         // would be refused as unknown (and retry after a backoff).
         transport.inner.runtime.spawn(accept);
+        let monitor = liveness::monitor(
+            transport.inner.shared.clone(),
+            transport.inner.peers.clone(),
+            transport.inner.shutdown.subscribe(),
+        );
+        transport.inner.runtime.spawn(monitor);
         Ok(transport)
     }
 
@@ -456,10 +487,12 @@ where
         let (queue, queue_rx) = mpsc::channel(shared.config.max_queued_messages_per_peer);
         let (accepted, accepted_rx) = mpsc::channel(MAX_PENDING_ACCEPTED_PER_PEER);
         let connected = Arc::new(AtomicBool::new(false));
+        let last_heard_ms = Arc::new(AtomicU64::new(shared.liveness.now_ms()));
         let task = PeerTask {
             shared: shared.clone(),
             peer,
             connected: connected.clone(),
+            last_heard_ms: last_heard_ms.clone(),
             addr: addr_rx,
             queue: queue_rx,
             accepted: accepted_rx,
@@ -467,7 +500,7 @@ where
             buf: Vec::with_capacity(64 * 1024),
         };
         self.inner.runtime.spawn(task.run());
-        peers.insert(peer, PeerSlot { addr: addr_tx, queue, accepted, connected });
+        peers.insert(peer, PeerSlot { addr: addr_tx, queue, accepted, connected, last_heard_ms });
         tracing::debug!(node = shared.config.node_id, peer, %addr, "peer added");
         Ok(())
     }
@@ -560,6 +593,7 @@ struct PeerTask<M> {
     shared: Arc<Shared<M>>,
     peer: NodeId,
     connected: Arc<AtomicBool>,
+    last_heard_ms: Arc<AtomicU64>,
     addr: watch::Receiver<SocketAddr>,
     queue: mpsc::Receiver<Envelope<M>>,
     accepted: mpsc::Receiver<Live>,
@@ -633,7 +667,14 @@ where
                 }
             };
             backoff_ms = min_ms;
-            match self.run_connection(live).await {
+            let ended = self.run_connection(live).await;
+            if !matches!(ended, Ended::Stop) {
+                // The connection died (or the peer dialed anew: it may have
+                // restarted). Suspect it now; the monitor clears it once a
+                // connection is up and heard from again.
+                self.shared.liveness.set(&self.shared, self.peer, true);
+            }
+            match ended {
                 Ended::Stop => return,
                 Ended::Replaced(live) => next = Some(live),
                 Ended::Lost => {
@@ -681,9 +722,33 @@ where
         // the peer is known now.
         let mut decoder = decoder;
         decoder.set_max_frame_bytes(max_frame);
-        let mut reader = tokio::spawn(read_loop(self.shared.clone(), peer, read_half, decoder, remote));
+        self.last_heard_ms.store(self.shared.liveness.now_ms(), Ordering::Relaxed);
+        let heard = self.last_heard_ms.clone();
+        let mut reader =
+            tokio::spawn(read_loop(self.shared.clone(), peer, read_half, decoder, remote, heard));
+        let mut ping = tokio::time::interval(Duration::from_millis(self.shared.config.ping_interval_ms));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
             tokio::select! {
+                _ = ping.tick() => {
+                    // Node-level liveness: one small frame per interval,
+                    // whatever the groups say (a quiet pair says nothing).
+                    self.buf.clear();
+                    if wire::encode_frame(&PeerFrame::<M>::Ping, max_frame, &mut self.buf).is_err() {
+                        continue;
+                    }
+                    let write = async {
+                        write_half.write_all(&self.buf).await?;
+                        write_half.flush().await
+                    };
+                    match tokio::time::timeout(idle, write).await {
+                        Ok(Ok(())) => stats.pings_sent.fetch_add(1, Ordering::Relaxed),
+                        _ => {
+                            tracing::warn!(node, peer, %remote, "peer ping write failed; reconnecting");
+                            break Ended::Lost;
+                        }
+                    };
+                }
                 m = self.queue.recv() => {
                     let Some(first) = m else { break Ended::Stop };
                     // Let the other groups' messages of this wakeup queue up.
@@ -762,6 +827,7 @@ async fn read_loop<M: DeserializeOwned>(
     mut read_half: ReadHalf,
     mut decoder: FrameDecoder,
     remote: SocketAddr,
+    last_heard_ms: Arc<AtomicU64>,
 ) {
     let node = shared.config.node_id;
     let idle = Duration::from_millis(shared.config.idle_timeout_ms);
@@ -772,6 +838,7 @@ async fn read_loop<M: DeserializeOwned>(
                     shared.stats.messages_received.fetch_add(1, Ordering::Relaxed);
                     (shared.sink)(peer, group, message);
                 }
+                Ok(Some(PeerFrame::Ping)) => {}
                 Ok(Some(
                     PeerFrame::Hello { .. } | PeerFrame::Probe { .. } | PeerFrame::ProbeReply { .. },
                 )) => {
@@ -789,7 +856,7 @@ async fn read_loop<M: DeserializeOwned>(
         }
         match tokio::time::timeout(idle, read_half.read_buf(decoder.buffer_mut())).await {
             Ok(Ok(0)) => return,
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => last_heard_ms.store(shared.liveness.now_ms(), Ordering::Relaxed),
             Ok(Err(e)) => {
                 tracing::debug!(node, peer, %remote, error = %e, "peer connection read failed");
                 return;
@@ -832,7 +899,7 @@ async fn read_first<M: DeserializeOwned, S: AsyncRead + Unpin>(
             Some(PeerFrame::ProbeReply { cluster_id, from, answer }) => {
                 return Ok(Some(First::ProbeReply { cluster_id, from, answer }))
             }
-            Some(PeerFrame::Message(_)) => {
+            Some(PeerFrame::Message(_) | PeerFrame::Ping) => {
                 return Err(TransportError::Handshake {
                     addr: addr.into(),
                     reason: "message before hello".into(),
@@ -1353,6 +1420,33 @@ mod tests {
         t2b.shutdown();
     }
 
+    /// Node-level liveness (issue 17): pings keep an otherwise silent pair
+    /// from being suspected; a peer that stops is reported down once, and
+    /// up once it is back. Fails without pings (the quiet pair is suspected)
+    /// or without the report of a lost connection.
+    #[tokio::test]
+    async fn a_silent_pair_stays_alive_and_a_stopped_peer_is_reported_down_then_up() {
+        let ([l1, l2], [a1, a2]) = listeners().await;
+        let (t1, _got1) = node(1, l1, [(2, a2)].into()).await;
+        let (t2, got2) = node(2, l2, [(1, a1)].into()).await;
+        let seen: Arc<Mutex<Vec<(NodeId, bool)>>> = Arc::default();
+        let s = seen.clone();
+        t1.set_liveness_sink(Arc::new(move |peer, alive| s.lock().unwrap().push((peer, alive))));
+        until_delivered(&t1, 2, &got2, "a").await;
+        // Four suspicion timeouts of silence from the groups: pings carry it.
+        tokio::time::sleep(Duration::from_millis(4 * liveness::SUSPECT_AFTER_MS_DEFAULT)).await;
+        assert_eq!(t1.suspects(2), Some(false));
+        assert!(seen.lock().unwrap().is_empty(), "{:?}", seen.lock().unwrap());
+        assert!(t1.stats().pings_sent.load(Ordering::Relaxed) > 0);
+        t2.shutdown();
+        wait_for(5_000, || seen.lock().unwrap().contains(&(2, false))).await;
+        let (t2b, _) = node(2, rebind(a2).await, [(1, a1)].into()).await;
+        wait_for(5_000, || seen.lock().unwrap().contains(&(2, true))).await;
+        assert_eq!(*seen.lock().unwrap(), vec![(2, false), (2, true)]);
+        t1.shutdown();
+        t2b.shutdown();
+    }
+
     #[tokio::test]
     async fn peers_are_added_moved_and_removed_at_runtime() {
         let ([l1, l2], [a1, a2]) = listeners().await;
@@ -1534,6 +1628,9 @@ mod tests {
             config.reconnect_backoff_min_ms = 5;
             config.reconnect_backoff_max_ms = 50;
             config.idle_timeout_ms = 300;
+            // Liveness pings would keep the pair busy: this is the silent case.
+            config.ping_interval_ms = 60_000;
+            config.suspect_after_ms = 120_000;
             Transport::<String>::start(config, l, sink(got)).unwrap()
         };
         let t1 = start(1, l1, [(2, a2)].into(), &got1);

@@ -295,6 +295,11 @@ pub enum PeerFrame<M> {
     Probe { cluster_id: u64, from: NodeId, to: NodeId, incarnation: u64 },
     /// The answer to a `Probe`, then the connection closes.
     ProbeReply { cluster_id: u64, from: NodeId, answer: ProbeAnswer },
+    /// Node-level liveness (issue 17): sent on an established connection
+    /// every `TransportConfig::ping_interval_ms`, so a pair whose groups are
+    /// all quiescent still hears from each other, and a silent peer is
+    /// suspected down within `suspect_after_ms` whatever its groups do.
+    Ping,
 }
 
 /// What a node answers to a [`PeerFrame::Probe`].
@@ -387,6 +392,20 @@ mod tests {
         let (b, m) = decode_frame::<PeerFrame<Sample>>(&buf[n..], MAX).unwrap().unwrap();
         assert_eq!((a, b), (hello, msg));
         assert_eq!(n + m, buf.len());
+    }
+
+    /// The liveness ping (issue 17) is appended to the enum: the frames
+    /// before it keep their encodings, and it round-trips in a few bytes.
+    #[test]
+    fn a_ping_is_a_tiny_frame_and_older_frames_keep_their_bytes() {
+        let ping = encode_frame_vec(&PeerFrame::<Sample>::Ping, MAX).unwrap();
+        assert!(ping.len() <= 8, "{} bytes", ping.len());
+        let (back, n) = decode_frame::<PeerFrame<Sample>>(&ping, MAX).unwrap().unwrap();
+        assert_eq!((back, n), (PeerFrame::Ping, ping.len()));
+        let hello =
+            encode_frame_vec(&PeerFrame::<Sample>::Hello { cluster_id: 9, from: 1, to: 2 }, MAX).unwrap();
+        assert_eq!(hello[FRAME_LEN_BYTES + 1], 0, "Hello is still variant 0");
+        assert_eq!(ping[FRAME_LEN_BYTES + 1], 4, "Ping is variant 4, after ProbeReply");
     }
 
     #[test]
