@@ -1878,7 +1878,9 @@ impl World {
         };
         self.quiet.leader_faults += 1;
         let duration = self.quiet.rng.between(100 * NANOS_PER_MILLI, NANOS_PER_SECOND);
-        if self.quiet.rng.chance(PPM / 2) {
+        // Async runs never crash (an unsynced write is lost by design, see
+        // `RunConfig::async_sync_ns`): their quiet leaders are only cut off.
+        if self.quiet.rng.chance(PPM / 2) && self.config.async_sync_ns.is_none() {
             self.crash(l, duration);
         } else {
             self.net.isolate(l);
