@@ -147,3 +147,25 @@ fn a_leader_restarted_before_anyone_suspected_it_is_elected_again() {
     assert!(c.leader().is_some(), "{:?}", (1..=3).map(|i| c.raft(i).status()).collect::<Vec<_>>());
     c.check_invariants();
 }
+
+/// A leader whose group stopped while its node stays up (a storage error
+/// stops one group; node-level liveness still vouches for the node): no
+/// `PeerDown` ever comes, so client work on the quiet followers must wake
+/// them, and they elect a new leader. Fails if a proposal or read leaves a
+/// quiet follower quiet.
+#[test]
+fn client_work_wakes_quiet_followers_of_a_leader_whose_group_stopped() {
+    let mut c = quiet_cluster(8);
+    c.crash(1); // the group only: no PeerDown follows
+    c.run_for(2_000 * MS);
+    assert_eq!(c.leader(), None, "nothing else wakes them");
+    c.propose(2, 10, b"w");
+    assert!(!c.raft(2).is_quiescent(), "a proposal wakes a quiet follower");
+    assert!(matches!(c.outcome(2, 10), Some(Outcome::Dropped(_))), "and is refused as before");
+    c.read(3, 11);
+    assert!(!c.raft(3).is_quiescent(), "a read wakes a quiet follower");
+    c.run_for(1_000 * MS);
+    let leader = c.leader().expect("the woken followers elect a leader");
+    assert_ne!(leader, 1);
+    c.check_invariants();
+}

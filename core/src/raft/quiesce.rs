@@ -17,9 +17,12 @@
 //! - **Waking.** A quiet leader wakes on a proposal, a read, a membership
 //!   change, a transfer, any message, and `PeerUp`. A quiet follower wakes
 //!   on any message of its leader other than `Quiesce` (the leader is
-//!   awake then), on a higher term, and on `PeerDown` of its leader. A read
-//!   on a quiet follower is forwarded as usual and wakes the leader; a
-//!   refused (pre-)vote request does not wake it.
+//!   awake then), on a higher term, on `PeerDown` of its leader, and on
+//!   client work (a proposal or a read: a leader whose group stopped on a
+//!   live node is invisible to node-level liveness, so the clients' knocking
+//!   must be enough to replace it). A read on a quiet follower is forwarded
+//!   as usual and wakes the leader; a refused (pre-)vote request does not
+//!   wake it.
 //! - **Node-level liveness.** The driver knows whether each peer node is
 //!   alive (its connection, and a node-level ping that crosses it however
 //!   quiet the groups are) and tells every group of the node
@@ -84,6 +87,14 @@ impl RawNode {
                 | Input::ChangeMembership { .. }
                 | Input::PeerUp { .. }
         )
+    }
+
+    /// Inputs that wake a quiet follower besides its leader's words and
+    /// `PeerDown`: client work. A proposal is refused (`NotLeader`) and a
+    /// read is forwarded as before; but if the leader's group stopped on a
+    /// live node (a storage error), nothing else would ever wake the group.
+    pub(super) fn wakes_follower(input: &Input) -> bool {
+        matches!(input, Input::Propose { .. } | Input::ProposeBatch { .. } | Input::Read { .. })
     }
 
     /// Leader: is the group idle enough to stop heartbeating?
