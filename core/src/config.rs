@@ -64,9 +64,11 @@ pub enum PlantedBug {
     /// chain of limits).
     AdmissionIgnoresEntryBound,
     /// Issue 17: a quiescent follower wakes only when its leader speaks as
-    /// leader: it ignores `Input::PeerDown` of its leader and its leader's
-    /// own campaign after a restart, so a quiet group whose leader crashed
-    /// never elects anyone again.
+    /// leader: it ignores `Input::PeerDown` of its leader, its leader's own
+    /// campaign after a restart, and client work, so a quiet group whose
+    /// leader crashed never elects anyone again. (Client work alone would
+    /// rescue the group late, hiding the other two from the liveness check;
+    /// the simulator has no failover-time checker yet.)
     QuietFollowerNeverSuspectsItsLeader,
 }
 

@@ -304,7 +304,11 @@ impl RawNode {
         if self.quiet && self.state.is_leader() && Self::wakes_leader(&input) {
             self.wake_leader();
         }
-        if self.quiet && !self.state.is_leader() && Self::wakes_follower(&input) {
+        if self.quiet
+            && !self.state.is_leader()
+            && Self::wakes_follower(&input)
+            && !bug!(self, QuietFollowerNeverSuspectsItsLeader)
+        {
             // Clients knock: resume the election timer from the last real
             // contact. Node-level liveness cannot see a leader whose group
             // stopped on a live node; a quiet group must not wait on it forever.
