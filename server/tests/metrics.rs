@@ -119,6 +119,14 @@ async fn a_leader_exports_follower_lag_and_peer_connections() {
         .await;
         assert_eq!(must(&text, "tarn_group_role{group=\"1\",role=\"leader\"}"), 1.0);
         assert!(must(&text, "tarn_peer_messages_sent_total") > 0.0);
+        // Idle now: the group goes quiet, and only node-level pings cross.
+        let text = poll_until("the idle group quiescent on the leader", || async {
+            let text = scrape(addr).await;
+            (sample(&text, "tarn_groups_quiescent") == Some(1.0)).then_some(text)
+        })
+        .await;
+        assert!(must(&text, "tarn_peer_pings_sent_total") > 0.0, "{text}");
+        assert!(sample(&text, "tarn_peer_suspicions_total").is_some(), "{text}");
         assert_eq!(must(&text, "tarn_peer_connections_open"), 2.0);
         // A follower knows the leader but no progress.
         let follower = cluster.servers[&followers[0]].metrics_addr().expect("bound");

@@ -199,6 +199,7 @@ impl<SM: StateMachine> GroupTask<SM> {
             applied: self.exec.applied(),
             last_log_id: last,
             snapshot: self.exec.snapshot(),
+            quiescent: raw.is_quiescent(),
             stopped: false,
             error: self.exec.failure().map(str::to_string),
         };

@@ -245,6 +245,9 @@ pub struct GroupInfo {
     /// The newest snapshot this node holds (taken, installed or recovered;
     /// zero if none): the log before it may be compacted.
     pub snapshot: LogId,
+    /// Quiescent (`Config::quiesce`): the group runs no timer until work, a
+    /// message or node-level liveness wakes it.
+    pub quiescent: bool,
     pub stopped: bool,
     pub error: Option<String>,
 }
@@ -659,6 +662,7 @@ impl<SM: StateMachine> Node<SM> {
             applied: sm.applied_index(),
             last_log_id: raw.last_log_id(),
             snapshot: recovered_snapshot,
+            quiescent: false,
             stopped: false,
             error: None,
         };

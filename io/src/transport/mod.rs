@@ -309,6 +309,8 @@ pub struct TransportStatsSnapshot {
     pub handshakes_evicted: u64,
     pub idle_disconnects: u64,
     pub security_refusals: u64,
+    pub pings_sent: u64,
+    pub peer_suspicions: u64,
 }
 
 impl TransportStats {
@@ -329,6 +331,8 @@ impl TransportStats {
             handshakes_evicted: l(&self.handshakes_evicted),
             idle_disconnects: l(&self.idle_disconnects),
             security_refusals: l(&self.security_refusals),
+            pings_sent: l(&self.pings_sent),
+            peer_suspicions: l(&self.peer_suspicions),
         }
     }
 }

@@ -122,9 +122,11 @@ async fn groups(b: &mut Builder, shared: &Shared) {
     let (mut lag, mut leader_changes, mut taken, mut installed, mut failed, mut durations) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut apply, mut propose) = (Vec::new(), Vec::new());
+    let mut quiescent = 0;
     for g in shared.node.groups() {
         let Some(handle) = shared.node.group(g) else { continue };
         let info = handle.info();
+        quiescent += u64::from(info.quiescent);
         let group = || vec![("group", g.to_string())];
         for r in ROLES {
             let labels = vec![("group", g.to_string()), ("role", role_label(r).to_string())];
@@ -155,6 +157,8 @@ async fn groups(b: &mut Builder, shared: &Shared) {
         }
     }
     use MetricType::{Counter, Gauge, Histogram};
+    // One number, not a series per group: it is for nodes with many groups.
+    b.gauge("tarn_groups_quiescent", "Groups on this node that are quiescent (no timer runs)", quiescent);
     b.add("tarn_group_role", "1 for the group's role on this node, 0 for the others", Gauge, role);
     b.add("tarn_group_term", "Current Raft term", Gauge, term);
     b.add("tarn_group_commit_index", "Highest log index known committed", Gauge, commit);
@@ -320,6 +324,12 @@ fn peers(b: &mut Builder, shared: &Shared) {
     b.counter("tarn_peer_sent_bytes", "Bytes written to peers", &n(t.bytes_sent));
     b.counter("tarn_peer_flushes", "Peer connection write flushes", &n(t.flushes));
     b.counter("tarn_peer_connects", "Peer connections established", &n(t.connects));
+    b.counter("tarn_peer_pings_sent", "Node-level liveness pings written", &n(t.pings_sent));
+    b.counter(
+        "tarn_peer_suspicions",
+        "Times a peer became suspected down (node-level liveness; wakes quiet groups it leads)",
+        &n(t.peer_suspicions),
+    );
     b.counter("tarn_peer_connect_failures", "Failed peer dials", &n(t.connect_failures));
     b.counter(
         "tarn_peer_bad_connections",
