@@ -6,7 +6,7 @@ use bytes::Bytes;
 use tarn_core::{Index, Nanos};
 use tarn_io::driver::{SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine};
 use tarn_kv::snapshot::SNAPSHOT_CHUNK_TARGET_BYTES;
-use tarn_kv::{KvConfig, KvStateMachine, SnapshotStreamDecoder, WatchId, WatchRegisterError};
+use tarn_kv::{KvConfig, KvStateMachine, SnapshotStreamDecoder};
 use tarn_service::watch::WatchSinks;
 pub use tarn_service::watch::{WatchDelivery, WatchSink};
 use tarn_service::KvHost;
@@ -30,22 +30,6 @@ impl KvMachine {
     pub fn kv(&self) -> &KvStateMachine {
         &self.kv
     }
-
-    /// Registers a watch and delivers whatever history is already due.
-    pub fn watch(
-        &mut self,
-        key: &str,
-        subtree: bool,
-        after_index: Option<Index>,
-        sink: WatchSink,
-    ) -> Result<WatchId, WatchRegisterError> {
-        self.sinks.watch(&mut self.kv, key, subtree, after_index, sink)
-    }
-
-    /// Ends a watch.
-    pub fn unwatch(&mut self, id: WatchId) {
-        self.sinks.unwatch(&mut self.kv, id);
-    }
 }
 
 impl KvHost for KvMachine {
@@ -53,18 +37,8 @@ impl KvHost for KvMachine {
         &self.kv
     }
 
-    fn watch(
-        &mut self,
-        key: &str,
-        subtree: bool,
-        after_index: Option<Index>,
-        sink: WatchSink,
-    ) -> Result<WatchId, WatchRegisterError> {
-        KvMachine::watch(self, key, subtree, after_index, sink)
-    }
-
-    fn unwatch(&mut self, id: WatchId) {
-        KvMachine::unwatch(self, id);
+    fn kv_and_sinks(&mut self) -> (&mut KvStateMachine, &mut WatchSinks) {
+        (&mut self.kv, &mut self.sinks)
     }
 }
 

@@ -17,7 +17,7 @@ use tarn_io::transport::probe::ProbeState;
 use tarn_io::wire::{self, FrameDecoder};
 use tarn_kv::{KvConfig, Request};
 use tarn_service::admission::AdmissionLimits;
-use tarn_service::{ConnWatches, FrameSink, GroupPort, PathMetrics, RequestPath};
+use tarn_service::{ConnWatches, FrameSink, GroupPort, KvHost, PathMetrics, RequestPath};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};

@@ -21,7 +21,7 @@ use tarn_kv::{
 
 use crate::admission::{self, AdmissionLimits};
 use crate::protocol::{ClientFrame, Consistency, RequestBody, ResponseBody, ServerError, ServerFrame};
-use crate::watch::{WatchDelivery, WatchSink};
+use crate::watch::{WatchDelivery, WatchSink, WatchSinks};
 
 /// What a kv state machine answers for one entry: one response per request,
 /// or why the entry did not decode.
@@ -32,6 +32,9 @@ pub type KvResponses = Result<Vec<tarn_kv::Response>, String>;
 pub trait KvHost: StateMachine<Response = KvResponses> {
     /// The kv, for reads.
     fn kv(&self) -> &KvStateMachine;
+    /// The kv and the sinks its watch events go to (every host keeps both
+    /// side by side; the watch methods below are the same for all).
+    fn kv_and_sinks(&mut self) -> (&mut KvStateMachine, &mut WatchSinks);
     /// Registers a watch whose events go to `sink`, delivering the history
     /// already due.
     fn watch(
@@ -40,9 +43,15 @@ pub trait KvHost: StateMachine<Response = KvResponses> {
         subtree: bool,
         after_index: Option<Index>,
         sink: WatchSink,
-    ) -> Result<WatchId, WatchRegisterError>;
+    ) -> Result<WatchId, WatchRegisterError> {
+        let (kv, sinks) = self.kv_and_sinks();
+        sinks.watch(kv, key, subtree, after_index, sink)
+    }
     /// Ends a watch.
-    fn unwatch(&mut self, id: WatchId);
+    fn unwatch(&mut self, id: WatchId) {
+        let (kv, sinks) = self.kv_and_sinks();
+        sinks.unwatch(kv, id);
+    }
 }
 
 /// Where the path hands one group its inputs: the tokio group's queue, or
@@ -432,17 +441,8 @@ mod tests {
         fn kv(&self) -> &KvStateMachine {
             &self.kv
         }
-        fn watch(
-            &mut self,
-            key: &str,
-            subtree: bool,
-            after_index: Option<Index>,
-            sink: WatchSink,
-        ) -> Result<WatchId, WatchRegisterError> {
-            self.sinks.watch(&mut self.kv, key, subtree, after_index, sink)
-        }
-        fn unwatch(&mut self, id: WatchId) {
-            self.sinks.unwatch(&mut self.kv, id);
+        fn kv_and_sinks(&mut self) -> (&mut KvStateMachine, &mut WatchSinks) {
+            (&mut self.kv, &mut self.sinks)
         }
     }
 

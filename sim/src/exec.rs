@@ -21,9 +21,9 @@ use tarn_core::{EntryPayload, Index, LogId, Membership, Message, Nanos, NodeId, 
 use tarn_io::driver::{
     GroupIo, Observed, SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine, StorageOp,
 };
-use tarn_kv::{KvStateMachine, SnapshotStreamDecoder, WatchId, WatchRegisterError};
+use tarn_kv::{KvStateMachine, SnapshotStreamDecoder};
 use tarn_service::protocol::ServerFrame;
-use tarn_service::watch::{WatchSink, WatchSinks};
+use tarn_service::watch::WatchSinks;
 use tarn_service::KvHost;
 
 use crate::trace::hash_bytes;
@@ -188,18 +188,8 @@ impl KvHost for SimSm {
         &self.kv
     }
 
-    fn watch(
-        &mut self,
-        key: &str,
-        subtree: bool,
-        after_index: Option<Index>,
-        sink: WatchSink,
-    ) -> Result<WatchId, WatchRegisterError> {
-        self.sinks.watch(&mut self.kv, key, subtree, after_index, sink)
-    }
-
-    fn unwatch(&mut self, id: WatchId) {
-        self.sinks.unwatch(&mut self.kv, id);
+    fn kv_and_sinks(&mut self) -> (&mut KvStateMachine, &mut WatchSinks) {
+        (&mut self.kv, &mut self.sinks)
     }
 }
 
