@@ -197,17 +197,7 @@ pub fn temp_op(
     } else if roll < u64::from(PPM) * 55 / 100 && clients > 1 {
         // Someone else's register: the kv's owner check must refuse it.
         let of = (own + 1 + rng.below(clients - 1)) % clients;
-        let kind = OpKind::Refresh { own: false };
-        ClientOp {
-            key: TEMP_KEY_BASE + of,
-            kind,
-            path: Path::Log,
-            batch: 1,
-            keys: 1,
-            ttl_ns,
-            wait_ns: 0,
-            pad_bytes: 0,
-        }
+        ClientOp { key: TEMP_KEY_BASE + of, ..own_op(OpKind::Refresh { own: false }) }
     } else {
         let of = rng.below(clients.max(1));
         let path = if rng.chance(log_read_ppm) { Path::Log } else { Path::ReadIndex };
