@@ -26,7 +26,7 @@ use crate::storage::{
     DeletionJob, FlushReport, SnapshotFile, SnapshotReader, SnapshotWriter, Storage, StorageConfig,
     StorageError, SyncJob,
 };
-use crate::vfs::{StdVfs, Vfs};
+use crate::vfs::{PooledVfs, StdVfs, Vfs};
 
 /// A failed storage operation: the group that hit it stops (no blind retry:
 /// after a failed sync the page cache may have dropped the data).
@@ -409,7 +409,9 @@ impl FileStore {
             config.async_sync_interval_ms =
                 u64::try_from(sync_interval.as_millis()).unwrap_or(u64::MAX).max(1);
         }
-        let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
+        // Every engine in the process shares one descriptor pool, so that many
+        // idle groups (issue 17) do not run out of open files.
+        let vfs: Arc<dyn Vfs> = Arc::new(PooledVfs::shared());
         let storage = Storage::open(vfs, config).map_err(|e| StoreError::engine(0, e))?;
         let max_tail_bytes = tarn_core::Config::new(1, 0).max_log_tail_bytes;
         Ok(FileStore { storage, report: FlushReport::default(), max_tail_entries, max_tail_bytes })

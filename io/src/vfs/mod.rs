@@ -43,9 +43,11 @@ use std::io;
 use std::path::Path;
 
 mod mem;
+mod pooled;
 mod std_vfs;
 
 pub use mem::{CrashMode, Faults, MemVfs, Unsynced};
+pub use pooled::{open_files_soft_limit, raise_open_files_limit, PoolStats, PooledVfs};
 pub use std_vfs::StdVfs;
 
 /// An open file. Positioned I/O only: there is no cursor, so a handle can be

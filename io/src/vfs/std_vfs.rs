@@ -78,47 +78,7 @@ impl Vfs for StdVfs {
     }
 
     fn sync_data_batch(&self, files: &[&dyn VfsFile]) -> Vec<io::Result<()>> {
-        if files.len() < 2 {
-            return files.iter().map(|f| f.sync_data()).collect();
-        }
-        // Concurrent fdatasyncs let the file system (ext4's jbd2, XFS's log)
-        // commit them as one group instead of one device flush each.
-        // Threads are scoped and bounded; on a spawn failure we fall back to
-        // syncing inline, so every file is synced exactly once either way.
-        let workers = files.len().min(MAX_SYNC_THREADS);
-        let mut results: Vec<Option<io::Result<()>>> = (0..files.len()).map(|_| None).collect();
-        std::thread::scope(|scope| {
-            let mut handles = Vec::with_capacity(workers);
-            let chunk = files.len().div_ceil(workers);
-            for (w, group) in files.chunks(chunk).enumerate() {
-                let spawned = std::thread::Builder::new()
-                    .name("tarn-fdatasync".into())
-                    .spawn_scoped(scope, move || group.iter().map(|f| f.sync_data()).collect::<Vec<_>>());
-                match spawned {
-                    Ok(handle) => handles.push((w * chunk, Some(handle))),
-                    Err(_) => {
-                        for (i, f) in group.iter().enumerate() {
-                            results[w * chunk + i] = Some(f.sync_data());
-                        }
-                    }
-                }
-            }
-            for (start, handle) in handles {
-                let handle = handle.expect("pushed with a handle");
-                let out = handle.join().unwrap_or_else(|_| {
-                    (0..chunk).map(|_| Err(io::Error::other("fdatasync thread panicked"))).collect()
-                });
-                for (i, r) in out.into_iter().enumerate() {
-                    if start + i < results.len() {
-                        results[start + i] = Some(r);
-                    }
-                }
-            }
-        });
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(io::Error::other("fdatasync result missing"))))
-            .collect()
+        sync_concurrently(files)
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
@@ -128,6 +88,52 @@ impl Vfs for StdVfs {
     fn remove_dir(&self, dir: &Path) -> io::Result<()> {
         std::fs::remove_dir(dir)
     }
+}
+
+/// fdatasyncs `files` on up to [`MAX_SYNC_THREADS`] threads at once, one
+/// result per file in order (the real file systems' [`Vfs::sync_data_batch`]).
+pub(super) fn sync_concurrently(files: &[&dyn VfsFile]) -> Vec<io::Result<()>> {
+    if files.len() < 2 {
+        return files.iter().map(|f| f.sync_data()).collect();
+    }
+    // Concurrent fdatasyncs let the file system (ext4's jbd2, XFS's log)
+    // commit them as one group instead of one device flush each.
+    // Threads are scoped and bounded; on a spawn failure we fall back to
+    // syncing inline, so every file is synced exactly once either way.
+    let workers = files.len().min(MAX_SYNC_THREADS);
+    let mut results: Vec<Option<io::Result<()>>> = (0..files.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(workers);
+        let chunk = files.len().div_ceil(workers);
+        for (w, group) in files.chunks(chunk).enumerate() {
+            let spawned = std::thread::Builder::new()
+                .name("tarn-fdatasync".into())
+                .spawn_scoped(scope, move || group.iter().map(|f| f.sync_data()).collect::<Vec<_>>());
+            match spawned {
+                Ok(handle) => handles.push((w * chunk, Some(handle))),
+                Err(_) => {
+                    for (i, f) in group.iter().enumerate() {
+                        results[w * chunk + i] = Some(f.sync_data());
+                    }
+                }
+            }
+        }
+        for (start, handle) in handles {
+            let handle = handle.expect("pushed with a handle");
+            let out = handle.join().unwrap_or_else(|_| {
+                (0..chunk).map(|_| Err(io::Error::other("fdatasync thread panicked"))).collect()
+            });
+            for (i, r) in out.into_iter().enumerate() {
+                if start + i < results.len() {
+                    results[start + i] = Some(r);
+                }
+            }
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(io::Error::other("fdatasync result missing"))))
+        .collect()
 }
 
 #[cfg(test)]

@@ -290,6 +290,24 @@ fn storage(b: &mut Builder, shared: &Shared) {
         "Log entries appended per storage flush",
         s.flush_entries.snapshot(),
     );
+    // The process's descriptor pool (shared by every node in it).
+    let pool = tarn_io::vfs::PooledVfs::shared().stats();
+    b.gauge(
+        "tarn_storage_open_files",
+        "Log and hard-state files open now (pooled descriptors)",
+        pool.open as u64,
+    );
+    b.gauge("tarn_storage_open_files_limit", "The descriptor pool's target", pool.limit as u64);
+    b.counter(
+        "tarn_storage_file_reopens",
+        "Descriptors reopened for files the pool had closed (idle groups waking)",
+        &AtomicU64::new(pool.reopens),
+    );
+    b.counter(
+        "tarn_storage_file_evictions",
+        "Idle, synced descriptors closed to stay under the pool's target",
+        &AtomicU64::new(pool.evictions),
+    );
 }
 
 /// The peer transport: connection states and message counts.
