@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use super::executor::{GroupExecutor, GroupInput, GroupIo, SnapEvent, SnapshotJobError, StorageOp, Turn};
+use super::liveness_feed::LivenessRx;
 use super::state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore};
 use super::store::{StagedSnapshot, StorageDone, StorageRequest, StorageWorker};
 use super::{GroupCounters, GroupInfo, StateMachine};
@@ -119,6 +120,10 @@ pub(crate) struct GroupTask<SM: StateMachine> {
     pub counters: Arc<GroupCounters>,
     /// The last leader seen, with its term (counts leader changes).
     pub seen_leader: Option<(Term, NodeId)>,
+    /// Node-level liveness changes (`PeerDown`/`PeerUp`), never dropped.
+    pub liveness: LivenessRx,
+    /// The last liveness change this group heard.
+    pub liveness_seen: u64,
 }
 
 impl<SM: StateMachine> GroupTask<SM> {
@@ -130,6 +135,7 @@ impl<SM: StateMachine> GroupTask<SM> {
     async fn run_inner(mut self) {
         let mut ticker = tokio::time::interval(self.tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut liveness_closed = false;
         while !self.exec.is_stopped() {
             // Quiescent (no deadline): no timer at all, and the periodic
             // tick only while the state machine has timed leader proposals.
@@ -147,6 +153,9 @@ impl<SM: StateMachine> GroupTask<SM> {
                     None => turn.inputs.push(GroupInput::Stop),
                 },
                 _ = tokio::time::sleep_until(deadline.into()), if timed => turn.tick = true,
+                // Only an error (the node dropped the sender) ends it: the
+                // node is going away, and Stop follows on the inputs.
+                r = self.liveness.changed(), if !liveness_closed => liveness_closed = r.is_err(),
                 _ = ticker.tick(), if periodic => {}
             }
             while turn.storage.len() < MAX_INPUTS_PER_TURN {
@@ -164,6 +173,19 @@ impl<SM: StateMachine> GroupTask<SM> {
             while let Ok(e) = self.snap_rx.try_recv() {
                 turn.snapshots.push(e);
             }
+            // Whichever branch woke the turn (`changed()` marks the value
+            // seen when it fires): compare sequence numbers, not flags.
+            let feed = self.liveness.borrow_and_update();
+            if feed.seq() != self.liveness_seen {
+                self.liveness_seen = feed.catch_up(self.liveness_seen, |peer, alive| {
+                    turn.inputs.push(if alive {
+                        GroupInput::PeerUp(peer)
+                    } else {
+                        GroupInput::PeerDown(peer)
+                    })
+                });
+            }
+            drop(feed);
             self.exec.turn(turn);
             self.publish();
         }

@@ -45,6 +45,7 @@
 mod errors;
 mod executor;
 mod group;
+mod liveness_feed;
 mod metrics;
 mod state_machine;
 mod store;
@@ -458,6 +459,8 @@ struct NodeInner<SM: StateMachine> {
     origin: Instant,
     storage_counters: Arc<StorageCounters>,
     dropped_inbound: Arc<AtomicU64>,
+    /// Node-level liveness changes, read by every group task.
+    liveness: liveness_feed::LivenessTx,
 }
 
 /// A running node: its groups, its transport and its storage worker.
@@ -502,6 +505,7 @@ impl<SM: StateMachine> Node<SM> {
             StorageWorker::start(config.node_id, store, config.write_mode, storage_counters.clone());
         let routes: Routes<SM> = Arc::default();
         let dropped_inbound = Arc::new(AtomicU64::new(0));
+        let (liveness, _) = watch::channel(liveness_feed::PeerLiveness::default());
         let transport = match peer_listener {
             None => None,
             Some(listener) => {
@@ -565,17 +569,11 @@ impl<SM: StateMachine> Node<SM> {
                 }
                 let transport = Transport::start(tc, listener, sink)?;
                 // Node-level liveness, shared by all groups: a change goes to
-                // every group (only quiescent ones act on it). A full queue
-                // has work queued, so its group is awake anyway.
-                let r = routes.clone();
+                // every group through the watch each group task polls (a
+                // bounded queue would drop it for a busy group).
+                let feed = liveness.clone();
                 transport.set_liveness_sink(Arc::new(move |peer, alive| {
-                    if let Ok(routes) = r.read() {
-                        for tx in routes.values() {
-                            let input =
-                                if alive { GroupInput::PeerUp(peer) } else { GroupInput::PeerDown(peer) };
-                            let _ = tx.try_send(input);
-                        }
-                    }
+                    feed.send_modify(|l| l.record(peer, alive));
                 }));
                 Some(transport)
             }
@@ -590,6 +588,7 @@ impl<SM: StateMachine> Node<SM> {
                 origin: Instant::now(),
                 storage_counters,
                 dropped_inbound,
+                liveness,
             }),
         })
     }
@@ -702,6 +701,8 @@ impl<SM: StateMachine> Node<SM> {
             tick_interval: self.inner.config.tick_interval,
             counters: counters.clone(),
             seen_leader: None,
+            liveness: self.inner.liveness.subscribe(),
+            liveness_seen: self.inner.liveness.borrow().seq(),
         };
         let handle = GroupHandle { group, tx: tx.clone(), info, counters };
         let mut handles = self.inner.handles.write().map_err(|_| DriverError::ShuttingDown { node })?;
