@@ -110,30 +110,62 @@ fn alive(connected: bool, last_heard_ms: u64, now_ms: u64, suspect_after_ms: u64
     connected && now_ms.saturating_sub(last_heard_ms) < suspect_after_ms
 }
 
+/// How late this node's own scheduling runs, from the monitor's ticks: a
+/// process that is itself stalled (an overloaded runtime, a long pause)
+/// reads its peers' pings late, and must not blame the silence on them.
+/// Each wrong suspicion wakes every quiet follower of that peer, and their
+/// elections load the node further: without this, 10,000 groups on a busy
+/// box suspected each other hundreds of times a minute.
+#[derive(Debug, Default)]
+struct OwnLag {
+    last_check_ms: Option<u64>,
+    /// Recent lateness, decaying by an eighth per tick.
+    lag_ms: u64,
+}
+
+impl OwnLag {
+    /// Records a tick at `now_ms` meant to come `interval_ms` after the
+    /// previous one; returns the lag to forgive this tick.
+    fn tick(&mut self, now_ms: u64, interval_ms: u64) -> u64 {
+        let late =
+            self.last_check_ms.map_or(0, |prev| now_ms.saturating_sub(prev).saturating_sub(interval_ms));
+        self.last_check_ms = Some(now_ms);
+        self.lag_ms = late.max(self.lag_ms * 7 / 8);
+        self.lag_ms
+    }
+}
+
 /// Checks every peer each ping interval and reports changes (a lost
 /// connection is reported at once by its peer task: a peer that restarts
 /// faster than the timeout still breaks its connection). Every peer
 /// starts as alive (nothing is suspected before the first check), so a
 /// peer that never connects is reported down once, after the timeout.
+/// Silence is judged against the timeout plus this node's own recent
+/// scheduling lag ([`OwnLag`]); a lost connection is not.
 pub(super) async fn monitor<M>(shared: Arc<Shared<M>>, peers: Peers<M>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(shared.config.ping_interval_ms));
+    let interval_ms = shared.config.ping_interval_ms;
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = shared.liveness.now_ms();
+    let mut own = OwnLag::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = wait_shutdown(&mut shutdown) => return,
         }
         let now = shared.liveness.now_ms();
+        let lag = own.tick(now, interval_ms);
         if now.saturating_sub(started) < shared.config.suspect_after_ms {
             continue; // Give first connections their chance.
         }
+        let window = shared.config.suspect_after_ms.saturating_add(lag);
+        shared.stats.own_lag_ms.store(lag, Ordering::Relaxed);
         let states: Vec<(NodeId, bool)> = read_peers(&peers)
             .iter()
             .map(|(&id, slot)| {
                 let (connected, heard) =
                     (slot.connected.load(Ordering::Relaxed), slot.last_heard_ms.load(Ordering::Relaxed));
-                (id, !alive(connected, heard, now, shared.config.suspect_after_ms))
+                (id, !alive(connected, heard, now, window))
             })
             .collect();
         for (peer, down) in states {
@@ -144,7 +176,24 @@ pub(super) async fn monitor<M>(shared: Arc<Shared<M>>, peers: Peers<M>, mut shut
 
 #[cfg(test)]
 mod tests {
-    use super::alive;
+    use super::{alive, OwnLag};
+
+    #[test]
+    fn own_lateness_widens_the_window_and_fades() {
+        let mut own = OwnLag::default();
+        assert_eq!(own.tick(1_000, 25), 0, "the first tick has nothing to compare");
+        assert_eq!(own.tick(1_025, 25), 0, "on time");
+        // Stalled for 300 ms: the silence this tick sees is our own.
+        assert_eq!(own.tick(1_350, 25), 300);
+        // It fades by an eighth per punctual tick, not at once.
+        let next = own.tick(1_375, 25);
+        assert!(next > 200 && next < 300, "{next}");
+        let mut lag = next;
+        for i in 0..80 {
+            lag = own.tick(1_400 + i * 25, 25);
+        }
+        assert!(lag < 10, "{lag}");
+    }
 
     #[test]
     fn a_peer_is_alive_only_connected_and_recently_heard() {

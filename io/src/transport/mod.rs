@@ -287,6 +287,10 @@ pub struct TransportStats {
     pub pings_sent: AtomicU64,
     /// Times a peer became suspected down (node-level liveness).
     pub peer_suspicions: AtomicU64,
+    /// How late (ms, decaying) this node's own liveness checks run: the
+    /// slack added to `suspect_after_ms` so a stalled node does not blame its
+    /// peers (a gauge).
+    pub own_lag_ms: AtomicU64,
     /// Connections refused by the transport's security (TLS handshake or
     /// certificate identity), dialed or accepted.
     pub security_refusals: AtomicU64,
@@ -311,6 +315,7 @@ pub struct TransportStatsSnapshot {
     pub security_refusals: u64,
     pub pings_sent: u64,
     pub peer_suspicions: u64,
+    pub own_lag_ms: u64,
 }
 
 impl TransportStats {
@@ -333,6 +338,7 @@ impl TransportStats {
             security_refusals: l(&self.security_refusals),
             pings_sent: l(&self.pings_sent),
             peer_suspicions: l(&self.peer_suspicions),
+            own_lag_ms: l(&self.own_lag_ms),
         }
     }
 }

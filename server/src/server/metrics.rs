@@ -348,6 +348,11 @@ fn peers(b: &mut Builder, shared: &Shared) {
         "Times a peer became suspected down (node-level liveness; wakes quiet groups it leads)",
         &n(t.peer_suspicions),
     );
+    b.gauge(
+        "tarn_peer_liveness_lag_ms",
+        "How late this node's own liveness checks run (decaying): added to the suspicion timeout",
+        t.own_lag_ms,
+    );
     b.counter("tarn_peer_connect_failures", "Failed peer dials", &n(t.connect_failures));
     b.counter(
         "tarn_peer_bad_connections",
