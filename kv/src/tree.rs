@@ -139,6 +139,8 @@ impl Node {
 pub(crate) const CHUNK_NODES: usize = 1024;
 /// Shards of the key index: one is copied by the first write into it after a fork.
 pub(crate) const INDEX_SHARDS: usize = 256;
+/// Initial capacity of the arena's first chunk (it doubles up to `CHUNK_NODES`).
+const FIRST_CHUNK_NODES: usize = 8;
 
 /// The node arena: slots in shared chunks, copied on write.
 #[derive(Clone, Debug, Default)]
@@ -164,7 +166,11 @@ impl Arena {
 
     fn push(&mut self, slot: Option<Node>) {
         if self.len.is_multiple_of(CHUNK_NODES) {
-            self.chunks.push(Arc::new(Vec::with_capacity(CHUNK_NODES)));
+            // The first chunk grows as needed: most trees of an idle group
+            // hold a handful of nodes, and a full chunk is ~100 KiB (10,000
+            // groups on three nodes in one process held 3 GiB of them).
+            let capacity = if self.chunks.is_empty() { FIRST_CHUNK_NODES } else { CHUNK_NODES };
+            self.chunks.push(Arc::new(Vec::with_capacity(capacity)));
         }
         let last = self.chunks.last_mut().expect("a chunk was just ensured");
         Arc::make_mut(last).push(slot);
@@ -185,8 +191,12 @@ struct KeyIndex {
 
 impl KeyIndex {
     fn new() -> Self {
-        // One allocation each: a tree is built per group, per restart and per decode.
-        KeyIndex { shards: (0..INDEX_SHARDS).map(|_| Arc::new(HashMap::new())).collect(), len: 0 }
+        // Every shard starts as the same empty map: the first insert into a
+        // shard copies it (copy on write, as after a fork), so an empty
+        // index costs one map, not 256 (a tree is built per group, per
+        // restart and per decode; many groups are nearly empty).
+        let empty = Arc::new(HashMap::new());
+        KeyIndex { shards: (0..INDEX_SHARDS).map(|_| empty.clone()).collect(), len: 0 }
     }
 
     /// A word-at-a-time multiplicative hash (FxHash's mixing step): a few nanoseconds per key,
