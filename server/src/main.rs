@@ -719,10 +719,11 @@ fn main() -> ExitCode {
         _ => LogFormat::Text,
     };
     init_logging(if server_side { "info" } else { "warn" }, log_format);
-    if server_side {
+    if server_side || matches!(command, Cmd::Bench(_)) {
         // Every group keeps files open (the descriptor pool closes idle ones,
-        // but sockets and busy groups need room): take what the hard limit
-        // allows, as Go's runtime does at start.
+        // but sockets and busy groups need room; `bench --embedded` runs
+        // servers too): take what the hard limit allows, as Go's runtime
+        // does at start.
         let limit = tarn_io::vfs::raise_open_files_limit();
         tracing::debug!(limit, "open files limit");
     }
