@@ -532,6 +532,10 @@ struct ClusterArgs {
     /// --heartbeat-coalesce-ms`); 0: off, e.g. to compare.
     #[arg(long, default_value_t = 10)]
     heartbeat_coalesce_ms: u64,
+    /// How often the groups' leaders heartbeat (as `serve --heartbeat-ms`),
+    /// e.g. to compare the grid's cost at an equal heartbeat rate.
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -1178,7 +1182,15 @@ fn local_cluster_ports(
 }
 
 async fn cluster(args: ClusterArgs) -> Result<(), Failure> {
-    let ClusterArgs { nodes, base_port, data_dir, metrics_addr, no_quiesce, heartbeat_coalesce_ms } = args;
+    let ClusterArgs {
+        nodes,
+        base_port,
+        data_dir,
+        metrics_addr,
+        no_quiesce,
+        heartbeat_coalesce_ms,
+        heartbeat_ms,
+    } = args;
     if let Some(addr) = metrics_addr {
         if node_metrics_addr(addr, nodes.max(1)).is_none() {
             return Err(Failure::Other(format!(
@@ -1193,6 +1205,7 @@ async fn cluster(args: ClusterArgs) -> Result<(), Failure> {
         c.metrics_addr = metrics_addr.and_then(|addr| node_metrics_addr(addr, c.node_id));
         c.quiesce = !no_quiesce;
         c.heartbeat_coalesce_ms = heartbeat_coalesce_ms;
+        c.heartbeat_interval_ms = heartbeat_ms;
     })
     .await?;
     let endpoints: Vec<String> = servers.iter().map(|s| s.client_addr().to_string()).collect();
