@@ -18,7 +18,7 @@ use tarn_core::{
 };
 use tarn_io::storage::{FlushReport, Storage};
 use tarn_io::vfs::{MemVfs, Vfs};
-use tarn_io::wire::{encode_frame, encode_frame_vec, Envelope, PeerFrame};
+use tarn_io::wire::{encode_frame, encode_frame_vec, Envelope, HeartbeatBatch, PeerFrame};
 use tarn_kv::{encode_entry, encode_request, encode_response, Command, KvEntry, KvStateMachine, Request};
 use tarn_server::protocol::{ClientFrame, Consistency, RequestBody, ResponseBody, ServerError, ServerFrame};
 
@@ -132,9 +132,20 @@ fn wire_seeds() -> Vec<Seed> {
         encode_frame(&frame, FUZZ_MAX_FRAME_BYTES, &mut stream).expect("sample encodes");
     }
     out.push(("wire_frame", "stream-5-frames".into(), stream));
-    // Issue 17: the node-level liveness ping and a quiet leader's Quiesce.
-    let quiet: [(&str, Frame); 2] =
-        [("ping", PeerFrame::Ping), ("quiesce", message(MessageBody::Quiesce { commit: 12 }))];
+    // Issue 17: the node-level liveness ping, a quiet leader's Quiesce and
+    // coalesced heartbeats (three groups' heartbeats and an answer).
+    let envelope =
+        |group, body| Envelope { group, message: Message { from: 2, term: 3, rejoining: false, body } };
+    let batch = HeartbeatBatch(vec![
+        envelope(1, MessageBody::Heartbeat { commit: 9, ctx: 4 }),
+        envelope(2, MessageBody::Heartbeat { commit: 0, ctx: 1 }),
+        envelope(7, MessageBody::HeartbeatResponse { ctx: 5, last_index: 12 }),
+    ]);
+    let quiet: [(&str, Frame); 3] = [
+        ("ping", PeerFrame::Ping),
+        ("quiesce", message(MessageBody::Quiesce { commit: 12 })),
+        ("heartbeats", PeerFrame::Heartbeats(batch)),
+    ];
     for (name, frame) in quiet {
         let mut bytes = vec![0u8];
         bytes.extend(encode_frame_vec(&frame, FUZZ_MAX_FRAME_BYTES).expect("sample encodes"));

@@ -462,6 +462,14 @@ struct ServeArgs {
     /// quiet and node-level liveness on the peer port watches their leaders.
     #[arg(long)]
     no_quiesce: bool,
+    /// Run every group's timers on a node-wide grid of this many
+    /// milliseconds, so the heartbeats of all groups to a peer go out as
+    /// one frame per grid tick (a timer runs less than this late; capped at
+    /// a quarter of the heartbeat interval). 0: off, which a rolling
+    /// upgrade from a build without coalesced heartbeats needs until every
+    /// node runs this one.
+    #[arg(long, default_value_t = 10)]
+    heartbeat_coalesce_ms: u64,
     /// Snapshot the state and compact the log after this many applied
     /// entries (default 100000)...
     #[arg(long)]
@@ -520,6 +528,14 @@ struct ClusterArgs {
     /// compare what idle groups cost with and without it.
     #[arg(long)]
     no_quiesce: bool,
+    /// The nodes' heartbeat coalescing grid in milliseconds (as `serve
+    /// --heartbeat-coalesce-ms`); 0: off, e.g. to compare.
+    #[arg(long, default_value_t = 10)]
+    heartbeat_coalesce_ms: u64,
+    /// How often the groups' leaders heartbeat (as `serve --heartbeat-ms`),
+    /// e.g. to compare the grid's cost at an equal heartbeat rate.
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -1054,6 +1070,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     config.election_timeout_ms = args.election_timeout_ms;
     config.heartbeat_interval_ms = args.heartbeat_ms;
     config.quiesce = !args.no_quiesce;
+    config.heartbeat_coalesce_ms = args.heartbeat_coalesce_ms;
     config.snapshot_after_entries = args.snapshot_after_entries.unwrap_or(config.snapshot_after_entries);
     config.snapshot_after_bytes = args.snapshot_after_bytes.unwrap_or(config.snapshot_after_bytes);
     config.log_keep_tail_entries = args.log_keep_tail_entries.unwrap_or(config.log_keep_tail_entries);
@@ -1173,7 +1190,15 @@ fn local_cluster_ports(
 }
 
 async fn cluster(args: ClusterArgs) -> Result<(), Failure> {
-    let ClusterArgs { nodes, base_port, data_dir, metrics_addr, no_quiesce } = args;
+    let ClusterArgs {
+        nodes,
+        base_port,
+        data_dir,
+        metrics_addr,
+        no_quiesce,
+        heartbeat_coalesce_ms,
+        heartbeat_ms,
+    } = args;
     if let Some(addr) = metrics_addr {
         if node_metrics_addr(addr, nodes.max(1)).is_none() {
             return Err(Failure::Other(format!(
@@ -1187,6 +1212,8 @@ async fn cluster(args: ClusterArgs) -> Result<(), Failure> {
     let servers = start_local_cluster(nodes, client_port, peer_port, &data_dir, WriteMode::Sync, |c| {
         c.metrics_addr = metrics_addr.and_then(|addr| node_metrics_addr(addr, c.node_id));
         c.quiesce = !no_quiesce;
+        c.heartbeat_coalesce_ms = heartbeat_coalesce_ms;
+        c.heartbeat_interval_ms = heartbeat_ms;
     })
     .await?;
     let endpoints: Vec<String> = servers.iter().map(|s| s.client_addr().to_string()).collect();

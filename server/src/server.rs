@@ -65,6 +65,13 @@ pub struct ServerConfig {
     /// ticking and heartbeating; the peer transport's node-level liveness
     /// wakes the followers of a dead leader. On by default.
     pub quiesce: bool,
+    /// Coalesced heartbeats (issue 17, the driver's
+    /// `NodeConfig::heartbeat_coalesce`): every group's timers run on a
+    /// node-wide grid of this many milliseconds, so the heartbeats of all
+    /// groups to one peer travel as one frame per grid tick. 0: off (also
+    /// the setting for a rolling upgrade from a build without it, whose
+    /// nodes cannot read the batch frame). Default 10.
+    pub heartbeat_coalesce_ms: u64,
     pub kv: KvConfig,
     /// Use an in-memory log store instead of the data directory (tests and
     /// `--embedded` benchmarks only: nothing survives a restart).
@@ -190,6 +197,7 @@ impl ServerConfig {
             election_timeout_ms: 300,
             heartbeat_interval_ms: 50,
             quiesce: true,
+            heartbeat_coalesce_ms: tarn_io::driver::HEARTBEAT_COALESCE_DEFAULT.as_millis() as u64,
             kv: KvConfig::default(),
             in_memory: false,
             snapshot_after_entries: 100_000,
@@ -344,6 +352,7 @@ impl ServerConfig {
         c.raft.election_timeout_max_ns = self.election_timeout_ms.saturating_mul(2 * MS_NANOS);
         c.raft.heartbeat_interval_ns = self.heartbeat_interval_ms.saturating_mul(MS_NANOS);
         c.raft.quiesce = self.quiesce;
+        c.heartbeat_coalesce = Duration::from_millis(self.heartbeat_coalesce_ms.min(MAX_TIMING_MS));
         c.raft.snapshot_after_entries = self.snapshot_after_entries;
         c.raft.snapshot_after_bytes = self.snapshot_after_bytes;
         c.raft.log_keep_tail_entries = self.log_keep_tail_entries;

@@ -127,6 +127,8 @@ async fn a_leader_exports_follower_lag_and_peer_connections() {
         .await;
         assert!(must(&text, "tarn_peer_pings_sent_total") > 0.0, "{text}");
         assert!(sample(&text, "tarn_peer_suspicions_total").is_some(), "{text}");
+        assert!(sample(&text, "tarn_peer_heartbeat_batches_total").is_some(), "{text}");
+        assert!(sample(&text, "tarn_peer_heartbeat_batched_messages_total").is_some(), "{text}");
         assert_eq!(must(&text, "tarn_peer_connections_open"), 2.0);
         // A follower knows the leader but no progress.
         let follower = cluster.servers[&followers[0]].metrics_addr().expect("bound");

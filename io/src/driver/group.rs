@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tarn_core::{GroupId, Message, Nanos, NodeId, SnapshotMeta, Term};
+use tarn_core::{GroupId, Message, MessageBody, Nanos, NodeId, SnapshotMeta, Term};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
@@ -46,7 +46,11 @@ pub(crate) struct TokioGroupIo<SM: StateMachine> {
 impl<SM: StateMachine> GroupIo<SM> for TokioGroupIo<SM> {
     fn send(&mut self, to: NodeId, message: Message) {
         if let Some(tr) = &self.transport {
-            tr.send(to, self.group, message);
+            if is_heartbeat_class(&message) {
+                tr.send_heartbeat(to, self.group, message);
+            } else {
+                tr.send(to, self.group, message);
+            }
         }
     }
 
@@ -107,6 +111,28 @@ impl<SM: StateMachine> TokioGroupIo<SM> {
     }
 }
 
+/// Messages every group sends at its heartbeat instants (which the node's
+/// grid aligns): the leader's heartbeat or quiesce notice and the
+/// follower's answer. The transport may coalesce them across groups.
+fn is_heartbeat_class(message: &Message) -> bool {
+    matches!(
+        message.body,
+        MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse { .. } | MessageBody::Quiesce { .. }
+    )
+}
+
+/// Rounds the core's deadline `next` (nanoseconds since the node's
+/// `origin`) up to the next multiple of `quantum` (0: unchanged), so that
+/// every group of the node wakes at the same grid instants (see
+/// `NodeConfig::heartbeat_coalesce` for why a timer may run late by less
+/// than a quantum). `NO_DEADLINE` stays as it is.
+pub(crate) fn align_deadline(next: Nanos, quantum: Nanos) -> Nanos {
+    if quantum == 0 || next == tarn_core::NO_DEADLINE {
+        return next;
+    }
+    next.div_ceil(quantum).saturating_mul(quantum)
+}
+
 pub(crate) struct GroupTask<SM: StateMachine> {
     pub node_id: NodeId,
     pub exec: GroupExecutor<SM, TokioGroupIo<SM>>,
@@ -117,6 +143,9 @@ pub(crate) struct GroupTask<SM: StateMachine> {
     pub origin: Instant,
     pub info: watch::Sender<GroupInfo>,
     pub tick_interval: Duration,
+    /// The node's timer grid (`NodeConfig::heartbeat_coalesce`, effective
+    /// value) in nanoseconds; 0: timers fire at the core's own deadlines.
+    pub coalesce_quantum: Nanos,
     pub counters: Arc<GroupCounters>,
     /// The last leader seen, with its term (counts leader changes).
     pub seen_leader: Option<(Term, NodeId)>,
@@ -133,13 +162,18 @@ impl<SM: StateMachine> GroupTask<SM> {
     }
 
     async fn run_inner(mut self) {
-        let mut ticker = tokio::time::interval(self.tick_interval);
+        // The periodic tick starts on the node's grid too, so the groups'
+        // periodic turns (armed TTLs) line up as their heartbeats do.
+        let start = Instant::now() + self.tick_interval;
+        let since = start.saturating_duration_since(self.origin).as_nanos() as Nanos;
+        let start = self.origin + Duration::from_nanos(align_deadline(since, self.coalesce_quantum));
+        let mut ticker = tokio::time::interval_at(start.into(), self.tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut liveness_closed = false;
         while !self.exec.is_stopped() {
             // Quiescent (no deadline): no timer at all, and the periodic
             // tick only while the state machine has timed leader proposals.
-            let next = self.exec.next_deadline();
+            let next = align_deadline(self.exec.next_deadline(), self.coalesce_quantum);
             let timed = next != tarn_core::NO_DEADLINE;
             let deadline = if timed { self.origin + Duration::from_nanos(next) } else { Instant::now() };
             let periodic = self.exec.wants_periodic_turns();
@@ -303,4 +337,22 @@ async fn install_snapshot<SM: StateMachine>(
     .map_err(panicked)??;
     commit(storage, group, staged).await?;
     Ok((meta, installer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::align_deadline;
+    use tarn_core::NO_DEADLINE;
+
+    #[test]
+    fn deadlines_round_up_to_the_grid() {
+        const MS: u64 = 1_000_000;
+        assert_eq!(align_deadline(0, 10 * MS), 0);
+        assert_eq!(align_deadline(1, 10 * MS), 10 * MS);
+        assert_eq!(align_deadline(10 * MS, 10 * MS), 10 * MS, "on the grid: unchanged");
+        assert_eq!(align_deadline(50 * MS + 300_000, 10 * MS), 60 * MS);
+        assert_eq!(align_deadline(NO_DEADLINE, 10 * MS), NO_DEADLINE);
+        assert_eq!(align_deadline(NO_DEADLINE - 1, 10 * MS), NO_DEADLINE, "saturates");
+        assert_eq!(align_deadline(12_345, 0), 12_345, "0: off");
+    }
 }

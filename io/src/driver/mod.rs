@@ -109,6 +109,54 @@ pub struct NodeConfig {
     /// `transport::stream`). `None`, the default: plain TCP, for
     /// applications that bring their own transport security.
     pub peer_security: Option<Arc<dyn crate::transport::stream::PeerSecurity>>,
+    /// Coalesced heartbeats (issue 17): every group's timer deadline is
+    /// rounded up to the next multiple of this quantum, counted from the
+    /// node's one `origin`, so the heartbeats (and their answers) of all
+    /// groups are sent at the same instants and the transport writes those
+    /// for one peer as one frame (`TransportConfig::coalesce_heartbeats`).
+    /// Zero: off (each group's own deadlines, one frame per message).
+    ///
+    /// Why a timer may run up to a quantum late: Raft needs heartbeats well
+    /// inside the election timeout and a randomized spread of election
+    /// timeouts, not punctual timers. A leader's next heartbeat deadline is
+    /// `now + heartbeat_interval` from the instant it fired, so on the grid
+    /// heartbeats go out every heartbeat interval plus one quantum at most:
+    /// with the defaults, 50 + 10 = 60 ms, against a minimum election
+    /// timeout of 150 ms (the core's default; the server's is 300 ms), still
+    /// 2.5 heartbeats per timeout (5 on the server) and far inside the
+    /// lease (the election timeout less the drift bound, 147 ms by default).
+    /// A follower's randomized election timeout (150-300 ms) is rounded up
+    /// to the grid too: it fires less than a quantum late (never early, so
+    /// no election starts sooner than the core asked) and keeps its spread
+    /// at 10 ms granularity, 16 distinct values. Check-quorum and transfer
+    /// deadlines only run late by as much: a late step-down is harmless
+    /// because lease reads check the lease against the clock at the read,
+    /// not at a tick. `Node::start` lowers the quantum so that these bounds
+    /// hold for any timing: at most a quarter of the heartbeat interval and
+    /// at most half the gap between the heartbeat interval and the smaller
+    /// of the minimum election timeout and the lease
+    /// ([`effective_coalesce_quantum`]).
+    pub heartbeat_coalesce: Duration,
+}
+
+/// Default of [`NodeConfig::heartbeat_coalesce`]: a fifth of the default
+/// 50 ms heartbeat interval.
+pub const HEARTBEAT_COALESCE_DEFAULT: Duration = Duration::from_millis(10);
+
+/// The timer grid a node runs under `raft`'s timing: `configured`, lowered
+/// to at most a quarter of the heartbeat interval and to at most half the
+/// gap between the heartbeat interval and the smaller of the minimum
+/// election timeout and (with lease reads) the lease, so that a heartbeat
+/// delayed by a quantum still comes well within both. Zero stays zero (off).
+pub fn effective_coalesce_quantum(raft: &tarn_core::Config, configured: Duration) -> Duration {
+    let heartbeat = raft.heartbeat_interval_ns;
+    let mut bound = raft.election_timeout_min_ns;
+    if raft.lease_read {
+        bound = bound.min(raft.lease_duration_ns());
+    }
+    let cap = (heartbeat / 4).min(bound.saturating_sub(heartbeat) / 2);
+    let q = u64::try_from(configured.as_nanos()).unwrap_or(u64::MAX).min(cap);
+    Duration::from_nanos(q)
 }
 
 impl NodeConfig {
@@ -128,6 +176,7 @@ impl NodeConfig {
             peer_port_stranger_reply: None,
             probe_state: Arc::default(),
             peer_security: None,
+            heartbeat_coalesce: HEARTBEAT_COALESCE_DEFAULT,
         }
     }
 }
@@ -456,7 +505,11 @@ struct NodeInner<SM: StateMachine> {
     transport: Option<Transport<Message>>,
     routes: Routes<SM>,
     handles: RwLock<BTreeMap<GroupId, RunningGroup<SM>>>,
+    /// The node's clock origin, shared by every group: their `now`, and the
+    /// timer grid heartbeats are coalesced on, count from it.
     origin: Instant,
+    /// [`effective_coalesce_quantum`] of the configuration, in nanoseconds.
+    coalesce_quantum: u64,
     storage_counters: Arc<StorageCounters>,
     dropped_inbound: Arc<AtomicU64>,
     /// Node-level liveness changes, read by every group task.
@@ -557,6 +610,7 @@ impl<SM: StateMachine> Node<SM> {
                 let election_ms = probe.election_timeout_min_ns / 1_000_000;
                 tc.suspect_after_ms = tc.suspect_after_ms.min((election_ms * 2 / 3).max(4));
                 tc.ping_interval_ms = tc.ping_interval_ms.min(tc.suspect_after_ms / 4).max(1);
+                tc.coalesce_heartbeats = !config.heartbeat_coalesce.is_zero();
                 let needed = max_peer_message_bytes_of(&probe);
                 if needed > tc.max_frame_bytes {
                     return Err(DriverError::Config {
@@ -578,6 +632,8 @@ impl<SM: StateMachine> Node<SM> {
                 Some(transport)
             }
         };
+        let coalesce_quantum =
+            effective_coalesce_quantum(&probe, config.heartbeat_coalesce).as_nanos() as u64;
         Ok(Node {
             inner: Arc::new(NodeInner {
                 config,
@@ -586,6 +642,7 @@ impl<SM: StateMachine> Node<SM> {
                 routes,
                 handles: RwLock::default(),
                 origin: Instant::now(),
+                coalesce_quantum,
                 storage_counters,
                 dropped_inbound,
                 liveness,
@@ -699,6 +756,7 @@ impl<SM: StateMachine> Node<SM> {
             origin: self.inner.origin,
             info: info_tx,
             tick_interval: self.inner.config.tick_interval,
+            coalesce_quantum: self.inner.coalesce_quantum,
             counters: counters.clone(),
             seen_leader: None,
             liveness: self.inner.liveness.subscribe(),
@@ -839,6 +897,27 @@ mod tests {
         let storage = crate::storage::StorageConfig::new("/x", 1, 1);
         assert!(raft.max_entry_bytes <= storage.max_entry_size_bytes as usize);
         assert!(max_peer_message_bytes_of(&raft) <= crate::wire::MAX_FRAME_BYTES_DEFAULT);
+    }
+
+    /// The grid keeps a late heartbeat well inside the election timeout
+    /// and the lease, whatever the configured quantum.
+    #[test]
+    fn the_coalescing_quantum_is_bounded_by_the_timing() {
+        const MS: u64 = 1_000_000;
+        let raft = tarn_core::Config::new(1, 1);
+        let q = |raft: &tarn_core::Config, ms| effective_coalesce_quantum(raft, Duration::from_millis(ms));
+        assert_eq!(q(&raft, 10), Duration::from_millis(10), "the default stands under the default timing");
+        assert_eq!(q(&raft, 0), Duration::ZERO, "off stays off");
+        assert_eq!(q(&raft, 1_000), Duration::from_nanos(raft.heartbeat_interval_ns / 4));
+        let mut tight = raft.clone();
+        tight.heartbeat_interval_ns = 100 * MS;
+        tight.election_timeout_min_ns = 120 * MS;
+        tight.election_timeout_max_ns = 240 * MS;
+        tight.lease_read = false;
+        assert_eq!(q(&tight, 25), Duration::from_millis(10), "half the 20 ms gap to the election timeout");
+        tight.lease_read = true;
+        let lease_gap = tight.lease_duration_ns() - tight.heartbeat_interval_ns;
+        assert_eq!(q(&tight, 25), Duration::from_nanos(lease_gap / 2), "and to the lease");
     }
 
     #[derive(Default)]

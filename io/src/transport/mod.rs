@@ -23,6 +23,24 @@
 //! frames in one `write_all` (one syscall per flush, not per message); a
 //! reader task per connection feeds the inbound sink.
 //!
+//! # Coalesced heartbeats
+//!
+//! Messages queued with [`Transport::send_heartbeat`] (the driver sends
+//! Raft heartbeats, their responses and quiesce notices that way) are
+//! gathered by the writer: all of them that one flush takes go out as a
+//! single `PeerFrame::Heartbeats` frame (at most
+//! [`wire::MAX_HEARTBEATS_PER_FRAME`] each), after the flush's other
+//! frames, and the reader hands each to its group as if it had come alone.
+//! The driver aligns every group's timers to a node-wide grid
+//! (`NodeConfig::heartbeat_coalesce`), so the heartbeats of all groups are
+//! queued at the same instants and one frame per peer pair per grid tick
+//! carries them. Moving a heartbeat behind other messages of its flush is
+//! a reordering Raft tolerates (the network may reorder anything; a
+//! heartbeat carries no entries and a commit index no greater than what
+//! the follower acknowledged). With [`TransportConfig::coalesce_heartbeats`]
+//! off they are framed one by one, as before (a peer of an older build
+//! cannot read the batch frame).
+//!
 //! Raft tolerates message loss, so the transport never blocks the caller:
 //! when a peer's queue is full or its connection is down, messages are
 //! dropped and counted, and the core's retransmission does the rest. A frame
@@ -137,6 +155,11 @@ pub struct TransportConfig {
     /// ([`Transport::set_liveness_sink`]). Keep it well under the election
     /// timeout: a quiescent group's failover waits for it.
     pub suspect_after_ms: u64,
+    /// Whether messages sent with [`Transport::send_heartbeat`] share a
+    /// `PeerFrame::Heartbeats` frame per flush (issue 17). Off: each is its
+    /// own `Message` frame, the only form a build older than the batch
+    /// frame reads (turn it off for a rolling upgrade from one).
+    pub coalesce_heartbeats: bool,
 }
 
 /// A refused peer connection (security) is logged at most once per this
@@ -178,6 +201,7 @@ impl TransportConfig {
             idle_timeout_ms: PEER_IDLE_TIMEOUT_MS_DEFAULT,
             ping_interval_ms: liveness::PING_INTERVAL_MS_DEFAULT,
             suspect_after_ms: liveness::SUSPECT_AFTER_MS_DEFAULT,
+            coalesce_heartbeats: true,
         }
     }
 
@@ -294,6 +318,12 @@ pub struct TransportStats {
     /// Connections refused by the transport's security (TLS handshake or
     /// certificate identity), dialed or accepted.
     pub security_refusals: AtomicU64,
+    /// `PeerFrame::Heartbeats` frames written: each carried at least two
+    /// groups' heartbeats (a lone one goes as a plain `Message`).
+    pub heartbeat_batches: AtomicU64,
+    /// Messages those frames carried (also counted in `messages_sent`);
+    /// divided by `heartbeat_batches`, how well heartbeats coalesce.
+    pub heartbeat_batched_messages: AtomicU64,
 }
 
 /// A snapshot of [`TransportStats`].
@@ -315,7 +345,12 @@ pub struct TransportStatsSnapshot {
     pub security_refusals: u64,
     pub pings_sent: u64,
     pub peer_suspicions: u64,
+    #[serde(default)]
     pub own_lag_ms: u64,
+    #[serde(default)]
+    pub heartbeat_batches: u64,
+    #[serde(default)]
+    pub heartbeat_batched_messages: u64,
 }
 
 impl TransportStats {
@@ -339,6 +374,8 @@ impl TransportStats {
             pings_sent: l(&self.pings_sent),
             peer_suspicions: l(&self.peer_suspicions),
             own_lag_ms: l(&self.own_lag_ms),
+            heartbeat_batches: l(&self.heartbeat_batches),
+            heartbeat_batched_messages: l(&self.heartbeat_batched_messages),
         }
     }
 }
@@ -412,12 +449,18 @@ struct Inner<M> {
 /// where the accept task hands over connections the peer dialed.
 struct PeerSlot<M> {
     addr: watch::Sender<SocketAddr>,
-    queue: mpsc::Sender<Envelope<M>>,
+    queue: mpsc::Sender<Outbound<M>>,
     accepted: mpsc::Sender<Live>,
     /// A connection to the peer is up (set by its task).
     connected: Arc<AtomicBool>,
     /// When a frame last arrived from the peer (`liveness::Liveness` clock).
     last_heard_ms: Arc<AtomicU64>,
+}
+
+/// A queued message and whether it may share a heartbeat frame.
+struct Outbound<M> {
+    envelope: Envelope<M>,
+    coalesce: bool,
 }
 
 /// A connection that completed the handshake.
@@ -508,6 +551,7 @@ where
             accepted: accepted_rx,
             shutdown: self.inner.shutdown.subscribe(),
             buf: Vec::with_capacity(64 * 1024),
+            heartbeats: Vec::new(),
         };
         self.inner.runtime.spawn(task.run());
         peers.insert(peer, PeerSlot { addr: addr_tx, queue, accepted, connected, last_heard_ms });
@@ -535,9 +579,24 @@ impl<M> Transport<M> {
     /// Queues `message` for `group` on node `to`. Never blocks; returns false
     /// (and counts a drop) when the peer is unknown or its queue is full.
     pub fn send(&self, to: NodeId, group: GroupId, message: M) -> bool {
+        self.queue(to, Outbound { envelope: Envelope { group, message }, coalesce: false })
+    }
+
+    /// [`Transport::send`] for a heartbeat-class message (a Raft heartbeat,
+    /// its response, a quiesce notice): small, frequent, sent by every
+    /// group at the same grid instants. With
+    /// [`TransportConfig::coalesce_heartbeats`] those queued for the same
+    /// flush travel as one `PeerFrame::Heartbeats` frame; the receiver sees
+    /// no difference. Never blocks; false as `send`.
+    pub fn send_heartbeat(&self, to: NodeId, group: GroupId, message: M) -> bool {
+        let coalesce = self.inner.shared.config.coalesce_heartbeats;
+        self.queue(to, Outbound { envelope: Envelope { group, message }, coalesce })
+    }
+
+    fn queue(&self, to: NodeId, outbound: Outbound<M>) -> bool {
         debug_assert_ne!(to, self.inner.shared.config.node_id, "a node never sends Raft messages to itself");
         let sent = match read_peers(&self.inner.peers).get(&to) {
-            Some(slot) => slot.queue.try_send(Envelope { group, message }).is_ok(),
+            Some(slot) => slot.queue.try_send(outbound).is_ok(),
             None => false,
         };
         if !sent {
@@ -605,10 +664,12 @@ struct PeerTask<M> {
     connected: Arc<AtomicBool>,
     last_heard_ms: Arc<AtomicU64>,
     addr: watch::Receiver<SocketAddr>,
-    queue: mpsc::Receiver<Envelope<M>>,
+    queue: mpsc::Receiver<Outbound<M>>,
     accepted: mpsc::Receiver<Live>,
     shutdown: watch::Receiver<bool>,
     buf: Vec<u8>,
+    /// The heartbeats of the flush being built (reused between flushes).
+    heartbeats: Vec<Envelope<M>>,
 }
 
 impl<M> PeerTask<M>
@@ -766,18 +827,28 @@ where
                     self.buf.clear();
                     let mut count = 0u64;
                     let mut next = Some(first);
-                    while let Some(envelope) = next.take() {
-                        match wire::encode_frame(&PeerFrame::Message(envelope), max_frame, &mut self.buf) {
-                            Ok(()) => count += 1,
-                            Err(e) => {
-                                stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
-                                tracing::error!(node, peer, error = %e, "dropping message that cannot be framed");
+                    while let Some(Outbound { envelope, coalesce }) = next.take() {
+                        if coalesce {
+                            self.heartbeats.push(envelope);
+                            if self.heartbeats.len() == wire::MAX_HEARTBEATS_PER_FRAME {
+                                count += self.frame_heartbeats(max_frame);
+                            }
+                        } else {
+                            match wire::encode_frame(&PeerFrame::Message(envelope), max_frame, &mut self.buf) {
+                                Ok(()) => count += 1,
+                                Err(e) => {
+                                    stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                                    tracing::error!(node, peer, error = %e, "dropping message that cannot be framed");
+                                }
                             }
                         }
+                        // Heartbeats are a few dozen bytes each and at most
+                        // MAX_HEARTBEATS_PER_FRAME wait unframed.
                         if self.buf.len() < max_batch {
                             next = self.queue.try_recv().ok();
                         }
                     }
+                    count += self.frame_heartbeats(max_frame);
                     if self.buf.is_empty() {
                         continue;
                     }
@@ -830,6 +901,59 @@ where
     }
 }
 
+impl<M: Serialize> PeerTask<M> {
+    /// Appends the gathered heartbeats to the flush: one
+    /// `PeerFrame::Heartbeats` frame, or a plain `Message` frame for a lone
+    /// one (or each one alone should the batch exceed the frame bound).
+    /// Returns how many were framed; the others are counted as dropped.
+    fn frame_heartbeats(&mut self, max_frame: usize) -> u64 {
+        let mut batch = std::mem::take(&mut self.heartbeats);
+        let n = batch.len() as u64;
+        let framed = if n < 2 {
+            self.frame_one(batch.pop(), max_frame)
+        } else {
+            let frame = PeerFrame::Heartbeats(wire::HeartbeatBatch(batch));
+            let result = wire::encode_frame(&frame, max_frame, &mut self.buf);
+            // Take the vector back to reuse its allocation.
+            batch = match frame {
+                PeerFrame::Heartbeats(wire::HeartbeatBatch(back)) => back,
+                _ => Vec::new(),
+            };
+            if result.is_ok() {
+                let stats = &self.shared.stats;
+                stats.heartbeat_batches.fetch_add(1, Ordering::Relaxed);
+                stats.heartbeat_batched_messages.fetch_add(n, Ordering::Relaxed);
+                batch.clear();
+                n
+            } else {
+                // Only a frame bound configured far below the default gets
+                // here (the batch is bounded in count): a frame each.
+                let mut framed = 0;
+                for envelope in batch.drain(..) {
+                    framed += self.frame_one(Some(envelope), max_frame);
+                }
+                framed
+            }
+        };
+        self.heartbeats = batch;
+        framed
+    }
+
+    /// Appends one envelope as a `Message` frame; 1 if it fit, else 0 (dropped).
+    fn frame_one(&mut self, envelope: Option<Envelope<M>>, max_frame: usize) -> u64 {
+        let Some(envelope) = envelope else { return 0 };
+        match wire::encode_frame(&PeerFrame::Message(envelope), max_frame, &mut self.buf) {
+            Ok(()) => 1,
+            Err(e) => {
+                self.shared.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(node = self.shared.config.node_id, peer = self.peer, error = %e,
+                    "dropping message that cannot be framed");
+                0
+            }
+        }
+    }
+}
+
 /// Reads one connection until EOF, a bad frame, or abort by its writer.
 async fn read_loop<M: DeserializeOwned>(
     shared: Arc<Shared<M>>,
@@ -847,6 +971,12 @@ async fn read_loop<M: DeserializeOwned>(
                 Ok(Some(PeerFrame::Message(Envelope { group, message }))) => {
                     shared.stats.messages_received.fetch_add(1, Ordering::Relaxed);
                     (shared.sink)(peer, group, message);
+                }
+                Ok(Some(PeerFrame::Heartbeats(wire::HeartbeatBatch(batch)))) => {
+                    shared.stats.messages_received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    for Envelope { group, message } in batch {
+                        (shared.sink)(peer, group, message);
+                    }
                 }
                 Ok(Some(PeerFrame::Ping)) => {}
                 Ok(Some(
@@ -909,7 +1039,7 @@ async fn read_first<M: DeserializeOwned, S: AsyncRead + Unpin>(
             Some(PeerFrame::ProbeReply { cluster_id, from, answer }) => {
                 return Ok(Some(First::ProbeReply { cluster_id, from, answer }))
             }
-            Some(PeerFrame::Message(_) | PeerFrame::Ping) => {
+            Some(PeerFrame::Message(_) | PeerFrame::Ping | PeerFrame::Heartbeats(_)) => {
                 return Err(TransportError::Handshake {
                     addr: addr.into(),
                     reason: "message before hello".into(),
@@ -1689,6 +1819,52 @@ mod tests {
         assert_eq!((s1.connects, s2.connects), (1, 1), "{s1:?} {s2:?}");
         t1.shutdown();
         t2.shutdown();
+    }
+
+    /// Heartbeats queued for one flush share `Heartbeats` frames (split at
+    /// the per-frame cap), plain messages between them still arrive, and
+    /// the receiver gets every one; with coalescing off none is batched.
+    #[tokio::test]
+    async fn heartbeats_of_one_flush_travel_in_one_frame() {
+        for coalesce in [true, false] {
+            let ([l1, l2], [a1, a2]) = listeners().await;
+            let got2: Got = Arc::default();
+            let g = got2.clone();
+            let sink: InboundSink<String> =
+                Arc::new(move |from, group, m| g.lock().unwrap().push((from, group, m)));
+            let mut c1 = TransportConfig::new(1, 42, [(2, a2)].into());
+            c1.coalesce_heartbeats = coalesce;
+            let t1 = Transport::<String>::start(c1, l1, Arc::new(|_, _, _| {})).unwrap();
+            let t2 =
+                Transport::<String>::start(TransportConfig::new(2, 42, [(1, a1)].into()), l2, sink).unwrap();
+            until_delivered(&t1, 2, &got2, "up").await;
+            got2.lock().unwrap().clear();
+            // No await in between: the writer finds all of them queued.
+            let n = wire::MAX_HEARTBEATS_PER_FRAME as u64 + 100;
+            for group in 0..n {
+                assert!(t1.send_heartbeat(2, group, format!("hb {group}")));
+                if group % 1000 == 0 {
+                    assert!(t1.send(2, group, format!("append {group}")));
+                }
+            }
+            // ("up" may still arrive: until_delivered sent it repeatedly.)
+            let ours = |got: &Got| got.lock().unwrap().iter().filter(|(_, _, m)| m != "up").count() as u64;
+            wait_for(10_000, || ours(&got2) == n + 5).await;
+            let got = got2.lock().unwrap().clone();
+            for group in 0..n {
+                assert!(got.contains(&(1, group, format!("hb {group}"))), "heartbeat of group {group}");
+            }
+            let s = t1.stats().snapshot();
+            if coalesce {
+                assert!(s.heartbeat_batches >= 2, "split at the cap: {s:?}");
+                assert_eq!(s.heartbeat_batched_messages, n, "{s:?}");
+            } else {
+                assert_eq!((s.heartbeat_batches, s.heartbeat_batched_messages), (0, 0), "{s:?}");
+            }
+            assert_eq!(t2.stats().snapshot().bad_connections, 0);
+            t1.shutdown();
+            t2.shutdown();
+        }
     }
 
     #[test]

@@ -300,6 +300,66 @@ pub enum PeerFrame<M> {
     /// all quiescent still hears from each other, and a silent peer is
     /// suspected down within `suspect_after_ms` whatever its groups do.
     Ping,
+    /// Coalesced heartbeats (issue 17): the heartbeats, heartbeat responses
+    /// and quiesce notices of many groups for the same peer, written in one
+    /// flush, travel as one frame instead of one `Message` frame each. The
+    /// reader hands each envelope to its group as if it had come alone.
+    /// Appended after `Ping`, so every older variant keeps its encoding; a
+    /// node of a build without it closes a connection that carries one, so
+    /// a rolling upgrade runs with coalescing off (`heartbeat_coalesce` 0)
+    /// until every node speaks it.
+    Heartbeats(HeartbeatBatch<M>),
+}
+
+/// The most envelopes one [`PeerFrame::Heartbeats`] carries. A sender splits
+/// larger batches; a decoder refuses a frame that declares more before it
+/// allocates anything, so a hostile count costs nothing. 4,096 heartbeats of
+/// about 30 bytes each make a frame of about 120 KiB, well under the frame
+/// bound, and a node with more groups than that per peer sends two frames.
+pub const MAX_HEARTBEATS_PER_FRAME: usize = 4096;
+
+/// The envelopes of a [`PeerFrame::Heartbeats`]: at most
+/// [`MAX_HEARTBEATS_PER_FRAME`], which decoding enforces. On the wire it is
+/// a postcard sequence (a varint count, then the envelopes).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeartbeatBatch<M>(pub Vec<Envelope<M>>);
+
+impl<M: Serialize> Serialize for HeartbeatBatch<M> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter())
+    }
+}
+
+impl<'de, M: Deserialize<'de>> Deserialize<'de> for HeartbeatBatch<M> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<M>(std::marker::PhantomData<M>);
+        impl<'de, M: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<M> {
+            type Value = HeartbeatBatch<M>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "at most {MAX_HEARTBEATS_PER_FRAME} heartbeat envelopes")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                // The declared count is checked before anything is allocated
+                // (postcard declares none when the frame's remaining bytes
+                // cannot hold it, so a hostile count allocates nothing and
+                // fails at the end of the frame); the loop enforces the
+                // bound for formats that declare none.
+                let declared = seq.size_hint().unwrap_or(0);
+                if declared > MAX_HEARTBEATS_PER_FRAME {
+                    return Err(serde::de::Error::invalid_length(declared, &self));
+                }
+                let mut out = Vec::with_capacity(declared.min(MAX_HEARTBEATS_PER_FRAME));
+                while let Some(envelope) = seq.next_element()? {
+                    if out.len() == MAX_HEARTBEATS_PER_FRAME {
+                        return Err(serde::de::Error::invalid_length(out.len() + 1, &self));
+                    }
+                    out.push(envelope);
+                }
+                Ok(HeartbeatBatch(out))
+            }
+        }
+        deserializer.deserialize_seq(Visitor(std::marker::PhantomData))
+    }
 }
 
 /// What a node answers to a [`PeerFrame::Probe`].
@@ -406,6 +466,124 @@ mod tests {
             encode_frame_vec(&PeerFrame::<Sample>::Hello { cluster_id: 9, from: 1, to: 2 }, MAX).unwrap();
         assert_eq!(hello[FRAME_LEN_BYTES + 1], 0, "Hello is still variant 0");
         assert_eq!(ping[FRAME_LEN_BYTES + 1], 4, "Ping is variant 4, after ProbeReply");
+    }
+
+    /// Coalesced heartbeats (issue 17) round-trip, come after `Ping` (so the
+    /// older variants keep their bytes), and cost far less than one frame
+    /// per message.
+    #[test]
+    fn a_heartbeat_batch_round_trips_as_one_frame() {
+        let envelopes: Vec<Envelope<Sample>> =
+            (0..100).map(|g| Envelope { group: g, message: sample(g % 7) }).collect();
+        let frame = PeerFrame::Heartbeats(HeartbeatBatch(envelopes.clone()));
+        let bytes = encode_frame_vec(&frame, MAX).unwrap();
+        assert_eq!(bytes[FRAME_LEN_BYTES + 1], 5, "Heartbeats is variant 5, after Ping");
+        let (back, n) = decode_frame::<PeerFrame<Sample>>(&bytes, MAX).unwrap().unwrap();
+        assert_eq!((back, n), (frame, bytes.len()));
+        let singles: usize =
+            envelopes.into_iter().map(|e| encode_frame_vec(&PeerFrame::Message(e), MAX).unwrap().len()).sum();
+        assert!(bytes.len() < singles, "{} bytes batched, {singles} one by one", bytes.len());
+        let empty =
+            encode_frame_vec(&PeerFrame::Heartbeats(HeartbeatBatch::<Sample>(Vec::new())), MAX).unwrap();
+        let (back, _) = decode_frame::<PeerFrame<Sample>>(&empty, MAX).unwrap().unwrap();
+        assert_eq!(back, PeerFrame::Heartbeats(HeartbeatBatch(Vec::new())));
+    }
+
+    /// A frame declaring more than `MAX_HEARTBEATS_PER_FRAME` envelopes is
+    /// refused from its count alone: a hostile peer that declares four
+    /// billion (in a 12-byte frame) makes the decoder allocate nothing.
+    #[test]
+    fn a_heartbeat_batch_over_the_cap_is_refused_without_allocating() {
+        // Variant 5, then a varint count, then nothing (or one envelope).
+        let hostile = |count: u64| {
+            let mut payload = vec![5u8];
+            let mut c = count;
+            loop {
+                let byte = (c & 0x7f) as u8;
+                c >>= 7;
+                if c == 0 {
+                    payload.push(byte);
+                    break;
+                }
+                payload.push(byte | 0x80);
+            }
+            let mut frame = ((payload.len() + 1) as u32).to_le_bytes().to_vec();
+            frame.push(WIRE_VERSION);
+            frame.extend(payload);
+            frame
+        };
+        for count in [MAX_HEARTBEATS_PER_FRAME as u64 + 1, u32::MAX as u64, u64::MAX] {
+            let frame = hostile(count);
+            let allocated = count_allocations(|| decode_frame::<PeerFrame<Sample>>(&frame, MAX));
+            let (result, bytes) = allocated;
+            assert!(matches!(result, Err(WireError::Decode { .. })), "count {count}: {result:?}");
+            assert!(bytes < 4096, "count {count}: decoding allocated {bytes} bytes");
+        }
+        // At the cap the count is legal; the missing envelopes are what fail.
+        let frame = hostile(MAX_HEARTBEATS_PER_FRAME as u64);
+        assert!(matches!(decode_frame::<PeerFrame<Sample>>(&frame, MAX), Err(WireError::Decode { .. })));
+        // A full batch of exactly the cap decodes; one more envelope,
+        // really there in the frame, is refused (by its declared count).
+        let mut full: Vec<Envelope<u8>> =
+            (0..MAX_HEARTBEATS_PER_FRAME as u64).map(|g| Envelope { group: g, message: 1 }).collect();
+        let bytes = encode_frame_vec(&PeerFrame::Heartbeats(HeartbeatBatch(full.clone())), MAX).unwrap();
+        assert!(decode_frame::<PeerFrame<u8>>(&bytes, MAX).is_ok());
+        full.push(Envelope { group: 0, message: 2 });
+        let bytes = encode_frame_vec(&PeerFrame::Heartbeats(HeartbeatBatch(full)), MAX).unwrap();
+        let (result, allocated) = count_allocations(|| decode_frame::<PeerFrame<u8>>(&bytes, MAX));
+        assert!(matches!(result, Err(WireError::Decode { .. })), "one over the cap: {result:?}");
+        assert!(allocated < 4096, "refused before allocating the batch: {allocated} bytes");
+    }
+
+    /// A pass-through allocator for this test binary that records, on the
+    /// threads that ask, the largest single allocation.
+    mod alloc_probe {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            pub static ACTIVE: Cell<bool> = const { Cell::new(false) };
+            pub static LARGEST: Cell<usize> = const { Cell::new(0) };
+        }
+
+        struct Probe;
+
+        // SAFETY: every call is forwarded to `System` unchanged; the probe
+        // only reads the requested size (const thread locals never allocate).
+        unsafe impl GlobalAlloc for Probe {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                record(layout.size());
+                System.alloc(layout)
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                System.dealloc(ptr, layout)
+            }
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                record(new_size);
+                System.realloc(ptr, layout, new_size)
+            }
+        }
+
+        fn record(size: usize) {
+            let _ = ACTIVE.try_with(|a| {
+                if a.get() {
+                    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+                }
+            });
+        }
+
+        #[global_allocator]
+        static PROBE: Probe = Probe;
+    }
+
+    /// Runs `f` and returns its result with the largest single allocation
+    /// this thread asked for meanwhile.
+    fn count_allocations<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        alloc_probe::LARGEST.with(|l| l.set(0));
+        alloc_probe::ACTIVE.with(|a| a.set(true));
+        let out = f();
+        alloc_probe::ACTIVE.with(|a| a.set(false));
+        (out, alloc_probe::LARGEST.with(|l| l.get()))
     }
 
     #[test]

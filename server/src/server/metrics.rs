@@ -344,6 +344,16 @@ fn peers(b: &mut Builder, shared: &Shared) {
     b.counter("tarn_peer_connects", "Peer connections established", &n(t.connects));
     b.counter("tarn_peer_pings_sent", "Node-level liveness pings written", &n(t.pings_sent));
     b.counter(
+        "tarn_peer_heartbeat_batches",
+        "Frames that carried the heartbeats of several groups to a peer at once (coalesced heartbeats)",
+        &n(t.heartbeat_batches),
+    );
+    b.counter(
+        "tarn_peer_heartbeat_batched_messages",
+        "Heartbeat-class messages those frames carried (per batch: how well heartbeats coalesce)",
+        &n(t.heartbeat_batched_messages),
+    );
+    b.counter(
         "tarn_peer_suspicions",
         "Times a peer became suspected down (node-level liveness; wakes quiet groups it leads)",
         &n(t.peer_suspicions),
