@@ -554,8 +554,8 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
                 }
             }
             Action::RoleChanged { role, term, leader } => {
+                // Logged by the shell's `observe` (rate-limited in production).
                 self.io.observe(Observed::RoleChanged { role, term, leader });
-                tracing::info!(?role, term, ?leader, "role changed");
                 let now_leader = role == Role::Leader;
                 if now_leader != self.is_leader {
                     self.is_leader = now_leader;

@@ -15,8 +15,11 @@ use tarn_core::{GroupId, Message, MessageBody, Nanos, NodeId, SnapshotMeta, Term
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use super::executor::{GroupExecutor, GroupInput, GroupIo, SnapEvent, SnapshotJobError, StorageOp, Turn};
+use super::executor::{
+    GroupExecutor, GroupInput, GroupIo, Observed, SnapEvent, SnapshotJobError, StorageOp, Turn,
+};
 use super::liveness_feed::LivenessRx;
+use super::role_log::RoleLog;
 use super::state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore};
 use super::store::{StagedSnapshot, StorageDone, StorageRequest, StorageWorker};
 use super::{GroupCounters, GroupInfo, StateMachine};
@@ -41,9 +44,16 @@ pub(crate) struct TokioGroupIo<SM: StateMachine> {
     /// outlives it (a restarted node must not meet a late commit).
     pub snap_tasks: Vec<tokio::task::JoinHandle<()>>,
     pub counters: Arc<GroupCounters>,
+    /// The node's role-change logger.
+    pub role_log: Arc<RoleLog>,
 }
 
 impl<SM: StateMachine> GroupIo<SM> for TokioGroupIo<SM> {
+    fn observe(&mut self, event: Observed<'_>) {
+        if let Observed::RoleChanged { role, term, leader } = event {
+            self.role_log.role_changed(self.group, role, term, leader);
+        }
+    }
     fn send(&mut self, to: NodeId, message: Message) {
         if let Some(tr) = &self.transport {
             if is_heartbeat_class(&message) {

@@ -47,6 +47,7 @@ mod executor;
 mod group;
 mod liveness_feed;
 mod metrics;
+mod role_log;
 mod state_machine;
 mod store;
 mod sync_pacer;
@@ -514,6 +515,7 @@ struct NodeInner<SM: StateMachine> {
     dropped_inbound: Arc<AtomicU64>,
     /// Node-level liveness changes, read by every group task.
     liveness: liveness_feed::LivenessTx,
+    role_log: Arc<role_log::RoleLog>,
 }
 
 /// A running node: its groups, its transport and its storage worker.
@@ -646,6 +648,7 @@ impl<SM: StateMachine> Node<SM> {
                 storage_counters,
                 dropped_inbound,
                 liveness,
+                role_log: Arc::new(role_log::RoleLog::new()),
             }),
         })
     }
@@ -733,6 +736,7 @@ impl<SM: StateMachine> Node<SM> {
             snap_tx,
             snap_tasks: Vec::new(),
             counters: counters.clone(),
+            role_log: self.inner.role_log.clone(),
         };
         // Ids unique per boot (sim seed 950024272): the wall clock in the high bits.
         let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
