@@ -163,6 +163,12 @@ pub struct RawNode {
     applied: Index,
 
     election_deadline: Nanos,
+    /// Election timeouts are stretched by `2^election_backoff` after votes
+    /// took too long (see `back_off_elections`); back to 0 on hearing from a
+    /// leader or winning.
+    election_backoff: u32,
+    /// The newest term whose slow vote raised `election_backoff`.
+    backoff_term: Term,
     last_leader_contact: Option<Nanos>,
     /// A vote grant waiting for its `HardStatePersisted`.
     pending_vote_reply: Option<NodeId>,
@@ -269,6 +275,8 @@ impl RawNode {
             applied,
             log,
             election_deadline: 0,
+            election_backoff: 0,
+            backoff_term: 0,
             last_leader_contact: None,
             pending_vote_reply: None,
             follower_ack: FollowerAck::default(),
@@ -455,6 +463,11 @@ impl RawNode {
             RoleState::Follower if self.quiet => {}
             RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
                 if now >= self.election_deadline {
+                    if matches!(self.state, RoleState::Candidate { .. }) && !self.vote_durable() {
+                        // Our own disk took longer than the timeout to
+                        // persist our vote: the same slowness as a late grant.
+                        self.back_off_elections(self.term);
+                    }
                     self.reset_election_timer();
                     if self.may_campaign() {
                         self.campaign(false, actions);
@@ -521,6 +534,7 @@ impl RawNode {
                 MessageBody::ReadIndexRequest { id } => {
                     self.send(m.from, MessageBody::ReadIndexResponse { id, result: Err(()) }, actions);
                 }
+                MessageBody::VoteResponse { granted: true } => self.back_off_elections(m.term),
                 _ => {}
             }
             return;

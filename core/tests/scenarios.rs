@@ -100,6 +100,93 @@ fn a_restarted_node_remembers_its_vote() {
     assert!(grants.is_empty(), "voted twice in term {term}");
 }
 
+/// How long node `id` waits before its next election timeout, from now.
+fn election_wait(c: &Cluster, id: u64) -> u64 {
+    c.raft(id).next_deadline() - c.now
+}
+
+const ELECTION_MIN: u64 = 150 * MS;
+const ELECTION_MAX: u64 = 300 * MS;
+
+fn no_pre_vote(cfg: &mut Config) {
+    cfg.pre_vote = false;
+    cfg.election_timeout_min_ns = ELECTION_MIN;
+    cfg.election_timeout_max_ns = ELECTION_MAX;
+}
+
+#[test]
+fn a_candidate_whose_own_vote_is_not_durable_backs_off_up_to_eight_times() {
+    // Every disk is slow: no vote becomes durable, so no campaign can end.
+    let mut c = Cluster::with_config(3, 11, no_pre_vote);
+    for id in 1..=3 {
+        c.nodes.get_mut(&id).unwrap().auto_persist = false;
+    }
+    let (min, max) = (ELECTION_MIN, ELECTION_MAX);
+    c.tick(1);
+    assert_eq!((c.raft(1).role(), c.raft(1).term()), (Role::Candidate, 1));
+    assert!(election_wait(&c, 1) < max, "the first campaign waits the configured timeout");
+    // Each campaign that times out before its own vote is durable doubles
+    // the next wait, up to eight times the configured range.
+    for (term, factor) in [(2, 2), (3, 4), (4, 8), (5, 8), (6, 8)] {
+        c.stabilize();
+        c.tick(1);
+        assert_eq!((c.raft(1).role(), c.raft(1).term()), (Role::Candidate, term));
+        let wait = election_wait(&c, 1);
+        assert!(
+            (factor * min..factor * max).contains(&wait),
+            "term {term}: waited {wait} ns, expected {factor}x"
+        );
+    }
+    // The disks catch up: the election completes, and nobody waits longer
+    // than the configured timeout any more.
+    c.stabilize();
+    for id in 1..=3 {
+        c.nodes.get_mut(&id).unwrap().auto_persist = true;
+        c.persist(id);
+    }
+    c.stabilize();
+    assert_eq!(c.raft(1).role(), Role::Leader);
+    for id in [2, 3] {
+        assert_eq!(c.raft(id).leader(), Some(1));
+        assert!(election_wait(&c, id) < max, "node {id} is back to the configured timeout");
+    }
+    c.check_invariants();
+}
+
+#[test]
+fn a_grant_that_arrives_after_its_campaign_timed_out_stretches_the_next_one() {
+    // The candidate's disk is fast; the voters' are slow.
+    let mut c = Cluster::with_config(3, 12, no_pre_vote);
+    for id in [2, 3] {
+        c.nodes.get_mut(&id).unwrap().auto_persist = false;
+    }
+    let (min, max) = (ELECTION_MIN, ELECTION_MAX);
+    c.tick(1);
+    c.stabilize(); // term 1: both voters voted, neither vote is durable yet
+    c.tick(1);
+    assert_eq!(c.raft(1).term(), 2);
+    assert!(election_wait(&c, 1) < max, "its own vote was durable: no back-off");
+    // Node 2's term-1 vote becomes durable only now: its grant is late.
+    c.persist(2);
+    c.stabilize();
+    assert_eq!((c.raft(1).role(), c.raft(1).term()), (Role::Candidate, 2));
+    c.tick(1);
+    assert_eq!(c.raft(1).term(), 3);
+    let wait = election_wait(&c, 1);
+    assert!((2 * min..2 * max).contains(&wait), "waited {wait} ns after a late grant");
+    // A refusal, or a second late grant of the same term, does not stretch it
+    // again; hearing from a leader resets it.
+    c.persist(3);
+    c.persist(2);
+    c.stabilize();
+    c.persist(2);
+    c.persist(3);
+    c.stabilize();
+    assert_eq!(c.raft(1).role(), Role::Leader);
+    assert!(election_wait(&c, 2) < max);
+    c.check_invariants();
+}
+
 // ---- §5.4.1 election restriction ------------------------------------------
 
 fn election_restriction_violated(tweak: impl Fn(&mut Config)) -> bool {

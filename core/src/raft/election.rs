@@ -26,10 +26,33 @@ impl LeaderState {
     }
 }
 
+/// The most doublings of the election timeout after late vote grants.
+pub(super) const MAX_ELECTION_BACKOFF: u32 = 3;
+
 impl RawNode {
     fn randomized_election_timeout(&mut self) -> Nanos {
         let span = self.cfg.election_timeout_max_ns - self.cfg.election_timeout_min_ns;
-        self.cfg.election_timeout_min_ns + self.rng.next_u64() % span
+        let timeout = self.cfg.election_timeout_min_ns + self.rng.next_u64() % span;
+        timeout.saturating_mul(1 << self.election_backoff)
+    }
+
+    /// A vote of our campaign in `term` took longer than our election
+    /// timeout: a grant arrived after we gave that campaign up, or our own
+    /// vote was not yet durable when it timed out. The round trip of a vote
+    /// includes an fdatasync of it on both sides, and campaigning again at
+    /// the same pace would only repeat that. It is what a node's failover
+    /// looks like when thousands of groups elect at once and every vote waits
+    /// for a disk busy with the others (issue 17): each timeout started a new
+    /// term, whose vote cost another fdatasync on both sides, and no group
+    /// ever finished an election. So each such term doubles the timeouts
+    /// that follow, up to `2^MAX_ELECTION_BACKOFF`, until a leader is heard
+    /// from or we win. Timers only: safety does not depend on them, and
+    /// stickiness and leases use the configured minimum, never this.
+    pub(super) fn back_off_elections(&mut self, term: Term) {
+        if term > self.backoff_term && !self.state.is_leader() {
+            self.backoff_term = term;
+            self.election_backoff = (self.election_backoff + 1).min(MAX_ELECTION_BACKOFF);
+        }
     }
 
     /// A fresh randomized election deadline from now.
@@ -87,7 +110,7 @@ impl RawNode {
     }
 
     /// Storage acknowledged the current (term, vote).
-    fn vote_durable(&self) -> bool {
+    pub(super) fn vote_durable(&self) -> bool {
         self.durable_vote == (self.term, self.vote)
     }
 

@@ -89,6 +89,7 @@ impl RawNode {
     /// Won the election: fresh progress per member, then a blank entry of this term.
     pub(super) fn become_leader(&mut self, actions: &mut Vec<Action>) {
         debug_assert!(matches!(self.state, RoleState::Candidate { .. }) && !self.quiet);
+        self.election_backoff = 0;
         self.leader_id = Some(self.id);
         let next = self.log.last().index + 1;
         let mut progress = BTreeMap::new();
@@ -132,6 +133,7 @@ impl RawNode {
             self.become_follower(term, Some(from), actions);
         }
         self.last_leader_contact = Some(self.now);
+        self.election_backoff = 0;
         self.reset_election_timer();
     }
 }
