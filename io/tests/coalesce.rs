@@ -4,32 +4,13 @@
 //! grid, so their heartbeats and answers to one peer leave in shared
 //! `Heartbeats` frames, and no group loses its leader meanwhile.
 
+mod common;
+
 use std::time::Duration;
 
-use bytes::Bytes;
-use tarn_core::{Index, Membership, Role, Term};
-use tarn_io::driver::{GroupHandle, MemStore, Node, NodeConfig, StateMachine};
+use common::{tcp_cluster, Cluster};
+use tarn_core::{Role, Term};
 use tarn_io::transport::TransportStatsSnapshot;
-use tokio::net::TcpListener;
-
-#[derive(Default)]
-struct Count {
-    applied: Index,
-}
-
-impl StateMachine for Count {
-    type Response = Index;
-    fn apply(&mut self, index: Index, _data: &Bytes) -> Index {
-        self.applied = index;
-        index
-    }
-    fn apply_noop(&mut self, index: Index) {
-        self.applied = index;
-    }
-    fn applied_index(&self) -> Index {
-        self.applied
-    }
-}
 
 const GROUPS: u64 = 24;
 /// Generous against a loaded machine: the test is about frames, not about
@@ -38,33 +19,15 @@ const ELECTION_MS: u64 = 600;
 const HEARTBEAT_MS: u64 = 50;
 const DEADLINE: Duration = Duration::from_secs(60);
 
-type Cluster = Vec<(Node<Count>, Vec<GroupHandle<Count>>)>;
-
 async fn cluster(coalesce: Duration) -> Cluster {
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let mut nodes = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let id = i as u64 + 1;
-        let mut c = NodeConfig::new(id, 78);
+    tcp_cluster(78, GROUPS, |c| {
         c.raft.election_timeout_min_ns = ELECTION_MS * 1_000_000;
         c.raft.election_timeout_max_ns = 2 * ELECTION_MS * 1_000_000;
         c.raft.heartbeat_interval_ns = HEARTBEAT_MS * 1_000_000;
         c.raft.quiesce = false;
         c.heartbeat_coalesce = coalesce;
-        let peers = (1..=3u64).filter(|&p| p != id).map(|p| (p, addrs[p as usize - 1])).collect();
-        let node = Node::start(c, Box::new(MemStore::new()), Some(listener), peers).unwrap();
-        let mut groups = Vec::new();
-        for g in 1..=GROUPS {
-            groups
-                .push(node.add_group(g, Membership::new_voters([1, 2, 3]), Count::default()).await.unwrap());
-        }
-        nodes.push((node, groups));
-    }
-    nodes
+    })
+    .await
 }
 
 /// Every group's term on every node, once every group has a leader that

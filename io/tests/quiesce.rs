@@ -4,55 +4,28 @@
 //! leader's node dies, node-level liveness on the peer transport wakes the
 //! followers and a new leader is elected within two election timeouts.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tarn_core::{Index, Membership, Role};
-use tarn_io::driver::{GroupHandle, MemStore, Node, NodeConfig, StateMachine};
-use tokio::net::TcpListener;
-
-#[derive(Default)]
-struct Count {
-    applied: Index,
-}
-
-impl StateMachine for Count {
-    type Response = Index;
-    fn apply(&mut self, index: Index, _data: &Bytes) -> Index {
-        self.applied = index;
-        index
-    }
-    fn apply_noop(&mut self, index: Index) {
-        self.applied = index;
-    }
-    fn applied_index(&self) -> Index {
-        self.applied
-    }
-}
+use common::{tcp_cluster, Count};
+use tarn_core::Role;
+use tarn_io::driver::{GroupHandle, Node};
 
 const ELECTION_MS: u64 = 150;
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// One group on three nodes: each node with its handle of it.
 async fn cluster() -> Vec<(Node<Count>, GroupHandle<Count>)> {
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let mut nodes = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let id = i as u64 + 1;
-        let mut c = NodeConfig::new(id, 77);
+    let nodes = tcp_cluster(77, 1, |c| {
         c.raft.election_timeout_min_ns = ELECTION_MS * 1_000_000;
         c.raft.election_timeout_max_ns = 2 * ELECTION_MS * 1_000_000;
         c.raft.heartbeat_interval_ns = 50_000_000;
         c.raft.quiesce = true;
-        let peers = (1..=3u64).filter(|&p| p != id).map(|p| (p, addrs[p as usize - 1])).collect();
-        let node = Node::start(c, Box::new(MemStore::new()), Some(listener), peers).unwrap();
-        let group = node.add_group(1, Membership::new_voters([1, 2, 3]), Count::default()).await.unwrap();
-        nodes.push((node, group));
-    }
-    nodes
+    })
+    .await;
+    nodes.into_iter().map(|(node, mut groups)| (node, groups.remove(0))).collect()
 }
 
 /// Waits until every given group reports itself quiescent.

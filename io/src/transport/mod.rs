@@ -1431,15 +1431,19 @@ mod tests {
         peers: BTreeMap<NodeId, SocketAddr>,
         security: Option<Arc<dyn stream::PeerSecurity>>,
     ) -> (Transport<String>, Got) {
-        let got: Got = Arc::default();
-        let g = got.clone();
-        let sink: InboundSink<String> =
-            Arc::new(move |from, group, m| g.lock().unwrap().push((from, group, m)));
+        let (got, sink) = recorder();
         let mut config = TransportConfig::new(id, 42, peers);
         config.reconnect_backoff_min_ms = 5;
         config.reconnect_backoff_max_ms = 50;
         config.security = security;
         (Transport::start(config, listener, sink).unwrap(), got)
+    }
+
+    /// A sink that records every message it receives, and the record.
+    fn recorder() -> (Got, InboundSink<String>) {
+        let got: Got = Arc::default();
+        let g = got.clone();
+        (got, Arc::new(move |from, group, m| g.lock().unwrap().push((from, group, m))))
     }
 
     async fn listeners<const N: usize>() -> ([TcpListener; N], [SocketAddr; N]) {
@@ -1697,10 +1701,7 @@ mod tests {
     #[tokio::test]
     async fn silent_connections_beyond_the_cap_evict_the_oldest_and_the_peer_still_connects() {
         let ([l1, l2], [a1, a2]) = listeners().await;
-        let got2: Got = Arc::default();
-        let g = got2.clone();
-        let sink: InboundSink<String> =
-            Arc::new(move |from, group, m| g.lock().unwrap().push((from, group, m)));
+        let (got2, sink) = recorder();
         let mut config = TransportConfig::new(2, 42, [(1, a1)].into());
         config.max_pending_handshakes = 4;
         config.hello_timeout_ms = 60_000; // only eviction closes them here
@@ -1793,10 +1794,7 @@ mod tests {
     #[tokio::test]
     async fn a_busy_connection_is_never_closed_as_idle() {
         let ([l1, l2], [a1, a2]) = listeners().await;
-        let got2: Got = Arc::default();
-        let g = got2.clone();
-        let sink: InboundSink<String> =
-            Arc::new(move |from, group, m| g.lock().unwrap().push((from, group, m)));
+        let (got2, sink) = recorder();
         let mut c1 = TransportConfig::new(1, 42, [(2, a2)].into());
         let mut c2 = TransportConfig::new(2, 42, [(1, a1)].into());
         // Generous against a loaded machine: 40 sends of 50 ms per timeout.
@@ -1828,10 +1826,7 @@ mod tests {
     async fn heartbeats_of_one_flush_travel_in_one_frame() {
         for coalesce in [true, false] {
             let ([l1, l2], [a1, a2]) = listeners().await;
-            let got2: Got = Arc::default();
-            let g = got2.clone();
-            let sink: InboundSink<String> =
-                Arc::new(move |from, group, m| g.lock().unwrap().push((from, group, m)));
+            let (got2, sink) = recorder();
             let mut c1 = TransportConfig::new(1, 42, [(2, a2)].into());
             c1.coalesce_heartbeats = coalesce;
             let t1 = Transport::<String>::start(c1, l1, Arc::new(|_, _, _| {})).unwrap();
