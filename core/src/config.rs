@@ -236,6 +236,15 @@ pub struct Config {
     /// `raft/quiesce.rs` for the safety argument (check-quorum, stickiness
     /// and lease reads).
     pub quiesce: bool,
+    /// Election back-off (issue 17): a candidate whose vote took longer
+    /// than its election timeout (a grant that came after it gave the
+    /// campaign up, or its own vote not yet durable when it timed out)
+    /// doubles the timeouts that follow, up to 8 times, until it hears from
+    /// a leader or wins. Without it, thousands of groups electing at once on
+    /// a busy disk never finish: each timeout starts a new term whose vote
+    /// costs another fdatasync. Off, every campaign waits the configured
+    /// range. Timers only: safety and leases never depend on it.
+    pub election_backoff: bool,
     /// A bug to plant (tests and simulator only).
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<PlantedBug>,
@@ -275,6 +284,7 @@ impl Config {
             auto_leave_joint: true,
             rejoin_after_data_loss: false,
             quiesce: false,
+            election_backoff: true,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }

@@ -4,9 +4,9 @@
 //! feeds it to the path, and the path's `ServerFrame`s come back encoded.
 //!
 //! The path hands its inputs to a [`SimPort`], which passes them to the
-//! node's executor with two looks of the simulator's own: a read records
-//! the applied index it ran at and the commit floor when it arrived (the
-//! read-index checks), and a proposal's answer must be one kv response per
+//! node's executor with two looks of the simulator's own: a linearizable
+//! read records the applied index it ran at and the commit floor when it
+//! arrived (the read-index checks), and a proposal's answer must be one kv response per
 //! request (each simulated write travels alone in its frame, and the path
 //! packs a frame's write alone into its entry). Answers go to the node's
 //! mailbox through a [`ClientSink`], so the world plays them in order.
@@ -72,6 +72,12 @@ impl GroupPort<SimSm> for SimPort {
     }
 
     fn read(&mut self, linearizable: bool, f: ReadFn<SimSm>) {
+        if !linearizable {
+            // A local read (a watch's registration, an unwatch) promises
+            // nothing about the index it runs at: no read-index look.
+            self.inputs.push(GroupInput::Read { linearizable, f });
+            return;
+        }
         let (mailbox, attempt, floor) = (self.mailbox.clone(), self.attempt, self.floor);
         let f: ReadFn<SimSm> = Box::new(move |sm| match sm {
             Ok(sm) => {

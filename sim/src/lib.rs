@@ -16,5 +16,6 @@ pub mod rng;
 pub mod storage;
 pub mod sweep;
 pub mod trace;
+mod watchers;
 pub mod workload;
 pub mod world;

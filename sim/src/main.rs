@@ -172,7 +172,7 @@ fn main() -> ExitCode {
     println!(
         "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
          snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} \
-         truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={}",
+         truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={}",
         outcomes.len(),
         failed.len(),
         sim_seconds,
@@ -191,6 +191,8 @@ fn main() -> ExitCode {
         total(|o| o.report.ttl_races),
         total(|o| o.report.handoffs),
         total(|o| o.report.lease_reads_skewed),
+        total(|o| o.report.watch_events),
+        total(|o| o.report.watch_resumes),
     );
     if !failed.is_empty() {
         let seeds: Vec<String> = failed.iter().take(20).map(|o| o.report.seed.to_string()).collect();
@@ -206,7 +208,7 @@ fn main() -> ExitCode {
 fn seed_line(o: &SeedOutcome) -> String {
     let r = &o.report;
     format!(
-        "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} digest={:016x}",
+        "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={} digest={:016x}",
         r.seed,
         if o.failed() { "FAIL" } else { "ok" },
         r.sim_ns as f64 / 1e9,
@@ -226,6 +228,8 @@ fn seed_line(o: &SeedOutcome) -> String {
         r.ttl_races,
         r.handoffs,
         r.lease_reads_skewed,
+        r.watch_events,
+        r.watch_resumes,
         r.digest
     )
 }

@@ -31,6 +31,8 @@ pub enum Stream {
     /// the faults of quiet leaders (drawn apart, so runs without it are
     /// what they were before).
     Quiesce = 12,
+    /// Watching clients (drawn apart, so the workload is what it was).
+    Watch = 13,
 }
 
 /// Parts per million: the unit of every probability in the simulator.

@@ -237,6 +237,8 @@ pub struct TimedSweep {
     pub ttl_races: u64,
     pub handoffs: u64,
     pub lease_reads_skewed: u64,
+    pub watch_events: u64,
+    pub watch_resumes: u64,
 }
 
 impl TimedSweep {
@@ -289,6 +291,8 @@ impl TimedSweep {
         self.ttl_races += r.ttl_races;
         self.handoffs += r.handoffs;
         self.lease_reads_skewed += r.lease_reads_skewed;
+        self.watch_events += r.watch_events;
+        self.watch_resumes += r.watch_resumes;
     }
 
     /// `profile/nodes/length=done/failed` for every configuration run so far.
@@ -320,7 +324,8 @@ impl TimedSweep {
         format!(
             "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
              snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} \
-             truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} start={} end={} configs={} per_config={}",
+             truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={} start={} end={} \
+             configs={} per_config={}",
             self.seeds(),
             self.failed(),
             sim,
@@ -339,6 +344,8 @@ impl TimedSweep {
             self.ttl_races,
             self.handoffs,
             self.lease_reads_skewed,
+            self.watch_events,
+            self.watch_resumes,
             self.start,
             self.start.wrapping_add(self.seeds()),
             self.configs.len(),

@@ -24,7 +24,7 @@ use tarn_kv::{
 use tarn_io::storage::{DeletionJob, FlushReport, Storage, StorageConfig, StorageError, SyncJob};
 use tarn_service::admission::AdmissionLimits;
 use tarn_service::protocol::{
-    ClientFrame, Consistency, RequestBody, ResponseBody, ServerFrame, DEFAULT_GROUP,
+    ClientFrame, Consistency, RequestBody, ResponseBody, ServerError, ServerFrame, DEFAULT_GROUP,
 };
 use tarn_service::retry::{self, Next};
 use tarn_service::{ConnWatches, RequestPath};
@@ -41,6 +41,7 @@ use crate::queue::{EventQueue, NANOS_PER_MICRO, NANOS_PER_MILLI, NANOS_PER_SECON
 use crate::rng::{SimRng, Stream, PPM};
 use crate::storage::ModelStorage;
 use crate::trace::{hash_bytes, message_detail, Trace, TraceEvent, TraceKind};
+use crate::watchers::{stream_item, Watcher, WATCHER_CLIENT_BASE};
 use crate::workload::{self, ClientOp, Path};
 
 #[cfg(feature = "planted-bugs")]
@@ -348,6 +349,10 @@ pub struct RunReport {
     /// Coverage (gap 5): reads a leader served from its lease (no heartbeat
     /// round) in a run whose clocks drift or jump.
     pub lease_reads_skewed: u64,
+    /// Coverage (issue 14): events the watching clients received through
+    /// the request path, and their resumes (cut-offs, lost nodes, unwatches).
+    pub watch_events: u64,
+    pub watch_resumes: u64,
     pub profile: String,
     pub last_events: Vec<TraceEvent>,
 }
@@ -485,6 +490,15 @@ enum Event {
     IdleStart,
     /// Quiescence runs: the leader of a (by now quiet) group crashes or is cut off.
     QuietLeaderFault,
+    /// A watching client (re)starts its watch, unless one is running.
+    WatcherStart {
+        watcher: u32,
+    },
+    /// A watch request not yet answered is given up and resumed elsewhere.
+    WatcherTimeout {
+        watcher: u32,
+        request: u64,
+    },
 }
 
 /// The production group executor, with the simulator's state machine and I/O.
@@ -653,6 +667,11 @@ pub struct World {
     ttl_races: u64,
     handoffs: u64,
     lease_reads_skewed: u64,
+    /// Clients watching the whole tree through the request path (0-2 a run).
+    watchers: Vec<Watcher>,
+    rng_watch: SimRng,
+    watch_events: u64,
+    watch_resumes: u64,
     /// The read being stepped in `client_arrive`, and whether its node
     /// served it in that same turn (from the lease).
     lease_probe: Option<u64>,
@@ -789,6 +808,10 @@ impl World {
             profile.disk_corruption_ppm = 0;
         }
         let net = Network::new(config.nodes, profile.net.clone(), SimRng::new(seed, Stream::Network));
+        let mut rng_watch = SimRng::new(seed, Stream::Watch);
+        let watchers = (0..if profile.watchers { rng_watch.below(3) } else { 0 })
+            .map(|_| Watcher { target: rng_watch.below(config.nodes as u64) as usize, ..Watcher::default() })
+            .collect();
         let mut rng_clock = SimRng::new(seed, Stream::Clock);
         let nodes = (0..config.nodes)
             .map(|i| {
@@ -932,6 +955,10 @@ impl World {
             wipe_armed: false,
             rng_ttl: SimRng::new(seed, Stream::Ttl),
             rng_locks: SimRng::new(seed, Stream::Locks),
+            watchers,
+            rng_watch,
+            watch_events: 0,
+            watch_resumes: 0,
             expiry_proposals: HashMap::new(),
             lock_holders: HashMap::new(),
             executed_seq: HashMap::new(),
@@ -991,6 +1018,7 @@ impl World {
         c.max_entry_bytes = MAX_ENTRY_BYTES;
         c.rejoin_after_data_loss = self.nodes[idx].rejoining && self.config.rejoin_flag;
         c.quiesce = self.profile.quiesce.is_some();
+        c.election_backoff = self.profile.election_backoff;
         #[cfg(feature = "planted-bugs")]
         {
             c.planted_bug = self.config.planted_bug;
@@ -1014,6 +1042,10 @@ impl World {
         for c in 0..self.clients.len() {
             let at = self.rng_workload.between(0, 10 * NANOS_PER_MILLI);
             self.queue.push(at, Event::ClientWake { client: c as u32 });
+        }
+        for w in 0..self.watchers.len() {
+            let at = self.rng_watch.between(0, 500 * NANOS_PER_MILLI);
+            self.queue.push(at, Event::WatcherStart { watcher: w as u32 });
         }
         for fault in FAULTS {
             self.schedule_fault(fault);
@@ -1123,6 +1155,8 @@ impl World {
             ttl_races: self.ttl_races,
             handoffs: self.handoffs,
             lease_reads_skewed: self.lease_reads_skewed,
+            watch_events: self.watch_events,
+            watch_resumes: self.watch_resumes,
             profile: self.profile.to_string(),
             last_events: self.trace.last(FAILURE_TRACE_EVENTS),
         }
@@ -1245,7 +1279,21 @@ impl World {
             Event::IdleStart => self.idle_start(),
             Event::QuietLeaderFault => self.quiet_leader_fault(),
             Event::ClientArrive { node, client, bytes } => self.client_arrive(node as usize, client, bytes),
+            Event::ClientReply { client, bytes } if client >= WATCHER_CLIENT_BASE => {
+                self.watcher_reply((client - WATCHER_CLIENT_BASE) as usize, bytes)
+            }
             Event::ClientReply { client, bytes } => self.client_reply(client as usize, bytes),
+            Event::WatcherStart { watcher } => {
+                if self.watchers[watcher as usize].request.is_none() {
+                    self.watcher_send(watcher as usize);
+                }
+            }
+            Event::WatcherTimeout { watcher, request } => {
+                let w = &self.watchers[watcher as usize];
+                if w.request == Some(request) && !w.watching {
+                    self.watcher_resume(watcher as usize, true);
+                }
+            }
             Event::ClientTimeout { client, attempt } => {
                 let c = &mut self.clients[client as usize];
                 if c.current.as_ref().is_some_and(|cur| cur.attempt == attempt) {
@@ -1922,6 +1970,14 @@ impl World {
                 bg.pacer.synced_all();
                 bg.oldest_uncovered = None;
                 bg.oldest_in_flight = None;
+            }
+        }
+        // Its clients' connections die with it: watches end, and their
+        // clients resume elsewhere.
+        self.nodes[idx].watches = ConnWatches::default();
+        for w in 0..self.watchers.len() {
+            if self.watchers[w].target == idx && self.watchers[w].request.is_some() {
+                self.watcher_resume(w, true);
             }
         }
         self.record(idx as u64 + 1, TraceKind::Crash, 0, 0, 0);
@@ -2815,13 +2871,7 @@ impl World {
         let mut last_index = 0;
         let mut last_by_key: Vec<(&str, Option<Bytes>)> = Vec::new();
         for ev in &events {
-            let kind_hash = match &ev.kind {
-                EventKind::Put { value } => hash_bytes(value) | 1,
-                EventKind::DirCreated => 2,
-                EventKind::Removed => 4,
-                EventKind::LockHolder { holder } => holder.wrapping_mul(8) | 8,
-            };
-            let item = (ev.index, hash_bytes(ev.key.as_bytes()), kind_hash);
+            let item = stream_item(ev);
             let pos = self.nodes[idx].watch_pos;
             if ev.index < last_index || ev.index > applied {
                 let detail = format!(
@@ -3122,7 +3172,15 @@ impl World {
     fn on_frame(&mut self, idx: usize, client: u32, frame: ServerFrame) {
         match encode_answer(&frame) {
             Ok(bytes) => {
-                let at = self.now() + self.client_latency();
+                let at = if client >= WATCHER_CLIENT_BASE {
+                    // In order on the watcher's connection.
+                    let at = self.now() + self.watcher_latency();
+                    let w = &mut self.watchers[(client - WATCHER_CLIENT_BASE) as usize];
+                    w.answer_at = w.answer_at.max(at);
+                    w.answer_at
+                } else {
+                    self.now() + self.client_latency()
+                };
                 self.queue.push(at, Event::ClientReply { client, bytes });
             }
             Err(error) => {
@@ -3249,6 +3307,141 @@ impl World {
                 self.queue.push(now + delay, Event::ClientRetry { client: c as u32, attempt });
             }
         }
+    }
+
+    // ----- watching clients (see watchers.rs) ------------------------------------------
+
+    fn watcher_latency(&mut self) -> Nanos {
+        self.rng_watch.between(CLIENT_LATENCY_MIN_NS, CLIENT_LATENCY_MAX_NS)
+    }
+
+    /// Watcher `w` sends a `Watch` of the whole tree to its node, after the
+    /// last index it saw (or from the node's present the first time).
+    fn watcher_send(&mut self, w: usize) {
+        let request = self.next_attempt;
+        self.next_attempt += 1;
+        let (now, latency) = (self.now(), self.watcher_latency());
+        let watcher = &mut self.watchers[w];
+        let after = watcher.resume_after();
+        watcher.sent(request, after);
+        let body = RequestBody::Watch { key: String::new(), subtree: true, after_index: after };
+        let frame = ClientFrame { id: request, group: DEFAULT_GROUP, body };
+        self.watcher_frame(w, &frame, now + latency);
+        let timeout = self.profile.client_timeout_ns;
+        self.queue.push(now + timeout, Event::WatcherTimeout { watcher: w as u32, request });
+    }
+
+    /// Sends watcher `w`'s `frame` to arrive at its node at `at`.
+    fn watcher_frame(&mut self, w: usize, frame: &ClientFrame, at: Nanos) {
+        match encode_request(frame) {
+            Ok(bytes) => {
+                let (node, client) = (self.watchers[w].target as u8, WATCHER_CLIENT_BASE + w as u32);
+                let watcher = &mut self.watchers[w];
+                watcher.request_at = watcher.request_at.max(at);
+                self.queue.push(watcher.request_at, Event::ClientArrive { node, client, bytes });
+            }
+            Err(error) => {
+                let detail = format!("watcher {w}: request {} does not frame: {error}", frame.id);
+                self.fail(FailureKind::Safety, "client-frame", detail);
+            }
+        }
+    }
+
+    /// Watcher `w`'s watch is over (ended, refused, lost or unwatched): it
+    /// watches again after a pause, on another node if `elsewhere`.
+    fn watcher_resume(&mut self, w: usize, elsewhere: bool) {
+        let nodes = self.nodes.len() as u64;
+        let target = elsewhere.then(|| self.rng_watch.below(nodes) as usize);
+        let delay = self.rng_watch.between(NANOS_PER_MILLI, 50 * NANOS_PER_MILLI);
+        let watcher = &mut self.watchers[w];
+        watcher.request = None;
+        watcher.watching = false;
+        watcher.unwatch = None;
+        if let Some(target) = target {
+            watcher.target = target;
+        }
+        self.watch_resumes += 1;
+        self.queue.push(self.now() + delay, Event::WatcherStart { watcher: w as u32 });
+    }
+
+    /// A frame reaches watcher `w`: what it carries is judged against the
+    /// world's watch stream, as `watchers.rs` describes.
+    fn watcher_reply(&mut self, w: usize, bytes: Bytes) {
+        let frame = match decode_answer(&bytes) {
+            Ok(frame) => frame,
+            Err(error) => {
+                let detail = format!("watcher {w}: an answer does not decode: {error}");
+                self.fail(FailureKind::Safety, "client-frame", detail);
+                return;
+            }
+        };
+        let node = self.watchers[w].target + 1;
+        let watcher = &mut self.watchers[w];
+        let outcome = match frame {
+            ServerFrame::Response { id, result: Ok(ResponseBody::Done) } if watcher.unwatch == Some(id) => {
+                self.watcher_resume(w, true);
+                return;
+            }
+            ServerFrame::Response { id, .. } if watcher.request != Some(id) => return,
+            ServerFrame::Response { result: Ok(ResponseBody::Watching { after_index }), .. } => {
+                watcher.started(&self.watch_stream, after_index)
+            }
+            ServerFrame::Response { result: Err(ServerError::BadRequest { reason }), .. }
+                if reason.contains("compacted") =>
+            {
+                watcher.restart_from_now();
+                self.watcher_resume(w, false);
+                return;
+            }
+            ServerFrame::Response { id, result: Err(error) } => match retry::after_error(&error) {
+                Next::Fail => Err(format!("watch request {id} was refused: {error}")),
+                _ => {
+                    self.watcher_resume(w, true);
+                    return;
+                }
+            },
+            ServerFrame::Response { id, result: Ok(other) } => {
+                Err(format!("watch request {id} was answered {other:?}"))
+            }
+            ServerFrame::Watch { id, .. } | ServerFrame::WatchEnded { id, .. }
+                if watcher.request != Some(id) =>
+            {
+                return;
+            }
+            ServerFrame::Watch { events, .. } => match watcher.receive(&self.watch_stream, &events) {
+                Ok(n) => {
+                    self.watch_events += n as u64;
+                    // Now and then the client stops watching, then resumes.
+                    if self.watchers[w].watching
+                        && self.watchers[w].unwatch.is_none()
+                        && self.rng_watch.chance(PPM / 50)
+                    {
+                        self.watcher_unwatch(w);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            ServerFrame::WatchEnded { .. } => {
+                self.watcher_resume(w, false);
+                return;
+            }
+        };
+        if let Err(e) = outcome {
+            self.fail(FailureKind::Safety, "client-watch", format!("watcher {w} on n{node}: {e}"));
+        }
+    }
+
+    /// Watcher `w` asks its node to stop its watch; the `Done` resumes it.
+    fn watcher_unwatch(&mut self, w: usize) {
+        let Some(watch) = self.watchers[w].request else { return };
+        let id = self.next_attempt;
+        self.next_attempt += 1;
+        self.watchers[w].unwatch = Some(id);
+        let frame =
+            ClientFrame { id, group: DEFAULT_GROUP, body: RequestBody::Unwatch { watch_request_id: watch } };
+        let at = self.now() + self.watcher_latency();
+        self.watcher_frame(w, &frame, at);
     }
 
     // ----- faults ----------------------------------------------------------------------

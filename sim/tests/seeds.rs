@@ -55,6 +55,12 @@ fn swarm_seeds_pass_on_five_nodes() {
     assert!(races >= 5, "only {races} TTL refreshes raced an expiry in 24 seeds");
     assert!(handoffs >= 3, "only {handoffs} lock hand-offs in 24 seeds");
     assert!(lease_reads >= 100, "only {lease_reads} lease reads under clock skew in 24 seeds");
+    // Issue 14: clients watch through the request path, and their watches
+    // end (cut off, lost with a node, unwatched) and resume; the
+    // client-watch checker judged every event.
+    let (watch_events, watch_resumes) = (total(|o| o.report.watch_events), total(|o| o.report.watch_resumes));
+    assert!(watch_events >= 500, "only {watch_events} events reached watching clients in 24 seeds");
+    assert!(watch_resumes >= 20, "only {watch_resumes} watch resumes in 24 seeds");
 }
 
 #[test]

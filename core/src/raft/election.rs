@@ -46,10 +46,11 @@ impl RawNode {
     /// term, whose vote cost another fdatasync on both sides, and no group
     /// ever finished an election. So each such term doubles the timeouts
     /// that follow, up to `2^MAX_ELECTION_BACKOFF`, until a leader is heard
-    /// from or we win. Timers only: safety does not depend on them, and
-    /// stickiness and leases use the configured minimum, never this.
+    /// from or we win (`Config::election_backoff`). Timers only: safety does
+    /// not depend on them, and stickiness and leases use the configured
+    /// minimum, never this.
     pub(super) fn back_off_elections(&mut self, term: Term) {
-        if term > self.backoff_term && !self.state.is_leader() {
+        if self.cfg.election_backoff && term > self.backoff_term && !self.state.is_leader() {
             self.backoff_term = term;
             self.election_backoff = (self.election_backoff + 1).min(MAX_ELECTION_BACKOFF);
         }
