@@ -70,6 +70,13 @@ pub enum PlantedBug {
     /// rescue the group late, hiding the other two from the liveness check;
     /// the simulator has no failover-time checker yet.)
     QuietFollowerNeverSuspectsItsLeader,
+    /// Issue 14 (planted in tarn-service's request path, which reads it from
+    /// `AdmissionLimits::planted_bug`): a watch resumed after index `i`
+    /// registers after `i + 1` while answering that it watches after `i`,
+    /// so the events of the index after the resume point are lost: the
+    /// off-by-one a resume is prone to. The simulator's `client-watch`
+    /// checker sees the gap.
+    WatchResumeSkipsAnIndex,
 }
 
 /// Default of [`Config::max_entry_bytes`]: four of kv's largest values (1 MiB)

@@ -37,6 +37,19 @@ impl AdmissionLimits {
         }
     }
 
+    /// Whether the planted bug that loses the index after a watch's resume
+    /// point is on.
+    pub(crate) fn watch_resume_skips_an_index(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.planted_bug == Some(tarn_core::PlantedBug::WatchResumeSkipsAnIndex)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+
     /// Whether the planted bug that ignores the entry bound is on.
     fn ignores_entry_bound(&self) -> bool {
         #[cfg(feature = "planted-bugs")]

@@ -291,17 +291,20 @@ impl<P: PathMetrics> RequestPath<P> {
         sink: &S,
     ) {
         let (out, events_out, watches) = (sink.clone(), sink.clone(), watches.clone());
+        let skip = self.limits.watch_resume_skips_an_index();
         let f: ReadFn<M> = Box::new(move |m| {
             let result = match m {
                 Ok(m) => {
                     let from = after_index.unwrap_or(m.kv().applied_index());
+                    // The planted off-by-one (simulator tests only).
+                    let registered = if skip && after_index.is_some() { from + 1 } else { from };
                     let events = Box::new(move |d: WatchDelivery| {
                         events_out.send_watch(match d {
                             WatchDelivery::Events(events) => ServerFrame::Watch { id, events },
                             WatchDelivery::Ended(reason) => ServerFrame::WatchEnded { id, reason },
                         })
                     });
-                    match m.watch(&key, subtree, Some(from), events) {
+                    match m.watch(&key, subtree, Some(registered), events) {
                         Ok(watch_id) => {
                             watches.insert(id, (g, watch_id));
                             Ok(ResponseBody::Watching { after_index: from })

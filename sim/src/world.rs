@@ -4187,12 +4187,13 @@ pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::AsyncSyncWaitsForQuiet => "async-sync-waits-for-quiet",
         PlantedBug::AdmissionIgnoresEntryBound => "admission-ignores-entry-bound",
         PlantedBug::QuietFollowerNeverSuspectsItsLeader => "quiet-follower-never-suspects-its-leader",
+        PlantedBug::WatchResumeSkipsAnIndex => "watch-resume-skips-an-index",
     }
 }
 
 /// Every planted bug, for sweeps and the CLI.
 #[cfg(feature = "planted-bugs")]
-pub const PLANTED_BUGS: [PlantedBug; 14] = [
+pub const PLANTED_BUGS: [PlantedBug; 15] = [
     PlantedBug::VoteWithoutLogCheck,
     PlantedBug::CommitPreviousTermByCounting,
     PlantedBug::ForgetToPersistVote,
@@ -4207,6 +4208,7 @@ pub const PLANTED_BUGS: [PlantedBug; 14] = [
     PlantedBug::AsyncSyncWaitsForQuiet,
     PlantedBug::AdmissionIgnoresEntryBound,
     PlantedBug::QuietFollowerNeverSuspectsItsLeader,
+    PlantedBug::WatchResumeSkipsAnIndex,
 ];
 
 #[cfg(feature = "planted-bugs")]
