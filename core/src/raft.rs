@@ -325,9 +325,7 @@ impl RawNode {
         match input {
             Input::Tick => self.tick(actions),
             Input::PeerDown { node } => self.on_peer_down(node),
-            Input::PeerUp { node } => {
-                self.suspected.remove(&node);
-            }
+            Input::PeerUp { node } => self.on_peer_up(node, actions),
             Input::Message(m) => self.on_message(m, actions),
             Input::Propose { id, data } => self.propose(vec![Proposal { id, data }], actions),
             Input::ProposeBatch { proposals } => self.propose(proposals, actions),

@@ -100,6 +100,47 @@ fn quiet_followers_of_a_crashed_leader_elect_a_new_one_after_peer_down() {
     c.check_invariants();
 }
 
+/// Both followers suspect a live quiet leader that suspects nobody (its
+/// pings went missing one way), then see it again before their election
+/// timeout: the poke on `PeerUp` wakes the leader, and the group goes quiet
+/// again under it. Without the poke the woken followers grant each other's
+/// pre-votes and elect a new leader (the control run).
+#[test]
+fn a_leader_suspected_for_a_moment_keeps_its_quiet_group() {
+    for poke in [true, false] {
+        let mut c = quiet_cluster(6);
+        assert!(all_quiet(&c));
+        let term = c.raft(1).term();
+        for id in [2, 3] {
+            c.step(id, Input::PeerDown { node: 1 });
+            assert!(!c.raft(id).is_quiescent(), "PeerDown of the leader wakes node {id}");
+        }
+        c.run_for(20 * MS);
+        for id in [2, 3] {
+            c.step(id, Input::PeerUp { node: 1 });
+        }
+        if !poke {
+            // What the followers knew before the poke: the leader is no
+            // longer suspected, and nothing else (the two pokes are lost).
+            let mut pokes = 2;
+            c.lose = Some(Box::new(move |to, m| {
+                let poke = to == 1 && m.body.kind() == "HeartbeatResponse" && pokes > 0;
+                pokes -= u32::from(poke);
+                poke
+            }));
+        }
+        c.run_for(2_000 * MS);
+        if poke {
+            assert_eq!(c.leader(), Some(1), "the leader keeps its group");
+            assert_eq!(c.raft(2).term(), term, "no election");
+            assert!(all_quiet(&c), "quiet again");
+        } else {
+            assert!(c.raft(2).term() > term, "control: without the poke the followers elect");
+        }
+        c.check_invariants();
+    }
+}
+
 /// A follower that missed the `Quiesce` times out; its pre-vote wakes the
 /// leader, which quiesces again, and nobody changes term.
 #[test]

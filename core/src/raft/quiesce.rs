@@ -30,7 +30,10 @@
 //!   resumes its election timer; one whose leader is already suspected when
 //!   `Quiesce` arrives does not go quiet. So a crashed or cut-off leader of
 //!   a quiet group is replaced within the suspicion timeout plus one
-//!   election.
+//!   election. A suspicion that was wrong (pings lost one way) ends in
+//!   `PeerUp`: a woken follower then pokes its leader (`on_peer_up`), which
+//!   wakes, and its next heartbeat tick quiets the group again before any
+//!   timer elects a replacement.
 //!
 //! # Why it is safe
 //!
@@ -202,6 +205,25 @@ impl RawNode {
         let follows_it = !self.state.is_leader() && self.leader_id == Some(node);
         if self.quiet && follows_it && !bug!(self, QuietFollowerNeverSuspectsItsLeader) {
             self.wake_follower(false);
+        }
+    }
+
+    /// `PeerUp` of `node`: it is no longer suspected. A follower that
+    /// `PeerDown` woke (it follows `node`, awake, not campaigning) pokes its
+    /// leader: a leader quiet on its side of a one-way suspicion (a ping
+    /// that went missing) hears nothing until an election timeout elects
+    /// someone else, since both woken followers grant each other's
+    /// pre-votes. Any message wakes a quiet leader; its next heartbeat tick
+    /// (or `Quiesce`) is leader contact for us, well within our timeout, so
+    /// the group goes quiet again under the same leader. The poke is an
+    /// unsolicited `HeartbeatResponse` (ctx 0): a leader reads it as
+    /// activity and catches us up if we lag, nothing more.
+    pub(super) fn on_peer_up(&mut self, node: NodeId, actions: &mut Vec<Action>) {
+        let was_suspected = self.suspected.remove(&node);
+        let woken_follower = matches!(self.state, RoleState::Follower) && !self.quiet;
+        if was_suspected && self.cfg.quiesce && woken_follower && self.leader_id == Some(node) {
+            let last_index = self.log.last().index;
+            self.send(node, MessageBody::HeartbeatResponse { ctx: 0, last_index }, actions);
         }
     }
 
