@@ -165,6 +165,11 @@ pub struct Profile {
     /// watchers' turns moved the only seed of 1,500 that found a 2 % too
     /// long lease out of it.
     pub watchers: bool,
+    /// The timer grid the production driver puts every group's timers on
+    /// (`NodeConfig::heartbeat_coalesce`, lowered as `Node::start` lowers
+    /// it): half the runs of swarm and chaos use the server's default,
+    /// 10 ms, the others none. Drawn from its own stream.
+    pub timer_grid_ns: Nanos,
     /// Disk completion latency, uniform, plus a slow tail.
     pub disk_latency_min_ns: Nanos,
     pub disk_latency_max_ns: Nanos,
@@ -272,6 +277,7 @@ impl Profile {
             lease_read: true,
             election_backoff: true,
             watchers: true,
+            timer_grid_ns: 0,
             disk_latency_min_ns: 50 * NANOS_PER_MICRO,
             disk_latency_max_ns: 500 * NANOS_PER_MICRO,
             disk_slow_ppm: 0,
@@ -351,6 +357,7 @@ impl Profile {
             lease_read,
             election_backoff: true,
             watchers: true,
+            timer_grid_ns: 0,
             disk_latency_min_ns,
             disk_latency_max_ns: disk_latency_min_ns + rng.between(0, 5 * NANOS_PER_MILLI),
             disk_slow_ppm: rng.swarm_ppm(PPM / 2, PPM / 20),
@@ -474,7 +481,7 @@ impl fmt::Display for Profile {
              every_ms[partition={} one_way={} isolate={} clog={} flap={} crash={} pause={} jump={} transfer={} \
              membership={} wipe={}] \
              drift<={}ppm disk[{}..{}us slow={}ppm] clients={} keys={} snapshot[every={} keep={} chunk={}B tail={}] temp={}ppm ttl={}..{}ms lease_l1={}ms \
-             append[entries={} inflight={}] drift_at_bound={} timeout_spread={}us",
+             append[entries={} inflight={}] drift_at_bound={} timeout_spread={}us grid={}ms",
             self.kind,
             self.lease_read,
             self.net.latency_min_ns / NANOS_PER_MICRO,
@@ -513,6 +520,7 @@ impl fmt::Display for Profile {
             self.replication.inflight_msgs,
             self.drift_at_bound,
             self.election_timeout_spread_ns / NANOS_PER_MICRO,
+            ms(self.timer_grid_ns),
         )?;
         if let Some(q) = self.quiesce {
             write!(

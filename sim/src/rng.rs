@@ -33,6 +33,8 @@ pub enum Stream {
     Quiesce = 12,
     /// Watching clients (drawn apart, so the workload is what it was).
     Watch = 13,
+    /// Whether a run's timers fire on the driver's coalescing grid.
+    Grid = 14,
 }
 
 /// Parts per million: the unit of every probability in the simulator.

@@ -136,7 +136,7 @@ fn is_heartbeat_class(message: &Message) -> bool {
 /// every group of the node wakes at the same grid instants (see
 /// `NodeConfig::heartbeat_coalesce` for why a timer may run late by less
 /// than a quantum). `NO_DEADLINE` stays as it is.
-pub(crate) fn align_deadline(next: Nanos, quantum: Nanos) -> Nanos {
+pub fn align_deadline(next: Nanos, quantum: Nanos) -> Nanos {
     if quantum == 0 || next == tarn_core::NO_DEADLINE {
         return next;
     }

@@ -70,6 +70,7 @@ pub use executor::{
     boot_id_base, GroupExecutor, GroupInput, GroupIo, Observed, ProposeFn, ReadFn, ReplyFn, SnapEvent,
     SnapshotJobError, StorageOp, Turn,
 };
+pub use group::align_deadline;
 use group::{GroupTask, TokioGroupIo};
 pub use metrics::{GroupCounters, Histogram, HistogramSnapshot, COUNT_BOUNDS, DURATION_BOUNDS_NANOS};
 pub use state_machine::{SnapshotInstaller, SnapshotProducer, SnapshotRestore, StateMachine};
