@@ -77,6 +77,14 @@ pub enum PlantedBug {
     /// off-by-one a resume is prone to. The simulator's `client-watch`
     /// checker sees the gap.
     WatchResumeSkipsAnIndex,
+    /// Issue 14 (planted in tarn-io's group executor, which reads it from
+    /// [`RawNode::planted_bug`](crate::RawNode::planted_bug)): a stopping
+    /// group reports no snapshot jobs in flight, so its shell does not wait
+    /// for them, and a job that outlives its group commits its snapshot into
+    /// the storage the restarted group already read (the driver bug fixed
+    /// in e541d96). The simulator's `snapshot-owner` checker sees the
+    /// storage's snapshot move behind the running group's back.
+    StoppedGroupLeavesSnapshotJobs,
 }
 
 /// Default of [`Config::max_entry_bytes`]: four of kv's largest values (1 MiB)

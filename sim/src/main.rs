@@ -171,8 +171,9 @@ fn main() -> ExitCode {
     let total = |f: fn(&SeedOutcome) -> u64| outcomes.iter().map(f).sum::<u64>();
     println!(
         "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
-         snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} \
-         truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={}",
+         snapshots={} installs={} compactions={} restarts_in_place={} jobs_waited={} expiries={} wipes={} multi_changes={} \
+         joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} \
+         watch_resumes={}",
         outcomes.len(),
         failed.len(),
         sim_seconds,
@@ -182,6 +183,8 @@ fn main() -> ExitCode {
         total(|o| o.report.snapshots),
         total(|o| o.report.installs),
         total(|o| o.report.compactions),
+        total(|o| o.report.restarts_in_place),
+        total(|o| o.report.jobs_waited),
         total(|o| o.report.expiries),
         total(|o| o.report.wipes),
         total(|o| o.report.multi_changes),
@@ -208,7 +211,7 @@ fn main() -> ExitCode {
 fn seed_line(o: &SeedOutcome) -> String {
     let r = &o.report;
     format!(
-        "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={} digest={:016x}",
+        "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} restarts_in_place={} jobs_waited={} expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={} digest={:016x}",
         r.seed,
         if o.failed() { "FAIL" } else { "ok" },
         r.sim_ns as f64 / 1e9,
@@ -219,6 +222,8 @@ fn seed_line(o: &SeedOutcome) -> String {
         r.snapshots,
         r.installs,
         r.compactions,
+        r.restarts_in_place,
+        r.jobs_waited,
         r.expiries,
         r.wipes,
         r.multi_changes,

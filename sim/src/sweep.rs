@@ -226,6 +226,8 @@ pub struct TimedSweep {
     pub snapshots: u64,
     pub installs: u64,
     pub compactions: u64,
+    pub restarts_in_place: u64,
+    pub jobs_waited: u64,
     pub expiries: u64,
     pub wipes: u64,
     /// Coverage (see `RunReport`): a sweep that never reaches one of these
@@ -282,6 +284,8 @@ impl TimedSweep {
         self.snapshots += r.snapshots;
         self.installs += r.installs;
         self.compactions += r.compactions;
+        self.restarts_in_place += r.restarts_in_place;
+        self.jobs_waited += r.jobs_waited;
         self.expiries += r.expiries;
         self.wipes += r.wipes;
         self.multi_changes += r.multi_changes;
@@ -323,8 +327,8 @@ impl TimedSweep {
         let sim = self.sim_ns as f64 / 1e9;
         format!(
             "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
-             snapshots={} installs={} compactions={} expiries={} wipes={} multi_changes={} joints={} truncations={} \
-             truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={} start={} end={} \
+             snapshots={} installs={} compactions={} restarts_in_place={} jobs_waited={} expiries={} wipes={} \
+             multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={} start={} end={} \
              configs={} per_config={}",
             self.seeds(),
             self.failed(),
@@ -335,6 +339,8 @@ impl TimedSweep {
             self.snapshots,
             self.installs,
             self.compactions,
+            self.restarts_in_place,
+            self.jobs_waited,
             self.expiries,
             self.wipes,
             self.multi_changes,

@@ -80,6 +80,9 @@ impl fmt::Display for TraceEvent {
                     if c == 0 { "-".into() } else { format!("n{c}") }
                 )
             }
+            TraceKind::Crash if a == 2 => {
+                write!(f, "n{n}: RESTART IN PLACE (waited for {b} snapshot job(s); {c} left running)")
+            }
             TraceKind::Crash => {
                 write!(f, "n{n}: CRASH (unsynced writes lost{})", if a == 1 { ", disk wiped" } else { "" })
             }

@@ -14,7 +14,8 @@ use tarn_core::{
 };
 use tarn_io::driver::{
     align_deadline, effective_coalesce_quantum, GroupCounters, GroupExecutor, GroupInput, LogWrite,
-    SnapEvent, SnapshotProducer, StorageDone, StorageOp, SyncPacer, Turn, HEARTBEAT_COALESCE_DEFAULT,
+    SnapEvent, SnapshotJobError, SnapshotProducer, StorageDone, StorageOp, StoreError, SyncPacer, Turn,
+    HEARTBEAT_COALESCE_DEFAULT,
 };
 use tarn_kv::{
     decode_entry, Command, EventKind, KvConfig, KvStateMachine, LockOutcome, Reply as KvReply,
@@ -327,6 +328,10 @@ pub struct RunReport {
     pub snapshots: u64,
     pub installs: u64,
     pub compactions: u64,
+    /// Coverage (issue 14): restarts in place, and the snapshot jobs their
+    /// stopping groups waited for.
+    pub restarts_in_place: u64,
+    pub jobs_waited: u64,
     /// TTL expiries that took effect (temporary registers removed, lock
     /// leases run out), counted at their first application.
     pub expiries: u64,
@@ -490,6 +495,15 @@ enum Event {
     IdleStart,
     /// Quiescence runs: the leader of a (by now quiet) group crashes or is cut off.
     QuietLeaderFault,
+    /// A snapshot job of node `node` (see [`PendingJob`]) commits.
+    SnapshotJob {
+        node: u8,
+        job: u64,
+    },
+    /// The node is restarted in place (see `World::restart_in_place`).
+    RestartInPlace {
+        node: u8,
+    },
     /// A watching client (re)starts its watch, unless one is running.
     WatcherStart {
         watcher: u32,
@@ -556,6 +570,25 @@ struct Node {
     path: RequestPath,
     /// The watches clients started here (none yet: the world watches itself).
     watches: ConnWatches,
+    /// Snapshot jobs running on the storage side, in start order.
+    jobs: Vec<PendingJob>,
+}
+
+/// A snapshot job (taking this node's snapshot, installing a leader's) as
+/// the tokio shell runs it: off the group, committing to storage after its
+/// writes and syncs, then reporting to the group that started it. Checked
+/// and encoded when it starts; its commit is a later [`Event::SnapshotJob`].
+struct PendingJob {
+    id: u64,
+    /// The incarnation whose group started it. Another one means the job
+    /// outlived its group: a stop that did not wait for it (see
+    /// `World::restart_in_place`).
+    incarnation: u32,
+    meta: SnapshotMeta,
+    data: Bytes,
+    digest: u64,
+    /// An install's decoded state (`None`: a snapshot of this node's own).
+    install: Option<KvStateMachine>,
 }
 
 impl Node {
@@ -692,6 +725,12 @@ pub struct World {
     jump_log: Vec<Vec<(Nanos, Nanos)>>,
     /// The next node to grant a vote gets its disk wiped.
     wipe_armed: bool,
+    /// The next node to start a snapshot job is restarted in place while
+    /// the job runs.
+    restart_armed: bool,
+    next_job: u64,
+    restarts_in_place: u64,
+    jobs_waited: u64,
     rng_ttl: SimRng,
     rng_locks: SimRng,
     /// World time at which each expiry entry (by payload hash) was first
@@ -873,6 +912,7 @@ impl World {
                         Arc::new(tarn_service::NoMetrics),
                     ),
                     watches: ConnWatches::default(),
+                    jobs: Vec::new(),
                 }
             })
             .collect();
@@ -963,6 +1003,10 @@ impl World {
             temp_arms: HashMap::new(),
             jump_log: vec![Vec::new(); config.nodes],
             wipe_armed: false,
+            restart_armed: false,
+            next_job: 0,
+            restarts_in_place: 0,
+            jobs_waited: 0,
             rng_ttl: SimRng::new(seed, Stream::Ttl),
             rng_locks: SimRng::new(seed, Stream::Locks),
             timer_grid_ns: 0,
@@ -1159,6 +1203,8 @@ impl World {
             snapshots: self.snapshots,
             installs: self.installs,
             compactions: self.compactions,
+            restarts_in_place: self.restarts_in_place,
+            jobs_waited: self.jobs_waited,
             expiries: self.expiries,
             wipes: self.wipes,
             multi_changes: self.multi_changes,
@@ -1330,6 +1376,8 @@ impl World {
                 self.record(0, TraceKind::Heal, 0, 0, 0);
             }
             Event::Restart { node } => self.restart(node as usize),
+            Event::SnapshotJob { node, job } => self.snapshot_job_done(node as usize, job),
+            Event::RestartInPlace { node } => self.restart_in_place(node as usize),
             Event::EndOfFaults => self.end_of_faults(),
             Event::Operator => self.operator(),
         }
@@ -1960,6 +2008,8 @@ impl World {
         // Waiting proposers and readers are never answered (their closures
         // die with the executor): clients time out, as with a real crash.
         n.exec = None;
+        // Its snapshot jobs die with the process.
+        n.jobs.clear();
         n.mailbox.clear();
         n.applying.clear();
         n.snapshot_digest = None;
@@ -2256,16 +2306,8 @@ impl World {
                     self.stage_chunk(idx, snapshot, offset, &data)
                 }
                 SimEvent::SnapshotDigest { digest } => self.nodes[idx].snapshot_digest = Some(digest),
-                SimEvent::CreateSnapshot { meta, producer } => {
-                    if let Some(meta) = self.take_snapshot(idx, meta, producer) {
-                        next.snapshots.push(SnapEvent::Created(Ok(meta)));
-                    }
-                }
-                SimEvent::InstallSnapshot { meta } => {
-                    if let Some(event) = self.install_snapshot(idx, meta) {
-                        next.snapshots.push(event);
-                    }
-                }
+                SimEvent::CreateSnapshot { meta, producer } => self.take_snapshot(idx, meta, producer),
+                SimEvent::InstallSnapshot { meta } => self.install_snapshot(idx, meta),
                 SimEvent::ReadReady { index } => self.read_ready_index = index,
                 SimEvent::Apply { entries } => {
                     for (id, hash, m) in entries {
@@ -2594,19 +2636,17 @@ impl World {
     /// `SnapshotWanted`, as the executor carried it out: encode the kv's fork
     /// with the real encoder, write it durably with the real engine, report
     /// it. `None` if the node stopped or the run failed.
-    fn take_snapshot(
-        &mut self,
-        idx: usize,
-        meta: SnapshotMeta,
-        producer: SnapshotProducer,
-    ) -> Option<SnapshotMeta> {
+    /// Starts the job that takes node `idx`'s snapshot at `meta`: the state
+    /// is checked and encoded now (the producer holds the state machine's
+    /// fork); the job commits later (`snapshot_job_done`).
+    fn take_snapshot(&mut self, idx: usize, meta: SnapshotMeta, producer: SnapshotProducer) {
         let n = &mut self.nodes[idx];
         let applied = meta.last_log_id.index;
         let Some(digest) = n.snapshot_digest.take() else {
             let detail =
                 format!("n{}: a snapshot at {} without the state machine's digest", n.id, meta.last_log_id);
             self.fail(FailureKind::Safety, "snapshot-take", detail);
-            return None;
+            return;
         };
         if n.storage.term_at(applied) != Some(meta.last_log_id.term) {
             let detail = format!(
@@ -2617,7 +2657,7 @@ impl World {
                 n.storage.first_index()
             );
             self.fail(FailureKind::Safety, "snapshot-take", detail);
-            return None;
+            return;
         }
         let mut blob = Vec::new();
         if let Err(error) = producer(&mut |bytes: &[u8]| {
@@ -2629,32 +2669,199 @@ impl World {
                 "snapshot-take",
                 format!("n{}: encoding failed: {error}", idx + 1),
             );
-            return None;
+            return;
         }
         let data = Bytes::from(blob);
         if !self.check_snapshot_state(idx, meta.last_log_id, digest, "takes") {
-            return None;
+            return;
         }
+        self.start_job(idx, meta, data, digest, None);
+    }
+
+    /// Queues a snapshot job's commit after its writes and syncs (two disk
+    /// latencies). An armed restart in place strikes while it runs.
+    fn start_job(
+        &mut self,
+        idx: usize,
+        meta: SnapshotMeta,
+        data: Bytes,
+        digest: u64,
+        install: Option<KvStateMachine>,
+    ) {
+        let now = self.now();
+        let latency = self.disk_latency() + self.disk_latency();
+        let id = self.next_job;
+        self.next_job += 1;
         let n = &mut self.nodes[idx];
+        let incarnation = n.incarnation;
+        n.jobs.push(PendingJob { id, incarnation, meta, data, digest, install });
+        self.queue.push(now + latency, Event::SnapshotJob { node: idx as u8, job: id });
+        if self.restart_armed && self.phase == Phase::Faulty {
+            self.restart_armed = false;
+            let at = now + self.rng_process.below(latency);
+            self.queue.push(at, Event::RestartInPlace { node: idx as u8 });
+        }
+    }
+
+    /// Snapshot job `id` of node `idx` commits: its snapshot is written to
+    /// storage and recorded, and the group that started it hears of it. A
+    /// job of an earlier incarnation (its group stopped without waiting for
+    /// it) commits into whatever storage the node has now and reports to
+    /// nobody, as a leaked task would.
+    fn snapshot_job_done(&mut self, idx: usize, id: u64) {
+        let now = self.now();
+        let n = &mut self.nodes[idx];
+        // Not found: it died with its process.
+        let Some(pos) = n.jobs.iter().position(|j| j.id == id) else { return };
+        if n.paused_until > now {
+            let at = self.wake_time(idx);
+            self.queue.push(at, Event::SnapshotJob { node: idx as u8, job: id });
+            return;
+        }
+        let job = n.jobs.remove(pos);
+        let own = job.incarnation == n.incarnation && n.exec.is_some();
+        let report = self.commit_job(idx, job, own);
+        if let Some(event) = report.filter(|_| own && self.failure.is_none()) {
+            self.turn(idx, Turn { snapshots: vec![event], ..Turn::default() });
+        }
+        if self.failure.is_none() {
+            self.check_snapshot_owner(idx);
+        }
+    }
+
+    /// Writes and records job `job`'s snapshot in node `idx`'s storage. With
+    /// `own`, also updates what the world knows of the group that started
+    /// it and returns the report for it.
+    fn commit_job(&mut self, idx: usize, job: PendingJob, own: bool) -> Option<SnapEvent<SimSm>> {
+        let PendingJob { meta, data, digest, install, .. } = job;
+        let last = meta.last_log_id;
+        let n = &mut self.nodes[idx];
+        // An install finished first with a newer snapshot: storage refuses
+        // this older one, and the group only logs it (the tokio shell's
+        // `SnapshotJobError::Store`).
+        let superseded = n.storage.snapshot().index > last.index;
         let mut first = 0;
         if let Some(engine) = n.engine.as_mut() {
             let storage = engine.storage.as_mut()?;
             match storage.write_snapshot(GROUP, &meta, &data).and_then(|()| storage.log_state(GROUP)) {
                 Ok(state) => first = state.first_index,
+                Err(error @ StorageError::InvalidRequest { .. }) if superseded && install.is_none() => {
+                    let error = SnapshotJobError::Store(StoreError::engine(GROUP, error));
+                    return own.then(|| SnapEvent::Created(Err(error)));
+                }
                 Err(error) => {
-                    self.storage_error(idx, 7, error);
+                    if own {
+                        self.storage_error(idx, 7, error);
+                    }
                     return None;
                 }
             }
+        } else if superseded && install.is_none() {
+            let error =
+                StorageError::InvalidRequest { group: GROUP, reason: format!("snapshot at {last} is older") };
+            let error = SnapshotJobError::Store(StoreError::engine(GROUP, error));
+            return own.then(|| SnapEvent::Created(Err(error)));
         }
+        let snap = Some(Arc::new(NodeSnapshot { meta: meta.clone(), data, digest }));
         let n = &mut self.nodes[idx];
-        n.storage.set_snapshot(meta.last_log_id);
-        // The engine discards the whole log when the snapshot reaches its end.
-        n.storage.compact_below(first.min(applied + 1));
-        n.snap = Some(Arc::new(NodeSnapshot { meta: meta.clone(), data, digest }));
-        self.snapshots += 1;
-        self.record(idx as u64 + 1, TraceKind::Snapshot, 1, applied, meta.last_log_id.term);
-        Some(meta)
+        match install {
+            None => {
+                n.storage.set_snapshot(last);
+                // The engine discards the whole log when the snapshot reaches its end.
+                n.storage.compact_below(first.min(last.index + 1));
+                n.snap = snap;
+                self.snapshots += 1;
+                self.record(idx as u64 + 1, TraceKind::Snapshot, 1, last.index, last.term);
+                own.then(|| SnapEvent::Created(Ok(meta)))
+            }
+            Some(sm) => {
+                n.storage.install(last);
+                n.snap = snap;
+                self.installs += 1;
+                self.record(idx as u64 + 1, TraceKind::Snapshot, 3, last.index, last.term);
+                if !own {
+                    return None;
+                }
+                let n = &mut self.nodes[idx];
+                n.acked_log = last;
+                n.applied = last.index;
+                n.applying.clear();
+                n.applied_membership = meta.membership.clone();
+                Some(SnapEvent::Installed(Ok((meta, crate::exec::installer(sm)))))
+            }
+        }
+    }
+
+    /// The storage holds the snapshot its running group took, installed or
+    /// started from, never a newer one: a snapshot job that outlived its
+    /// group and committed into the next incarnation's storage moves it
+    /// behind that group's back (the driver bug fixed in e541d96; its
+    /// restore then met a newer snapshot than its core had recovered).
+    fn check_snapshot_owner(&mut self, idx: usize) {
+        let n = &self.nodes[idx];
+        let Some(exec) = n.exec.as_ref() else { return };
+        let (stored, known) = (n.storage.snapshot(), exec.snapshot());
+        if stored.index > known.index {
+            let detail = format!(
+                "n{}: storage records snapshot {stored}, but the running group holds {known}: a snapshot job \
+                 committed behind its back (one that outlived the group that started it?)",
+                idx + 1
+            );
+            self.fail(FailureKind::Safety, "snapshot-owner", detail);
+        }
+    }
+
+    /// A restart in place: the application stops the node and starts it
+    /// again in the same process (an upgrade of the embedding service, a
+    /// configuration reload), as `Node::shutdown` then `Node::start` do. The
+    /// group stops; the shell waits for the snapshot jobs the executor says
+    /// are running (`GroupExecutor::jobs_in_flight`), which commit now;
+    /// storage flushes everything; the node starts again at once. A job the
+    /// executor did not count keeps running into the new incarnation.
+    fn restart_in_place(&mut self, idx: usize) {
+        let now = self.now();
+        let n = &mut self.nodes[idx];
+        let Some(exec) = n.exec.as_ref() else { return };
+        if n.paused_until > now {
+            return;
+        }
+        let mut wait = exec.jobs_in_flight();
+        let incarnation = n.incarnation;
+        let (mut waited, mut running) = (Vec::new(), Vec::new());
+        for job in std::mem::take(&mut n.jobs) {
+            if job.incarnation == incarnation && wait > 0 {
+                wait -= 1;
+                waited.push(job);
+            } else {
+                running.push(job);
+            }
+        }
+        self.restarts_in_place += 1;
+        self.jobs_waited += waited.len() as u64;
+        self.record(idx as u64 + 1, TraceKind::Crash, 2, waited.len() as u64, running.len() as u64);
+        for job in waited {
+            self.commit_job(idx, job, false);
+            if self.failure.is_some() {
+                return;
+            }
+        }
+        // `Node::shutdown`'s last flush: what was staged is durable.
+        let n = &mut self.nodes[idx];
+        let flushed = match n.engine.as_mut() {
+            None => true,
+            Some(engine) => match engine.storage.as_mut() {
+                Some(storage) => {
+                    storage.flush(&mut engine.report);
+                    engine.report.failed.is_empty()
+                }
+                None => false,
+            },
+        };
+        if flushed {
+            n.storage.sync();
+        }
+        self.crash(idx, 0);
+        self.nodes[idx].jobs = running;
     }
 
     /// At the start of a transfer, the leader reads its snapshot back through
@@ -2689,7 +2896,9 @@ impl World {
     /// `InstallSnapshot`, as the executor asked for it: decode the staged
     /// chunks with the real decoder, write the snapshot durably, and hand
     /// the executor what replaces its state. `None` if the run failed.
-    fn install_snapshot(&mut self, idx: usize, meta: SnapshotMeta) -> Option<SnapEvent<SimSm>> {
+    /// Starts the job that installs the staged leader's snapshot `meta`:
+    /// decoded and checked now, committed later (`snapshot_job_done`).
+    fn install_snapshot(&mut self, idx: usize, meta: SnapshotMeta) {
         let n = &mut self.nodes[idx];
         let id = n.id;
         let last = meta.last_log_id;
@@ -2700,7 +2909,7 @@ impl World {
                 let had = other.map(|(s, b)| (s, b.len()));
                 let detail = format!("n{id}: asked to install {last}, but the staged snapshot is {had:?}");
                 self.fail(FailureKind::Safety, "snapshot-transfer", detail);
-                return None;
+                return;
             }
         };
         let sm = match decode_snapshot_blob(&blob, kv_config(&self.config)) {
@@ -2709,37 +2918,19 @@ impl World {
                 let detail =
                     format!("n{id}: snapshot {last} holds the state at index {}", sm.applied_index());
                 self.fail(FailureKind::Safety, "snapshot-transfer", detail);
-                return None;
+                return;
             }
             Err(error) => {
                 let detail = format!("n{id}: the chunks received for snapshot {last} do not decode: {error}");
                 self.fail(FailureKind::Safety, "snapshot-transfer", detail);
-                return None;
+                return;
             }
         };
         let digest = sm.digest();
         if !self.check_snapshot_state(idx, last, digest, "installs") {
-            return None;
+            return;
         }
-        let data = Bytes::from(blob);
-        let n = &mut self.nodes[idx];
-        if let Some(engine) = n.engine.as_mut() {
-            let storage = engine.storage.as_mut()?;
-            if let Err(error) = storage.write_snapshot(GROUP, &meta, &data) {
-                self.storage_error(idx, 7, error);
-                return None;
-            }
-        }
-        let n = &mut self.nodes[idx];
-        n.storage.install(last);
-        n.acked_log = last;
-        n.applied = last.index;
-        n.applying.clear();
-        n.applied_membership = meta.membership.clone();
-        n.snap = Some(Arc::new(NodeSnapshot { meta: meta.clone(), data, digest }));
-        self.installs += 1;
-        self.record(idx as u64 + 1, TraceKind::Snapshot, 3, last.index, last.term);
-        Some(SnapEvent::Installed(Ok((meta, crate::exec::installer(sm)))))
+        self.start_job(idx, meta, Bytes::from(blob), digest, Some(sm));
     }
 
     /// The largest clock jump node `n` may take in a lease-read run: a
@@ -3575,6 +3766,15 @@ impl World {
                 self.record(0, TraceKind::Partition, 1 << from, 1 << to, 4 | (duration << 8));
                 self.queue.push(now + duration, Event::HealNetwork);
             }
+            Fault::Crash if self.rng_process.chance(PPM / 4) => {
+                // A quarter of them are restarts in place, most while a
+                // snapshot job runs (the next one to start, if none does).
+                let busy = self.nodes.iter().position(|n| n.exec.is_some() && !n.jobs.is_empty());
+                match busy {
+                    Some(n) => self.restart_in_place(n),
+                    None => self.restart_armed = true,
+                }
+            }
             Fault::Crash => {
                 let n = self.random_node();
                 // Half the crashes are quick reboots: the node returns while
@@ -4204,12 +4404,13 @@ pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::AdmissionIgnoresEntryBound => "admission-ignores-entry-bound",
         PlantedBug::QuietFollowerNeverSuspectsItsLeader => "quiet-follower-never-suspects-its-leader",
         PlantedBug::WatchResumeSkipsAnIndex => "watch-resume-skips-an-index",
+        PlantedBug::StoppedGroupLeavesSnapshotJobs => "stopped-group-leaves-snapshot-jobs",
     }
 }
 
 /// Every planted bug, for sweeps and the CLI.
 #[cfg(feature = "planted-bugs")]
-pub const PLANTED_BUGS: [PlantedBug; 15] = [
+pub const PLANTED_BUGS: [PlantedBug; 16] = [
     PlantedBug::VoteWithoutLogCheck,
     PlantedBug::CommitPreviousTermByCounting,
     PlantedBug::ForgetToPersistVote,
@@ -4225,6 +4426,7 @@ pub const PLANTED_BUGS: [PlantedBug; 15] = [
     PlantedBug::AdmissionIgnoresEntryBound,
     PlantedBug::QuietFollowerNeverSuspectsItsLeader,
     PlantedBug::WatchResumeSkipsAnIndex,
+    PlantedBug::StoppedGroupLeavesSnapshotJobs,
 ];
 
 #[cfg(feature = "planted-bugs")]

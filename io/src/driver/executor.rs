@@ -204,6 +204,9 @@ pub struct GroupExecutor<SM: StateMachine, IO: GroupIo<SM>> {
     applied_membership: Membership,
     /// The newest snapshot held.
     snapshot: LogId,
+    /// Snapshot jobs started (taking one, installing one) and not yet
+    /// reported: a stopping shell waits for them ([`Self::jobs_in_flight`]).
+    jobs: usize,
     stopped: bool,
     failed: Option<String>,
 }
@@ -256,6 +259,7 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
             applied_log_id,
             applied_membership,
             snapshot,
+            jobs: 0,
             stopped: false,
             failed: None,
         };
@@ -317,6 +321,30 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
     /// The group stopped (asked to, or failed): the shell runs no more turns.
     pub fn is_stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// How many snapshot jobs (taking this node's snapshot, installing a
+    /// leader's) are still running. A shell that stops the group takes their
+    /// reports ([`Self::job_ended`]) before it lets anyone open the group's
+    /// storage again: a job that outlived its group would commit its
+    /// snapshot into the storage the next incarnation already read, behind
+    /// that group's back (the driver bug fixed in e541d96: the restarted
+    /// group's restore met a newer snapshot than its core recovered). The
+    /// rule lives here, not in a shell, so the simulator runs it too.
+    pub fn jobs_in_flight(&self) -> usize {
+        #[cfg(feature = "planted-bugs")]
+        if self.raw.planted_bug() == Some(tarn_core::PlantedBug::StoppedGroupLeavesSnapshotJobs) {
+            return 0;
+        }
+        self.jobs
+    }
+
+    /// A snapshot job's report that came after the group stopped: counted
+    /// and dropped. Its snapshot is durable and recorded (or the job
+    /// failed); the next start reads whatever storage holds.
+    pub fn job_ended(&mut self, event: SnapEvent<SM>) {
+        drop(event);
+        self.jobs = self.jobs.saturating_sub(1);
     }
 
     /// When the core next needs a tick, on the [`GroupIo::now`] clock
@@ -414,6 +442,8 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
     }
 
     fn on_snapshot_event(&mut self, t: Nanos, e: SnapEvent<SM>) {
+        debug_assert!(self.jobs > 0, "a snapshot report without a job in flight");
+        self.jobs = self.jobs.saturating_sub(1);
         match e {
             SnapEvent::Created(Ok(meta)) => {
                 self.counters.snapshots_taken.fetch_add(1, Relaxed);
@@ -587,7 +617,10 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
                     self.io.storage(StorageOp::Write(writes));
                 }
                 match self.sm.snapshot_restore() {
-                    Some(restore) => self.io.install_snapshot(meta, restore),
+                    Some(restore) => {
+                        self.io.install_snapshot(meta, restore);
+                        self.jobs += 1;
+                    }
                     None => self.fail(
                         "the leader sent a snapshot but this state machine cannot install one \
                          (StateMachine::snapshot_restore)"
@@ -662,6 +695,7 @@ impl<SM: StateMachine, IO: GroupIo<SM>> GroupExecutor<SM, IO> {
         let Some(producer) = self.sm.snapshot() else { return false };
         let meta = SnapshotMeta { last_log_id: at, membership: self.applied_membership.clone() };
         self.io.create_snapshot(meta, producer);
+        self.jobs += 1;
         true
     }
 

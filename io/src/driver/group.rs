@@ -32,17 +32,15 @@ pub(crate) const RESTORE_READ_BYTES: usize = 1 << 20;
 pub(crate) const MAX_INPUTS_PER_TURN: usize = 4096;
 
 /// The tokio side of a group's I/O: the node's storage worker and
-/// transport, the node's clock, and the snapshot jobs in flight.
+/// transport, the node's clock, and where snapshot jobs report.
 pub(crate) struct TokioGroupIo<SM: StateMachine> {
     pub group: GroupId,
     pub storage: StorageWorker,
     pub transport: Option<Transport<Message>>,
     pub origin: Instant,
-    /// Snapshot jobs report here.
+    /// Snapshot jobs report here, always (a panic is reported too): the
+    /// group waits for every job the executor counts when it stops.
     pub snap_tx: mpsc::UnboundedSender<SnapEvent<SM>>,
-    /// Snapshot jobs still running: awaited when the group stops, so none
-    /// outlives it (a restarted node must not meet a late commit).
-    pub snap_tasks: Vec<tokio::task::JoinHandle<()>>,
     pub counters: Arc<GroupCounters>,
     /// The node's role-change logger.
     pub role_log: Arc<RoleLog>,
@@ -84,18 +82,20 @@ impl<SM: StateMachine> GroupIo<SM> for TokioGroupIo<SM> {
     /// blocking thread), makes it durable and records it; reports `Created`.
     fn create_snapshot(&mut self, meta: SnapshotMeta, producer: SnapshotProducer) {
         let (storage, group) = (self.storage.clone(), self.group);
-        self.spawn_snapshot_job(async move {
-            SnapEvent::Created(create_snapshot(&storage, group, meta, producer).await)
-        });
+        self.spawn_snapshot_job(
+            async move { SnapEvent::Created(create_snapshot(&storage, group, meta, producer).await) },
+            |e| SnapEvent::Created(Err(e)),
+        );
     }
 
     /// Finishes the staged snapshot, decodes it off the group's task and
     /// records it (the log is discarded); reports `Installed`.
     fn install_snapshot(&mut self, meta: SnapshotMeta, restore: Box<dyn SnapshotRestore<SM>>) {
         let (storage, group) = (self.storage.clone(), self.group);
-        self.spawn_snapshot_job(async move {
-            SnapEvent::Installed(install_snapshot(&storage, group, meta, restore).await)
-        });
+        self.spawn_snapshot_job(
+            async move { SnapEvent::Installed(install_snapshot(&storage, group, meta, restore).await) },
+            |e| SnapEvent::Installed(Err(e)),
+        );
     }
 
     fn now(&self) -> Nanos {
@@ -108,16 +108,21 @@ impl<SM: StateMachine> GroupIo<SM> for TokioGroupIo<SM> {
 }
 
 impl<SM: StateMachine> TokioGroupIo<SM> {
-    /// Runs a snapshot job as a task the group waits for when it stops,
-    /// times it, and reports its outcome to the group.
-    fn spawn_snapshot_job(&mut self, job: impl std::future::Future<Output = SnapEvent<SM>> + Send + 'static) {
+    /// Runs a snapshot job as a task, times it, and reports its outcome to
+    /// the group: `panicked` turns a panic into a report, so a stopping
+    /// group that waits for every job it started is never left waiting.
+    fn spawn_snapshot_job(
+        &mut self,
+        job: impl std::future::Future<Output = SnapEvent<SM>> + Send + 'static,
+        panicked: fn(SnapshotJobError) -> SnapEvent<SM>,
+    ) {
         let (tx, counters, started) = (self.snap_tx.clone(), self.counters.clone(), Instant::now());
-        self.snap_tasks.retain(|t| !t.is_finished());
-        self.snap_tasks.push(tokio::spawn(async move {
-            let event = job.await;
+        let job = tokio::spawn(job);
+        tokio::spawn(async move {
+            let event = job.await.unwrap_or_else(|e| panicked(SnapshotJobError::Panicked(e.to_string())));
             counters.snapshot_seconds.observe_duration(started.elapsed());
             let _ = tx.send(event);
-        }));
+        });
     }
 }
 
@@ -234,10 +239,16 @@ impl<SM: StateMachine> GroupTask<SM> {
             self.publish();
         }
         let group = self.exec.group();
-        let (mut io, failed) = self.exec.finish();
-        for task in std::mem::take(&mut io.snap_tasks) {
-            let _ = task.await;
+        // Every snapshot job the group started reports before the group is
+        // gone (see `GroupExecutor::jobs_in_flight`): a restarted node must
+        // not meet a late commit.
+        while self.exec.jobs_in_flight() > 0 {
+            match self.snap_rx.recv().await {
+                Some(e) => self.exec.job_ended(e),
+                None => break,
+            }
         }
+        let (_io, failed) = self.exec.finish();
         tracing::debug!(group, "group task ended");
         self.info.send_modify(|i| {
             i.stopped = true;

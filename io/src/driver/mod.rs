@@ -735,7 +735,6 @@ impl<SM: StateMachine> Node<SM> {
             transport: self.inner.transport.clone(),
             origin: self.inner.origin,
             snap_tx,
-            snap_tasks: Vec::new(),
             counters: counters.clone(),
             role_log: self.inner.role_log.clone(),
         };
