@@ -3402,16 +3402,22 @@ impl World {
     /// (`tarn_service::retry`). An answer to an earlier attempt of the same
     /// operation must still make sense for it; one to an earlier operation
     /// is ignored (nobody waits for it).
+    /// Decodes an answer frame for `who`; one that does not decode fails
+    /// the run (`client-frame`): the request path encoded it.
+    fn decode_reply(&mut self, who: impl FnOnce() -> String, bytes: &[u8]) -> Option<ServerFrame> {
+        match decode_answer(bytes) {
+            Ok(frame) => Some(frame),
+            Err(error) => {
+                let detail = format!("{}: an answer does not decode: {error}", who());
+                self.fail(FailureKind::Safety, "client-frame", detail);
+                None
+            }
+        }
+    }
+
     fn client_reply(&mut self, c: usize, bytes: Bytes) {
         let id = self.clients[c].id;
-        let frame = match decode_answer(&bytes) {
-            Ok(frame) => frame,
-            Err(error) => {
-                let detail = format!("client {id}: an answer does not decode: {error}");
-                self.fail(FailureKind::Safety, "client-frame", detail);
-                return;
-            }
-        };
+        let Some(frame) = self.decode_reply(|| format!("client {id}"), &bytes) else { return };
         let ServerFrame::Response { id: attempt, result } = frame else {
             let detail = format!("client {id} started no watch but got {frame:?}");
             self.fail(FailureKind::Safety, "client-answer", detail);
@@ -3574,14 +3580,7 @@ impl World {
     /// A frame reaches watcher `w`: what it carries is judged against the
     /// world's watch stream, as `watchers.rs` describes.
     fn watcher_reply(&mut self, w: usize, bytes: Bytes) {
-        let frame = match decode_answer(&bytes) {
-            Ok(frame) => frame,
-            Err(error) => {
-                let detail = format!("watcher {w}: an answer does not decode: {error}");
-                self.fail(FailureKind::Safety, "client-frame", detail);
-                return;
-            }
-        };
+        let Some(frame) = self.decode_reply(|| format!("watcher {w}"), &bytes) else { return };
         let node = self.watchers[w].target + 1;
         let watcher = &mut self.watchers[w];
         let outcome = match frame {
