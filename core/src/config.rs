@@ -85,6 +85,15 @@ pub enum PlantedBug {
     /// in e541d96). The simulator's `snapshot-owner` checker sees the
     /// storage's snapshot move behind the running group's back.
     StoppedGroupLeavesSnapshotJobs,
+    /// Issue 14 (planted in tarn-kv's session table, which reads it from
+    /// `KvConfig::planted_bug`): a write's response is recorded at the back
+    /// of its session's responses whatever its seq, as if a session's
+    /// writes always applied in seq order. Once a client has several writes
+    /// in flight in one session and they apply out of order, the responses
+    /// are unsorted: the search for a retried seq misses, and the write is
+    /// applied twice. Only sessions with several writes in flight (the
+    /// simulator's shared sessions) meet it.
+    SessionResponsesUnsorted,
 }
 
 /// Default of [`Config::max_entry_bytes`]: four of kv's largest values (1 MiB)

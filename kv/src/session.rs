@@ -83,8 +83,12 @@ impl Sessions {
 
     pub fn record(&mut self, client_id: ClientId, seq: u64, response: Response, config: &KvConfig) {
         let session = self.map.get_mut(&client_id).expect("record follows a successful admit");
+        #[cfg(feature = "planted-bugs")]
+        let always_at_the_back = config.planted_bug == Some(tarn_core::PlantedBug::SessionResponsesUnsorted);
+        #[cfg(not(feature = "planted-bugs"))]
+        let always_at_the_back = false;
         match session.responses.back() {
-            Some(&(last, _)) if last >= seq => {
+            Some(&(last, _)) if last >= seq && !always_at_the_back => {
                 let at = session.responses.partition_point(|&(other, _)| other < seq);
                 debug_assert!(session.responses[at].0 != seq, "record of an applied seq");
                 session.responses.insert(at, (seq, response));

@@ -6,15 +6,19 @@
 //! The path hands its inputs to a [`SimPort`], which passes them to the
 //! node's executor with two looks of the simulator's own: a linearizable
 //! read records the applied index it ran at and the commit floor when it
-//! arrived (the read-index checks), and a proposal's answer must be one kv response per
-//! request (each simulated write travels alone in its frame, and the path
-//! packs a frame's write alone into its entry). Answers go to the node's
-//! mailbox through a [`ClientSink`], so the world plays them in order.
+//! arrived (the read-index checks), and a proposal's answer must be one kv
+//! response per request of its entry (a lone frame's write travels alone; a
+//! shared session's connection reader packs the writes it finds together).
+//! Answers go to the node's mailbox through a [`ClientSink`], so the world
+//! plays them in order.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tarn_core::Index;
 use tarn_io::driver::{GroupInput, ProposeFn, ReadFn};
 use tarn_io::wire::{self, WireError};
+use tarn_kv::decode_entry;
 use tarn_service::protocol::{ClientFrame, ServerFrame, MAX_CLIENT_FRAME_BYTES};
 use tarn_service::{FrameSink, GroupPort};
 
@@ -25,11 +29,20 @@ use crate::exec::{Mailbox, SimEvent, SimSm};
 pub(crate) struct ClientSink {
     pub client: u32,
     pub mailbox: Mailbox,
+    /// A connection shared by a session's tasks: which client sent each
+    /// request id (answers to others go to `client`).
+    pub routes: Option<Arc<Vec<(u64, u32)>>>,
 }
 
 impl FrameSink for ClientSink {
     fn send(&self, frame: ServerFrame) {
-        self.mailbox.push(SimEvent::Frame { client: self.client, frame });
+        let routed = match (&frame, &self.routes) {
+            (ServerFrame::Response { id, .. }, Some(routes)) => {
+                routes.iter().find(|(request, _)| request == id).map(|&(_, client)| client)
+            }
+            _ => None,
+        };
+        self.mailbox.push(SimEvent::Frame { client: routed.unwrap_or(self.client), frame });
     }
 
     fn send_watch(&self, frame: ServerFrame) -> bool {
@@ -51,16 +64,17 @@ pub(crate) struct SimPort {
 impl GroupPort<SimSm> for SimPort {
     fn propose(&mut self, data: Bytes, reply: ProposeFn<SimSm>) {
         let (mailbox, attempt) = (self.mailbox.clone(), self.attempt);
+        let requests = decode_entry(&data).map_or(0, |entry| entry.requests.len());
         let reply: ProposeFn<SimSm> = Box::new(move |outcome| {
             match &outcome {
                 Ok(Err(error)) => mailbox.push(SimEvent::BadAnswer {
                     property: "kv-decode",
                     detail: format!("proposal {attempt}: {error}"),
                 }),
-                Ok(Ok(responses)) if responses.len() != 1 => mailbox.push(SimEvent::BadAnswer {
+                Ok(Ok(responses)) if responses.len() != requests => mailbox.push(SimEvent::BadAnswer {
                     property: "proposal-routing",
                     detail: format!(
-                        "proposal {attempt} of one request was answered with {} responses",
+                        "proposal {attempt} of {requests} request(s) was answered with {} responses",
                         responses.len()
                     ),
                 }),

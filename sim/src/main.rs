@@ -171,8 +171,8 @@ fn main() -> ExitCode {
     let total = |f: fn(&SeedOutcome) -> u64| outcomes.iter().map(f).sum::<u64>();
     println!(
         "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
-         snapshots={} installs={} compactions={} restarts_in_place={} jobs_waited={} expiries={} wipes={} multi_changes={} \
-         joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} \
+         snapshots={} installs={} compactions={} restarts_in_place={} jobs_waited={} write_batches={} pipelined_writes={} \
+         expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} \
          watch_resumes={}",
         outcomes.len(),
         failed.len(),
@@ -185,6 +185,8 @@ fn main() -> ExitCode {
         total(|o| o.report.compactions),
         total(|o| o.report.restarts_in_place),
         total(|o| o.report.jobs_waited),
+        total(|o| o.report.write_batches),
+        total(|o| o.report.pipelined_writes),
         total(|o| o.report.expiries),
         total(|o| o.report.wipes),
         total(|o| o.report.multi_changes),
@@ -211,7 +213,7 @@ fn main() -> ExitCode {
 fn seed_line(o: &SeedOutcome) -> String {
     let r = &o.report;
     format!(
-        "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} restarts_in_place={} jobs_waited={} expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={} digest={:016x}",
+        "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} restarts_in_place={} jobs_waited={} write_batches={} pipelined_writes={} expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={} digest={:016x}",
         r.seed,
         if o.failed() { "FAIL" } else { "ok" },
         r.sim_ns as f64 / 1e9,
@@ -224,6 +226,8 @@ fn seed_line(o: &SeedOutcome) -> String {
         r.compactions,
         r.restarts_in_place,
         r.jobs_waited,
+        r.write_batches,
+        r.pipelined_writes,
         r.expiries,
         r.wipes,
         r.multi_changes,

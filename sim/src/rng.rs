@@ -35,6 +35,10 @@ pub enum Stream {
     Watch = 13,
     /// Whether a run's timers fire on the driver's coalescing grid.
     Grid = 14,
+    /// Client processes whose tasks share one session and one connection
+    /// per node, and when a connection's reader runs (drawn apart, so runs
+    /// without them are what they were).
+    Sessions = 15,
 }
 
 /// Parts per million: the unit of every probability in the simulator.

@@ -228,6 +228,8 @@ pub struct TimedSweep {
     pub compactions: u64,
     pub restarts_in_place: u64,
     pub jobs_waited: u64,
+    pub write_batches: u64,
+    pub pipelined_writes: u64,
     pub expiries: u64,
     pub wipes: u64,
     /// Coverage (see `RunReport`): a sweep that never reaches one of these
@@ -286,6 +288,8 @@ impl TimedSweep {
         self.compactions += r.compactions;
         self.restarts_in_place += r.restarts_in_place;
         self.jobs_waited += r.jobs_waited;
+        self.write_batches += r.write_batches;
+        self.pipelined_writes += r.pipelined_writes;
         self.expiries += r.expiries;
         self.wipes += r.wipes;
         self.multi_changes += r.multi_changes;
@@ -327,7 +331,8 @@ impl TimedSweep {
         let sim = self.sim_ns as f64 / 1e9;
         format!(
             "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
-             snapshots={} installs={} compactions={} restarts_in_place={} jobs_waited={} expiries={} wipes={} \
+             snapshots={} installs={} compactions={} restarts_in_place={} jobs_waited={} write_batches={} pipelined_writes={} \
+             expiries={} wipes={} \
              multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={} start={} end={} \
              configs={} per_config={}",
             self.seeds(),
@@ -341,6 +346,8 @@ impl TimedSweep {
             self.compactions,
             self.restarts_in_place,
             self.jobs_waited,
+            self.write_batches,
+            self.pipelined_writes,
             self.expiries,
             self.wipes,
             self.multi_changes,

@@ -230,8 +230,10 @@ pub fn lock_path(lock: Key) -> String {
 const BATCH_PPM: u64 = 100_000;
 const BATCH_KEYS_MAX: u64 = 3;
 
-/// The kv request for an operation that goes through the log.
-pub fn request(client_id: ClientId, seq: u64, op: &ClientOp) -> Request {
+/// The kv request for an operation that goes through the log, in session
+/// `client_id` (seqs below `first_unacked_seq` are acknowledged: the session
+/// may forget their responses).
+pub fn request(client_id: ClientId, seq: u64, first_unacked_seq: u64, op: &ClientOp) -> Request {
     let key = key_path(op.key);
     let command = match op.kind {
         OpKind::Write(_) if op.batch > 1 => {
@@ -257,8 +259,7 @@ pub fn request(client_id: ClientId, seq: u64, op: &ClientOp) -> Request {
         OpKind::Unlock => Command::Unlock { key: lock_path(op.key) },
         OpKind::Refresh { .. } => Command::UpdateTtl { key, ttl_nanos: op.ttl_ns },
     };
-    // One operation in flight per client: everything before `seq` is acknowledged.
-    Request { client_id, seq, first_unacked_seq: seq, command }
+    Request { client_id, seq, first_unacked_seq, command }
 }
 
 /// What a reply means for the register model, or a description of why the
@@ -339,7 +340,7 @@ mod tests {
             wait_ns: 0,
             pad_bytes: 0,
         };
-        assert_eq!(interpret(&put, &apply(1, request(1, 1, &put))), Ok(OpResult::Ok));
+        assert_eq!(interpret(&put, &apply(1, request(1, 1, 1, &put))), Ok(OpResult::Ok));
         let get = ClientOp {
             key: 3,
             kind: OpKind::Read,
@@ -350,7 +351,7 @@ mod tests {
             wait_ns: 0,
             pad_bytes: 0,
         };
-        assert_eq!(interpret(&get, &apply(2, request(1, 2, &get))), Ok(OpResult::Read(Some(7))));
+        assert_eq!(interpret(&get, &apply(2, request(1, 2, 2, &get))), Ok(OpResult::Read(Some(7))));
         let cas_bad = ClientOp {
             key: 3,
             kind: OpKind::Cas { expect: Some(1), new: 8 },
@@ -361,7 +362,7 @@ mod tests {
             wait_ns: 0,
             pad_bytes: 0,
         };
-        assert_eq!(interpret(&cas_bad, &apply(3, request(1, 3, &cas_bad))), Ok(OpResult::Cas(false)));
+        assert_eq!(interpret(&cas_bad, &apply(3, request(1, 3, 3, &cas_bad))), Ok(OpResult::Cas(false)));
         let cas = ClientOp {
             key: 3,
             kind: OpKind::Cas { expect: Some(7), new: 9 },
@@ -372,9 +373,9 @@ mod tests {
             wait_ns: 0,
             pad_bytes: 0,
         };
-        assert_eq!(interpret(&cas, &apply(4, request(1, 4, &cas))), Ok(OpResult::Cas(true)));
+        assert_eq!(interpret(&cas, &apply(4, request(1, 4, 4, &cas))), Ok(OpResult::Cas(true)));
         // A retry of the same seq is answered from the session, not re-applied.
-        assert_eq!(interpret(&cas, &apply(5, request(1, 4, &cas))), Ok(OpResult::Cas(true)));
+        assert_eq!(interpret(&cas, &apply(5, request(1, 4, 4, &cas))), Ok(OpResult::Cas(true)));
         let rm = ClientOp {
             key: 3,
             kind: OpKind::Remove,
@@ -385,8 +386,8 @@ mod tests {
             wait_ns: 0,
             pad_bytes: 0,
         };
-        assert_eq!(interpret(&rm, &apply(6, request(1, 5, &rm))), Ok(OpResult::Ok));
-        assert_eq!(interpret(&get, &apply(7, request(1, 6, &get))), Ok(OpResult::Read(None)));
+        assert_eq!(interpret(&rm, &apply(6, request(1, 5, 5, &rm))), Ok(OpResult::Ok));
+        assert_eq!(interpret(&get, &apply(7, request(1, 6, 6, &get))), Ok(OpResult::Read(None)));
         let batch = ClientOp {
             key: 7,
             kind: OpKind::Write(20),
@@ -398,7 +399,7 @@ mod tests {
             pad_bytes: 0,
         };
         assert_eq!(batch.batch_items().collect::<Vec<_>>(), vec![(7, 20), (0, 21), (1, 22)]);
-        assert_eq!(interpret(&batch, &apply(9, request(1, 8, &batch))), Ok(OpResult::Ok));
+        assert_eq!(interpret(&batch, &apply(9, request(1, 8, 8, &batch))), Ok(OpResult::Ok));
         let get0 = ClientOp {
             key: 0,
             kind: OpKind::Read,
@@ -409,7 +410,7 @@ mod tests {
             wait_ns: 0,
             pad_bytes: 0,
         };
-        assert_eq!(interpret(&get0, &apply(10, request(1, 9, &get0))), Ok(OpResult::Read(Some(21))));
+        assert_eq!(interpret(&get0, &apply(10, request(1, 9, 9, &get0))), Ok(OpResult::Read(Some(21))));
         let create = ClientOp {
             key: 3,
             kind: OpKind::Cas { expect: None, new: 10 },
@@ -420,7 +421,7 @@ mod tests {
             wait_ns: 0,
             pad_bytes: 0,
         };
-        assert_eq!(interpret(&create, &apply(11, request(1, 10, &create))), Ok(OpResult::Cas(true)));
+        assert_eq!(interpret(&create, &apply(11, request(1, 10, 10, &create))), Ok(OpResult::Cas(true)));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! network, per-node clocks, clients recording a history, a fault schedule,
 //! and the checkers. One run is a pure function of its [`RunConfig`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -332,6 +332,11 @@ pub struct RunReport {
     /// stopping groups waited for.
     pub restarts_in_place: u64,
     pub jobs_waited: u64,
+    /// Coverage (issue 14): a connection reader finding several writes of a
+    /// shared session at once (packed together into entries), and writes
+    /// sent while an earlier write of their session was unanswered.
+    pub write_batches: u64,
+    pub pipelined_writes: u64,
     /// TTL expiries that took effect (temporary registers removed, lock
     /// leases run out), counted at their first application.
     pub expiries: u64,
@@ -462,6 +467,11 @@ enum Event {
         node: u8,
         client: u32,
         bytes: Bytes,
+    },
+    /// The reader of process `process`'s connection to node `node` runs.
+    ConnRead {
+        node: u8,
+        process: u32,
     },
     /// A node's answer frame reaches a client.
     ClientReply {
@@ -632,9 +642,29 @@ struct Client {
     /// The lock this client is queued for (it polls or leaves next).
     waiting: Option<(u64, Nanos, Nanos)>,
     id: u64,
-    seq: u64,
+    /// The process this client is a task of (see [`Process`]).
+    process: usize,
     target: usize,
     current: Option<CurrentOp>,
+}
+
+/// A client process: its tasks (clients, each one operation at a time, each
+/// its own process for the linearizability checker) share one session and
+/// one connection per node, as the tasks of one application share a
+/// `tarn::Client`. So several writes of a session are in flight at once
+/// (`first_unacked_seq` below `seq`, answered out of order), and a node's
+/// reader may find several writes on a connection at once and pack them
+/// into one entry. Locks and TTL nodes belong to a session: only the task
+/// whose id is the session's takes locks and arms TTLs, so the lock and
+/// TTL checkers still know who holds what.
+struct Process {
+    /// The session's client id (the id of its first task).
+    session: u64,
+    /// The last write seq taken.
+    seq: u64,
+    /// Write seqs taken and not yet answered.
+    outstanding: BTreeSet<u64>,
+    tasks: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -741,7 +771,18 @@ pub struct World {
     /// the newest request seq executed per client (retries are answered
     /// from the session, not executed again).
     lock_holders: HashMap<String, u64>,
-    executed_seq: HashMap<u64, u64>,
+    /// (session, seq) of every request executed: a session's writes may
+    /// apply out of seq order, so a set, not a high-water mark.
+    executed: HashSet<(u64, u64)>,
+    processes: Vec<Process>,
+    rng_sessions: SimRng,
+    /// How long a node's connection reader may take to run after a frame
+    /// arrives (0 without shared sessions: every frame is served at once).
+    reader_delay_ns: Nanos,
+    /// Frames a connection's reader has not read yet, by (process, node).
+    conns: HashMap<(usize, u8), Vec<(u32, Bytes)>>,
+    write_batches: u64,
+    pipelined_writes: u64,
     /// World time of each node's last clock jump (lease runs space them).
     last_jump_ns: Vec<Nanos>,
     /// Quiescence runs: node-level liveness and idle windows.
@@ -917,16 +958,35 @@ impl World {
             })
             .collect();
         let mut rng_workload = SimRng::new(seed, Stream::Workload);
-        let clients = (0..profile.clients)
+        let mut clients: Vec<Client> = (0..profile.clients)
             .map(|i| Client {
                 holding: None,
                 waiting: None,
                 id: u64::from(i) + 1,
-                seq: 0,
+                process: 0,
                 target: rng_workload.below(config.nodes as u64) as usize,
                 current: None,
             })
             .collect();
+        // Half the swarm and chaos runs group their clients into processes
+        // of 1-4 tasks sharing a session (not the lease profile: its race
+        // needs its timing as it is).
+        let mut rng_sessions = SimRng::new(seed, Stream::Sessions);
+        let shared = profile.kind != ProfileKind::Lease && rng_sessions.chance(PPM / 2);
+        let mut processes = Vec::new();
+        let mut first = 0;
+        while first < clients.len() {
+            let tasks = if shared { 1 + rng_sessions.below(4) as usize } else { 1 };
+            let tasks = tasks.min(clients.len() - first);
+            for c in &mut clients[first..first + tasks] {
+                c.process = processes.len();
+            }
+            let session = clients[first].id;
+            processes.push(Process { session, seq: 0, outstanding: BTreeSet::new(), tasks });
+            first += tasks;
+        }
+        let reader_delay_ns =
+            if shared { rng_sessions.between(50 * NANOS_PER_MICRO, 2 * NANOS_PER_MILLI) } else { 0 };
         let trace = Trace::new(config.trace);
         let mut nodes: Vec<Node> = nodes;
         if config.storage == StorageKind::Engine {
@@ -1016,7 +1076,13 @@ impl World {
             watch_resumes: 0,
             expiry_proposals: HashMap::new(),
             lock_holders: HashMap::new(),
-            executed_seq: HashMap::new(),
+            executed: HashSet::new(),
+            processes,
+            rng_sessions,
+            reader_delay_ns,
+            conns: HashMap::new(),
+            write_batches: 0,
+            pipelined_writes: 0,
             last_jump_ns: vec![0; config.nodes],
             quiet: QuietWorld {
                 rng: rng_quiesce,
@@ -1205,6 +1271,8 @@ impl World {
             compactions: self.compactions,
             restarts_in_place: self.restarts_in_place,
             jobs_waited: self.jobs_waited,
+            write_batches: self.write_batches,
+            pipelined_writes: self.pipelined_writes,
             expiries: self.expiries,
             wipes: self.wipes,
             multi_changes: self.multi_changes,
@@ -1337,7 +1405,14 @@ impl World {
             }
             Event::IdleStart => self.idle_start(),
             Event::QuietLeaderFault => self.quiet_leader_fault(),
+            Event::ClientArrive { node, client, bytes }
+                if client < WATCHER_CLIENT_BASE
+                    && self.processes[self.clients[client as usize].process].tasks > 1 =>
+            {
+                self.conn_arrive(node as usize, client, bytes)
+            }
             Event::ClientArrive { node, client, bytes } => self.client_arrive(node as usize, client, bytes),
+            Event::ConnRead { node, process } => self.conn_read(node as usize, process as usize),
             Event::ClientReply { client, bytes } if client >= WATCHER_CLIENT_BASE => {
                 self.watcher_reply((client - WATCHER_CLIENT_BASE) as usize, bytes)
             }
@@ -2036,8 +2111,9 @@ impl World {
             }
         }
         // Its clients' connections die with it: watches end, and their
-        // clients resume elsewhere.
+        // clients resume elsewhere; frames not read yet are lost.
         self.nodes[idx].watches = ConnWatches::default();
+        self.conns.retain(|&(_, node), _| node as usize != idx);
         for w in 0..self.watchers.len() {
             if self.watchers[w].target == idx && self.watchers[w].request.is_some() {
                 self.watcher_resume(w, true);
@@ -2980,12 +3056,11 @@ impl World {
         let Ok(entry) = decode_entry(data) else { return };
         for (request, response) in entry.requests.iter().zip(responses) {
             let client = request.client_id;
-            if client != 0 {
-                let seen = self.executed_seq.entry(client).or_insert(0);
-                if request.seq <= *seen {
-                    continue;
-                }
-                *seen = request.seq;
+            // A read through the log carries a seq but never reaches the
+            // session table (`Command::is_read_only`): no dedup for it.
+            if client != 0 && !request.command.is_read_only() && !self.executed.insert((client, request.seq))
+            {
+                continue;
             }
             match (&request.command, response) {
                 (Command::TryLock { key, .. }, Ok(KvReply::Lock(LockOutcome::Acquired))) => {
@@ -3140,9 +3215,11 @@ impl World {
         }
         let p = &self.profile;
         let (keys, read_ppm, log_read_ppm) = (p.keys, p.read_ppm, p.log_read_ppm);
+        let process = self.clients[c].process;
+        let owner = self.processes[process].session == self.clients[c].id;
         let mut op =
             workload::next_op(&mut self.rng_workload, keys, read_ppm, log_read_ppm, &mut self.next_value);
-        if self.rng_ttl.chance(self.profile.temp_ppm) {
+        if owner && self.rng_ttl.chance(self.profile.temp_ppm) {
             let p = &self.profile;
             let ttl = self.rng_ttl.between(p.temp_ttl_min_ns, p.temp_ttl_max_ns).max(NANOS_PER_MILLI);
             let clients = self.clients.len() as u64;
@@ -3160,6 +3237,18 @@ impl World {
         }
         if op.kind == OpKind::TryLock {
             self.vary_lock_op(c, &mut op);
+        }
+        if !owner && matches!(op.kind, OpKind::TryLock | OpKind::Unlock | OpKind::Refresh { .. }) {
+            // Locks belong to the session (see `Process`): another task reads.
+            op.kind = OpKind::Read;
+            op.path = Path::Log;
+            op.ttl_ns = 0;
+            op.wait_ns = 0;
+        }
+        if self.processes[process].tasks > 1 {
+            // Only a lone task's refused write hands its seq back (see
+            // `client_act`): shared sessions send nothing admission refuses.
+            op.pad_bytes = 0;
         }
         if let Some((lock, lease, wait)) = self.clients[c].waiting {
             // Queued: poll with the same try-lock (it answers Acquired once
@@ -3205,15 +3294,19 @@ impl World {
             self.clients[c].target = self.rng_workload.below(self.nodes.len() as u64) as usize;
         }
         let client = &mut self.clients[c];
+        let session = &mut self.processes[process];
         // Sessions number writes only: a read never reaches the session table,
         // and a session starts at the client's first write with seq 1.
         if op.kind != OpKind::Read {
-            client.seq += 1;
+            session.seq += 1;
+            session.outstanding.insert(session.seq);
         }
+        let seq = session.seq;
         let temp_arming = matches!(op.kind, OpKind::Write(_) | OpKind::Refresh { own: true })
             && workload::is_temp_key(op.key);
         if temp_arming {
-            self.temp_invokes.insert((client.id, client.seq), now);
+            // Only a session's owner task arms TTLs: its id is the session's.
+            self.temp_invokes.insert((client.id, seq), now);
         }
         let history_index = self.history.len();
         let record = |key, kind| Op {
@@ -3233,7 +3326,7 @@ impl World {
             self.history.push(record(op.key, op.kind));
         }
         let first_attempt = self.next_attempt;
-        client.current = Some(CurrentOp { op, seq: client.seq, history_index, first_attempt, attempt: 0 });
+        client.current = Some(CurrentOp { op, seq, history_index, first_attempt, attempt: 0 });
         let (target, id) = (client.target as u64 + 1, client.id);
         self.record(target, TraceKind::Invoke, id, history_index as u64, 0);
         self.client_send(c);
@@ -3262,9 +3355,17 @@ impl World {
         let latency = self.client_latency();
         let client = &mut self.clients[c];
         let client_id = client.id;
+        let session = &self.processes[client.process];
         let Some(cur) = client.current.as_mut() else { return };
         cur.attempt = attempt;
         let (node, seq, op) = (client.target as u8, cur.seq, cur.op);
+        // What the client library sends: every seq below the session's
+        // oldest unanswered write is acknowledged.
+        let first_unacked = session.outstanding.first().copied().unwrap_or(seq);
+        let session_id = session.session;
+        if op.kind != OpKind::Read && first_unacked < seq {
+            self.pipelined_writes += 1;
+        }
         // What the client library sends: a write through the log (reads too,
         // when the workload says so), or a linearizable read.
         let body = if op.path == Path::ReadIndex {
@@ -3272,7 +3373,7 @@ impl World {
             let command = Command::Get { key: workload::key_path(op.key) };
             RequestBody::Read { command, consistency: Consistency::Linearizable }
         } else {
-            RequestBody::Write(workload::request(client_id, seq, &op))
+            RequestBody::Write(workload::request(session_id, seq, first_unacked, &op))
         };
         let frame = ClientFrame { id: attempt, group: DEFAULT_GROUP, body };
         match encode_request(&frame) {
@@ -3302,14 +3403,91 @@ impl World {
             self.queue.push(at, Event::ClientArrive { node: idx as u8, client, bytes });
             return;
         }
-        let frame = match decode_request(&bytes) {
-            Ok(frame) => frame,
+        let Some(frame) = self.decode_frame(idx, client, &bytes) else { return };
+        self.serve_frame(idx, client, frame);
+    }
+
+    /// Decodes a client's request frame as the server decodes it; one that
+    /// does not decode fails the run (the client encoded it).
+    fn decode_frame(&mut self, idx: usize, client: u32, bytes: &[u8]) -> Option<ClientFrame> {
+        match decode_request(bytes) {
+            Ok(frame) => Some(frame),
             Err(error) => {
                 let detail = format!("n{}: a request of client {client} does not decode: {error}", idx + 1);
                 self.fail(FailureKind::Safety, "client-frame", detail);
-                return;
+                None
             }
-        };
+        }
+    }
+
+    /// A frame of a shared session's connection reaches node `idx`: it
+    /// waits for the connection's reader, which runs within the run's
+    /// reader delay and reads every frame there by then at once.
+    fn conn_arrive(&mut self, idx: usize, client: u32, bytes: Bytes) {
+        let key = (self.clients[client as usize].process, idx as u8);
+        let pending = self.conns.entry(key).or_default();
+        pending.push((client, bytes));
+        if pending.len() == 1 {
+            let at = self.now() + self.rng_sessions.below(self.reader_delay_ns + 1);
+            self.queue.push(at, Event::ConnRead { node: idx as u8, process: key.0 as u32 });
+        }
+    }
+
+    /// Node `idx`'s reader of process `p`'s connection runs, as the server's
+    /// connection reader does: the writes it finds go to the request path
+    /// together (`RequestPath::writes`, packed into as few entries as the
+    /// entry bound allows, each answer under its own request id); anything
+    /// else is served one frame at a time.
+    fn conn_read(&mut self, idx: usize, p: usize) {
+        let now = self.now();
+        if self.nodes[idx].exec.is_none() {
+            // The connection died with the node: its frames are lost.
+            self.conns.remove(&(p, idx as u8));
+            return;
+        }
+        if self.nodes[idx].paused_until > now {
+            let at = self.wake_time(idx);
+            self.queue.push(at, Event::ConnRead { node: idx as u8, process: p as u32 });
+            return;
+        }
+        let Some(frames) = self.conns.remove(&(p, idx as u8)) else { return };
+        let (mut writes, mut routes) = (Vec::new(), Vec::new());
+        for (client, bytes) in frames {
+            let Some(frame) = self.decode_frame(idx, client, &bytes) else { return };
+            match frame.body {
+                RequestBody::Write(request) if frame.group == DEFAULT_GROUP => {
+                    routes.push((frame.id, client));
+                    writes.push((frame.id, request));
+                }
+                _ => {
+                    self.serve_frame(idx, client, frame);
+                    if self.failure.is_some() || self.nodes[idx].exec.is_none() {
+                        return;
+                    }
+                }
+            }
+        }
+        let Some(&(attempt, client)) = routes.first() else { return };
+        if writes.len() > 1 {
+            self.write_batches += 1;
+        }
+        let n = &mut self.nodes[idx];
+        let local = n.clock.local(now).max(n.last_local_ns);
+        let mailbox = n.mailbox.clone();
+        let sink = ClientSink { client, mailbox: mailbox.clone(), routes: Some(Arc::new(routes)) };
+        let mut port = SimPort { inputs: Vec::new(), mailbox, attempt, floor: 0 };
+        n.path.writes(DEFAULT_GROUP, &mut port, writes, local, &sink);
+        if port.inputs.is_empty() {
+            // Answered by admission alone: play the answers.
+            self.drain(idx);
+        } else {
+            self.turn(idx, Turn { inputs: port.inputs, ..Turn::default() });
+        }
+    }
+
+    /// Serves one decoded frame of `client` on node `idx` (running, not paused).
+    fn serve_frame(&mut self, idx: usize, client: u32, frame: ClientFrame) {
+        let now = self.now();
         let attempt = frame.id;
         let is_read = matches!(frame.body, RequestBody::Read { .. });
         let floor = if is_read {
@@ -3323,7 +3501,7 @@ impl World {
         // The proposer's wall clock, as a server reads its own.
         let local = n.clock.local(now).max(n.last_local_ns);
         let mailbox = n.mailbox.clone();
-        let sink = ClientSink { client, mailbox: mailbox.clone() };
+        let sink = ClientSink { client, mailbox: mailbox.clone(), routes: None };
         let mut port = SimPort { inputs: Vec::new(), mailbox, attempt, floor };
         if let Err(other) = n.path.serve(frame, &mut port, &n.watches, local, &sink) {
             let detail =
@@ -3464,6 +3642,10 @@ impl World {
         match reply {
             Reply::Result(result) => {
                 let Some(cur) = client.current.take() else { return };
+                let session = &mut self.processes[client.process];
+                if cur.op.kind != OpKind::Read {
+                    session.outstanding.remove(&cur.seq);
+                }
                 match (cur.op.kind, result) {
                     (OpKind::TryLock, OpResult::Lock(true)) => {
                         if client.waiting.take().is_some() {
@@ -3486,13 +3668,13 @@ impl World {
                 // in the history: the checker may place it after everything,
                 // where it changes nothing anyone read.
                 let return_ns = if result == OpResult::Unknown { Nanos::MAX } else { now };
-                if result == OpResult::Unknown {
+                if result == OpResult::Unknown && session.tasks == 1 {
                     // Refused by admission, so its seq never reached the log:
                     // the next write takes it (a session starts at the first
                     // write that applies, with seq 1; the client library takes
                     // a seq only for a request that fits).
-                    debug_assert_eq!(cur.seq, client.seq);
-                    client.seq -= 1;
+                    debug_assert_eq!(cur.seq, session.seq);
+                    session.seq -= 1;
                 }
                 for op in &mut self.history[cur.history_index..cur.history_index + count] {
                     op.result = result;
@@ -4404,12 +4586,13 @@ pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::QuietFollowerNeverSuspectsItsLeader => "quiet-follower-never-suspects-its-leader",
         PlantedBug::WatchResumeSkipsAnIndex => "watch-resume-skips-an-index",
         PlantedBug::StoppedGroupLeavesSnapshotJobs => "stopped-group-leaves-snapshot-jobs",
+        PlantedBug::SessionResponsesUnsorted => "session-responses-unsorted",
     }
 }
 
 /// Every planted bug, for sweeps and the CLI.
 #[cfg(feature = "planted-bugs")]
-pub const PLANTED_BUGS: [PlantedBug; 16] = [
+pub const PLANTED_BUGS: [PlantedBug; 17] = [
     PlantedBug::VoteWithoutLogCheck,
     PlantedBug::CommitPreviousTermByCounting,
     PlantedBug::ForgetToPersistVote,
@@ -4426,6 +4609,7 @@ pub const PLANTED_BUGS: [PlantedBug; 16] = [
     PlantedBug::QuietFollowerNeverSuspectsItsLeader,
     PlantedBug::WatchResumeSkipsAnIndex,
     PlantedBug::StoppedGroupLeavesSnapshotJobs,
+    PlantedBug::SessionResponsesUnsorted,
 ];
 
 #[cfg(feature = "planted-bugs")]
