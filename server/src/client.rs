@@ -39,7 +39,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use tarn_service::retry::{self, Next};
+use tarn_service::retry::{self, Backoff, LeaderMove, Next, Route};
 
 use crate::protocol::{
     ClientFrame, Consistency, MemberChange, NodeStatus, RequestBody, ResponseBody, ServerError, ServerFrame,
@@ -111,42 +111,6 @@ const MEMBERSHIP_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 fn deadline_after(start: Instant, wait: Duration) -> Instant {
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
     start.checked_add(wait.min(CENTURY)).unwrap_or(start)
-}
-
-/// Exponential backoff with full jitter: pause `n` is uniform in
-/// `[0, min(first * 2^n, max)]`. Seeded per use, no global RNG.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    bound: Duration,
-    first: Duration,
-    max: Duration,
-    state: u64,
-}
-
-impl Backoff {
-    pub(crate) fn new(first: Duration, max: Duration, seed: u64) -> Self {
-        let first = first.min(max);
-        Backoff { bound: first, first, max, state: seed | 1 }
-    }
-
-    /// The next pause; the bound doubles up to the maximum.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        // splitmix64: cheap, decent spread, no shared state.
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        let bound_ns = u64::try_from(self.bound.as_nanos()).unwrap_or(u64::MAX);
-        let delay = Duration::from_nanos(if bound_ns == 0 { 0 } else { z % (bound_ns + 1) });
-        self.bound = self.bound.saturating_mul(2).min(self.max);
-        delay
-    }
-
-    /// Back to the first, shortest bound (after a success).
-    pub(crate) fn reset(&mut self) {
-        self.bound = self.first;
-    }
 }
 
 impl ClientConfig {
@@ -670,16 +634,14 @@ impl Client {
         let deadline = deadline_after(start, config.request_timeout);
         let n = config.endpoints.len();
         let mut last = String::from("none");
-        let mut backoff = self.backoff();
-        let mut attempt_timeout = match body {
+        let attempt_timeout = match body {
             RequestBody::ChangeMembership { .. } => config.attempt_timeout.max(MEMBERSHIP_ATTEMPT_TIMEOUT),
             _ => config.attempt_timeout,
         };
-        // The endpoint whose last try timed out: its leader hints are not
-        // followed (the hint may be that very node, frozen).
-        let mut suspect: Option<usize> = None;
-        // The previous try followed a hint without pausing.
-        let mut hopped = false;
+        // Which endpoint next, when, and which hints to trust: the shared
+        // decisions (`tarn_service::retry::Route`), so the simulator's
+        // clients retry the same way. A try's wait is capped by the deadline.
+        let mut route = Route::new(self.backoff(), attempt_timeout, Duration::MAX);
         loop {
             let endpoint = self.inner.leader.load(Ordering::Relaxed) % n;
             let now = Instant::now();
@@ -700,15 +662,14 @@ impl Client {
                 );
             };
             let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-            let per_try = (deadline - now).min(attempt_timeout);
+            let per_try = (deadline - now).min(route.attempt_timeout());
             let outcome = tokio::time::timeout(per_try, async {
                 let conn = self.conn(endpoint).await?;
                 let answer = conn.call(id, group, body.clone()).await.map_err(OpenError::Retry)?;
                 Ok::<_, OpenError>((conn, answer))
             })
             .await;
-            let mut pause = true;
-            match outcome {
+            let retry = match outcome {
                 Err(_) => {
                     if let Some(conn) = self.cached_conn(endpoint) {
                         if let Ok(mut p) = conn.pending.lock() {
@@ -720,56 +681,34 @@ impl Client {
                         config.endpoints[endpoint],
                         per_try.as_millis()
                     );
-                    suspect = Some(endpoint);
-                    attempt_timeout = attempt_timeout.saturating_mul(2);
-                    try_next(&self.inner.leader);
-                    // The wait was the pause: try another endpoint now.
-                    pause = false;
+                    route.timed_out(endpoint)
                 }
                 Ok(Err(OpenError::Fatal(e))) => return Err(e),
                 Ok(Err(OpenError::Retry(e))) => {
                     last = format!("{}: {e}", config.endpoints[endpoint]);
                     self.forget(endpoint);
-                    try_next(&self.inner.leader);
+                    route.unreachable(endpoint)
                 }
                 Ok(Ok((conn, answer))) => {
-                    if suspect == Some(endpoint) {
-                        suspect = None;
-                    }
-                    // The decision is the shared one (`tarn_service::retry`),
-                    // so the simulator's clients decide the same way.
                     let error = match answer {
                         Ok(body) => return Ok(body),
                         Err(error) => error,
                     };
-                    match retry::after_error(&error) {
-                        Next::Redirect(leader) if !any_node => {
-                            last = format!("node {} is not the leader", conn.node_id);
-                            let hinted =
-                                leader.and_then(|l| self.inner.node_endpoints.lock().ok()?.get(&l).copied());
-                            match hinted {
-                                Some(e) if e != endpoint && Some(e) != suspect => {
-                                    self.inner.leader.store(e, Ordering::Relaxed);
-                                    // A fresh hint is followed at once, but
-                                    // not twice in a row: stale hints that
-                                    // point at each other must not spin.
-                                    pause = hopped;
-                                }
-                                _ => try_next(&self.inner.leader),
-                            }
+                    let hint = match retry::after_error(&error) {
+                        Next::Redirect(Some(l)) => {
+                            self.inner.node_endpoints.lock().ok().and_then(|e| e.get(&l).copied())
                         }
-                        Next::RetrySame => {
-                            // Retry with the same seq: applied once either way.
-                            last = "leadership changed during the request".into();
-                        }
-                        Next::RetryElsewhere => {
-                            last = match error {
-                                ServerError::Unavailable { reason } => reason,
-                                other => other.to_string(),
-                            };
-                            try_next(&self.inner.leader);
-                        }
-                        Next::Redirect(_) | Next::Fail => {
+                        _ => None,
+                    };
+                    last = match &error {
+                        ServerError::NotLeader { .. } => format!("node {} is not the leader", conn.node_id),
+                        ServerError::MaybeCommitted { .. } => "leadership changed during the request".into(),
+                        ServerError::Unavailable { reason } => reason.clone(),
+                        other => other.to_string(),
+                    };
+                    match route.refused(endpoint, &error, hint, any_node) {
+                        Some(retry) => retry,
+                        None => {
                             return Err(match error {
                                 ServerError::PeerPort { node } => {
                                     ClientError::PeerPort { addr: config.endpoints[endpoint], node }
@@ -779,11 +718,15 @@ impl Client {
                         }
                     }
                 }
+            };
+            match retry.leader {
+                LeaderMove::Stay => {}
+                LeaderMove::Next => try_next(&self.inner.leader),
+                LeaderMove::To(e) => self.inner.leader.store(e, Ordering::Relaxed),
             }
-            hopped = !pause;
-            if pause {
+            if !retry.pause.is_zero() {
                 let left = deadline.saturating_duration_since(Instant::now());
-                tokio::time::sleep(backoff.next_delay().min(left)).await;
+                tokio::time::sleep(retry.pause.min(left)).await;
             }
         }
     }
@@ -1397,28 +1340,6 @@ impl Drop for AutoLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_cap_with_full_jitter_and_resets() {
-        let (first, max) = (Duration::from_millis(10), Duration::from_millis(200));
-        let mut b = Backoff::new(first, max, 7);
-        let mut bound = first;
-        let mut total = Duration::ZERO;
-        for _ in 0..200 {
-            let d = b.next_delay();
-            assert!(d <= bound, "{d:?} above the bound {bound:?}");
-            total += d;
-            bound = (bound * 2).min(max);
-        }
-        // Full jitter: about half the cap on average once capped, never a
-        // fixed value (no lockstep between clients).
-        let mean = total / 200;
-        assert!(mean > Duration::from_millis(50) && mean < Duration::from_millis(150), "{mean:?}");
-        b.reset();
-        assert!(b.next_delay() <= first);
-        let (mut x, mut y) = (Backoff::new(max, max, 1), Backoff::new(max, max, 2));
-        assert!((0..10).any(|_| x.next_delay() != y.next_delay()), "seeds differ, pauses differ");
-    }
 
     #[test]
     fn durations_beyond_u64_nanoseconds_are_an_error_naming_the_limit() {

@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tarn_core::{
@@ -27,7 +28,7 @@ use tarn_service::admission::AdmissionLimits;
 use tarn_service::protocol::{
     ClientFrame, Consistency, RequestBody, ResponseBody, ServerError, ServerFrame, DEFAULT_GROUP,
 };
-use tarn_service::retry::{self, Next};
+use tarn_service::retry::{self, Backoff, LeaderMove, Next, Route};
 use tarn_service::{ConnWatches, RequestPath};
 
 use crate::client_path::{decode_answer, decode_request, encode_answer, encode_request, ClientSink, SimPort};
@@ -405,13 +406,9 @@ enum DiskDone {
 #[derive(Debug)]
 enum Reply {
     Result(OpResult),
-    /// Follow the leader hint (`tarn_service::retry::Next::Redirect`).
-    Redirect(Option<NodeId>),
-    /// Retry the same request at the same node after a pause
-    /// (`Next::RetrySame`: the write may have committed).
-    RetrySame,
-    /// Retry at another node after a pause (`Next::RetryElsewhere`).
-    Retry,
+    /// An error answer: the client library's route decides where and when
+    /// to retry (`tarn_service::retry::Route`).
+    Refused(ServerError),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -634,6 +631,8 @@ struct CurrentOp {
     /// here to `attempt` are about it.
     first_attempt: u64,
     attempt: u64,
+    /// Where and when its tries go: the client library's own decisions.
+    route: Route,
 }
 
 struct Client {
@@ -1429,9 +1428,12 @@ impl World {
                 }
             }
             Event::ClientTimeout { client, attempt } => {
+                let nodes = self.nodes.len();
                 let c = &mut self.clients[client as usize];
-                if c.current.as_ref().is_some_and(|cur| cur.attempt == attempt) {
-                    c.target = (c.target + 1) % self.nodes.len();
+                if let Some(cur) = c.current.as_mut().filter(|cur| cur.attempt == attempt) {
+                    // The wait was the pause: the next node at once.
+                    let retry = cur.route.timed_out(c.target);
+                    c.target = route_target(c.target, retry.leader, nodes);
                     self.client_send(client as usize);
                 }
             }
@@ -3326,7 +3328,15 @@ impl World {
             self.history.push(record(op.key, op.kind));
         }
         let first_attempt = self.next_attempt;
-        client.current = Some(CurrentOp { op, seq, history_index, first_attempt, attempt: 0 });
+        // The client library's defaults: pauses from 10 ms up to 200 ms,
+        // seeded per request; each timed-out try doubles the next one's wait
+        // (not in the lease profile, whose reads race on short timeouts).
+        let timeout = Duration::from_nanos(self.profile.client_timeout_ns);
+        let timeout_max = if self.profile.kind == ProfileKind::Lease { timeout } else { timeout * 4 };
+        let backoff =
+            Backoff::new(RETRY_BACKOFF_FIRST, RETRY_BACKOFF_MAX, client.id << 32 ^ history_index as u64);
+        let route = Route::new(backoff, timeout, timeout_max);
+        client.current = Some(CurrentOp { op, seq, history_index, first_attempt, attempt: 0, route });
         let (target, id) = (client.target as u64 + 1, client.id);
         self.record(target, TraceKind::Invoke, id, history_index as u64, 0);
         self.client_send(c);
@@ -3386,7 +3396,9 @@ impl World {
                 return;
             }
         }
-        let timeout = self.profile.client_timeout_ns;
+        let timeout = self.clients[c].current.as_ref().map_or(self.profile.client_timeout_ns, |cur| {
+            u64::try_from(cur.route.attempt_timeout().as_nanos()).unwrap_or(Nanos::MAX)
+        });
         self.queue.push(now + timeout, Event::ClientTimeout { client: c as u32, attempt });
     }
 
@@ -3619,17 +3631,13 @@ impl World {
                 self.fail(FailureKind::Safety, "client-answer", detail);
                 return;
             }
-            Err(error) => match retry::after_error(&error) {
-                Next::Redirect(leader) => Reply::Redirect(leader),
-                Next::RetrySame => Reply::RetrySame,
-                Next::RetryElsewhere => Reply::Retry,
-                // The workload sends only requests a server accepts.
-                Next::Fail => {
-                    let detail = format!("client {id}: request {attempt} of {op:?} was refused: {error}");
-                    self.fail(FailureKind::Safety, "client-answer", detail);
-                    return;
-                }
-            },
+            // The workload sends only requests a server accepts.
+            Err(error) if retry::after_error(&error) == Next::Fail => {
+                let detail = format!("client {id}: request {attempt} of {op:?} was refused: {error}");
+                self.fail(FailureKind::Safety, "client-answer", detail);
+                return;
+            }
+            Err(error) => Reply::Refused(error),
         };
         if latest {
             self.client_act(c, attempt, reply);
@@ -3686,20 +3694,21 @@ impl World {
                 let think = self.rng_workload.between(0, self.profile.client_think_max_ns);
                 self.queue.push(now + think, Event::ClientWake { client: c as u32 });
             }
-            Reply::Redirect(Some(hint)) if (1..=self.nodes.len() as NodeId).contains(&hint) => {
-                client.target = hint as usize - 1;
-                let delay = self.rng_workload.between(NANOS_PER_MILLI, 5 * NANOS_PER_MILLI);
-                self.queue.push(now + delay, Event::ClientRetry { client: c as u32, attempt });
-            }
-            Reply::RetrySame => {
-                let delay = self.rng_workload.between(10 * NANOS_PER_MILLI, 50 * NANOS_PER_MILLI);
-                self.queue.push(now + delay, Event::ClientRetry { client: c as u32, attempt });
-            }
-            Reply::Redirect(_) | Reply::Retry => {
-                let nodes = self.nodes.len() as u64;
-                self.clients[c].target = self.rng_workload.below(nodes) as usize;
-                let delay = self.rng_workload.between(10 * NANOS_PER_MILLI, 50 * NANOS_PER_MILLI);
-                self.queue.push(now + delay, Event::ClientRetry { client: c as u32, attempt });
+            Reply::Refused(error) => {
+                let nodes = self.nodes.len();
+                let Some(cur) = client.current.as_mut() else { return };
+                let hint = match retry::after_error(&error) {
+                    Next::Redirect(Some(l)) if (1..=nodes as NodeId).contains(&l) => Some(l as usize - 1),
+                    _ => None,
+                };
+                let Some(retry) = cur.route.refused(client.target, &error, hint, false) else {
+                    let detail = format!("client {}: request {attempt} was refused: {error}", client.id);
+                    self.fail(FailureKind::Safety, "client-answer", detail);
+                    return;
+                };
+                client.target = route_target(client.target, retry.leader, nodes);
+                let pause = u64::try_from(retry.pause.as_nanos()).unwrap_or(Nanos::MAX);
+                self.queue.push(now.saturating_add(pause), Event::ClientRetry { client: c as u32, attempt });
             }
         }
     }
@@ -4528,6 +4537,20 @@ fn conf_change_code(change: &ConfChange) -> (u64, NodeId) {
 /// Whether `error` is what a faulty disk causes (an I/O error, a group
 /// poisoned by an earlier one, corruption on the bad disk), as opposed to the
 /// engine refusing a request.
+/// The client library's first and largest pause between retries
+/// (`ClientConfig::retry_backoff`, `retry_backoff_max`).
+const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(200);
+
+/// The node a client tries next after `leader` (of `nodes`), from `target`.
+fn route_target(target: usize, leader: LeaderMove, nodes: usize) -> usize {
+    match leader {
+        LeaderMove::Stay => target,
+        LeaderMove::Next => (target + 1) % nodes,
+        LeaderMove::To(node) => node,
+    }
+}
+
 fn is_disk_fault(error: &StorageError, bad_disk: bool) -> bool {
     match error {
         StorageError::Io { .. } | StorageError::Poisoned { .. } | StorageError::Unwritable { .. } => true,
