@@ -641,7 +641,7 @@ impl Client {
         // Which endpoint next, when, and which hints to trust: the shared
         // decisions (`tarn_service::retry::Route`), so the simulator's
         // clients retry the same way. A try's wait is capped by the deadline.
-        let mut route = Route::new(self.backoff(), attempt_timeout, Duration::MAX);
+        let mut route = Route::new(self.backoff(), attempt_timeout, Duration::MAX, n);
         loop {
             let endpoint = self.inner.leader.load(Ordering::Relaxed) % n;
             let now = Instant::now();

@@ -75,7 +75,11 @@ pub struct Retry {
 /// client library's retry loop without its sockets and timers, so the
 /// simulator's clients retry as real clients do. A fresh hint is followed at
 /// once, but not twice in a row (stale hints that point at each other must
-/// not spin); a try that timed out makes its endpoint a suspect whose hints
+/// not spin), and never back to an endpoint that already refused the
+/// request in this round of the endpoints (a node with a stale hint and the
+/// node it names, which knows no leader, would bounce the request between
+/// them forever while the real leader sits elsewhere: simulator seed 358, 7
+/// nodes); a try that timed out makes its endpoint a suspect whose hints
 /// are ignored (the hint may be that very node, frozen) and doubles the
 /// next try's wait; anything else pauses by the backoff.
 #[derive(Debug, Clone)]
@@ -83,17 +87,35 @@ pub struct Route {
     backoff: Backoff,
     attempt_timeout: Duration,
     attempt_timeout_max: Duration,
+    /// How many endpoints the client has.
+    endpoints: usize,
     /// The endpoint whose last try timed out.
     suspect: Option<usize>,
+    /// Endpoints (below 64) that refused the request in this round.
+    refused: u64,
     /// The previous try followed a hint without pausing.
     hopped: bool,
 }
 
 impl Route {
-    /// A request whose first try waits `attempt_timeout`; tries that time
-    /// out double it up to `attempt_timeout_max`.
-    pub fn new(backoff: Backoff, attempt_timeout: Duration, attempt_timeout_max: Duration) -> Self {
-        Route { backoff, attempt_timeout, attempt_timeout_max, suspect: None, hopped: false }
+    /// A request to one of `endpoints` whose first try waits
+    /// `attempt_timeout`; tries that time out double it up to
+    /// `attempt_timeout_max`.
+    pub fn new(
+        backoff: Backoff,
+        attempt_timeout: Duration,
+        attempt_timeout_max: Duration,
+        endpoints: usize,
+    ) -> Self {
+        Route {
+            backoff,
+            attempt_timeout,
+            attempt_timeout_max,
+            endpoints,
+            suspect: None,
+            refused: 0,
+            hopped: false,
+        }
     }
 
     /// How long the next try may wait for its answer.
@@ -128,19 +150,41 @@ impl Route {
             self.suspect = None;
         }
         Some(match after_error(error) {
-            Next::Redirect(_) if !any_node => match hint {
-                Some(e) if e != endpoint && Some(e) != self.suspect => {
-                    let pause = self.hopped;
-                    self.next(LeaderMove::To(e), pause)
+            Next::Redirect(_) if !any_node => {
+                self.note_refused(endpoint);
+                match hint {
+                    Some(e) if e != endpoint && Some(e) != self.suspect && !self.has_refused(e) => {
+                        let pause = self.hopped;
+                        self.next(LeaderMove::To(e), pause)
+                    }
+                    _ => self.next(LeaderMove::Next, true),
                 }
-                _ => self.next(LeaderMove::Next, true),
-            },
+            }
             // Leadership changed after the write was appended: the same
             // request (same seq: it applies once either way), here.
             Next::RetrySame => self.next(LeaderMove::Stay, true),
-            Next::RetryElsewhere => self.next(LeaderMove::Next, true),
+            Next::RetryElsewhere => {
+                self.note_refused(endpoint);
+                self.next(LeaderMove::Next, true)
+            }
             Next::Redirect(_) | Next::Fail => return None,
         })
+    }
+
+    /// `endpoint` refused: once every endpoint has, a new round starts
+    /// (an election may have ended meanwhile).
+    fn note_refused(&mut self, endpoint: usize) {
+        if endpoint >= 64 {
+            return;
+        }
+        self.refused |= 1 << endpoint;
+        if self.refused.count_ones() as usize >= self.endpoints.min(64) {
+            self.refused = 1 << endpoint;
+        }
+    }
+
+    fn has_refused(&self, endpoint: usize) -> bool {
+        endpoint < 64 && self.refused & (1 << endpoint) != 0
     }
 
     fn next(&mut self, leader: LeaderMove, pause: bool) -> Retry {
@@ -208,7 +252,7 @@ mod tests {
 
     fn route() -> Route {
         let b = Backoff::new(Duration::from_millis(10), Duration::from_millis(200), 3);
-        Route::new(b, Duration::from_millis(100), Duration::from_millis(350))
+        Route::new(b, Duration::from_millis(100), Duration::from_millis(350), 7)
     }
 
     fn not_leader(leader: Option<NodeId>) -> ServerError {
@@ -224,23 +268,47 @@ mod tests {
             Retry { leader: LeaderMove::To(1), pause: Duration::ZERO },
             "a fresh hint, at once"
         );
-        let second = r.refused(1, &not_leader(Some(1)), Some(0), false).expect("retried");
-        assert_eq!(second.leader, LeaderMove::To(0));
-        assert!(!r.hopped, "hints that point at each other pause");
+        let second = r.refused(1, &not_leader(Some(3)), Some(2), false).expect("retried");
+        assert_eq!(second.leader, LeaderMove::To(2));
+        assert!(!r.hopped, "a second hint in a row pauses");
         assert_eq!(r.backoff.bound, Duration::from_millis(20), "the pause was drawn from the backoff");
         // No hint, or a hint at the node itself: the next endpoint, paused.
-        assert_eq!(r.refused(0, &not_leader(None), None, false).map(|r| r.leader), Some(LeaderMove::Next));
+        assert_eq!(r.refused(2, &not_leader(None), None, false).map(|r| r.leader), Some(LeaderMove::Next));
         assert_eq!(
-            r.refused(0, &not_leader(Some(1)), Some(0), false).map(|r| r.leader),
+            r.refused(3, &not_leader(Some(4)), Some(3), false).map(|r| r.leader),
             Some(LeaderMove::Next)
         );
         // Admin requests take no redirect; refusals are final.
-        assert_eq!(r.refused(0, &not_leader(Some(2)), Some(1), true), None);
-        assert_eq!(r.refused(0, &ServerError::BadRequest { reason: "key".into() }, None, false), None);
+        assert_eq!(r.refused(4, &not_leader(Some(6)), Some(5), true), None);
+        assert_eq!(r.refused(4, &ServerError::BadRequest { reason: "key".into() }, None, false), None);
         assert_eq!(
-            r.refused(0, &ServerError::MaybeCommitted { leader: None }, None, false).map(|r| r.leader),
+            r.refused(4, &ServerError::MaybeCommitted { leader: None }, None, false).map(|r| r.leader),
             Some(LeaderMove::Stay),
             "maybe committed: the same request, same place"
+        );
+    }
+
+    /// Simulator seed 358 (7 nodes): node 5 still named node 4 as leader,
+    /// node 4 knew no leader, node 6 led. Following every hint bounced the
+    /// request between 4 and 5 for the rest of the run.
+    #[test]
+    fn a_hint_back_to_an_endpoint_that_refused_this_round_is_not_followed() {
+        let mut r = route();
+        let at4 = r.refused(3, &not_leader(None), None, false).expect("retried");
+        assert_eq!(at4.leader, LeaderMove::Next, "node 4 knows no leader: on to node 5");
+        let at5 = r.refused(4, &not_leader(Some(4)), Some(3), false).expect("retried");
+        assert_eq!(
+            at5.leader,
+            LeaderMove::Next,
+            "node 5's hint points back at node 4, which refused: on to node 6"
+        );
+        // Once every endpoint refused, a new round trusts hints again.
+        for e in [5, 6, 0, 1, 2] {
+            r.refused(e, &not_leader(None), None, false);
+        }
+        assert_eq!(
+            r.refused(4, &not_leader(Some(4)), Some(3), false).map(|r| r.leader),
+            Some(LeaderMove::To(3))
         );
     }
 
@@ -255,7 +323,7 @@ mod tests {
             Some(LeaderMove::Next)
         );
         // Once it answers, it is trusted again.
-        r.refused(2, &ServerError::Unavailable { reason: "no leader".into() }, None, false);
+        r.refused(2, &ServerError::MaybeCommitted { leader: None }, None, false);
         assert_eq!(
             r.refused(1, &not_leader(Some(3)), Some(2), false).map(|r| r.leader),
             Some(LeaderMove::To(2))

@@ -3335,7 +3335,7 @@ impl World {
         let timeout_max = if self.profile.kind == ProfileKind::Lease { timeout } else { timeout * 4 };
         let backoff =
             Backoff::new(RETRY_BACKOFF_FIRST, RETRY_BACKOFF_MAX, client.id << 32 ^ history_index as u64);
-        let route = Route::new(backoff, timeout, timeout_max);
+        let route = Route::new(backoff, timeout, timeout_max, self.nodes.len());
         client.current = Some(CurrentOp { op, seq, history_index, first_attempt, attempt: 0, route });
         let (target, id) = (client.target as u64 + 1, client.id);
         self.record(target, TraceKind::Invoke, id, history_index as u64, 0);

@@ -157,32 +157,37 @@ fn storage_open_makes_found_names_durable() {
 
 /// A wiped node restarted without `rejoin_after_data_loss` forgets the vote
 /// it granted and can grant another in the same term; the simulator finds
-/// it (3 of 2,000 seeds in a sweep, 4 more ending in state machine
-/// safety), and the flag prevents it. The seed moves whenever simulated
-/// behaviour changes (300539 before clients retried by the client
-/// library's route); `tarn-sim --seeds 4000 --start 300000 --nodes 5
-/// --profile chaos --no-rejoin-flag` lists the seeds that show it now (10
-/// of 4,000 at 300215).
+/// it (about 1 chaos seed in 400 on 5 nodes, more ending in state machine
+/// safety), and the flag prevents it. The seeds that show it move whenever
+/// simulated behaviour changes, so the test looks for the first one from
+/// 300000 (`tarn-sim --seeds 4000 --start 300000 --nodes 5 --profile chaos
+/// --no-rejoin-flag` lists them) and replays it with the flag.
 #[test]
 fn a_wiped_node_without_the_rejoin_flag_votes_twice() {
     let mut template = config(ProfileKind::Chaos, 5, 10);
-    let with_flag = run_seed(&template, 300_215, false);
-    assert!(!with_flag.failed(), "{}", describe_failure(&template, &with_flag));
-    assert!(with_flag.report.wipes > 0);
     template.rejoin_flag = false;
-    let without = run_seed(&template, 300_215, false);
-    let property = without.report.failure.as_ref().map(|f| f.property);
-    assert_eq!(property, Some("one-vote-per-term"), "{}", describe_failure(&template, &without));
+    let outcomes = sweep(&template, 300_000, 3_000, 2, false, &|_| {});
+    let double_vote = outcomes
+        .iter()
+        .find(|o| o.report.failure.as_ref().is_some_and(|f| f.property == "one-vote-per-term"))
+        .expect("without the flag, a wiped node votes twice in some term within 3,000 chaos seeds");
+    let seed = double_vote.report.seed;
+    template.rejoin_flag = true;
+    let with_flag = run_seed(&template, seed, false);
+    assert!(!with_flag.failed(), "seed {seed} with the flag: {}", describe_failure(&template, &with_flag));
+    assert!(with_flag.report.wipes > 0, "seed {seed} wipes a disk");
 }
 
 /// Regression: a snapshot transfer looped forever. The follower had staged
 /// chunks whose acknowledgements were lost; the leader rewound to offset 0
 /// and ignored the follower's "next offset 256" because it had not re-sent
 /// that far. The leader now skips ahead to any offset it sent before.
+/// (Seed 163010 showed it; it passes, and since the simulator's
+/// trajectories moved it need not install, so the seeds around it must.)
 #[test]
 fn a_snapshot_transfer_resumes_past_a_rewind() {
     let template = config(ProfileKind::Swarm, 3, 10);
-    let outcome = run_seed(&template, 163_010, false);
-    assert!(!outcome.failed(), "{}", describe_failure(&template, &outcome));
-    assert!(outcome.report.installs > 0, "the seed must still install a snapshot");
+    let outcomes = assert_all_pass(&template, 163_010, 24);
+    let installs: u64 = outcomes.iter().map(|o| o.report.installs).sum();
+    assert!(installs > 0, "seeds 163010-163033 must still install snapshots");
 }
