@@ -172,7 +172,7 @@ fn main() -> ExitCode {
     println!(
         "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
          snapshots={} installs={} compactions={} restarts_in_place={} jobs_waited={} write_batches={} pipelined_writes={} \
-         expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} \
+         failovers={} failovers_slow={} failover_max_ms={} expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} \
          watch_resumes={}",
         outcomes.len(),
         failed.len(),
@@ -187,6 +187,9 @@ fn main() -> ExitCode {
         total(|o| o.report.jobs_waited),
         total(|o| o.report.write_batches),
         total(|o| o.report.pipelined_writes),
+        total(|o| o.report.failovers),
+        total(|o| o.report.failovers_slow),
+        outcomes.iter().map(|o| o.report.failover_max_ms).max().unwrap_or(0),
         total(|o| o.report.expiries),
         total(|o| o.report.wipes),
         total(|o| o.report.multi_changes),
@@ -213,7 +216,7 @@ fn main() -> ExitCode {
 fn seed_line(o: &SeedOutcome) -> String {
     let r = &o.report;
     format!(
-        "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} restarts_in_place={} jobs_waited={} write_batches={} pipelined_writes={} expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={} digest={:016x}",
+        "seed={} {} sim_seconds={:.3} events={} ops={}/{} commit={} snapshots={} installs={} compactions={} restarts_in_place={} jobs_waited={} write_batches={} pipelined_writes={} failovers={} failovers_slow={} failover_max_ms={} expiries={} wipes={} multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={} digest={:016x}",
         r.seed,
         if o.failed() { "FAIL" } else { "ok" },
         r.sim_ns as f64 / 1e9,
@@ -228,6 +231,9 @@ fn seed_line(o: &SeedOutcome) -> String {
         r.jobs_waited,
         r.write_batches,
         r.pipelined_writes,
+        r.failovers,
+        r.failovers_slow,
+        r.failover_max_ms,
         r.expiries,
         r.wipes,
         r.multi_changes,

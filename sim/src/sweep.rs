@@ -230,6 +230,9 @@ pub struct TimedSweep {
     pub jobs_waited: u64,
     pub write_batches: u64,
     pub pipelined_writes: u64,
+    pub failovers: u64,
+    pub failovers_slow: u64,
+    pub failover_max_ms: u64,
     pub expiries: u64,
     pub wipes: u64,
     /// Coverage (see `RunReport`): a sweep that never reaches one of these
@@ -290,6 +293,9 @@ impl TimedSweep {
         self.jobs_waited += r.jobs_waited;
         self.write_batches += r.write_batches;
         self.pipelined_writes += r.pipelined_writes;
+        self.failovers += r.failovers;
+        self.failovers_slow += r.failovers_slow;
+        self.failover_max_ms = self.failover_max_ms.max(r.failover_max_ms);
         self.expiries += r.expiries;
         self.wipes += r.wipes;
         self.multi_changes += r.multi_changes;
@@ -332,7 +338,7 @@ impl TimedSweep {
         format!(
             "seeds={} failed={} sim_seconds={:.1} wall_seconds={:.2} seeds_per_minute={:.0} sim_seconds_per_wall_second={:.1} \
              snapshots={} installs={} compactions={} restarts_in_place={} jobs_waited={} write_batches={} pipelined_writes={} \
-             expiries={} wipes={} \
+             failovers={} failovers_slow={} failover_max_ms={} expiries={} wipes={} \
              multi_changes={} joints={} truncations={} truncated_max={} ttl_races={} handoffs={} lease_reads_skewed={} watch_events={} watch_resumes={} start={} end={} \
              configs={} per_config={}",
             self.seeds(),
@@ -348,6 +354,9 @@ impl TimedSweep {
             self.jobs_waited,
             self.write_batches,
             self.pipelined_writes,
+            self.failovers,
+            self.failovers_slow,
+            self.failover_max_ms,
             self.expiries,
             self.wipes,
             self.multi_changes,

@@ -338,6 +338,13 @@ pub struct RunReport {
     /// sent while an earlier write of their session was unanswered.
     pub write_batches: u64,
     pub pipelined_writes: u64,
+    /// Issue 17: quiet leaders replaced after a crash or cut-off in a
+    /// healthy cluster with no other fault meanwhile (`failover-time`
+    /// bounds them), how many took over two election timeouts, and the
+    /// longest (ms).
+    pub failovers: u64,
+    pub failovers_slow: u64,
+    pub failover_max_ms: u64,
     /// TTL expiries that took effect (temporary registers removed, lock
     /// leases run out), counted at their first application.
     pub expiries: u64,
@@ -502,6 +509,10 @@ enum Event {
     IdleStart,
     /// Quiescence runs: the leader of a (by now quiet) group crashes or is cut off.
     QuietLeaderFault,
+    /// The bound on replacing the quiet leader faulted at `at` is up.
+    FailoverDeadline {
+        at: Nanos,
+    },
     /// A snapshot job of node `node` (see [`PendingJob`]) commits.
     SnapshotJob {
         node: u8,
@@ -817,6 +828,25 @@ struct QuietWorld {
     idle_until: Nanos,
     /// Quiet leaders crashed or cut off (coverage).
     leader_faults: u64,
+    /// The latest quiet leader's fault, until another node leads.
+    failover: Option<PendingFailover>,
+    /// Timed failovers (another node led in a later term while the faulted
+    /// leader was still down or cut off, in a healthy cluster with no other
+    /// fault meanwhile), how many took longer than two election timeouts
+    /// (the largest of the run), and the longest.
+    failovers: u64,
+    failovers_slow: u64,
+    failover_max_ns: Nanos,
+}
+
+/// A quiet leader crashed or cut off at `at`, leader in `term`: its group
+/// must elect another leader (issue 17: within two election timeouts).
+struct PendingFailover {
+    leader: usize,
+    term: Term,
+    at: Nanos,
+    /// Another fault struck meanwhile: counted, but not timed.
+    disturbed: bool,
 }
 
 /// A small stable code per message kind (for the trace and digest).
@@ -1090,6 +1120,10 @@ impl World {
                 reset: vec![vec![false; config.nodes]; config.nodes],
                 idle_until: 0,
                 leader_faults: 0,
+                failover: None,
+                failovers: 0,
+                failovers_slow: 0,
+                failover_max_ns: 0,
             },
             failure: None,
             config,
@@ -1272,6 +1306,9 @@ impl World {
             jobs_waited: self.jobs_waited,
             write_batches: self.write_batches,
             pipelined_writes: self.pipelined_writes,
+            failovers: self.quiet.failovers,
+            failovers_slow: self.quiet.failovers_slow,
+            failover_max_ms: self.quiet.failover_max_ns / NANOS_PER_MILLI,
             expiries: self.expiries,
             wipes: self.wipes,
             multi_changes: self.multi_changes,
@@ -1404,6 +1441,7 @@ impl World {
             }
             Event::IdleStart => self.idle_start(),
             Event::QuietLeaderFault => self.quiet_leader_fault(),
+            Event::FailoverDeadline { at } => self.failover_deadline(at),
             Event::ClientArrive { node, client, bytes }
                 if client < WATCHER_CLIENT_BASE
                     && self.processes[self.clients[client as usize].process].tasks > 1 =>
@@ -1449,6 +1487,9 @@ impl World {
                 }
             }
             Event::HealNetwork => {
+                // A cut-off quiet leader is back before anyone replaced it:
+                // nothing to time.
+                self.quiet.failover = None;
                 self.net.heal();
                 self.record(0, TraceKind::Heal, 0, 0, 0);
             }
@@ -2063,7 +2104,27 @@ impl World {
             return;
         };
         self.quiet.leader_faults += 1;
-        let duration = self.quiet.rng.between(100 * NANOS_PER_MILLI, NANOS_PER_SECOND);
+        let term = self.nodes[l].raw().map_or(0, RawNode::term);
+        // Timed only where nothing but Raft decides how long it takes: the
+        // network healthy and lossless, disks without slow outliers (a vote
+        // not durable in time backs elections off), every other node up, and
+        // one stable configuration of all nodes.
+        let all_voters = self.nodes[l].raw().is_some_and(|r| {
+            let m = r.membership();
+            !m.is_joint() && m.learners.is_empty() && m.voters.len() == self.nodes.len()
+        });
+        let timed = all_voters
+            && !self.net.is_faulty(now)
+            && self.profile.net.drop_ppm == 0
+            && self.profile.net.tail_ppm == 0
+            && self.profile.disk_slow_ppm == 0
+            && self.wiped.is_none()
+            && self
+                .nodes
+                .iter()
+                .enumerate()
+                .all(|(i, n)| i == l || (n.exec.is_some() && n.paused_until <= now));
+        let duration = self.quiet.rng.between(100 * NANOS_PER_MILLI, 2 * NANOS_PER_SECOND);
         // Async runs never crash (an unsynced write is lost by design, see
         // `RunConfig::async_sync_ns`): their quiet leaders are only cut off.
         if self.quiet.rng.chance(PPM / 2) && self.config.async_sync_ns.is_none() {
@@ -2074,10 +2135,81 @@ impl World {
             self.record(0, TraceKind::Partition, a, b, Fault::Isolate as u64 | (duration << 8));
             self.queue.push(now + duration, Event::HealNetwork);
         }
+        self.quiet.failover = Some(PendingFailover { leader: l, term, at: now, disturbed: !timed });
+        if timed {
+            let bound = self.failover_bound_ns();
+            self.queue.push(now + bound, Event::FailoverDeadline { at: now });
+        }
+    }
+
+    /// How long a healthy group may take to replace its faulted quiet
+    /// leader: node-level liveness suspects it (pings every
+    /// `PING_INTERVAL_NS`, suspicion after `SUSPECT_AFTER_NS`), then a
+    /// follower campaigns after its election timeout; two timeouts are the
+    /// target (issue 17), four leave room for a pre-vote refused by a
+    /// follower whose log is ahead and a split vote, and the network's and
+    /// disks' latencies fit in the last 100 ms.
+    fn failover_bound_ns(&self) -> Nanos {
+        let timeout_max = self.raft_config(0).election_timeout_max_ns;
+        SUSPECT_AFTER_NS + PING_INTERVAL_NS + 4 * timeout_max + 100 * NANOS_PER_MILLI
+    }
+
+    /// The failover of the quiet leader faulted at `at` is still pending at
+    /// its bound, though nothing else went wrong since: the group is stuck
+    /// (or too slow) without its leader.
+    fn failover_deadline(&mut self, at: Nanos) {
+        let Some(f) = self.quiet.failover.as_ref() else { return };
+        if f.at != at || f.disturbed {
+            return;
+        }
+        let detail = format!(
+            "n{}, quiet leader of term {}, crashed or was cut off at {:.6}s; no other node led by {:.6}s ({} ms: \
+             suspicion after {} ms, pings every {} ms, four election timeouts of at most {} ms, 100 ms of latency), \
+             though the network was healthy and lossless and every other node up all along",
+            f.leader + 1,
+            f.term,
+            at as f64 / 1e9,
+            self.now() as f64 / 1e9,
+            self.failover_bound_ns() / NANOS_PER_MILLI,
+            SUSPECT_AFTER_NS / NANOS_PER_MILLI,
+            PING_INTERVAL_NS / NANOS_PER_MILLI,
+            self.raft_config(0).election_timeout_max_ns / NANOS_PER_MILLI
+        );
+        self.fail(FailureKind::Liveness, "failover-time", detail);
+    }
+
+    /// Any other fault while a failover is pending: it is still counted,
+    /// not timed.
+    fn disturb_failover(&mut self, except: Option<usize>) {
+        if let Some(f) = self.quiet.failover.as_mut() {
+            if except != Some(f.leader) {
+                f.disturbed = true;
+            }
+        }
+    }
+
+    /// Node `idx` leads in `term`: if it replaced a faulted quiet leader,
+    /// the failover is counted and timed.
+    fn failover_done(&mut self, idx: usize, term: Term) {
+        let Some(f) = self.quiet.failover.as_ref() else { return };
+        if f.leader == idx || term <= f.term {
+            return;
+        }
+        let (took, disturbed) = (self.now() - f.at, f.disturbed);
+        self.quiet.failover = None;
+        if !disturbed {
+            self.quiet.failovers += 1;
+            self.quiet.failover_max_ns = self.quiet.failover_max_ns.max(took);
+            let timeout_max = self.raft_config(idx).election_timeout_max_ns;
+            if took > 2 * timeout_max {
+                self.quiet.failovers_slow += 1;
+            }
+        }
     }
 
     fn crash(&mut self, idx: usize, downtime_ns: Nanos) {
         let now = self.now();
+        self.disturb_failover(Some(idx));
         let n = &mut self.nodes[idx];
         if n.exec.is_none() {
             return;
@@ -2129,6 +2261,10 @@ impl World {
     fn restart(&mut self, idx: usize) {
         if self.nodes[idx].exec.is_some() || self.nodes[idx].retired {
             return;
+        }
+        if self.quiet.failover.as_ref().is_some_and(|f| f.leader == idx) {
+            // The crashed quiet leader is back before anyone replaced it.
+            self.quiet.failover = None;
         }
         let hs = self.nodes[idx].storage.hard_state();
         let last = self.nodes[idx].storage.last_index();
@@ -2399,6 +2535,9 @@ impl World {
                     applied = self.on_applied(idx, index, data, responses, digest).or(applied);
                 }
                 SimEvent::RoleChanged { role, term, leader } => {
+                    if role == Role::Leader {
+                        self.failover_done(idx, term);
+                    }
                     self.record(
                         idx as u64 + 1,
                         TraceKind::RoleChanged,
@@ -3902,6 +4041,7 @@ impl World {
 
     fn inject(&mut self, fault: Fault) {
         let now = self.now();
+        self.disturb_failover(None);
         let nodes = self.nodes.len();
         if nodes < 2 && !matches!(fault, Fault::Crash | Fault::Pause | Fault::ClockJump) {
             return;
