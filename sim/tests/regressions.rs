@@ -68,6 +68,10 @@ const FAILED_SEEDS: &[(usize, ProfileKind, u64, &[u64])] = &[
     (5, ProfileKind::Chaos, 10, &[7000165, 7002194]),
     (5, ProfileKind::Swarm, 10, &[7002112]),
     (7, ProfileKind::Swarm, 10, &[7000033, 7000038, 7000165, 7000694, 7001477]),
+    // The client route bounced between a stale hint and a node that knew
+    // no leader (session 10).
+    (7, ProfileKind::Swarm, 10, &[358]),
+    (7, ProfileKind::Chaos, 40, &[1900007326]),
 ];
 
 #[test]
