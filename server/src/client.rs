@@ -1060,6 +1060,14 @@ impl Client {
                         if let Ok(mut w) = conn.watches.lock() {
                             w.remove(&id);
                         }
+                        // The registration may still land (late, or it did
+                        // and the answer was lost): the node would feed a
+                        // watch nobody reads until the connection closes.
+                        let _ = conn.tx.send(ClientFrame {
+                            id: client.inner.next_request_id.fetch_add(1, Ordering::Relaxed),
+                            group: client.inner.config.group,
+                            body: RequestBody::Unwatch { watch_request_id: id },
+                        });
                         endpoint = (endpoint + 1) % n;
                         tokio::time::sleep(backoff.next_delay()).await;
                         continue;

@@ -1462,6 +1462,7 @@ impl World {
             Event::WatcherTimeout { watcher, request } => {
                 let w = &self.watchers[watcher as usize];
                 if w.request == Some(request) && !w.watching {
+                    self.watcher_abandon(watcher as usize, request);
                     self.watcher_resume(watcher as usize, true);
                 }
             }
@@ -3892,6 +3893,22 @@ impl World {
 
     /// Watcher `w`'s watch is over (ended, refused, lost or unwatched): it
     /// watches again after a pause, on another node if `elsewhere`.
+    /// Watcher `w` gives up on its unanswered `Watch` `request`, as the
+    /// client library does: it asks the node to drop it (the registration
+    /// may have landed late, and a node would otherwise feed a watch nobody
+    /// reads until the connection closes). The answer is ignored.
+    fn watcher_abandon(&mut self, w: usize, request: u64) {
+        let id = self.next_attempt;
+        self.next_attempt += 1;
+        let frame = ClientFrame {
+            id,
+            group: DEFAULT_GROUP,
+            body: RequestBody::Unwatch { watch_request_id: request },
+        };
+        let at = self.now() + self.watcher_latency();
+        self.watcher_frame(w, &frame, at);
+    }
+
     fn watcher_resume(&mut self, w: usize, elsewhere: bool) {
         let nodes = self.nodes.len() as u64;
         let target = elsewhere.then(|| self.rng_watch.below(nodes) as usize);
