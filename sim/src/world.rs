@@ -765,6 +765,12 @@ pub struct World {
     jump_log: Vec<Vec<(Nanos, Nanos)>>,
     /// The next node to grant a vote gets its disk wiped.
     wipe_armed: bool,
+    /// Lease profile: the newest term whose first commit steered a read at
+    /// the nodes still leading an older term, and the (client, node) of the
+    /// read `client_start` is about to draw.
+    probed_term: Term,
+    probe: Option<(usize, usize)>,
+    prober: Option<usize>,
     /// The next node to start a snapshot job is restarted in place while
     /// the job runs.
     restart_armed: bool,
@@ -1016,6 +1022,22 @@ impl World {
         }
         let reader_delay_ns =
             if shared { rng_sessions.between(50 * NANOS_PER_MICRO, 2 * NANOS_PER_MILLI) } else { 0 };
+        // The lease profile's prober: a client of its own that reads only
+        // when `probe_stale_leaders` sends it (the others are mostly busy).
+        let prober = (profile.kind == ProfileKind::Lease).then(|| {
+            let c = clients.len();
+            let id = c as u64 + 1;
+            clients.push(Client {
+                holding: None,
+                waiting: None,
+                id,
+                process: processes.len(),
+                target: 0,
+                current: None,
+            });
+            processes.push(Process { session: id, seq: 0, outstanding: BTreeSet::new(), tasks: 1 });
+            c
+        });
         let trace = Trace::new(config.trace);
         let mut nodes: Vec<Node> = nodes;
         if config.storage == StorageKind::Engine {
@@ -1092,6 +1114,9 @@ impl World {
             temp_arms: HashMap::new(),
             jump_log: vec![Vec::new(); config.nodes],
             wipe_armed: false,
+            probed_term: 0,
+            probe: None,
+            prober,
             restart_armed: false,
             next_job: 0,
             restarts_in_place: 0,
@@ -1195,7 +1220,7 @@ impl World {
                 return;
             }
         }
-        for c in 0..self.clients.len() {
+        for c in (0..self.clients.len()).filter(|&c| Some(c) != self.prober) {
             let at = self.rng_workload.between(0, 10 * NANOS_PER_MILLI);
             self.queue.push(at, Event::ClientWake { client: c as u32 });
         }
@@ -2344,6 +2369,17 @@ impl World {
         if let Some((Role::Leader, term, commit_before)) = before {
             self.check_commit_rule(idx, term, commit_before);
         }
+        if self.profile.kind == ProfileKind::Lease && self.failure.is_none() {
+            let n = &self.nodes[idx];
+            let first_commit = n.raw().and_then(|r| {
+                let own = r.role() == Role::Leader && n.storage.term_at(r.commit_index()) == Some(r.term());
+                (own && r.term() > self.probed_term).then_some(r.term())
+            });
+            if let Some(term) = first_commit {
+                self.probed_term = term;
+                self.probe_stale_leaders(idx, term);
+            }
+        }
         self.after_step(idx);
     }
 
@@ -2377,6 +2413,7 @@ impl World {
             self.fail(FailureKind::Safety, "commit-rule", detail);
             return;
         }
+
         // Joint consensus (issue 15 gap 2): in C(old,new) an entry commits
         // only once a majority of each half holds it durably; a majority of
         // the new voters alone need not intersect the old configuration's
@@ -2402,6 +2439,35 @@ impl World {
                 self.fail(FailureKind::Safety, "joint-commit-quorum", detail);
                 return;
             }
+        }
+    }
+
+    /// Lease profile: the new leader `idx` of `term` just committed its
+    /// first entry. A node still leading an older term (cut off, paused)
+    /// may serve a read from its lease only if the lease outlived every
+    /// follower's election timeout, which a correct lease never does: the
+    /// prober client reads there now, so a lease that is too long (the
+    /// planted `lease-ignores-drift`) answers stale whenever the timing
+    /// allows it, not only when a random read happens to land then.
+    fn probe_stale_leaders(&mut self, idx: usize, term: Term) {
+        let now = self.now();
+        let stale: Vec<usize> = (0..self.nodes.len())
+            .filter(|&l| {
+                l != idx
+                    && self.nodes[l].paused_until <= now
+                    && self.nodes[l].raw().is_some_and(|r| r.role() == Role::Leader && r.term() < term)
+            })
+            .collect();
+        let Some(c) = self.prober else { return };
+        for l in stale {
+            // One probe at a time: a read still out (its answer, a retry)
+            // keeps the prober busy.
+            if self.clients[c].current.is_some() {
+                return;
+            }
+            self.probe = Some((c, l));
+            self.client_start(c);
+            self.probe = None;
         }
     }
 
@@ -3355,6 +3421,10 @@ impl World {
         if self.phase != Phase::Faulty || self.clients[c].current.is_some() {
             return;
         }
+        if Some(c) == self.prober && self.probe.is_none() {
+            // The prober reads only when sent.
+            return;
+        }
         let p = &self.profile;
         let (keys, read_ppm, log_read_ppm) = (p.keys, p.read_ppm, p.log_read_ppm);
         let process = self.clients[c].process;
@@ -3434,6 +3504,20 @@ impl World {
         let now = self.now();
         if self.rng_workload.chance(self.profile.client_random_target_ppm) {
             self.clients[c].target = self.rng_workload.below(self.nodes.len() as u64) as usize;
+        }
+        if let Some((_, target)) = self.probe.filter(|&(client, _)| client == c) {
+            // A read steered at a node still leading an older term.
+            op = ClientOp {
+                key: op.key,
+                kind: OpKind::Read,
+                path: Path::ReadIndex,
+                batch: 1,
+                keys,
+                ttl_ns: 0,
+                wait_ns: 0,
+                pad_bytes: 0,
+            };
+            self.clients[c].target = target;
         }
         let client = &mut self.clients[c];
         let session = &mut self.processes[process];

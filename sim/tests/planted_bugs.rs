@@ -28,10 +28,10 @@ fn template(profile: ProfileKind, bug: Option<PlantedBug>) -> RunConfig {
     c
 }
 
-/// The lease profile's search bound: its bug is rarer (7 in 1,500 seeds on
-/// 3 nodes when this was written; since session 9 only 1-2, the first
-/// between seed 462 and 491 on each build of session 10: see
-/// ARCHITECTURE.md on why the lease profile needs a probe).
+/// The lease profile's search bound: its bug is rarer (14 in 1,500 seeds on
+/// 3 nodes, the first at seed 0, since the profile's prober reads at a
+/// stale leader right after a new leader's first commit; 1-2 in 1,500
+/// before it).
 const LEASE_SEEDS_MAX: u64 = 1_000;
 
 /// The first failing seed in `0..SEEDS_MAX`, with the property it violated.
